@@ -1,0 +1,474 @@
+//! The shared informer cache: one writer, many readers of immutable, versioned snapshots.
+//!
+//! Sources (the Kubernetes API, a manifest directory) drive a [`CacheWriter`] with plain
+//! synchronous calls; every committed batch becomes a new [`Snapshot`] with a higher generation,
+//! published through a `tokio::sync::watch` channel, so subscribers coalesce bursts for free and
+//! never see a half-applied update. Snapshots use persistent maps ([`imbl`]): cloning one is
+//! O(1) and applying a change costs O(log n), proportional to the change, not the cluster.
+//! A bounded journal inside each snapshot answers "what changed since generation G".
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+
+use imbl::{HashMap as PMap, OrdSet, Vector};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::model::{ClusterObject, EndpointSlice, Kind, Node, ObjectKey, Pod, Service};
+
+/// How many changes a snapshot remembers; older generations get `None` from
+/// [`Snapshot::changes_since`] and must rebuild from the full snapshot.
+pub const JOURNAL_CAPACITY: usize = 65_536;
+
+/// One thing that changed between two generations.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Change {
+    /// The Service with this key, or one of its EndpointSlices, was added, changed or removed.
+    Service(ObjectKey),
+    /// The Pod with this key was added, changed or removed.
+    Pod(ObjectKey),
+    /// The Node with this name was added, changed or removed.
+    Node(Arc<str>),
+}
+
+/// An immutable view of the cluster at one generation. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Snapshot {
+    generation: u64,
+    services: PMap<ObjectKey, Arc<Service>>,
+    slices: PMap<ObjectKey, Arc<EndpointSlice>>,
+    slices_by_service: PMap<ObjectKey, OrdSet<Arc<str>>>,
+    pods: PMap<ObjectKey, Arc<Pod>>,
+    nodes: PMap<Arc<str>, Arc<Node>>,
+    expected: BTreeSet<Kind>,
+    synced: BTreeSet<Kind>,
+    journal: Vector<(u64, Change)>,
+    /// Every change after this generation is in the journal.
+    journal_floor: u64,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("generation", &self.generation)
+            .field("services", &self.services.len())
+            .field("endpoint_slices", &self.slices.len())
+            .field("pods", &self.pods.len())
+            .field("nodes", &self.nodes.len())
+            .field("synced", &self.is_synced())
+            .finish()
+    }
+}
+
+impl Snapshot {
+    /// The generation: 0 for the empty cache, +1 for every published change.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// True once the initial list of every expected kind has arrived.
+    pub fn is_synced(&self) -> bool {
+        self.expected.is_subset(&self.synced)
+    }
+
+    /// Kinds whose initial list has arrived.
+    pub fn synced_kinds(&self) -> &BTreeSet<Kind> {
+        &self.synced
+    }
+
+    /// Kinds the source watches.
+    pub fn expected_kinds(&self) -> &BTreeSet<Kind> {
+        &self.expected
+    }
+
+    /// A service by key.
+    pub fn service(&self, key: &ObjectKey) -> Option<&Arc<Service>> {
+        self.services.get(key)
+    }
+
+    /// All services, in no particular order.
+    pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
+        self.services.values()
+    }
+
+    /// Number of services.
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+
+    /// All EndpointSlices, in no particular order.
+    pub fn endpoint_slices(&self) -> impl Iterator<Item = &Arc<EndpointSlice>> {
+        self.slices.values()
+    }
+
+    /// Number of EndpointSlices.
+    pub fn endpoint_slice_count(&self) -> usize {
+        self.slices.len()
+    }
+
+    /// The EndpointSlices that name `service` (label `kubernetes.io/service-name`), by name.
+    pub fn endpoint_slices_for<'a>(
+        &'a self,
+        service: &'a ObjectKey,
+    ) -> impl Iterator<Item = &'a Arc<EndpointSlice>> + 'a {
+        self.slices_by_service
+            .get(service)
+            .into_iter()
+            .flat_map(|names| names.iter())
+            .filter_map(move |name| {
+                self.slices
+                    .get(&ObjectKey::new(service.namespace.clone(), name.clone()))
+            })
+    }
+
+    /// A pod by key.
+    pub fn pod(&self, key: &ObjectKey) -> Option<&Arc<Pod>> {
+        self.pods.get(key)
+    }
+
+    /// All pods, in no particular order.
+    pub fn pods(&self) -> impl Iterator<Item = &Arc<Pod>> {
+        self.pods.values()
+    }
+
+    /// A node by name.
+    pub fn node(&self, name: &str) -> Option<&Arc<Node>> {
+        self.nodes.get(name)
+    }
+
+    /// All nodes, in no particular order.
+    pub fn nodes(&self) -> impl Iterator<Item = &Arc<Node>> {
+        self.nodes.values()
+    }
+
+    /// The set of changes after generation `since` up to this snapshot, or `None` when the
+    /// journal no longer reaches back that far (the caller then rebuilds from the snapshot).
+    pub fn changes_since(&self, since: u64) -> Option<BTreeSet<Change>> {
+        if since < self.journal_floor {
+            return None;
+        }
+        if since >= self.generation {
+            return Some(BTreeSet::new());
+        }
+        // The journal is ordered by generation: binary search the first entry after `since`.
+        let start = partition_point(&self.journal, |(g, _)| *g <= since);
+        Some(
+            self.journal
+                .iter()
+                .skip(start)
+                .map(|(_, c)| c.clone())
+                .collect(),
+        )
+    }
+
+    /// Counts of each kind, for status output.
+    pub fn counts(&self) -> CacheCounts {
+        CacheCounts {
+            generation: self.generation,
+            services: self.services.len(),
+            endpoint_slices: self.slices.len(),
+            endpoints: self.slices.values().map(|s| s.endpoints.len()).sum(),
+            pods: self.pods.len(),
+            nodes: self.nodes.len(),
+            synced: self.is_synced(),
+        }
+    }
+}
+
+fn partition_point<T: Clone>(v: &Vector<T>, pred: impl Fn(&T) -> bool) -> usize {
+    let (mut lo, mut hi) = (0, v.len());
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if pred(&v[mid]) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}
+
+/// Sizes of a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CacheCounts {
+    /// Generation.
+    pub generation: u64,
+    /// Services.
+    pub services: usize,
+    /// EndpointSlices.
+    pub endpoint_slices: usize,
+    /// Endpoints summed over all slices.
+    pub endpoints: usize,
+    /// Pods.
+    pub pods: usize,
+    /// Nodes.
+    pub nodes: usize,
+    /// Whether every expected kind has synced.
+    pub synced: bool,
+}
+
+/// Creates a cache that expects the initial lists of `expected` kinds before it reports synced.
+pub fn new_cache(expected: impl IntoIterator<Item = Kind>) -> (CacheWriter, CacheReader) {
+    let snapshot = Snapshot {
+        expected: expected.into_iter().collect(),
+        ..Snapshot::default()
+    };
+    let (tx, rx) = watch::channel(Arc::new(snapshot.clone()));
+    (
+        CacheWriter {
+            current: snapshot,
+            tx,
+        },
+        CacheReader { rx },
+    )
+}
+
+/// The single writer of a cache. Owned by the source task.
+pub struct CacheWriter {
+    current: Snapshot,
+    tx: watch::Sender<Arc<Snapshot>>,
+}
+
+impl CacheWriter {
+    /// Applies a batch of changes and publishes them as one new generation (if anything changed).
+    /// Returns the generation in force afterwards.
+    pub fn update(&mut self, f: impl FnOnce(&mut Transaction)) -> u64 {
+        let mut tx = Transaction {
+            snap: self.current.clone(),
+            changes: BTreeSet::new(),
+            synced_changed: false,
+        };
+        f(&mut tx);
+        let Transaction {
+            mut snap,
+            changes,
+            synced_changed,
+        } = tx;
+        if changes.is_empty() && !synced_changed {
+            return self.current.generation;
+        }
+        snap.generation += 1;
+        let generation = snap.generation;
+        for change in changes {
+            snap.journal.push_back((generation, change));
+        }
+        while snap.journal.len() > JOURNAL_CAPACITY {
+            if let Some((g, _)) = snap.journal.pop_front() {
+                snap.journal_floor = g;
+            }
+        }
+        self.current = snap;
+        self.tx.send_replace(Arc::new(self.current.clone()));
+        generation
+    }
+
+    /// Adds or replaces one object and publishes.
+    pub fn apply(&mut self, object: ClusterObject) -> u64 {
+        self.update(|tx| tx.apply(object))
+    }
+
+    /// Removes one object and publishes.
+    pub fn delete(&mut self, kind: Kind, key: &ObjectKey) -> u64 {
+        self.update(|tx| tx.delete(kind, key))
+    }
+
+    /// Replaces every object of `kind` with `objects` (a relist), marks the kind synced, and
+    /// publishes: objects absent from the new list are removed.
+    pub fn replace_kind(&mut self, kind: Kind, objects: Vec<ClusterObject>) -> u64 {
+        self.update(|tx| tx.replace_kind(kind, objects))
+    }
+
+    /// The snapshot most recently published.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.tx.borrow().clone()
+    }
+
+    /// A new reader of this cache.
+    pub fn reader(&self) -> CacheReader {
+        CacheReader {
+            rx: self.tx.subscribe(),
+        }
+    }
+}
+
+/// A batch of changes being prepared; see [`CacheWriter::update`].
+pub struct Transaction {
+    snap: Snapshot,
+    changes: BTreeSet<Change>,
+    synced_changed: bool,
+}
+
+impl Transaction {
+    /// Adds or replaces an object. An identical object is a no-op.
+    pub fn apply(&mut self, object: ClusterObject) {
+        match object {
+            ClusterObject::Service(s) => {
+                if self.snap.services.get(&s.key).is_some_and(|old| **old == s) {
+                    return;
+                }
+                self.changes.insert(Change::Service(s.key.clone()));
+                self.snap.services.insert(s.key.clone(), Arc::new(s));
+            }
+            ClusterObject::EndpointSlice(s) => {
+                if self.snap.slices.get(&s.key).is_some_and(|old| **old == s) {
+                    return;
+                }
+                self.unlink_slice(&s.key);
+                if let Some(svc) = s.service_key() {
+                    self.changes.insert(Change::Service(svc.clone()));
+                    self.snap
+                        .slices_by_service
+                        .entry(svc)
+                        .or_default()
+                        .insert(s.key.name.clone());
+                }
+                self.snap.slices.insert(s.key.clone(), Arc::new(s));
+            }
+            ClusterObject::Pod(p) => {
+                if self.snap.pods.get(&p.key).is_some_and(|old| **old == p) {
+                    return;
+                }
+                self.changes.insert(Change::Pod(p.key.clone()));
+                self.snap.pods.insert(p.key.clone(), Arc::new(p));
+            }
+            ClusterObject::Node(n) => {
+                if self.snap.nodes.get(&n.name).is_some_and(|old| **old == n) {
+                    return;
+                }
+                self.changes.insert(Change::Node(n.name.clone()));
+                self.snap.nodes.insert(n.name.clone(), Arc::new(n));
+            }
+        }
+    }
+
+    /// Removes the slice from its service's index and records the change.
+    fn unlink_slice(&mut self, key: &ObjectKey) {
+        let Some(old) = self.snap.slices.get(key).cloned() else {
+            return;
+        };
+        if let Some(svc) = old.service_key() {
+            self.changes.insert(Change::Service(svc.clone()));
+            let now_empty = match self.snap.slices_by_service.get_mut(&svc) {
+                Some(names) => {
+                    names.remove(&key.name);
+                    names.is_empty()
+                }
+                None => false,
+            };
+            if now_empty {
+                self.snap.slices_by_service.remove(&svc);
+            }
+        }
+    }
+
+    /// Removes an object; absent objects are a no-op.
+    pub fn delete(&mut self, kind: Kind, key: &ObjectKey) {
+        match kind {
+            Kind::Service => {
+                if self.snap.services.remove(key).is_some() {
+                    self.changes.insert(Change::Service(key.clone()));
+                }
+            }
+            Kind::EndpointSlice => {
+                self.unlink_slice(key);
+                self.snap.slices.remove(key);
+            }
+            Kind::Pod => {
+                if self.snap.pods.remove(key).is_some() {
+                    self.changes.insert(Change::Pod(key.clone()));
+                }
+            }
+            Kind::Node => {
+                if self.snap.nodes.remove(&key.name).is_some() {
+                    self.changes.insert(Change::Node(key.name.clone()));
+                }
+            }
+        }
+    }
+
+    /// Replaces every object of `kind` (a relist) and marks the kind synced.
+    pub fn replace_kind(&mut self, kind: Kind, objects: Vec<ClusterObject>) {
+        let keep: HashSet<ObjectKey> = objects
+            .iter()
+            .filter(|o| o.kind() == kind)
+            .map(ClusterObject::key)
+            .collect();
+        let stale: Vec<ObjectKey> = match kind {
+            Kind::Service => self
+                .snap
+                .services
+                .keys()
+                .filter(|k| !keep.contains(*k))
+                .cloned()
+                .collect(),
+            Kind::EndpointSlice => self
+                .snap
+                .slices
+                .keys()
+                .filter(|k| !keep.contains(*k))
+                .cloned()
+                .collect(),
+            Kind::Pod => self
+                .snap
+                .pods
+                .keys()
+                .filter(|k| !keep.contains(*k))
+                .cloned()
+                .collect(),
+            Kind::Node => self
+                .snap
+                .nodes
+                .keys()
+                .map(|n| ObjectKey::new("", n.clone()))
+                .filter(|k| !keep.contains(k))
+                .collect(),
+        };
+        for key in stale {
+            self.delete(kind, &key);
+        }
+        for object in objects.into_iter().filter(|o| o.kind() == kind) {
+            self.apply(object);
+        }
+        self.mark_synced(kind);
+    }
+
+    /// Records that the initial list of `kind` has arrived.
+    pub fn mark_synced(&mut self, kind: Kind) {
+        if self.snap.synced.insert(kind) {
+            self.synced_changed = true;
+        }
+    }
+
+    /// The state as modified so far.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snap
+    }
+}
+
+/// A cloneable handle that reads snapshots and waits for new ones.
+#[derive(Clone)]
+pub struct CacheReader {
+    rx: watch::Receiver<Arc<Snapshot>>,
+}
+
+impl CacheReader {
+    /// The latest snapshot (does not mark it seen).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.rx.borrow().clone()
+    }
+
+    /// Waits until a snapshot newer than the last one seen through this reader is published,
+    /// and returns it. Bursts of updates coalesce into one wake-up. Returns `None` once the
+    /// writer is gone.
+    pub async fn changed(&mut self) -> Option<Arc<Snapshot>> {
+        self.rx.changed().await.ok()?;
+        Some(self.rx.borrow_and_update().clone())
+    }
+
+    /// Waits until the cache reports synced or `timeout` passes; returns whether it synced.
+    pub async fn wait_synced(&mut self, timeout: std::time::Duration) -> bool {
+        tokio::time::timeout(timeout, self.rx.wait_for(|s| s.is_synced()))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}

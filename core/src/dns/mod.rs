@@ -1,0 +1,1 @@
+//! Cluster DNS: the `cluster.local` zone built from snapshots, and its server.

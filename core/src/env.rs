@@ -1,0 +1,1 @@
+//! Pod environment variables exactly as kubelet injects them.

@@ -1,0 +1,1 @@
+//! IPVS service proxy: desired state from snapshots, kernel reconciler, netlink backend.

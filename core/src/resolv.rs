@@ -1,0 +1,1 @@
+//! Pod `resolv.conf` exactly as kubelet writes it.

@@ -1,0 +1,1 @@
+//! Sources of cluster state that drive the [`CacheWriter`](crate::CacheWriter).
