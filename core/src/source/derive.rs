@@ -1,0 +1,1 @@
+//! Endpoints derived from Pods and Service selectors, as the EndpointSlice controller does.
