@@ -1,21 +1,468 @@
-//! The manifest directory source.
+//! The manifest directory source: every `*.yaml`, `*.yml` and `*.json` file of a directory,
+//! exactly the manifests a user would `kubectl apply` (multi-document YAML and `kind: List`
+//! accepted), watched live.
+//!
+//! Each file is parsed on its own. A file that fails to parse is reported with file, document
+//! index and reason, and the objects of its last good version stay in effect. Services with a
+//! selector and no hand-written EndpointSlice get slices derived from the directory's Pods
+//! ([`derive`](super::derive)).
 
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
 
+use notify::Watcher;
 use tokio::task::JoinHandle;
 
+use super::derive::derive_endpoint_slices;
+use super::{SourceError, SourceProblem, StatusHandle};
 use crate::cache::CacheWriter;
-use crate::model::Kind;
+use crate::model::{ClusterObject, Kind, ObjectKey, Pod, Service, project};
 
-use super::{SourceError, StatusHandle};
+/// How long to wait for a burst of file events to settle before rescanning.
+const DEBOUNCE: Duration = Duration::from_millis(25);
+/// Rescan period when no event arrives (covers file systems without inotify).
+const FALLBACK_RESCAN: Duration = Duration::from_secs(5);
 
-/// Spawns the watcher of `dir`.
+/// The problem found in one document of a manifest file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: document {document}: {reason}")]
+pub struct ManifestError {
+    /// The file.
+    pub file: PathBuf,
+    /// Index of the document in the file (0-based; for `kind: List`, the List's document).
+    pub document: usize,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl ManifestError {
+    fn to_problem(&self) -> SourceProblem {
+        SourceProblem {
+            location: format!("{}: document {}", self.file.display(), self.document),
+            reason: self.reason.clone(),
+        }
+    }
+}
+
+/// Whether `path` names a manifest file (by extension; hidden files are not manifests).
+pub fn is_manifest(path: &Path) -> bool {
+    let hidden = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_none_or(|n| n.starts_with('.'));
+    !hidden
+        && matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml" | "json")
+        )
+}
+
+/// Splits YAML text into documents at `---` / `...` marker lines, with each document's first line.
+fn yaml_documents(text: &str) -> Vec<(usize, String)> {
+    let mut docs = Vec::new();
+    let mut current = String::new();
+    let mut start = 1;
+    for (i, line) in text.lines().enumerate() {
+        let is_marker =
+            line == "---" || line.starts_with("--- ") || line.starts_with("---\t") || line == "...";
+        if is_marker {
+            docs.push((start, std::mem::take(&mut current)));
+            start = i + 2;
+            // `--- {inline}` starts a document on the marker line itself.
+            if let Some(rest) = line.strip_prefix("--- ") {
+                current.push_str(rest);
+                current.push('\n');
+                start = i + 1;
+            }
+        } else {
+            current.push_str(line);
+            current.push('\n');
+        }
+    }
+    docs.push((start, current));
+    docs
+}
+
+fn is_blank_yaml(doc: &str) -> bool {
+    doc.lines().all(|l| {
+        let t = l.trim();
+        t.is_empty() || t.starts_with('#')
+    })
+}
+
+/// Parses one manifest file's content into cluster objects (kinds the cache does not hold are
+/// skipped). Any bad document rejects the whole file, so a half-edited file never applies.
+pub fn parse_manifest(file: &Path, text: &str) -> Result<Vec<ClusterObject>, ManifestError> {
+    let err = |document: usize, reason: String| ManifestError {
+        file: file.to_path_buf(),
+        document,
+        reason,
+    };
+    let mut values = Vec::new();
+    if file.extension().and_then(|e| e.to_str()) == Some("json") {
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| err(0, format!("invalid JSON: {e}")))?;
+        values.push((0, v));
+    } else {
+        let mut index = 0;
+        for (first_line, doc) in yaml_documents(text) {
+            if is_blank_yaml(&doc) {
+                continue;
+            }
+            let v: serde_json::Value = serde_saphyr::from_str(&doc).map_err(|e| {
+                err(
+                    index,
+                    format!("invalid YAML (document starts at line {first_line}): {e}"),
+                )
+            })?;
+            if !v.is_null() {
+                values.push((index, v));
+            }
+            index += 1;
+        }
+    }
+    let mut objects = Vec::new();
+    for (index, value) in values {
+        if !value.is_object() {
+            return Err(err(
+                index,
+                "not a Kubernetes object (expected a mapping)".into(),
+            ));
+        }
+        let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+        if kind.is_empty() || value.get("apiVersion").and_then(|v| v.as_str()).is_none() {
+            return Err(err(index, "missing apiVersion or kind".into()));
+        }
+        if kind == "List" || kind.ends_with("List") && value.get("items").is_some() {
+            let items = value
+                .get("items")
+                .and_then(|i| i.as_array())
+                .cloned()
+                .unwrap_or_default();
+            for (j, item) in items.into_iter().enumerate() {
+                match project::from_json(item) {
+                    Ok(Some(o)) => objects.push(o),
+                    Ok(None) => {}
+                    Err(e) => return Err(err(index, format!("items[{j}]: {e}"))),
+                }
+            }
+            continue;
+        }
+        match project::from_json(value) {
+            Ok(Some(o)) => objects.push(o),
+            Ok(None) => {}
+            Err(e) => return Err(err(index, e.to_string())),
+        }
+    }
+    Ok(objects)
+}
+
+/// The state of one file: its last good objects, and its current error if the latest version
+/// is bad.
+#[derive(Debug, Default)]
+struct FileState {
+    content_hash: Option<u64>,
+    objects: Vec<ClusterObject>,
+    error: Option<ManifestError>,
+}
+
+/// The parsed contents of a manifest directory: a pure model that [`spawn`] keeps in step with
+/// the files and tests drive directly.
+#[derive(Debug, Default)]
+pub struct ManifestSet {
+    files: BTreeMap<PathBuf, FileState>,
+}
+
+fn hash(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+impl ManifestSet {
+    /// Records the current content of `file`. Returns whether anything changed. A bad version
+    /// keeps the previous objects of that file and records the error.
+    pub fn update_file(&mut self, file: &Path, text: &str) -> bool {
+        let h = hash(text.as_bytes());
+        let state = self.files.entry(file.to_path_buf()).or_default();
+        if state.content_hash == Some(h) {
+            return false;
+        }
+        state.content_hash = Some(h);
+        match parse_manifest(file, text) {
+            Ok(objects) => {
+                state.objects = objects;
+                state.error = None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "manifest rejected; keeping its last good version");
+                state.error = Some(e);
+            }
+        }
+        true
+    }
+
+    /// Forgets a deleted file and its objects. Returns whether it was known.
+    pub fn remove_file(&mut self, file: &Path) -> bool {
+        self.files.remove(file).is_some()
+    }
+
+    /// Files currently known.
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        self.files.keys().map(PathBuf::as_path)
+    }
+
+    /// Current problems: bad files, and objects defined in more than one file.
+    pub fn problems(&self) -> Vec<SourceProblem> {
+        let mut problems: Vec<SourceProblem> = self
+            .files
+            .values()
+            .filter_map(|f| f.error.as_ref().map(ManifestError::to_problem))
+            .collect();
+        let mut seen: BTreeMap<(Kind, ObjectKey), &Path> = BTreeMap::new();
+        for (path, state) in &self.files {
+            for o in &state.objects {
+                if let Some(first) = seen.insert((o.kind(), o.key()), path) {
+                    problems.push(SourceProblem {
+                        location: path.display().to_string(),
+                        reason: format!(
+                            "{} {} is also defined in {}; this file's version wins",
+                            o.kind(),
+                            o.key(),
+                            first.display()
+                        ),
+                    });
+                }
+            }
+        }
+        problems
+    }
+
+    /// Every object in effect, by kind: the files' objects (later files win on duplicates) plus
+    /// EndpointSlices derived from Pods for selector services without hand-written slices.
+    pub fn objects(&self) -> BTreeMap<Kind, Vec<ClusterObject>> {
+        let mut by_key: BTreeMap<(Kind, ObjectKey), &ClusterObject> = BTreeMap::new();
+        for state in self.files.values() {
+            for o in &state.objects {
+                by_key.insert((o.kind(), o.key()), o);
+            }
+        }
+        let mut out: BTreeMap<Kind, Vec<ClusterObject>> = BTreeMap::new();
+        let mut services: Vec<&Service> = Vec::new();
+        let mut pods: Vec<&Pod> = Vec::new();
+        let mut handwritten: HashSet<ObjectKey> = HashSet::new();
+        for ((kind, _), o) in &by_key {
+            match o {
+                ClusterObject::Service(s) => services.push(s),
+                ClusterObject::Pod(p) => pods.push(p),
+                ClusterObject::EndpointSlice(s) => {
+                    if let Some(k) = s.service_key() {
+                        handwritten.insert(k);
+                    }
+                }
+                ClusterObject::Node(_) => {}
+            }
+            out.entry(*kind).or_default().push((*o).clone());
+        }
+        let derived = derive_endpoint_slices(services, &pods, &handwritten);
+        out.entry(Kind::EndpointSlice)
+            .or_default()
+            .extend(derived.into_iter().map(ClusterObject::EndpointSlice));
+        out
+    }
+
+    /// Publishes the objects of the watched `kinds` to the cache as one generation.
+    pub fn publish(&self, kinds: &[Kind], writer: &mut CacheWriter) -> u64 {
+        let mut objects = self.objects();
+        writer.update(|tx| {
+            for kind in kinds {
+                tx.replace_kind(*kind, objects.remove(kind).unwrap_or_default());
+            }
+        })
+    }
+}
+
+/// Reads the directory's manifest files into `set`; returns whether anything changed.
+fn rescan(dir: &Path, set: &mut ManifestSet) -> Result<bool, std::io::Error> {
+    let mut present = Vec::new();
+    let mut changed = false;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if !is_manifest(&path) || !path.is_file() {
+            continue;
+        }
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let text = String::from_utf8_lossy(&bytes);
+                changed |= set.update_file(&path, &text);
+                present.push(path);
+            }
+            // Gone between listing and reading (an editor's rename): the next event rescans.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot read manifest");
+                present.push(path);
+            }
+        }
+    }
+    let gone: Vec<PathBuf> = set
+        .files()
+        .filter(|f| !present.iter().any(|p| p == f))
+        .map(Path::to_path_buf)
+        .collect();
+    for f in gone {
+        changed |= set.remove_file(&f);
+    }
+    Ok(changed)
+}
+
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Loads `dir` once (publishing synced), then watches it on a dedicated thread: adding,
+/// editing or deleting a file, or a ConfigMap-style `..data` symlink swap, republishes.
+/// The returned task stops the watcher when aborted.
 pub fn spawn(
     dir: PathBuf,
     kinds: Vec<Kind>,
-    writer: CacheWriter,
+    mut writer: CacheWriter,
     status: StatusHandle,
 ) -> Result<JoinHandle<()>, SourceError> {
-    let _ = (dir, kinds, writer, status);
-    Ok(tokio::spawn(std::future::pending()))
+    let mut set = ManifestSet::default();
+    rescan(&dir, &mut set).map_err(|source| SourceError::ManifestDir {
+        path: dir.clone(),
+        source,
+    })?;
+    set.publish(&kinds, &mut writer);
+    status.update(|s| {
+        s.problems = set.problems();
+        s.resyncs += 1;
+    });
+
+    let (tx, rx) = mpsc::channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+        let _ = tx.send(());
+    })
+    .map_err(|source| SourceError::Watch {
+        path: dir.clone(),
+        source,
+    })?;
+    watcher
+        .watch(&dir, notify::RecursiveMode::NonRecursive)
+        .map_err(|source| SourceError::Watch {
+            path: dir.clone(),
+            source,
+        })?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_thread = stop.clone();
+    std::thread::Builder::new()
+        .name("svcnet-manifests".into())
+        .spawn(move || {
+            let _watcher = watcher;
+            while !stop_thread.load(Ordering::SeqCst) {
+                match rx.recv_timeout(FALLBACK_RESCAN) {
+                    Ok(()) => {
+                        // Let a burst of events (editor save, symlink swap) settle.
+                        std::thread::sleep(DEBOUNCE);
+                        while rx.try_recv().is_ok() {}
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+                if stop_thread.load(Ordering::SeqCst) {
+                    break;
+                }
+                match rescan(&dir, &mut set) {
+                    Ok(true) => {
+                        let generation = set.publish(&kinds, &mut writer);
+                        tracing::info!(dir = %dir.display(), generation, "manifests reloaded");
+                        status.update(|s| {
+                            s.problems = set.problems();
+                            s.resyncs += 1;
+                            s.events += 1;
+                        });
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(dir = %dir.display(), error = %e, "cannot read manifest directory; keeping last state");
+                        status.update(|s| {
+                            s.problems = vec![SourceProblem {
+                                location: dir.display().to_string(),
+                                reason: e.to_string(),
+                            }];
+                        });
+                    }
+                }
+            }
+        })
+        .map_err(|source| SourceError::ManifestDir {
+            path: PathBuf::from("<thread>"),
+            source,
+        })?;
+    Ok(tokio::spawn(async move {
+        let _stop = StopOnDrop(stop);
+        std::future::pending::<()>().await
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_documents_and_reports_the_bad_one() {
+        let text = "# leading comment\n---\napiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: ns}\nspec: {clusterIP: 10.0.0.1, ports: [{port: 80}]}\n---\n---\napiVersion: v1\nkind: Service\nmetadata: {name: b}\nspec: {clusterIP: nope}\n";
+        let err = parse_manifest(Path::new("x.yaml"), text).unwrap_err();
+        assert_eq!(err.document, 1, "{err}");
+        assert!(err.reason.contains("spec.clusterIPs[0]"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("x.yaml: document 1: Service default/b"),
+            "{err}"
+        );
+        let good = text.replace("nope", "10.0.0.2");
+        assert_eq!(parse_manifest(Path::new("x.yaml"), &good).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn lists_json_and_syntax_errors() {
+        let list = r#"{"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}},
+            {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}}]}"#;
+        let objs = parse_manifest(Path::new("l.json"), list).unwrap();
+        assert_eq!(objs.len(), 1);
+        let err =
+            parse_manifest(Path::new("bad.yaml"), "apiVersion: v1\nkind: [unclosed\n").unwrap_err();
+        assert_eq!(err.document, 0);
+        assert!(err.reason.contains("invalid YAML"), "{err}");
+        let err = parse_manifest(Path::new("bad.yaml"), "just a string\n").unwrap_err();
+        assert!(err.reason.contains("expected a mapping"), "{err}");
+    }
+
+    #[test]
+    fn bad_edit_keeps_last_good_version() {
+        let mut set = ManifestSet::default();
+        let f = Path::new("/m/svc.yaml");
+        let good = "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: ns}\nspec: {clusterIP: 10.0.0.1}\n";
+        assert!(set.update_file(f, good));
+        assert!(!set.update_file(f, good), "same content is not a change");
+        assert!(set.update_file(f, "apiVersion: v1\nkind: Service\nmetadata: {name: a\n"));
+        assert_eq!(set.objects()[&Kind::Service].len(), 1);
+        assert_eq!(set.problems().len(), 1);
+        assert!(set.problems()[0].location.contains("svc.yaml: document 0"));
+        assert!(set.remove_file(f));
+        assert!(set.objects().get(&Kind::Service).is_none());
+        assert!(set.problems().is_empty());
+    }
 }
