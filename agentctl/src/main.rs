@@ -1,1 +1,344 @@
-fn main() {}
+//! `agentctl`: the svcnet node agent (`agentctl run`) and its operator CLI.
+//!
+//! Thin: parse flags, set up tracing, call svcnet-core.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use svcnet_core::agent::inspect::{self, NamespaceFilter, OutputFormat, Resource};
+use svcnet_core::model::Kind;
+use svcnet_core::resolv::{self, DnsPolicy, KubeletDns, PodDnsConfig, PodDnsSpec};
+use svcnet_core::source::{self, SourceConfig};
+use svcnet_core::{ObjectKey, Snapshot, env};
+
+const EXAMPLES: &str = "\
+Examples:
+  agentctl get services -n default --manifests examples/cluster
+  agentctl get endpoints -A --kubeconfig ~/.kube/config -o wide
+  agentctl env -n default --manifests examples/cluster --format docker-env
+  agentctl resolv-conf -n demo --nameserver 10.96.0.10 --host-resolv-conf /etc/resolv.conf
+  agentctl run --manifests examples/cluster --dns-listen 127.0.0.1:5353 --admin 127.0.0.1:9900
+  agentctl status --admin 127.0.0.1:9900
+  agentctl dns query demoapp.default.svc.cluster.local A --server 127.0.0.1:5353
+  agentctl completions bash > /etc/bash_completion.d/agentctl";
+
+/// svcnet node agent and operator CLI.
+#[derive(Parser, Debug)]
+#[command(name = "agentctl", version, about, after_help = EXAMPLES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print services, endpoints or endpoint slices from the shared cache, like kubectl get.
+    #[command(after_help = "\
+Examples:
+  agentctl get services --manifests examples/cluster
+  agentctl get svc -A -o wide --manifests examples/cluster
+  agentctl get endpoints -n demo --manifests examples/cluster
+  agentctl get endpointslices -A -o yaml --kubeconfig ~/.kube/config")]
+    Get(GetArgs),
+    /// Print the service environment variables kubelet gives a pod in a namespace.
+    #[command(after_help = "\
+Examples:
+  agentctl env -n default --manifests examples/cluster
+  agentctl env -n demo --enable-service-links=false --manifests examples/cluster
+  agentctl env -n default --format docker-env --manifests examples/cluster > pod.env")]
+    Env(EnvArgs),
+    /// Print the resolv.conf kubelet writes for a pod.
+    #[command(
+        name = "resolv-conf",
+        after_help = "\
+Examples:
+  agentctl resolv-conf -n default --nameserver 10.96.0.10
+  agentctl resolv-conf -n default --manifests examples/cluster      # nameserver from kube-system/kube-dns
+  agentctl resolv-conf --dns-policy ClusterFirst --host-network --host-resolv-conf /etc/resolv.conf
+  agentctl resolv-conf --dns-policy None --dns-config dnsconfig.yaml"
+    )]
+    ResolvConf(ResolvArgs),
+}
+
+/// Where cluster state comes from.
+#[derive(Args, Debug, Clone)]
+struct SourceArgs {
+    /// Read manifests from this directory (every *.yaml, *.yml, *.json).
+    #[arg(long, value_name = "DIR", conflicts_with = "kubeconfig")]
+    manifests: Option<PathBuf>,
+    /// Watch the Kubernetes API with this kubeconfig (default: in-cluster / $KUBECONFIG).
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// How long to wait for the initial sync of the source.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    sync_timeout: u64,
+}
+
+impl SourceArgs {
+    fn config(&self) -> SourceConfig {
+        match &self.manifests {
+            Some(dir) => SourceConfig::Manifests(dir.clone()),
+            None => SourceConfig::Kubernetes {
+                kubeconfig: self.kubeconfig.clone(),
+            },
+        }
+    }
+
+    fn given(&self) -> bool {
+        self.manifests.is_some() || self.kubeconfig.is_some()
+    }
+
+    /// Starts the source, waits for its initial sync and returns one snapshot.
+    async fn snapshot(&self, kinds: &[Kind]) -> Result<std::sync::Arc<Snapshot>> {
+        let config = self.config();
+        let src = source::start(&config, kinds)
+            .await
+            .with_context(|| format!("starting source {}", config.describe()))?;
+        let mut reader = src.reader();
+        if !reader
+            .wait_synced(Duration::from_secs(self.sync_timeout))
+            .await
+        {
+            let problems = src.status().problems;
+            bail!(
+                "source {} did not sync within {} s{}",
+                config.describe(),
+                self.sync_timeout,
+                problems
+                    .iter()
+                    .map(|p| format!("\n  {}: {}", p.location, p.reason))
+                    .collect::<String>()
+            );
+        }
+        for p in src.status().problems {
+            eprintln!("warning: {}: {}", p.location, p.reason);
+        }
+        Ok(reader.snapshot())
+    }
+}
+
+/// Namespace selection shared by the commands that take it.
+#[derive(Args, Debug, Clone)]
+struct NamespaceArgs {
+    /// Namespace.
+    #[arg(short = 'n', long, value_name = "NS", default_value = "default")]
+    namespace: String,
+    /// All namespaces.
+    #[arg(short = 'A', long, conflicts_with = "namespace")]
+    all_namespaces: bool,
+}
+
+#[derive(Args, Debug)]
+struct GetArgs {
+    /// services (svc), endpoints (ep) or endpointslices.
+    #[arg(value_name = "RESOURCE")]
+    resource: String,
+    #[command(flatten)]
+    namespaces: NamespaceArgs,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, value_name = "FORMAT")]
+    output: Option<GetOutput>,
+    #[command(flatten)]
+    source: SourceArgs,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+enum GetOutput {
+    Wide,
+    Json,
+    Yaml,
+}
+
+#[derive(Args, Debug)]
+struct EnvArgs {
+    /// Namespace of the pod.
+    #[arg(short = 'n', long, value_name = "NS", default_value = "default")]
+    namespace: String,
+    /// The pod's spec.enableServiceLinks (false keeps only the KUBERNETES_* variables).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    enable_service_links: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = EnvOutput::Env)]
+    format: EnvOutput,
+    #[command(flatten)]
+    source: SourceArgs,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+enum EnvOutput {
+    /// KEY=value lines.
+    Env,
+    /// JSON array of {name, value}.
+    Json,
+    /// `docker run --env-file` file.
+    DockerEnv,
+}
+
+#[derive(Args, Debug)]
+struct ResolvArgs {
+    /// Namespace of the pod.
+    #[arg(short = 'n', long, value_name = "NS", default_value = "default")]
+    namespace: String,
+    /// The pod's spec.dnsPolicy.
+    #[arg(long, value_enum, default_value_t = PolicyArg::ClusterFirst)]
+    dns_policy: PolicyArg,
+    /// The pod's spec.hostNetwork.
+    #[arg(long)]
+    host_network: bool,
+    /// Cluster DNS server (kubelet --cluster-dns); repeatable. Default: the cluster IPs of
+    /// kube-system/kube-dns when a source is given, else none (kubelet then falls back to Default).
+    #[arg(long, value_name = "IP")]
+    nameserver: Vec<IpAddr>,
+    /// kubelet --cluster-domain.
+    #[arg(long, value_name = "DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
+    /// kubelet --resolv-conf: the node's resolv.conf ("" = none: 127.0.0.1 and search ".").
+    #[arg(long, value_name = "FILE", default_value = "/etc/resolv.conf")]
+    host_resolv_conf: PathBuf,
+    /// Node IPs (only used with --host-resolv-conf "").
+    #[arg(long, value_name = "IP")]
+    node_ip: Vec<IpAddr>,
+    /// The pod's spec.dnsConfig as a YAML or JSON file ("-" for stdin).
+    #[arg(long, value_name = "FILE")]
+    dns_config: Option<PathBuf>,
+    #[command(flatten)]
+    source: SourceArgs,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+enum PolicyArg {
+    #[value(name = "ClusterFirst")]
+    ClusterFirst,
+    #[value(name = "ClusterFirstWithHostNet")]
+    ClusterFirstWithHostNet,
+    #[value(name = "Default")]
+    Default,
+    #[value(name = "None")]
+    None,
+}
+
+impl From<PolicyArg> for DnsPolicy {
+    fn from(p: PolicyArg) -> Self {
+        match p {
+            PolicyArg::ClusterFirst => DnsPolicy::ClusterFirst,
+            PolicyArg::ClusterFirstWithHostNet => DnsPolicy::ClusterFirstWithHostNet,
+            PolicyArg::Default => DnsPolicy::Default,
+            PolicyArg::None => DnsPolicy::None,
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(dispatch(cli))
+}
+
+async fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Get(args) => get(args).await,
+        Command::Env(args) => env_cmd(args).await,
+        Command::ResolvConf(args) => resolv_conf(args).await,
+    }
+}
+
+async fn get(args: GetArgs) -> Result<()> {
+    let resource: Resource = args.resource.parse()?;
+    let namespaces = if args.namespaces.all_namespaces {
+        NamespaceFilter::All
+    } else {
+        NamespaceFilter::One(args.namespaces.namespace.clone())
+    };
+    let format = match args.output {
+        None => OutputFormat::Table,
+        Some(GetOutput::Wide) => OutputFormat::Wide,
+        Some(GetOutput::Json) => OutputFormat::Json,
+        Some(GetOutput::Yaml) => OutputFormat::Yaml,
+    };
+    let snapshot = args
+        .source
+        .snapshot(&[Kind::Service, Kind::EndpointSlice])
+        .await?;
+    let out = inspect::get(&snapshot, resource, &namespaces, format)?;
+    if out.is_empty() {
+        eprintln!("{}", inspect::no_resources_message(&namespaces));
+    }
+    print!("{out}");
+    Ok(())
+}
+
+async fn env_cmd(args: EnvArgs) -> Result<()> {
+    let snapshot = args.source.snapshot(&[Kind::Service]).await?;
+    let vars = env::pod_env(&snapshot, &args.namespace, args.enable_service_links);
+    let format = match args.format {
+        EnvOutput::Env => env::EnvFormat::KeyValue,
+        EnvOutput::Json => env::EnvFormat::Json,
+        EnvOutput::DockerEnv => env::EnvFormat::DockerEnv,
+    };
+    print!("{}", env::render(&vars, format, &args.namespace)?);
+    Ok(())
+}
+
+async fn resolv_conf(args: ResolvArgs) -> Result<()> {
+    let mut cluster_dns = args.nameserver.clone();
+    if cluster_dns.is_empty() && args.source.given() {
+        let snapshot = args.source.snapshot(&[Kind::Service]).await?;
+        let key = ObjectKey::new("kube-system", "kube-dns");
+        match snapshot.service(&key) {
+            Some(svc) if svc.has_cluster_ip() => cluster_dns = svc.cluster_ips.clone(),
+            _ => eprintln!("warning: service kube-system/kube-dns has no cluster IP in the source"),
+        }
+    }
+    let host = if args.host_resolv_conf.as_os_str().is_empty() {
+        None
+    } else {
+        Some(resolv::load_host_resolv_conf(&args.host_resolv_conf)?)
+    };
+    let dns_config = match &args.dns_config {
+        None => None,
+        Some(path) => {
+            let (text, origin) = if path.as_os_str() == "-" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                    .context("reading dnsConfig from stdin")?;
+                (s, "<stdin>".to_string())
+            } else {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading dnsConfig {}", path.display()))?;
+                (text, path.display().to_string())
+            };
+            Some(PodDnsConfig::from_yaml(&text, &origin)?)
+        }
+    };
+    let kubelet = KubeletDns {
+        cluster_dns,
+        cluster_domain: args.cluster_domain.clone(),
+        host,
+        node_ips: args.node_ip.clone(),
+    };
+    let pod = PodDnsSpec {
+        namespace: args.namespace.clone(),
+        policy: args.dns_policy.into(),
+        host_network: args.host_network,
+        dns_config,
+    };
+    let conf = resolv::pod_resolv_conf(&kubelet, &pod)?;
+    for w in &conf.warnings {
+        eprintln!("warning: {w}");
+    }
+    print!("{}", conf.render());
+    Ok(())
+}

@@ -6,6 +6,7 @@
 //! ([`dns`]), the IPVS table ([`ipvs`]), pod environment variables ([`env`]) and `resolv.conf`
 //! ([`resolv`]) — which thin IO edges then serve or program.
 
+pub mod agent;
 pub mod cache;
 pub mod dns;
 pub mod env;
