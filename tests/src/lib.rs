@@ -1,1 +1,3 @@
 //! x
+pub mod fake_apiserver;
+pub mod vm;
