@@ -1,0 +1,80 @@
+//! Proxy configuration: the validated runtime [`ProxyConfig`] and its source, a
+//! `KubeProxyConfiguration` file (`kubeproxy.config.k8s.io/v1alpha1`), see [`file`].
+
+pub mod file;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::table::Scheduler;
+use ipnetwork::IpNetwork;
+
+/// The validated settings the proxy runs with. Every field can change live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// IPVS scheduler for every virtual server (`ipvs.scheduler`, default `rr`).
+    pub scheduler: Scheduler,
+    /// Full resync interval (`ipvs.syncPeriod`, default 30 s).
+    pub sync_period: Duration,
+    /// Minimum interval between syncs (`ipvs.minSyncPeriod`, default 0).
+    pub min_sync_period: Duration,
+    /// Virtual servers in these ranges are never touched by cleanup (`ipvs.excludeCIDRs`).
+    pub exclude_cidrs: Vec<IpNetwork>,
+    /// `ipvs.strictARP`: set `arp_ignore=1` / `arp_announce=2`.
+    pub strict_arp: bool,
+    /// IPVS TCP timeout (`ipvs.tcpTimeout`, zero = leave the kernel's).
+    pub tcp_timeout: Duration,
+    /// IPVS TCP FIN timeout (`ipvs.tcpFinTimeout`, zero = leave the kernel's).
+    pub tcp_fin_timeout: Duration,
+    /// IPVS UDP timeout (`ipvs.udpTimeout`, zero = leave the kernel's).
+    pub udp_timeout: Duration,
+    /// Pod ranges (`clusterCIDR`, comma separated in the file): traffic from outside them to a
+    /// cluster IP is masqueraded.
+    pub cluster_cidrs: Vec<IpNetwork>,
+    /// Node addresses that serve node ports (`nodePortAddresses`); empty = every local address.
+    pub node_port_addresses: Vec<IpNetwork>,
+    /// Masquerade all traffic to cluster IPs (`iptables.masqueradeAll`).
+    pub masquerade_all: bool,
+    /// Bit of the packet mark used to request masquerade (`iptables.masqueradeBit`, default 14).
+    pub masquerade_bit: u8,
+    /// Where `/healthz` and `/livez` are served (`healthzBindAddress`, default `0.0.0.0:10256`).
+    pub healthz_bind_address: Option<SocketAddr>,
+    /// Where `/metrics` is served (`metricsBindAddress`, default `127.0.0.1:10249`).
+    pub metrics_bind_address: Option<SocketAddr>,
+    /// Node name override (`hostnameOverride`).
+    pub hostname_override: Option<String>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            scheduler: Scheduler::Rr,
+            sync_period: Duration::from_secs(30),
+            min_sync_period: Duration::ZERO,
+            exclude_cidrs: Vec::new(),
+            strict_arp: false,
+            tcp_timeout: Duration::ZERO,
+            tcp_fin_timeout: Duration::ZERO,
+            udp_timeout: Duration::ZERO,
+            cluster_cidrs: Vec::new(),
+            node_port_addresses: Vec::new(),
+            masquerade_all: false,
+            masquerade_bit: 14,
+            healthz_bind_address: Some(SocketAddr::from(([0, 0, 0, 0], 10256))),
+            metrics_bind_address: Some(SocketAddr::from(([127, 0, 0, 1], 10249))),
+            hostname_override: None,
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// The packet mark requesting masquerade (`1 << masquerade_bit`).
+    pub fn masquerade_mark(&self) -> u32 {
+        1u32 << self.masquerade_bit
+    }
+
+    /// Whether `addr` lies in one of the `excludeCIDRs`.
+    pub fn is_excluded(&self, addr: std::net::IpAddr) -> bool {
+        self.exclude_cidrs.iter().any(|n| n.contains(addr))
+    }
+}

@@ -1,0 +1,395 @@
+//! The IPVS table as data: virtual servers, real servers and their parameters, shared by the
+//! desired state, the backends and the `ipvsadm`-style renderer.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use serde::Serialize;
+
+use crate::model::Protocol;
+
+/// `IP_VS_SVC_F_PERSISTENT`: session affinity by client address.
+pub const FLAG_PERSISTENT: u32 = 0x0001;
+/// `IP_VS_SVC_F_HASHED`: set by the kernel on every service; ignored when comparing.
+pub const FLAG_HASHED: u32 = 0x0002;
+/// `IP_VS_SVC_F_SCHED1`: `sh-fallback` / `mh-fallback`.
+pub const FLAG_SCHED1: u32 = 0x0008;
+/// `IP_VS_SVC_F_SCHED2`: `sh-port` / `mh-port` (hash the source port too).
+pub const FLAG_SCHED2: u32 = 0x0010;
+/// Flags the kernel sets by itself and that never count as a difference.
+pub const KERNEL_ONLY_FLAGS: u32 = FLAG_HASHED;
+
+/// Address family of a virtual or real server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Family {
+    /// IPv4 (`AF_INET` = 2).
+    V4,
+    /// IPv6 (`AF_INET6` = 10).
+    V6,
+}
+
+impl Family {
+    /// The family of an address.
+    pub fn of(addr: &IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    /// The `AF_*` number the kernel uses.
+    pub fn af(self) -> u16 {
+        match self {
+            Family::V4 => 2,
+            Family::V6 => 10,
+        }
+    }
+
+    /// The IPVS service netmask for a full-length address (`255.255.255.255` / `128`).
+    pub fn full_netmask(self) -> u32 {
+        match self {
+            Family::V4 => 0xffff_ffff,
+            Family::V6 => 128,
+        }
+    }
+}
+
+/// An IPVS scheduler (`ipvsadm -s`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord, Serialize)]
+#[non_exhaustive]
+pub enum Scheduler {
+    /// Round robin (kube-proxy's default).
+    #[default]
+    Rr,
+    /// Weighted round robin.
+    Wrr,
+    /// Least connection.
+    Lc,
+    /// Weighted least connection.
+    Wlc,
+    /// Locality-based least connection.
+    Lblc,
+    /// Locality-based least connection with replication.
+    Lblcr,
+    /// Destination hashing.
+    Dh,
+    /// Source hashing.
+    Sh,
+    /// Shortest expected delay.
+    Sed,
+    /// Never queue.
+    Nq,
+    /// Maglev hashing.
+    Mh,
+}
+
+impl Scheduler {
+    /// Every scheduler, in documentation order.
+    pub const ALL: [Scheduler; 11] = [
+        Scheduler::Rr,
+        Scheduler::Wrr,
+        Scheduler::Lc,
+        Scheduler::Wlc,
+        Scheduler::Lblc,
+        Scheduler::Lblcr,
+        Scheduler::Dh,
+        Scheduler::Sh,
+        Scheduler::Sed,
+        Scheduler::Nq,
+        Scheduler::Mh,
+    ];
+
+    /// The kernel's name (`rr`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheduler::Rr => "rr",
+            Scheduler::Wrr => "wrr",
+            Scheduler::Lc => "lc",
+            Scheduler::Wlc => "wlc",
+            Scheduler::Lblc => "lblc",
+            Scheduler::Lblcr => "lblcr",
+            Scheduler::Dh => "dh",
+            Scheduler::Sh => "sh",
+            Scheduler::Sed => "sed",
+            Scheduler::Nq => "nq",
+            Scheduler::Mh => "mh",
+        }
+    }
+
+    /// Service flags this scheduler needs: kube-proxy gives `mh` the fallback and
+    /// source-port flags so a removed real server only moves its own clients.
+    pub fn flags(self) -> u32 {
+        match self {
+            Scheduler::Mh => FLAG_SCHED1 | FLAG_SCHED2,
+            _ => 0,
+        }
+    }
+}
+
+impl fmt::Display for Scheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An unknown scheduler name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown IPVS scheduler {0:?} (expected one of rr, wrr, lc, wlc, lblc, lblcr, dh, sh, sed, nq, mh)"
+)]
+pub struct UnknownScheduler(pub String);
+
+impl FromStr for Scheduler {
+    type Err = UnknownScheduler;
+
+    /// Parses a scheduler name; the empty string means the default (`rr`), as in kube-proxy.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            return Ok(Scheduler::Rr);
+        }
+        Scheduler::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| UnknownScheduler(s.to_string()))
+    }
+}
+
+/// Identity of a virtual server: address, port and protocol (the family follows the address).
+/// Ordered by address, then port, then protocol, which is the order listings use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ServiceId {
+    /// Virtual address.
+    pub addr: IpAddr,
+    /// Virtual port.
+    pub port: u16,
+    /// Protocol.
+    pub protocol: Protocol,
+}
+
+impl ServiceId {
+    /// Builds an identity.
+    pub fn new(protocol: Protocol, addr: IpAddr, port: u16) -> Self {
+        Self {
+            addr,
+            port,
+            protocol,
+        }
+    }
+
+    /// The address family.
+    pub fn family(&self) -> Family {
+        Family::of(&self.addr)
+    }
+}
+
+impl fmt::Display for ServiceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.protocol, SocketText(self.addr, self.port))
+    }
+}
+
+/// Formats `addr:port` with brackets around IPv6 addresses, as `ipvsadm` does.
+#[derive(Debug, Clone, Copy)]
+pub struct SocketText(pub IpAddr, pub u16);
+
+impl fmt::Display for SocketText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            IpAddr::V4(a) => write!(f, "{a}:{}", self.1),
+            IpAddr::V6(a) => write!(f, "[{a}]:{}", self.1),
+        }
+    }
+}
+
+/// The settable parameters of a virtual server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct ServiceParams {
+    /// Scheduler.
+    pub scheduler: Scheduler,
+    /// `IP_VS_SVC_F_*` flags (without kernel-only ones).
+    pub flags: u32,
+    /// Persistence timeout in seconds (0 unless [`FLAG_PERSISTENT`]).
+    pub timeout: u32,
+}
+
+impl ServiceParams {
+    /// Whether the kernel's parameters match these (kernel-only flags ignored).
+    pub fn matches(&self, other: &ServiceParams) -> bool {
+        self.scheduler == other.scheduler
+            && (self.flags & !KERNEL_ONLY_FLAGS) == (other.flags & !KERNEL_ONLY_FLAGS)
+            && self.timeout == other.timeout
+    }
+}
+
+/// Forwarding method of a real server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+pub enum Forward {
+    /// NAT (`IP_VS_CONN_F_MASQ` = 0), the only method kube-proxy uses.
+    #[default]
+    Masq,
+    /// Direct routing (`IP_VS_CONN_F_DROUTE` = 3).
+    Route,
+    /// IP-in-IP tunnel (`IP_VS_CONN_F_TUNNEL` = 2).
+    Tunnel,
+    /// Local node (`IP_VS_CONN_F_LOCALNODE` = 1).
+    Local,
+    /// Bypass (`IP_VS_CONN_F_BYPASS` = 4).
+    Bypass,
+}
+
+impl Forward {
+    /// The kernel's `IP_VS_CONN_F_FWD_MASK` value.
+    pub fn code(self) -> u32 {
+        match self {
+            Forward::Masq => 0,
+            Forward::Local => 1,
+            Forward::Tunnel => 2,
+            Forward::Route => 3,
+            Forward::Bypass => 4,
+        }
+    }
+
+    /// From the kernel's value (masked with `IP_VS_CONN_F_FWD_MASK` = 7).
+    pub fn from_code(code: u32) -> Self {
+        match code & 7 {
+            1 => Forward::Local,
+            2 => Forward::Tunnel,
+            3 => Forward::Route,
+            4 => Forward::Bypass,
+            _ => Forward::Masq,
+        }
+    }
+
+    /// `ipvsadm`'s column text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Forward::Masq => "Masq",
+            Forward::Local => "Local",
+            Forward::Tunnel => "Tunnel",
+            Forward::Route => "Route",
+            Forward::Bypass => "Bypass",
+        }
+    }
+}
+
+/// Identity of a real server inside a virtual server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct DestId {
+    /// Real server address.
+    pub addr: IpAddr,
+    /// Real server port.
+    pub port: u16,
+}
+
+impl DestId {
+    /// Builds an identity.
+    pub fn new(addr: IpAddr, port: u16) -> Self {
+        Self { addr, port }
+    }
+}
+
+impl fmt::Display for DestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        SocketText(self.addr, self.port).fmt(f)
+    }
+}
+
+/// The settable parameters of a real server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct DestParams {
+    /// Weight (0 = quiesced: no new connections).
+    pub weight: u32,
+    /// Forwarding method.
+    pub forward: Forward,
+}
+
+impl DestParams {
+    /// A masqueraded real server with `weight`.
+    pub fn masq(weight: u32) -> Self {
+        Self {
+            weight,
+            forward: Forward::Masq,
+        }
+    }
+}
+
+/// Connection counters of a real server, as the kernel reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+pub struct DestConns {
+    /// Active (established TCP) connections.
+    pub active: u32,
+    /// Inactive connections (other states).
+    pub inactive: u32,
+    /// Persistence templates.
+    pub persistent: u32,
+}
+
+/// Traffic counters of a virtual or real server (`ipvsadm --stats`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+pub struct Stats {
+    /// Connections scheduled.
+    pub conns: u64,
+    /// Incoming packets.
+    pub in_packets: u64,
+    /// Outgoing packets.
+    pub out_packets: u64,
+    /// Incoming bytes.
+    pub in_bytes: u64,
+    /// Outgoing bytes.
+    pub out_bytes: u64,
+}
+
+/// A real server as read from the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DestEntry {
+    /// Identity.
+    pub id: DestId,
+    /// Parameters.
+    pub params: DestParams,
+    /// Connection counters.
+    pub conns: DestConns,
+    /// Traffic counters.
+    pub stats: Stats,
+}
+
+/// A virtual server as read from the kernel (`fwmark` services are not represented).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ServiceEntry {
+    /// Identity.
+    pub id: ServiceId,
+    /// Parameters.
+    pub params: ServiceParams,
+    /// Traffic counters.
+    pub stats: Stats,
+}
+
+/// What a virtual server is for: decides ipset membership and which traffic policy applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum EntryPoint {
+    /// A cluster IP.
+    ClusterIp,
+    /// A `spec.externalIPs` address.
+    ExternalIp,
+    /// A `status.loadBalancer.ingress` IP.
+    LoadBalancer,
+    /// A node address with a node port.
+    NodePort,
+}
+
+/// A desired virtual server with its real servers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VirtualServer {
+    /// Parameters.
+    pub params: ServiceParams,
+    /// Real servers and their parameters.
+    pub dests: BTreeMap<DestId, DestParams>,
+    /// Which entry point of the Service this is.
+    pub entry_point: EntryPoint,
+    /// Whether a `Local` traffic policy restricted the real servers to this node.
+    pub local_only: bool,
+}
+
+/// A kernel table listing: virtual servers with their real servers.
+pub type TableDump = Vec<(ServiceEntry, Vec<DestEntry>)>;
