@@ -5,3 +5,5 @@
 
 pub mod handler;
 pub mod wire;
+pub mod corefile;
+pub mod zone;
