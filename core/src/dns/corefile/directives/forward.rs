@@ -1,0 +1,303 @@
+//! `forward FROM TO... { ... }`: send queries to upstream resolvers.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use super::{SetupContext, arg_count, duration, no_block, number, options, plugin_error, zones};
+use crate::dns::corefile::error::CorefileError;
+use crate::dns::corefile::names::parse_upstream;
+use crate::dns::corefile::syntax::Directive;
+
+const PLUGIN: &str = "forward";
+
+/// CoreDNS's limit on upstreams per forward.
+pub const MAX_UPSTREAMS: usize = 15;
+
+/// How an upstream is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// A random healthy upstream first (default).
+    #[default]
+    Random,
+    /// The next upstream in turn.
+    RoundRobin,
+    /// Always in the written order.
+    Sequential,
+}
+
+/// The forward plugin's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardConfig {
+    /// The zone whose queries are forwarded (`.` for all).
+    pub from: String,
+    /// Upstream servers, in the written order (a resolv.conf expands to its name servers).
+    pub to: Vec<SocketAddr>,
+    /// Zones not forwarded (passed to the next plugin).
+    pub except: Vec<String>,
+    /// Always use TCP.
+    pub force_tcp: bool,
+    /// Use UDP even when the client came over TCP (truncated answers then retry over TCP).
+    pub prefer_udp: bool,
+    /// Upstream selection.
+    pub policy: Policy,
+    /// Failures in a row that mark an upstream down (0: never; default 2).
+    pub max_fails: u32,
+    /// Interval between health probes of a failing upstream (default 0.5 s).
+    pub health_check: Duration,
+    /// Health probes without the RD bit.
+    pub health_check_no_rec: bool,
+    /// The name probed (default `.`).
+    pub health_check_domain: String,
+    /// Idle upstream connections are closed after this (default 10 s).
+    pub expire: Duration,
+    /// Queries in flight beyond this get REFUSED (0: no limit).
+    pub max_concurrent: u32,
+    /// How long to wait for an upstream's answer before trying another (default 2 s).
+    pub read_timeout: Duration,
+    /// Upstream response codes that make the query go on to the next plugin instead.
+    pub next: Vec<u16>,
+    /// Upstream response codes that make the query try the next upstream.
+    pub failover: Vec<u16>,
+    /// Answer SERVFAIL at once when every upstream is down (instead of trying one anyway).
+    pub failfast_all_unhealthy_upstreams: bool,
+}
+
+impl ForwardConfig {
+    /// Defaults for forwarding `from` to `to`.
+    pub fn new(from: String, to: Vec<SocketAddr>) -> Self {
+        Self {
+            from,
+            to,
+            except: Vec::new(),
+            force_tcp: false,
+            prefer_udp: false,
+            policy: Policy::Random,
+            max_fails: 2,
+            health_check: Duration::from_millis(500),
+            health_check_no_rec: false,
+            health_check_domain: ".".to_string(),
+            expire: Duration::from_secs(10),
+            max_concurrent: 0,
+            read_timeout: Duration::from_secs(2),
+            next: Vec::new(),
+            failover: Vec::new(),
+            failfast_all_unhealthy_upstreams: false,
+        }
+    }
+}
+
+/// The `nameserver` lines of a resolv.conf.
+pub fn resolv_conf_nameservers(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some("nameserver"))
+                .then(|| words.next())
+                .flatten()
+                .and_then(|w| parse_upstream(w.split('%').next().unwrap_or(w), 53))
+        })
+        .collect()
+}
+
+fn rcode(text: &str) -> Option<u16> {
+    Some(match text.to_ascii_uppercase().as_str() {
+        "NOERROR" => 0,
+        "FORMERR" => 1,
+        "SERVFAIL" => 2,
+        "NXDOMAIN" => 3,
+        "NOTIMP" => 4,
+        "REFUSED" => 5,
+        "YXDOMAIN" => 6,
+        "YXRRSET" => 7,
+        "NXRRSET" => 8,
+        "NOTAUTH" => 9,
+        "NOTZONE" => 10,
+        _ => return None,
+    })
+}
+
+/// Parses a `forward` directive.
+pub(crate) fn parse(
+    d: &Directive,
+    ctx: &mut SetupContext<'_>,
+) -> Result<ForwardConfig, CorefileError> {
+    arg_count(PLUGIN, d, 2, usize::MAX)?;
+    let from = zones(PLUGIN, &d.args[..1])?;
+    if from.len() != 1 {
+        return Err(plugin_error(
+            PLUGIN,
+            &d.args[0].at,
+            "FROM must be a single zone",
+        ));
+    }
+    let mut to = Vec::new();
+    for t in &d.args[1..] {
+        let text = t.text.as_str();
+        if let Some(rest) = text.strip_prefix("tls://") {
+            ctx.unsupported(
+                PLUGIN,
+                &t.at,
+                &format!("DNS over TLS upstream tls://{rest}"),
+            )?;
+            continue;
+        }
+        if let Some(sa) = parse_upstream(text, 53) {
+            to.push(sa);
+            continue;
+        }
+        if text.contains('/') {
+            let content = ctx.files.read(Path::new(text)).map_err(|e| {
+                plugin_error(
+                    PLUGIN,
+                    &t.at,
+                    format!("cannot read upstreams from {text}: {e}"),
+                )
+            })?;
+            let servers = resolv_conf_nameservers(&content);
+            if servers.is_empty() {
+                return Err(plugin_error(
+                    PLUGIN,
+                    &t.at,
+                    format!("no nameserver lines in {text}"),
+                ));
+            }
+            to.extend(servers);
+            continue;
+        }
+        return Err(plugin_error(
+            PLUGIN,
+            &t.at,
+            format!("{text:?} is not an IP address, IP:port, dns:// address or resolv.conf path"),
+        ));
+    }
+    if to.is_empty() {
+        return Err(plugin_error(PLUGIN, &d.name.at, "no usable upstream"));
+    }
+    if to.len() > MAX_UPSTREAMS {
+        return Err(plugin_error(
+            PLUGIN,
+            &d.args[1].at,
+            format!("more than {MAX_UPSTREAMS} upstreams ({})", to.len()),
+        ));
+    }
+    let mut cfg = ForwardConfig::new(from.into_iter().next().unwrap_or_default(), to);
+    for opt in options(d) {
+        let name = opt.name.text.as_str();
+        match name {
+            "except" => {
+                arg_count(PLUGIN, opt, 1, usize::MAX)?;
+                no_block(PLUGIN, opt)?;
+                cfg.except.extend(zones(PLUGIN, &opt.args)?);
+            }
+            "force_tcp" | "prefer_udp" | "failfast_all_unhealthy_upstreams" => {
+                arg_count(PLUGIN, opt, 0, 0)?;
+                no_block(PLUGIN, opt)?;
+                match name {
+                    "force_tcp" => cfg.force_tcp = true,
+                    "prefer_udp" => cfg.prefer_udp = true,
+                    _ => cfg.failfast_all_unhealthy_upstreams = true,
+                }
+            }
+            "policy" => {
+                arg_count(PLUGIN, opt, 1, 1)?;
+                cfg.policy = match opt.args[0].text.as_str() {
+                    "random" => Policy::Random,
+                    "round_robin" => Policy::RoundRobin,
+                    "sequential" => Policy::Sequential,
+                    other => {
+                        return Err(plugin_error(
+                            PLUGIN,
+                            &opt.args[0].at,
+                            format!("unknown policy {other:?} (random, round_robin or sequential)"),
+                        ));
+                    }
+                };
+            }
+            "max_fails" => {
+                arg_count(PLUGIN, opt, 1, 1)?;
+                cfg.max_fails = number(PLUGIN, &opt.args[0], 0, u32::MAX)?;
+            }
+            "health_check" => {
+                arg_count(PLUGIN, opt, 1, 4)?;
+                cfg.health_check = duration(PLUGIN, &opt.args[0])?;
+                let mut rest = opt.args[1..].iter();
+                while let Some(t) = rest.next() {
+                    match t.text.as_str() {
+                        "no_rec" => cfg.health_check_no_rec = true,
+                        "domain" => {
+                            let dom = rest.next().ok_or_else(|| {
+                                plugin_error(PLUGIN, &t.at, "health_check domain needs a name")
+                            })?;
+                            cfg.health_check_domain =
+                                zones(PLUGIN, std::slice::from_ref(dom))?.remove(0);
+                        }
+                        other => {
+                            return Err(plugin_error(
+                                PLUGIN,
+                                &t.at,
+                                format!(
+                                    "health_check: unexpected {other:?} (no_rec or domain NAME)"
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+            "expire" => {
+                arg_count(PLUGIN, opt, 1, 1)?;
+                cfg.expire = duration(PLUGIN, &opt.args[0])?;
+            }
+            "max_concurrent" => {
+                arg_count(PLUGIN, opt, 1, 1)?;
+                cfg.max_concurrent = number(PLUGIN, &opt.args[0], 0, u32::MAX)?;
+            }
+            "read_timeout" => {
+                arg_count(PLUGIN, opt, 1, 1)?;
+                let t = duration(PLUGIN, &opt.args[0])?;
+                if t.is_zero() {
+                    return Err(plugin_error(
+                        PLUGIN,
+                        &opt.args[0].at,
+                        "read_timeout must be above 0",
+                    ));
+                }
+                cfg.read_timeout = t;
+            }
+            "next" | "failover" => {
+                arg_count(PLUGIN, opt, 1, usize::MAX)?;
+                let mut codes = Vec::new();
+                for t in &opt.args {
+                    codes.push(rcode(&t.text).ok_or_else(|| {
+                        plugin_error(
+                            PLUGIN,
+                            &t.at,
+                            format!("{:?} is not a response code", t.text),
+                        )
+                    })?);
+                }
+                if name == "next" {
+                    cfg.next = codes;
+                } else {
+                    cfg.failover = codes;
+                }
+            }
+            "tls" | "tls_servername" => {
+                ctx.unsupported(
+                    PLUGIN,
+                    &opt.name.at,
+                    &format!("option {name:?} (DNS over TLS)"),
+                )?;
+            }
+            _ => ctx.unknown_option(PLUGIN, opt)?,
+        }
+    }
+    if cfg.force_tcp && cfg.prefer_udp {
+        return Err(plugin_error(
+            PLUGIN,
+            &d.name.at,
+            "force_tcp and prefer_udp are mutually exclusive",
+        ));
+    }
+    Ok(cfg)
+}

@@ -1,0 +1,375 @@
+//! The Corefile: CoreDNS's configuration file, parsed into typed per-plugin settings.
+//!
+//! An unchanged CoreDNS Corefile (such as kubeadm's default) loads as it is: server blocks with
+//! zones and ports, nested option blocks, comments, quoted strings, environment references
+//! (`{$VAR}`, `{env.VAR}`), snippets and `import` of snippets and files. Every plugin gets its
+//! CoreDNS defaults. An unknown plugin or option is an error naming it with file, line and
+//! column, or a warning with [`LoadOptions::allow_unknown`].
+//!
+//! ```
+//! use svcnet_core::dns::corefile::{self, LoadOptions};
+//! let cf = corefile::parse_str(
+//!     "Corefile",
+//!     ".:53 {\n  forward . 127.0.0.1:5300\n  cache 30\n}\n",
+//!     &LoadOptions::default(),
+//! )
+//! .unwrap();
+//! assert_eq!(cf.servers[0].keys[0].zone, ".");
+//! assert_eq!(cf.servers[0].plugins.cache.as_ref().unwrap().success.max_ttl.as_secs(), 30);
+//! ```
+
+pub mod directives;
+pub mod error;
+pub mod files;
+pub mod lexer;
+pub mod names;
+pub mod syntax;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+pub use directives::Fallthrough;
+pub use directives::cache::{CacheConfig, CacheTier, Prefetch, ServeStale};
+pub use directives::forward::{ForwardConfig, Policy};
+pub use directives::hosts::{HostEntry, HostsConfig};
+pub use directives::kubernetes::{KubernetesConfig, PodsMode};
+pub use directives::observe::{
+    ErrorsConfig, HealthConfig, LogClasses, LogConfig, PrometheusConfig, ReadyConfig,
+};
+pub use directives::simple::ReloadConfig;
+pub use error::{CorefileError, Diagnostic, Position};
+pub use files::{FileSource, MemoryFiles, RealFiles};
+
+use directives::{SetupContext, plugin_error};
+use lexer::Token;
+use syntax::{Directive, ServerBlockSyntax, SyntaxContext};
+
+/// The DNS port used when a key names none.
+pub const DEFAULT_PORT: u16 = 53;
+
+/// Plugins that are accepted and have no effect here (each noted with a warning).
+pub const NOOP_PLUGINS: &[&str] = &["debug", "pprof", "cancel", "bufsize", "timeouts", "trace"];
+
+/// How to load a Corefile.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Unknown plugins and options are warnings instead of errors.
+    pub allow_unknown: bool,
+}
+
+/// A loaded Corefile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Corefile {
+    /// Server blocks in file order.
+    pub servers: Vec<ServerBlock>,
+    /// Things accepted but ignored or changed.
+    pub warnings: Vec<Diagnostic>,
+    /// Every file read (the Corefile first, then imports), for change detection.
+    pub files: Vec<PathBuf>,
+}
+
+/// One `zone:port` key of a server block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerKey {
+    /// The zone, lower case and fully qualified (`.` for the root).
+    pub zone: String,
+    /// The port (default 53).
+    pub port: u16,
+    /// Where the key is written.
+    pub at: Position,
+}
+
+/// A server block: the zones it serves and its plugins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerBlock {
+    /// Its keys (a CIDR key expands to one key per reverse zone).
+    pub keys: Vec<ServerKey>,
+    /// Its plugins' settings.
+    pub plugins: PluginSet,
+    /// Where the block starts.
+    pub at: Position,
+}
+
+impl ServerBlock {
+    /// The zones of the block.
+    pub fn zones(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for k in &self.keys {
+            if !out.contains(&k.zone) {
+                out.push(k.zone.clone());
+            }
+        }
+        out
+    }
+
+    /// The socket addresses the block listens on: each key's port on each `bind` address
+    /// (all IPv4 addresses without `bind`).
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        let ips = if self.plugins.bind.is_empty() {
+            vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)]
+        } else {
+            self.plugins.bind.clone()
+        };
+        let mut out = Vec::new();
+        for k in &self.keys {
+            for ip in &ips {
+                let sa = SocketAddr::new(*ip, k.port);
+                if !out.contains(&sa) {
+                    out.push(sa);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The settings of every plugin a server block uses (`None`/`false`: not used).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PluginSet {
+    /// `errors`.
+    pub errors: Option<ErrorsConfig>,
+    /// `log`.
+    pub log: Option<LogConfig>,
+    /// `health`.
+    pub health: Option<HealthConfig>,
+    /// `ready`.
+    pub ready: Option<ReadyConfig>,
+    /// `prometheus`.
+    pub prometheus: Option<PrometheusConfig>,
+    /// `kubernetes`.
+    pub kubernetes: Option<KubernetesConfig>,
+    /// `forward`.
+    pub forward: Option<ForwardConfig>,
+    /// `cache`.
+    pub cache: Option<CacheConfig>,
+    /// `hosts`.
+    pub hosts: Option<HostsConfig>,
+    /// `loadbalance` (round robin of A/AAAA answers).
+    pub loadbalance: bool,
+    /// `loop` (forwarding loop detection at start-up).
+    pub loop_detect: bool,
+    /// `reload`.
+    pub reload: Option<ReloadConfig>,
+    /// `bind` addresses (empty: all).
+    pub bind: Vec<IpAddr>,
+    /// Accepted plugins without effect here, by name.
+    pub noops: Vec<String>,
+}
+
+/// Loads the Corefile at `path` from the real file system and environment.
+pub fn load(path: &Path, options: &LoadOptions) -> Result<Corefile, CorefileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| CorefileError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let env = |k: &str| std::env::var(k).ok();
+    load_from(&path.to_string_lossy(), &text, &RealFiles, &env, options)
+}
+
+/// Parses Corefile text named `name`, with imports from the real file system and the process
+/// environment.
+pub fn parse_str(name: &str, text: &str, options: &LoadOptions) -> Result<Corefile, CorefileError> {
+    let env = |k: &str| std::env::var(k).ok();
+    load_from(name, text, &RealFiles, &env, options)
+}
+
+/// Parses Corefile text with the given files and environment (pure: no other IO).
+pub fn load_from(
+    name: &str,
+    text: &str,
+    files: &dyn FileSource,
+    env: &dyn Fn(&str) -> Option<String>,
+    options: &LoadOptions,
+) -> Result<Corefile, CorefileError> {
+    let tree = syntax::parse(name, text, &SyntaxContext { files, env })?;
+    let mut warnings = tree.warnings;
+    let mut servers = Vec::new();
+    for block in &tree.blocks {
+        servers.push(server_block(block, files, options, &mut warnings)?);
+    }
+    if servers.is_empty() {
+        return Err(CorefileError::Syntax {
+            at: Position {
+                file: name.into(),
+                line: 1,
+                column: 1,
+            },
+            message: "no server blocks".to_string(),
+        });
+    }
+    check_duplicate_keys(&servers)?;
+    Ok(Corefile {
+        servers,
+        warnings,
+        files: tree.files,
+    })
+}
+
+fn check_duplicate_keys(servers: &[ServerBlock]) -> Result<(), CorefileError> {
+    let mut seen: Vec<(&str, u16, &[IpAddr])> = Vec::new();
+    for s in servers {
+        for k in &s.keys {
+            let id = (k.zone.as_str(), k.port, s.plugins.bind.as_slice());
+            if seen.contains(&id) {
+                return Err(CorefileError::Syntax {
+                    at: k.at.clone(),
+                    message: format!(
+                        "zone {} on port {} is defined more than once",
+                        k.zone, k.port
+                    ),
+                });
+            }
+            seen.push(id);
+        }
+    }
+    Ok(())
+}
+
+fn server_keys(tok: &Token) -> Result<Vec<ServerKey>, CorefileError> {
+    let bad = |m: String| CorefileError::Syntax {
+        at: tok.at.clone(),
+        message: m,
+    };
+    let mut text = tok.text.as_str();
+    if let Some((scheme, rest)) = text.split_once("://") {
+        if scheme != "dns" {
+            return Err(bad(format!(
+                "server block key {:?}: transport {scheme}:// is not supported (only dns://)",
+                tok.text
+            )));
+        }
+        text = rest;
+    }
+    // `zone:port`; in a CIDR key the port can only follow the prefix length.
+    let (zone, port) = match text.split_once('/') {
+        Some((net, tail)) => match tail.split_once(':') {
+            Some((len, port)) => (format!("{net}/{len}"), Some(port)),
+            None => (text.to_string(), None),
+        },
+        None => match text.rsplit_once(':') {
+            Some((z, p)) => (z.to_string(), Some(p)),
+            None => (text.to_string(), None),
+        },
+    };
+    let port = match port {
+        None => DEFAULT_PORT,
+        Some(p) => p.parse::<u16>().map_err(|_| {
+            bad(format!(
+                "server block key {:?}: {p:?} is not a port",
+                tok.text
+            ))
+        })?,
+    };
+    let zone = if zone.is_empty() {
+        ".".to_string()
+    } else {
+        zone
+    };
+    let zones = names::normalize_zone(&zone).map_err(|e| bad(format!("server block key: {e}")))?;
+    Ok(zones
+        .into_iter()
+        .map(|zone| ServerKey {
+            zone,
+            port,
+            at: tok.at.clone(),
+        })
+        .collect())
+}
+
+fn server_block(
+    block: &ServerBlockSyntax,
+    files: &dyn FileSource,
+    options: &LoadOptions,
+    warnings: &mut Vec<Diagnostic>,
+) -> Result<ServerBlock, CorefileError> {
+    let mut keys = Vec::new();
+    for k in &block.keys {
+        keys.extend(server_keys(k)?);
+    }
+    let at = block
+        .keys
+        .first()
+        .map(|k| k.at.clone())
+        .expect("a server block has at least one key");
+    let mut zones: Vec<String> = Vec::new();
+    for k in &keys {
+        if !zones.contains(&k.zone) {
+            zones.push(k.zone.clone());
+        }
+    }
+    let mut ctx = SetupContext {
+        allow_unknown: options.allow_unknown,
+        warnings,
+        files,
+        server_zones: &zones,
+    };
+    let mut p = PluginSet::default();
+    let mut seen: Vec<String> = Vec::new();
+    for d in &block.directives {
+        let name = d.name.text.as_str();
+        if seen.iter().any(|s| s == name) && !NOOP_PLUGINS.contains(&name) {
+            return Err(plugin_error(
+                name,
+                &d.name.at,
+                "this plugin can only be used once per server block",
+            ));
+        }
+        seen.push(name.to_string());
+        apply_directive(d, &mut p, &mut ctx)?;
+    }
+    Ok(ServerBlock {
+        keys,
+        plugins: p,
+        at,
+    })
+}
+
+fn apply_directive(
+    d: &Directive,
+    p: &mut PluginSet,
+    ctx: &mut SetupContext<'_>,
+) -> Result<(), CorefileError> {
+    use directives::{cache, forward, hosts, kubernetes, observe, simple};
+    match d.name.text.as_str() {
+        "errors" => p.errors = Some(observe::parse_errors(d, ctx)?),
+        "log" => p.log = Some(observe::parse_log(d, ctx)?),
+        "health" => p.health = Some(observe::parse_health(d, ctx)?),
+        "ready" => p.ready = Some(observe::parse_ready(d)?),
+        "prometheus" => p.prometheus = Some(observe::parse_prometheus(d)?),
+        "kubernetes" => p.kubernetes = Some(kubernetes::parse(d, ctx)?),
+        "forward" => p.forward = Some(forward::parse(d, ctx)?),
+        "cache" => p.cache = Some(cache::parse(d, ctx)?),
+        "hosts" => p.hosts = Some(hosts::parse(d, ctx)?),
+        "loadbalance" => {
+            simple::parse_loadbalance(d, ctx)?;
+            p.loadbalance = true;
+        }
+        "loop" => {
+            simple::parse_loop(d)?;
+            p.loop_detect = true;
+        }
+        "reload" => p.reload = Some(simple::parse_reload(d)?),
+        "bind" => p.bind = simple::parse_bind(d, ctx)?,
+        name if NOOP_PLUGINS.contains(&name) => {
+            ctx.warn(
+                &d.name.at,
+                format!("plugin/{name}: accepted, has no effect in svcnet-dns"),
+            );
+            p.noops.push(name.to_string());
+        }
+        name => {
+            if ctx.allow_unknown {
+                ctx.warn(&d.name.at, format!("unknown plugin {name:?} ignored"));
+            } else {
+                return Err(CorefileError::UnknownPlugin {
+                    at: d.name.at.clone(),
+                    name: name.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
