@@ -1,0 +1,306 @@
+//! The container image build (`deploy/image/build-image.sh`): a valid OCI image layout whose
+//! config runs `agentctl run`, every blob matching its digest, the layer holding the very binary
+//! given, and the same inputs giving the same digest and archive bytes.
+//!
+//! To stay fast the image is built from the debug `agentctl` (`--allow-dynamic`); the static
+//! release build is the script's job outside CI.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use flate2::read::GzDecoder;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+const EPOCH: u64 = 1_700_000_000;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn tool(name: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// The agentctl binary to package: `$SVCNET_AGENTCTL`, else `target/debug/agentctl`, built if
+/// missing.
+fn agentctl() -> PathBuf {
+    if let Some(p) = std::env::var_os("SVCNET_AGENTCTL") {
+        return PathBuf::from(p);
+    }
+    let bin = repo().join("target/debug/agentctl");
+    if !bin.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "agentctl", "--bin", "agentctl"])
+            .current_dir(repo())
+            .status()
+            .expect("running cargo build -p agentctl");
+        assert!(status.success(), "cargo build -p agentctl failed");
+    }
+    bin
+}
+
+struct Build {
+    digest: String,
+    out: PathBuf,
+}
+
+fn build(binary: &Path, out: &Path, epoch: u64) -> Build {
+    let output = Command::new(repo().join("deploy/image/build-image.sh"))
+        .env("SOURCE_DATE_EPOCH", epoch.to_string())
+        .arg("--binary")
+        .arg(binary)
+        .arg("--allow-dynamic")
+        .arg("--out")
+        .arg(out)
+        .args(["--tag", "0.0.0-test"])
+        .output()
+        .expect("running deploy/image/build-image.sh");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "build-image.sh failed:\n{stderr}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let digest = stdout.lines().last().unwrap_or_default().to_string();
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 71,
+        "the last line must be the image digest, got {stdout:?}"
+    );
+    Build {
+        digest,
+        out: out.to_path_buf(),
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Reads the blob a descriptor points at, checking its size and digest.
+fn blob(layout: &Path, desc: &Value) -> Vec<u8> {
+    let digest = desc["digest"].as_str().expect("descriptor digest");
+    let hex = digest.strip_prefix("sha256:").expect("sha256 digest");
+    let bytes = std::fs::read(layout.join("blobs/sha256").join(hex))
+        .unwrap_or_else(|e| panic!("blob {digest}: {e}"));
+    assert_eq!(
+        Some(bytes.len() as u64),
+        desc["size"].as_u64(),
+        "size of {digest}"
+    );
+    assert_eq!(sha256_hex(&bytes), hex, "content of blob {digest}");
+    bytes
+}
+
+fn json(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes).expect("JSON blob")
+}
+
+struct Checked {
+    layer_tar: Vec<u8>,
+    config: Value,
+}
+
+/// Walks index.json → manifest → config and layers, checking every digest and media type.
+fn check_layout(layout: &Path, digest: &str) -> Checked {
+    let marker = json(&std::fs::read(layout.join("oci-layout")).expect("oci-layout"));
+    assert_eq!(marker["imageLayoutVersion"], "1.0.0");
+    let index = json(&std::fs::read(layout.join("index.json")).expect("index.json"));
+    assert_eq!(index["schemaVersion"], 2);
+    let manifests = index["manifests"].as_array().expect("index.manifests");
+    assert_eq!(manifests.len(), 1, "one image in the layout");
+    let desc = &manifests[0];
+    assert_eq!(
+        desc["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    assert_eq!(desc["digest"], digest, "printed digest is the manifest's");
+    assert_eq!(
+        desc["annotations"]["org.opencontainers.image.ref.name"],
+        "0.0.0-test"
+    );
+    assert_eq!(
+        desc["annotations"]["io.containerd.image.name"],
+        "docker.io/svcnet/agentctl:0.0.0-test"
+    );
+    let manifest = json(&blob(layout, desc));
+    assert_eq!(manifest["schemaVersion"], 2);
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        "application/vnd.oci.image.config.v1+json"
+    );
+    let config = json(&blob(layout, &manifest["config"]));
+    let layers = manifest["layers"].as_array().expect("manifest.layers");
+    assert_eq!(
+        layers.len(),
+        1,
+        "one layer: the binary and two files in /etc"
+    );
+    assert_eq!(
+        layers[0]["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    );
+    let compressed = blob(layout, &layers[0]);
+    let mut layer_tar = Vec::new();
+    GzDecoder::new(&compressed[..])
+        .read_to_end(&mut layer_tar)
+        .expect("gzip layer");
+    let diff_ids = config["rootfs"]["diff_ids"]
+        .as_array()
+        .expect("rootfs.diff_ids");
+    assert_eq!(config["rootfs"]["type"], "layers");
+    assert_eq!(
+        diff_ids,
+        &vec![Value::String(format!("sha256:{}", sha256_hex(&layer_tar)))],
+        "diff_id is the digest of the uncompressed layer"
+    );
+    Checked { layer_tar, config }
+}
+
+#[test]
+fn image_layout_is_valid_runs_agentctl_run_and_is_reproducible() {
+    for t in ["umoci", "jq", "file"] {
+        if !tool(t) {
+            eprintln!("SKIPPED: {t} is not installed (Debian package {t}, see APT_PACKAGES.txt)");
+            return;
+        }
+    }
+    let binary = agentctl();
+    let binary_bytes = std::fs::read(&binary).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let first = build(&binary, &tmp.path().join("a"), EPOCH);
+    let layout = first.out.join("oci");
+    let Checked { layer_tar, config } = check_layout(&layout, &first.digest);
+
+    // The config runs `agentctl run`, as amd64 Linux, stamped with SOURCE_DATE_EPOCH.
+    assert_eq!(
+        config["config"]["Entrypoint"],
+        serde_json::json!(["/agentctl"])
+    );
+    assert_eq!(config["config"]["Cmd"], serde_json::json!(["run"]));
+    assert_eq!(config["architecture"], "amd64");
+    assert_eq!(config["os"], "linux");
+    assert_eq!(config["created"], "2023-11-14T22:13:20Z");
+    for h in config["history"].as_array().expect("history") {
+        assert_eq!(h["created"], "2023-11-14T22:13:20Z");
+    }
+
+    // The layer: the given binary, executable, owned by root; nothing stamped with another time;
+    // entries in sorted order.
+    let mut archive = tar::Archive::new(&layer_tar[..]);
+    let mut names = Vec::new();
+    let mut found_binary = false;
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().to_string_lossy().into_owned();
+        let header = entry.header().clone();
+        assert_eq!(header.mtime().unwrap(), EPOCH, "mtime of {path}");
+        assert_eq!(
+            (header.uid().unwrap(), header.gid().unwrap()),
+            (0, 0),
+            "owner of {path}"
+        );
+        if path == "agentctl" {
+            assert_eq!(header.mode().unwrap() & 0o777, 0o755);
+            let mut content = Vec::new();
+            entry.read_to_end(&mut content).unwrap();
+            assert!(
+                content == binary_bytes,
+                "the layer's /agentctl is the given binary"
+            );
+            found_binary = true;
+        }
+        names.push(path);
+    }
+    assert!(found_binary, "no /agentctl in the layer: {names:?}");
+    for want in ["etc/passwd", "etc/group"] {
+        assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
+    }
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted, "layer entries in lexical order");
+
+    // The entrypoint and command, taken from the config and run from the layer, are a working
+    // `agentctl run` (asked for its help, so nothing starts).
+    let extracted = tmp.path().join("rootfs");
+    tar::Archive::new(&layer_tar[..])
+        .unpack(&extracted)
+        .unwrap();
+    let entrypoint = config["config"]["Entrypoint"][0].as_str().unwrap();
+    let cmd: Vec<&str> = config["config"]["Cmd"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let out = Command::new(extracted.join(entrypoint.trim_start_matches('/')))
+        .args(&cmd)
+        .arg("--help")
+        .output()
+        .expect("running the image's entrypoint");
+    assert!(
+        out.status.success(),
+        "{entrypoint} {cmd:?} --help failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Same inputs, same image and the same archive bytes; another SOURCE_DATE_EPOCH, another image.
+    let second = build(&binary, &tmp.path().join("b"), EPOCH);
+    assert_eq!(first.digest, second.digest, "rebuild gives the same digest");
+    let archive_name = "svcnet-0.0.0-test.oci.tar";
+    let a = std::fs::read(first.out.join(archive_name)).expect("archive");
+    let b = std::fs::read(second.out.join(archive_name)).expect("archive");
+    assert!(a == b, "rebuild gives the same archive bytes");
+    let third = build(&binary, &tmp.path().join("c"), EPOCH + 1);
+    assert_ne!(
+        first.digest, third.digest,
+        "the timestamp comes from SOURCE_DATE_EPOCH"
+    );
+
+    // The archive is the layout, tarred: the same index and blobs.
+    let unpacked = tmp.path().join("unpacked");
+    tar::Archive::new(&a[..]).unpack(&unpacked).unwrap();
+    check_layout(&unpacked, &first.digest);
+    if tool("skopeo") {
+        let out = Command::new("skopeo")
+            .arg("inspect")
+            .arg("--raw")
+            .arg(format!(
+                "oci-archive:{}",
+                first.out.join(archive_name).display()
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "skopeo cannot read the archive: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(format!("sha256:{}", sha256_hex(&out.stdout)), first.digest);
+    } else {
+        eprintln!("skopeo not installed: archive checked without it");
+    }
+}
+
+#[test]
+fn image_build_refuses_a_dynamic_binary_without_allow_dynamic() {
+    if !tool("umoci") || !tool("file") || !tool("jq") {
+        eprintln!("SKIPPED: umoci, file or jq is not installed");
+        return;
+    }
+    // /bin/sh is dynamically linked on Debian: not fit for a FROM-scratch image.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(repo().join("deploy/image/build-image.sh"))
+        .args(["--binary", "/bin/sh", "--no-archive", "--out"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not statically linked"), "{stderr}");
+}
