@@ -21,6 +21,7 @@
 //! On the host `run_suite` boots the guest and re-executes the same test binary there (filtered to the same test,
 //! with a marker variable set); inside the guest it runs every check, reports each one, and fails if any failed.
 
+pub mod cluster;
 pub mod guest;
 
 use std::ffi::OsString;
