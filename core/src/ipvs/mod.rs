@@ -9,6 +9,7 @@ pub mod config;
 pub mod desired;
 pub mod fixtures;
 pub mod memory;
+pub mod netlink;
 pub mod reconcile;
 pub mod render;
 pub mod table;

@@ -1,0 +1,8 @@
+//! The kernel backends over netlink, with neli: the generic netlink family `IPVS`
+//! ([`ipvs::NetlinkIpvs`]) and rtnetlink for the `kube-ipvs0` dummy link and its addresses
+//! ([`rtnl::NetlinkAddresses`]). Both batch many requests per `sendmsg` ([`socket::Conn`]).
+
+pub mod ipvs;
+pub mod socket;
+
+pub use ipvs::NetlinkIpvs;

@@ -1,0 +1,252 @@
+//! A netlink socket that sends many requests per `sendmsg` and reads replies in bulk.
+//!
+//! Requests are encoded back to back into one buffer; only the last one asks for an ACK, so a
+//! batch costs one `send` and (when nothing fails) one `recv`: the kernel still answers every
+//! failing request with an error message carrying its sequence number, which is how failures
+//! are attributed to operations.
+
+use neli::consts::socket::{Msg, NlFamily};
+use neli::socket::NlSocket;
+use neli::utils::Groups;
+
+use crate::ipvs::backend::BackendError;
+
+/// `NLMSG_ERROR`.
+const NLMSG_ERROR: u16 = 2;
+/// `NLMSG_DONE`.
+const NLMSG_DONE: u16 = 3;
+/// `NLMSG_OVERRUN`.
+const NLMSG_OVERRUN: u16 = 4;
+/// Size of `struct nlmsghdr`.
+pub const NLMSG_HDRLEN: usize = 16;
+/// Receive buffer: large enough for any single netlink datagram the kernel builds for dumps.
+const RECV_BUF: usize = 256 * 1024;
+
+/// One received netlink message (header fields plus body after the header).
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    /// `nlmsg_type`.
+    pub kind: u16,
+    /// `nlmsg_flags`.
+    pub flags: u16,
+    /// `nlmsg_seq`.
+    pub seq: u32,
+    /// Everything after the 16-byte header.
+    pub body: &'a [u8],
+}
+
+/// Splits a datagram into netlink messages.
+pub fn messages(buf: &[u8]) -> Result<Vec<Message<'_>>, String> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off + NLMSG_HDRLEN <= buf.len() {
+        let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap_or_default()) as usize;
+        if len < NLMSG_HDRLEN || off + len > buf.len() {
+            return Err(format!(
+                "message length {len} at offset {off} of {}",
+                buf.len()
+            ));
+        }
+        let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+        let flags = u16::from_ne_bytes([buf[off + 6], buf[off + 7]]);
+        let seq = u32::from_ne_bytes(buf[off + 8..off + 12].try_into().unwrap_or_default());
+        out.push(Message {
+            kind,
+            flags,
+            seq,
+            body: &buf[off + NLMSG_HDRLEN..off + len],
+        });
+        off += (len + 3) & !3;
+    }
+    Ok(out)
+}
+
+/// The errno of an `NLMSG_ERROR` body (0 for an ACK), as a positive number.
+fn error_code(body: &[u8]) -> i32 {
+    body.get(0..4)
+        .and_then(|b| b.try_into().ok())
+        .map(i32::from_ne_bytes)
+        .unwrap_or(0)
+        .saturating_neg()
+}
+
+/// Counters of socket use, for benchmarks and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SocketStats {
+    /// `send` calls.
+    pub sends: u64,
+    /// `recv` calls.
+    pub recvs: u64,
+}
+
+/// A blocking netlink socket with sequence numbers and a reusable receive buffer.
+pub struct Conn {
+    sock: NlSocket,
+    seq: u32,
+    rbuf: Vec<u8>,
+    stats: SocketStats,
+    what: &'static str,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("what", &self.what)
+            .field("seq", &self.seq)
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl Conn {
+    /// Opens and binds a socket of `proto`; `what` names it in errors.
+    pub fn open(proto: NlFamily, what: &'static str) -> Result<Self, BackendError> {
+        let sock =
+            NlSocket::connect(proto, None, Groups::empty()).map_err(|source| BackendError::Io {
+                what: format!("opening {what} netlink socket"),
+                source,
+            })?;
+        // Best effort: bigger buffers absorb error replies of large batches.
+        let _ = sock.set_recv_buffer_size(4 * 1024 * 1024);
+        Ok(Self {
+            sock,
+            seq: 0,
+            rbuf: vec![0; RECV_BUF],
+            stats: SocketStats::default(),
+            what,
+        })
+    }
+
+    /// The next sequence number.
+    pub fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1).max(1);
+        self.seq
+    }
+
+    /// Socket call counters so far.
+    pub fn stats(&self) -> SocketStats {
+        self.stats
+    }
+
+    fn send(&mut self, buf: &[u8]) -> Result<(), BackendError> {
+        self.stats.sends += 1;
+        let n = self
+            .sock
+            .send(buf, Msg::empty())
+            .map_err(|source| BackendError::Io {
+                what: format!("sending to {} netlink", self.what),
+                source,
+            })?;
+        if n != buf.len() {
+            return Err(BackendError::Malformed {
+                what: self.what.into(),
+                reason: format!("short send: {n} of {} bytes", buf.len()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Receives one datagram into the internal buffer; returns its length.
+    fn recv(&mut self) -> Result<usize, BackendError> {
+        self.stats.recvs += 1;
+        let (n, _) = self
+            .sock
+            .recv(&mut self.rbuf[..], Msg::TRUNC)
+            .map_err(|source| BackendError::Io {
+                what: format!("receiving from {} netlink", self.what),
+                source,
+            })?;
+        if n > self.rbuf.len() {
+            return Err(BackendError::Malformed {
+                what: self.what.into(),
+                reason: format!("datagram of {n} bytes exceeds the {} byte buffer", RECV_BUF),
+            });
+        }
+        Ok(n)
+    }
+
+    /// Sends a batch of requests with sequence numbers `first..=last` (only `last` asks for an
+    /// ACK) and returns the errors the kernel reported, as (sequence, positive errno).
+    pub fn send_batch(
+        &mut self,
+        buf: &[u8],
+        first: u32,
+        last: u32,
+    ) -> Result<Vec<(u32, i32)>, BackendError> {
+        self.send(buf)?;
+        let mut errors = Vec::new();
+        loop {
+            let n = self.recv()?;
+            let msgs = messages(&self.rbuf[..n]).map_err(|reason| BackendError::Malformed {
+                what: self.what.into(),
+                reason,
+            })?;
+            let mut done = false;
+            for m in msgs {
+                if m.kind == NLMSG_OVERRUN {
+                    return Err(BackendError::Malformed {
+                        what: self.what.into(),
+                        reason: "netlink overrun".into(),
+                    });
+                }
+                if m.kind != NLMSG_ERROR || m.seq < first || m.seq > last {
+                    continue;
+                }
+                let errno = error_code(m.body);
+                if errno != 0 {
+                    errors.push((m.seq, errno));
+                }
+                if m.seq == last {
+                    done = true;
+                }
+            }
+            if done {
+                return Ok(errors);
+            }
+        }
+    }
+
+    /// Sends one request (a dump, or a request with `NLM_F_ACK`) with sequence number `seq` and
+    /// calls `on_message` with every reply message until `NLMSG_DONE` or the ACK.
+    pub fn request(
+        &mut self,
+        buf: &[u8],
+        seq: u32,
+        mut on_message: impl FnMut(Message<'_>) -> Result<(), BackendError>,
+    ) -> Result<(), BackendError> {
+        self.send(buf)?;
+        loop {
+            let n = self.recv()?;
+            let what = self.what;
+            let msgs = messages(&self.rbuf[..n]).map_err(|reason| BackendError::Malformed {
+                what: what.into(),
+                reason,
+            })?;
+            for m in msgs {
+                if m.seq != seq {
+                    continue;
+                }
+                match m.kind {
+                    NLMSG_DONE => return Ok(()),
+                    NLMSG_ERROR => {
+                        let errno = error_code(m.body);
+                        if errno == 0 {
+                            return Ok(());
+                        }
+                        return Err(BackendError::Kernel {
+                            what: what.into(),
+                            errno,
+                        });
+                    }
+                    NLMSG_OVERRUN => {
+                        return Err(BackendError::Malformed {
+                            what: what.into(),
+                            reason: "netlink overrun".into(),
+                        });
+                    }
+                    _ => on_message(m)?,
+                }
+            }
+        }
+    }
+}
