@@ -140,7 +140,8 @@ struct HistoryEvent {
 #[derive(Debug, Clone)]
 enum Broadcast {
     Event(Arc<HistoryEvent>),
-    Bookmark(u64),
+    /// A bookmark at a version, for the watches of one resource path or all of them.
+    Bookmark(Option<&'static str>, u64),
 }
 
 /// A paginated list in progress: the full result as of `revision`.
@@ -310,7 +311,21 @@ impl FakeApiServer {
     /// Sends a BOOKMARK at the current resourceVersion to every open watch that allows them.
     pub fn bookmark(&self) {
         let state = self.inner.state();
-        let _ = self.inner.events.send(Broadcast::Bookmark(state.revision));
+        let _ = self
+            .inner
+            .events
+            .send(Broadcast::Bookmark(None, state.revision));
+    }
+
+    /// Sends a BOOKMARK at the current resourceVersion to the open watches of `kind` only
+    /// (a real server sends bookmarks to each watch on its own schedule).
+    pub fn bookmark_kind(&self, kind: &str) {
+        let resource = resource_by_kind(kind);
+        let state = self.inner.state();
+        let _ = self
+            .inner
+            .events
+            .send(Broadcast::Bookmark(Some(resource.path), state.revision));
     }
 
     /// Caps every list page at `size` items whatever `limit` the client asked for (`None`:
@@ -670,7 +685,9 @@ fn watch(inner: &Inner, resource: &'static ResourceType, req: &RecordedRequest) 
                 Ok(Ok(Broadcast::Event(e))) if e.resource == s.resource.path => {
                     s.backlog.push_back(event_line(e.event_type, &e.object));
                 }
-                Ok(Ok(Broadcast::Bookmark(revision))) if s.bookmarks => {
+                Ok(Ok(Broadcast::Bookmark(only, revision)))
+                    if s.bookmarks && only.is_none_or(|p| p == s.resource.path) =>
+                {
                     s.backlog
                         .push_back(bookmark_line(s.resource, revision, false));
                 }

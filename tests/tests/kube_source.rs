@@ -1,0 +1,515 @@
+//! End-to-end tests of the Kubernetes API source (`svcnet_core::source::kube`) against the
+//! fake API server test double (`svcnet_tests::fake_apiserver`), over real HTTP on loopback.
+//!
+//! Every wait is bounded: the cache or status is polled until the expected state shows up or
+//! the deadline passes. Deadlines are generous because kube-runtime's default backoff (0.8 s,
+//! doubling, jittered) sits between a watch error and the retry.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use svcnet_core::cache::{CacheReader, new_cache};
+use svcnet_core::model::{Kind, ObjectKey};
+use svcnet_core::source::{self, SourceConfig, SourceStatus, StatusHandle};
+use svcnet_tests::fake_apiserver::{FakeApiServer, RecordedRequest};
+use tokio::task::JoinHandle;
+
+const WAIT: Duration = Duration::from_secs(30);
+const KINDS: [Kind; 3] = [Kind::Service, Kind::EndpointSlice, Kind::Node];
+
+fn service(name: &str, ip: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip],
+                 "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}],
+                 "selector": {"app": name}}
+    })
+}
+
+fn endpoint_slice(name: &str, service: &str, ips: &[&str]) -> Value {
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": ips.iter().map(|ip| json!({
+            "addresses": [ip], "conditions": {"ready": true}, "nodeName": "node-a"
+        })).collect::<Vec<_>>()
+    })
+}
+
+fn node(name: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name},
+        "status": {"addresses": [{"type": "InternalIP", "address": "192.168.1.10"}]}
+    })
+}
+
+fn key(name: &str) -> ObjectKey {
+    ObjectKey::new("default", name)
+}
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "svcnet_core=debug,kube_runtime=debug".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Polls `check` until it holds or `WAIT` passes; returns whether it held.
+async fn eventually(mut check: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if check() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The source under test, running on its own task; aborted on drop.
+struct RunningSource {
+    reader: CacheReader,
+    status: StatusHandle,
+    task: JoinHandle<()>,
+}
+
+impl Drop for RunningSource {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RunningSource {
+    async fn start(fake: &FakeApiServer, kinds: &[Kind]) -> Self {
+        let (writer, mut reader) = new_cache(kinds.iter().copied());
+        let status = StatusHandle::default();
+        let task = tokio::spawn(svcnet_core::source::kube::run(
+            fake.client(),
+            kinds.to_vec(),
+            writer,
+            status.clone(),
+        ));
+        assert!(
+            reader.wait_synced(WAIT).await,
+            "the source did not sync; requests: {:#?}",
+            fake.requests()
+        );
+        // After each kind's list, its watcher opens a watch from the list's version.
+        assert!(
+            eventually(|| fake.open_watches() == kinds.len()).await,
+            "the watches did not start: {:#?}",
+            fake.requests()
+        );
+        Self {
+            reader,
+            status,
+            task,
+        }
+    }
+
+    fn has_service(&self, name: &str) -> bool {
+        self.reader.snapshot().service(&key(name)).is_some()
+    }
+
+    fn cluster_ip(&self, name: &str) -> Option<String> {
+        self.reader
+            .snapshot()
+            .service(&key(name))
+            .and_then(|s| s.cluster_ips.first().map(|ip| ip.to_string()))
+    }
+
+    fn status(&self) -> SourceStatus {
+        self.status.get()
+    }
+
+    async fn wait(&self, what: &str, check: impl FnMut() -> bool) {
+        assert!(
+            eventually(check).await,
+            "timed out waiting until {what}; cache {:?}; status {:?}",
+            self.reader.snapshot(),
+            self.status()
+        );
+    }
+}
+
+fn watches_of<'a>(
+    requests: &'a [RecordedRequest],
+    path: &'a str,
+) -> impl Iterator<Item = &'a RecordedRequest> + 'a {
+    requests
+        .iter()
+        .filter(move |r| r.path == path && r.is_watch())
+}
+
+fn lists_of<'a>(
+    requests: &'a [RecordedRequest],
+    path: &'a str,
+) -> impl Iterator<Item = &'a RecordedRequest> + 'a {
+    requests
+        .iter()
+        .filter(move |r| r.path == path && !r.is_watch())
+}
+
+async fn fake_with_demo_objects() -> FakeApiServer {
+    let fake = FakeApiServer::start().await.expect("fake API server");
+    fake.apply(service("web", "10.96.10.10"));
+    fake.apply(service("db", "10.96.10.11"));
+    fake.apply(endpoint_slice(
+        "web-abc",
+        "web",
+        &["10.244.1.10", "10.244.2.11"],
+    ));
+    fake.apply(node("node-a"));
+    fake
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_then_follows_adds_modifies_and_deletes() {
+    init_tracing();
+    let fake = fake_with_demo_objects().await;
+    let src = RunningSource::start(&fake, &KINDS).await;
+
+    let snap = src.reader.snapshot();
+    assert_eq!(snap.service_count(), 2);
+    assert_eq!(
+        snap.endpoint_slices_for(&key("web"))
+            .map(|s| s.endpoints.len())
+            .sum::<usize>(),
+        2
+    );
+    assert!(snap.node("node-a").is_some());
+
+    // What kube-runtime's watcher asked for: a paginated list, then a watch from its version.
+    let requests = fake.requests();
+    for r in &requests {
+        println!("request: {r}");
+    }
+    let list = lists_of(&requests, "/api/v1/services")
+        .next()
+        .expect("a list");
+    assert_eq!(list.param("limit"), Some("500"));
+    assert_eq!(
+        list.param("resourceVersion"),
+        None,
+        "a consistent (quorum) list"
+    );
+    let watch = watches_of(&requests, "/api/v1/services")
+        .next()
+        .expect("a watch");
+    assert_eq!(watch.param("allowWatchBookmarks"), Some("true"));
+    assert_eq!(watch.param("timeoutSeconds"), Some("290"));
+    assert_eq!(watch.param("sendInitialEvents"), None);
+    assert_eq!(
+        watch.param("resourceVersion"),
+        Some(fake.resource_version().to_string().as_str()),
+        "watches from the list's resourceVersion"
+    );
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.path != "/api" && r.path != "/apis"),
+        "no discovery for typed Api::all"
+    );
+
+    fake.apply(service("cache", "10.96.10.12"));
+    src.wait("an added service appears", || src.has_service("cache"))
+        .await;
+    fake.apply(service("cache", "10.96.10.99"));
+    src.wait("a modified service changes", || {
+        src.cluster_ip("cache").as_deref() == Some("10.96.10.99")
+    })
+    .await;
+    fake.apply(endpoint_slice("web-abc", "web", &["10.244.1.10"]));
+    src.wait("an endpoint is removed from the slice", || {
+        src.reader
+            .snapshot()
+            .endpoint_slices_for(&key("web"))
+            .map(|s| s.endpoints.len())
+            .sum::<usize>()
+            == 1
+    })
+    .await;
+    fake.delete("Service", "default", "db");
+    src.wait("a deleted service disappears", || !src.has_service("db"))
+        .await;
+    fake.delete("Node", "", "node-a");
+    src.wait("a deleted node disappears", || {
+        src.reader.snapshot().node("node-a").is_none()
+    })
+    .await;
+
+    // A bookmark changes nothing in the cache and causes no relist.
+    let before = src.status();
+    let generation = src.reader.snapshot().generation();
+    fake.bookmark();
+    fake.apply(service("after-bookmark", "10.96.10.13"));
+    src.wait("a change after a bookmark appears", || {
+        src.has_service("after-bookmark")
+    })
+    .await;
+    assert_eq!(src.reader.snapshot().generation(), generation + 1);
+    assert_eq!(src.status().resyncs, before.resyncs, "no relist");
+    assert!(src.status().problems.is_empty(), "{:?}", src.status());
+    assert_eq!(src.status().resyncs, 3, "one list per kind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_after_dropped_connections_and_catches_up() {
+    init_tracing();
+    let fake = fake_with_demo_objects().await;
+    let src = RunningSource::start(&fake, &KINDS).await;
+    let resyncs = src.status().resyncs;
+    let watches_before = fake.requests().iter().filter(|r| r.is_watch()).count();
+
+    fake.cut_connections();
+    // Changes made while the watches are down are replayed from the history on reconnect.
+    fake.apply(service("while-cut", "10.96.10.20"));
+    fake.delete("Service", "default", "db");
+    src.wait("the source catches up after reconnecting", || {
+        src.has_service("while-cut") && !src.has_service("db")
+    })
+    .await;
+    // And it follows live changes on the new watches.
+    fake.apply(service("after-cut", "10.96.10.21"));
+    src.wait("a change after reconnecting appears", || {
+        src.has_service("after-cut")
+    })
+    .await;
+    let requests = fake.requests();
+    assert!(requests.iter().filter(|r| r.is_watch()).count() > watches_before);
+    assert_eq!(
+        src.status().resyncs,
+        resyncs,
+        "resumed from the last resourceVersion without relisting"
+    );
+    assert!(src.reader.snapshot().node("node-a").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bookmark_lets_a_watch_resume_after_compaction_without_relisting() {
+    init_tracing();
+    let fake = fake_with_demo_objects().await;
+    let src = RunningSource::start(&fake, &KINDS).await;
+    let resyncs = src.status().resyncs;
+
+    // A service change, then a node change move the global version to `bookmarked`; the
+    // EndpointSlice watch only hears of that version through the bookmark.
+    fake.apply(service("marker", "10.96.10.30"));
+    let bookmarked = fake.apply(node("node-b"));
+    fake.bookmark_kind("EndpointSlice");
+    src.wait("the events before the bookmark arrive", || {
+        src.has_service("marker") && src.reader.snapshot().node("node-b").is_some()
+    })
+    .await;
+
+    // Compaction up to `bookmarked`, then every connection drops.
+    fake.compact();
+    fake.cut_connections();
+    fake.apply(endpoint_slice("web-abc", "web", &["10.244.9.9"]));
+    src.wait("the slice watch resumes and delivers the change", || {
+        src.reader
+            .snapshot()
+            .endpoint_slices_for(&key("web"))
+            .any(|s| s.endpoints[0].addresses[0].to_string() == "10.244.9.9")
+    })
+    .await;
+    let requests = fake.requests();
+    let slices = "/apis/discovery.k8s.io/v1/endpointslices";
+    let bookmarked = bookmarked.to_string();
+    assert!(
+        watches_of(&requests, slices).any(|r| r.param("resourceVersion") == Some(&*bookmarked)),
+        "the slice watch resumed from the bookmark's version {bookmarked}: {:#?}",
+        watches_of(&requests, slices).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        lists_of(&requests, slices).count(),
+        1,
+        "slices never relisted"
+    );
+    // Without a bookmark, the services watch's last version (the marker's) was compacted
+    // away: it got 410 Expired and relisted. The nodes watch had seen `bookmarked` itself.
+    src.wait("the services watch relists after 410", || {
+        lists_of(&fake.requests(), "/api/v1/services").count() == 2
+    })
+    .await;
+    src.wait("the services relist completes", || {
+        src.status().resyncs == resyncs + 1
+    })
+    .await;
+    assert_eq!(lists_of(&fake.requests(), "/api/v1/nodes").count(), 1);
+    assert!(src.has_service("marker") && src.has_service("web"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeps_serving_while_down_and_relists_after_410() {
+    init_tracing();
+    let fake = fake_with_demo_objects().await;
+    let src = RunningSource::start(&fake, &KINDS).await;
+    let resyncs = src.status().resyncs;
+
+    fake.stop().await;
+    src.wait("the watch failure is reported", || {
+        src.status()
+            .problems
+            .iter()
+            .any(|p| p.location.starts_with("watch "))
+    })
+    .await;
+    // The cache keeps serving the last state while the server is unreachable.
+    let snap = src.reader.snapshot();
+    assert!(snap.is_synced());
+    assert_eq!(snap.service_count(), 2);
+    assert!(snap.node("node-a").is_some());
+
+    // During the outage: `db` is deleted, `new` created, and the history compacted, so the
+    // watches cannot resume (410 Expired) and must relist. The relist has no Delete for `db`.
+    fake.delete("Service", "default", "db");
+    fake.apply(service("new", "10.96.10.40"));
+    fake.compact();
+    fake.restart().await.expect("restart on the same port");
+
+    src.wait(
+        "the relist removes what was deleted during the outage",
+        || !src.has_service("db") && src.has_service("new") && src.has_service("web"),
+    )
+    .await;
+    src.wait("every kind relisted and the problems cleared", || {
+        let status = src.status();
+        status.resyncs >= resyncs + 3 && status.problems.is_empty()
+    })
+    .await;
+    let requests = fake.requests();
+    let services = lists_of(&requests, "/api/v1/services").count();
+    assert!(services >= 2, "services were relisted ({services} lists)");
+    // Live changes flow again after the relist.
+    fake.apply(service("later", "10.96.10.41"));
+    src.wait("a change after the relist appears", || {
+        src.has_service("later")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paginated_lists_are_followed_to_the_end() {
+    init_tracing();
+    let fake = FakeApiServer::start().await.expect("fake API server");
+    for i in 0..7 {
+        fake.apply(service(&format!("svc-{i}"), &format!("10.96.11.{i}")));
+    }
+    fake.set_max_page_size(Some(2));
+    let src = RunningSource::start(&fake, &[Kind::Service, Kind::EndpointSlice]).await;
+    assert_eq!(src.reader.snapshot().service_count(), 7);
+    let requests = fake.requests();
+    let lists: Vec<_> = lists_of(&requests, "/api/v1/services").collect();
+    assert_eq!(lists.len(), 4, "pages of 2, 2, 2, 1: {lists:#?}");
+    assert!(lists[0].param("continue").is_none());
+    assert!(lists[1..].iter().all(|r| r.param("continue").is_some()));
+    // The watch starts from the version the paginated list was consistent at.
+    let watch = watches_of(&requests, "/api/v1/services")
+        .next()
+        .expect("a watch");
+    assert_eq!(watch.param("resourceVersion"), Some("7"));
+
+    // A change made while the list is being paged is delivered by the watch, not lost.
+    fake.apply(service("svc-0", "10.96.11.100"));
+    src.wait("a change after a paged list appears", || {
+        src.cluster_ip("svc-0").as_deref() == Some("10.96.11.100")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_objects_are_reported_and_skipped() {
+    init_tracing();
+    let fake = fake_with_demo_objects().await;
+    // Bad in the initial list: the rest still syncs.
+    fake.apply(service("bad-from-start", "not-an-ip"));
+    let src = RunningSource::start(&fake, &KINDS).await;
+    assert_eq!(src.reader.snapshot().service_count(), 2);
+    src.wait("the bad object is reported", || {
+        !src.status().problems.is_empty()
+    })
+    .await;
+    let problems = src.status().problems;
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].location, "Service default/bad-from-start");
+    assert!(problems[0].reason.contains("not-an-ip"), "{problems:?}");
+
+    // A bad update keeps the last good version.
+    fake.apply(service("web", "not-an-ip"));
+    src.wait("the bad update is reported", || {
+        src.status()
+            .problems
+            .iter()
+            .any(|p| p.location == "Service default/web" && p.reason.contains("not-an-ip"))
+    })
+    .await;
+    assert_eq!(src.cluster_ip("web").as_deref(), Some("10.96.10.10"));
+    assert!(src.has_service("db"));
+
+    // The source is still alive, and fixing / deleting the objects clears the problems.
+    fake.apply(service("web", "10.96.10.50"));
+    fake.delete("Service", "default", "bad-from-start");
+    src.wait("the fix applies and the problems clear", || {
+        src.cluster_ip("web").as_deref() == Some("10.96.10.50") && src.status().problems.is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_start_with_a_kubeconfig_file() {
+    init_tracing();
+    let fake = fake_with_demo_objects().await;
+    let dir = std::env::temp_dir().join(format!(
+        "svcnet-kube-source-{}-{}",
+        std::process::id(),
+        fake.url().rsplit(':').next().unwrap_or("0")
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, fake.kubeconfig_yaml()).expect("write kubeconfig");
+
+    let config = SourceConfig::Kubernetes {
+        kubeconfig: Some(kubeconfig.clone()),
+    };
+    let running = source::start(&config, &[Kind::Service, Kind::EndpointSlice])
+        .await
+        .expect("source starts");
+    let mut reader = running.reader();
+    assert!(
+        reader.wait_synced(WAIT).await,
+        "synced through the kubeconfig"
+    );
+    assert_eq!(reader.snapshot().service_count(), 2);
+    assert_eq!(
+        running.status().description,
+        format!("kubernetes:{}", kubeconfig.display())
+    );
+    fake.apply(service("via-kubeconfig", "10.96.10.60"));
+    assert!(
+        eventually(|| reader.snapshot().service(&key("via-kubeconfig")).is_some()).await,
+        "live changes arrive"
+    );
+    assert!(running.status().events > 0);
+    drop(running);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // A kubeconfig that does not exist is a clear error, not a panic.
+    let missing = SourceConfig::Kubernetes {
+        kubeconfig: Some(dir.join("missing")),
+    };
+    match source::start(&missing, &[Kind::Service]).await {
+        Err(e) => assert!(e.to_string().contains("missing"), "{e}"),
+        Ok(_) => panic!("a missing kubeconfig must fail"),
+    }
+}
