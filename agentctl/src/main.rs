@@ -197,7 +197,7 @@ struct ResolvArgs {
     cluster_domain: String,
     /// kubelet --resolv-conf: the node's resolv.conf ("" = none: 127.0.0.1 and search ".").
     #[arg(long, value_name = "FILE", default_value = "/etc/resolv.conf")]
-    host_resolv_conf: PathBuf,
+    host_resolv_conf: String,
     /// Node IPs (only used with --host-resolv-conf "").
     #[arg(long, value_name = "IP")]
     node_ip: Vec<IpAddr>,
@@ -302,10 +302,12 @@ async fn resolv_conf(args: ResolvArgs) -> Result<()> {
             _ => eprintln!("warning: service kube-system/kube-dns has no cluster IP in the source"),
         }
     }
-    let host = if args.host_resolv_conf.as_os_str().is_empty() {
+    let host = if args.host_resolv_conf.is_empty() {
         None
     } else {
-        Some(resolv::load_host_resolv_conf(&args.host_resolv_conf)?)
+        Some(resolv::load_host_resolv_conf(std::path::Path::new(
+            &args.host_resolv_conf,
+        ))?)
     };
     let dns_config = match &args.dns_config {
         None => None,

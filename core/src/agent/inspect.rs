@@ -137,6 +137,9 @@ pub fn get(
         (Resource::Endpoints, f) => {
             let list: Vec<EndpointsView> = services
                 .iter()
+                .filter(|s| {
+                    s.selector.is_some() || snapshot.endpoint_slices_for(&s.key).next().is_some()
+                })
                 .map(|s| endpoints_view(snapshot, s))
                 .collect();
             encode(&list, f)
@@ -426,8 +429,11 @@ fn endpoints_table(snapshot: &Snapshot, services: &[&Arc<Service>], all: bool) -
     header.push("ENDPOINTS".into());
     rows.push(header);
     for s in services {
-        // The Endpoints controller writes no Endpoints object for selector-less services;
-        // mirrored slices still show up here when present.
+        // The Endpoints controller writes an Endpoints object for every service with a
+        // selector; a selector-less one (e.g. ExternalName) has one only if someone wrote it.
+        if s.selector.is_none() && snapshot.endpoint_slices_for(&s.key).next().is_none() {
+            continue;
+        }
         let view = endpoints_view(snapshot, s);
         let mut row = vec![];
         if all {

@@ -1,4 +1,199 @@
 //! The one-binary node agent (`agentctl run`) and the operator tools around it.
 //!
+//! [`run`] starts one [`source`](crate::source), hence one shared cache, then the subsystems
+//! chosen in [`AgentOptions`] (cluster DNS, IPVS proxy) on readers of that cache, and one admin
+//! endpoint ([`admin`]) with `/status`, `/health`, `/ready` and merged `/metrics`. A stop
+//! request (SIGTERM in `agentctl run`) marks the agent not ready, lets DNS answer through its
+//! lameduck period, stops every subsystem and returns; the proxy leaves the kernel rules in
+//! place so traffic keeps flowing across a restart.
+//!
 //! - [`inspect`]: kubectl-like tables of the shared cache (`agentctl get`).
+//! - [`status`]: the `/status` document and its text form (`agentctl status`).
+//! - [`client`]: reading a running agent's admin endpoint.
+//! - [`admin`]: the admin endpoint itself.
+
+pub mod admin;
+pub mod client;
 pub mod inspect;
+pub mod status;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::cache::CacheReader;
+use crate::model::Kind;
+use crate::source::{self, SourceConfig, SourceError};
+use status::SubsystemStatus;
+
+/// A subsystem running on the shared cache, as the admin endpoint sees it.
+pub trait Subsystem: Send + Sync {
+    /// Short name (`dns`, `proxy`): the key in `/status`.
+    fn name(&self) -> &'static str;
+    /// Current status.
+    fn status(&self) -> SubsystemStatus;
+    /// Appends the subsystem's metrics in OpenMetrics text (a trailing `# EOF` is removed).
+    fn encode_metrics(&self, _out: &mut String) {}
+    /// Answers a subsystem-specific admin path under `/<name>/` (e.g. `/proxy/plan`):
+    /// `Some((content type, body))`, or `None` for 404.
+    fn admin_get(&self, _path: &str) -> Option<(&'static str, String)> {
+        None
+    }
+}
+
+/// A started subsystem: its status handle and its task, which ends after shutdown.
+pub struct RunningSubsystem {
+    /// Status, metrics and admin paths.
+    pub handle: Arc<dyn Subsystem>,
+    /// The task; it returns once the shutdown signal has been seen and the work wound down.
+    pub task: JoinHandle<()>,
+}
+
+/// Starts a subsystem on a cache reader; it must stop when the shutdown flag turns true.
+pub type SubsystemLauncher = Box<
+    dyn FnOnce(
+            CacheReader,
+            watch::Receiver<bool>,
+        ) -> std::pin::Pin<
+            Box<dyn Future<Output = Result<RunningSubsystem, AgentError>> + Send>,
+        > + Send,
+>;
+
+/// What `agentctl run` starts.
+pub struct AgentOptions {
+    /// The one source of cluster state.
+    pub source: SourceConfig,
+    /// Kinds the source watches (the union of what the subsystems need).
+    pub kinds: Vec<Kind>,
+    /// Admin endpoint address; `None` = no admin endpoint.
+    pub admin: Option<SocketAddr>,
+    /// The subsystems, started in order once the source is running.
+    pub subsystems: Vec<SubsystemLauncher>,
+    /// How long to keep serving after a stop request while reporting not ready (DNS lameduck).
+    pub lameduck: Duration,
+}
+
+/// Why the agent could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// The source failed to start.
+    #[error("source: {0}")]
+    Source(#[from] SourceError),
+    /// The admin endpoint could not bind.
+    #[error("admin endpoint {addr}: {source}")]
+    AdminBind {
+        /// The address.
+        addr: SocketAddr,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// A subsystem failed to start.
+    #[error("{subsystem}: {reason}")]
+    Subsystem {
+        /// Which one.
+        subsystem: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Handles to a started agent, for callers that need the admin address (tests, embedding).
+pub struct Started {
+    /// Where the admin endpoint listens (with the real port when `:0` was asked for).
+    pub admin: Option<SocketAddr>,
+    /// The shared cache.
+    pub reader: CacheReader,
+}
+
+/// Runs the agent until `stop` completes, then shuts down cleanly.
+pub async fn run(options: AgentOptions, stop: impl Future<Output = ()>) -> Result<(), AgentError> {
+    run_with(options, stop, |_| {}).await
+}
+
+/// Like [`run`], calling `on_started` once everything is listening.
+pub async fn run_with(
+    options: AgentOptions,
+    stop: impl Future<Output = ()>,
+    on_started: impl FnOnce(Started),
+) -> Result<(), AgentError> {
+    let src = source::start(&options.source, &options.kinds).await?;
+    let reader = src.reader();
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let mut running = Vec::new();
+    for launch in options.subsystems {
+        running.push(launch(reader.clone(), shutdown_rx.clone()).await?);
+    }
+    let handles: Vec<Arc<dyn Subsystem>> = running.iter().map(|r| r.handle.clone()).collect();
+    let state = Arc::new(admin::AdminState::new(
+        reader.clone(),
+        src.status_handle(),
+        handles,
+    ));
+
+    let mut admin_addr = None;
+    let mut admin_task = None;
+    if let Some(addr) = options.admin {
+        let listener = admin::bind(addr)
+            .await
+            .map_err(|source| AgentError::AdminBind { addr, source })?;
+        admin_addr = listener.local_addr().ok();
+        admin_task = Some(tokio::spawn(admin::serve(
+            listener,
+            state.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
+    tracing::info!(
+        source = %options.source.describe(),
+        admin = ?admin_addr,
+        subsystems = ?running.iter().map(|r| r.handle.name()).collect::<Vec<_>>(),
+        "agent started"
+    );
+    on_started(Started {
+        admin: admin_addr,
+        reader: reader.clone(),
+    });
+
+    // Record the initial sync time for /status.
+    let sync_state = state.clone();
+    let mut sync_reader = reader.clone();
+    let sync_task = tokio::spawn(async move {
+        if sync_reader
+            .wait_synced(Duration::from_secs(86_400 * 365))
+            .await
+        {
+            sync_state.mark_synced();
+            tracing::info!("source synced");
+        }
+    });
+
+    stop.await;
+    tracing::info!(lameduck = ?options.lameduck, "stopping: not ready from now on");
+    state.set_stopping();
+    if !options.lameduck.is_zero() {
+        tokio::time::sleep(options.lameduck).await;
+    }
+    let _ = shutdown_tx.send(true);
+    for r in running {
+        let name = r.handle.name();
+        if tokio::time::timeout(Duration::from_secs(10), r.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(subsystem = name, "did not stop within 10 s");
+        }
+    }
+    if let Some(t) = admin_task {
+        let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+    }
+    sync_task.abort();
+    drop(src);
+    tracing::info!("agent stopped");
+    Ok(())
+}
