@@ -223,3 +223,20 @@ fn service_and_dest_replies_decode() {
     assert_eq!(e.params.weight, 0);
     assert_eq!((e.conns.active, e.conns.inactive), (3, 4));
 }
+
+#[test]
+fn opening_reports_a_clear_error_or_works() {
+    // This host's kernel may lack IPVS; either way no panic and a named error.
+    match NetlinkIpvs::open() {
+        Ok(mut ipvs) => {
+            ipvs.list_services().unwrap();
+        }
+        Err(e) => assert!(
+            matches!(
+                e,
+                BackendError::NoIpvs | BackendError::Kernel { .. } | BackendError::Io { .. }
+            ),
+            "{e}"
+        ),
+    }
+}

@@ -3,6 +3,8 @@
 //! ([`rtnl::NetlinkAddresses`]). Both batch many requests per `sendmsg` ([`socket::Conn`]).
 
 pub mod ipvs;
+pub mod rtnl;
 pub mod socket;
 
 pub use ipvs::NetlinkIpvs;
+pub use rtnl::NetlinkAddresses;
