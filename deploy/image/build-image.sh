@@ -19,10 +19,13 @@
 #   --name NAME         image name for the archive annotations (default: svcnet/agentctl)
 #   --tag TAG           image tag (default: the workspace version from Cargo.toml)
 #   --no-archive        stop at the OCI layout
+#   --no-strip          keep the binary's debug information (stripped by default with
+#                       `strip --strip-debug`, which keeps the symbols panics print)
 #   --allow-dynamic     accept a dynamically linked --binary (CI's debug build); the image then
 #                       only serves to check the layout, it cannot run on a node
 #
-# Tools: umoci, GNU tar, jq, sha256sum, file; skopeo (optional) checks the archive it wrote.
+# Tools: umoci, GNU tar, jq, sha256sum, file, strip (binutils); skopeo (optional) checks the
+# archive it wrote.
 set -euo pipefail
 
 die() { echo "build-image: $*" >&2; exit 1; }
@@ -36,6 +39,7 @@ name="svcnet/agentctl"
 tag=""
 archive=1
 allow_dynamic=0
+strip_debug=1
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -45,6 +49,7 @@ while [ $# -gt 0 ]; do
         --name) name=${2:?--name needs a value}; shift 2 ;;
         --tag) tag=${2:?--tag needs a value}; shift 2 ;;
         --no-archive) archive=0; shift ;;
+        --no-strip) strip_debug=0; shift ;;
         --allow-dynamic) allow_dynamic=1; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
@@ -126,7 +131,13 @@ umoci init --layout "$layout"
 umoci new --image "$layout:$tag"
 umoci unpack "${rootless[@]}" --image "$layout:$tag" "$work/bundle"
 rootfs="$work/bundle/rootfs"
-install -m 0755 "$binary" "$rootfs/agentctl"
+if [ "$strip_debug" = 1 ]; then
+    need strip "Debian package binutils, or pass --no-strip"
+    strip --strip-debug -o "$rootfs/agentctl" "$binary"
+    chmod 0755 "$rootfs/agentctl"
+else
+    install -m 0755 "$binary" "$rootfs/agentctl"
+fi
 install -d -m 0755 "$rootfs/etc" "$rootfs/tmp"
 chmod 1777 "$rootfs/tmp"
 printf 'root:x:0:0:root:/:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/:/sbin/nologin\n' >"$rootfs/etc/passwd"

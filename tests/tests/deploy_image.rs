@@ -164,15 +164,25 @@ fn check_layout(layout: &Path, digest: &str) -> Checked {
 
 #[test]
 fn image_layout_is_valid_runs_agentctl_run_and_is_reproducible() {
-    for t in ["umoci", "jq", "file"] {
+    for t in ["umoci", "jq", "file", "strip"] {
         if !tool(t) {
             eprintln!("SKIPPED: {t} is not installed (Debian package {t}, see APT_PACKAGES.txt)");
             return;
         }
     }
     let binary = agentctl();
-    let binary_bytes = std::fs::read(&binary).unwrap();
     let tmp = tempfile::tempdir().unwrap();
+    // The script strips debug information (deterministically): the layer must hold exactly that.
+    let stripped = tmp.path().join("agentctl.stripped");
+    let status = Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(&binary)
+        .status()
+        .expect("running strip");
+    assert!(status.success());
+    let binary_bytes = std::fs::read(&stripped).unwrap();
     let first = build(&binary, &tmp.path().join("a"), EPOCH);
     let layout = first.out.join("oci");
     let Checked { layer_tar, config } = check_layout(&layout, &first.digest);
