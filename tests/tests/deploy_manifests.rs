@@ -51,6 +51,19 @@ const VARIANTS: [Variant; 3] = [
 /// docs/migration.md), not the manifests.
 const OPERATOR_CONFIGMAPS: [&str; 1] = ["svcnet-apiserver"];
 
+#[test]
+fn the_migration_guide_tells_how_to_create_the_operator_configmaps() {
+    let guide = std::fs::read_to_string(deploy_dir().join("../docs/migration.md"))
+        .expect("docs/migration.md");
+    for name in OPERATOR_CONFIGMAPS {
+        let create = format!("kubectl -n kube-system create configmap {name}");
+        assert!(
+            guide.contains(&create),
+            "docs/migration.md must show `{create}`"
+        );
+    }
+}
+
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
 }
