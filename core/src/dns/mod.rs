@@ -6,4 +6,6 @@
 pub mod handler;
 pub mod wire;
 pub mod corefile;
+pub mod cluster;
 pub mod zone;
+pub mod plugins;

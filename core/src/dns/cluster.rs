@@ -1,0 +1,330 @@
+//! The `kubernetes` plugin: answers from the live [`ClusterZone`], kept current by a task that
+//! watches the cache.
+//!
+//! The zone sits behind an atomically swapped `Arc` ([`arc_swap`]): a query loads the current
+//! zone without locking and never waits for an update; the updater builds the next zone aside
+//! (on a blocking thread) and swaps it in whole, so every answer comes from one consistent
+//! snapshot.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+use tokio::task::JoinHandle;
+
+use super::handler::{Next, Plugin, Reply, Request, Response, empty_records};
+use super::wire::is_internet_class;
+use super::zone::{Answer, ClusterZone, Lookup, ZoneOptions};
+use crate::cache::{CacheReader, Snapshot};
+
+/// The cluster zone plugin (`kubernetes` in a Corefile).
+pub struct ClusterPlugin {
+    zone: ArcSwap<ClusterZone>,
+    options: ZoneOptions,
+    /// Lower-case fallthrough zones with trailing dots (`Some(empty)`: all).
+    fallthrough: Option<Vec<String>>,
+    synced: AtomicBool,
+    /// The startup timeout has passed: answer from whatever is cached.
+    serving: AtomicBool,
+    rebuilds: AtomicU64,
+}
+
+impl ClusterPlugin {
+    /// A plugin serving an empty zone, not yet synced (answers SERVFAIL in its zones until
+    /// [`ClusterPlugin::spawn_updater`] has synced or timed out).
+    pub fn new(options: ZoneOptions) -> Arc<Self> {
+        let empty = ClusterZone::build(&Snapshot::default(), &options);
+        let fallthrough = options.fallthrough.as_ref().map(|zones| {
+            zones
+                .iter()
+                .map(|z| format!("{}.", z.trim_end_matches('.').to_ascii_lowercase()))
+                .collect()
+        });
+        Arc::new(Self {
+            zone: ArcSwap::from_pointee(empty),
+            options,
+            fallthrough,
+            synced: AtomicBool::new(false),
+            serving: AtomicBool::new(false),
+            rebuilds: AtomicU64::new(0),
+        })
+    }
+
+    /// The zone currently served.
+    pub fn zone(&self) -> Arc<ClusterZone> {
+        self.zone.load_full()
+    }
+
+    /// Whether the cache has synced (what `/ready` reports).
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    /// How many zones were built so far.
+    pub fn rebuilds(&self) -> u64 {
+        self.rebuilds.load(Ordering::Relaxed)
+    }
+
+    /// Builds and installs the zone of `snapshot` now (used by the updater and by tests).
+    pub fn install(&self, snapshot: &Snapshot) {
+        let previous = self.zone.load().serial();
+        let zone = ClusterZone::build_with_serial(snapshot, &self.options, next_serial(previous));
+        self.zone.store(Arc::new(zone));
+        self.rebuilds.fetch_add(1, Ordering::Relaxed);
+        if snapshot.is_synced() {
+            self.synced.store(true, Ordering::Release);
+            self.serving.store(true, Ordering::Release);
+        }
+    }
+
+    /// Marks the startup timeout as passed: answer from the cache even if it has not synced
+    /// (names not found then still answer SERVFAIL, as CoreDNS does).
+    pub fn start_serving(&self) {
+        self.serving.store(true, Ordering::Release);
+    }
+
+    /// Spawns the task that rebuilds the zone whenever the cache changes. After
+    /// `startup_timeout` without a sync the plugin serves what it has.
+    pub fn spawn_updater(
+        self: &Arc<Self>,
+        mut reader: CacheReader,
+        startup_timeout: Duration,
+    ) -> JoinHandle<()> {
+        let plugin = self.clone();
+        let timer = self.clone();
+        let mut sync_reader = reader.clone();
+        tokio::spawn(async move {
+            let sync_timer = tokio::spawn(async move {
+                if !sync_reader.wait_synced(startup_timeout).await {
+                    tracing::warn!(
+                        timeout = ?startup_timeout,
+                        "cache not synced: serving the cluster zone with what is cached"
+                    );
+                }
+                timer.start_serving();
+            });
+            let mut snapshot = reader.snapshot();
+            loop {
+                let p = plugin.clone();
+                let s = snapshot.clone();
+                let built = tokio::task::spawn_blocking(move || p.install(&s)).await;
+                if built.is_err() {
+                    tracing::error!("building the cluster zone failed; keeping the last zone");
+                }
+                match reader.changed().await {
+                    Some(next) => snapshot = next,
+                    None => break,
+                }
+            }
+            sync_timer.abort();
+        })
+    }
+
+    fn falls_through(&self, lower_name: &str) -> bool {
+        match &self.fallthrough {
+            None => false,
+            Some(zones) if zones.is_empty() => true,
+            Some(zones) => zones.iter().any(|z| {
+                z == "."
+                    || lower_name == z
+                    || (lower_name.ends_with(z.as_str())
+                        && lower_name.as_bytes()[lower_name.len() - z.len() - 1] == b'.')
+            }),
+        }
+    }
+
+    fn respond(&self, zone: &ClusterZone, answer: Answer) -> Response {
+        let negative = answer.answers.is_empty();
+        let mut resp = Response::with_records(
+            answer.rcode,
+            answer.answers.into(),
+            if negative {
+                zone.origins()[answer.origin].soa.clone()
+            } else {
+                empty_records()
+            },
+            answer.additionals.into(),
+        );
+        resp.authoritative = true;
+        resp
+    }
+}
+
+impl Plugin for ClusterPlugin {
+    fn name(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    fn handle(&self, req: &Request, next: Next) -> Reply {
+        if !is_internet_class(req.class()) {
+            return next.run(req);
+        }
+        let zone = self.zone.load();
+        let answer = match zone.lookup(req.name(), req.lower_name(), req.record_type()) {
+            Lookup::NotServed => return next.run(req),
+            Lookup::Answer(a) => a,
+        };
+        if matches!(req.record_type(), RecordType::AXFR | RecordType::IXFR) {
+            return Reply::Ready(Response::refused());
+        }
+        if !self.serving.load(Ordering::Acquire) {
+            return Reply::Ready(Response::servfail());
+        }
+        if answer.rcode == ResponseCode::NXDomain {
+            if self.falls_through(req.lower_name()) && !next.is_end() {
+                return next.run(req);
+            }
+            if !self.synced.load(Ordering::Acquire) {
+                return Reply::Ready(Response::servfail());
+            }
+        }
+        Reply::Ready(self.respond(&zone, answer))
+    }
+
+    fn ready(&self) -> bool {
+        self.is_synced()
+    }
+}
+
+/// A serial that grows on every rebuild and tracks the clock (seconds since the epoch) so it
+/// also grows across restarts.
+fn next_serial(previous: u32) -> u32 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(0);
+    now.max(previous.wrapping_add(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::new_cache;
+    use crate::dns::handler::Chain;
+    use crate::dns::zone::tests::{FIXTURE, snapshot};
+    use crate::model::Kind;
+    use hickory_proto::rr::Name;
+
+    fn run(chain: &Chain, name: &str, t: RecordType) -> Response {
+        match chain.handle(&Request::new(Name::from_ascii(name).unwrap(), t)) {
+            Reply::Ready(r) => r,
+            Reply::Pending(_) => panic!("cluster answers are synchronous"),
+        }
+    }
+
+    #[test]
+    fn servfail_until_synced_then_authoritative_answers() {
+        let plugin = ClusterPlugin::new(ZoneOptions::default());
+        let chain = Chain::new(vec![plugin.clone()]);
+        let q = "demoapp-svc.default.svc.cluster.local.";
+        assert_eq!(run(&chain, q, RecordType::A).rcode, ResponseCode::ServFail);
+        assert!(!plugin.ready());
+        plugin.install(&snapshot(FIXTURE));
+        let r = run(&chain, q, RecordType::A);
+        assert_eq!(
+            (r.rcode, r.authoritative, r.answers.len()),
+            (ResponseCode::NoError, true, 1)
+        );
+        assert!(plugin.ready());
+        // Negative answers carry the SOA of the origin.
+        let nx = run(&chain, "nope.default.svc.cluster.local.", RecordType::A);
+        assert_eq!(nx.rcode, ResponseCode::NXDomain);
+        assert_eq!(nx.authority[0].record_type(), RecordType::SOA);
+        let nodata = run(&chain, "svc.cluster.local.", RecordType::A);
+        assert_eq!(
+            (nodata.rcode, nodata.answers.len()),
+            (ResponseCode::NoError, 0)
+        );
+        assert_eq!(nodata.authority.len(), 1);
+        // Outside the zone with nothing after: REFUSED. Zone transfers: REFUSED.
+        assert_eq!(
+            run(&chain, "example.com.", RecordType::A).rcode,
+            ResponseCode::Refused
+        );
+        assert_eq!(
+            run(&chain, "cluster.local.", RecordType::AXFR).rcode,
+            ResponseCode::Refused
+        );
+    }
+
+    #[test]
+    fn serial_grows_with_every_rebuild() {
+        let plugin = ClusterPlugin::new(ZoneOptions::default());
+        plugin.install(&snapshot(FIXTURE));
+        let first = plugin.zone().serial();
+        plugin.install(&snapshot(FIXTURE));
+        assert!(plugin.zone().serial() > first);
+    }
+
+    struct Marker;
+    impl Plugin for Marker {
+        fn name(&self) -> &'static str {
+            "marker"
+        }
+        fn handle(&self, _req: &Request, _next: Next) -> Reply {
+            Reply::Ready(Response::new(ResponseCode::NotAuth))
+        }
+    }
+
+    #[test]
+    fn fallthrough_passes_misses_in_listed_zones_on() {
+        let plugin = ClusterPlugin::new(ZoneOptions {
+            fallthrough: Some(vec!["in-addr.arpa".into(), "ip6.arpa".into()]),
+            ..ZoneOptions::default()
+        });
+        plugin.install(&snapshot(FIXTURE));
+        let chain = Chain::new(vec![plugin, Arc::new(Marker)]);
+        assert_eq!(
+            run(&chain, "9.9.9.9.in-addr.arpa.", RecordType::PTR).rcode,
+            ResponseCode::NotAuth
+        );
+        assert_eq!(
+            run(&chain, "11.10.96.10.in-addr.arpa.", RecordType::PTR).rcode,
+            ResponseCode::NoError
+        );
+        assert_eq!(
+            run(&chain, "nope.default.svc.cluster.local.", RecordType::A).rcode,
+            ResponseCode::NXDomain
+        );
+        assert_eq!(
+            run(&chain, "example.com.", RecordType::A).rcode,
+            ResponseCode::NotAuth
+        );
+    }
+
+    #[tokio::test]
+    async fn updater_follows_the_cache() {
+        let (mut writer, reader) = new_cache([Kind::Service, Kind::EndpointSlice]);
+        let plugin = ClusterPlugin::new(ZoneOptions::default());
+        let task = plugin.spawn_updater(reader, Duration::from_secs(5));
+        let chain = Chain::new(vec![plugin.clone()]);
+        let snap = snapshot(FIXTURE);
+        let services: Vec<_> = snap
+            .services()
+            .map(|s| crate::model::ClusterObject::Service((**s).clone()))
+            .collect();
+        writer.replace_kind(Kind::Service, services);
+        writer.replace_kind(Kind::EndpointSlice, Vec::new());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let r = run(
+                &chain,
+                "demoapp-svc.default.svc.cluster.local.",
+                RecordType::A,
+            );
+            if r.rcode == ResponseCode::NoError && r.answers.len() == 1 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "zone never updated: {r:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(plugin.is_synced());
+        task.abort();
+    }
+}
