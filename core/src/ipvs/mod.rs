@@ -12,6 +12,7 @@ pub mod memory;
 pub mod netlink;
 pub mod reconcile;
 pub mod render;
+pub mod run;
 pub mod table;
 
 pub use config::ProxyConfig;
