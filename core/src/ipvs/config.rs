@@ -2,6 +2,7 @@
 //! `KubeProxyConfiguration` file (`kubeproxy.config.k8s.io/v1alpha1`), see [`file`].
 
 pub mod file;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::time::Duration;
