@@ -2,13 +2,14 @@
 //!
 //! Thin: parse flags, set up tracing, call svcnet-core.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use svcnet_core::agent::inspect::{self, NamespaceFilter, OutputFormat, Resource};
+use svcnet_core::agent::{client, dig};
 use svcnet_core::model::Kind;
 use svcnet_core::resolv::{self, DnsPolicy, KubeletDns, PodDnsConfig, PodDnsSpec};
 use svcnet_core::source::{self, SourceConfig};
@@ -61,6 +62,90 @@ Examples:
   agentctl resolv-conf --dns-policy None --dns-config dnsconfig.yaml"
     )]
     ResolvConf(ResolvArgs),
+    /// Ask a running agent (its admin endpoint) how it is doing.
+    #[command(after_help = "\
+Examples:
+  agentctl status
+  agentctl status --admin 127.0.0.1:9900 -o json")]
+    Status(StatusArgs),
+    /// DNS tools: query a server like dig.
+    #[command(subcommand)]
+    Dns(DnsCommand),
+    /// Print the kernel's IPVS table like `ipvsadm -Ln` (needs CAP_NET_ADMIN).
+    #[command(after_help = "\
+Examples:
+  agentctl ipvs
+  agentctl ipvs --stats")]
+    Ipvs(IpvsArgs),
+    /// Print a shell completion script.
+    #[command(after_help = "\
+Examples:
+  agentctl completions bash > /etc/bash_completion.d/agentctl
+  agentctl completions zsh > \"${fpath[1]}/_agentctl\"
+  agentctl completions fish > ~/.config/fish/completions/agentctl.fish")]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// The agent's admin endpoint.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9900")]
+    admin: SocketAddr,
+    /// Output format: text (default) or json.
+    #[arg(short = 'o', long, value_enum, default_value_t = StatusOutput::Text)]
+    output: StatusOutput,
+    /// How long to wait for the answer.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+    timeout: u64,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+enum StatusOutput {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum DnsCommand {
+    /// Ask one question, print the answer like dig.
+    #[command(after_help = "\
+Examples:
+  agentctl dns query demoapp.default.svc.cluster.local
+  agentctl dns query _http._tcp.demoapp-svc.default.svc.cluster.local SRV --server 127.0.0.1:5353
+  agentctl dns query 10.10.96.10.in-addr.arpa PTR --tcp --short")]
+    Query(DnsQueryArgs),
+}
+
+#[derive(Args, Debug)]
+struct DnsQueryArgs {
+    /// The name to look up.
+    name: String,
+    /// Record type (A, AAAA, SRV, PTR, CNAME, TXT, SOA, NS, ANY...).
+    #[arg(default_value = "A")]
+    rtype: String,
+    /// The server to ask.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:53")]
+    server: SocketAddr,
+    /// Use TCP (default UDP, falling back to TCP when truncated).
+    #[arg(long)]
+    tcp: bool,
+    /// Print only the answers' data, like dig +short.
+    #[arg(long)]
+    short: bool,
+    /// How long to wait for the answer.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+    timeout: u64,
+}
+
+#[derive(Args, Debug)]
+struct IpvsArgs {
+    /// Show packet and byte counters (ipvsadm -Ln --stats).
+    #[arg(long)]
+    stats: bool,
 }
 
 /// Where cluster state comes from.
@@ -231,7 +316,7 @@ impl From<PolicyArg> for DnsPolicy {
     }
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -240,11 +325,38 @@ fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the tokio runtime")?;
-    runtime.block_on(dispatch(cli))
+        .context("starting the tokio runtime")
+        .and_then(|rt| rt.block_on(dispatch(cli)));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // Library errors already embed their cause; print each cause only once.
+            let mut text = String::new();
+            for cause in e.chain().map(|c| c.to_string()) {
+                if !text.ends_with(&cause) {
+                    if !text.is_empty() {
+                        text.push_str(": ");
+                    }
+                    text.push_str(&cause);
+                }
+            }
+            eprintln!("error: {text}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes to stdout; a closed pipe (`agentctl ... | head`) is not an error.
+fn emit(text: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 async fn dispatch(cli: Cli) -> Result<()> {
@@ -252,6 +364,21 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Get(args) => get(args).await,
         Command::Env(args) => env_cmd(args).await,
         Command::ResolvConf(args) => resolv_conf(args).await,
+        Command::Status(args) => status(args).await,
+        Command::Dns(DnsCommand::Query(args)) => dns_query(args).await,
+        Command::Ipvs(args) => {
+            emit(inspect::live_ipvs_table(args.stats)?.as_bytes())?;
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "agentctl",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
     }
 }
 
@@ -276,7 +403,7 @@ async fn get(args: GetArgs) -> Result<()> {
     if out.is_empty() {
         eprintln!("{}", inspect::no_resources_message(&namespaces));
     }
-    print!("{out}");
+    emit(out.as_bytes())?;
     Ok(())
 }
 
@@ -288,7 +415,7 @@ async fn env_cmd(args: EnvArgs) -> Result<()> {
         EnvOutput::Json => env::EnvFormat::Json,
         EnvOutput::DockerEnv => env::EnvFormat::DockerEnv,
     };
-    print!("{}", env::render(&vars, format, &args.namespace)?);
+    emit(env::render(&vars, format, &args.namespace)?.as_bytes())?;
     Ok(())
 }
 
@@ -341,6 +468,34 @@ async fn resolv_conf(args: ResolvArgs) -> Result<()> {
     for w in &conf.warnings {
         eprintln!("warning: {w}");
     }
-    print!("{}", conf.render());
+    emit(conf.render().as_bytes())?;
+    Ok(())
+}
+
+async fn status(args: StatusArgs) -> Result<()> {
+    let timeout = Duration::from_secs(args.timeout);
+    let st = client::fetch_status(args.admin, timeout).await?;
+    match args.output {
+        StatusOutput::Text => emit(st.to_text().as_bytes())?,
+        StatusOutput::Json => emit((serde_json::to_string_pretty(&st)? + "\n").as_bytes())?,
+    }
+    Ok(())
+}
+
+async fn dns_query(args: DnsQueryArgs) -> Result<()> {
+    let rtype = dig::parse_type(&args.rtype)?;
+    let result = dig::query(
+        args.server,
+        &args.name,
+        rtype,
+        args.tcp,
+        Duration::from_secs(args.timeout),
+    )
+    .await?;
+    if args.short {
+        emit(result.to_short().as_bytes())?;
+    } else {
+        emit(result.to_text().as_bytes())?;
+    }
     Ok(())
 }

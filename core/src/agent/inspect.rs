@@ -519,3 +519,11 @@ pub fn no_resources_message(namespaces: &NamespaceFilter) -> String {
         NamespaceFilter::All => "No resources found".into(),
     }
 }
+
+/// The kernel's live IPVS table as `ipvsadm -Ln` (or `-Ln --stats`) prints it.
+pub fn live_ipvs_table(stats: bool) -> Result<String, crate::ipvs::backend::BackendError> {
+    use crate::ipvs::backend::IpvsBackend as _;
+    let mut kernel = crate::ipvs::netlink::NetlinkIpvs::open()?;
+    let table = kernel.dump()?;
+    Ok(crate::ipvs::render::dump(&table, stats))
+}

@@ -11,9 +11,11 @@
 //! - [`status`]: the `/status` document and its text form (`agentctl status`).
 //! - [`client`]: reading a running agent's admin endpoint.
 //! - [`admin`]: the admin endpoint itself.
+//! - [`dig`]: a small DNS client (`agentctl dns query`).
 
 pub mod admin;
 pub mod client;
+pub mod dig;
 pub mod inspect;
 pub mod status;
 
