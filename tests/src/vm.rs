@@ -213,10 +213,17 @@ pub fn run_suite(test_name: &str, vm: Vm, checks: &[Check]) {
     if let Some(filter) = std::env::var_os(CHECK_FILTER) {
         vm = vm.env(CHECK_FILTER, filter);
     }
-    let args: Vec<OsString> = [test_name, "--exact", "--nocapture", "--test-threads=1"]
-        .iter()
-        .map(OsString::from)
-        .collect();
+    // --include-ignored: a suite may be an #[ignore]d test (the benchmark); --exact keeps it to this one test.
+    let args: Vec<OsString> = [
+        test_name,
+        "--exact",
+        "--include-ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
     let out = vm
         .run(&exe, &args)
         .unwrap_or_else(|e| panic!("cannot start the guest: {e:#}"));

@@ -1,0 +1,491 @@
+//! IPVS programming benchmark in the user-mode-linux guest (run it with `bench/ipvs/run.sh`; it is `#[ignore]`d so
+//! the default test run skips it). 10,000 ClusterIP services × 10 endpoints (110,000 kernel objects):
+//!
+//! - svcnet's netlink backend applying the whole table (raw `apply` of 110,000 operations), and the reconciler's
+//!   first full sync from a cache snapshot (desired state + dump + diff + apply);
+//! - one endpoint change with that table in place (incremental sync), repeated;
+//! - the startup dump-and-diff of an already programmed table (a restart);
+//! - `ipvsadm -R` restoring the same table, measured in the same guest; system calls counted with `strace -c` on
+//!   a 1/10 sample for ipvsadm (it is too slow to trace whole) and on the whole run for svcnet;
+//! - the `svcnet-proxy` binary's RSS with that cluster as a manifest directory.
+//!
+//! Each measurement runs in its own fresh network namespace (IPVS state is per namespace), so deleted real servers
+//! of one run never slow down the next (the kernel keeps them in a trash list for minutes).
+//! `SVCNET_BENCH_SERVICES` / `SVCNET_BENCH_ENDPOINTS` scale the table (default 10000 / 10).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use serde_json::{Value, json};
+use svcnet_core::ipvs::backend::{IpvsBackend, IpvsOp};
+use svcnet_core::ipvs::memory::MemoryAddresses;
+use svcnet_core::ipvs::netlink::NetlinkIpvs;
+use svcnet_core::ipvs::reconcile::Reconciler;
+use svcnet_core::ipvs::table::{DestId, DestParams, Scheduler, ServiceId, ServiceParams};
+use svcnet_core::ipvs::{NodeInfo, ProxyConfig, build};
+use svcnet_core::model::Protocol;
+use svcnet_core::source::manifests::parse_manifest;
+use svcnet_core::{Kind, new_cache};
+use svcnet_tests::vm::cluster::{ServiceSpec, bench_services, ipvsadm_restore_text};
+use svcnet_tests::vm::guest::{self, run};
+use svcnet_tests::vm::{self, Check, Vm};
+
+/// Set in a child process that runs one measurement inside a network namespace.
+const PHASE: &str = "SVCNET_BENCH_PHASE";
+/// Where a phase writes its JSON result.
+const RESULT_FILE: &str = "SVCNET_BENCH_RESULT";
+/// The svcnet-proxy binary (built on the host).
+const PROXY_BIN: &str = "SVCNET_PROXY_BIN";
+
+fn table_size() -> (usize, usize) {
+    let get = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    (
+        get("SVCNET_BENCH_SERVICES", 10_000),
+        get("SVCNET_BENCH_ENDPOINTS", 10),
+    )
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Runs this test binary again as `phase` inside a fresh network namespace `ns` (lo up); `strace` counts its
+/// system calls when `trace` is set. Returns the phase's JSON result (and the strace summary).
+fn run_phase(phase: &str, ns: &str, trace: bool) -> anyhow::Result<(Value, Option<String>)> {
+    run("ip", &["netns", "add", ns])?;
+    run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
+    let exe = std::env::current_exe()?;
+    let result = format!("/tmp/bench-{phase}.json");
+    let trace_file = format!("/tmp/bench-{phase}.strace");
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]);
+    if trace {
+        cmd.args(["strace", "-c", "-f", "-o", &trace_file]);
+    }
+    cmd.arg(&exe)
+        .args([
+            "ipvs_benchmark",
+            "--exact",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(PHASE, phase)
+        .env(RESULT_FILE, &result)
+        .stdin(Stdio::null());
+    let out = cmd.output().context("starting a benchmark phase")?;
+    if !out.status.success() {
+        bail!(
+            "phase {phase} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let value: Value = serde_json::from_str(&std::fs::read_to_string(&result)?)?;
+    let summary = trace.then(|| std::fs::read_to_string(&trace_file).unwrap_or_default());
+    let _ = run("ip", &["netns", "del", ns]);
+    Ok((value, summary))
+}
+
+/// Total calls of an `strace -c` summary (the `total` line's calls column) and the named calls.
+fn strace_calls(summary: &str) -> (u64, BTreeMap<String, u64>) {
+    let mut total = 0;
+    let mut by_name = BTreeMap::new();
+    for line in summary.lines() {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        // % time, seconds, usecs/call, calls, [errors], syscall
+        if cols.len() >= 5 && cols[0].parse::<f64>().is_ok() {
+            let name = cols[cols.len() - 1];
+            let calls = cols[3].parse().unwrap_or(0);
+            if name == "total" {
+                total = calls;
+            } else {
+                by_name.insert(name.to_owned(), calls);
+            }
+        }
+    }
+    (total, by_name)
+}
+
+fn ops_for(specs: &[ServiceSpec]) -> Vec<IpvsOp> {
+    let params = ServiceParams {
+        scheduler: Scheduler::Rr,
+        flags: 0,
+        timeout: 0,
+    };
+    let mut ops = Vec::with_capacity(specs.len() * 11);
+    for s in specs {
+        let id = ServiceId::new(Protocol::Tcp, s.cluster_ip.into(), s.port);
+        ops.push(IpvsOp::AddService(id, params));
+        for ep in &s.endpoints {
+            ops.push(IpvsOp::AddDest(
+                id,
+                DestId::new((*ep).into(), s.target_port),
+                DestParams::masq(1),
+            ));
+        }
+    }
+    ops
+}
+
+/// Phase `raw`: the netlink backend applies every operation of the table in one `apply`.
+fn phase_raw(specs: &[ServiceSpec]) -> anyhow::Result<Value> {
+    let ops = ops_for(specs);
+    let started = Instant::now();
+    let mut nl = NetlinkIpvs::open()?;
+    let report = nl.apply(&ops)?;
+    let elapsed = started.elapsed();
+    ensure!(
+        report.failures.is_empty(),
+        "failures: {:?}",
+        &report.failures[..report.failures.len().min(5)]
+    );
+    let stats = nl.socket_stats();
+    Ok(json!({
+        "objects": ops.len(),
+        "ms": ms(elapsed),
+        "round_trips": report.round_trips,
+        "sends": stats.sends,
+        "recvs": stats.recvs,
+    }))
+}
+
+fn cache_with(specs: &[ServiceSpec]) -> anyhow::Result<svcnet_core::CacheWriter> {
+    let (mut writer, _reader) = new_cache([Kind::Service, Kind::EndpointSlice]);
+    for spec in specs {
+        for object in parse_manifest(Path::new(&spec.file_name()), &spec.to_yaml())? {
+            writer.apply(object);
+        }
+    }
+    Ok(writer)
+}
+
+fn rss_kb(pid: &str) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Phase `reconcile`: the reconciler's first full sync from a cache snapshot, then single endpoint changes, then
+/// a second reconciler's startup dump-and-diff of the programmed table.
+fn phase_reconcile(specs: &[ServiceSpec]) -> anyhow::Result<Value> {
+    let config = ProxyConfig::default();
+    let node = NodeInfo {
+        node_name: Some("node-a".into()),
+        local_addresses: vec![],
+    };
+    let mut writer = cache_with(specs)?;
+    let addresses = MemoryAddresses::new(vec![]);
+
+    let started = Instant::now();
+    let mut desired = build(&writer.snapshot(), &config, &node);
+    let built = started.elapsed();
+    let mut rec = Reconciler::new(Box::new(NetlinkIpvs::open()?), Box::new(addresses.clone()));
+    let first = rec.full_sync(&desired, &config)?;
+    let full_elapsed = started.elapsed();
+    ensure!(first.failures == 0, "first sync: {first:?}");
+    ensure!(
+        first.services_added == specs.len(),
+        "first sync added {} services",
+        first.services_added
+    );
+
+    // One endpoint change at a time: the last endpoint of service i moves to a new address.
+    let mut change_ms = Vec::new();
+    let mut change_round_trips = Vec::new();
+    let mut change_ops = Vec::new();
+    for round in 0..50u32 {
+        let i = (round as usize * 197) % specs.len();
+        let mut spec = specs[i].clone();
+        let last = spec.endpoints.len() - 1;
+        spec.endpoints[last] = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 250, 0, 1)) + round);
+        let objects = parse_manifest(Path::new(&spec.file_name()), &spec.to_yaml())?;
+        for object in objects {
+            writer.apply(object);
+        }
+        let t = Instant::now();
+        let delta = desired.update(&writer.snapshot(), &config, &node);
+        let report = rec.sync_delta(&desired, &delta, &config)?;
+        change_ms.push(ms(t.elapsed()));
+        ensure!(
+            !report.full && report.failures == 0,
+            "change {round}: {report:?}"
+        );
+        change_round_trips.push(report.round_trips);
+        change_ops.push(report.operations());
+    }
+    change_ms.sort_by(f64::total_cmp);
+
+    // Restart: a new reconciler reads the programmed table and finds nothing to do.
+    let t = Instant::now();
+    let desired_again = build(&writer.snapshot(), &config, &node);
+    let mut restarted =
+        Reconciler::new(Box::new(NetlinkIpvs::open()?), Box::new(addresses.clone()));
+    let again = restarted.full_sync(&desired_again, &config)?;
+    let restart_elapsed = t.elapsed();
+    ensure!(
+        again.services_added == 0 && again.services_deleted == 0 && again.dests_added == 0,
+        "restart sync changed things: {again:?}"
+    );
+    let (rss, hwm) = rss_kb("self");
+    Ok(json!({
+        "services": specs.len(),
+        "desired_build_ms": ms(built),
+        "full_sync_ms": ms(full_elapsed),
+        "full_sync_round_trips": first.round_trips,
+        "full_sync_ops": first.operations(),
+        "change_median_ms": change_ms[change_ms.len() / 2],
+        "change_max_ms": change_ms[change_ms.len() - 1],
+        "change_round_trips_max": change_round_trips.iter().max(),
+        "change_round_trips_min": change_round_trips.iter().min(),
+        "change_ops_max": change_ops.iter().max(),
+        "restart_sync_ms": ms(restart_elapsed),
+        "restart_ops": again.operations(),
+        "rss_kb": rss,
+        "hwm_kb": hwm,
+    }))
+}
+
+/// Runs `script` with `sh` inside a fresh namespace, returns the wall time.
+fn timed_in_netns(ns: &str, script: &str) -> anyhow::Result<Duration> {
+    run("ip", &["netns", "add", ns])?;
+    run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
+    let t = Instant::now();
+    run("ip", &["netns", "exec", ns, "sh", "-ec", script])?;
+    let elapsed = t.elapsed();
+    run("ip", &["netns", "del", ns])?;
+    Ok(elapsed)
+}
+
+fn count_services(ns: &str) -> anyhow::Result<usize> {
+    let out = run("ip", &["netns", "exec", ns, "ipvsadm", "-Ln"])?;
+    Ok(out.lines().filter(|l| l.starts_with("TCP")).count())
+}
+
+/// Starts svcnet-proxy on a manifest directory of the table in namespace `ns`, waits until the kernel has every
+/// service, and reports time to first sync and RSS.
+fn proxy_rss(specs: &[ServiceSpec]) -> anyhow::Result<Option<Value>> {
+    let Ok(proxy) = std::env::var(PROXY_BIN) else {
+        println!("  svcnet-proxy not built: skipping the RSS measurement");
+        return Ok(None);
+    };
+    let dir = PathBuf::from("/tmp/bench-cluster");
+    std::fs::create_dir_all(&dir)?;
+    for spec in specs {
+        spec.write_to(&dir)?;
+    }
+    svcnet_tests::vm::cluster::write_node(&dir, "node-a", Ipv4Addr::new(192, 168, 1, 10))?;
+    let ns = "bench-proxy";
+    run("ip", &["netns", "add", ns])?;
+    run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
+    let dir_s = dir.to_string_lossy().into_owned();
+    let started = Instant::now();
+    let mut proc = guest::Background::spawn(
+        "bench-proxy",
+        "ip",
+        &[
+            "netns",
+            "exec",
+            ns,
+            &proxy,
+            "--manifests",
+            &dir_s,
+            "--node-name",
+            "node-a",
+        ],
+    )?;
+    let pid = proc.pid().to_string();
+    let mut synced = None;
+    while started.elapsed() < Duration::from_secs(120) {
+        if !proc.is_running() {
+            bail!("svcnet-proxy exited:\n{}", proc.log());
+        }
+        if count_services(ns)? >= specs.len() {
+            synced = Some(started.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let synced = synced
+        .with_context(|| format!("svcnet-proxy did not program the table:\n{}", proc.log()))?;
+    std::thread::sleep(Duration::from_secs(2));
+    let (rss, hwm) = rss_kb(&pid);
+    drop(proc);
+    let _ = run("ip", &["netns", "del", ns]);
+    Ok(Some(
+        json!({"first_sync_ms": ms(synced), "rss_kb": rss, "hwm_kb": hwm}),
+    ))
+}
+
+fn benchmark() -> anyhow::Result<()> {
+    let (services, endpoints) = table_size();
+    let specs = bench_services(services, endpoints);
+    let objects = services * (endpoints + 1);
+    println!("  table: {services} services x {endpoints} endpoints = {objects} objects");
+    run("ipvsadm", &["-Ln"])?; // loads ip_vs
+
+    let (raw, _) = run_phase("raw", "bench-raw", false)?;
+    println!("  raw apply: {raw}");
+    let (rec, _) = run_phase("reconcile", "bench-rec", false)?;
+    println!("  reconciler: {rec}");
+
+    let restore = "/tmp/bench-restore.txt";
+    std::fs::write(restore, ipvsadm_restore_text(&specs))?;
+    let ipvsadm_time = timed_in_netns("bench-ipvsadm", &format!("ipvsadm -R < {restore}"))?;
+    println!("  ipvsadm -R: {:.0} ms", ms(ipvsadm_time));
+
+    // System calls: ipvsadm on a 1/10 sample (its calls are per object), svcnet on the whole table.
+    let sample = &specs[..(services / 10).max(1)];
+    let sample_objects = sample.len() * (endpoints + 1);
+    std::fs::write(
+        "/tmp/bench-restore-sample.txt",
+        ipvsadm_restore_text(sample),
+    )?;
+    timed_in_netns(
+        "bench-ipvsadm-trace",
+        "strace -c -f -o /tmp/bench-ipvsadm.strace ipvsadm -R < /tmp/bench-restore-sample.txt",
+    )?;
+    let (ipvsadm_calls, ipvsadm_by_name) =
+        strace_calls(&std::fs::read_to_string("/tmp/bench-ipvsadm.strace")?);
+    let ipvsadm_calls_full = ipvsadm_calls as f64 * objects as f64 / sample_objects as f64;
+    let (_, raw_trace) = run_phase("raw", "bench-raw-trace", true)?;
+    let (svcnet_calls, svcnet_by_name) = strace_calls(raw_trace.as_deref().unwrap_or_default());
+    let netlink_calls = |m: &BTreeMap<String, u64>| {
+        [
+            "sendmsg", "sendto", "recvmsg", "recvfrom", "recvmmsg", "sendmmsg", "socket",
+        ]
+        .iter()
+        .map(|n| m.get(*n).copied().unwrap_or(0))
+        .sum::<u64>()
+    };
+
+    let proxy = proxy_rss(&specs).unwrap_or_else(|e| {
+        println!("  svcnet-proxy measurement failed: {e:#}");
+        None
+    });
+
+    // The report.
+    let f = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+    let ipvsadm_ms = ms(ipvsadm_time);
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "| measurement ({services} services x {endpoints} endpoints = {objects} objects) | time | round trips | system calls | vs `ipvsadm -R` |"
+    );
+    let _ = writeln!(t, "|---|---:|---:|---:|---:|");
+    let _ = writeln!(
+        t,
+        "| `ipvsadm -R` of the whole table | {ipvsadm_ms:.0} ms | {objects} (one per object) | ~{ipvsadm_calls_full:.0} (netlink ~{:.0}; strace on a 1/10 sample, scaled) | 1x |",
+        netlink_calls(&ipvsadm_by_name) as f64 * objects as f64 / sample_objects as f64
+    );
+    let _ = writeln!(
+        t,
+        "| svcnet netlink backend: apply all {objects} operations | {:.0} ms | {} | {svcnet_calls} whole process (netlink {}; socket calls {} sends + {} receives) | {:.0}x faster |",
+        f(&raw, "ms"),
+        raw["round_trips"],
+        netlink_calls(&svcnet_by_name),
+        raw["sends"],
+        raw["recvs"],
+        ipvsadm_ms / f(&raw, "ms")
+    );
+    let _ = writeln!(
+        t,
+        "| svcnet reconciler: first full sync from a cache snapshot (desired state {:.0} ms + dump + diff + apply) | {:.0} ms | {} | | {:.0}x faster |",
+        f(&rec, "desired_build_ms"),
+        f(&rec, "full_sync_ms"),
+        rec["full_sync_round_trips"],
+        ipvsadm_ms / f(&rec, "full_sync_ms")
+    );
+    let _ = writeln!(
+        t,
+        "| svcnet: one endpoint change with the table in place (median / max of 50) | {:.2} / {:.2} ms | {}–{} ({} operations) | | |",
+        f(&rec, "change_median_ms"),
+        f(&rec, "change_max_ms"),
+        rec["change_round_trips_min"],
+        rec["change_round_trips_max"],
+        rec["change_ops_max"]
+    );
+    let _ = writeln!(
+        t,
+        "| svcnet: startup dump-and-diff of the programmed table (restart) | {:.0} ms | | | ({} operations) |",
+        f(&rec, "restart_sync_ms"),
+        rec["restart_ops"]
+    );
+    let _ = writeln!(
+        t,
+        "| bench process RSS after the above (peak) | {:.1} MB ({:.1} MB) | | | |",
+        f(&rec, "rss_kb") / 1024.0,
+        f(&rec, "hwm_kb") / 1024.0
+    );
+    match &proxy {
+        Some(p) => {
+            let _ = writeln!(
+                t,
+                "| `svcnet-proxy --manifests` (10,000 files): start to table programmed; RSS (peak) | {:.0} ms | | | {:.1} MB ({:.1} MB) |",
+                f(p, "first_sync_ms"),
+                f(p, "rss_kb") / 1024.0,
+                f(p, "hwm_kb") / 1024.0
+            );
+        }
+        None => {
+            let _ = writeln!(
+                t,
+                "| `svcnet-proxy` RSS | not measured (see the log above) | | | |"
+            );
+        }
+    }
+    println!("BENCHMARK-TABLE-BEGIN\n{t}BENCHMARK-TABLE-END");
+    Ok(())
+}
+
+#[test]
+#[ignore = "benchmark: run bench/ipvs/run.sh (boots a user-mode-linux guest, minutes)"]
+fn ipvs_benchmark() {
+    if let Ok(phase) = std::env::var(PHASE) {
+        let (services, endpoints) = table_size();
+        let specs = bench_services(services, endpoints);
+        let result = match phase.as_str() {
+            "raw" => phase_raw(&specs),
+            "reconcile" => phase_reconcile(&specs),
+            other => panic!("unknown benchmark phase {other}"),
+        }
+        .unwrap_or_else(|e| panic!("phase {phase}: {e:#}"));
+        let file = std::env::var(RESULT_FILE).expect("result file");
+        std::fs::write(file, result.to_string()).expect("writing the phase result");
+        return;
+    }
+    let mut machine = Vm::new().mem("1G").timeout(Duration::from_secs(1200));
+    for var in ["SVCNET_BENCH_SERVICES", "SVCNET_BENCH_ENDPOINTS"] {
+        if let Ok(v) = std::env::var(var) {
+            machine = machine.env(var, v);
+        }
+    }
+    if !vm::in_guest() && vm::uml_available() {
+        match vm::cargo_binary("svcnet-proxy", "svcnet-proxy") {
+            Ok(bin) => machine = machine.env(PROXY_BIN, bin),
+            Err(e) => eprintln!("svcnet-proxy not available ({e:#}); its RSS is not measured"),
+        }
+    }
+    vm::run_suite(
+        "ipvs_benchmark",
+        machine,
+        &[Check::new("benchmark", benchmark)],
+    );
+}
