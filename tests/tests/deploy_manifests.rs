@@ -834,30 +834,6 @@ fn cluster_role_grants_exactly_what_the_watchers_use() {
     );
 }
 
-#[test]
-fn variants_watch_pods_exactly_when_their_corefile_verifies_pods() {
-    // `pods verified` is the only option that makes the agent read pods; the variant table above
-    // must follow the Corefile each variant ships.
-    for v in &VARIANTS {
-        let objects = load_variant(v);
-        let corefile = objects
-            .iter()
-            .find(|o| o.kind() == "ConfigMap" && o.name() == "svcnet-dns")
-            .and_then(|o| o.value["data"]["Corefile"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| panic!("{}: no Corefile", v.file));
-        let verifies = corefile
-            .lines()
-            .any(|l| l.split_whitespace().eq(["pods", "verified"]));
-        assert_eq!(
-            v.kinds.contains(&Kind::Pod),
-            verifies,
-            "{}: pods watched = {}, Corefile verifies pods = {verifies}",
-            v.file,
-            v.kinds.contains(&Kind::Pod)
-        );
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // kubectl apply --dry-run=client, against a discovery-only API server on loopback.
 
@@ -1026,4 +1002,154 @@ fn kubectl_apply_client_dry_run_accepts_every_variant() {
         }
     }
     let _ = std::fs::remove_dir_all(&home);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ConfigMaps load with svcnet's own parsers, and the probes and ports point at what that
+// configuration serves.
+
+fn corefile_of(v: &Variant, objects: &[Object]) -> svcnet_core::dns::corefile::Corefile {
+    use svcnet_core::dns::corefile::{self, LoadOptions, MemoryFiles};
+    let text = objects
+        .iter()
+        .find(|o| o.kind() == "ConfigMap" && o.name() == "svcnet-dns")
+        .and_then(|o| o.value["data"]["Corefile"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| panic!("{}: no ConfigMap svcnet-dns with a Corefile", v.file));
+    let cf = corefile::load_from(
+        &format!("{} svcnet-dns/Corefile", v.file),
+        &text,
+        // The pod's /etc/resolv.conf is the node's (dnsPolicy: Default); only parsed here.
+        MemoryFiles::new().insert("/etc/resolv.conf", "nameserver 192.0.2.53\n"),
+        &|_| None,
+        &LoadOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("{}: the Corefile does not load: {e}", v.file));
+    assert!(
+        cf.warnings.is_empty(),
+        "{}: Corefile warnings {:?}",
+        v.file,
+        cf.warnings
+    );
+    cf
+}
+
+/// (port, protocol, HTTP path or "") served by a variant's configuration.
+fn served_endpoints(v: &Variant, objects: &[Object]) -> BTreeSet<(i32, String, String)> {
+    let mut served = BTreeSet::new();
+    let cf = corefile_of(v, objects);
+    for server in &cf.servers {
+        for addr in server.listen_addrs() {
+            for proto in ["UDP", "TCP"] {
+                served.insert((i32::from(addr.port()), proto.to_string(), String::new()));
+            }
+        }
+        let p = &server.plugins;
+        let mut http = |port: u16, path: &str| {
+            served.insert((i32::from(port), "TCP".to_string(), path.to_string()));
+            served.insert((i32::from(port), "TCP".to_string(), String::new()));
+        };
+        if let Some(h) = &p.health {
+            http(h.addr.port(), "/health");
+        }
+        if let Some(r) = &p.ready {
+            http(r.addr.port(), "/ready");
+        }
+        if let Some(m) = &p.prometheus {
+            http(m.addr.port(), "/metrics");
+        }
+    }
+    if let Some(proxy) = objects
+        .iter()
+        .find(|o| o.kind() == "ConfigMap" && o.name() == "svcnet-proxy")
+    {
+        let text = proxy.value["data"]["config.conf"]
+            .as_str()
+            .expect("svcnet-proxy has config.conf");
+        let conf: Value = serde_saphyr::from_str(text).expect("config.conf is YAML");
+        assert_eq!(conf["kind"], "KubeProxyConfiguration");
+        assert_eq!(conf["apiVersion"], "kubeproxy.config.k8s.io/v1alpha1");
+        assert_eq!(conf["mode"], "ipvs");
+        let healthz = conf["healthzBindAddress"]
+            .as_str()
+            .unwrap_or("0.0.0.0:10256");
+        let port: i32 = healthz.rsplit(':').next().unwrap().parse().unwrap();
+        for path in ["/healthz", "/livez", ""] {
+            served.insert((port, "TCP".to_string(), path.to_string()));
+        }
+    }
+    served
+}
+
+#[test]
+fn configmaps_load_and_probes_and_ports_point_at_what_they_configure() {
+    let mut errors = Vec::new();
+    for v in &VARIANTS {
+        let objects = load_variant(v);
+        let served = served_endpoints(v, &objects);
+        for obj in &objects {
+            let template = match obj.kind() {
+                "DaemonSet" => typed::<DaemonSet>(obj).spec.unwrap().template,
+                "Deployment" => typed::<Deployment>(obj).spec.unwrap().template,
+                _ => continue,
+            };
+            for c in template.spec.unwrap().containers {
+                let ports: Vec<_> = c.ports.clone().unwrap_or_default();
+                for p in &ports {
+                    let proto = p.protocol.clone().unwrap_or_else(|| "TCP".into());
+                    if !served.contains(&(p.container_port, proto.clone(), String::new())) {
+                        errors.push(format!(
+                            "{}: port {} {}/{proto} is served by nothing in its configuration",
+                            obj.at(),
+                            p.name.as_deref().unwrap_or(""),
+                            p.container_port
+                        ));
+                    }
+                }
+                for probe in [&c.liveness_probe, &c.readiness_probe]
+                    .into_iter()
+                    .flatten()
+                {
+                    let Some(get) = &probe.http_get else { continue };
+                    let port = match &get.port {
+                        IntOrString::Int(n) => Some(*n),
+                        IntOrString::String(name) => ports
+                            .iter()
+                            .find(|p| p.name.as_deref() == Some(name))
+                            .map(|p| p.container_port),
+                    };
+                    let path = get.path.clone().unwrap_or_default();
+                    if !port
+                        .is_some_and(|port| served.contains(&(port, "TCP".into(), path.clone())))
+                    {
+                        errors.push(format!(
+                            "{}: probe {path} on {:?} is not an endpoint its configuration serves ({served:?})",
+                            obj.at(),
+                            get.port
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+}
+
+#[test]
+fn variants_watch_pods_exactly_when_their_corefile_verifies_pods() {
+    use svcnet_core::dns::corefile::PodsMode;
+    for v in &VARIANTS {
+        let cf = corefile_of(v, &load_variant(v));
+        let verified = cf.servers.iter().any(|s| {
+            s.plugins
+                .kubernetes
+                .as_ref()
+                .is_some_and(|k| k.pods == PodsMode::Verified)
+        });
+        assert_eq!(
+            v.kinds.contains(&Kind::Pod),
+            verified,
+            "{}: the RBAC variant table and the Corefile's `pods` mode disagree",
+            v.file
+        );
+    }
 }
