@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# Builds the svcnet container image without a Docker daemon: a static `agentctl` in an image with
-# nothing else (no shell, no libc), written as an OCI image layout with umoci and packed into an OCI
+# Builds the svcnet container image without a Docker daemon: a static `agentctl` in a minimal image
+# (no shell, no package manager), written as an OCI image layout with umoci and packed into an OCI
 # archive that `ctr images import`, `podman load` and `skopeo copy oci-archive:...` accept.
+#
+# The IPVS proxy applies its iptables rules and ipsets with `iptables-{legacy,nft}-restore` and
+# `ipset restore`, as kube-proxy does, so the image also carries those tools from the build host's
+# Debian packages (iptables, ipset) with exactly the shared libraries and xtables extensions they
+# load (their versions are recorded in the label svcnet.netfilter-tools). `--no-netfilter-tools`
+# leaves them out: such an image can run DNS only (`agentctl run --no-proxy`).
 #
 # Reproducible: every timestamp comes from SOURCE_DATE_EPOCH (default: the last commit's time), files
 # are owned by 0:0 with fixed modes, umoci writes tar entries in lexical order, and the archive is
@@ -19,6 +25,7 @@
 #   --name NAME         image name for the archive annotations (default: svcnet/agentctl)
 #   --tag TAG           image tag (default: the workspace version from Cargo.toml)
 #   --no-archive        stop at the OCI layout
+#   --no-netfilter-tools  leave out iptables/ipset (a DNS-only image)
 #   --no-strip          keep the binary's debug information (stripped by default with
 #                       `strip --strip-debug`, which keeps the symbols panics print)
 #   --allow-dynamic     accept a dynamically linked --binary (CI's debug build); the image then
@@ -40,6 +47,7 @@ tag=""
 archive=1
 allow_dynamic=0
 strip_debug=1
+netfilter_tools=1
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -50,6 +58,7 @@ while [ $# -gt 0 ]; do
         --tag) tag=${2:?--tag needs a value}; shift 2 ;;
         --no-archive) archive=0; shift ;;
         --no-strip) strip_debug=0; shift ;;
+        --no-netfilter-tools) netfilter_tools=0; shift ;;
         --allow-dynamic) allow_dynamic=1; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
@@ -143,7 +152,38 @@ chmod 1777 "$rootfs/tmp"
 printf 'root:x:0:0:root:/:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/:/sbin/nologin\n' >"$rootfs/etc/passwd"
 printf 'root:x:0:\nnonroot:x:65532:\n' >"$rootfs/etc/group"
 chmod 0644 "$rootfs/etc/passwd" "$rootfs/etc/group"
-[ "$(id -u)" = 0 ] && chown -R 0:0 "$rootfs"
+tools_label="none"
+if [ "$netfilter_tools" = 1 ]; then
+    need ldd "libc-bin"
+    need dpkg-query "dpkg"
+    libdir=/usr/lib/x86_64-linux-gnu
+    for tool in /usr/sbin/xtables-legacy-multi /usr/sbin/xtables-nft-multi /usr/sbin/ipset; do
+        [ -x "$tool" ] || die "$tool is missing: install Debian's iptables and ipset, or pass --no-netfilter-tools"
+    done
+    install -d -m 0755 "$rootfs/usr/sbin" "$rootfs/usr/lib/x86_64-linux-gnu/xtables" "$rootfs/lib64"
+    install -m 0755 /usr/sbin/xtables-legacy-multi /usr/sbin/xtables-nft-multi /usr/sbin/ipset "$rootfs/usr/sbin/"
+    # The names the proxy runs: {iptables,ip6tables}-{legacy,nft}[-save|-restore].
+    for family in iptables ip6tables; do
+        for variant in legacy nft; do
+            for suffix in "" -save -restore; do
+                ln -s "xtables-$variant-multi" "$rootfs/usr/sbin/$family-$variant$suffix"
+            done
+        done
+    done
+    # Extensions are dlopen()ed from the directory compiled into libxtables.
+    install -m 0644 "$libdir"/xtables/*.so "$rootfs/usr/lib/x86_64-linux-gnu/xtables/"
+    # Every shared library those programs and extensions load, under its soname, and the loader.
+    elves=(/usr/sbin/xtables-legacy-multi /usr/sbin/xtables-nft-multi /usr/sbin/ipset "$libdir"/xtables/*.so)
+    ldd "${elves[@]}" 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}' | sort -u |
+        while read -r soname path; do
+            install -m 0644 "$(readlink -f "$path")" "$rootfs/usr/lib/x86_64-linux-gnu/$soname"
+        done
+    install -m 0755 "$(readlink -f /lib64/ld-linux-x86-64.so.2)" "$rootfs/lib64/ld-linux-x86-64.so.2"
+    # Protocol names for `-p tcp` and friends.
+    [ -f /etc/protocols ] && install -m 0644 /etc/protocols "$rootfs/etc/protocols"
+    tools_label=$(dpkg-query -W -f '${Package}=${Version} ' iptables ipset libc6 | sed 's/ $//')
+fi
+[ "$(id -u)" = 0 ] && chown -R -h 0:0 "$rootfs"
 find "$rootfs" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 # `umoci insert` of a directory writes a truncated layer with umoci 0.4.7; unpack + repack does not.
 umoci repack "${rootless[@]}" --image "$layout:$tag" --history.created "$created" \
@@ -153,12 +193,13 @@ umoci config --image "$layout:$tag" --created "$created" --history.created "$cre
     --architecture amd64 --os linux \
     --config.entrypoint /agentctl --config.cmd run \
     --config.workingdir / \
-    --config.env PATH=/ \
+    --config.env PATH=/usr/sbin:/ \
     --config.label "org.opencontainers.image.title=svcnet" \
     --config.label "org.opencontainers.image.description=svcnet node agent: IPVS service proxy and cluster DNS" \
     --config.label "org.opencontainers.image.version=$tag" \
     --config.label "org.opencontainers.image.revision=$revision" \
-    --config.label "org.opencontainers.image.licenses=Apache-2.0"
+    --config.label "org.opencontainers.image.licenses=Apache-2.0" \
+    --config.label "svcnet.netfilter-tools=$tools_label"
 umoci gc --layout "$layout"
 
 # Name the image the way BuildKit's OCI exporter does, so `ctr images import` and `podman load`

@@ -45,6 +45,14 @@ fn agentctl() -> PathBuf {
     bin
 }
 
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
 struct Build {
     digest: String,
     out: PathBuf,
@@ -234,6 +242,23 @@ fn image_layout_is_valid_runs_agentctl_run_and_is_reproducible() {
     let mut sorted = names.clone();
     sorted.sort();
     assert_eq!(names, sorted, "layer entries in lexical order");
+    // The programs the proxy runs to apply iptables rules and ipsets.
+    let tools = [
+        "usr/sbin/iptables-legacy-restore",
+        "usr/sbin/iptables-legacy-save",
+        "usr/sbin/iptables-nft-restore",
+        "usr/sbin/iptables-nft-save",
+        "usr/sbin/ip6tables-legacy-restore",
+        "usr/sbin/ip6tables-nft-restore",
+        "usr/sbin/ipset",
+    ];
+    for want in tools {
+        assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
+    }
+    assert_eq!(
+        config["config"]["Env"],
+        serde_json::json!(["PATH=/usr/sbin:/"])
+    );
 
     // The entrypoint and command, taken from the config and run from the layer, are a working
     // `agentctl run` (asked for its help, so nothing starts).
@@ -258,6 +283,31 @@ fn image_layout_is_valid_runs_agentctl_run_and_is_reproducible() {
         "{entrypoint} {cmd:?} --help failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // Those tools start inside the image's root (their shared libraries and loader are there):
+    // checked with chroot, which needs root.
+    if is_root() {
+        for (tool, args) in [
+            ("/usr/sbin/iptables-legacy-restore", &["--version"][..]),
+            ("/usr/sbin/iptables-nft-save", &["--version"][..]),
+            ("/usr/sbin/ip6tables-nft-restore", &["--version"][..]),
+            ("/usr/sbin/ipset", &["version"][..]),
+        ] {
+            let out = Command::new("chroot")
+                .arg(&extracted)
+                .arg(tool)
+                .args(args)
+                .output()
+                .expect("running chroot");
+            assert!(
+                out.status.success(),
+                "{tool} does not run inside the image: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    } else {
+        eprintln!("not root: the netfilter tools are not started inside the image root");
+    }
 
     // Same inputs, same image and the same archive bytes; another SOURCE_DATE_EPOCH, another image.
     let second = build(&binary, &tmp.path().join("b"), EPOCH);
