@@ -1,1 +1,153 @@
-fn main() {}
+//! `svcnet-dns`: the cluster DNS server (a drop-in for CoreDNS's kubernetes plugin).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use svcnet_core::dns::server::ServerConfig;
+use svcnet_core::dns::zone::{PodMode, ZoneOptions};
+use svcnet_core::dns::{DnsOptions, run_with_source};
+use svcnet_core::source::SourceConfig;
+
+/// Authoritative cluster DNS (`cluster.local`) served from the Kubernetes API or a manifest
+/// directory.
+#[derive(Debug, Parser)]
+#[command(name = "svcnet-dns", version, about)]
+struct Args {
+    /// DNS listen address, UDP and TCP.
+    #[arg(long, default_value = "0.0.0.0:53")]
+    listen: SocketAddr,
+    /// Serve a directory of YAML/JSON manifests (watched live) instead of the Kubernetes API.
+    #[arg(long, value_name = "DIR", conflicts_with = "kubeconfig")]
+    manifests: Option<PathBuf>,
+    /// Kubeconfig for the Kubernetes API (default: in-cluster configuration).
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// The cluster domain.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Zones served (default: the cluster domain, in-addr.arpa and ip6.arpa).
+    #[arg(long, value_delimiter = ',', value_name = "ZONE,...")]
+    zones: Vec<String>,
+    /// TTL of the answers (0-3600).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=3600))]
+    ttl: u32,
+    /// Pod records: disabled, insecure or verified.
+    #[arg(long, default_value = "disabled")]
+    pods: PodMode,
+    /// Name endpoints without hostname after their pod instead of their dashed IP.
+    #[arg(long)]
+    endpoint_pod_names: bool,
+    /// Serve no endpoint records.
+    #[arg(long)]
+    noendpoints: bool,
+    /// NXDOMAIN for ClusterIP services without ready endpoints.
+    #[arg(long)]
+    ignore_empty_service: bool,
+    /// Only serve these namespaces (default: all).
+    #[arg(long, value_delimiter = ',', value_name = "NS,...")]
+    namespaces: Vec<String>,
+    /// Pass names not found in these zones to the next plugin (no zones: all). Without a
+    /// forwarder the answer is then REFUSED.
+    #[arg(long, num_args = 0.., value_delimiter = ',', value_name = "ZONE,...")]
+    fallthrough: Option<Vec<String>>,
+    /// Health endpoint (`/health`); `off` disables it.
+    #[arg(long, default_value = "0.0.0.0:8080", value_parser = parse_optional_addr)]
+    health: OptionalAddr,
+    /// Readiness endpoint (`/ready`); `off` disables it.
+    #[arg(long, default_value = "0.0.0.0:8181", value_parser = parse_optional_addr)]
+    ready: OptionalAddr,
+    /// Prometheus metrics endpoint (`/metrics`); `off` disables it.
+    #[arg(long, default_value = "0.0.0.0:9153", value_parser = parse_optional_addr)]
+    metrics: OptionalAddr,
+    /// How long to wait for the cache to sync before answering from what it has.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    startup_timeout: Duration,
+    /// After SIGTERM, keep answering this long while /ready reports 503.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    lameduck: Duration,
+    /// UDP receive loops (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    udp_workers: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct OptionalAddr(Option<SocketAddr>);
+
+fn parse_optional_addr(s: &str) -> Result<OptionalAddr, String> {
+    if s == "off" {
+        return Ok(OptionalAddr(None));
+    }
+    s.parse()
+        .map(|a| OptionalAddr(Some(a)))
+        .map_err(|e| format!("`{s}`: {e} (expected ADDR:PORT or off)"))
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{s}`: expected a duration like 5s, 500ms or 1m"))?;
+    if !(0.0..=86400.0).contains(&(value * scale)) {
+        return Err(format!("`{s}`: out of range"));
+    }
+    Ok(Duration::from_secs_f64(value * scale))
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let source = match (&args.manifests, &args.kubeconfig) {
+        (Some(dir), _) => SourceConfig::Manifests(dir.clone()),
+        (None, kubeconfig) => SourceConfig::Kubernetes {
+            kubeconfig: kubeconfig.clone(),
+        },
+    };
+    let mut zone = ZoneOptions::for_domain(&args.cluster_domain);
+    if !args.zones.is_empty() {
+        zone.zones = args.zones.clone();
+    }
+    zone.ttl = args.ttl;
+    zone.pods = args.pods;
+    zone.endpoint_pod_names = args.endpoint_pod_names;
+    zone.noendpoints = args.noendpoints;
+    zone.ignore_empty_service = args.ignore_empty_service;
+    zone.namespaces = args.namespaces.iter().cloned().collect();
+    zone.fallthrough = args.fallthrough.clone();
+    let options = DnsOptions {
+        server: ServerConfig {
+            listen: args.listen,
+            udp_workers: args.udp_workers,
+            ..ServerConfig::default()
+        },
+        zone,
+        health: args.health.0,
+        ready: args.ready.0,
+        metrics: args.metrics.0,
+        startup_timeout: args.startup_timeout,
+        lameduck: args.lameduck,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime
+        .block_on(run_with_source(&source, options))
+        .with_context(|| format!("svcnet-dns ({})", source.describe()))
+}

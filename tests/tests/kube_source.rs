@@ -48,6 +48,17 @@ fn node(name: &str) -> Value {
     })
 }
 
+fn pod(name: &str, ip: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "labels": {"app": "web"}},
+        "spec": {"nodeName": "node-a", "containers": [{"name": "app", "image": "web",
+                 "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]}]},
+        "status": {"podIP": ip, "podIPs": [{"ip": ip}],
+                   "conditions": [{"type": "Ready", "status": "True"}]}
+    })
+}
+
 fn key(name: &str) -> ObjectKey {
     ObjectKey::new("default", name)
 }
@@ -177,10 +188,14 @@ async fn fake_with_demo_objects() -> FakeApiServer {
 async fn lists_then_follows_adds_modifies_and_deletes() {
     init_tracing();
     let fake = fake_with_demo_objects().await;
-    let src = RunningSource::start(&fake, &KINDS).await;
+    fake.apply(pod("web-1", "10.244.1.10"));
+    let src = RunningSource::start(&fake, &Kind::ALL).await;
 
     let snap = src.reader.snapshot();
     assert_eq!(snap.service_count(), 2);
+    let web_1 = snap.pod(&key("web-1")).expect("the pod");
+    assert!(web_1.ready);
+    assert_eq!(web_1.ips[0].to_string(), "10.244.1.10");
     assert_eq!(
         snap.endpoint_slices_for(&key("web"))
             .map(|s| s.endpoints.len())
@@ -242,6 +257,11 @@ async fn lists_then_follows_adds_modifies_and_deletes() {
     fake.delete("Service", "default", "db");
     src.wait("a deleted service disappears", || !src.has_service("db"))
         .await;
+    fake.delete("Pod", "default", "web-1");
+    src.wait("a deleted pod disappears", || {
+        src.reader.snapshot().pod(&key("web-1")).is_none()
+    })
+    .await;
     fake.delete("Node", "", "node-a");
     src.wait("a deleted node disappears", || {
         src.reader.snapshot().node("node-a").is_none()
@@ -260,7 +280,7 @@ async fn lists_then_follows_adds_modifies_and_deletes() {
     assert_eq!(src.reader.snapshot().generation(), generation + 1);
     assert_eq!(src.status().resyncs, before.resyncs, "no relist");
     assert!(src.status().problems.is_empty(), "{:?}", src.status());
-    assert_eq!(src.status().resyncs, 3, "one list per kind");
+    assert_eq!(src.status().resyncs, 4, "one list per kind");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -389,6 +409,9 @@ async fn keeps_serving_while_down_and_relists_after_410() {
     })
     .await;
     let requests = fake.requests();
+    for r in &requests {
+        println!("request: {r}");
+    }
     let services = lists_of(&requests, "/api/v1/services").count();
     assert!(services >= 2, "services were relisted ({services} lists)");
     // Live changes flow again after the relist.
@@ -410,6 +433,9 @@ async fn paginated_lists_are_followed_to_the_end() {
     let src = RunningSource::start(&fake, &[Kind::Service, Kind::EndpointSlice]).await;
     assert_eq!(src.reader.snapshot().service_count(), 7);
     let requests = fake.requests();
+    for r in &requests {
+        println!("request: {r}");
+    }
     let lists: Vec<_> = lists_of(&requests, "/api/v1/services").collect();
     assert_eq!(lists.len(), 4, "pages of 2, 2, 2, 1: {lists:#?}");
     assert!(lists[0].param("continue").is_none());

@@ -6,8 +6,8 @@
 //! (on a blocking thread) and swaps it in whole, so every answer comes from one consistent
 //! snapshot.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -16,6 +16,7 @@ use hickory_proto::rr::RecordType;
 use tokio::task::JoinHandle;
 
 use super::handler::{Next, Plugin, Reply, Request, Response, empty_records};
+use super::metrics::DnsMetrics;
 use super::wire::is_internet_class;
 use super::zone::{Answer, ClusterZone, Lookup, ZoneOptions};
 use crate::cache::{CacheReader, Snapshot};
@@ -30,6 +31,7 @@ pub struct ClusterPlugin {
     /// The startup timeout has passed: answer from whatever is cached.
     serving: AtomicBool,
     rebuilds: AtomicU64,
+    metrics: OnceLock<Arc<DnsMetrics>>,
 }
 
 impl ClusterPlugin {
@@ -50,12 +52,18 @@ impl ClusterPlugin {
             synced: AtomicBool::new(false),
             serving: AtomicBool::new(false),
             rebuilds: AtomicU64::new(0),
+            metrics: OnceLock::new(),
         })
     }
 
     /// The zone currently served.
     pub fn zone(&self) -> Arc<ClusterZone> {
         self.zone.load_full()
+    }
+
+    /// Reports zone rebuilds to `metrics` (`svcnet_dns_zone_*`).
+    pub fn set_metrics(&self, metrics: Arc<DnsMetrics>) {
+        let _ = self.metrics.set(metrics);
     }
 
     /// Whether the cache has synced (what `/ready` reports).
@@ -74,6 +82,9 @@ impl ClusterPlugin {
         let zone = ClusterZone::build_with_serial(snapshot, &self.options, next_serial(previous));
         self.zone.store(Arc::new(zone));
         self.rebuilds.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = self.metrics.get() {
+            m.zone_built(self.zone.load().service_count());
+        }
         if snapshot.is_synced() {
             self.synced.store(true, Ordering::Release);
             self.serving.store(true, Ordering::Release);

@@ -180,6 +180,8 @@ pub struct Response {
     /// Additional section (without OPT: the server adds it).
     pub additionals: Records,
     /// Pre-encoded sections, valid only while the three sections above are the same `Arc`s.
+    /// Reserved for answers cached in wire form; plugins that build responses set `None`.
+    #[allow(dead_code)]
     pub(in crate::dns) prepared: Option<Arc<super::wire::PreparedSections>>,
 }
 
@@ -360,6 +362,15 @@ impl Chain {
     /// Whether every plugin reports ready.
     pub fn ready(&self) -> bool {
         self.plugins.iter().all(|p| p.ready())
+    }
+
+    /// Names of the plugins that are not ready (empty when all are).
+    pub fn not_ready(&self) -> Vec<&'static str> {
+        self.plugins
+            .iter()
+            .filter(|p| !p.ready())
+            .map(|p| p.name())
+            .collect()
     }
 
     /// Names of the plugins, in order.

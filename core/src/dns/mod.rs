@@ -1,11 +1,24 @@
 //! Cluster DNS: the `cluster.local` zone built from snapshots, and its server.
 //!
+//! - [`zone`]: the pure zone model, [`zone::ClusterZone`] built once per cache snapshot.
 //! - [`handler`]: the request path, a chain of [`handler::Plugin`]s (CoreDNS style).
+//! - [`cluster`]: the `kubernetes` plugin serving the live zone, and its updater task.
 //! - [`wire`]: parsing requests and encoding responses.
+//! - [`server`]: UDP/TCP listeners; [`http`]: health, ready, metrics; [`metrics`]: CoreDNS
+//!   metric names.
+//! - [`zonefile`]: RFC 1035 export of the zone.
+//! - [`run`] / [`run_with_source`] / [`serve`]: the whole server with lameduck.
 
-pub mod handler;
-pub mod wire;
-pub mod corefile;
 pub mod cluster;
+pub mod corefile;
+pub mod error;
+pub mod handler;
+pub mod http;
+pub mod metrics;
+pub mod runner;
+pub mod server;
+pub mod wire;
 pub mod zone;
-pub mod plugins;
+
+pub use error::DnsError;
+pub use runner::{DnsOptions, run, run_until, run_with_source, serve};
