@@ -1,1 +1,70 @@
-fn main() {}
+//! `svcnet-proxy`: the IPVS service proxy (what kube-proxy does in IPVS mode).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use svcnet_core::ipvs::app::{AppOptions, dry_run, run_proxy};
+use svcnet_core::source::SourceConfig;
+
+/// IPVS service proxy for a Kubernetes node, programming the kernel over netlink.
+#[derive(Debug, Parser)]
+#[command(name = "svcnet-proxy", version)]
+struct Args {
+    /// A KubeProxyConfiguration file (kubeproxy.config.k8s.io/v1alpha1), watched live.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Read cluster state from a directory of manifests instead of the API server.
+    #[arg(long, value_name = "DIR", conflicts_with = "kubeconfig")]
+    manifests: Option<PathBuf>,
+    /// Kubeconfig for the API server (default: in-cluster, then ~/.kube/config).
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// This node's name, for Local traffic policies.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Node address for node ports (repeatable); default: the kernel's local addresses.
+    #[arg(long = "node-ip", value_name = "IP")]
+    node_ips: Vec<IpAddr>,
+    /// Print the IPVS table that would be programmed, in `ipvsadm -Ln` format, and exit.
+    #[arg(long)]
+    dry_run: bool,
+    /// Program the kernel once and exit.
+    #[arg(long)]
+    once: bool,
+    /// Seconds to wait for the initial cluster state.
+    #[arg(long, default_value_t = 60)]
+    sync_timeout: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let source = match args.manifests {
+        Some(dir) => SourceConfig::Manifests(dir),
+        None => SourceConfig::Kubernetes {
+            kubeconfig: args.kubeconfig,
+        },
+    };
+    let mut options = AppOptions::new(source);
+    options.config_file = args.config;
+    options.node_name = args.node_name;
+    options.node_addresses = (!args.node_ips.is_empty()).then_some(args.node_ips);
+    options.once = args.once;
+    options.sync_timeout = Duration::from_secs(args.sync_timeout);
+    if args.dry_run {
+        let table = dry_run(&options).await.context("dry run")?;
+        print!("{table}");
+        return Ok(());
+    }
+    run_proxy(options).await.context("svcnet-proxy")
+}

@@ -4,15 +4,18 @@
 //! - [`desired`]: the desired state from a cache snapshot, pure and incremental.
 //! - [`render`]: `ipvsadm -Ln`-style text of a desired state or a kernel dump.
 
+pub mod app;
 pub mod backend;
 pub mod config;
 pub mod desired;
 pub mod fixtures;
+pub mod host;
 pub mod memory;
 pub mod netlink;
 pub mod reconcile;
 pub mod render;
 pub mod run;
+pub mod serve;
 pub mod table;
 
 pub use config::ProxyConfig;

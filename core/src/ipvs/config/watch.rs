@@ -84,7 +84,10 @@ pub fn watch_config(path: PathBuf, tx: watch::Sender<ProxyConfig>) -> ConfigWatc
             let _ = ev_tx.send(());
         }
     })
-    .and_then(|mut w| w.watch(&dir, notify::RecursiveMode::NonRecursive).map(|_| w));
+    .and_then(|mut w| {
+        w.watch(&dir, notify::RecursiveMode::NonRecursive)
+            .map(|_| w)
+    });
     let watcher = match watcher {
         Ok(w) => Some(w),
         Err(e) => {
@@ -124,12 +127,20 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("config.conf");
-        std::fs::write(&path, "kind: KubeProxyConfiguration\nipvs:\n  scheduler: \"\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "kind: KubeProxyConfiguration\nipvs:\n  scheduler: \"\"\n",
+        )
+        .unwrap();
         let (tx, mut rx) = watch::channel(load(&path).unwrap().config);
         let _w = watch_config(path.clone(), tx.clone());
         tokio::time::sleep(Duration::from_millis(200)).await;
 
-        std::fs::write(&path, "kind: KubeProxyConfiguration\nipvs:\n  scheduler: wrr\n").unwrap();
+        std::fs::write(
+            &path,
+            "kind: KubeProxyConfiguration\nipvs:\n  scheduler: wrr\n",
+        )
+        .unwrap();
         tokio::time::timeout(Duration::from_secs(5), rx.changed())
             .await
             .expect("reload within 5 s")

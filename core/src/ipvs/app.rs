@@ -1,0 +1,172 @@
+//! The `svcnet-proxy` program as a library call: source, config file, kernel backends,
+//! control loop; and `--dry-run`, which prints the plan without touching the kernel.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::backend::{AddressBackend, BackendError};
+use super::config::ProxyConfig;
+use super::config::file::{ConfigError, load};
+use super::config::watch::watch_config;
+use super::desired::{NodeInfo, build};
+use super::netlink::{NetlinkAddresses, NetlinkIpvs};
+use super::reconcile::Reconciler;
+use super::run::{ProxyError, RunOptions, run};
+use crate::model::Kind;
+use crate::source::{SourceConfig, SourceError, start};
+
+/// Kinds the proxy needs from the source.
+pub const KINDS: [Kind; 2] = [Kind::Service, Kind::EndpointSlice];
+
+/// Errors of the proxy program.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppError {
+    /// The configuration file is bad.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The source could not start.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The cache did not sync.
+    #[error("the cluster source did not sync within {0:?}")]
+    NotSynced(Duration),
+    /// The kernel backends failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The control loop stopped with an error.
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+}
+
+/// What `svcnet-proxy` was asked to do.
+#[derive(Debug, Clone)]
+pub struct AppOptions {
+    /// Where cluster state comes from.
+    pub source: SourceConfig,
+    /// `--config FILE`: a KubeProxyConfiguration, watched live.
+    pub config_file: Option<PathBuf>,
+    /// `--node-name`.
+    pub node_name: Option<String>,
+    /// `--node-ip` (repeatable): node addresses instead of the kernel's.
+    pub node_addresses: Option<Vec<IpAddr>>,
+    /// Program once and exit.
+    pub once: bool,
+    /// How long to wait for the source's initial lists.
+    pub sync_timeout: Duration,
+}
+
+impl AppOptions {
+    /// Options for a source with defaults for the rest.
+    pub fn new(source: SourceConfig) -> Self {
+        Self {
+            source,
+            config_file: None,
+            node_name: None,
+            node_addresses: None,
+            once: false,
+            sync_timeout: Duration::from_secs(60),
+        }
+    }
+
+    fn initial_config(&self) -> Result<ProxyConfig, AppError> {
+        match &self.config_file {
+            None => Ok(ProxyConfig::default()),
+            Some(p) => {
+                let loaded = load(p)?;
+                if !loaded.ignored.is_empty() {
+                    tracing::info!(fields = ?loaded.ignored, "configuration fields without effect in svcnet-proxy");
+                }
+                Ok(loaded.config)
+            }
+        }
+    }
+}
+
+/// Computes the IPVS table for the cluster and renders it as `ipvsadm -Ln` would print it once
+/// programmed; touches nothing (node addresses are read, unprivileged, unless given).
+pub async fn dry_run(options: &AppOptions) -> Result<String, AppError> {
+    let config = options.initial_config()?;
+    let source = start(&options.source, &KINDS).await?;
+    let mut reader = source.reader();
+    if !reader.wait_synced(options.sync_timeout).await {
+        return Err(AppError::NotSynced(options.sync_timeout));
+    }
+    let local_addresses = match &options.node_addresses {
+        Some(a) => a.clone(),
+        None => NetlinkAddresses::open()
+            .and_then(|mut a| a.local_addresses())
+            .unwrap_or_default(),
+    };
+    let node = NodeInfo {
+        node_name: config
+            .hostname_override
+            .clone()
+            .or_else(|| options.node_name.clone())
+            .map(Arc::from),
+        local_addresses,
+    };
+    let desired = build(&reader.snapshot(), &config, &node);
+    Ok(super::render::desired(&desired))
+}
+
+/// Runs the proxy against the kernel until Ctrl-C/SIGTERM (or once, with `once`).
+pub async fn run_proxy(options: AppOptions) -> Result<(), AppError> {
+    let metrics = Arc::new(super::serve::ProxyMetrics::new());
+    let status = super::serve::status_with_metrics(metrics.clone());
+    let config = options.initial_config()?;
+    let source = start(&options.source, &KINDS).await?;
+    let ipvs = NetlinkIpvs::open()?;
+    let addresses = NetlinkAddresses::open()?;
+    let reconciler = Reconciler::new(Box::new(ipvs), Box::new(addresses));
+    let host = super::host::KernelHost::new();
+    let (config_tx, config_rx) = watch::channel(config);
+    let _watcher = options
+        .config_file
+        .clone()
+        .map(|p| watch_config(p, config_tx.clone()));
+    let servers = super::serve::start_with(&config_rx.borrow(), status.clone(), metrics).await;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down; IPVS rules stay in place");
+        let _ = shutdown_tx.send(true);
+    });
+    let run_options = RunOptions {
+        node_name: options.node_name.as_deref().map(Arc::from),
+        node_addresses: options.node_addresses.clone(),
+        sync_timeout: options.sync_timeout,
+        once: options.once,
+    };
+    let result = run(
+        source.reader(),
+        reconciler,
+        Some(Box::new(host)),
+        config_rx,
+        run_options,
+        status,
+        shutdown_rx,
+    )
+    .await;
+    drop(servers);
+    result.map_err(AppError::from)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,261 @@
+//! `/healthz` and `/livez` (default `:10256`) and `/metrics` (default `127.0.0.1:10249`) with
+//! kube-proxy's metric names, from a prometheus-client [`Registry`] owned by the proxy.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use super::config::ProxyConfig;
+use super::run::{StatusHandle, SyncEvent};
+
+/// The proxy's metrics, registered in their own [`Registry`].
+pub struct ProxyMetrics {
+    registry: Registry,
+    sync_duration: Histogram,
+    full_sync_duration: Histogram,
+    programming: Histogram,
+    last_sync: Gauge<f64, AtomicU64>,
+    operations: Counter,
+    failures: Counter,
+}
+
+impl std::fmt::Debug for ProxyMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyMetrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for ProxyMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ProxyMetrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let sync_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 20));
+        let full_sync_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        let programming = Histogram::new(exponential_buckets(0.0001, 2.0, 20));
+        let last_sync = Gauge::<f64, AtomicU64>::default();
+        let operations = Counter::default();
+        let failures = Counter::default();
+        registry.register(
+            "kubeproxy_sync_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds",
+            sync_duration.clone(),
+        );
+        registry.register(
+            "kubeproxy_sync_full_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds for full resyncs",
+            full_sync_duration.clone(),
+        );
+        registry.register(
+            "kubeproxy_network_programming_duration_seconds",
+            "In Cluster Network Programming Latency in seconds",
+            programming.clone(),
+        );
+        registry.register(
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+            "The last time proxy rules were successfully synced",
+            last_sync.clone(),
+        );
+        registry.register(
+            "svcnet_ipvs_operations",
+            "IPVS netlink operations applied",
+            operations.clone(),
+        );
+        registry.register(
+            "svcnet_ipvs_sync_failures",
+            "Syncs or operations that failed",
+            failures.clone(),
+        );
+        Self {
+            registry,
+            sync_duration,
+            full_sync_duration,
+            programming,
+            last_sync,
+            operations,
+            failures,
+        }
+    }
+
+    /// Records one sync.
+    pub fn observe(&self, e: &SyncEvent) {
+        self.sync_duration.observe(e.duration.as_secs_f64());
+        if e.report.full {
+            self.full_sync_duration.observe(e.duration.as_secs_f64());
+        }
+        if let Some(l) = e.programming_latency {
+            self.programming.observe(l.as_secs_f64());
+        }
+        self.operations.inc_by(e.report.operations() as u64);
+        if e.failed || e.report.failures > 0 {
+            self.failures.inc();
+        } else {
+            self.last_sync.set(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or_default(),
+            );
+        }
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// A [`StatusHandle`] whose syncs feed `metrics`.
+pub fn status_with_metrics(metrics: Arc<ProxyMetrics>) -> StatusHandle {
+    StatusHandle::with_observer(Arc::new(move |e| metrics.observe(e)))
+}
+
+fn reply(code: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = code;
+    r
+}
+
+async fn serve(
+    listener: TcpListener,
+    route: Arc<dyn Fn(&str) -> Response<Full<Bytes>> + Send + Sync>,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let route = route.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let resp = route(req.uri().path());
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+/// Running servers; dropping stops them.
+#[derive(Debug, Default)]
+pub struct Servers {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Bound health address, if any.
+    pub healthz: Option<SocketAddr>,
+    /// Bound metrics address, if any.
+    pub metrics: Option<SocketAddr>,
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Starts the health and metrics servers configured in `config` (a bind failure is logged,
+/// not fatal: the proxy's job is the kernel table).
+pub async fn start_with(
+    config: &ProxyConfig,
+    status: StatusHandle,
+    metrics: Arc<ProxyMetrics>,
+) -> Servers {
+    let mut servers = Servers::default();
+    let period = config.sync_period;
+    if let Some(addr) = config.healthz_bind_address {
+        match TcpListener::bind(addr).await {
+            Ok(l) => {
+                servers.healthz = l.local_addr().ok();
+                let st = status.clone();
+                let route = Arc::new(move |path: &str| match path {
+                    "/healthz" | "/livez" => {
+                        let s = st.get();
+                        let body = format!(
+                            "{{\"lastUpdated\": {:?}, \"syncs\": {}, \"lastError\": {:?}}}",
+                            s.last_sync_unix.unwrap_or_default(),
+                            s.syncs,
+                            s.last_error.unwrap_or_default()
+                        );
+                        if st.healthy(period) {
+                            reply(StatusCode::OK, body)
+                        } else {
+                            reply(StatusCode::SERVICE_UNAVAILABLE, body)
+                        }
+                    }
+                    _ => reply(StatusCode::NOT_FOUND, "not found\n".into()),
+                });
+                servers.tasks.push(tokio::spawn(serve(l, route)));
+            }
+            Err(e) => tracing::warn!(%addr, error = %e, "cannot serve /healthz"),
+        }
+    }
+    if let Some(addr) = config.metrics_bind_address {
+        match TcpListener::bind(addr).await {
+            Ok(l) => {
+                servers.metrics = l.local_addr().ok();
+                let route = Arc::new(move |path: &str| match path {
+                    "/metrics" => reply(StatusCode::OK, metrics.encode()),
+                    _ => reply(StatusCode::NOT_FOUND, "not found\n".into()),
+                });
+                servers.tasks.push(tokio::spawn(serve(l, route)));
+            }
+            Err(e) => tracing::warn!(%addr, error = %e, "cannot serve /metrics"),
+        }
+    }
+    servers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipvs::reconcile::SyncReport;
+
+    #[test]
+    fn metrics_use_kube_proxy_names_and_record_syncs() {
+        let m = ProxyMetrics::new();
+        m.observe(&SyncEvent {
+            duration: Duration::from_millis(3),
+            programming_latency: Some(Duration::from_millis(5)),
+            report: SyncReport {
+                full: true,
+                services_added: 2,
+                ..SyncReport::default()
+            },
+            failed: false,
+        });
+        let text = m.encode();
+        for name in [
+            "kubeproxy_sync_proxy_rules_duration_seconds_count 1",
+            "kubeproxy_network_programming_duration_seconds_count 1",
+            "kubeproxy_sync_full_proxy_rules_duration_seconds_count 1",
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds ",
+            "svcnet_ipvs_operations_total 2",
+        ] {
+            assert!(text.contains(name), "{name} missing in\n{text}");
+        }
+    }
+}
