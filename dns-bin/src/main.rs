@@ -147,7 +147,10 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    runtime
+    let result = runtime
         .block_on(run_with_source(&source, options))
-        .with_context(|| format!("svcnet-dns ({})", source.describe()))
+        .with_context(|| format!("svcnet-dns ({})", source.describe()));
+    // Do not wait for blocking helper threads (file watcher) beyond a moment.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    result
 }

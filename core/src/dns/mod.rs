@@ -15,6 +15,7 @@ pub mod error;
 pub mod handler;
 pub mod http;
 pub mod metrics;
+pub mod plugins;
 pub mod runner;
 pub mod server;
 pub mod wire;
