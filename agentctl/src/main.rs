@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use svcnet_core::agent::inspect::{self, NamespaceFilter, OutputFormat, Resource};
-use svcnet_core::agent::{client, dig};
+use svcnet_core::agent::{self, AgentOptions, client, dig};
 use svcnet_core::model::Kind;
 use svcnet_core::resolv::{self, DnsPolicy, KubeletDns, PodDnsConfig, PodDnsSpec};
 use svcnet_core::source::{self, SourceConfig};
@@ -62,6 +62,17 @@ Examples:
   agentctl resolv-conf --dns-policy None --dns-config dnsconfig.yaml"
     )]
     ResolvConf(ResolvArgs),
+    /// Run the node agent: one source, one cache, cluster DNS and the IPVS proxy.
+    #[command(after_help = "\
+Both subsystems run unless --dns or --proxy picks one. SIGTERM or Ctrl-C stops the agent:
+it reports not ready, keeps answering DNS for --lameduck seconds, then stops; the proxy leaves
+the kernel's IPVS rules in place so traffic keeps flowing across a restart.
+
+Examples:
+  agentctl run --kubeconfig /etc/kubernetes/kubelet.conf --node-name \"$NODE_NAME\"
+  agentctl run --manifests examples/cluster --dns-listen 127.0.0.1:5353 --proxy --dns --dry-run
+  agentctl run --manifests examples/cluster --dns --dns-listen 127.0.0.1:5353 --admin 127.0.0.1:9900")]
+    Run(RunArgs),
     /// Ask a running agent (its admin endpoint) how it is doing.
     #[command(after_help = "\
 Examples:
@@ -88,6 +99,42 @@ Examples:
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Run the cluster DNS server (default: both subsystems).
+    #[arg(long)]
+    dns: bool,
+    /// Run the IPVS proxy (default: both subsystems).
+    #[arg(long)]
+    proxy: bool,
+    /// Admin endpoint (/status, /health, /ready, /metrics).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9900")]
+    admin: SocketAddr,
+    /// DNS listen address, UDP and TCP.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:53")]
+    dns_listen: SocketAddr,
+    /// Cluster domain served by DNS.
+    #[arg(long, value_name = "DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Proxy: program an in-memory IPVS table instead of the kernel (see /proxy/plan).
+    #[arg(long)]
+    dry_run: bool,
+    /// Proxy: KubeProxyConfiguration file.
+    #[arg(long, value_name = "FILE")]
+    proxy_config: Option<PathBuf>,
+    /// This node's name (for Local traffic policies).
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Proxy: node addresses serving node ports (default: read from the kernel).
+    #[arg(long, value_name = "IP")]
+    node_ip: Vec<IpAddr>,
+    /// Seconds to keep answering DNS after a stop request, while reporting not ready.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+    lameduck: u64,
 }
 
 #[derive(Args, Debug)]
@@ -364,6 +411,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Get(args) => get(args).await,
         Command::Env(args) => env_cmd(args).await,
         Command::ResolvConf(args) => resolv_conf(args).await,
+        Command::Run(args) => run(args).await,
         Command::Status(args) => status(args).await,
         Command::Dns(DnsCommand::Query(args)) => dns_query(args).await,
         Command::Ipvs(args) => {
@@ -497,5 +545,38 @@ async fn dns_query(args: DnsQueryArgs) -> Result<()> {
     } else {
         emit(result.to_text().as_bytes())?;
     }
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    let (dns, proxy) = match (args.dns, args.proxy) {
+        (false, false) => (true, true),
+        chosen => chosen,
+    };
+    let mut subsystems = Vec::new();
+    if dns {
+        subsystems.push(agent::dns::launcher(agent::dns::DnsSubsystemOptions {
+            listen: args.dns_listen,
+            zone: svcnet_core::dns::zone::ZoneOptions::for_domain(&args.cluster_domain),
+            ..Default::default()
+        }));
+    }
+    if proxy {
+        subsystems.push(agent::proxy::launcher(agent::proxy::ProxyOptions {
+            dry_run: args.dry_run,
+            config_file: args.proxy_config.clone(),
+            node_name: args.node_name.clone(),
+            node_addresses: (!args.node_ip.is_empty()).then(|| args.node_ip.clone()),
+            sync_timeout: Duration::from_secs(args.source.sync_timeout),
+        }));
+    }
+    let options = AgentOptions {
+        source: args.source.config(),
+        kinds: vec![Kind::Service, Kind::EndpointSlice],
+        admin: Some(args.admin),
+        subsystems,
+        lameduck: Duration::from_secs(args.lameduck),
+    };
+    agent::run(options, svcnet_core::dns::runner::shutdown_signal()).await?;
     Ok(())
 }

@@ -12,11 +12,15 @@
 //! - [`client`]: reading a running agent's admin endpoint.
 //! - [`admin`]: the admin endpoint itself.
 //! - [`dig`]: a small DNS client (`agentctl dns query`).
+//! - [`proxy`]: the IPVS proxy subsystem (kernel or dry run).
+//! - [`dns`]: the cluster DNS subsystem.
 
 pub mod admin;
 pub mod client;
 pub mod dig;
+pub mod dns;
 pub mod inspect;
+pub mod proxy;
 pub mod status;
 
 use std::future::Future;

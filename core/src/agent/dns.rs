@@ -1,0 +1,193 @@
+//! Cluster DNS as an agent subsystem: the DNS helper's building blocks
+//! ([`ClusterPlugin`] over the shared cache, [`DnsServer`] for UDP and TCP, [`DnsMetrics`])
+//! with the agent's admin endpoint in place of CoreDNS's separate health/ready/metrics ports.
+//!
+//! A counting plugin in front of the chain measures the query rate for `/status`. On a stop
+//! request the agent first reports not ready and waits its lameduck period while this keeps
+//! answering; then the listener stops.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::status::SubsystemStatus;
+use super::{AgentError, RunningSubsystem, Subsystem, SubsystemLauncher};
+use crate::cache::CacheReader;
+use crate::dns::cluster::ClusterPlugin;
+use crate::dns::handler::{Chain, Next, Plugin, Reply, Request};
+use crate::dns::metrics::DnsMetrics;
+use crate::dns::server::{DnsServer, ServerConfig};
+use crate::dns::zone::ZoneOptions;
+
+/// Options of the DNS subsystem.
+#[derive(Debug, Clone)]
+pub struct DnsSubsystemOptions {
+    /// UDP and TCP listen address (port 0: any free port, reported in `/status`).
+    pub listen: SocketAddr,
+    /// The cluster zone.
+    pub zone: ZoneOptions,
+    /// Answer from whatever is cached after this long without a sync.
+    pub startup_timeout: Duration,
+    /// UDP receive loops (0: one per core).
+    pub udp_workers: usize,
+}
+
+impl Default for DnsSubsystemOptions {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 53)),
+            zone: ZoneOptions::default(),
+            startup_timeout: Duration::from_secs(5),
+            udp_workers: 0,
+        }
+    }
+}
+
+/// Counts requests (first plugin of the chain); passes everything on.
+#[derive(Default)]
+struct QueryCounter {
+    total: AtomicU64,
+}
+
+impl Plugin for QueryCounter {
+    fn name(&self) -> &'static str {
+        "svcnet_query_counter"
+    }
+
+    fn handle(&self, req: &Request, next: Next) -> Reply {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        next.run(req)
+    }
+}
+
+/// Queries per second over a sliding window of samples.
+struct RateWindow {
+    samples: Mutex<Vec<(Instant, u64)>>,
+}
+
+impl RateWindow {
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    fn rate(&self, now: Instant, total: u64) -> f64 {
+        let Ok(mut s) = self.samples.lock() else {
+            return 0.0;
+        };
+        s.push((now, total));
+        s.retain(|(t, _)| now.duration_since(*t) <= Self::WINDOW);
+        match s.first() {
+            Some((t0, n0)) if now.duration_since(*t0) > Duration::from_millis(100) => {
+                (total - n0) as f64 / now.duration_since(*t0).as_secs_f64()
+            }
+            _ => 0.0,
+        }
+    }
+}
+
+struct DnsSubsystem {
+    plugin: Arc<ClusterPlugin>,
+    counter: Arc<QueryCounter>,
+    metrics: Arc<DnsMetrics>,
+    listen: SocketAddr,
+    zones: Vec<String>,
+    rates: RateWindow,
+}
+
+impl Subsystem for DnsSubsystem {
+    fn name(&self) -> &'static str {
+        "dns"
+    }
+
+    fn status(&self) -> SubsystemStatus {
+        let zone = self.plugin.zone();
+        let total = self.counter.total.load(Ordering::Relaxed);
+        let mut details = BTreeMap::new();
+        details.insert("listen".into(), self.listen.to_string().into());
+        details.insert("zones".into(), self.zones.join(" ").into());
+        details.insert("zone_services".into(), zone.service_count().into());
+        details.insert("queries_total".into(), total.into());
+        SubsystemStatus {
+            ready: self.plugin.is_synced(),
+            summary: format!("cluster DNS on {} (UDP+TCP)", self.listen),
+            applied_generation: zone.generation(),
+            syncs: self.plugin.rebuilds(),
+            last_sync_seconds: None,
+            query_rate_per_second: Some(self.rates.rate(Instant::now(), total)),
+            config_files: Vec::new(),
+            last_reload_error: None,
+            last_error: None,
+            details,
+        }
+    }
+
+    fn encode_metrics(&self, out: &mut String) {
+        out.push_str(&self.metrics.encode());
+    }
+}
+
+/// A launcher of the DNS subsystem for [`AgentOptions::subsystems`](super::AgentOptions).
+pub fn launcher(options: DnsSubsystemOptions) -> SubsystemLauncher {
+    Box::new(
+        move |reader: CacheReader, shutdown: watch::Receiver<bool>| {
+            Box::pin(async move { start(options, reader, shutdown).await })
+        },
+    )
+}
+
+async fn start(
+    options: DnsSubsystemOptions,
+    reader: CacheReader,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<RunningSubsystem, AgentError> {
+    let dns_options = crate::dns::DnsOptions {
+        zone: options.zone.clone(),
+        ..Default::default()
+    };
+    dns_options.validate().map_err(|e| AgentError::Subsystem {
+        subsystem: "dns",
+        reason: e.to_string(),
+    })?;
+    let server = DnsServer::bind(ServerConfig {
+        listen: options.listen,
+        udp_workers: options.udp_workers,
+        ..ServerConfig::default()
+    })
+    .map_err(|e| AgentError::Subsystem {
+        subsystem: "dns",
+        reason: e.to_string(),
+    })?;
+    let listen = server.local_addr();
+    let plugin = ClusterPlugin::new(options.zone.clone());
+    let metrics = DnsMetrics::new(&format!("dns://{}", options.listen), ".");
+    plugin.set_metrics(metrics.clone());
+    let counter = Arc::new(QueryCounter::default());
+    let chain = Chain::new(vec![
+        counter.clone() as Arc<dyn Plugin>,
+        plugin.clone() as Arc<dyn Plugin>,
+    ]);
+    metrics.set_plugins(&chain.names());
+    let updater = plugin.spawn_updater(reader, options.startup_timeout);
+    let handle = Arc::new(DnsSubsystem {
+        plugin,
+        counter,
+        metrics: metrics.clone(),
+        listen,
+        zones: options.zone.zones.clone(),
+        rates: RateWindow {
+            samples: Mutex::new(Vec::new()),
+        },
+    });
+    tracing::info!(listen = %listen, "cluster DNS listening");
+    let task = tokio::spawn(async move {
+        tokio::select! {
+            _ = server.serve(chain, metrics) => {}
+            _ = shutdown.wait_for(|s| *s) => {}
+        }
+        updater.abort();
+        tracing::info!("cluster DNS stopped");
+    });
+    Ok(RunningSubsystem { handle, task })
+}
