@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::{Edns, ResponseCode};
+use hickory_proto::op::Edns;
 use hickory_proto::rr::Name;
 
 use super::metrics::PluginMetrics;
@@ -237,9 +237,4 @@ impl Inner {
 
 fn log_failure(up: &Upstream, e: &ExchangeError) {
     tracing::warn!(upstream = %up.addr(), error = %e, "plugin/forward: upstream failed");
-}
-
-/// What a response code is called in metrics.
-pub fn rcode_label(rcode: ResponseCode) -> String {
-    rcode.to_str().to_ascii_uppercase()
 }

@@ -147,7 +147,10 @@ impl PluginMetrics {
         self.forward_requests
             .get_or_create(&vec![("to", to.clone())])
             .inc();
-        let labels = vec![("to", to), ("rcode", rcode.to_str().to_ascii_uppercase())];
+        let labels = vec![
+            ("to", to),
+            ("rcode", crate::dns::metrics::rcode_label(rcode).to_string()),
+        ];
         self.forward_responses.get_or_create(&labels).inc();
         self.forward_duration
             .get_or_create(&labels)

@@ -1,7 +1,13 @@
 //! The plugins of a Corefile beyond the cluster zone: forward, cache, loadbalance, loop,
 //! hosts, errors and log, each a [`Plugin`](crate::dns::handler::Plugin) of the request chain.
 
+pub mod build;
 pub mod cache;
 pub mod forward;
+pub mod hosts;
+pub mod loadbalance;
+pub mod loop_detect;
 pub mod metrics;
+pub mod observe;
+pub mod router;
 pub mod upstream;

@@ -1,0 +1,271 @@
+//! Turning a loaded [`Corefile`] into plugin chains, one [`ZoneRouter`] per listen address.
+//!
+//! Plugins run in CoreDNS's fixed order (not the order written): errors, log, loadbalance,
+//! cache, hosts, kubernetes, loop, forward. So the cache sees (and keeps) the answers of
+//! hosts, the cluster zone and forward, and loadbalance rotates even cached answers.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::cache::Cache;
+use super::forward::Forward;
+use super::hosts::Hosts;
+use super::loadbalance::LoadBalance;
+use super::loop_detect::{Loop, LoopHandler};
+use super::metrics::PluginMetrics;
+use super::observe::{Errors, Log};
+use super::router::ZoneRouter;
+use crate::dns::corefile::{Corefile, FileSource, KubernetesConfig, ServerBlock};
+use crate::dns::handler::{Chain, Plugin};
+use crate::dns::zone::{PodMode, ZoneOptions};
+
+/// Makes the `kubernetes` plugin for given zone options (the runtime keeps and reuses
+/// instances whose options did not change across reloads).
+pub type ClusterFactory = Arc<dyn Fn(&ZoneOptions) -> Arc<dyn Plugin> + Send + Sync>;
+
+/// What building chains needs from outside.
+#[derive(Clone)]
+pub struct BuildContext {
+    /// Plugin metrics (shared across reloads).
+    pub metrics: Option<PluginMetrics>,
+    /// Creates the cluster zone plugin.
+    pub cluster: ClusterFactory,
+    /// Files (hosts files).
+    pub files: Arc<dyn FileSource>,
+    /// Called when `loop` finds a loop.
+    pub on_loop: LoopHandler,
+    /// Listen on this address instead of the Corefile's (e.g. `--listen` for tests).
+    pub listen_override: Option<SocketAddr>,
+}
+
+/// The chains of one listen address and the loop detectors to start on it.
+#[derive(Clone)]
+pub struct Listener {
+    /// The address.
+    pub addr: SocketAddr,
+    /// Server blocks by zone.
+    pub router: ZoneRouter,
+    /// Loop detectors of the blocks on this address (probe after binding).
+    pub loops: Vec<Arc<Loop>>,
+}
+
+/// Why a Corefile cannot be served.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// Two server blocks serve the same zone on the same address (after `--listen`).
+    #[error("zone {zone} is served twice on {addr} (server blocks at {first} and {second})")]
+    DuplicateZone {
+        /// The zone.
+        zone: String,
+        /// The address.
+        addr: SocketAddr,
+        /// Where the first block is.
+        first: String,
+        /// Where the second block is.
+        second: String,
+    },
+}
+
+/// The cluster zone options of a `kubernetes` directive.
+pub fn zone_options(k: &KubernetesConfig) -> ZoneOptions {
+    ZoneOptions {
+        zones: k
+            .zones
+            .iter()
+            .map(|z| z.trim_end_matches('.').to_string())
+            .collect(),
+        ttl: k.ttl,
+        endpoint_pod_names: k.endpoint_pod_names,
+        noendpoints: k.noendpoints,
+        ignore_empty_service: k.ignore_empty_service,
+        namespaces: k.namespaces.iter().cloned().collect(),
+        pods: match k.pods {
+            crate::dns::corefile::PodsMode::Disabled => PodMode::Disabled,
+            crate::dns::corefile::PodsMode::Insecure => PodMode::Insecure,
+            crate::dns::corefile::PodsMode::Verified => PodMode::Verified,
+        },
+        fallthrough: k.fallthrough.as_ref().map(|f| f.zones.clone()),
+        ..ZoneOptions::default()
+    }
+}
+
+/// The chain of one server block for `zone` (loop detectors are per zone).
+fn block_chain(block: &ServerBlock, zone: &str, ctx: &BuildContext) -> (Chain, Option<Arc<Loop>>) {
+    let p = &block.plugins;
+    let m = ctx.metrics.clone();
+    let mut plugins: Vec<Arc<dyn Plugin>> = Vec::new();
+    if let Some(c) = &p.errors {
+        plugins.push(Arc::new(Errors::new(c.clone())));
+    }
+    if let Some(c) = &p.log {
+        plugins.push(Arc::new(Log::new(c.clone())));
+    }
+    if p.loadbalance {
+        plugins.push(Arc::new(LoadBalance::new()));
+    }
+    if let Some(c) = &p.cache {
+        plugins.push(Arc::new(Cache::new(c.clone(), m.clone())));
+    }
+    if let Some(c) = &p.hosts {
+        plugins.push(Arc::new(Hosts::new(
+            c.clone(),
+            ctx.files.clone(),
+            m.clone(),
+        )));
+    }
+    if let Some(k) = &p.kubernetes {
+        plugins.push((ctx.cluster)(&zone_options(k)));
+    }
+    let mut lp = None;
+    if p.loop_detect {
+        let l = Loop::new(zone, ctx.on_loop.clone());
+        plugins.push(l.clone());
+        lp = Some(l);
+    }
+    if let Some(c) = &p.forward {
+        plugins.push(Arc::new(Forward::new(c.clone(), m)));
+    }
+    (Chain::new(plugins), lp)
+}
+
+/// Builds the listeners of `corefile`.
+pub fn build(corefile: &Corefile, ctx: &BuildContext) -> Result<Vec<Listener>, BuildError> {
+    let mut by_addr: BTreeMap<SocketAddr, (Vec<(String, Chain, String)>, Vec<Arc<Loop>>)> =
+        BTreeMap::new();
+    for block in &corefile.servers {
+        // One chain per block (shared by its zones), as CoreDNS builds one plugin stack per block.
+        let first_zone = block.keys.first().map_or(".", |k| k.zone.as_str());
+        let (chain, lp) = block_chain(block, first_zone, ctx);
+        let addrs: Vec<SocketAddr> = match ctx.listen_override {
+            Some(a) => vec![a],
+            None => block.listen_addrs(),
+        };
+        for addr in addrs {
+            let entry = by_addr.entry(addr).or_default();
+            for zone in block.zones() {
+                if let Some((_, _, first)) = entry.0.iter().find(|(z, _, _)| *z == zone) {
+                    return Err(BuildError::DuplicateZone {
+                        zone,
+                        addr,
+                        first: first.clone(),
+                        second: block.at.to_string(),
+                    });
+                }
+                entry.0.push((zone, chain.clone(), block.at.to_string()));
+            }
+            if let Some(l) = &lp {
+                entry.1.push(l.clone());
+            }
+        }
+    }
+    Ok(by_addr
+        .into_iter()
+        .map(|(addr, (routes, loops))| Listener {
+            addr,
+            router: ZoneRouter::new(routes.into_iter().map(|(z, c, _)| (z, c)).collect()),
+            loops,
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dns::corefile::{LoadOptions, MemoryFiles, load_from};
+    use crate::dns::handler::{Next, Reply, Request, Response};
+    use hickory_proto::op::ResponseCode;
+    use hickory_proto::rr::{Name, RecordType};
+
+    struct FakeCluster(Vec<String>);
+    impl Plugin for FakeCluster {
+        fn name(&self) -> &'static str {
+            "kubernetes"
+        }
+        fn handle(&self, req: &Request, next: Next) -> Reply {
+            if self
+                .0
+                .iter()
+                .any(|z| req.lower_name().ends_with(&format!("{z}.")))
+            {
+                return Reply::Ready(Response::new(ResponseCode::NXDomain).authoritative());
+            }
+            next.run(req)
+        }
+    }
+
+    fn ctx(listen: Option<SocketAddr>) -> BuildContext {
+        BuildContext {
+            metrics: None,
+            cluster: Arc::new(|o: &ZoneOptions| {
+                Arc::new(FakeCluster(o.zones.clone())) as Arc<dyn Plugin>
+            }),
+            files: Arc::new(MemoryFiles::new()),
+            on_loop: Arc::new(|_| {}),
+            listen_override: listen,
+        }
+    }
+
+    fn corefile(text: &str) -> Corefile {
+        load_from(
+            "Corefile",
+            text,
+            &MemoryFiles::new(),
+            &|_| None,
+            &LoadOptions::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn order_and_routing() {
+        let cf = corefile(
+            ".:1053 {\n forward . 127.0.0.1:9\n loop\n kubernetes cluster.local\n cache\n errors\n loadbalance\n}\nexample.org:1053 {\n hosts {\n  10.0.0.1 a.example.org\n }\n}\nexample.net:1054 {\n log\n}\n",
+        );
+        let ls = build(&cf, &ctx(None)).unwrap();
+        assert_eq!(ls.len(), 2);
+        assert_eq!(ls[0].addr, "0.0.0.0:1053".parse().unwrap());
+        assert_eq!(ls[0].router.zones(), vec!["example.org.", "."]);
+        let root = ls[0].router.route("x.cluster.local.").unwrap();
+        assert_eq!(
+            root.names(),
+            vec![
+                "errors",
+                "loadbalance",
+                "cache",
+                "kubernetes",
+                "loop",
+                "forward"
+            ]
+        );
+        assert_eq!(ls[0].loops.len(), 1);
+        let org = ls[0].router.route("a.example.org.").unwrap();
+        assert_eq!(org.names(), vec!["hosts"]);
+        // example.net is served on 1054 only: REFUSED on 1053? No: "." on 1053 takes it.
+        assert_eq!(
+            ls[0].router.route("a.example.net.").unwrap().names()[0],
+            "errors"
+        );
+        assert_eq!(ls[1].router.zones(), vec!["example.net."]);
+        assert!(ls[1].router.route("a.example.org.").is_none());
+        let req = Request::new(Name::from_ascii("a.example.org.").unwrap(), RecordType::A);
+        match Chain::new(vec![Arc::new(ls[1].router.clone())]).handle(&req) {
+            Reply::Ready(r) => assert_eq!(r.rcode, ResponseCode::Refused),
+            Reply::Pending(_) => panic!("ready expected"),
+        }
+    }
+
+    #[test]
+    fn listen_override_merges_and_detects_duplicates() {
+        let cf = corefile(".:53 {\n log\n}\nexample.org:54 {\n log\n}\n");
+        let ls = build(&cf, &ctx(Some("127.0.0.1:5300".parse().unwrap()))).unwrap();
+        assert_eq!(ls.len(), 1);
+        assert_eq!(ls[0].router.zones(), vec!["example.org.", "."]);
+        let cf = corefile(".:53 {\n log\n}\n.:54 {\n log\n}\n");
+        let e = build(&cf, &ctx(Some("127.0.0.1:5300".parse().unwrap())))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("served twice"), "{e}");
+    }
+}
