@@ -217,8 +217,10 @@ pub fn encode_message(
     Ok(())
 }
 
-/// Appends the request for one operation to `out` (`ack`: ask for an acknowledgement).
-pub fn encode_op(
+/// Appends the request for one operation to `out`, built with neli's message types. This is the
+/// reference for [`encode_op`] (same bytes; tests compare them), kept because neli's builders
+/// allocate per attribute: ~26 µs per operation in a debug build, too slow for 110,000.
+pub fn encode_op_neli(
     out: &mut Vec<u8>,
     family_id: u16,
     seq: u32,
@@ -259,6 +261,122 @@ pub fn encode_op(
         ),
     };
     encode_message(out, family_id, command, flags, seq, attrs)
+}
+
+/// A minimal netlink attribute writer for the hot path.
+struct Writer<'a> {
+    buf: &'a mut Vec<u8>,
+}
+
+impl Writer<'_> {
+    fn pad(&mut self) {
+        while self.buf.len() % 4 != 0 {
+            self.buf.push(0);
+        }
+    }
+
+    fn attr(&mut self, ty: u16, payload: &[u8]) {
+        let len = (4 + payload.len()) as u16;
+        self.buf.extend_from_slice(&len.to_ne_bytes());
+        self.buf.extend_from_slice(&ty.to_ne_bytes());
+        self.buf.extend_from_slice(payload);
+        self.pad();
+    }
+
+    /// Starts a nested attribute (`NLA_F_NESTED` set, as neli does); returns its offset.
+    fn begin(&mut self, ty: u16) -> usize {
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&[0, 0]);
+        self.buf.extend_from_slice(&(ty | 0x8000).to_ne_bytes());
+        at
+    }
+
+    fn end(&mut self, at: usize) {
+        let len = (self.buf.len() - at) as u16;
+        self.buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
+    }
+
+    fn service_ident(&mut self, id: &ServiceId) {
+        self.attr(svc::AF, &id.family().af().to_ne_bytes());
+        self.attr(svc::PROTOCOL, &protocol_number(id.protocol).to_ne_bytes());
+        self.attr(svc::ADDR, &inet_addr(&id.addr));
+        self.attr(svc::PORT, &id.port.to_be_bytes());
+    }
+
+    fn service(&mut self, id: &ServiceId, p: Option<&ServiceParams>) {
+        let at = self.begin(top::SERVICE);
+        self.service_ident(id);
+        if let Some(p) = p {
+            let name = p.scheduler.as_str().as_bytes();
+            let mut sched = [0u8; 8];
+            sched[..name.len()].copy_from_slice(name);
+            self.attr(svc::SCHED_NAME, &sched[..name.len() + 1]);
+            let mut flags = [0u8; 8];
+            flags[..4].copy_from_slice(&p.flags.to_ne_bytes());
+            flags[4..].copy_from_slice(&u32::MAX.to_ne_bytes());
+            self.attr(svc::FLAGS, &flags);
+            self.attr(svc::TIMEOUT, &p.timeout.to_ne_bytes());
+            self.attr(svc::NETMASK, &id.family().full_netmask().to_ne_bytes());
+        }
+        self.end(at);
+    }
+
+    fn dest(&mut self, d: &DestId, p: Option<&DestParams>) {
+        let at = self.begin(top::DEST);
+        self.attr(dst::ADDR, &inet_addr(&d.addr));
+        self.attr(dst::PORT, &d.port.to_be_bytes());
+        if let Some(p) = p {
+            self.attr(dst::FWD_METHOD, &p.forward.code().to_ne_bytes());
+            self.attr(dst::WEIGHT, &p.weight.to_ne_bytes());
+            self.attr(dst::U_THRESH, &0u32.to_ne_bytes());
+            self.attr(dst::L_THRESH, &0u32.to_ne_bytes());
+        }
+        self.attr(dst::ADDR_FAMILY, &Family::of(&d.addr).af().to_ne_bytes());
+        self.end(at);
+    }
+}
+
+/// Appends the request for one operation to `out` (`ack`: ask for an acknowledgement).
+/// Writes the same bytes as [`encode_op_neli`] without allocating per attribute.
+pub fn encode_op(
+    out: &mut Vec<u8>,
+    family_id: u16,
+    seq: u32,
+    op: &IpvsOp,
+    ack: bool,
+) -> Result<(), BackendError> {
+    let start = out.len();
+    let flags: u16 = if ack { 0x0005 } else { 0x0001 };
+    let command = match op {
+        IpvsOp::AddService(..) => cmd::NEW_SERVICE,
+        IpvsOp::UpdateService(..) => cmd::SET_SERVICE,
+        IpvsOp::DeleteService(..) => cmd::DEL_SERVICE,
+        IpvsOp::AddDest(..) => cmd::NEW_DEST,
+        IpvsOp::UpdateDest(..) => cmd::SET_DEST,
+        IpvsOp::DeleteDest(..) => cmd::DEL_DEST,
+    };
+    out.extend_from_slice(&0u32.to_ne_bytes()); // length, set below
+    out.extend_from_slice(&family_id.to_ne_bytes());
+    out.extend_from_slice(&flags.to_ne_bytes());
+    out.extend_from_slice(&seq.to_ne_bytes());
+    out.extend_from_slice(&0u32.to_ne_bytes()); // pid
+    out.extend_from_slice(&[command, IPVS_GENL_VERSION, 0, 0]);
+    let mut w = Writer { buf: out };
+    match op {
+        IpvsOp::AddService(id, p) | IpvsOp::UpdateService(id, p) => w.service(id, Some(p)),
+        IpvsOp::DeleteService(id) => w.service(id, None),
+        IpvsOp::AddDest(id, d, p) | IpvsOp::UpdateDest(id, d, p) => {
+            w.service(id, None);
+            w.dest(d, Some(p));
+        }
+        IpvsOp::DeleteDest(id, d) => {
+            w.service(id, None);
+            w.dest(d, None);
+        }
+    }
+    let len = (out.len() - start) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_ne_bytes());
+    Ok(())
 }
 
 fn malformed(what: &str, reason: impl std::fmt::Display) -> BackendError {

@@ -240,3 +240,56 @@ fn opening_reports_a_clear_error_or_works() {
         ),
     }
 }
+
+#[test]
+fn fast_encoder_writes_the_same_bytes_as_neli() {
+    let v6 = ServiceId::new(Protocol::Sctp, "fd00::9".parse().unwrap(), 9);
+    let params = [
+        rr(),
+        ServiceParams {
+            scheduler: Scheduler::Lblcr,
+            flags: FLAG_PERSISTENT,
+            timeout: 5,
+        },
+        ServiceParams {
+            scheduler: Scheduler::Mh,
+            flags: FLAG_SCHED1 | FLAG_SCHED2,
+            timeout: 0,
+        },
+    ];
+    let dests = [
+        DestId::new("10.0.0.1".parse().unwrap(), 1),
+        DestId::new("fd00::1:2".parse().unwrap(), 65535),
+    ];
+    let mut ops = Vec::new();
+    for id in [svc("10.96.0.1", 443), v6] {
+        for p in params {
+            ops.push(IpvsOp::AddService(id, p));
+            ops.push(IpvsOp::UpdateService(id, p));
+        }
+        ops.push(IpvsOp::DeleteService(id));
+        for d in dests {
+            for w in [0, 1, 7] {
+                ops.push(IpvsOp::AddDest(id, d, DestParams::masq(w)));
+                ops.push(IpvsOp::UpdateDest(
+                    id,
+                    d,
+                    DestParams {
+                        weight: w,
+                        forward: Forward::Route,
+                    },
+                ));
+            }
+            ops.push(IpvsOp::DeleteDest(id, d));
+        }
+    }
+    for (i, op) in ops.iter().enumerate() {
+        for ack in [false, true] {
+            let mut fast = vec![1, 2, 3, 4]; // appends after existing content
+            let mut reference = vec![1, 2, 3, 4];
+            encode_op(&mut fast, FAMILY, i as u32, op, ack).unwrap();
+            encode_op_neli(&mut reference, FAMILY, i as u32, op, ack).unwrap();
+            assert_eq!(fast, reference, "{op}");
+        }
+    }
+}
