@@ -228,9 +228,9 @@ impl DigResult {
         let mut o = String::new();
         let _ = writeln!(
             o,
-            ";; ->>HEADER<<- opcode: {:?}, status: {}, id: {}",
-            md.op_code,
-            md.response_code.to_str().to_uppercase(),
+            ";; ->>HEADER<<- opcode: {}, status: {}, id: {}",
+            format!("{:?}", md.op_code).to_uppercase(),
+            format!("{:?}", md.response_code).to_uppercase(),
             md.id
         );
         let mut flags = vec![];

@@ -72,12 +72,20 @@ struct RateWindow {
 impl RateWindow {
     const WINDOW: Duration = Duration::from_secs(10);
 
+    /// Records the counter's value at `now` (called every second, and on each status read).
+    fn sample(&self, now: Instant, total: u64) {
+        if let Ok(mut s) = self.samples.lock() {
+            s.push((now, total));
+            s.retain(|(t, _)| now.duration_since(*t) <= Self::WINDOW);
+        }
+    }
+
+    /// The rate between the oldest sample in the window and `total` at `now`.
     fn rate(&self, now: Instant, total: u64) -> f64 {
-        let Ok(mut s) = self.samples.lock() else {
+        self.sample(now, total);
+        let Ok(s) = self.samples.lock() else {
             return 0.0;
         };
-        s.push((now, total));
-        s.retain(|(t, _)| now.duration_since(*t) <= Self::WINDOW);
         match s.first() {
             Some((t0, n0)) if now.duration_since(*t0) > Duration::from_millis(100) => {
                 (total - n0) as f64 / now.duration_since(*t0).as_secs_f64()
@@ -93,7 +101,7 @@ struct DnsSubsystem {
     metrics: Arc<DnsMetrics>,
     listen: SocketAddr,
     zones: Vec<String>,
-    rates: RateWindow,
+    rates: Arc<RateWindow>,
 }
 
 impl Subsystem for DnsSubsystem {
@@ -112,7 +120,7 @@ impl Subsystem for DnsSubsystem {
         SubsystemStatus {
             ready: self.plugin.is_synced(),
             summary: format!("cluster DNS on {} (UDP+TCP)", self.listen),
-            applied_generation: zone.generation(),
+            applied_generation: Some(zone.generation()),
             syncs: self.plugin.rebuilds(),
             last_sync_seconds: None,
             query_rate_per_second: Some(self.rates.rate(Instant::now(), total)),
@@ -176,9 +184,20 @@ async fn start(
         metrics: metrics.clone(),
         listen,
         zones: options.zone.zones.clone(),
-        rates: RateWindow {
+        rates: Arc::new(RateWindow {
             samples: Mutex::new(Vec::new()),
-        },
+        }),
+    });
+    let (rates, counter_for_sampler) = (handle.rates.clone(), handle.counter.clone());
+    let sampler = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            rates.sample(
+                Instant::now(),
+                counter_for_sampler.total.load(Ordering::Relaxed),
+            );
+        }
     });
     tracing::info!(listen = %listen, "cluster DNS listening");
     let task = tokio::spawn(async move {
@@ -187,6 +206,7 @@ async fn start(
             _ = shutdown.wait_for(|s| *s) => {}
         }
         updater.abort();
+        sampler.abort();
         tracing::info!("cluster DNS stopped");
     });
     Ok(RunningSubsystem { handle, task })

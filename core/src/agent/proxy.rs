@@ -72,7 +72,7 @@ impl Subsystem for ProxySubsystem {
             } else {
                 "IPVS proxy".into()
             },
-            applied_generation: 0,
+            applied_generation: None,
             syncs: s.syncs,
             last_sync_seconds: s.last_sync.map(|_| s.last_duration.as_secs_f64()),
             query_rate_per_second: None,

@@ -65,8 +65,8 @@ pub struct SubsystemStatus {
     pub ready: bool,
     /// One line on what it does (`dns on 127.0.0.1:53`, `proxy (dry run)`).
     pub summary: String,
-    /// Cache generation the subsystem has applied.
-    pub applied_generation: u64,
+    /// Cache generation the subsystem has applied, when it tracks one.
+    pub applied_generation: Option<u64>,
     /// Syncs / zone rebuilds done.
     pub syncs: u64,
     /// Duration of the last sync or rebuild, in seconds.
@@ -143,7 +143,8 @@ impl AgentStatus {
             let _ = writeln!(
                 o,
                 "  applied generation: {}   syncs: {}   last sync: {}",
-                sub.applied_generation,
+                sub.applied_generation
+                    .map_or_else(|| "-".to_string(), |g| g.to_string()),
                 sub.syncs,
                 opt_secs(sub.last_sync_seconds)
             );
