@@ -7,9 +7,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use svcnet_core::ipvs::backend::{IpvsBackend, IpvsOp};
+use svcnet_core::ipvs::backend::{AddressBackend, IpvsBackend, IpvsOp};
 use svcnet_core::ipvs::memory::MemoryAddresses;
-use svcnet_core::ipvs::netlink::NetlinkIpvs;
+use svcnet_core::ipvs::netlink::{NetlinkAddresses, NetlinkIpvs};
 use svcnet_core::ipvs::reconcile::Reconciler;
 use svcnet_core::ipvs::table::{
     DestId, DestParams, FLAG_PERSISTENT, Scheduler, ServiceId, ServiceParams,
@@ -330,6 +330,57 @@ fn reconciler_adopts_existing_rules() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The rtnetlink address backend: creates `kube-ipvs0`, binds and unbinds /32 and /128 addresses, reads them back,
+/// and reports the node's own addresses without the ones on `kube-ipvs0`.
+fn address_backend() -> anyhow::Result<()> {
+    guest::add_dummy_link("eth0", "192.168.1.10/24")?;
+    let mut addrs = NetlinkAddresses::open()?;
+    ensure!(addrs.bound()?.is_empty(), "bound() without the link");
+    addrs.ensure_link()?;
+    addrs.ensure_link()?; // idempotent
+    let link = run("ip", &["-d", "link", "show", "kube-ipvs0"])?;
+    ensure!(
+        link.contains("dummy"),
+        "kube-ipvs0 is not a dummy link: {link}"
+    );
+    let vips = [ip("10.96.0.1"), ip("10.96.0.10"), ip("fd00:10:96::a")];
+    let failures = addrs.bind(&vips)?;
+    ensure!(failures.is_empty(), "bind failures: {failures:?}");
+    let shown = run("ip", &["-o", "addr", "show", "dev", "kube-ipvs0"])?;
+    for want in ["10.96.0.1/32", "10.96.0.10/32", "fd00:10:96::a/128"] {
+        ensure!(
+            shown.contains(want),
+            "{want} missing on kube-ipvs0: {shown}"
+        );
+    }
+    ensure!(
+        addrs.bound()? == vips.iter().copied().collect(),
+        "bound() = {:?}",
+        addrs.bound()?
+    );
+    let local = addrs.local_addresses()?;
+    ensure!(
+        local.contains(&ip("192.168.1.10")) && !vips.iter().any(|v| local.contains(v)),
+        "local addresses {local:?}"
+    );
+    // A 10.96.0.1 on the node answers locally (the address is usable for IPVS's LOCAL_IN hook).
+    let route = run("ip", &["route", "get", "10.96.0.1"])?;
+    ensure!(
+        route.starts_with("local 10.96.0.1"),
+        "route to a bound address: {route}"
+    );
+    let failures = addrs.unbind(&vips[..2])?;
+    ensure!(failures.is_empty(), "unbind failures: {failures:?}");
+    ensure!(
+        addrs.bound()? == [vips[2]].into_iter().collect(),
+        "after unbind: {:?}",
+        addrs.bound()?
+    );
+    run("ip", &["link", "del", "kube-ipvs0"])?;
+    run("ip", &["link", "del", "eth0"])?;
+    Ok(())
+}
+
 #[test]
 fn ipvs_backend_kernel() {
     vm::run_suite(
@@ -342,6 +393,7 @@ fn ipvs_backend_kernel() {
                 "reconciler_adopts_existing_rules",
                 reconciler_adopts_existing_rules,
             ),
+            Check::new("address_backend", address_backend),
         ],
     );
 }
