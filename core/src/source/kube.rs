@@ -16,6 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use ::kube::api::{Api, Resource, ResourceExt};
 use ::kube::runtime::WatchStreamExt;
@@ -31,6 +32,10 @@ use crate::model::project::{self, ProjectionError};
 use crate::model::{ClusterObject, Kind, ObjectKey};
 
 use super::{SourceError, SourceProblem, StatusHandle};
+
+/// How long a watch error stays reported without a new one. kube-runtime's default backoff
+/// retries a failing watch at least every 30 s (plus jitter) and resets after 120 s of quiet.
+pub const WATCH_ERROR_TTL: Duration = Duration::from_secs(120);
 
 /// Builds a client from `kubeconfig`, or from the in-cluster / default configuration.
 pub async fn client(kubeconfig: Option<&Path>) -> Result<::kube::Client, SourceError> {
@@ -213,8 +218,9 @@ pub struct ApiEventApplier {
     invalid_in_relist: HashMap<Kind, BTreeMap<ObjectKey, String>>,
     /// Invalid objects currently reported.
     invalid: BTreeMap<(Kind, ObjectKey), String>,
-    /// The last watch error of each kind, until the kind delivers an event again.
-    watch_errors: BTreeMap<Kind, String>,
+    /// The last watch error of each kind and when it happened, until the kind delivers an
+    /// event again or no error has followed for [`WATCH_ERROR_TTL`].
+    watch_errors: BTreeMap<Kind, (String, Instant)>,
     events: u64,
     resyncs: u64,
     problems_version: u64,
@@ -292,19 +298,36 @@ impl ApiEventApplier {
         }
     }
 
-    /// Records a failed list or watch of `kind` (the watcher retries with backoff).
-    pub fn watch_failed(&mut self, kind: Kind, error: &str) {
+    /// Records a failed list or watch of `kind` at `now` (the watcher retries with backoff).
+    pub fn watch_failed(&mut self, kind: Kind, error: &str, now: Instant) {
         tracing::warn!(%kind, %error, "watch failed; retrying with backoff, serving the last state");
-        self.watch_errors.insert(kind, error.to_string());
+        self.watch_errors.insert(kind, (error.to_string(), now));
         self.problems_version += 1;
+    }
+
+    /// Forgets watch errors older than [`WATCH_ERROR_TTL`] at `now`: the watcher retries at
+    /// least that often while failing, so a quiet kind has reconnected (a resumed watch emits
+    /// no event until something changes). Returns whether anything was forgotten.
+    pub fn expire_watch_errors(&mut self, now: Instant) -> bool {
+        let before = self.watch_errors.len();
+        self.watch_errors
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < WATCH_ERROR_TTL);
+        let expired = self.watch_errors.len() != before;
+        if expired {
+            self.problems_version += 1;
+        }
+        expired
     }
 
     /// The problems currently reported: watch errors first, then invalid objects.
     pub fn problems(&self) -> Vec<SourceProblem> {
-        let watch = self.watch_errors.iter().map(|(kind, error)| SourceProblem {
-            location: format!("watch {}", kind_resource(*kind)),
-            reason: format!("{error} (retrying; serving the last state)"),
-        });
+        let watch = self
+            .watch_errors
+            .iter()
+            .map(|(kind, (error, _))| SourceProblem {
+                location: format!("watch {}", kind_resource(*kind)),
+                reason: format!("{error} (retrying; serving the last state)"),
+            });
         let objects = self
             .invalid
             .iter()
@@ -400,10 +423,22 @@ pub async fn run(
     let mut events = futures::stream::select_all(streams);
     let mut applier = ApiEventApplier::new();
     let mut published_problems = applier.problems_version();
-    while let Some((kind, item)) = events.next().await {
-        match item {
-            Ok(event) => applier.apply(kind, event, &mut writer),
-            Err(error) => applier.watch_failed(kind, &error.to_string()),
+    let mut expiry = tokio::time::interval(Duration::from_secs(10));
+    expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            item = events.next() => {
+                let Some((kind, item)) = item else { break };
+                match item {
+                    Ok(event) => applier.apply(kind, event, &mut writer),
+                    Err(error) => applier.watch_failed(kind, &error.to_string(), Instant::now()),
+                }
+            }
+            _ = expiry.tick() => {
+                if !applier.expire_watch_errors(Instant::now()) {
+                    continue;
+                }
+            }
         }
         let problems = (applier.problems_version() != published_problems).then(|| {
             published_problems = applier.problems_version();
@@ -638,8 +673,9 @@ mod tests {
             Kind::Service,
             vec![service("a", "10.96.0.1")],
         );
-        a.watch_failed(Kind::Node, "connection refused");
-        a.watch_failed(Kind::Service, "connection refused");
+        let t0 = Instant::now();
+        a.watch_failed(Kind::Node, "connection refused", t0);
+        a.watch_failed(Kind::Service, "connection refused", t0);
         let problems = a.problems();
         assert_eq!(problems.len(), 2);
         assert_eq!(problems[0].location, "watch services");
@@ -650,6 +686,18 @@ mod tests {
         assert_eq!(a.problems().len(), 1);
         assert!(r.snapshot().is_synced());
         assert!(r.snapshot().node("node-a").is_some());
+
+        // A resumed watch is silent: with no new error for the TTL, the error is forgotten.
+        assert!(!a.expire_watch_errors(t0 + WATCH_ERROR_TTL / 2));
+        a.watch_failed(
+            Kind::Service,
+            "connection refused",
+            t0 + WATCH_ERROR_TTL / 2,
+        );
+        assert!(!a.expire_watch_errors(t0 + WATCH_ERROR_TTL));
+        assert_eq!(a.problems().len(), 1, "a newer error is kept");
+        assert!(a.expire_watch_errors(t0 + WATCH_ERROR_TTL * 2));
+        assert!(a.problems().is_empty());
     }
 
     #[test]
