@@ -556,3 +556,7 @@ pub fn addresses_of(desired: &DesiredState, family: Family) -> Vec<IpAddr> {
         .copied()
         .collect()
 }
+
+#[cfg(test)]
+#[path = "host_tests.rs"]
+mod tests;

@@ -413,3 +413,7 @@ pub async fn run(
         };
     }
 }
+
+#[cfg(test)]
+#[path = "run_tests.rs"]
+mod tests;

@@ -1,0 +1,211 @@
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use super::*;
+use crate::cache::new_cache;
+use crate::ipvs::backend::IpvsOp;
+use crate::ipvs::fixtures::{endpoint, service, slice};
+use crate::ipvs::memory::{MemoryAddresses, MemoryIpvs};
+use crate::ipvs::table::{Scheduler, ServiceId};
+use crate::model::{ClusterObject, Kind, ObjectKey, Protocol};
+
+#[derive(Clone, Default)]
+struct RecordingHost(Arc<Mutex<Vec<String>>>);
+
+impl HostSetup for RecordingHost {
+    fn apply_config(&mut self, config: &ProxyConfig) -> Result<(), BackendError> {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("config {}", config.scheduler));
+        Ok(())
+    }
+    fn after_sync(
+        &mut self,
+        desired: &DesiredState,
+        _config: &ProxyConfig,
+        _node: &NodeInfo,
+    ) -> Result<(), BackendError> {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("sync {}", desired.len()));
+        Ok(())
+    }
+}
+
+fn web(eps: &[&str]) -> [ClusterObject; 2] {
+    [
+        ClusterObject::Service(service(
+            "default",
+            "web",
+            "10.96.0.20",
+            &[("http", Protocol::Tcp, 80, 8080)],
+        )),
+        ClusterObject::EndpointSlice(slice(
+            "default",
+            "web-1",
+            "web",
+            &[("http", Protocol::Tcp, 8080)],
+            eps.iter().map(|a| endpoint(a, true, None)).collect(),
+        )),
+    ]
+}
+
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_the_cache_and_live_config_then_stops_leaving_rules() {
+    let (mut writer, reader) = new_cache([Kind::Service, Kind::EndpointSlice]);
+    let ipvs = MemoryIpvs::new();
+    let addrs = MemoryAddresses::new(vec!["192.168.1.5".parse().unwrap()]);
+    let rec = Reconciler::new(Box::new(ipvs.clone()), Box::new(addrs.clone()));
+    let host = RecordingHost::default();
+    let (config_tx, config_rx) = watch::channel(ProxyConfig::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let status = StatusHandle::default();
+    let task = tokio::spawn(run(
+        reader,
+        rec,
+        Some(Box::new(host.clone())),
+        config_rx,
+        RunOptions::default(),
+        status.clone(),
+        stop_rx,
+    ));
+    // Nothing happens before the cache is synced.
+    writer.update(|tx| {
+        for o in web(&["10.244.1.10"]) {
+            tx.apply(o);
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        ipvs.services().is_empty(),
+        "no sync before the initial lists"
+    );
+    writer.update(|tx| {
+        tx.mark_synced(Kind::Service);
+        tx.mark_synced(Kind::EndpointSlice);
+    });
+    let id = ServiceId::new(Protocol::Tcp, "10.96.0.20".parse().unwrap(), 80);
+    until("first sync", || ipvs.service(&id).is_some()).await;
+    assert!(
+        addrs
+            .bound_now()
+            .contains(&"10.96.0.20".parse::<IpAddr>().unwrap())
+    );
+    assert_eq!(status.get().full_syncs, 1);
+
+    // An endpoint change is applied incrementally.
+    ipvs.clear_log();
+    for o in web(&["10.244.1.10", "10.244.1.11"]) {
+        writer.apply(o);
+    }
+    until("new endpoint", || {
+        ipvs.service(&id).is_some_and(|s| s.dests.len() == 2)
+    })
+    .await;
+    assert_eq!(ipvs.log().len(), 1);
+
+    // Scheduler "" → wrr takes effect live, in place.
+    ipvs.clear_log();
+    config_tx.send_modify(|c| c.scheduler = Scheduler::Wrr);
+    until("scheduler change", || {
+        ipvs.service(&id)
+            .is_some_and(|s| s.params.scheduler == Scheduler::Wrr)
+    })
+    .await;
+    assert!(matches!(
+        ipvs.log().as_slice(),
+        [IpvsOp::UpdateService(_, _)]
+    ));
+    assert!(host.0.lock().unwrap().contains(&"config wrr".to_string()));
+
+    // Deleting the Service removes it at once.
+    writer.delete(Kind::Service, &ObjectKey::new("default", "web"));
+    until("service removal", || ipvs.services().is_empty()).await;
+    assert!(addrs.bound_now().is_empty());
+
+    // Shutdown leaves the kernel as it is.
+    for o in web(&["10.244.1.10"]) {
+        writer.apply(o);
+    }
+    until("re-add", || ipvs.service(&id).is_some()).await;
+    stop_tx.send(true).unwrap();
+    task.await.unwrap().unwrap();
+    assert!(ipvs.service(&id).is_some());
+    assert!(status.healthy(Duration::from_secs(30)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_real_servers_are_reaped_by_the_loop() {
+    let (mut writer, reader) = new_cache([Kind::Service, Kind::EndpointSlice]);
+    for o in web(&["10.244.1.10", "10.244.1.11"]) {
+        writer.apply(o);
+    }
+    writer.update(|tx| {
+        tx.mark_synced(Kind::Service);
+        tx.mark_synced(Kind::EndpointSlice);
+    });
+    let ipvs = MemoryIpvs::new();
+    let rec = Reconciler::new(
+        Box::new(ipvs.clone()),
+        Box::new(MemoryAddresses::new(vec![])),
+    );
+    let (_config_tx, config_rx) = watch::channel(ProxyConfig::default());
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(run(
+        reader,
+        rec,
+        None,
+        config_rx,
+        RunOptions::default(),
+        StatusHandle::default(),
+        stop_rx,
+    ));
+    let id = ServiceId::new(Protocol::Tcp, "10.96.0.20".parse().unwrap(), 80);
+    until("first sync", || {
+        ipvs.service(&id).is_some_and(|s| s.dests.len() == 2)
+    })
+    .await;
+    let gone = crate::ipvs::table::DestId::new("10.244.1.11".parse().unwrap(), 8080);
+    ipvs.set_conns(
+        &id,
+        &gone,
+        crate::ipvs::table::DestConns {
+            active: 1,
+            inactive: 0,
+            persistent: 0,
+        },
+    );
+    for o in web(&["10.244.1.10"]) {
+        writer.apply(o);
+    }
+    until("drained to weight 0", || {
+        ipvs.service(&id)
+            .is_some_and(|s| s.dests.get(&gone).is_some_and(|d| d.0.weight == 0))
+    })
+    .await;
+    ipvs.set_conns(&id, &gone, Default::default());
+    for _ in 0..400 {
+        if ipvs.service(&id).is_some_and(|s| s.dests.len() == 1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        ipvs.service(&id).unwrap().dests.len(),
+        1,
+        "reaped after its connections ended"
+    );
+    task.abort();
+}
