@@ -71,6 +71,13 @@ struct Args {
     /// UDP receive loops (0: one per core).
     #[arg(long, default_value_t = 0)]
     udp_workers: usize,
+    /// Configure from a CoreDNS Corefile (server blocks, plugins, reload) instead of the zone
+    /// flags; `--listen`, when given, replaces every server block's address.
+    #[arg(long, value_name = "FILE")]
+    corefile: Option<PathBuf>,
+    /// With --corefile: unknown plugins and options are warnings instead of errors.
+    #[arg(long, requires = "corefile")]
+    allow_unknown: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -111,14 +118,21 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let args = Args::parse();
+    let matches = <Args as clap::CommandFactory>::command().get_matches();
+    let args = <Args as clap::FromArgMatches>::from_arg_matches(&matches)?;
     let source = match (&args.manifests, &args.kubeconfig) {
         (Some(dir), _) => SourceConfig::Manifests(dir.clone()),
         (None, kubeconfig) => SourceConfig::Kubernetes {
             kubeconfig: kubeconfig.clone(),
         },
     };
+    if let Some(path) = &args.corefile {
+        let listen_given =
+            matches.value_source("listen") == Some(clap::parser::ValueSource::CommandLine);
+        return corefile_main(&args, path, listen_given, &source);
+    }
     let mut zone = ZoneOptions::for_domain(&args.cluster_domain);
     if !args.zones.is_empty() {
         zone.zones = args.zones.clone();
@@ -151,6 +165,35 @@ fn main() -> anyhow::Result<()> {
         .block_on(run_with_source(&source, options))
         .with_context(|| format!("svcnet-dns ({})", source.describe()));
     // Do not wait for blocking helper threads (file watcher) beyond a moment.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    result
+}
+
+/// `--corefile`: serve the Corefile's server blocks (with reload) from `source`.
+fn corefile_main(
+    args: &Args,
+    path: &std::path::Path,
+    listen_given: bool,
+    source: &SourceConfig,
+) -> anyhow::Result<()> {
+    use svcnet_core::dns::corefile::LoadOptions;
+    use svcnet_core::dns::plugins::serve::{CorefileOptions, run_corefile_with_source};
+    let options = CorefileOptions {
+        path: path.to_path_buf(),
+        load: LoadOptions {
+            allow_unknown: args.allow_unknown,
+        },
+        listen_override: listen_given.then_some(args.listen),
+        startup_timeout: args.startup_timeout,
+        udp_workers: args.udp_workers,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let result = runtime
+        .block_on(run_corefile_with_source(source, options))
+        .with_context(|| format!("svcnet-dns --corefile {}", path.display()));
     runtime.shutdown_timeout(Duration::from_millis(200));
     result
 }

@@ -63,6 +63,7 @@ impl ClusterPlugin {
 
     /// Reports zone rebuilds to `metrics` (`svcnet_dns_zone_*`).
     pub fn set_metrics(&self, metrics: Arc<DnsMetrics>) {
+        metrics.zone_state(self.rebuilds(), self.zone.load().service_count());
         let _ = self.metrics.set(metrics);
     }
 

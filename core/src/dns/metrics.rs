@@ -255,6 +255,13 @@ impl DnsMetrics {
         self.zone_services.set(services as i64);
     }
 
+    /// Records `rebuilds` earlier zone builds and the current zone size (when the metrics are
+    /// attached after the first builds).
+    pub fn zone_state(&self, rebuilds: u64, services: usize) {
+        self.zone_rebuilds.inc_by(rebuilds);
+        self.zone_services.set(services as i64);
+    }
+
     /// A per-worker recorder.
     pub fn recorder(self: &Arc<Self>) -> Recorder {
         Recorder {

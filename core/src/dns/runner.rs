@@ -131,16 +131,18 @@ pub async fn serve(
 ) -> Result<(), DnsError> {
     let server = DnsServer::bind(options.server.clone())?;
     let local = server.local_addr();
-    let metrics = DnsMetrics::new(&format!("dns://{}", options.server.listen), ".");
+    let metrics = DnsMetrics::new(&format!("dns://{local}"), ".");
     metrics.set_plugins(&chain.names());
     if let Some(c) = &cluster {
         c.set_metrics(metrics.clone());
     }
     let lameduck = Arc::new(AtomicBool::new(false));
     let mut tasks = tokio::task::JoinSet::new();
+    let mut bound: [String; 3] = ["off".into(), "off".into(), "off".into()];
 
     if let Some(addr) = options.health {
         let listener = http::bind("health", addr).await?;
+        bound[0] = listener.local_addr().map_or(addr, |a| a).to_string();
         let m = metrics.clone();
         tasks.spawn(http::serve(
             listener,
@@ -159,6 +161,7 @@ pub async fn serve(
     }
     if let Some(addr) = options.ready {
         let listener = http::bind("ready", addr).await?;
+        bound[1] = listener.local_addr().map_or(addr, |a| a).to_string();
         let chain = chain.clone();
         let lameduck = lameduck.clone();
         tasks.spawn(http::serve(
@@ -189,6 +192,7 @@ pub async fn serve(
     }
     if let Some(addr) = options.metrics {
         let listener = http::bind("metrics", addr).await?;
+        bound[2] = listener.local_addr().map_or(addr, |a| a).to_string();
         let m = metrics.clone();
         tasks.spawn(http::serve(
             listener,
@@ -202,7 +206,14 @@ pub async fn serve(
             }),
         ));
     }
-    tracing::info!(listen = %local, plugins = ?chain.names(), "DNS server listening");
+    tracing::info!(
+        listen = %local,
+        health = %bound[0],
+        ready = %bound[1],
+        metrics = %bound[2],
+        plugins = ?chain.names(),
+        "DNS server listening"
+    );
     tasks.spawn(server.serve(chain, metrics));
 
     shutdown.await;

@@ -10,4 +10,5 @@ pub mod loop_detect;
 pub mod metrics;
 pub mod observe;
 pub mod router;
+pub mod serve;
 pub mod upstream;

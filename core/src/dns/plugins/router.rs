@@ -31,6 +31,19 @@ impl ZoneRouter {
         self.routes.iter().map(|(z, _)| z.as_str()).collect()
     }
 
+    /// Names of the plugins of every chain.
+    pub fn plugin_names(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        for (_, c) in &self.routes {
+            for n in c.names() {
+                if !out.contains(&n) {
+                    out.push(n);
+                }
+            }
+        }
+        out
+    }
+
     /// Whether every chain is ready.
     pub fn ready(&self) -> bool {
         self.routes.iter().all(|(_, c)| c.ready())
