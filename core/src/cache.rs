@@ -472,3 +472,154 @@ impl CacheReader {
             .is_ok_and(|r| r.is_ok())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::project;
+    use serde_json::json;
+
+    fn svc(ns: &str, name: &str, ip: &str) -> ClusterObject {
+        project::from_json(json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"clusterIP": ip, "ports": [{"port": 80}]}}))
+        .unwrap()
+        .unwrap()
+    }
+
+    fn slice(ns: &str, name: &str, service: &str, ips: &[&str]) -> ClusterObject {
+        let endpoints: Vec<_> = ips.iter().map(|ip| json!({"addresses": [ip]})).collect();
+        project::from_json(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": ns, "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4", "ports": [{"port": 8080}], "endpoints": endpoints}))
+        .unwrap()
+        .unwrap()
+    }
+
+    fn key(ns: &str, name: &str) -> ObjectKey {
+        ObjectKey::new(ns, name)
+    }
+
+    #[test]
+    fn synced_only_after_every_expected_kind() {
+        let (mut w, r) = new_cache([Kind::Service, Kind::EndpointSlice]);
+        assert!(!r.snapshot().is_synced());
+        w.replace_kind(Kind::Service, vec![svc("a", "s", "10.0.0.1")]);
+        assert!(!r.snapshot().is_synced());
+        let g = w.replace_kind(Kind::EndpointSlice, vec![]);
+        assert!(r.snapshot().is_synced());
+        assert_eq!(r.snapshot().generation(), g);
+    }
+
+    #[test]
+    fn slices_index_follows_label_changes_and_deletes() {
+        let (mut w, r) = new_cache([Kind::Service, Kind::EndpointSlice]);
+        w.apply(svc("a", "s1", "10.0.0.1"));
+        w.apply(svc("a", "s2", "10.0.0.2"));
+        w.apply(slice("a", "x", "s1", &["10.1.0.1"]));
+        w.apply(slice("a", "y", "s1", &["10.1.0.2"]));
+        let snap = r.snapshot();
+        assert_eq!(snap.endpoint_slices_for(&key("a", "s1")).count(), 2);
+        let g = snap.generation();
+        // Relabel slice x to s2: both services change.
+        w.apply(slice("a", "x", "s2", &["10.1.0.1"]));
+        let snap = r.snapshot();
+        assert_eq!(snap.endpoint_slices_for(&key("a", "s1")).count(), 1);
+        assert_eq!(snap.endpoint_slices_for(&key("a", "s2")).count(), 1);
+        let changes = snap.changes_since(g).unwrap();
+        assert_eq!(
+            changes,
+            [
+                Change::Service(key("a", "s1")),
+                Change::Service(key("a", "s2"))
+            ]
+            .into_iter()
+            .collect()
+        );
+        w.delete(Kind::EndpointSlice, &key("a", "y"));
+        assert_eq!(r.snapshot().endpoint_slices_for(&key("a", "s1")).count(), 0);
+        assert_eq!(r.snapshot().endpoint_slice_count(), 1);
+    }
+
+    #[test]
+    fn identical_apply_publishes_nothing() {
+        let (mut w, r) = new_cache([Kind::Service]);
+        let g1 = w.apply(svc("a", "s", "10.0.0.1"));
+        let g2 = w.apply(svc("a", "s", "10.0.0.1"));
+        assert_eq!(g1, g2);
+        assert_eq!(r.snapshot().generation(), g1);
+        let g3 = w.delete(Kind::Service, &key("a", "missing"));
+        assert_eq!(g3, g1);
+    }
+
+    #[test]
+    fn relist_removes_objects_missing_from_the_new_list() {
+        let (mut w, r) = new_cache([Kind::Service]);
+        w.replace_kind(
+            Kind::Service,
+            vec![svc("a", "keep", "10.0.0.1"), svc("a", "gone", "10.0.0.2")],
+        );
+        let g = r.snapshot().generation();
+        w.replace_kind(
+            Kind::Service,
+            vec![svc("a", "keep", "10.0.0.1"), svc("a", "new", "10.0.0.3")],
+        );
+        let snap = r.snapshot();
+        assert!(snap.service(&key("a", "gone")).is_none());
+        assert!(snap.service(&key("a", "new")).is_some());
+        assert_eq!(snap.generation(), g + 1, "one relist, one generation");
+        assert_eq!(
+            snap.changes_since(g).unwrap(),
+            [
+                Change::Service(key("a", "gone")),
+                Change::Service(key("a", "new"))
+            ]
+            .into_iter()
+            .collect()
+        );
+    }
+
+    #[test]
+    fn old_snapshots_stay_unchanged() {
+        let (mut w, r) = new_cache([Kind::Service]);
+        w.apply(svc("a", "s", "10.0.0.1"));
+        let before = r.snapshot();
+        w.apply(svc("a", "s", "10.0.0.9"));
+        w.apply(svc("a", "t", "10.0.0.2"));
+        assert_eq!(before.service_count(), 1);
+        assert_eq!(
+            before.service(&key("a", "s")).unwrap().cluster_ips[0].to_string(),
+            "10.0.0.1"
+        );
+        assert_eq!(r.snapshot().service_count(), 2);
+    }
+
+    #[test]
+    fn changes_since_answers_none_beyond_the_journal() {
+        let (mut w, r) = new_cache([Kind::Service]);
+        for i in 0..(JOURNAL_CAPACITY + 10) {
+            w.apply(svc("a", &format!("s{i}"), "10.0.0.1"));
+        }
+        let snap = r.snapshot();
+        assert!(snap.changes_since(0).is_none());
+        let recent = snap.changes_since(snap.generation() - 3).unwrap();
+        assert_eq!(recent.len(), 3);
+        assert!(snap.changes_since(snap.generation()).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn readers_coalesce_bursts() {
+        let (mut w, mut r) = new_cache([Kind::Service]);
+        for i in 0..100 {
+            w.apply(svc("a", &format!("s{i}"), "10.0.0.1"));
+        }
+        let snap = r.changed().await.unwrap();
+        assert_eq!(
+            snap.service_count(),
+            100,
+            "one wake-up sees the whole burst"
+        );
+        drop(w);
+        assert!(r.changed().await.is_none());
+    }
+}

@@ -3,7 +3,6 @@
 //! Every function checks what the model relies on (IPs parse, ports are in range, names are
 //! present) and names the object and field in its error.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -11,6 +10,7 @@ use k8s_openapi::api::core::v1 as core_v1;
 use k8s_openapi::api::discovery::v1 as discovery_v1;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::intern::intern;
 use super::*;
 
 /// Label naming the Service an EndpointSlice belongs to.
@@ -115,7 +115,7 @@ fn meta_key(
     if name.is_empty() {
         return Err(ctx.missing("metadata.name"));
     }
-    Ok((ObjectKey::new(namespace, name), ctx))
+    Ok((ObjectKey::new(intern(namespace), name), ctx))
 }
 
 fn label(
@@ -130,6 +130,11 @@ fn label(
 
 fn opt_arc(s: &Option<String>) -> Option<Arc<str>> {
     s.as_deref().filter(|s| !s.is_empty()).map(Arc::from)
+}
+
+/// Like `opt_arc`, for strings that repeat across objects (node names, zones).
+fn opt_interned(s: &Option<String>) -> Option<Arc<str>> {
+    s.as_deref().filter(|s| !s.is_empty()).map(intern)
 }
 
 /// Projects a `v1/Service`. A namespace missing from the object is taken as `default`.
@@ -181,7 +186,7 @@ pub fn service(svc: &core_v1::Service) -> Result<Service, ProjectionError> {
             Some(n) => Some(ctx.port(format!("{field}.nodePort"), n)?),
         };
         ports.push(ServicePort {
-            name: Arc::from(p.name.as_deref().unwrap_or("")),
+            name: intern(p.name.as_deref().unwrap_or("")),
             protocol: ctx.protocol(&format!("{field}.protocol"), p.protocol.as_deref())?,
             port,
             target_port,
@@ -278,7 +283,7 @@ pub fn service(svc: &core_v1::Service) -> Result<Service, ProjectionError> {
             .selector
             .as_ref()
             .filter(|s| !s.is_empty())
-            .map(|s| s.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+            .map(|s| Labels::from_pairs(s.iter().map(|(k, v)| (k.as_str(), v.as_str())))),
         service_proxy_name: label(&svc.metadata, SERVICE_PROXY_NAME_LABEL),
         resource_version: opt_arc(&svc.metadata.resource_version),
         key,
@@ -299,7 +304,7 @@ pub fn endpoint_slice(
     let mut ports = Vec::new();
     for (i, p) in slice.ports.iter().flatten().enumerate() {
         ports.push(EndpointPort {
-            name: Arc::from(p.name.as_deref().unwrap_or("")),
+            name: intern(p.name.as_deref().unwrap_or("")),
             protocol: ctx.protocol(&format!("ports[{i}].protocol"), p.protocol.as_deref())?,
             port: match p.port {
                 None => None,
@@ -336,11 +341,11 @@ pub fn endpoint_slice(
             serving,
             terminating,
             hostname: opt_arc(&ep.hostname),
-            node_name: opt_arc(&ep.node_name),
-            zone: opt_arc(&ep.zone),
+            node_name: opt_interned(&ep.node_name),
+            zone: opt_interned(&ep.zone),
             target_ref: ep.target_ref.as_ref().map(|r| TargetRef {
-                kind: Arc::from(r.kind.as_deref().unwrap_or("")),
-                namespace: Arc::from(r.namespace.as_deref().unwrap_or("")),
+                kind: intern(r.kind.as_deref().unwrap_or("")),
+                namespace: intern(r.namespace.as_deref().unwrap_or("")),
                 name: Arc::from(r.name.as_deref().unwrap_or("")),
             }),
         });
@@ -413,9 +418,9 @@ pub fn pod(pod: &core_v1::Pod) -> Result<Pod, ProjectionError> {
             .metadata
             .labels
             .as_ref()
-            .map(|l| l.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .map(|l| Labels::from_pairs(l.iter().map(|(k, v)| (k.as_str(), v.as_str()))))
             .unwrap_or_default(),
-        node_name: spec.and_then(|s| opt_arc(&s.node_name)),
+        node_name: spec.and_then(|s| opt_interned(&s.node_name)),
         hostname: spec.and_then(|s| opt_arc(&s.hostname)),
         subdomain: spec.and_then(|s| opt_arc(&s.subdomain)),
         ready,
@@ -443,7 +448,7 @@ pub fn node(node: &core_v1::Node) -> Result<Node, ProjectionError> {
     Ok(Node {
         name: key.name,
         addresses,
-        zone: label(&node.metadata, "topology.kubernetes.io/zone"),
+        zone: label(&node.metadata, "topology.kubernetes.io/zone").map(|z| intern(&z)),
     })
 }
 
@@ -491,11 +496,8 @@ pub fn from_json(value: serde_json::Value) -> Result<Option<ClusterObject>, Proj
 }
 
 /// Whether `labels` satisfy an equality-based `selector` (every pair present).
-pub fn selector_matches(
-    selector: &BTreeMap<String, String>,
-    labels: &BTreeMap<String, String>,
-) -> bool {
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+pub fn selector_matches(selector: &Labels, labels: &Labels) -> bool {
+    selector.selects(labels)
 }
 
 #[cfg(test)]

@@ -49,7 +49,7 @@ pub fn derive_endpoint_slices<'a>(
                     svc.ports.iter().map(|sp| resolve_port(pod, sp)).collect();
                 let ready = svc.publish_not_ready_addresses || (pod.ready && !pod.terminating);
                 let hostname = match (&pod.hostname, &pod.subdomain) {
-                    (Some(h), Some(sub)) if **sub == *svc.key.name => Some(h.clone()),
+                    (Some(h), Some(sub)) if *sub == svc.key.name => Some(h.clone()),
                     _ => None,
                 };
                 groups.entry(ports).or_default().push(Endpoint {
