@@ -161,6 +161,7 @@ struct State {
     pagers: HashMap<u64, Pager>,
     next_pager: u64,
     max_page_size: Option<usize>,
+    expire_next_continue: bool,
     requests: Vec<RecordedRequest>,
 }
 
@@ -332,6 +333,12 @@ impl FakeApiServer {
     /// only `limit` counts).
     pub fn set_max_page_size(&self, size: Option<usize>) {
         self.inner.state().max_page_size = size;
+    }
+
+    /// Makes the next `continue` request fail with 410 Expired, as when etcd compacted the
+    /// list's revision between two pages (the client must start the list over).
+    pub fn expire_next_continue_token(&self) {
+        self.inner.state().expire_next_continue = true;
     }
 
     /// Drops every open TCP connection at once, watches included, without a clean end.
@@ -521,10 +528,11 @@ fn list(inner: &Inner, resource: &'static ResourceType, req: &RecordedRequest) -
                     &format!("invalid continue token {token:?}"),
                 );
             };
+            let forced_expiry = std::mem::take(&mut state.expire_next_continue);
             let Some(pager) = state.pagers.get(&id) else {
                 return failure(StatusCode::GONE, "Expired", "unknown continue token");
             };
-            if pager.revision < state.compacted {
+            if pager.revision < state.compacted || forced_expiry {
                 return failure(
                     StatusCode::GONE,
                     "Expired",

@@ -424,3 +424,87 @@ fn missing_manifest_directory_is_a_clear_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/svcnet-dir"));
 }
+
+// ---- dns export-zone ----
+
+#[test]
+fn export_zone_golden_and_loadable_by_knot() {
+    let (zone, _) = run_ok(&["dns", "export-zone", "--manifests", "examples/cluster"]);
+    check_golden("zone-cluster.local.db", &zone);
+    let (reverse, _) = run_ok(&[
+        "dns",
+        "export-zone",
+        "--zone",
+        "in-addr.arpa",
+        "--manifests",
+        "examples/cluster",
+    ]);
+    check_golden("zone-in-addr.arpa.db", &reverse);
+    assert!(
+        reverse.contains("10.10.96.10.in-addr.arpa. 5 IN PTR demoapp.default.svc.cluster.local.")
+    );
+    // Knot's zone checker accepts the file (skipped when knotc is not installed).
+    let dir = std::env::temp_dir().join(format!("agentctl-zone-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("cluster.local.db");
+    std::fs::write(&file, &zone).unwrap();
+    let conf = dir.join("knot.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "server:\n    rundir: \"{d}\"\ndatabase:\n    storage: \"{d}\"\nzone:\n  - domain: cluster.local\n    file: \"{f}\"\n",
+            d = dir.display(),
+            f = file.display()
+        ),
+    )
+    .unwrap();
+    match Command::new("knotc")
+        .args(["-c", conf.to_str().unwrap(), "zone-check", "cluster.local"])
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "knotc zone-check: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => eprintln!("knotc not available ({e}); zone file syntax not cross-checked"),
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+// ---- completions and help ----
+
+#[test]
+fn completions_for_each_shell() {
+    for (shell, marker) in [
+        ("bash", "complete -F _agentctl"),
+        ("zsh", "#compdef agentctl"),
+        ("fish", "complete -c agentctl"),
+    ] {
+        let (out, _) = run_ok(&["completions", shell]);
+        assert!(out.contains(marker), "{shell}: {marker:?} missing");
+        for sub in ["resolv-conf", "export-zone", "status"] {
+            assert!(out.contains(sub), "{shell}: subcommand {sub} missing");
+        }
+    }
+}
+
+#[test]
+fn help_shows_examples() {
+    for args in [
+        &["--help"][..],
+        &["get", "--help"],
+        &["env", "--help"],
+        &["resolv-conf", "--help"],
+        &["run", "--help"],
+        &["status", "--help"],
+        &["dns", "query", "--help"],
+    ] {
+        let (out, _) = run_ok(args);
+        assert!(
+            out.contains("Examples:"),
+            "agentctl {args:?} --help has no examples"
+        );
+    }
+}

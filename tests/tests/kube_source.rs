@@ -446,10 +446,41 @@ async fn paginated_lists_are_followed_to_the_end() {
         .expect("a watch");
     assert_eq!(watch.param("resourceVersion"), Some("7"));
 
-    // A change made while the list is being paged is delivered by the watch, not lost.
+    // The watch from the paged list's version delivers later changes.
     fake.apply(service("svc-0", "10.96.11.100"));
     src.wait("a change after a paged list appears", || {
         src.cluster_ip("svc-0").as_deref() == Some("10.96.11.100")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_continue_token_restarts_the_list() {
+    init_tracing();
+    let fake = FakeApiServer::start().await.expect("fake API server");
+    for i in 0..5 {
+        fake.apply(service(&format!("svc-{i}"), &format!("10.96.12.{i}")));
+    }
+    fake.set_max_page_size(Some(2));
+    fake.expire_next_continue_token();
+    let src = RunningSource::start(&fake, &[Kind::Service]).await;
+    // The first page of the failed list was buffered, then discarded at the new `Init`.
+    assert_eq!(src.reader.snapshot().service_count(), 5);
+    assert_eq!(src.status().resyncs, 1, "one completed list");
+    let requests = fake.requests();
+    let lists: Vec<_> = lists_of(&requests, "/api/v1/services").collect();
+    assert_eq!(
+        lists.len(),
+        5,
+        "page, expired continue, then 3 pages: {lists:#?}"
+    );
+    assert!(lists[1].param("continue").is_some());
+    assert!(
+        lists[2].param("continue").is_none(),
+        "the list started over"
+    );
+    src.wait("the list error is no longer reported", || {
+        src.status().problems.is_empty()
     })
     .await;
 }

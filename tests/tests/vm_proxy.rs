@@ -1,0 +1,424 @@
+//! The real `svcnet-proxy` binary on a real kernel (user-mode-linux guest) carrying traffic: backends are busybox
+//! HTTP servers in network namespaces on a bridge, the cluster is a generated `--manifests` directory pointing at
+//! them. Checked: the programmed table, round robin over a cluster IP and a NodePort, session affinity, a hairpin
+//! connection (pod → VIP → itself, which needs the proxy's own sysctls and MASQUERADE), an endpoint change, a
+//! removed service that stops answering at once, and a proxy restart under continuous traffic with no failed
+//! request.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use svcnet_tests::vm::cluster::{self, ServiceSpec};
+use svcnet_tests::vm::guest::{self, Background, PodNetwork, run};
+use svcnet_tests::vm::{self, Check, Vm};
+
+const PROXY_BIN: &str = "SVCNET_PROXY_BIN";
+const MANIFESTS: &str = "/tmp/svcnet-cluster";
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 10);
+const HEALTHZ: &str = "127.0.0.1:10256";
+
+fn pod_ip(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, 1, last)
+}
+
+/// The test cluster (all services on node-a, endpoints pod-a/b/c = 10.244.1.10/11/12 port 8080).
+fn services() -> Vec<ServiceSpec> {
+    let abc = [pod_ip(10), pod_ip(11), pod_ip(12)];
+    let mut sticky = ServiceSpec::cluster_ip("sticky", Ipv4Addr::new(10, 96, 10, 13), &abc);
+    sticky.client_ip_affinity = Some(600);
+    vec![
+        ServiceSpec::cluster_ip("web", Ipv4Addr::new(10, 96, 10, 10), &abc),
+        ServiceSpec::cluster_ip("web-np", Ipv4Addr::new(10, 96, 10, 12), &abc)
+            .with_node_port(30080),
+        sticky,
+        ServiceSpec::cluster_ip("doomed", Ipv4Addr::new(10, 96, 10, 20), &[pod_ip(10)]),
+    ]
+}
+
+fn service(name: &str) -> ServiceSpec {
+    services()
+        .into_iter()
+        .find(|s| s.name == name)
+        .expect("known service")
+}
+
+/// Everything the checks share: the pod network and the running proxy.
+struct Fixture {
+    net: PodNetwork,
+    proxy: Option<Background>,
+}
+
+static FIXTURE: Mutex<Option<Fixture>> = Mutex::new(None);
+
+fn fixture() -> anyhow::Result<MutexGuard<'static, Option<Fixture>>> {
+    let guard = FIXTURE.lock().unwrap_or_else(|e| e.into_inner());
+    ensure!(guard.is_some(), "the setup check failed; nothing to test");
+    Ok(guard)
+}
+
+fn start_proxy() -> anyhow::Result<Background> {
+    let bin = std::env::var(PROXY_BIN).context("SVCNET_PROXY_BIN not set by the host")?;
+    Background::spawn(
+        "svcnet-proxy",
+        &bin,
+        &["--manifests", MANIFESTS, "--node-name", "node-a"],
+    )
+}
+
+fn proxy_log(f: &Fixture) -> String {
+    f.proxy.as_ref().map(Background::log).unwrap_or_default()
+}
+
+/// Waits until ipvsadm shows `vip` with `dests` real servers of weight > 0.
+fn wait_for_service(vip: &str, dests: usize, within: Duration) -> anyhow::Result<Duration> {
+    guest::wait_until(&format!("{vip} with {dests} real servers"), within, || {
+        let table = guest::ipvsadm_table()?;
+        let prefix = format!("TCP {vip} ");
+        let live = table
+            .iter()
+            .filter(|l| l.starts_with(&prefix) && l.contains(" -> ") && !l.ends_with(" 0"))
+            .count();
+        Ok(live == dests)
+    })
+}
+
+fn count_answers(addr: SocketAddr, n: usize) -> anyhow::Result<BTreeMap<String, usize>> {
+    let mut hits = BTreeMap::new();
+    for i in 0..n {
+        let name = guest::http_get(addr, "/name", Duration::from_secs(2))
+            .with_context(|| format!("request {i} to {addr}"))?;
+        *hits.entry(name).or_default() += 1;
+    }
+    Ok(hits)
+}
+
+fn even_split(hits: &BTreeMap<String, usize>, backends: usize, each: usize) -> bool {
+    hits.len() == backends && hits.values().all(|&n| n == each)
+}
+
+/// Pod network, node address, manifests, and the proxy started on them; waits for the first sync.
+fn setup() -> anyhow::Result<()> {
+    let mut net = PodNetwork::new("cbr0", Ipv4Addr::new(10, 244, 1, 1), 24)?;
+    for (name, last) in [("pod-a", 10), ("pod-b", 11), ("pod-c", 12)] {
+        net.add_pod(name, pod_ip(last))?;
+    }
+    guest::add_dummy_link("eth0", &format!("{NODE_IP}/24"))?;
+    let dir = Path::new(MANIFESTS);
+    std::fs::create_dir_all(dir)?;
+    cluster::write_node(dir, "node-a", NODE_IP)?;
+    for spec in services() {
+        spec.write_to(dir)?;
+    }
+    // The proxy must set these itself; start from the kernel's defaults (PodNetwork turned forwarding on).
+    guest::sysctl("net/ipv4/ip_forward", "0")?;
+    let mut proxy = start_proxy()?;
+    let waited = wait_for_service("10.96.10.10:80", 3, Duration::from_secs(20)).map_err(|e| {
+        let alive = proxy.is_running();
+        e.context(format!("proxy running: {alive}; log:\n{}", proxy.log()))
+    })?;
+    println!(
+        "  proxy programmed the table {} ms after start",
+        waited.as_millis()
+    );
+    *FIXTURE.lock().unwrap_or_else(|e| e.into_inner()) = Some(Fixture {
+        net,
+        proxy: Some(proxy),
+    });
+    Ok(())
+}
+
+/// The table and the bound addresses the proxy programmed, and the kernel settings it applied.
+fn programmed_table() -> anyhow::Result<()> {
+    let guard = fixture()?;
+    let f = guard.as_ref().expect("checked");
+    let table = guest::ipvsadm_table()?;
+    let mut missing = Vec::new();
+    for want in [
+        "TCP 10.96.10.10:80 rr -> 10.244.1.10:8080 Masq 1",
+        "TCP 10.96.10.10:80 rr -> 10.244.1.11:8080 Masq 1",
+        "TCP 10.96.10.10:80 rr -> 10.244.1.12:8080 Masq 1",
+        "TCP 10.96.10.12:80 rr -> 10.244.1.12:8080 Masq 1",
+        "TCP 192.168.1.10:30080 rr -> 10.244.1.10:8080 Masq 1",
+        "TCP 10.96.10.13:80 rr persistent 600 -> 10.244.1.11:8080 Masq 1",
+        "TCP 10.96.10.20:80 rr -> 10.244.1.10:8080 Masq 1",
+    ] {
+        if !table.iter().any(|l| l == want) {
+            missing.push(want);
+        }
+    }
+    ensure!(missing.is_empty(), "missing {missing:#?} in {table:#?}");
+    let bound = run("ip", &["-4", "-o", "addr", "show", "dev", "kube-ipvs0"])?;
+    for vip in [
+        "10.96.10.10/32",
+        "10.96.10.12/32",
+        "10.96.10.13/32",
+        "10.96.10.20/32",
+    ] {
+        ensure!(bound.contains(vip), "{vip} not on kube-ipvs0: {bound}");
+    }
+    ensure!(
+        !bound.contains("192.168.1.10"),
+        "the node address must not be bound to kube-ipvs0: {bound}"
+    );
+    let mut settings = Vec::new();
+    for path in ["net/ipv4/ip_forward", "net/ipv4/vs/conntrack"] {
+        settings.push((path, guest::read_sysctl(path)?));
+    }
+    ensure!(
+        settings.iter().all(|(_, v)| v == "1"),
+        "kernel settings the proxy should have applied: {settings:?}\nproxy log:\n{}",
+        proxy_log(f)
+    );
+    Ok(())
+}
+
+/// Round robin over the cluster IP and over the NodePort, from the node and from a pod.
+fn round_robin() -> anyhow::Result<()> {
+    let guard = fixture()?;
+    let f = guard.as_ref().expect("checked");
+    let vip = SocketAddr::from(([10, 96, 10, 10], 80));
+    let hits = count_answers(vip, 30)?;
+    ensure!(
+        even_split(&hits, 3, 10),
+        "cluster IP from the node, 30 requests: {hits:?}"
+    );
+    let np = SocketAddr::from((NODE_IP, 30080));
+    let hits = count_answers(np, 30)?;
+    ensure!(
+        even_split(&hits, 3, 10),
+        "NodePort from the node, 30 requests: {hits:?}"
+    );
+
+    // From a pod (forwarded through the node): pod-b asks the cluster IP and the NodePort, 3 times each.
+    let mut urls: Vec<String> = vec!["http://10.96.10.10/name".into(); 3];
+    urls.extend(vec![format!("http://{NODE_IP}:30080/name"); 3]);
+    let answers = f.net.pod("pod-b").curl_many(&urls)?;
+    let mut hits: BTreeMap<String, usize> = BTreeMap::new();
+    for (url, a) in urls.iter().zip(answers) {
+        let name =
+            a.map_err(|e| anyhow::anyhow!("{url} from pod-b: {e}\nproxy log:\n{}", proxy_log(f)))?;
+        *hits.entry(name).or_default() += 1;
+    }
+    ensure!(even_split(&hits, 3, 2), "from pod-b: {hits:?}");
+    Ok(())
+}
+
+/// `sessionAffinity: ClientIP`: every request of one client lands on the same backend.
+fn session_affinity() -> anyhow::Result<()> {
+    let _guard = fixture()?;
+    let hits = count_answers(SocketAddr::from(([10, 96, 10, 13], 80)), 12)?;
+    ensure!(
+        hits.len() == 1,
+        "ClientIP affinity spread one client over {hits:?}"
+    );
+    Ok(())
+}
+
+/// A pod reaches itself through a service (pod → VIP → same pod): needs `ip_forward`, `vs/conntrack` and
+/// MASQUERADE of hairpin traffic, all of which the proxy must set up.
+fn hairpin() -> anyhow::Result<()> {
+    let guard = fixture()?;
+    let f = guard.as_ref().expect("checked");
+    let urls: Vec<String> = vec!["http://10.96.10.10/name".into(); 3];
+    let answers = f.net.pod("pod-a").curl_many(&urls)?;
+    let mut names = Vec::new();
+    for a in answers {
+        names.push(a.map_err(|e| {
+            let nat = run("iptables-legacy-save", &["-t", "nat"]).unwrap_or_else(|e| e.to_string());
+            anyhow::anyhow!(
+                "pod-a → 10.96.10.10 failed: {e}\nnat table:\n{nat}\nproxy log:\n{}",
+                proxy_log(f)
+            )
+        })?);
+    }
+    ensure!(
+        names.iter().any(|n| n == "pod-a"),
+        "rr over 3 backends never chose pod-a itself: {names:?}"
+    );
+    Ok(())
+}
+
+/// Changing a service's endpoints in its manifest reaches the kernel quickly, and traffic follows.
+fn endpoint_change() -> anyhow::Result<()> {
+    let _guard = fixture()?;
+    let mut web = service("web");
+    web.endpoints = vec![pod_ip(10), pod_ip(11)];
+    web.write_to(Path::new(MANIFESTS))?;
+    let took = wait_for_service("10.96.10.10:80", 2, Duration::from_secs(5))?;
+    println!(
+        "  endpoint removal visible in the kernel after {} ms",
+        took.as_millis()
+    );
+    let hits = count_answers(SocketAddr::from(([10, 96, 10, 10], 80)), 10)?;
+    ensure!(
+        even_split(&hits, 2, 5) && !hits.contains_key("pod-c"),
+        "after removing pod-c: {hits:?}"
+    );
+    web.endpoints.push(pod_ip(12));
+    web.write_to(Path::new(MANIFESTS))?;
+    wait_for_service("10.96.10.10:80", 3, Duration::from_secs(5))?;
+    Ok(())
+}
+
+/// Deleting a service's manifest makes its cluster IP stop answering at once.
+fn removed_service_stops() -> anyhow::Result<()> {
+    let _guard = fixture()?;
+    let vip = SocketAddr::from(([10, 96, 10, 20], 80));
+    ensure!(guest::http_get(vip, "/name", Duration::from_secs(2))? == "pod-a");
+    service("doomed").remove_from(Path::new(MANIFESTS))?;
+    let gone = guest::wait_until(
+        "10.96.10.20:80 to stop answering",
+        Duration::from_secs(5),
+        || Ok(guest::http_get(vip, "/name", Duration::from_millis(200)).is_err()),
+    )?;
+    println!(
+        "  removed service stopped answering after {} ms",
+        gone.as_millis()
+    );
+    ensure!(
+        gone < Duration::from_secs(1),
+        "the removed service kept answering for {gone:?}"
+    );
+    let table = guest::ipvsadm_table()?;
+    ensure!(
+        !table.iter().any(|l| l.starts_with("TCP 10.96.10.20:80")),
+        "virtual server still there: {table:#?}"
+    );
+    let bound = run("ip", &["-4", "-o", "addr", "show", "dev", "kube-ipvs0"])?;
+    ensure!(
+        !bound.contains("10.96.10.20/"),
+        "address still bound: {bound}"
+    );
+    Ok(())
+}
+
+/// Restarting the proxy (SIGTERM, start again) while a client keeps sending requests: none fails, because the
+/// rules stay in the kernel and the new process adopts them.
+fn restart_under_traffic() -> anyhow::Result<()> {
+    let mut guard = fixture()?;
+    let f = guard.as_mut().expect("checked");
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let client = {
+        let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+        std::thread::spawn(move || {
+            let vip = SocketAddr::from(([10, 96, 10, 10], 80));
+            while !stop.load(Ordering::Relaxed) {
+                match guest::http_get(vip, "/name", Duration::from_secs(2)) {
+                    Ok(_) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => failures.lock().expect("lock").push(format!("{e:#}")),
+                }
+            }
+        })
+    };
+    let wait_requests = |n: usize| {
+        let target = ok.load(Ordering::Relaxed) + n;
+        guest::wait_until("client requests", Duration::from_secs(10), || {
+            Ok(ok.load(Ordering::Relaxed) >= target)
+        })
+    };
+    let result = (|| -> anyhow::Result<()> {
+        wait_requests(20)?;
+        let old = f.proxy.take().context("no proxy running")?;
+        let old_log = old.stop(Duration::from_secs(10));
+        let before_start = ok.load(Ordering::Relaxed);
+        let mut new = start_proxy()?;
+        // Until the new process is healthy, and some more traffic after.
+        let healthy = guest::wait_until(
+            "the restarted proxy's /healthz",
+            Duration::from_secs(20),
+            || {
+                if !new.is_running() {
+                    bail!("the restarted proxy exited:\n{}", new.log());
+                }
+                Ok(
+                    guest::http_get(HEALTHZ.parse()?, "/healthz", Duration::from_millis(300))
+                        .is_ok(),
+                )
+            },
+        );
+        let log = new.log();
+        f.proxy = Some(new);
+        healthy.with_context(|| format!("old proxy log:\n{old_log}\nnew proxy log:\n{log}"))?;
+        wait_requests(20)?;
+        println!(
+            "  {} requests while the proxy was down or starting",
+            ok.load(Ordering::Relaxed) - before_start
+        );
+        Ok(())
+    })();
+    stop.store(true, Ordering::Relaxed);
+    client.join().expect("client thread");
+    result?;
+    let failures = failures.lock().expect("lock");
+    println!(
+        "  {} requests succeeded, {} failed",
+        ok.load(Ordering::Relaxed),
+        failures.len()
+    );
+    ensure!(
+        failures.is_empty(),
+        "requests failed during the restart: {failures:#?}"
+    );
+    // The restarted proxy still follows changes.
+    let table = guest::ipvsadm_table()?;
+    ensure!(
+        table
+            .iter()
+            .any(|l| l == "TCP 10.96.10.10:80 rr -> 10.244.1.12:8080 Masq 1"),
+        "after restart: {table:#?}"
+    );
+    Ok(())
+}
+
+fn teardown() -> anyhow::Result<()> {
+    let fixture = FIXTURE.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(mut f) = fixture
+        && let Some(proxy) = f.proxy.take()
+    {
+        let log = proxy.stop(Duration::from_secs(5));
+        let panics: Vec<&str> = log.lines().filter(|l| l.contains("panicked")).collect();
+        ensure!(panics.is_empty(), "the proxy panicked: {panics:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn proxy_traffic_kernel() {
+    let mut machine = Vm::new().timeout(Duration::from_secs(180));
+    if !vm::in_guest() && vm::uml_available() {
+        let bin: PathBuf = vm::cargo_binary("svcnet-proxy", "svcnet-proxy")
+            .unwrap_or_else(|e| panic!("building svcnet-proxy: {e:#}"));
+        machine = machine.env(PROXY_BIN, bin).env("RUST_LOG", "info");
+    }
+    let started = Instant::now();
+    vm::run_suite(
+        "proxy_traffic_kernel",
+        machine,
+        &[
+            Check::new("setup", setup),
+            Check::new("programmed_table", programmed_table),
+            Check::new("round_robin", round_robin),
+            Check::new("session_affinity", session_affinity),
+            Check::new("hairpin", hairpin),
+            Check::new("endpoint_change", endpoint_change),
+            Check::new("removed_service_stops", removed_service_stops),
+            Check::new("restart_under_traffic", restart_under_traffic),
+            Check::new("teardown", teardown),
+        ],
+    );
+    if !vm::in_guest() {
+        println!(
+            "proxy traffic suite took {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+}
