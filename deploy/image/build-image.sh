@@ -95,6 +95,9 @@ if [ -z "$binary" ]; then
             target=x86_64-unknown-linux-gnu
         fi
     fi
+    # Paths of this checkout and of the cargo registry would end up in panic messages: map them to
+    # fixed names so that the binary does not depend on where it was built.
+    export RUSTFLAGS="${RUSTFLAGS:-} --remap-path-prefix=$repo_root=/svcnet --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo"
     case "$target" in
         *-linux-musl)
             # ring compiles C; cc-rs looks for x86_64-linux-musl-gcc, Debian ships musl-gcc.
@@ -106,7 +109,7 @@ if [ -z "$binary" ]; then
             # from KUBERNETES_SERVICE_HOST, DNS upstreams from resolv.conf), so the NSS modules a
             # static glibc would dlopen are never needed. A kubeconfig naming its server by host
             # name would need them: use musl for that.
-            (cd "$repo_root" && RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+            (cd "$repo_root" && RUSTFLAGS="$RUSTFLAGS -C target-feature=+crt-static" \
                 cargo build --locked --release --target "$target" -p agentctl --bin agentctl) >&2
             ;;
         *) die "unsupported --target $target" ;;
