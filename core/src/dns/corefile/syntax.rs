@@ -230,6 +230,13 @@ impl Parser<'_, '_> {
         }
         // A block without braces: the rest of the file is its body.
         let directives = self.parse_directives(None)?;
+        if directives.is_empty() {
+            let first = keys.first().expect("at least one key was read");
+            return Err(syntax(
+                &first.at,
+                format!("server block {:?} has no body (missing '{{'?)", first.text),
+            ));
+        }
         Ok(ServerBlockSyntax { keys, directives })
     }
 
@@ -519,6 +526,9 @@ mod tests {
         assert_eq!(e.position().unwrap().line, 3);
         let e = one("{ log }").unwrap_err();
         assert!(e.to_string().contains("server block keys"));
+        let e = one(".:53 {\n log\n}\nbogus\n").unwrap_err();
+        assert!(e.to_string().contains("\"bogus\" has no body"), "{e}");
+        assert_eq!(e.position().unwrap().line, 4);
         let e = one("a.example, {\n}").unwrap_err();
         assert!(e.to_string().contains("after ','"), "{e}");
     }

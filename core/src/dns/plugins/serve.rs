@@ -1,0 +1,566 @@
+//! Serving a Corefile: listeners per address, the HTTP endpoints, and `reload`.
+//!
+//! Each listen address has one DNS listener whose chain is a [`SwapRouter`]: the current
+//! configuration's [`ZoneRouter`] behind an atomically swapped `Arc`. A reload builds the new
+//! configuration aside, binds the listeners of new addresses, then swaps every router at once;
+//! listeners whose address stays are never closed, queries in flight finish on the chain they
+//! started with, and listeners of addresses no longer used are stopped. A Corefile that does
+//! not load (or whose new addresses cannot be bound) is rejected: the reason is logged,
+//! `coredns_reload_failed_total` counts it, and the old configuration keeps serving.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use hyper::StatusCode;
+use notify::Watcher;
+use prometheus_client::registry::Registry;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::build::{BuildContext, BuildError, ClusterFactory, Listener, build};
+use super::metrics::PluginMetrics;
+use super::router::ZoneRouter;
+use crate::cache::CacheReader;
+use crate::dns::cluster::ClusterPlugin;
+use crate::dns::corefile::{self, Corefile, CorefileError, LoadOptions, RealFiles, ReloadConfig};
+use crate::dns::error::DnsError;
+use crate::dns::handler::{Chain, Next, Plugin, Reply, Request};
+use crate::dns::http;
+use crate::dns::metrics::DnsMetrics;
+use crate::dns::server::{DnsServer, ServerConfig};
+use crate::dns::zone::{PodMode, ZoneOptions};
+use crate::model::Kind;
+use crate::source::{self, SourceConfig};
+
+/// How to serve a Corefile.
+#[derive(Debug, Clone)]
+pub struct CorefileOptions {
+    /// The Corefile.
+    pub path: PathBuf,
+    /// Unknown plugins/options as warnings.
+    pub load: LoadOptions,
+    /// Listen here instead of the Corefile's addresses (all blocks share it).
+    pub listen_override: Option<SocketAddr>,
+    /// How long the cluster zone waits for the cache to sync before answering.
+    pub startup_timeout: Duration,
+    /// UDP receive loops per listener (0: one per core).
+    pub udp_workers: usize,
+}
+
+impl CorefileOptions {
+    /// Options for `path` with defaults (5 s startup timeout).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            load: LoadOptions::default(),
+            listen_override: None,
+            startup_timeout: Duration::from_secs(5),
+            udp_workers: 0,
+        }
+    }
+}
+
+/// Why serving a Corefile stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CorefileRunError {
+    /// The Corefile does not load.
+    #[error("{0}")]
+    Load(#[from] CorefileError),
+    /// The Corefile cannot be served as written.
+    #[error("{0}")]
+    Build(#[from] BuildError),
+    /// A listener or endpoint could not be bound, or the source did not start.
+    #[error("{0}")]
+    Dns(#[from] DnsError),
+    /// `loop` found a forwarding loop.
+    #[error("{0}")]
+    LoopDetected(String),
+}
+
+/// The chain of a listener: the current router, swapped on reload.
+pub struct SwapRouter {
+    current: ArcSwap<ZoneRouter>,
+}
+
+impl SwapRouter {
+    /// A swapper starting with `router`.
+    pub fn new(router: ZoneRouter) -> Arc<Self> {
+        Arc::new(Self {
+            current: ArcSwap::from_pointee(router),
+        })
+    }
+
+    /// Installs `router` for the next queries.
+    pub fn store(&self, router: ZoneRouter) {
+        self.current.store(Arc::new(router));
+    }
+}
+
+impl Plugin for SwapRouter {
+    fn name(&self) -> &'static str {
+        "router"
+    }
+
+    fn handle(&self, req: &Request, next: Next) -> Reply {
+        self.current.load().handle(req, next)
+    }
+
+    fn ready(&self) -> bool {
+        self.current.load().ready()
+    }
+}
+
+/// Cluster plugins kept across reloads while their options stay the same (a reload then
+/// neither rebuilds the zone nor waits for a sync).
+struct ClusterPool {
+    reader: CacheReader,
+    startup_timeout: Duration,
+    metrics: Arc<DnsMetrics>,
+    instances: Mutex<Vec<(ZoneOptions, Arc<ClusterPlugin>, JoinHandle<()>)>>,
+}
+
+impl ClusterPool {
+    fn get(&self, options: &ZoneOptions) -> Arc<ClusterPlugin> {
+        let mut inst = self.instances.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, p, _)) = inst.iter().find(|(o, _, _)| o == options) {
+            return p.clone();
+        }
+        let plugin = ClusterPlugin::new(options.clone());
+        plugin.set_metrics(self.metrics.clone());
+        let snapshot = self.reader.snapshot();
+        if snapshot.is_synced() {
+            // Ready before it is swapped in: no query sees an empty zone.
+            plugin.install(&snapshot);
+        }
+        let updater = plugin.spawn_updater(self.reader.clone(), self.startup_timeout);
+        inst.push((options.clone(), plugin.clone(), updater));
+        plugin
+    }
+
+    /// Stops the plugins whose options are not in `keep`.
+    fn retain(&self, keep: &[ZoneOptions]) {
+        let mut inst = self.instances.lock().unwrap_or_else(|e| e.into_inner());
+        inst.retain(|(o, _, updater)| {
+            let kept = keep.contains(o);
+            if !kept {
+                updater.abort();
+            }
+            kept
+        });
+    }
+}
+
+fn used_zone_options(cf: &Corefile) -> Vec<ZoneOptions> {
+    cf.servers
+        .iter()
+        .filter_map(|s| s.plugins.kubernetes.as_ref())
+        .map(super::build::zone_options)
+        .collect()
+}
+
+/// The cache kinds a Corefile's cluster zones need.
+pub fn needed_kinds(cf: &Corefile) -> Vec<Kind> {
+    let mut kinds = vec![Kind::Service, Kind::EndpointSlice];
+    if used_zone_options(cf)
+        .iter()
+        .any(|o| o.pods == PodMode::Verified)
+    {
+        kinds.push(Kind::Pod);
+    }
+    kinds
+}
+
+/// Loads the Corefile, logging its warnings.
+pub fn load_logged(options: &CorefileOptions) -> Result<Corefile, CorefileError> {
+    let cf = corefile::load(&options.path, &options.load)?;
+    for w in &cf.warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(cf)
+}
+
+/// A fingerprint of the Corefile and every file it imports (reload only acts on changes).
+fn fingerprint(files: &[PathBuf]) -> u64 {
+    let mut h = foldhash::fast::FixedState::with_seed(7).build_hasher();
+    for f in files {
+        h.write(f.as_os_str().as_encoded_bytes());
+        match std::fs::read(f) {
+            Ok(bytes) => h.write(&bytes),
+            Err(_) => h.write_u8(0),
+        }
+    }
+    h.finish()
+}
+
+fn reload_config(cf: &Corefile) -> Option<ReloadConfig> {
+    cf.servers.iter().find_map(|s| s.plugins.reload)
+}
+
+struct Running {
+    swap: Arc<SwapRouter>,
+    task: JoinHandle<()>,
+}
+
+struct State {
+    options: CorefileOptions,
+    pool: Arc<ClusterPool>,
+    ctx: BuildContext,
+    dns_metrics: Arc<DnsMetrics>,
+    plugin_metrics: PluginMetrics,
+    listeners: HashMap<SocketAddr, Running>,
+    current: Corefile,
+    fingerprint: u64,
+}
+
+impl State {
+    /// Builds `cf` on a blocking thread (the cluster zone may be built there).
+    async fn build(&self, cf: &Corefile) -> Result<Vec<Listener>, BuildError> {
+        let ctx = self.ctx.clone();
+        let cf = cf.clone();
+        match tokio::task::spawn_blocking(move || build(&cf, &ctx)).await {
+            Ok(r) => r,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    /// Binds new addresses, swaps routers, stops listeners no longer used.
+    fn apply(&mut self, listeners: Vec<Listener>) -> Result<(), DnsError> {
+        let mut fresh = Vec::new();
+        for l in &listeners {
+            if !self.listeners.contains_key(&l.addr) {
+                let server = DnsServer::bind(ServerConfig {
+                    listen: l.addr,
+                    udp_workers: self.options.udp_workers,
+                    ..ServerConfig::default()
+                })?;
+                fresh.push((l.addr, server));
+            }
+        }
+        let mut names: Vec<&'static str> = Vec::new();
+        for l in &listeners {
+            for n in l.router.plugin_names() {
+                if !names.contains(&n) {
+                    names.push(n);
+                }
+            }
+        }
+        self.dns_metrics.set_plugins(&names);
+        let mut fresh: HashMap<SocketAddr, DnsServer> = fresh.into_iter().collect();
+        let mut keep = Vec::new();
+        for l in listeners {
+            keep.push(l.addr);
+            match self.listeners.get(&l.addr) {
+                Some(r) => r.swap.store(l.router.clone()),
+                None => {
+                    let server = fresh.remove(&l.addr).expect("bound above");
+                    let swap = SwapRouter::new(l.router.clone());
+                    let chain = Chain::new(vec![swap.clone() as Arc<dyn Plugin>]);
+                    let local = server.local_addr();
+                    tracing::info!(listen = %local, zones = ?l.router.zones(), "DNS server listening");
+                    let task = tokio::spawn(server.serve(chain, self.dns_metrics.clone()));
+                    self.listeners.insert(l.addr, Running { swap, task });
+                }
+            }
+            for lp in l.loops {
+                tokio::spawn(lp.probe(l.addr));
+            }
+        }
+        self.listeners.retain(|addr, r| {
+            let kept = keep.contains(addr);
+            if !kept {
+                tracing::info!(listen = %addr, "DNS listener no longer configured: closed");
+                r.task.abort();
+            }
+            kept
+        });
+        Ok(())
+    }
+
+    /// Checks the Corefile and applies it when it changed and is valid.
+    async fn reload(&mut self) {
+        let fp = fingerprint(&self.current.files);
+        if fp == self.fingerprint {
+            return;
+        }
+        let started = Instant::now();
+        let result = async {
+            let cf = load_logged(&self.options)?;
+            let listeners = self.build(&cf).await?;
+            self.apply(listeners)?;
+            Ok::<Corefile, CorefileRunError>(cf)
+        }
+        .await;
+        match result {
+            Ok(cf) => {
+                let old_http = http_addrs(&self.current);
+                if http_addrs(&cf) != old_http {
+                    tracing::warn!(
+                        "health/ready/prometheus addresses changed: they take effect at the next restart"
+                    );
+                }
+                self.fingerprint = fingerprint(&cf.files);
+                self.pool.retain(&used_zone_options(&cf));
+                self.current = cf;
+                tracing::info!(took = ?started.elapsed(), "plugin/reload: running configuration replaced");
+            }
+            Err(e) => {
+                // Do not retry the same broken content until it changes again.
+                self.fingerprint = fp;
+                self.pool.retain(&used_zone_options(&self.current));
+                self.plugin_metrics.reload_failed.inc();
+                tracing::error!(
+                    "plugin/reload: Corefile rejected, previous configuration keeps serving: {e}"
+                );
+            }
+        }
+    }
+}
+
+type HttpAddrs = (Option<SocketAddr>, Option<SocketAddr>, Option<SocketAddr>);
+
+fn http_addrs(cf: &Corefile) -> HttpAddrs {
+    let p = |f: &dyn Fn(&crate::dns::corefile::PluginSet) -> Option<SocketAddr>| {
+        cf.servers.iter().find_map(|s| f(&s.plugins))
+    };
+    (
+        p(&|s| s.health.as_ref().map(|h| h.addr)),
+        p(&|s| s.ready.as_ref().map(|h| h.addr)),
+        p(&|s| s.prometheus.as_ref().map(|h| h.addr)),
+    )
+}
+
+fn lameduck(cf: &Corefile) -> Duration {
+    cf.servers
+        .iter()
+        .find_map(|s| s.plugins.health.as_ref().map(|h| h.lameduck))
+        .unwrap_or_default()
+}
+
+/// Watches the directories of the Corefile and its imports; each event nudges `tx`.
+fn watch(files: &[PathBuf], tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    let mut watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
+        let _ = tx.try_send(());
+    })
+    .map_err(|e| {
+        tracing::warn!("plugin/reload: cannot watch files ({e}); checking periodically only")
+    })
+    .ok()?;
+    let mut dirs: Vec<&Path> = files.iter().filter_map(|f| f.parent()).collect();
+    dirs.sort();
+    dirs.dedup();
+    for d in dirs {
+        let d = if d.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            d
+        };
+        if let Err(e) = watcher.watch(d, notify::RecursiveMode::NonRecursive) {
+            tracing::warn!(dir = %d.display(), "plugin/reload: cannot watch: {e}");
+        }
+    }
+    Some(watcher)
+}
+
+/// Starts the cluster state source for the Corefile's needs and serves it until SIGTERM or
+/// SIGINT (then lameduck).
+pub async fn run_corefile_with_source(
+    source: &SourceConfig,
+    options: CorefileOptions,
+) -> Result<(), CorefileRunError> {
+    let cf = load_logged(&options)?;
+    let src = source::start(source, &needed_kinds(&cf))
+        .await
+        .map_err(DnsError::from)?;
+    let result = run_corefile(src.reader(), options, crate::dns::runner::shutdown_signal()).await;
+    drop(src);
+    result
+}
+
+/// Serves the Corefile of `options` from `reader` until `shutdown` completes (then lameduck),
+/// reloading it as its `reload` plugin says.
+pub async fn run_corefile(
+    reader: CacheReader,
+    options: CorefileOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), CorefileRunError> {
+    let cf = load_logged(&options)?;
+    let first = cf
+        .servers
+        .first()
+        .and_then(|s| s.keys.first())
+        .map(|k| (k.zone.clone(), k.port));
+    let (zone, port) = first.unwrap_or_else(|| (".".into(), 53));
+    let dns_metrics = DnsMetrics::new(&format!("dns://:{port}"), &zone);
+    let mut registry = Registry::default();
+    let plugin_metrics = PluginMetrics::register(&mut registry);
+    let registry = Arc::new(registry);
+    let pool = Arc::new(ClusterPool {
+        reader,
+        startup_timeout: options.startup_timeout,
+        metrics: dns_metrics.clone(),
+        instances: Mutex::new(Vec::new()),
+    });
+    let (loop_tx, mut loop_rx) = mpsc::unbounded_channel::<String>();
+    let factory_pool = pool.clone();
+    let cluster: ClusterFactory =
+        Arc::new(move |o: &ZoneOptions| factory_pool.get(o) as Arc<dyn Plugin>);
+    let ctx = BuildContext {
+        metrics: Some(plugin_metrics.clone()),
+        cluster,
+        files: Arc::new(RealFiles),
+        on_loop: Arc::new(move |msg| {
+            let _ = loop_tx.send(msg);
+        }),
+        listen_override: options.listen_override,
+    };
+    let mut state = State {
+        options,
+        pool,
+        ctx,
+        dns_metrics: dns_metrics.clone(),
+        plugin_metrics,
+        listeners: HashMap::new(),
+        fingerprint: fingerprint(&cf.files),
+        current: cf.clone(),
+    };
+    let listeners = state.build(&cf).await?;
+    state.apply(listeners)?;
+    let swaps: Arc<Vec<Arc<SwapRouter>>> =
+        Arc::new(state.listeners.values().map(|r| r.swap.clone()).collect());
+
+    // HTTP endpoints, from the first block that configures each.
+    let lameduck_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut http_tasks = tokio::task::JoinSet::new();
+    let (health, ready, prometheus) = http_addrs(&cf);
+    if let Some(addr) = health {
+        let listener = http::bind("health", addr).await?;
+        let m = dns_metrics.clone();
+        http_tasks.spawn(http::serve(
+            listener,
+            Arc::new(move |path: &str| {
+                let started = Instant::now();
+                (path == "/health").then(|| {
+                    m.health_checked(started.elapsed(), true);
+                    (StatusCode::OK, "text/plain", "OK".to_string())
+                })
+            }),
+        ));
+    }
+    if let Some(addr) = ready {
+        let listener = http::bind("ready", addr).await?;
+        let flag = lameduck_flag.clone();
+        let swaps = swaps.clone();
+        http_tasks.spawn(http::serve(
+            listener,
+            Arc::new(move |path: &str| {
+                (path == "/ready").then(|| {
+                    if flag.load(std::sync::atomic::Ordering::Acquire) {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "text/plain",
+                            "shutting down".to_string(),
+                        )
+                    } else if swaps.iter().all(|s| s.ready()) {
+                        (StatusCode::OK, "text/plain", "OK".to_string())
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "text/plain",
+                            "not ready".to_string(),
+                        )
+                    }
+                })
+            }),
+        ));
+    }
+    if let Some(addr) = prometheus {
+        let listener = http::bind("metrics", addr).await?;
+        let m = dns_metrics.clone();
+        let registry = registry.clone();
+        http_tasks.spawn(http::serve(
+            listener,
+            Arc::new(move |path: &str| {
+                (path == "/metrics").then(|| {
+                    let mut text = m.encode();
+                    if let Some(stripped) = text.strip_suffix("# EOF\n") {
+                        text.truncate(stripped.len());
+                    }
+                    let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+                    (
+                        StatusCode::OK,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        text,
+                    )
+                })
+            }),
+        ));
+    }
+
+    // Reload: periodic checks with jitter, and file notifications.
+    let (notify_tx, mut notify_rx) = mpsc::channel::<()>(1);
+    let mut watcher =
+        reload_config(&state.current).and_then(|_| watch(&state.current.files, notify_tx.clone()));
+    let next_check = |cf: &Corefile| {
+        reload_config(cf).map(|r| {
+            let jitter = r.jitter.as_secs_f64() * (fastrand::f64() * 2.0 - 1.0);
+            Duration::from_secs_f64((r.interval.as_secs_f64() + jitter).max(1.0))
+        })
+    };
+    let mut timer_for = next_check(&state.current);
+    tokio::pin!(shutdown);
+    let result = loop {
+        let sleep = async {
+            match timer_for {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut shutdown => break Ok(()),
+            msg = loop_rx.recv() => {
+                if let Some(msg) = msg {
+                    break Err(CorefileRunError::LoopDetected(msg));
+                }
+            }
+            _ = sleep => {}
+            Some(()) = notify_rx.recv() => {
+                // Let a burst of events (ConfigMap swaps write several) settle.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                while notify_rx.try_recv().is_ok() {}
+            }
+        }
+        if reload_config(&state.current).is_none() {
+            timer_for = None;
+            watcher = None;
+            continue;
+        }
+        let files_before = state.current.files.clone();
+        state.reload().await;
+        if state.current.files != files_before || watcher.is_none() {
+            watcher = watch(&state.current.files, notify_tx.clone());
+        }
+        timer_for = next_check(&state.current);
+    };
+    drop(watcher);
+    if result.is_ok() {
+        lameduck_flag.store(true, std::sync::atomic::Ordering::Release);
+        let ld = lameduck(&state.current);
+        if !ld.is_zero() {
+            tracing::info!(lameduck = ?ld, "shutting down: lameduck, still answering");
+            tokio::time::sleep(ld).await;
+        }
+    }
+    for (_, r) in state.listeners.drain() {
+        r.task.abort();
+    }
+    state.pool.retain(&[]);
+    http_tasks.abort_all();
+    result
+}
