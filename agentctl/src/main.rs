@@ -165,6 +165,27 @@ Examples:
   agentctl dns query _http._tcp.demoapp-svc.default.svc.cluster.local SRV --server 127.0.0.1:5353
   agentctl dns query 10.10.96.10.in-addr.arpa PTR --tcp --short")]
     Query(DnsQueryArgs),
+    /// Print the cluster zone the DNS server would serve, as a zone file.
+    #[command(
+        name = "export-zone",
+        after_help = "\
+Examples:
+  agentctl dns export-zone --manifests examples/cluster
+  agentctl dns export-zone --kubeconfig ~/.kube/config --cluster-domain cluster.local > zone.db"
+    )]
+    ExportZone(ExportZoneArgs),
+}
+
+#[derive(Args, Debug)]
+struct ExportZoneArgs {
+    /// Cluster domain.
+    #[arg(long, value_name = "DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Which served zone to print: the cluster domain (default), in-addr.arpa or ip6.arpa.
+    #[arg(long, value_name = "ZONE")]
+    zone: Option<String>,
+    #[command(flatten)]
+    source: SourceArgs,
 }
 
 #[derive(Args, Debug)]
@@ -414,6 +435,14 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Run(args) => run(args).await,
         Command::Status(args) => status(args).await,
         Command::Dns(DnsCommand::Query(args)) => dns_query(args).await,
+        Command::Dns(DnsCommand::ExportZone(args)) => {
+            let snapshot = args
+                .source
+                .snapshot(&[Kind::Service, Kind::EndpointSlice])
+                .await?;
+            let zone = args.zone.as_deref().unwrap_or(&args.cluster_domain);
+            emit(inspect::export_zone(&snapshot, &args.cluster_domain, zone).as_bytes())
+        }
         Command::Ipvs(args) => {
             emit(inspect::live_ipvs_table(args.stats)?.as_bytes())?;
             Ok(())

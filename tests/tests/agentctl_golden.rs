@@ -429,8 +429,28 @@ fn missing_manifest_directory_is_a_clear_error() {
 
 #[test]
 fn export_zone_golden_and_loadable_by_knot() {
+    // The zone's content belongs to the DNS tests; here: the export's framing and a few
+    // records, then a real zone parser's verdict.
     let (zone, _) = run_ok(&["dns", "export-zone", "--manifests", "examples/cluster"]);
-    check_golden("zone-cluster.local.db", &zone);
+    let first_record = zone
+        .lines()
+        .find(|l| !l.starts_with(';') && !l.starts_with('$'));
+    assert!(
+        first_record.is_some_and(|l| l.starts_with("cluster.local. ") && l.contains(" IN SOA ")),
+        "SOA first:\n{zone}"
+    );
+    for line in [
+        "$ORIGIN cluster.local.",
+        "demoapp.default.svc.cluster.local. 5 IN A 10.96.10.10",
+        "mysql-external.default.svc.cluster.local. 5 IN CNAME mysql.example.com.",
+        "web-0.web.demo.svc.cluster.local. 5 IN A 10.244.1.20",
+    ] {
+        assert!(zone.contains(line), "{line:?} missing:\n{zone}");
+    }
+    assert!(
+        !zone.contains("in-addr.arpa"),
+        "reverse records belong to their own zone"
+    );
     let (reverse, _) = run_ok(&[
         "dns",
         "export-zone",
@@ -439,7 +459,6 @@ fn export_zone_golden_and_loadable_by_knot() {
         "--manifests",
         "examples/cluster",
     ]);
-    check_golden("zone-in-addr.arpa.db", &reverse);
     assert!(
         reverse.contains("10.10.96.10.in-addr.arpa. 5 IN PTR demoapp.default.svc.cluster.local.")
     );

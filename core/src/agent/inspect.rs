@@ -527,3 +527,25 @@ pub fn live_ipvs_table(stats: bool) -> Result<String, crate::ipvs::backend::Back
     let table = kernel.dump()?;
     Ok(crate::ipvs::render::dump(&table, stats))
 }
+
+/// One served zone of `snapshot` (`zone`: the cluster domain, `in-addr.arpa` or `ip6.arpa`) as
+/// zone-file text (RFC 1035 master file lines, absolute names, SOA first), built with the same
+/// [`ClusterZone`](crate::dns::zone::ClusterZone) the DNS server answers from.
+pub fn export_zone(snapshot: &Snapshot, cluster_domain: &str, zone: &str) -> String {
+    let options = crate::dns::zone::ZoneOptions::for_domain(cluster_domain);
+    let built = crate::dns::zone::ClusterZone::build(snapshot, &options);
+    let wanted = zone.trim_end_matches('.').to_ascii_lowercase();
+    let mut out = format!(
+        "; zone {wanted}. from cache generation {} (svcnet)\n$ORIGIN {wanted}.\n",
+        snapshot.generation()
+    );
+    let apex = hickory_proto::rr::Name::from_ascii(format!("{wanted}.")).ok();
+    // The served origins (cluster domain, in-addr.arpa, ip6.arpa) never nest, so the records
+    // of one zone are exactly those at or below its apex.
+    for record in built.records() {
+        if apex.as_ref().is_some_and(|a| a.zone_of(&record.name)) {
+            let _ = writeln!(out, "{record}");
+        }
+    }
+    out
+}
