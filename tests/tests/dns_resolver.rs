@@ -3,7 +3,7 @@
 //!
 //! glibc only talks to port 53, so the test runs `svcnet-dns` on 127.0.0.1:53 inside a new
 //! network and mount namespace (`unshare -mn`, needs root) with a bind-mounted resolv.conf,
-//! and asks `getent`. Skipped (with a message) where namespaces cannot be created.
+//! and asks `getent hosts` (not `ahosts`: AI_ADDRCONFIG ignores a loopback-only netns). Skipped (with a message) where namespaces cannot be created.
 
 mod dns_support;
 
@@ -35,19 +35,19 @@ mount --bind "$RESOLV" /etc/resolv.conf
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
 i=0
-until getent ahostsv4 kube-dns.kube-system.svc.cluster.local >/dev/null 2>&1; do
+until getent hosts kube-dns.kube-system.svc.cluster.local >/dev/null 2>&1; do
   i=$((i+1)); [ $i -lt 100 ] || { echo "server did not come up"; cat "$LOG"; exit 1; }
   sleep 0.1
 done
 for name in demoapp-svc demoapp-svc.default demoapp-svc.default.svc \
             demoapp-svc.default.svc.cluster.local web-0.web.demo; do
   printf '%s ' "$name"
-  getent ahostsv4 "$name" | awk 'NR==1 {print $1}'
+  getent hosts "$name" | awk 'NR==1 {print $1}'
 done
 printf 'reverse '
 getent hosts 10.96.10.11 | awk '{print $2}'
 printf 'missing '
-getent ahostsv4 no-such-svc >/dev/null 2>&1 && echo found || echo absent
+getent hosts no-such-svc >/dev/null 2>&1 && echo found || echo absent
 "#;
     let out = Command::new("unshare")
         .args(["-mn", "sh", "-c", script])
