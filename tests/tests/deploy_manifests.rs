@@ -442,13 +442,14 @@ fn check_pod_template(
             }
         }
         for from in c.env_from.iter().flatten() {
-            if let Some(cm) = &from.config_map_ref {
-                if !has("ConfigMap", &cm.name) && !OPERATOR_CONFIGMAPS.contains(&cm.name.as_str()) {
-                    errors.push(format!(
-                        "{cat}: envFrom ConfigMap {} is not defined",
-                        cm.name
-                    ));
-                }
+            if let Some(cm) = &from.config_map_ref
+                && !has("ConfigMap", &cm.name)
+                && !OPERATOR_CONFIGMAPS.contains(&cm.name.as_str())
+            {
+                errors.push(format!(
+                    "{cat}: envFrom ConfigMap {} is not defined",
+                    cm.name
+                ));
             }
         }
         if c.args.as_ref().and_then(|a| a.first()).map(String::as_str) != Some("run") {
@@ -459,13 +460,13 @@ fn check_pod_template(
         if !mounted.contains(name) {
             errors.push(format!("{at}: volume {name} is never mounted"));
         }
-        if let Some(cm) = &vol.config_map {
-            if !has("ConfigMap", &cm.name) {
-                errors.push(format!(
-                    "{at}: volume {name} uses ConfigMap {} that is not defined",
-                    cm.name
-                ));
-            }
+        if let Some(cm) = &vol.config_map
+            && !has("ConfigMap", &cm.name)
+        {
+            errors.push(format!(
+                "{at}: volume {name} uses ConfigMap {} that is not defined",
+                cm.name
+            ));
         }
     }
     errors
@@ -917,10 +918,10 @@ fn serve(stream: TcpStream, docs: &BTreeMap<String, Value>) {
             if h.trim().is_empty() {
                 break;
             }
-            if let Some((k, v)) = h.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    content_length = v.trim().parse().unwrap_or(0);
-                }
+            if let Some((k, v)) = h.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                content_length = v.trim().parse().unwrap_or(0);
             }
         }
         let mut body = vec![0u8; content_length];
