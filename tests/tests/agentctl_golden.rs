@@ -32,12 +32,11 @@ fn golden_dir() -> PathBuf {
 }
 
 fn run(args: &[&str]) -> Output {
-    let out = Command::new(agentctl())
+    Command::new(agentctl())
         .args(args)
         .current_dir(repo())
         .output()
-        .expect("running agentctl");
-    out
+        .expect("running agentctl")
 }
 
 fn run_ok(args: &[&str]) -> (String, String) {
