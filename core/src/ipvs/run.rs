@@ -94,11 +94,14 @@ pub struct ProxyStatus {
     pub scheduler: String,
 }
 
+/// A callback run after every sync (metrics).
+pub type SyncObserver = Arc<dyn Fn(&SyncEvent) + Send + Sync>;
+
 /// A shared [`ProxyStatus`], plus a sync observer for metrics.
 #[derive(Clone, Default)]
 pub struct StatusHandle {
     inner: Arc<Mutex<ProxyStatus>>,
-    observer: Option<Arc<dyn Fn(&SyncEvent) + Send + Sync>>,
+    observer: Option<SyncObserver>,
 }
 
 impl std::fmt::Debug for StatusHandle {
@@ -124,7 +127,7 @@ pub struct SyncEvent {
 
 impl StatusHandle {
     /// A handle that also calls `observer` after every sync.
-    pub fn with_observer(observer: Arc<dyn Fn(&SyncEvent) + Send + Sync>) -> Self {
+    pub fn with_observer(observer: SyncObserver) -> Self {
         Self {
             inner: Arc::default(),
             observer: Some(observer),

@@ -131,16 +131,15 @@ pub fn status_with_metrics(metrics: Arc<ProxyMetrics>) -> StatusHandle {
     StatusHandle::with_observer(Arc::new(move |e| metrics.observe(e)))
 }
 
+type Router = Arc<dyn Fn(&str) -> Response<Full<Bytes>> + Send + Sync>;
+
 fn reply(code: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = code;
     r
 }
 
-async fn serve(
-    listener: TcpListener,
-    route: Arc<dyn Fn(&str) -> Response<Full<Bytes>> + Send + Sync>,
-) {
+async fn serve(listener: TcpListener, route: Router) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;

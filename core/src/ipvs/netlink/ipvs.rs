@@ -270,7 +270,7 @@ struct Writer<'a> {
 
 impl Writer<'_> {
     fn pad(&mut self) {
-        while self.buf.len() % 4 != 0 {
+        while !self.buf.len().is_multiple_of(4) {
             self.buf.push(0);
         }
     }
@@ -597,7 +597,7 @@ pub fn resolve_family(conn: &mut Conn, name: &str) -> Result<Option<u16>, Backen
     });
     match result {
         Ok(()) => Ok(id),
-        Err(BackendError::Kernel { errno, .. }) if errno == 2 => Ok(None),
+        Err(BackendError::Kernel { errno: 2, .. }) => Ok(None),
         Err(e) => Err(e),
     }
 }
