@@ -1,0 +1,165 @@
+//! `reload`: editing the Corefile changes behaviour without a restart (new TTL, new forward
+//! target, also through a ConfigMap-style `..data` symlink swap); a broken Corefile is
+//! rejected, logged and counted while the old configuration keeps serving.
+//!
+//! Needs `knotd` (Debian package knot) and the binary built: `cargo build --workspace --bins`.
+
+mod corefile_support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use corefile_support::{
+    Knot, RTYPE_A, Server, example_cluster, free_port, http_get, query, wait_answer, zone,
+};
+
+const SVC: &str = "demoapp-svc.default.svc.cluster.local";
+
+fn corefile(port: u16, metrics: u16, ttl: u32, upstream: SocketAddr) -> String {
+    format!(
+        ".:{port} {{\n    bind 127.0.0.1\n    errors\n    kubernetes cluster.local in-addr.arpa ip6.arpa {{\n        pods insecure\n        fallthrough in-addr.arpa ip6.arpa\n        ttl {ttl}\n    }}\n    prometheus 127.0.0.1:{metrics}\n    forward . {upstream}\n    reload 2s 1s\n}}\n"
+    )
+}
+
+fn reload_failures(metrics: SocketAddr) -> Option<u64> {
+    http_get(metrics, "/metrics")
+        .lines()
+        .find(|l| l.starts_with("coredns_reload_failed_total"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+fn two_upstreams() -> (Knot, Knot) {
+    (
+        Knot::start(&[(
+            "example.test",
+            &zone("example.test", &["www IN A 192.0.2.1"]),
+        )]),
+        Knot::start(&[(
+            "example.test",
+            &zone("example.test", &["www IN A 192.0.2.99"]),
+        )]),
+    )
+}
+
+fn ttl_of(a: &corefile_support::Answer) -> u32 {
+    a.records.first().map_or(u32::MAX, |r| r.0)
+}
+
+const WAIT: Duration = Duration::from_secs(8);
+
+#[test]
+fn edits_apply_without_restart_and_broken_files_are_rejected() {
+    let (one, two) = two_upstreams();
+    let dir = tempfile::tempdir().unwrap();
+    let (port, mport) = (free_port(), free_port());
+    let path = dir.path().join("Corefile");
+    std::fs::write(&path, corefile(port, mport, 30, one.addr)).unwrap();
+    let mut srv = Server::start("dns", &path, &example_cluster(), true);
+    let dns: SocketAddr = ([127, 0, 0, 1], port).into();
+    let metrics: SocketAddr = ([127, 0, 0, 1], mport).into();
+
+    let a = wait_answer(dns, SVC, WAIT, |a| a.rcode == 0 && !a.records.is_empty());
+    assert_eq!(
+        (a.addrs(), ttl_of(&a)),
+        (vec!["10.96.10.11".to_string()], 30)
+    );
+    let w = query(dns, "www.example.test", RTYPE_A, WAIT).unwrap();
+    assert_eq!(w.addrs(), vec!["192.0.2.1"]);
+    assert_eq!(reload_failures(metrics), Some(0));
+
+    // New TTL and new forward target, same listener.
+    std::fs::write(&path, corefile(port, mport, 10, two.addr)).unwrap();
+    let a = wait_answer(dns, SVC, WAIT, |a| ttl_of(a) == 10);
+    assert_eq!(a.addrs(), vec!["10.96.10.11"]);
+    wait_answer(dns, "www.example.test", WAIT, |a| {
+        a.addrs() == vec!["192.0.2.99"]
+    });
+    srv.wait_log(WAIT, "running configuration replaced");
+
+    // A broken Corefile: rejected with its reason, counted, the old configuration serves on.
+    let mut broken = corefile(port, mport, 60, one.addr);
+    broken = broken.replace("    errors\n", "    errors\n    not_a_plugin\n");
+    std::fs::write(&path, &broken).unwrap();
+    let line = srv.wait_log(WAIT, "Corefile rejected");
+    assert!(
+        line.contains("unknown plugin \"not_a_plugin\"") && line.contains(":4:5"),
+        "{line}"
+    );
+    assert_eq!(reload_failures(metrics), Some(1));
+    let a = query(dns, SVC, RTYPE_A, WAIT).unwrap();
+    assert_eq!(ttl_of(&a), 10, "old configuration still serving");
+    assert_eq!(
+        query(dns, "www.example.test", RTYPE_A, WAIT)
+            .unwrap()
+            .addrs(),
+        vec!["192.0.2.99"]
+    );
+
+    // Fixing it applies again.
+    std::fs::write(&path, corefile(port, mport, 20, one.addr)).unwrap();
+    wait_answer(dns, SVC, WAIT, |a| ttl_of(a) == 20);
+    wait_answer(dns, "www.example.test", WAIT, |a| {
+        a.addrs() == vec!["192.0.2.1"]
+    });
+    assert_eq!(reload_failures(metrics), Some(1));
+}
+
+/// Writes `text` as a new ConfigMap revision and swaps `..data` to it atomically, the way
+/// kubelet updates a mounted ConfigMap.
+fn configmap_update(dir: &Path, rev: u32, text: &str) {
+    let rev_dir = dir.join(format!("..2026_11_26_rev{rev}"));
+    std::fs::create_dir(&rev_dir).unwrap();
+    std::fs::write(rev_dir.join("Corefile"), text).unwrap();
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(rev_dir.file_name().unwrap(), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+}
+
+#[test]
+fn configmap_symlink_swap_is_picked_up() {
+    let (one, two) = two_upstreams();
+    let dir = tempfile::tempdir().unwrap();
+    let (port, mport) = (free_port(), free_port());
+    configmap_update(dir.path(), 1, &corefile(port, mport, 30, one.addr));
+    std::os::unix::fs::symlink("..data/Corefile", dir.path().join("Corefile")).unwrap();
+    let _srv = Server::start(
+        "dns",
+        &dir.path().join("Corefile"),
+        &example_cluster(),
+        true,
+    );
+    let dns: SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_answer(dns, "www.example.test", WAIT, |a| {
+        a.addrs() == vec!["192.0.2.1"]
+    });
+    configmap_update(dir.path(), 2, &corefile(port, mport, 30, two.addr));
+    wait_answer(dns, "www.example.test", WAIT, |a| {
+        a.addrs() == vec!["192.0.2.99"]
+    });
+}
+
+#[test]
+fn a_new_port_is_bound_and_an_old_one_closed() {
+    let (one, _two) = two_upstreams();
+    let dir = tempfile::tempdir().unwrap();
+    let (p1, p2, mport) = (free_port(), free_port(), free_port());
+    let path = dir.path().join("Corefile");
+    std::fs::write(&path, corefile(p1, mport, 30, one.addr)).unwrap();
+    let mut srv = Server::start("dns", &path, &example_cluster(), true);
+    let first: SocketAddr = ([127, 0, 0, 1], p1).into();
+    let second: SocketAddr = ([127, 0, 0, 1], p2).into();
+    wait_answer(first, SVC, WAIT, |a| a.rcode == 0);
+    std::fs::write(&path, corefile(p2, mport, 30, one.addr)).unwrap();
+    srv.wait_log(WAIT, &format!("listen=127.0.0.1:{p2}"));
+    wait_answer(second, SVC, WAIT, |a| {
+        a.rcode == 0 && a.addrs() == vec!["10.96.10.11"]
+    });
+    srv.wait_log(WAIT, "no longer configured");
+    let start = std::time::Instant::now();
+    while query(first, SVC, RTYPE_A, Duration::from_millis(200)).is_some() {
+        assert!(start.elapsed() < WAIT, "old port still answers");
+    }
+}
