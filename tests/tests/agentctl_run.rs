@@ -133,12 +133,25 @@ endpoints:
     nodeName: node-a
 ";
 
+fn proxy_conf(scheduler: &str) -> String {
+    format!(
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: ipvs\nipvs:\n  scheduler: {scheduler}\n"
+    )
+}
+
+fn status_json(admin: &str) -> serde_json::Value {
+    let out = ctl(&["status", "--admin", admin, "-o", "json"]);
+    serde_json::from_slice(&out.stdout).expect("status JSON")
+}
+
 #[test]
 fn run_serves_dns_and_a_dry_run_plan_from_one_cache() {
     let dir = std::env::temp_dir().join(format!("agentctl-run-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     copy_dir(&repo().join("examples/cluster"), &dir);
     let admin = format!("127.0.0.1:{}", free_tcp_port());
+    let proxy_config = dir.join("kube-proxy-config.conf");
+    std::fs::write(&proxy_config, proxy_conf("rr")).unwrap();
     let child = Command::new(agentctl())
         .args([
             "run",
@@ -155,6 +168,8 @@ fn run_serves_dns_and_a_dry_run_plan_from_one_cache() {
             "192.168.1.10",
             "--lameduck",
             "2",
+            "--proxy-config",
+            proxy_config.to_str().unwrap(),
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -282,7 +297,10 @@ fn run_serves_dns_and_a_dry_run_plan_from_one_cache() {
     let (_, metrics) = http_get(&admin, "/metrics");
     assert!(metrics.contains("svcnet_cache_generation"), "{metrics}");
     assert!(metrics.contains("coredns_dns_requests_total"), "{metrics}");
-    assert!(metrics.contains("svcnet_proxy_syncs"), "{metrics}");
+    assert!(
+        metrics.contains("kubeproxy_sync_proxy_rules_duration_seconds_count"),
+        "{metrics}"
+    );
     assert!(metrics.trim_end().ends_with("# EOF"));
     assert_eq!(metrics.matches("# EOF").count(), 1);
 
@@ -311,6 +329,44 @@ fn run_serves_dns_and_a_dry_run_plan_from_one_cache() {
             (plan.contains("TCP  10.96.30.30:8080 rr") && plan.contains("-> 10.244.1.77:80"))
                 .then_some(())
         },
+    );
+
+    // The proxy config file in force, reloaded live; a bad edit keeps the running config.
+    let st = status_json(&admin);
+    assert_eq!(
+        st["subsystems"]["proxy"]["config_files"][0],
+        proxy_config.display().to_string()
+    );
+    assert!(st["subsystems"]["proxy"]["last_reload_error"].is_null());
+    std::fs::write(&proxy_config, proxy_conf("lc")).unwrap();
+    wait_for(
+        "the scheduler change in the plan",
+        Duration::from_secs(10),
+        || {
+            let (_, plan) = http_get(&admin, "/proxy/plan");
+            plan.contains("TCP  10.96.10.10:80 lc").then_some(())
+        },
+    );
+    std::fs::write(&proxy_config, proxy_conf("fastest")).unwrap();
+    let err = wait_for(
+        "the reload error in /status",
+        Duration::from_secs(10),
+        || {
+            status_json(&admin)["subsystems"]["proxy"]["last_reload_error"]
+                .as_str()
+                .map(str::to_string)
+        },
+    );
+    assert!(err.contains("ipvs.scheduler"), "{err}");
+    let text = ctl_ok(&["status", "--admin", &admin]);
+    assert!(
+        text.contains("last reload error: ") && text.contains("fastest"),
+        "{text}"
+    );
+    let (_, plan) = http_get(&admin, "/proxy/plan");
+    assert!(
+        plan.contains("TCP  10.96.10.10:80 lc"),
+        "last good config stays:\n{plan}"
     );
 
     // SIGTERM: not ready at once, DNS keeps answering through the lameduck, then a clean exit.

@@ -2,14 +2,19 @@
 //! the kernel over netlink, or — with `dry_run` — against an in-memory kernel
 //! ([`MemoryIpvs`](crate::ipvs::memory::MemoryIpvs)) whose table is served at `/proxy/plan`.
 //!
+//! With a kernel, host setup (sysctls, ipsets, iptables) is the IPVS helper's
+//! [`KernelHost`](crate::ipvs::host::KernelHost). The `KubeProxyConfiguration` file is re-read
+//! when it changes (checked every second, following symlinks, so ConfigMap `..data` swaps count);
+//! an invalid file keeps the running configuration and is reported as the last reload error.
+//! Metrics are the IPVS helper's [`ProxyMetrics`](crate::ipvs::serve::ProxyMetrics).
+//!
 //! On shutdown the control loop stops; the kernel rules stay as programmed, so traffic keeps
 //! flowing across an agent restart (the next start adopts them).
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
@@ -18,10 +23,13 @@ use super::{AgentError, RunningSubsystem, Subsystem, SubsystemLauncher};
 use crate::cache::CacheReader;
 use crate::ipvs::backend::IpvsBackend as _;
 use crate::ipvs::config::ProxyConfig;
+use crate::ipvs::config::watch::{Reload, reload};
+use crate::ipvs::host::KernelHost;
 use crate::ipvs::memory::{MemoryAddresses, MemoryIpvs};
 use crate::ipvs::netlink::{NetlinkAddresses, NetlinkIpvs};
 use crate::ipvs::reconcile::Reconciler;
-use crate::ipvs::run::{RunOptions, StatusHandle};
+use crate::ipvs::run::{HostSetup, RunOptions, StatusHandle};
+use crate::ipvs::serve::{ProxyMetrics, status_with_metrics};
 
 /// Options of the proxy subsystem.
 #[derive(Debug, Clone, Default)]
@@ -40,10 +48,12 @@ pub struct ProxyOptions {
 
 struct ProxySubsystem {
     status: StatusHandle,
+    metrics: Arc<ProxyMetrics>,
     dry_run: Option<MemoryIpvs>,
     config_file: Option<String>,
     ignored_fields: Vec<String>,
-    exit_error: Arc<std::sync::Mutex<Option<String>>>,
+    reload_error: Arc<Mutex<Option<String>>>,
+    exit_error: Arc<Mutex<Option<String>>>,
 }
 
 impl Subsystem for ProxySubsystem {
@@ -77,38 +87,14 @@ impl Subsystem for ProxySubsystem {
             last_sync_seconds: s.last_sync.map(|_| s.last_duration.as_secs_f64()),
             query_rate_per_second: None,
             config_files: self.config_file.iter().cloned().collect(),
-            last_reload_error: None,
+            last_reload_error: self.reload_error.lock().ok().and_then(|e| e.clone()),
             last_error: exit_error.or(s.last_error),
             details,
         }
     }
 
     fn encode_metrics(&self, out: &mut String) {
-        let s = self.status.get();
-        let gauges: [(&str, &str, f64); 4] = [
-            ("svcnet_proxy_syncs", "Proxy syncs done", s.syncs as f64),
-            (
-                "svcnet_proxy_last_sync_seconds",
-                "Duration of the last proxy sync",
-                s.last_duration.as_secs_f64(),
-            ),
-            (
-                "svcnet_proxy_virtual_servers",
-                "IPVS virtual servers desired",
-                s.services as f64,
-            ),
-            (
-                "svcnet_proxy_real_servers",
-                "IPVS real servers desired",
-                s.dests as f64,
-            ),
-        ];
-        for (name, help, value) in gauges {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}.\n# TYPE {name} gauge\n{name} {value}"
-            );
-        }
+        out.push_str(&self.metrics.encode());
     }
 
     fn admin_get(&self, path: &str) -> Option<(&'static str, String)> {
@@ -151,14 +137,14 @@ async fn start(
         }
         None => (ProxyConfig::default(), Vec::new()),
     };
-    let (reconciler, memory, node_addresses) = if options.dry_run {
+    let (reconciler, memory, node_addresses, host) = if options.dry_run {
         let memory = MemoryIpvs::new();
         let addrs = options.node_addresses.clone().unwrap_or_default();
         let reconciler = Reconciler::new(
             Box::new(memory.clone()),
             Box::new(MemoryAddresses::new(addrs.clone())),
         );
-        (reconciler, Some(memory), Some(addrs))
+        (reconciler, Some(memory), Some(addrs), None)
     } else {
         let ipvs = NetlinkIpvs::open().map_err(|e| fail(e.to_string()))?;
         let addrs = NetlinkAddresses::open().map_err(|e| fail(e.to_string()))?;
@@ -166,19 +152,28 @@ async fn start(
             Reconciler::new(Box::new(ipvs), Box::new(addrs)),
             None,
             options.node_addresses.clone(),
+            Some(Box::new(KernelHost::new()) as Box<dyn HostSetup>),
         )
     };
-    let status = StatusHandle::default();
-    let (_config_tx, config_rx) = watch::channel(config);
+    let metrics = Arc::new(ProxyMetrics::new());
+    let status = status_with_metrics(metrics.clone());
+    let (config_tx, config_rx) = watch::channel(config);
+    let reload_error = Arc::new(Mutex::new(None));
+    let watcher = options
+        .config_file
+        .clone()
+        .map(|path| tokio::spawn(watch_file(path, config_tx.clone(), reload_error.clone())));
     let run_options = RunOptions {
         node_name: options.node_name.as_deref().map(Arc::from),
         node_addresses,
         sync_timeout: options.sync_timeout,
         once: false,
     };
-    let exit_error = Arc::new(std::sync::Mutex::new(None));
+    let exit_error = Arc::new(Mutex::new(None));
     let handle = Arc::new(ProxySubsystem {
         status: status.clone(),
+        metrics,
+        reload_error,
         dry_run: memory,
         config_file: options
             .config_file
@@ -188,18 +183,21 @@ async fn start(
         exit_error: exit_error.clone(),
     });
     let task = tokio::spawn(async move {
-        // Keep the config sender alive for the loop's lifetime (no live reload yet).
-        let _config_tx = _config_tx;
+        // The sender stays alive as long as the loop runs (it ends the loop's config stream).
+        let _config_tx = config_tx;
         let result = crate::ipvs::run::run(
             reader,
             reconciler,
-            None,
+            host,
             config_rx,
             run_options,
             status,
             shutdown,
         )
         .await;
+        if let Some(w) = watcher {
+            w.abort();
+        }
         if let Err(e) = result {
             tracing::error!(error = %e, "proxy stopped");
             if let Ok(mut slot) = exit_error.lock() {
@@ -208,4 +206,38 @@ async fn start(
         }
     });
     Ok(RunningSubsystem { handle, task })
+}
+
+/// Modification time and size of `path` (following symlinks), to notice changes.
+fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// Re-reads the config file whenever it changes; records the outcome in `last_error`.
+async fn watch_file(
+    path: PathBuf,
+    tx: watch::Sender<ProxyConfig>,
+    last_error: Arc<Mutex<Option<String>>>,
+) {
+    let mut seen = file_stamp(&path);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let now = file_stamp(&path);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        let (p, t) = (path.clone(), tx.clone());
+        let outcome = tokio::task::spawn_blocking(move || reload(&p, &t)).await;
+        let error = match outcome {
+            Ok(Reload::Rejected(e)) => Some(e.to_string()),
+            Ok(Reload::Applied | Reload::Unchanged) => None,
+            Err(e) => Some(format!("reload task failed: {e}")),
+        };
+        if let Ok(mut slot) = last_error.lock() {
+            *slot = error;
+        }
+    }
 }
