@@ -74,6 +74,19 @@ fn proxy_log(f: &Fixture) -> String {
     f.proxy.as_ref().map(Background::log).unwrap_or_default()
 }
 
+/// Kernel state for a failure message: iptables (legacy), ipsets, IPVS connections, the proxy's log.
+fn diagnose(f: &Fixture) -> String {
+    let show =
+        |program: &str, args: &[&str]| run(program, args).unwrap_or_else(|e| format!("{e:#}"));
+    format!(
+        "--- iptables-legacy-save\n{}--- ipset list -t\n{}--- ipvsadm -Lnc\n{}--- proxy log\n{}",
+        show("iptables-legacy-save", &[]),
+        show("ipset", &["list", "-t"]),
+        show("ipvsadm", &["-Lnc"]),
+        proxy_log(f)
+    )
+}
+
 /// Waits until ipvsadm shows `vip` with `dests` real servers of weight > 0.
 fn wait_for_service(vip: &str, dests: usize, within: Duration) -> anyhow::Result<Duration> {
     guest::wait_until(&format!("{vip} with {dests} real servers"), within, || {
@@ -114,6 +127,23 @@ fn setup() -> anyhow::Result<()> {
     for spec in services() {
         spec.write_to(dir)?;
     }
+    // This kernel has no nf_tables ip/inet families, i.e. it is an iptables-legacy host; such a host has legacy
+    // rules, which is what the proxy's legacy/nft detection (like kube-proxy's wrapper) looks at.
+    run(
+        "iptables-legacy",
+        &[
+            "-A",
+            "INPUT",
+            "-i",
+            "lo",
+            "-j",
+            "ACCEPT",
+            "-m",
+            "comment",
+            "--comment",
+            "host rule",
+        ],
+    )?;
     // The proxy must set these itself; start from the kernel's defaults (PodNetwork turned forwarding on).
     guest::sysctl("net/ipv4/ip_forward", "0")?;
     let mut proxy = start_proxy()?;
@@ -182,7 +212,7 @@ fn round_robin() -> anyhow::Result<()> {
     let guard = fixture()?;
     let f = guard.as_ref().expect("checked");
     let vip = SocketAddr::from(([10, 96, 10, 10], 80));
-    let hits = count_answers(vip, 30)?;
+    let hits = count_answers(vip, 30).with_context(|| diagnose(f))?;
     ensure!(
         even_split(&hits, 3, 10),
         "cluster IP from the node, 30 requests: {hits:?}"

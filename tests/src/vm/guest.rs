@@ -47,6 +47,12 @@ pub fn read_sysctl(path: &str) -> anyhow::Result<String> {
         .to_owned())
 }
 
+/// Loads a kernel module with the modprobe the guest's init configured (`/proc/sys/kernel/modprobe`).
+pub fn modprobe(module: &str) -> anyhow::Result<()> {
+    let modprobe = read_sysctl("kernel/modprobe")?;
+    run(&modprobe, &[module]).map(|_| ())
+}
+
 /// `ipvsadm -Ln` (numeric, sorted by the kernel's hash order as ipvsadm prints it).
 pub fn ipvsadm_list() -> anyhow::Result<String> {
     run("ipvsadm", &["-Ln"])
@@ -321,7 +327,7 @@ pub struct PodNetwork {
 }
 
 impl PodNetwork {
-    /// Creates bridge `bridge` with `gateway/prefix_len` and enables IP forwarding.
+    /// Creates bridge `bridge` with `gateway/prefix_len`, enables IP forwarding and `bridge-nf-call-iptables`.
     pub fn new(bridge: &str, gateway: Ipv4Addr, prefix_len: u8) -> anyhow::Result<Self> {
         run("ip", &["link", "add", bridge, "type", "bridge"])?;
         run(
@@ -335,6 +341,10 @@ impl PodNetwork {
             ],
         )?;
         run("ip", &["link", "set", bridge, "up"])?;
+        // As a bridge CNI and kubelet set up on a real node: bridged frames traverse iptables/IPVS, so a reply
+        // from one pod to another on the same bridge is un-NATed by IPVS (else it bypasses the node).
+        modprobe("br_netfilter")?;
+        sysctl("net/bridge/bridge-nf-call-iptables", "1")?;
         sysctl("net/ipv4/ip_forward", "1")?;
         Ok(Self {
             bridge: bridge.to_owned(),
@@ -363,6 +373,20 @@ impl PodNetwork {
         run(
             "ip",
             &["link", "set", &host_if, "master", &self.bridge, "up"],
+        )?;
+        // kubelet's hairpin-veth mode: with bridge-nf-call-iptables, the de-NATed reply of a hairpin connection
+        // (pod → VIP → same pod) is bridged back out of the port it came in on, which needs hairpin on the port.
+        run(
+            "ip",
+            &[
+                "link",
+                "set",
+                &host_if,
+                "type",
+                "bridge_slave",
+                "hairpin",
+                "on",
+            ],
         )?;
         run("ip", &["-n", name, "link", "set", "lo", "up"])?;
         run("ip", &["-n", name, "addr", "add", &cidr, "dev", "eth0"])?;
