@@ -278,7 +278,9 @@ pub fn iptables_restore(config: &ProxyConfig, family: Family) -> String {
     for c in ["KUBE-FORWARD", "KUBE-IPVS-FILTER"] {
         let _ = writeln!(n, ":{c} - [0:0]");
     }
-    let _ = writeln!(n, "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP");
+    // No `--ctstate INVALID -j DROP` here (kube-proxy's iptables mode has one): with IPVS and
+    // `vs/conntrack=1`, replies bridged between pods (br_netfilter) can look INVALID and would be
+    // dropped, breaking pod → cluster IP → pod on the same bridge.
     let _ = writeln!(
         n,
         "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark {mark:#x}/{mark:#x} -j ACCEPT"
