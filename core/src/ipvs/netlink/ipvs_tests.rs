@@ -293,3 +293,21 @@ fn fast_encoder_writes_the_same_bytes_as_neli() {
         }
     }
 }
+
+#[test]
+fn get_dests_request_matches_the_neli_built_one() {
+    let id = svc("10.96.0.1", 443);
+    let mut fast = Vec::new();
+    encode_get_dests(&mut fast, FAMILY, 9, &id);
+    let mut reference = Vec::new();
+    encode_message(
+        &mut reference,
+        FAMILY,
+        cmd::GET_DEST,
+        NlmF::REQUEST | NlmF::DUMP,
+        9,
+        vec![nest(top::SERVICE, &service_ident(&id).unwrap()).unwrap()],
+    )
+    .unwrap();
+    assert_eq!(fast, reference);
+}
