@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# DNS serving benchmark: svcnet-dns vs Knot DNS on the same 10,000-service cluster zone.
+#
+# Builds release binaries, generates a synthetic cluster (10,000 services, 100,000 endpoints),
+# exports its zone as RFC 1035 files, starts svcnet-dns (on the manifests) and knotd (on the
+# exported zone files) on loopback, and runs dnsperf against each for the query mix
+# (70% A, 10% SRV, 10% PTR, 10% NXDOMAIN) and each kind alone. Prints QPS, p50/p99 latency,
+# the ratio svcnet/Knot and the RSS of both servers, and writes bench/dns/RESULTS.md.
+#
+# Usage: bench/dns/run.sh [seconds-per-run (default 10)]
+# Env: SERVICES (10000), ENDPOINTS (100000), INFLIGHT (dnsperf -q, 100), NO_BUILD=1.
+set -euo pipefail
+
+cd "$(dirname "$0")/../.."
+REPO=$(pwd)
+DURATION=${1:-10}
+SERVICES=${SERVICES:-10000}
+ENDPOINTS=${ENDPOINTS:-100000}
+INFLIGHT=${INFLIGHT:-100}
+LAT_DURATION=3
+RESULTS="$REPO/bench/dns/RESULTS.md"
+
+for tool in dnsperf knotd knotc dig curl; do
+  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install dnsperf knot bind9-dnsutils curl)" >&2; exit 1; }
+done
+
+if [ -z "${NO_BUILD:-}" ]; then
+  cargo build --release -p svcnet-dns --bins
+fi
+BIN="$REPO/target/release"
+
+WORK=$(mktemp -d /tmp/svcnet-dns-bench.XXXXXX)
+SVCNET_PID=""
+KNOT_PID=""
+cleanup() {
+  [ -n "$SVCNET_PID" ] && kill "$SVCNET_PID" 2>/dev/null || true
+  [ -n "$KNOT_PID" ] && kill "$KNOT_PID" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+echo "== generating ${SERVICES} services / ${ENDPOINTS} endpoints in $WORK"
+"$BIN/svcnet-dns-bench" gen-cluster --services "$SERVICES" --endpoints "$ENDPOINTS" --out "$WORK/cluster"
+BUILD_MS=$("$BIN/svcnet-dns-bench" export-zone --manifests "$WORK/cluster" --out "$WORK/zones" | awk '/^zone_build_ms/ {print $2}')
+"$BIN/svcnet-dns-bench" queries --services "$SERVICES" --out "$WORK/queries"
+ZONE_RECORDS=$(grep -vc '^[;$]' "$WORK"/zones/*.zone | awk -F: '{s+=$2} END {print s}')
+
+SVCNET_PORT=$(free_port)
+READY_PORT=$(free_port)
+KNOT_PORT=$(free_port)
+
+echo "== starting svcnet-dns on 127.0.0.1:$SVCNET_PORT"
+START_NS=$(date +%s%N)
+"$BIN/svcnet-dns" --listen "127.0.0.1:$SVCNET_PORT" --manifests "$WORK/cluster" \
+  --health off --metrics off --ready "127.0.0.1:$READY_PORT" --lameduck 0s \
+  2>"$WORK/svcnet.log" &
+SVCNET_PID=$!
+until curl -sf "http://127.0.0.1:$READY_PORT/ready" >/dev/null; do
+  kill -0 "$SVCNET_PID" || { cat "$WORK/svcnet.log"; exit 1; }
+  sleep 0.05
+done
+until [ "$(dig +short -p "$SVCNET_PORT" @127.0.0.1 "svc-$((SERVICES-1)).ns-$(((SERVICES-1)%100)).svc.cluster.local")" != "" ]; do sleep 0.05; done
+SVCNET_STARTUP_MS=$(( ($(date +%s%N) - START_NS) / 1000000 ))
+
+echo "== starting knotd on 127.0.0.1:$KNOT_PORT"
+mkdir -p "$WORK/knot/db"
+cat > "$WORK/knot/knot.conf" <<EOF
+server:
+    rundir: "$WORK/knot"
+    listen: 127.0.0.1@$KNOT_PORT
+database:
+    storage: "$WORK/knot/db"
+log:
+  - target: stderr
+    any: warning
+template:
+  - id: default
+    storage: "$WORK/zones"
+    semantic-checks: off
+    zonefile-sync: -1
+    zonefile-load: whole
+    journal-content: none
+zone:
+  - domain: cluster.local
+    file: cluster.local.zone
+  - domain: in-addr.arpa
+    file: in-addr.arpa.zone
+  - domain: ip6.arpa
+    file: ip6.arpa.zone
+EOF
+knotd -c "$WORK/knot/knot.conf" 2>"$WORK/knot.log" &
+KNOT_PID=$!
+for _ in $(seq 1 600); do
+  if [ "$(dig +short -p "$KNOT_PORT" @127.0.0.1 "svc-$((SERVICES-1)).ns-$(((SERVICES-1)%100)).svc.cluster.local")" != "" ]; then break; fi
+  kill -0 "$KNOT_PID" || { cat "$WORK/knot.log"; exit 1; }
+  sleep 0.1
+done
+
+# Same answers from both (sanity): one of each kind.
+for q in "svc-7.ns-7.svc.cluster.local A" "_http._tcp.svc-7.ns-7.svc.cluster.local SRV" \
+         "8.0.96.10.in-addr.arpa PTR" "missing-1.ns-1.svc.cluster.local A"; do
+  set -- $q
+  a=$(dig +norec +short -p "$SVCNET_PORT" @127.0.0.1 "$1" "$2" | sort)
+  b=$(dig +norec +short -p "$KNOT_PORT" @127.0.0.1 "$1" "$2" | sort)
+  if [ "$a" != "$b" ]; then echo "answers differ for $q: svcnet=[$a] knot=[$b]" >&2; exit 1; fi
+done
+
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
+
+# run PORT FILE -> "qps avg_ms p50_ms p99_ms lost"
+run_dnsperf() {
+  local port=$1 file=$2 out qps avg lost lat
+  out=$(dnsperf -s 127.0.0.1 -p "$port" -d "$file" -l "$DURATION" -q "$INFLIGHT" 2>&1)
+  qps=$(awk '/Queries per second/ {print $4}' <<<"$out")
+  avg=$(awk '/Average Latency/ {printf "%.3f", $4*1000}' <<<"$out")
+  lost=$(awk '/Queries lost/ {print $3}' <<<"$out")
+  lat=$(dnsperf -s 127.0.0.1 -p "$port" -d "$file" -l "$LAT_DURATION" -q "$INFLIGHT" -v 2>/dev/null \
+    | awk '/^> / {print $NF}' | sort -g \
+    | awk '{v[NR]=$1} END {if (NR==0) {print "- -"; exit} printf "%.3f %.3f", v[int(NR*0.5)+1]*1000, v[int(NR*0.99)+1]*1000}')
+  echo "$qps $avg $lat $lost"
+}
+
+declare -A LABEL=([mix]="mix 70/10/10/10" [a]="A (services)" [srv]="SRV" [ptr]="PTR" [nx]="NXDOMAIN")
+ROWS=""
+printf '\n%-18s %12s %9s %9s %12s %9s %9s %7s\n' "queries" "svcnet QPS" "p50 ms" "p99 ms" "Knot QPS" "p50 ms" "p99 ms" "ratio"
+for kind in mix a srv ptr nx; do
+  read -r s_qps s_avg s_p50 s_p99 s_lost <<<"$(run_dnsperf "$SVCNET_PORT" "$WORK/queries/$kind.txt")"
+  read -r k_qps k_avg k_p50 k_p99 k_lost <<<"$(run_dnsperf "$KNOT_PORT" "$WORK/queries/$kind.txt")"
+  ratio=$(awk -v a="$s_qps" -v b="$k_qps" 'BEGIN {printf "%.2f", a/b}')
+  printf '%-18s %12.0f %9s %9s %12.0f %9s %9s %7s\n' "${LABEL[$kind]}" "$s_qps" "$s_p50" "$s_p99" "$k_qps" "$k_p50" "$k_p99" "$ratio"
+  ROWS+=$(printf '| %s | %.0f | %s / %s | %s | %.0f | %s / %s | %s | %s |' \
+    "${LABEL[$kind]}" "$s_qps" "$s_p50" "$s_p99" "$s_lost" "$k_qps" "$k_p50" "$k_p99" "$k_lost" "$ratio")
+  ROWS+=$'\n'
+done
+
+S_RSS=$(rss_kb "$SVCNET_PID"); S_HWM=$(hwm_kb "$SVCNET_PID")
+K_RSS=$(rss_kb "$KNOT_PID"); K_HWM=$(hwm_kb "$KNOT_PID")
+printf '\nRSS: svcnet-dns %d MB (peak %d MB), knotd %d MB (peak %d MB)\n' \
+  $((S_RSS/1024)) $((S_HWM/1024)) $((K_RSS/1024)) $((K_HWM/1024))
+printf 'zone build (full rebuild of %d services): %s ms; svcnet-dns start to serving: %d ms\n' \
+  "$SERVICES" "$BUILD_MS" "$SVCNET_STARTUP_MS"
+
+CPU=$(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ *//')
+NCPU=$(nproc)
+cat > "$RESULTS" <<EOF
+# svcnet-dns vs Knot DNS (bench/dns/run.sh)
+
+Measured $(date -u +%Y-%m-%d) on ${NCPU} vCPU (${CPU}), loopback, client and both servers on
+the same cores; dnsperf $(dnsperf -h 2>&1 | awk '/^Version/ {print $2}' | head -1 || true)\
+(\`-q ${INFLIGHT}\`, ${DURATION} s per run; p50/p99 from a separate ${LAT_DURATION} s \`-v\` run),
+Knot DNS $(knotd --version | awk '{print $NF}') serving the zone exported by svcnet
+(${ZONE_RECORDS} records). Cluster: ${SERVICES} services (2 named ports each),
+${ENDPOINTS} ready endpoints.
+
+| queries | svcnet-dns QPS | p50 / p99 ms | lost | Knot QPS | p50 / p99 ms | lost | svcnet/Knot |
+|---|---|---|---|---|---|---|---|
+${ROWS}
+RSS after the runs: svcnet-dns $((S_RSS/1024)) MB (peak $((S_HWM/1024)) MB, includes the cluster
+cache of ${SERVICES} services and ${ENDPOINTS} endpoints), knotd $((K_RSS/1024)) MB (peak
+$((K_HWM/1024)) MB).
+
+Full zone rebuild from a snapshot (${SERVICES} services): ${BUILD_MS} ms (median of 5, release).
+svcnet-dns from start to serving the whole cluster (manifest parse, cache, zone): ${SVCNET_STARTUP_MS} ms.
+EOF
+echo "wrote $RESULTS"
