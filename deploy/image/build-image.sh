@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the svcnet container image without a Docker daemon: a static `agentctl` in a minimal image
-# (no shell, no package manager), written as an OCI image layout with umoci and packed into an OCI
+# Builds the svcnet container image without a Docker daemon: static `agentctl` (the entrypoint,
+# `agentctl run`) and `svcnet-dns` (the Corefile-driven DNS server) in a minimal image (no shell,
+# no package manager), written as an OCI image layout with umoci and packed into an OCI
 # archive that `ctr images import`, `podman load` and `skopeo copy oci-archive:...` accept.
 #
 # The IPVS proxy applies its iptables rules and ipsets with `iptables-{legacy,nft}-restore` and
@@ -17,6 +18,7 @@
 # Usage: deploy/image/build-image.sh [options]
 #   --binary PATH       put this agentctl binary in the image instead of building one
 #                       (CI uses the debug build; a release image should let the script build)
+#   --dns-binary PATH   likewise for svcnet-dns (required with --binary)
 #   --target TRIPLE     build for this target: x86_64-unknown-linux-musl (default when installed,
 #                       needs musl-gcc from Debian's musl-tools for ring's C code) or
 #                       x86_64-unknown-linux-gnu (linked statically with +crt-static)
@@ -40,6 +42,7 @@ need() { command -v "$1" >/dev/null 2>&1 || die "$1 is required ($2)"; }
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 binary=""
+dns_binary=""
 target=""
 out="$repo_root/target/image"
 name="svcnet/agentctl"
@@ -52,6 +55,7 @@ netfilter_tools=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --binary) binary=${2:?--binary needs a path}; shift 2 ;;
+        --dns-binary) dns_binary=${2:?--dns-binary needs a path}; shift 2 ;;
         --target) target=${2:?--target needs a triple}; shift 2 ;;
         --out) out=${2:?--out needs a directory}; shift 2 ;;
         --name) name=${2:?--name needs a value}; shift 2 ;;
@@ -83,7 +87,10 @@ export SOURCE_DATE_EPOCH
 created=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%dT%H:%M:%SZ)
 revision=$(git -C "$repo_root" rev-parse HEAD 2>/dev/null || echo unknown)
 
-# --- 1. the static binary ---------------------------------------------------------------------
+# --- 1. the static binaries -------------------------------------------------------------------
+if [ -n "$binary" ] && [ -z "$dns_binary" ]; then
+    die "--binary needs --dns-binary too"
+fi
 if [ -z "$binary" ]; then
     need cargo "a Rust toolchain"
     if [ -z "$target" ]; then
@@ -102,7 +109,8 @@ if [ -z "$binary" ]; then
         *-linux-musl)
             # ring compiles C; cc-rs looks for x86_64-linux-musl-gcc, Debian ships musl-gcc.
             export CC_x86_64_unknown_linux_musl=${CC_x86_64_unknown_linux_musl:-musl-gcc}
-            (cd "$repo_root" && cargo build --locked --release --target "$target" -p agentctl --bin agentctl) >&2
+            (cd "$repo_root" && cargo build --locked --release --target "$target" \
+                -p agentctl --bin agentctl -p svcnet-dns --bin svcnet-dns) >&2
             ;;
         *-linux-gnu)
             # glibc linked statically: svcnet makes no NSS lookups (the API server address comes
@@ -110,24 +118,28 @@ if [ -z "$binary" ]; then
             # static glibc would dlopen are never needed. A kubeconfig naming its server by host
             # name would need them: use musl for that.
             (cd "$repo_root" && RUSTFLAGS="$RUSTFLAGS -C target-feature=+crt-static" \
-                cargo build --locked --release --target "$target" -p agentctl --bin agentctl) >&2
+                cargo build --locked --release --target "$target" \
+                -p agentctl --bin agentctl -p svcnet-dns --bin svcnet-dns) >&2
             ;;
         *) die "unsupported --target $target" ;;
     esac
     binary="${CARGO_TARGET_DIR:-$repo_root/target}/$target/release/agentctl"
+    dns_binary="${CARGO_TARGET_DIR:-$repo_root/target}/$target/release/svcnet-dns"
 fi
-[ -f "$binary" ] || die "binary $binary does not exist"
-kind=$(file -b "$binary")
-case "$kind" in
-    *"statically linked"*|*"static-pie linked"*) ;;
-    *)
-        if [ "$allow_dynamic" = 1 ]; then
-            echo "build-image: warning: $binary is dynamically linked (accepted with --allow-dynamic)" >&2
-        else
-            die "$binary is not statically linked ($kind); a FROM-scratch image needs a static binary"
-        fi
-        ;;
-esac
+for b in "$binary" "$dns_binary"; do
+    [ -f "$b" ] || die "binary $b does not exist"
+    kind=$(file -b "$b")
+    case "$kind" in
+        *"statically linked"*|*"static-pie linked"*) ;;
+        *)
+            if [ "$allow_dynamic" = 1 ]; then
+                echo "build-image: warning: $b is dynamically linked (accepted with --allow-dynamic)" >&2
+            else
+                die "$b is not statically linked ($kind); a FROM-scratch image needs a static binary"
+            fi
+            ;;
+    esac
+done
 
 # --- 2. the OCI layout ------------------------------------------------------------------------
 mkdir -p "$out"
@@ -143,13 +155,16 @@ umoci init --layout "$layout"
 umoci new --image "$layout:$tag"
 umoci unpack "${rootless[@]}" --image "$layout:$tag" "$work/bundle"
 rootfs="$work/bundle/rootfs"
-if [ "$strip_debug" = 1 ]; then
-    need strip "Debian package binutils, or pass --no-strip"
-    strip --strip-debug -o "$rootfs/agentctl" "$binary"
-    chmod 0755 "$rootfs/agentctl"
-else
-    install -m 0755 "$binary" "$rootfs/agentctl"
-fi
+[ "$strip_debug" = 0 ] || need strip "Debian package binutils, or pass --no-strip"
+for pair in "agentctl:$binary" "svcnet-dns:$dns_binary"; do
+    name_in_image=${pair%%:*} source=${pair#*:}
+    if [ "$strip_debug" = 1 ]; then
+        strip --strip-debug -o "$rootfs/$name_in_image" "$source"
+        chmod 0755 "$rootfs/$name_in_image"
+    else
+        install -m 0755 "$source" "$rootfs/$name_in_image"
+    fi
+done
 install -d -m 0755 "$rootfs/etc" "$rootfs/tmp"
 chmod 1777 "$rootfs/tmp"
 printf 'root:x:0:0:root:/:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/:/sbin/nologin\n' >"$rootfs/etc/passwd"

@@ -27,22 +27,34 @@ fn tool(name: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// The agentctl binary to package: `$SVCNET_AGENTCTL`, else `target/debug/agentctl`, built if
-/// missing.
-fn agentctl() -> PathBuf {
-    if let Some(p) = std::env::var_os("SVCNET_AGENTCTL") {
+/// A binary to package: `$<env>`, else the debug build of `package`, built if missing.
+fn debug_binary(env: &str, package: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
         return PathBuf::from(p);
     }
-    let bin = repo().join("target/debug/agentctl");
+    let bin = repo().join("target/debug").join(package);
     if !bin.exists() {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "agentctl", "--bin", "agentctl"])
+            .args(["build", "-p", package, "--bin", package])
             .current_dir(repo())
             .status()
-            .expect("running cargo build -p agentctl");
-        assert!(status.success(), "cargo build -p agentctl failed");
+            .expect("running cargo build");
+        assert!(status.success(), "cargo build -p {package} failed");
     }
     bin
+}
+
+/// Strips debug information as the script does (deterministically); returns the bytes.
+fn stripped(binary: &Path, out: &Path) -> Vec<u8> {
+    let status = Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(out)
+        .arg(binary)
+        .status()
+        .expect("running strip");
+    assert!(status.success());
+    std::fs::read(out).unwrap()
 }
 
 fn is_root() -> bool {
@@ -58,11 +70,13 @@ struct Build {
     out: PathBuf,
 }
 
-fn build(binary: &Path, out: &Path, epoch: u64) -> Build {
+fn build(binary: &Path, dns_binary: &Path, out: &Path, epoch: u64) -> Build {
     let output = Command::new(repo().join("deploy/image/build-image.sh"))
         .env("SOURCE_DATE_EPOCH", epoch.to_string())
         .arg("--binary")
         .arg(binary)
+        .arg("--dns-binary")
+        .arg(dns_binary)
         .arg("--allow-dynamic")
         .arg("--out")
         .arg(out)
@@ -178,20 +192,20 @@ fn image_layout_is_valid_runs_agentctl_run_and_is_reproducible() {
             return;
         }
     }
-    let binary = agentctl();
+    let binary = debug_binary("SVCNET_AGENTCTL", "agentctl");
+    let dns_binary = debug_binary("SVCNET_DNS", "svcnet-dns");
     let tmp = tempfile::tempdir().unwrap();
-    // The script strips debug information (deterministically): the layer must hold exactly that.
-    let stripped = tmp.path().join("agentctl.stripped");
-    let status = Command::new("strip")
-        .arg("--strip-debug")
-        .arg("-o")
-        .arg(&stripped)
-        .arg(&binary)
-        .status()
-        .expect("running strip");
-    assert!(status.success());
-    let binary_bytes = std::fs::read(&stripped).unwrap();
-    let first = build(&binary, &tmp.path().join("a"), EPOCH);
+    // The script strips debug information: the layer must hold exactly that.
+    let binary_bytes = stripped(&binary, &tmp.path().join("agentctl.stripped"));
+    let dns_bytes = stripped(&dns_binary, &tmp.path().join("svcnet-dns.stripped"));
+    // Two builds from the same inputs, side by side (two cores), to compare below.
+    let second = std::thread::scope(|scope| {
+        let (b, d, out) = (&binary, &dns_binary, tmp.path().join("b"));
+        let second = scope.spawn(move || build(b, d, &out, EPOCH));
+        let first = build(&binary, &dns_binary, &tmp.path().join("a"), EPOCH);
+        (first, second.join().expect("second build"))
+    });
+    let (first, second) = second;
     let layout = first.out.join("oci");
     let Checked { layer_tar, config } = check_layout(&layout, &first.digest);
 
@@ -213,6 +227,7 @@ fn image_layout_is_valid_runs_agentctl_run_and_is_reproducible() {
     let mut archive = tar::Archive::new(&layer_tar[..]);
     let mut names = Vec::new();
     let mut found_binary = false;
+    let mut found_dns = false;
     for entry in archive.entries().unwrap() {
         let mut entry = entry.unwrap();
         let path = entry.path().unwrap().to_string_lossy().into_owned();
@@ -233,9 +248,20 @@ fn image_layout_is_valid_runs_agentctl_run_and_is_reproducible() {
             );
             found_binary = true;
         }
+        if path == "svcnet-dns" {
+            assert_eq!(header.mode().unwrap() & 0o777, 0o755);
+            let mut content = Vec::new();
+            entry.read_to_end(&mut content).unwrap();
+            assert!(
+                content == dns_bytes,
+                "the layer's /svcnet-dns is the given binary"
+            );
+            found_dns = true;
+        }
         names.push(path);
     }
     assert!(found_binary, "no /agentctl in the layer: {names:?}");
+    assert!(found_dns, "no /svcnet-dns in the layer: {names:?}");
     for want in ["etc/passwd", "etc/group"] {
         assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
     }
@@ -309,14 +335,20 @@ fn image_layout_is_valid_runs_agentctl_run_and_is_reproducible() {
         eprintln!("not root: the netfilter tools are not started inside the image root");
     }
 
+    let out = Command::new(extracted.join("svcnet-dns"))
+        .arg("--help")
+        .output()
+        .expect("running /svcnet-dns from the layer");
+    assert!(out.status.success(), "/svcnet-dns --help failed");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--corefile"));
+
     // Same inputs, same image and the same archive bytes; another SOURCE_DATE_EPOCH, another image.
-    let second = build(&binary, &tmp.path().join("b"), EPOCH);
     assert_eq!(first.digest, second.digest, "rebuild gives the same digest");
     let archive_name = "svcnet-0.0.0-test.oci.tar";
     let a = std::fs::read(first.out.join(archive_name)).expect("archive");
     let b = std::fs::read(second.out.join(archive_name)).expect("archive");
     assert!(a == b, "rebuild gives the same archive bytes");
-    let third = build(&binary, &tmp.path().join("c"), EPOCH + 1);
+    let third = build(&binary, &dns_binary, &tmp.path().join("c"), EPOCH + 1);
     assert_ne!(
         first.digest, third.digest,
         "the timestamp comes from SOURCE_DATE_EPOCH"
@@ -356,7 +388,14 @@ fn image_build_refuses_a_dynamic_binary_without_allow_dynamic() {
     // /bin/sh is dynamically linked on Debian: not fit for a FROM-scratch image.
     let tmp = tempfile::tempdir().unwrap();
     let out = Command::new(repo().join("deploy/image/build-image.sh"))
-        .args(["--binary", "/bin/sh", "--no-archive", "--out"])
+        .args([
+            "--binary",
+            "/bin/sh",
+            "--dns-binary",
+            "/bin/sh",
+            "--no-archive",
+            "--out",
+        ])
         .arg(tmp.path())
         .output()
         .unwrap();
