@@ -544,7 +544,7 @@ pub fn decode_dest(body: &[u8], service_af: u16) -> Result<DestEntry, BackendErr
             "no destination attribute",
         ));
     };
-    let a = nested_attrs(&raw);
+    let a = nested_attrs(raw);
     let af = u16_ne(get(&a, dst::ADDR_FAMILY)).unwrap_or(service_af);
     let addr = addr_of(af, get(&a, dst::ADDR))
         .ok_or_else(|| malformed("IPVS destination", "no address"))?;
