@@ -55,6 +55,8 @@ struct Inner {
     epoch: Instant,
     hasher: foldhash::fast::FixedState,
     metrics: Option<PluginMetrics>,
+    /// Hit counters by kind, looked up once (a hit costs one atomic add).
+    hit_counters: Option<[prometheus_client::metrics::counter::Counter; 2]>,
 }
 
 struct Store {
@@ -198,6 +200,13 @@ impl Cache {
                 cfg,
                 epoch: Instant::now(),
                 hasher: foldhash::fast::FixedState::with_seed(fastrand::u64(..)),
+                hit_counters: metrics.as_ref().map(|m| {
+                    [Kind::Success, Kind::Denial].map(|k| {
+                        m.cache_hits
+                            .get_or_create(&vec![("type", k.label().to_string())])
+                            .clone()
+                    })
+                }),
                 metrics,
             }),
         }
@@ -379,10 +388,8 @@ impl Plugin for Cache {
         if let Some((kind, e)) = inner.lookup(key, req) {
             let age = now.saturating_sub(e.stored);
             if age < u64::from(e.ttl) {
-                if let Some(m) = &inner.metrics {
-                    m.cache_hits
-                        .get_or_create(&vec![("type", kind.label().to_string())])
-                        .inc();
+                if let Some(c) = &inner.hit_counters {
+                    c[usize::from(kind == Kind::Denial)].inc();
                 }
                 if let Some(p) = inner.cfg.prefetch {
                     let window = p.window.as_secs().max(1);

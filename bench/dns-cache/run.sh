@@ -1,0 +1,238 @@
+#!/usr/bin/env bash
+# Cache benchmark of svcnet-dns --corefile, measured in one run on loopback:
+#  1. dnsperf QPS of cache hits (`cache` + `forward`, warmed) vs the uncached forward path
+#     (`forward` only) vs the upstream itself (Knot DNS), same names, same machine.
+#  2. The cost of reloads with a 10,000-service cluster: dnsperf runs against the cluster zone
+#     while the Corefile is rewritten every 2 s (reload 2s 1s); the maximum latency and the
+#     lowest per-second QPS are compared with a run without reloads. Two kinds of edit:
+#     a forward/cache change (cluster zone kept) and a kubernetes ttl change (zone rebuilt
+#     aside before the swap).
+# Prints a table and writes bench/dns-cache/RESULTS.md.
+#
+# Usage: bench/dns-cache/run.sh [seconds-per-run (default 10)]
+# Env: NAMES (upstream names, 1000), SERVICES (10000), ENDPOINTS (100000), INFLIGHT (100),
+#      NO_BUILD=1 (use the existing release binary), SVCNET_DNS=path (another binary).
+set -euo pipefail
+
+cd "$(dirname "$0")/../.."
+REPO=$(pwd)
+DURATION=${1:-10}
+NAMES=${NAMES:-1000}
+SERVICES=${SERVICES:-10000}
+ENDPOINTS=${ENDPOINTS:-100000}
+INFLIGHT=${INFLIGHT:-100}
+RESULTS="$REPO/bench/dns-cache/RESULTS.md"
+GEN="$REPO/bench/dns-cache/gen.py"
+
+for tool in dnsperf knotd dig curl python3; do
+  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install dnsperf knot bind9-dnsutils curl python3)" >&2; exit 1; }
+done
+if [ -z "${NO_BUILD:-}" ]; then
+  cargo build --release -p svcnet-dns --bin svcnet-dns
+fi
+BIN=${SVCNET_DNS:-$REPO/target/release/svcnet-dns}
+
+WORK=$(mktemp -d /tmp/svcnet-dns-cache-bench.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_answer() { # port name
+  for _ in $(seq 1 400); do
+    [ -n "$(dig +short +tries=1 +time=1 -p "$1" @127.0.0.1 "$2" 2>/dev/null)" ] && return 0
+    sleep 0.05
+  done
+  echo "no answer for $2 on port $1" >&2; exit 1
+}
+
+# dnsperf PORT FILE SECONDS -> "qps avg_ms max_ms lost min_interval_qps"
+perf() {
+  local out
+  out=$(dnsperf -s 127.0.0.1 -p "$1" -d "$2" -l "$3" -q "$INFLIGHT" -S 1 2>&1)
+  local qps avg max lost minq
+  qps=$(awk '/Queries per second/ {print $4}' <<<"$out")
+  avg=$(awk '/Average Latency/ {printf "%.3f", $4*1000}' <<<"$out")
+  max=$(awk '/Average Latency/ {gsub(/[(),]/,""); for(i=1;i<=NF;i++) if ($i=="max") printf "%.3f", $(i+1)*1000}' <<<"$out")
+  lost=$(awk '/Queries lost/ {print $3}' <<<"$out")
+  # Per-second statistics lines: "<timestamp>: <qps>" (dnsperf -S); the last one is partial.
+  minq=$(grep -E '^[0-9.]+: [0-9.]+$' <<<"$out" | head -n -1 | awk '{print $2}' | sort -g | head -1)
+  echo "$qps $avg $max $lost ${minq:--}"
+}
+
+echo "== inputs in $WORK"
+python3 "$GEN" zone "$NAMES" "$WORK/example.test.zone"
+python3 "$GEN" queries "$NAMES" "$WORK/names.txt"
+python3 "$GEN" cluster "$SERVICES" "$ENDPOINTS" "$WORK/cluster"
+python3 "$GEN" svcqueries "$SERVICES" "$WORK/services.txt"
+
+KNOT_PORT=$(free_port)
+mkdir -p "$WORK/knot"
+cat > "$WORK/knot/knot.conf" <<EOF2
+server:
+    rundir: "$WORK/knot"
+    listen: 127.0.0.1@$KNOT_PORT
+database:
+    storage: "$WORK/knot"
+template:
+  - id: default
+    storage: "$WORK"
+zone:
+  - domain: example.test
+    file: example.test.zone
+log:
+  - target: stderr
+    any: warning
+EOF2
+knotd -c "$WORK/knot/knot.conf" 2>"$WORK/knot.log" &
+PIDS+=($!)
+wait_answer "$KNOT_PORT" h0.example.test
+
+LAST_PID=""
+start_dns() { # name corefile; sets LAST_PID
+  "$BIN" --corefile "$2" --manifests "$WORK/cluster" 2>"$WORK/$1.log" &
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
+}
+
+CACHED_PORT=$(free_port); PLAIN_PORT=$(free_port)
+cat > "$WORK/Corefile.cached" <<EOF2
+.:$CACHED_PORT {
+    bind 127.0.0.1
+    cache 3600
+    forward . 127.0.0.1:$KNOT_PORT
+}
+EOF2
+cat > "$WORK/Corefile.plain" <<EOF2
+.:$PLAIN_PORT {
+    bind 127.0.0.1
+    forward . 127.0.0.1:$KNOT_PORT
+}
+EOF2
+start_dns cached "$WORK/Corefile.cached"; CACHED_PID=$LAST_PID
+start_dns plain "$WORK/Corefile.plain"; PLAIN_PID=$LAST_PID
+wait_answer "$CACHED_PORT" h0.example.test
+wait_answer "$PLAIN_PORT" h0.example.test
+
+echo "== warming the cache (one pass over $NAMES names)"
+dnsperf -s 127.0.0.1 -p "$CACHED_PORT" -d "$WORK/names.txt" -n 1 -q 20 >/dev/null 2>&1
+
+echo "== QPS: cache hits vs forward vs the upstream (${DURATION}s each)"
+read -r hit_qps hit_avg hit_max hit_lost _ <<<"$(perf "$CACHED_PORT" "$WORK/names.txt" "$DURATION")"
+read -r fwd_qps fwd_avg fwd_max fwd_lost _ <<<"$(perf "$PLAIN_PORT" "$WORK/names.txt" "$DURATION")"
+read -r knot_qps knot_avg knot_max knot_lost _ <<<"$(perf "$KNOT_PORT" "$WORK/names.txt" "$DURATION")"
+HIT_RSS=$(awk '/^VmRSS/ {print $2}' "/proc/$CACHED_PID/status")
+kill "$CACHED_PID" "$PLAIN_PID" 2>/dev/null || true
+ratio=$(awk -v a="$hit_qps" -v b="$fwd_qps" 'BEGIN {printf "%.2f", a/b}')
+printf '%-28s %10s %9s %9s %7s\n' path QPS "avg ms" "max ms" lost
+printf '%-28s %10.0f %9s %9s %7s\n' "cache hit (svcnet-dns)" "$hit_qps" "$hit_avg" "$hit_max" "$hit_lost"
+printf '%-28s %10.0f %9s %9s %7s\n' "forward, no cache" "$fwd_qps" "$fwd_avg" "$fwd_max" "$fwd_lost"
+printf '%-28s %10.0f %9s %9s %7s\n' "Knot DNS directly" "$knot_qps" "$knot_avg" "$knot_max" "$knot_lost"
+echo "cache hit / forward = $ratio"
+
+echo "== reload cost with $SERVICES services / $ENDPOINTS endpoints"
+RL_PORT=$(free_port); RL_READY=$(free_port); RL_METRICS=$(free_port)
+corefile_rl() { # ttl cache_ttl
+  cat > "$WORK/Corefile.rl.new" <<EOF2
+.:$RL_PORT {
+    bind 127.0.0.1
+    errors
+    ready 127.0.0.1:$RL_READY
+    prometheus 127.0.0.1:$RL_METRICS
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+        ttl $1
+    }
+    cache $2
+    forward . 127.0.0.1:$KNOT_PORT
+    reload 2s 1s
+}
+EOF2
+  mv "$WORK/Corefile.rl.new" "$WORK/Corefile.rl"
+}
+corefile_rl 30 30
+START_NS=$(date +%s%N)
+start_dns reload "$WORK/Corefile.rl"; RL_PID=$LAST_PID
+until curl -sf "http://127.0.0.1:$RL_READY/ready" >/dev/null; do
+  kill -0 "$RL_PID" || { cat "$WORK/reload.log"; exit 1; }
+  sleep 0.05
+done
+wait_answer "$RL_PORT" "svc-$((SERVICES-1)).ns-$(((SERVICES-1)%100)).svc.cluster.local"
+STARTUP_MS=$(( ($(date +%s%N) - START_NS) / 1000000 ))
+RL_SECONDS=$(( DURATION < 12 ? 12 : DURATION ))
+
+# editor KIND: rewrite the Corefile every 2 s while dnsperf runs.
+editor() {
+  local i=0
+  while [ $i -lt $((RL_SECONDS / 2)) ]; do
+    sleep 2
+    i=$((i + 1))
+    if [ "$1" = cache ]; then corefile_rl 30 $((30 + i % 2)); else corefile_rl $((30 + i % 2)) 30; fi
+  done
+}
+reloads_so_far() { grep -c 'running configuration replaced' "$WORK/reload.log" || true; }
+
+read -r base_qps base_avg base_max base_lost base_min <<<"$(perf "$RL_PORT" "$WORK/services.txt" "$RL_SECONDS")"
+before=$(reloads_so_far)
+editor cache & ED=$!
+read -r c_qps c_avg c_max c_lost c_min <<<"$(perf "$RL_PORT" "$WORK/services.txt" "$RL_SECONDS")"
+wait "$ED"; sleep 3
+c_reloads=$(( $(reloads_so_far) - before ))
+before=$(reloads_so_far)
+editor ttl & ED=$!
+read -r t_qps t_avg t_max t_lost t_min <<<"$(perf "$RL_PORT" "$WORK/services.txt" "$RL_SECONDS")"
+wait "$ED"; sleep 3
+t_reloads=$(( $(reloads_so_far) - before ))
+TOOK=$(grep -o 'took=[0-9.]*[mµn]*s' "$WORK/reload.log" | cut -d= -f2 | tr '\n' ' ')
+FAILED=$(curl -s "http://127.0.0.1:$RL_METRICS/metrics" | awk '/^coredns_reload_failed_total/ {print $2}')
+RL_RSS=$(awk '/^VmRSS/ {print $2}' "/proc/$RL_PID/status")
+
+printf '\n%-34s %8s %10s %9s %9s %7s %14s\n' run reloads QPS "avg ms" "max ms" lost "min QPS/1s"
+printf '%-34s %8s %10.0f %9s %9s %7s %14s\n' "no reload (baseline)" 0 "$base_qps" "$base_avg" "$base_max" "$base_lost" "$base_min"
+printf '%-34s %8s %10.0f %9s %9s %7s %14s\n' "reload: cache/forward edit" "$c_reloads" "$c_qps" "$c_avg" "$c_max" "$c_lost" "$c_min"
+printf '%-34s %8s %10.0f %9s %9s %7s %14s\n' "reload: kubernetes ttl (rebuild)" "$t_reloads" "$t_qps" "$t_avg" "$t_max" "$t_lost" "$t_min"
+echo "reload durations: $TOOK"
+echo "failed reloads: ${FAILED:-?}; startup to first answer with $SERVICES services: ${STARTUP_MS} ms; RSS ${RL_RSS} kB"
+
+CPU=$(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ *//')
+cat > "$RESULTS" <<EOF2
+# svcnet-dns cache and reload benchmark
+
+Measured by \`bench/dns-cache/run.sh $DURATION\` on $(date -u +%Y-%m-%d), $(nproc) vCPU ($CPU), loopback,
+dnsperf with $INFLIGHT queries in flight; client, servers and upstream share the same cores.
+
+## Cache hits vs the forward path (same run, same $NAMES names)
+
+| path | QPS | avg ms | max ms | lost |
+|---|---|---|---|---|
+| cache hit (\`cache 3600\` + \`forward\`, warmed) | $(printf '%.0f' "$hit_qps") | $hit_avg | $hit_max | $hit_lost |
+| forward only (no cache), to Knot on loopback | $(printf '%.0f' "$fwd_qps") | $fwd_avg | $fwd_max | $fwd_lost |
+| Knot DNS directly (reference) | $(printf '%.0f' "$knot_qps") | $knot_avg | $knot_max | $knot_lost |
+
+Cache hit / forward: **$ratio×**. RSS of the cached server after the run: $HIT_RSS kB.
+
+## Reloads with $SERVICES services / $ENDPOINTS endpoints
+
+dnsperf sends A queries for all services for ${RL_SECONDS}s while the Corefile is rewritten every 2 s
+(\`reload 2s 1s\`, file notifications). "min QPS/1s" is the lowest one-second QPS of the run (a pause
+would show as a drop towards 0); "max ms" is dnsperf's maximum latency.
+
+| run | reloads | QPS | avg ms | max ms | lost | min QPS/1s |
+|---|---|---|---|---|---|---|
+| no reload (baseline) | 0 | $(printf '%.0f' "$base_qps") | $base_avg | $base_max | $base_lost | $base_min |
+| reload: cache TTL edit (cluster zone kept) | $c_reloads | $(printf '%.0f' "$c_qps") | $c_avg | $c_max | $c_lost | $c_min |
+| reload: kubernetes ttl edit (zone rebuilt aside, then swapped) | $t_reloads | $(printf '%.0f' "$t_qps") | $t_avg | $t_max | $t_lost | $t_min |
+
+Reload durations (load, build, bind, swap) as logged: $TOOK
+
+Failed reloads: ${FAILED:-?}. Startup to the first answer for the last service: $STARTUP_MS ms. RSS: $RL_RSS kB.
+EOF2
+echo "== wrote $RESULTS"
