@@ -173,6 +173,27 @@ pub fn ipset_restore(sets: &[IpSet]) -> String {
     out
 }
 
+/// An `ipset restore` script that turns `old` into `new` entry by entry (`add`/`del` with
+/// `-exist`), for updates after the first full swap: cost proportional to what changed.
+/// Sets missing from `old` are created and filled.
+pub fn ipset_diff(old: &[IpSet], new: &[IpSet]) -> String {
+    let mut out = String::new();
+    for set in new {
+        match old.iter().find(|o| o.name == set.name) {
+            None => out.push_str(&ipset_restore(std::slice::from_ref(set))),
+            Some(prev) => {
+                for e in prev.entries.difference(&set.entries) {
+                    let _ = writeln!(out, "del {} {e} -exist", set.name);
+                }
+                for e in set.entries.difference(&prev.entries) {
+                    let _ = writeln!(out, "add {} {e} -exist", set.name);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Our chains' rules for `iptables-restore --noflush` (one family).
 pub fn iptables_restore(config: &ProxyConfig, family: Family) -> String {
     let set = |b: &str| set_name(b, family);
@@ -427,7 +448,7 @@ fn run_cmd(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, 
 #[derive(Default)]
 pub struct KernelHost {
     mode: Option<IptablesMode>,
-    last_ipsets: Option<String>,
+    last_ipsets: Option<Vec<IpSet>>,
     last_rules: Option<String>,
     last_apply: Option<Instant>,
     pending: bool,
@@ -442,7 +463,7 @@ impl std::fmt::Debug for KernelHost {
 }
 
 /// Minimum gap between two ipset/iptables updates after incremental syncs.
-const FILTER_MIN_GAP: Duration = Duration::from_secs(1);
+const FILTER_MIN_GAP: Duration = Duration::from_millis(200);
 
 impl KernelHost {
     /// A host setup that detects the iptables variant on first use.
@@ -476,11 +497,17 @@ impl KernelHost {
             sets.extend(ipsets(desired, *f));
             rules.push_str(&iptables_restore(config, *f));
         }
-        let script = ipset_restore(&sets);
-        if self.last_ipsets.as_deref() != Some(script.as_str()) {
-            run_cmd("ipset", &["restore"], Some(&script))?;
-            self.last_ipsets = Some(script);
+        let script = match &self.last_ipsets {
+            None => ipset_restore(&sets),
+            Some(prev) => ipset_diff(prev, &sets),
+        };
+        if !script.is_empty() {
+            if let Err(e) = run_cmd("ipset", &["restore"], Some(&script)) {
+                self.last_ipsets = None; // next time: full swap
+                return Err(e);
+            }
         }
+        self.last_ipsets = Some(sets);
         if self.last_rules.as_deref() != Some(rules.as_str()) {
             let mode = self.mode();
             for f in &families {
@@ -547,6 +574,10 @@ impl HostSetup for KernelHost {
         self.pending = false;
         self.last_apply = Some(Instant::now());
         self.apply_filters(desired, config)
+    }
+
+    fn has_pending(&self) -> bool {
+        self.pending
     }
 }
 

@@ -214,3 +214,18 @@ fn sysctls_follow_strict_arp() {
     assert!(strict.contains(&("net/ipv4/conf/all/arp_ignore", "1")));
     assert!(strict.contains(&("net/ipv4/conf/all/arp_announce", "2")));
 }
+
+#[test]
+fn ipset_diff_adds_and_deletes_only_what_changed() {
+    let d = desired();
+    let old = ipsets(&d, Family::V4);
+    let mut new = old.clone();
+    new[0].entries.remove("10.96.0.10,udp:53");
+    new[0].entries.insert("10.96.0.30,tcp:443".to_string());
+    let script = ipset_diff(&old, &new);
+    assert_eq!(
+        script,
+        "del KUBE-CLUSTER-IP 10.96.0.10,udp:53 -exist\nadd KUBE-CLUSTER-IP 10.96.0.30,tcp:443 -exist\n"
+    );
+    assert_eq!(ipset_diff(&new, &new), "");
+}

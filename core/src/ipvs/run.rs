@@ -43,7 +43,15 @@ pub trait HostSetup: Send {
         config: &ProxyConfig,
         node: &NodeInfo,
     ) -> Result<(), BackendError>;
+    /// Whether an update was deferred (rate limit) and [`after_sync`](Self::after_sync) should
+    /// be called again soon even without a new sync.
+    fn has_pending(&self) -> bool {
+        false
+    }
 }
+
+/// How long after a deferred host update the loop retries it.
+pub const HOST_RETRY: Duration = Duration::from_millis(250);
 
 /// Options of [`run`].
 #[derive(Debug, Clone)]
@@ -236,6 +244,7 @@ enum Job {
     Full,
     Incremental,
     Reap,
+    Host,
     Config(Box<ProxyConfig>),
 }
 
@@ -251,6 +260,10 @@ async fn on_worker(
             Job::Full => w.full(&snapshot, &options),
             Job::Incremental => w.incremental(&snapshot, &options),
             Job::Reap => w.rec.reap_terminating(),
+            Job::Host => {
+                w.after_sync();
+                Ok(SyncReport::default())
+            }
             Job::Config(c) => {
                 w.config = *c;
                 if let Some(h) = w.host.as_mut()
@@ -300,8 +313,8 @@ pub async fn run(
     let mut shutdown_open = true;
     loop {
         let snapshot = reader.snapshot();
-        let full = !matches!(job, Job::Incremental | Job::Reap);
-        let is_reap = matches!(job, Job::Reap);
+        let full = !matches!(job, Job::Incremental | Job::Reap | Job::Host);
+        let is_reap = matches!(job, Job::Reap | Job::Host);
         let started = Instant::now();
         let (w, result) = on_worker(worker, snapshot, options.clone(), job).await?;
         worker = w;
@@ -375,6 +388,7 @@ pub async fn run(
         let sync_period = worker.config.sync_period.max(Duration::from_secs(1));
         let min_gap = worker.config.min_sync_period;
         let next_full = last_full + sync_period;
+        let host_pending = worker.host.as_ref().is_some_and(|h| h.has_pending());
         let drain = if worker.rec.draining_count() > 0 {
             Some(DRAIN_CHECK_INTERVAL)
         } else {
@@ -413,6 +427,7 @@ pub async fn run(
             }
             _ = tokio::time::sleep_until(next_full.into()) => Job::Full,
             _ = tokio::time::sleep(drain.unwrap_or(Duration::from_secs(3600))), if drain.is_some() => Job::Reap,
+            _ = tokio::time::sleep(HOST_RETRY), if host_pending => Job::Host,
         };
     }
 }
