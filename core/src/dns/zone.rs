@@ -279,10 +279,10 @@ pub struct ClusterZone {
     primary: Option<usize>,
     names: FastMap<Box<str>, Node>,
     services: Vec<ServiceEntry>,
-    reverse: FastMap<IpAddr, Vec<PtrTarget>>,
-    /// Sorted addresses with PTR records, for empty non-terminals in the reverse trees.
-    reverse_v4: Vec<u32>,
-    reverse_v6: Vec<u128>,
+    /// PTR targets by address, sorted (several entries per address when several endpoints
+    /// share it). Binary search answers full names and, by range, empty non-terminals.
+    reverse_v4: Vec<(u32, PtrTarget)>,
+    reverse_v6: Vec<(u128, PtrTarget)>,
     /// `(namespace, ip)` of pods, for `pods verified`.
     pod_ips: FastSet<(Arc<str>, IpAddr)>,
     /// Namespaces holding a served service or pod.
@@ -306,7 +306,6 @@ impl ClusterZone {
             primary: None,
             names: FastMap::default(),
             services: Vec::with_capacity(snapshot.service_count()),
-            reverse: FastMap::default(),
             reverse_v4: Vec::new(),
             reverse_v6: Vec::new(),
             pod_ips: FastSet::default(),
@@ -465,35 +464,43 @@ impl ClusterZone {
         if !self.origins.iter().any(|o| o.reverse.is_some()) {
             return;
         }
+        let mut v4: Vec<(u32, PtrTarget)> = Vec::new();
+        let mut v6: Vec<(u128, PtrTarget)> = Vec::new();
+        let mut push = |ip: IpAddr, t: PtrTarget| match ip {
+            IpAddr::V4(a) => v4.push((u32::from(a), t)),
+            IpAddr::V6(a) => v6.push((u128::from(a), t)),
+        };
         for (si, svc) in self.services.iter().enumerate() {
             if let ServiceKind::ClusterIp(ips) = &svc.kind {
                 for ip in ips {
-                    let targets = self.reverse.entry(*ip).or_default();
-                    // A cluster IP names its (first) service only; it hides endpoint names.
-                    if !targets.iter().any(|t| matches!(t, PtrTarget::Service(_))) {
-                        targets.retain(|t| matches!(t, PtrTarget::Service(_)));
-                        targets.push(PtrTarget::Service(si as u32));
-                    }
+                    push(*ip, PtrTarget::Service(si as u32));
                 }
             }
-        }
-        for (si, svc) in self.services.iter().enumerate() {
             for (ei, ep) in svc.endpoints.iter().enumerate() {
-                let targets = self.reverse.entry(ep.ip).or_default();
-                if targets.iter().any(|t| matches!(t, PtrTarget::Service(_))) {
-                    continue;
-                }
-                targets.push(PtrTarget::Endpoint(si as u32, ei as u32));
+                push(ep.ip, PtrTarget::Endpoint(si as u32, ei as u32));
             }
         }
-        for ip in self.reverse.keys() {
-            match ip {
-                IpAddr::V4(v4) => self.reverse_v4.push(u32::from(*v4)),
-                IpAddr::V6(v6) => self.reverse_v6.push(u128::from(*v6)),
+        self.reverse_v4 = ptr_table(v4);
+        self.reverse_v6 = ptr_table(v6);
+    }
+
+    /// The PTR targets of `ip`.
+    fn ptr_targets(&self, ip: IpAddr) -> impl Iterator<Item = PtrTarget> + '_ {
+        let (a, b): (&[(u32, PtrTarget)], &[(u128, PtrTarget)]) = match ip {
+            IpAddr::V4(v4) => {
+                let k = u32::from(v4);
+                let start = self.reverse_v4.partition_point(|(x, _)| *x < k);
+                let end = self.reverse_v4.partition_point(|(x, _)| *x <= k);
+                (&self.reverse_v4[start..end], &[])
             }
-        }
-        self.reverse_v4.sort_unstable();
-        self.reverse_v6.sort_unstable();
+            IpAddr::V6(v6) => {
+                let k = u128::from(v6);
+                let start = self.reverse_v6.partition_point(|(x, _)| *x < k);
+                let end = self.reverse_v6.partition_point(|(x, _)| *x <= k);
+                (&[], &self.reverse_v6[start..end])
+            }
+        };
+        a.iter().map(|e| e.1).chain(b.iter().map(|e| e.1))
     }
 
     /// The options the zone was built with.
@@ -816,9 +823,10 @@ impl ClusterZone {
         }
         match parse_reverse(lower_name, family) {
             ReverseName::Full(ip) => {
-                let Some(targets) = self.reverse.get(&ip) else {
+                let targets: Vec<PtrTarget> = self.ptr_targets(ip).collect();
+                if targets.is_empty() {
                     return Answer::nxdomain(origin);
-                };
+                }
                 if qtype != RecordType::PTR {
                     return Answer::nodata(origin);
                 }
@@ -945,10 +953,19 @@ impl ClusterZone {
                 }
             }
         }
-        let mut ips: Vec<&IpAddr> = self.reverse.keys().collect();
-        ips.sort();
+        let mut ips: Vec<IpAddr> = self
+            .reverse_v4
+            .iter()
+            .map(|(a, _)| IpAddr::V4(Ipv4Addr::from(*a)))
+            .chain(
+                self.reverse_v6
+                    .iter()
+                    .map(|(a, _)| IpAddr::V6(Ipv6Addr::from(*a))),
+            )
+            .collect();
+        ips.dedup();
         for ip in ips {
-            let owner_text = reverse_name(*ip);
+            let owner_text = reverse_name(ip);
             let Some(oi) = self.origin_of(&owner_text) else {
                 continue;
             };
@@ -1262,9 +1279,31 @@ fn prefix_range_u128(prefix: u128, bits: u32) -> (u128, u128) {
     (prefix & mask, (prefix & mask) | !mask)
 }
 
-fn range_nonempty<T: Ord + Copy>(sorted: &[T], lo: T, hi: T) -> bool {
-    let i = sorted.partition_point(|v| *v < lo);
-    i < sorted.len() && sorted[i] <= hi
+fn range_nonempty<T: Ord + Copy>(sorted: &[(T, PtrTarget)], lo: T, hi: T) -> bool {
+    let i = sorted.partition_point(|(v, _)| *v < lo);
+    i < sorted.len() && sorted[i].0 <= hi
+}
+
+/// Sorts PTR entries by address and keeps, per address, the first service owning it as a
+/// cluster IP (which hides endpoint names), else every endpoint name.
+fn ptr_table<K: Ord + Copy>(mut entries: Vec<(K, PtrTarget)>) -> Vec<(K, PtrTarget)> {
+    entries.sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0).then_with(|| match (a.1, b.1) {
+            (PtrTarget::Service(x), PtrTarget::Service(y)) => x.cmp(&y),
+            (PtrTarget::Service(_), PtrTarget::Endpoint(..)) => std::cmp::Ordering::Less,
+            (PtrTarget::Endpoint(..), PtrTarget::Service(_)) => std::cmp::Ordering::Greater,
+            (PtrTarget::Endpoint(a1, a2), PtrTarget::Endpoint(b1, b2)) => (a1, a2).cmp(&(b1, b2)),
+        })
+    });
+    let mut out: Vec<(K, PtrTarget)> = Vec::with_capacity(entries.len());
+    for (k, t) in entries {
+        match out.last() {
+            Some((last, PtrTarget::Service(_))) if *last == k => continue,
+            _ => out.push((k, t)),
+        }
+    }
+    out.shrink_to_fit();
+    out
 }
 
 /// The reverse-lookup name of `ip` (lower case, trailing dot).
