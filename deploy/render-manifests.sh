@@ -9,9 +9,9 @@ command -v kubectl >/dev/null || { echo "render-manifests: kubectl is required" 
 
 # file in manifests/ <- kustomization directory
 variants=(
-    "node-agent.yaml:kustomize/base"
+    "svcnet.yaml:kustomize/base"
     "dns-only.yaml:kustomize/overlays/dns-only"
-    "node-agent-pods-verified.yaml:kustomize/overlays/pods-verified"
+    "svcnet-pods-verified.yaml:kustomize/overlays/pods-verified"
 )
 
 render() {

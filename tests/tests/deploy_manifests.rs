@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{ConfigMap, PodTemplateSpec, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, PodSpec, PodTemplateSpec, Service, ServiceAccount,
+};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -20,32 +22,30 @@ use serde_json::{Value, json};
 use svcnet_core::model::Kind;
 use svcnet_core::source::kube::watched_resources;
 
-/// One way of running svcnet: a rendered file in `deploy/manifests/`, its Kustomize source, and
-/// the kinds the agent it configures watches.
+/// One way of running svcnet: a rendered file in `deploy/manifests/` and its Kustomize source.
 struct Variant {
     file: &'static str,
     kustomization: &'static str,
-    /// Kinds the source must watch for this variant's configuration.
-    kinds: &'static [Kind],
 }
 
 const VARIANTS: [Variant; 3] = [
     Variant {
-        file: "node-agent.yaml",
+        file: "svcnet.yaml",
         kustomization: "kustomize/base",
-        kinds: &[Kind::Service, Kind::EndpointSlice],
     },
     Variant {
         file: "dns-only.yaml",
         kustomization: "kustomize/overlays/dns-only",
-        kinds: &[Kind::Service, Kind::EndpointSlice],
     },
     Variant {
-        file: "node-agent-pods-verified.yaml",
+        file: "svcnet-pods-verified.yaml",
         kustomization: "kustomize/overlays/pods-verified",
-        kinds: &[Kind::Service, Kind::EndpointSlice, Kind::Pod],
     },
 ];
+
+/// The kinds `agentctl run` asks its source for (`AgentOptions::kinds` in agentctl/src/main.rs;
+/// the library exposes no function for it yet, unlike `dns::plugins::serve::needed_kinds`).
+const AGENT_RUN_KINDS: [Kind; 2] = [Kind::Service, Kind::EndpointSlice];
 
 /// ConfigMaps the workloads reference that the operator creates (documented in
 /// docs/migration.md), not the manifests.
@@ -452,8 +452,10 @@ fn check_pod_template(
                 ));
             }
         }
-        if c.args.as_ref().and_then(|a| a.first()).map(String::as_str) != Some("run") {
-            errors.push(format!("{cat}: args must start with the `run` subcommand"));
+        if Program::of(c).is_none() {
+            errors.push(format!(
+                "{cat}: runs neither the image's `agentctl run` nor /svcnet-dns"
+            ));
         }
     }
     for (name, vol) in &volumes {
@@ -472,31 +474,127 @@ fn check_pod_template(
     errors
 }
 
-/// Long flags accepted by `agentctl run`, read from its `--help`, or `None` when the binary is
-/// not built.
-fn agent_run_flags() -> Option<BTreeSet<String>> {
-    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/agentctl");
-    let bin = std::env::var_os("SVCNET_AGENTCTL")
-        .map(PathBuf::from)
-        .unwrap_or(bin);
-    let out = Command::new(&bin).args(["run", "--help"]).output().ok()?;
-    assert!(
-        out.status.success(),
-        "{} run --help failed: {}",
-        bin.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let help = String::from_utf8_lossy(&out.stdout);
-    Some(
-        help.split(|c: char| c.is_whitespace() || c == ',' || c == '[' || c == ']' || c == '=')
-            .filter_map(|w| w.strip_prefix("--"))
-            .map(|w| {
-                w.trim_end_matches(|c: char| !c.is_alphanumeric())
-                    .to_string()
-            })
-            .filter(|w| !w.is_empty())
-            .collect(),
-    )
+/// The two programs the image runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Program {
+    /// The entrypoint: `/agentctl` with `run` as its first argument.
+    AgentRun,
+    /// `/svcnet-dns` as the container's command.
+    Dns,
+}
+
+impl Program {
+    fn of(c: &Container) -> Option<Program> {
+        let first_arg = c.args.as_ref().and_then(|a| a.first()).map(String::as_str);
+        match c.command.as_deref() {
+            None if first_arg == Some("run") => Some(Program::AgentRun),
+            Some([cmd]) if cmd == "/svcnet-dns" => Some(Program::Dns),
+            _ => None,
+        }
+    }
+
+    /// Long flags the program accepts, read from its `--help`; `None` when it is not built.
+    fn flags(self) -> Option<BTreeSet<String>> {
+        let (env, name, args): (&str, &str, &[&str]) = match self {
+            Program::AgentRun => ("SVCNET_AGENTCTL", "agentctl", &["run", "--help"]),
+            Program::Dns => ("SVCNET_DNS", "svcnet-dns", &["--help"]),
+        };
+        let bin = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/debug")
+                .join(name)
+        });
+        let out = Command::new(&bin).args(args).output().ok()?;
+        assert!(
+            out.status.success(),
+            "{} {args:?} failed: {}",
+            bin.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let help = String::from_utf8_lossy(&out.stdout);
+        Some(
+            help.split(|c: char| c.is_whitespace() || c == ',' || c == '[' || c == ']' || c == '=')
+                .filter_map(|w| w.strip_prefix("--"))
+                .map(|w| {
+                    w.trim_end_matches(|c: char| !c.is_alphanumeric())
+                        .to_string()
+                })
+                .filter(|w| !w.is_empty())
+                .collect(),
+        )
+    }
+}
+
+/// The value of `--flag=value` in a container's arguments.
+fn flag_value(c: &Container, flag: &str) -> Option<String> {
+    let prefix = format!("--{flag}=");
+    c.args
+        .iter()
+        .flatten()
+        .find_map(|a| a.strip_prefix(&prefix).map(str::to_owned))
+}
+
+/// A program with its container and pod, from a workload of a variant.
+struct Running {
+    at: String,
+    program: Program,
+    container: Container,
+    pod: PodSpec,
+}
+
+fn running(objects: &[Object]) -> Vec<Running> {
+    let mut out = Vec::new();
+    for obj in objects {
+        let template = match obj.kind() {
+            "DaemonSet" => typed::<DaemonSet>(obj).spec.unwrap().template,
+            "Deployment" => typed::<Deployment>(obj).spec.unwrap().template,
+            _ => continue,
+        };
+        let pod = template.spec.unwrap();
+        for c in &pod.containers {
+            let program = Program::of(c).unwrap_or_else(|| panic!("{}: unknown program", obj.at()));
+            out.push(Running {
+                at: format!("{} container {}", obj.at(), c.name),
+                program,
+                container: c.clone(),
+                pod: pod.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// The content of the file at `path` in the container: a key of a ConfigMap mounted as a
+/// directory there.
+fn mounted_file(objects: &[Object], r: &Running, path: &str) -> Result<String, String> {
+    let (dir, file) = path
+        .rsplit_once('/')
+        .ok_or_else(|| format!("{}: {path} is not an absolute path", r.at))?;
+    let mount = r
+        .container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path.trim_end_matches('/') == dir)
+        .ok_or_else(|| format!("{}: nothing is mounted at {dir} for {path}", r.at))?;
+    let cm = r
+        .pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .and_then(|v| v.config_map.as_ref())
+        .ok_or_else(|| format!("{}: {dir} is not a ConfigMap volume", r.at))?;
+    objects
+        .iter()
+        .find(|o| o.kind() == "ConfigMap" && o.name() == cm.name)
+        .and_then(|o| o.value["data"][file].as_str().map(str::to_owned))
+        .ok_or_else(|| {
+            format!(
+                "{}: ConfigMap {} has no key {file} for {path}",
+                r.at, cm.name
+            )
+        })
 }
 
 #[test]
@@ -722,45 +820,24 @@ fn check_node_agent(at: &str, template: &PodTemplateSpec) -> Vec<String> {
 }
 
 #[test]
-fn agentctl_run_accepts_the_manifests_flags() {
-    let Some(flags) = agent_run_flags() else {
-        panic!(
-            "target/debug/agentctl is missing: build it (cargo build -p agentctl) or set SVCNET_AGENTCTL"
-        );
-    };
+fn every_flag_in_the_manifests_is_one_the_program_has() {
     for v in &VARIANTS {
-        for obj in load_variant(v) {
-            let containers = match obj.kind() {
-                "DaemonSet" => {
-                    typed::<DaemonSet>(&obj)
-                        .spec
-                        .unwrap()
-                        .template
-                        .spec
-                        .unwrap()
-                        .containers
-                }
-                "Deployment" => {
-                    typed::<Deployment>(&obj)
-                        .spec
-                        .unwrap()
-                        .template
-                        .spec
-                        .unwrap()
-                        .containers
-                }
-                _ => continue,
+        for r in running(&load_variant(v)) {
+            let Some(flags) = r.program.flags() else {
+                panic!(
+                    "{}: the {:?} binary is not built (cargo build -p agentctl -p svcnet-dns, or set SVCNET_AGENTCTL/SVCNET_DNS)",
+                    r.at, r.program
+                );
             };
-            for c in containers {
-                for arg in c.args.iter().flatten() {
-                    if let Some(flag) = arg.strip_prefix("--") {
-                        let flag = flag.split('=').next().unwrap();
-                        assert!(
-                            flags.contains(flag),
-                            "{}: agentctl run has no --{flag} (it has {flags:?})",
-                            obj.at()
-                        );
-                    }
+            for arg in r.container.args.iter().flatten() {
+                if let Some(flag) = arg.strip_prefix("--") {
+                    let flag = flag.split('=').next().unwrap();
+                    assert!(
+                        flags.contains(flag),
+                        "{}: {:?} has no --{flag} (it has {flags:?})",
+                        r.at,
+                        r.program
+                    );
                 }
             }
         }
@@ -795,37 +872,81 @@ fn granted(objects: &[Object]) -> BTreeSet<(String, String, String)> {
     out
 }
 
+/// The kinds a running program asks its source for, from the code.
+fn needed_kinds(objects: &[Object], r: &Running) -> Vec<Kind> {
+    match r.program {
+        Program::AgentRun => AGENT_RUN_KINDS.to_vec(),
+        Program::Dns => svcnet_core::dns::plugins::serve::needed_kinds(&corefile_of(objects, r)),
+    }
+}
+
 #[test]
-fn cluster_role_grants_exactly_what_the_watchers_use() {
+fn cluster_roles_grant_exactly_what_the_watchers_use() {
     let mut errors = Vec::new();
     for v in &VARIANTS {
-        let needed: BTreeSet<_> = watched_resources(v.kinds)
-            .into_iter()
-            .flat_map(|w| {
-                w.verbs
-                    .iter()
-                    .map(|verb| {
-                        (
-                            w.api_group.to_string(),
-                            w.resource.to_string(),
-                            verb.to_string(),
-                        )
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        let granted = granted(&load_variant(v));
-        for missing in needed.difference(&granted) {
-            errors.push(format!(
-                "{}: ClusterRole lacks {missing:?} the watchers use",
-                v.file
-            ));
-        }
-        for extra in granted.difference(&needed) {
-            errors.push(format!(
-                "{}: ClusterRole grants {extra:?} no watcher uses",
-                v.file
-            ));
+        let objects = load_variant(v);
+        let programs = running(&objects);
+        for binding in objects.iter().filter(|o| o.kind() == "ClusterRoleBinding") {
+            let b: ClusterRoleBinding = typed(binding);
+            // Everything the pods running as the binding's service accounts watch.
+            let accounts: BTreeSet<String> = b
+                .subjects
+                .iter()
+                .flatten()
+                .map(|s| s.name.clone())
+                .collect();
+            let users: Vec<&Running> = programs
+                .iter()
+                .filter(|r| {
+                    r.pod
+                        .service_account_name
+                        .as_ref()
+                        .is_some_and(|sa| accounts.contains(sa))
+                })
+                .collect();
+            if users.is_empty() {
+                errors.push(format!(
+                    "{}: no workload runs as {accounts:?}",
+                    binding.at()
+                ));
+            }
+            let kinds: Vec<Kind> = users
+                .iter()
+                .flat_map(|r| needed_kinds(&objects, r))
+                .collect();
+            let needed: BTreeSet<_> = watched_resources(&kinds)
+                .into_iter()
+                .flat_map(|w| {
+                    w.verbs
+                        .iter()
+                        .map(|verb| {
+                            (
+                                w.api_group.to_string(),
+                                w.resource.to_string(),
+                                verb.to_string(),
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            let role: Vec<Object> = objects
+                .iter()
+                .filter(|o| o.kind() == "ClusterRole" && o.name() == b.role_ref.name)
+                .cloned()
+                .collect();
+            let granted = granted(&role);
+            for missing in needed.difference(&granted) {
+                errors.push(format!(
+                    "{}: {} lacks {missing:?} that its watchers use",
+                    v.file, b.role_ref.name
+                ));
+            }
+            for extra in granted.difference(&needed) {
+                errors.push(format!(
+                    "{}: {} grants {extra:?} that no watcher uses",
+                    v.file, b.role_ref.name
+                ));
+            }
         }
     }
     assert!(
@@ -1009,76 +1130,93 @@ fn kubectl_apply_client_dry_run_accepts_every_variant() {
 // The ConfigMaps load with svcnet's own parsers, and the probes and ports point at what that
 // configuration serves.
 
-fn corefile_of(v: &Variant, objects: &[Object]) -> svcnet_core::dns::corefile::Corefile {
+fn corefile_of(objects: &[Object], r: &Running) -> svcnet_core::dns::corefile::Corefile {
     use svcnet_core::dns::corefile::{self, LoadOptions, MemoryFiles};
-    let text = objects
-        .iter()
-        .find(|o| o.kind() == "ConfigMap" && o.name() == "svcnet-dns")
-        .and_then(|o| o.value["data"]["Corefile"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| panic!("{}: no ConfigMap svcnet-dns with a Corefile", v.file));
+    let path =
+        flag_value(&r.container, "corefile").unwrap_or_else(|| panic!("{}: no --corefile", r.at));
+    let text = mounted_file(objects, r, &path).unwrap_or_else(|e| panic!("{e}"));
     let cf = corefile::load_from(
-        &format!("{} svcnet-dns/Corefile", v.file),
+        &format!("{} {path}", r.at),
         &text,
         // The pod's /etc/resolv.conf is the node's (dnsPolicy: Default); only parsed here.
         MemoryFiles::new().insert("/etc/resolv.conf", "nameserver 192.0.2.53\n"),
         &|_| None,
         &LoadOptions::default(),
     )
-    .unwrap_or_else(|e| panic!("{}: the Corefile does not load: {e}", v.file));
+    .unwrap_or_else(|e| panic!("{}: the Corefile does not load: {e}", r.at));
     assert!(
         cf.warnings.is_empty(),
         "{}: Corefile warnings {:?}",
-        v.file,
+        r.at,
         cf.warnings
     );
     cf
 }
 
-/// (port, protocol, HTTP path or "") served by a variant's configuration.
-fn served_endpoints(v: &Variant, objects: &[Object]) -> BTreeSet<(i32, String, String)> {
+/// What a running program serves: (port, protocol, HTTP path or "") and the address an HTTP
+/// probe must use (`None`: the pod's address).
+fn served_endpoints(
+    objects: &[Object],
+    r: &Running,
+) -> (BTreeSet<(i32, String, String)>, Option<String>) {
     let mut served = BTreeSet::new();
-    let cf = corefile_of(v, objects);
-    for server in &cf.servers {
-        for addr in server.listen_addrs() {
-            for proto in ["UDP", "TCP"] {
-                served.insert((i32::from(addr.port()), proto.to_string(), String::new()));
-            }
-        }
-        let p = &server.plugins;
-        let mut http = |port: u16, path: &str| {
+    let mut http = |port: u16, paths: &[&str]| {
+        for path in paths.iter().chain([&""]) {
             served.insert((i32::from(port), "TCP".to_string(), path.to_string()));
-            served.insert((i32::from(port), "TCP".to_string(), String::new()));
-        };
-        if let Some(h) = &p.health {
-            http(h.addr.port(), "/health");
         }
-        if let Some(r) = &p.ready {
-            http(r.addr.port(), "/ready");
+    };
+    match r.program {
+        Program::Dns => {
+            let cf = corefile_of(objects, r);
+            for server in &cf.servers {
+                let p = &server.plugins;
+                if let Some(h) = &p.health {
+                    http(h.addr.port(), &["/health"]);
+                }
+                if let Some(rd) = &p.ready {
+                    http(rd.addr.port(), &["/ready"]);
+                }
+                if let Some(m) = &p.prometheus {
+                    http(m.addr.port(), &["/metrics"]);
+                }
+            }
+            for server in &cf.servers {
+                for addr in server.listen_addrs() {
+                    for proto in ["UDP", "TCP"] {
+                        served.insert((i32::from(addr.port()), proto.to_string(), String::new()));
+                    }
+                }
+            }
+            (served, None)
         }
-        if let Some(m) = &p.prometheus {
-            http(m.addr.port(), "/metrics");
+        Program::AgentRun => {
+            let admin: std::net::SocketAddr = flag_value(&r.container, "admin")
+                .unwrap_or_else(|| panic!("{}: set --admin explicitly", r.at))
+                .parse()
+                .expect("--admin is ADDR:PORT");
+            http(
+                admin.port(),
+                &[
+                    "/health", "/healthz", "/livez", "/ready", "/readyz", "/metrics", "/status",
+                ],
+            );
+            let host = (!admin.ip().is_unspecified()).then(|| admin.ip().to_string());
+            if let Some(path) = flag_value(&r.container, "proxy-config") {
+                let text = mounted_file(objects, r, &path).unwrap_or_else(|e| panic!("{e}"));
+                let loaded =
+                    svcnet_core::ipvs::config::file::parse(&text, &path).unwrap_or_else(|e| {
+                        panic!("{}: the KubeProxyConfiguration does not load: {e}", r.at)
+                    });
+                assert!(
+                    loaded.ignored.is_empty(),
+                    "{}: the shipped KubeProxyConfiguration has fields svcnet ignores: {:?}",
+                    r.at,
+                    loaded.ignored
+                );
+            }
+            (served, host)
         }
     }
-    if let Some(proxy) = objects
-        .iter()
-        .find(|o| o.kind() == "ConfigMap" && o.name() == "svcnet-proxy")
-    {
-        let text = proxy.value["data"]["config.conf"]
-            .as_str()
-            .expect("svcnet-proxy has config.conf");
-        let conf: Value = serde_saphyr::from_str(text).expect("config.conf is YAML");
-        assert_eq!(conf["kind"], "KubeProxyConfiguration");
-        assert_eq!(conf["apiVersion"], "kubeproxy.config.k8s.io/v1alpha1");
-        assert_eq!(conf["mode"], "ipvs");
-        let healthz = conf["healthzBindAddress"]
-            .as_str()
-            .unwrap_or("0.0.0.0:10256");
-        let port: i32 = healthz.rsplit(':').next().unwrap().parse().unwrap();
-        for path in ["/healthz", "/livez", ""] {
-            served.insert((port, "TCP".to_string(), path.to_string()));
-        }
-    }
-    served
 }
 
 #[test]
@@ -1086,71 +1224,54 @@ fn configmaps_load_and_probes_and_ports_point_at_what_they_configure() {
     let mut errors = Vec::new();
     for v in &VARIANTS {
         let objects = load_variant(v);
-        let served = served_endpoints(v, &objects);
-        for obj in &objects {
-            let template = match obj.kind() {
-                "DaemonSet" => typed::<DaemonSet>(obj).spec.unwrap().template,
-                "Deployment" => typed::<Deployment>(obj).spec.unwrap().template,
-                _ => continue,
-            };
-            for c in template.spec.unwrap().containers {
-                let ports: Vec<_> = c.ports.clone().unwrap_or_default();
-                for p in &ports {
-                    let proto = p.protocol.clone().unwrap_or_else(|| "TCP".into());
-                    if !served.contains(&(p.container_port, proto.clone(), String::new())) {
-                        errors.push(format!(
-                            "{}: port {} {}/{proto} is served by nothing in its configuration",
-                            obj.at(),
-                            p.name.as_deref().unwrap_or(""),
-                            p.container_port
-                        ));
-                    }
+        for r in running(&objects) {
+            let (served, probe_host) = served_endpoints(&objects, &r);
+            let c = &r.container;
+            let ports: Vec<_> = c.ports.clone().unwrap_or_default();
+            for p in &ports {
+                let proto = p.protocol.clone().unwrap_or_else(|| "TCP".into());
+                if !served.contains(&(p.container_port, proto.clone(), String::new())) {
+                    errors.push(format!(
+                        "{}: port {} {}/{proto} is served by nothing in its configuration",
+                        r.at,
+                        p.name.as_deref().unwrap_or(""),
+                        p.container_port
+                    ));
                 }
-                for probe in [&c.liveness_probe, &c.readiness_probe]
-                    .into_iter()
-                    .flatten()
-                {
-                    let Some(get) = &probe.http_get else { continue };
-                    let port = match &get.port {
-                        IntOrString::Int(n) => Some(*n),
-                        IntOrString::String(name) => ports
-                            .iter()
-                            .find(|p| p.name.as_deref() == Some(name))
-                            .map(|p| p.container_port),
-                    };
-                    let path = get.path.clone().unwrap_or_default();
-                    if !port
-                        .is_some_and(|port| served.contains(&(port, "TCP".into(), path.clone())))
-                    {
-                        errors.push(format!(
-                            "{}: probe {path} on {:?} is not an endpoint its configuration serves ({served:?})",
-                            obj.at(),
-                            get.port
-                        ));
-                    }
+            }
+            for probe in [&c.liveness_probe, &c.readiness_probe]
+                .into_iter()
+                .flatten()
+            {
+                let Some(get) = &probe.http_get else { continue };
+                let port = match &get.port {
+                    IntOrString::Int(n) => Some(*n),
+                    IntOrString::String(name) => ports
+                        .iter()
+                        .find(|p| p.name.as_deref() == Some(name))
+                        .map(|p| p.container_port),
+                };
+                let path = get.path.clone().unwrap_or_default();
+                if !port.is_some_and(|port| served.contains(&(port, "TCP".into(), path.clone()))) {
+                    errors.push(format!(
+                        "{}: probe {path} on {:?} is not an endpoint its configuration serves ({served:?})",
+                        r.at, get.port
+                    ));
+                }
+                if get.host != probe_host {
+                    errors.push(format!(
+                        "{}: probe {path} goes to host {:?}, the program listens on {:?}",
+                        r.at, get.host, probe_host
+                    ));
+                }
+                if get.host.is_some() && r.pod.host_network != Some(true) {
+                    errors.push(format!(
+                        "{}: a probe host of 127.0.0.1 needs hostNetwork",
+                        r.at
+                    ));
                 }
             }
         }
     }
     assert!(errors.is_empty(), "{}", errors.join("\n"));
-}
-
-#[test]
-fn variants_watch_pods_exactly_when_their_corefile_verifies_pods() {
-    use svcnet_core::dns::corefile::PodsMode;
-    for v in &VARIANTS {
-        let cf = corefile_of(v, &load_variant(v));
-        let verified = cf.servers.iter().any(|s| {
-            s.plugins
-                .kubernetes
-                .as_ref()
-                .is_some_and(|k| k.pods == PodsMode::Verified)
-        });
-        assert_eq!(
-            v.kinds.contains(&Kind::Pod),
-            verified,
-            "{}: the RBAC variant table and the Corefile's `pods` mode disagree",
-            v.file
-        );
-    }
 }
