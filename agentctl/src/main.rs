@@ -114,9 +114,12 @@ struct RunArgs {
     /// Admin endpoint (/status, /health, /ready, /metrics).
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9900")]
     admin: SocketAddr,
-    /// DNS listen address, UDP and TCP.
-    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:53")]
-    dns_listen: SocketAddr,
+    /// DNS listen address, UDP and TCP (default 0.0.0.0:53, or the Corefile's addresses).
+    #[arg(long, value_name = "ADDR:PORT")]
+    dns_listen: Option<SocketAddr>,
+    /// Serve DNS as this Corefile says (CoreDNS syntax; reloaded live when it has `reload`).
+    #[arg(long, value_name = "FILE")]
+    corefile: Option<PathBuf>,
     /// Cluster domain served by DNS.
     #[arg(long, value_name = "DOMAIN", default_value = "cluster.local")]
     cluster_domain: String,
@@ -583,12 +586,31 @@ async fn run(args: RunArgs) -> Result<()> {
         chosen => chosen,
     };
     let mut subsystems = Vec::new();
+    let mut kinds = vec![Kind::Service, Kind::EndpointSlice];
     if dns {
-        subsystems.push(agent::dns::launcher(agent::dns::DnsSubsystemOptions {
-            listen: args.dns_listen,
-            zone: svcnet_core::dns::zone::ZoneOptions::for_domain(&args.cluster_domain),
-            ..Default::default()
-        }));
+        match &args.corefile {
+            Some(path) => {
+                let options = agent::dns::CorefileSubsystemOptions {
+                    path: path.clone(),
+                    listen_override: args.dns_listen,
+                    startup_timeout: Duration::from_secs(5),
+                    allow_unknown: false,
+                };
+                for k in agent::dns::corefile_kinds(&options)? {
+                    if !kinds.contains(&k) {
+                        kinds.push(k);
+                    }
+                }
+                subsystems.push(agent::dns::corefile_launcher(options));
+            }
+            None => subsystems.push(agent::dns::launcher(agent::dns::DnsSubsystemOptions {
+                listen: args
+                    .dns_listen
+                    .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 53))),
+                zone: svcnet_core::dns::zone::ZoneOptions::for_domain(&args.cluster_domain),
+                ..Default::default()
+            })),
+        }
     }
     if proxy {
         subsystems.push(agent::proxy::launcher(agent::proxy::ProxyOptions {
@@ -601,7 +623,7 @@ async fn run(args: RunArgs) -> Result<()> {
     }
     let options = AgentOptions {
         source: args.source.config(),
-        kinds: vec![Kind::Service, Kind::EndpointSlice],
+        kinds,
         admin: Some(args.admin),
         subsystems,
         lameduck: Duration::from_secs(args.lameduck),

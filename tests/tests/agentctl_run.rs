@@ -408,3 +408,107 @@ fn status_against_no_agent_is_a_clear_error() {
         "{err}"
     );
 }
+
+fn free_udp_tcp_port() -> u16 {
+    loop {
+        let port = free_tcp_port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+#[test]
+fn run_with_a_corefile_reports_the_file_and_its_reload_errors() {
+    let dir = std::env::temp_dir().join(format!("agentctl-corefile-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let dns_port = free_udp_tcp_port();
+    let ready_port = free_tcp_port();
+    let corefile = dir.join("Corefile");
+    let text = format!(
+        ".:{dns_port} {{\n    bind 127.0.0.1\n    errors\n    ready 127.0.0.1:{ready_port}\n    kubernetes cluster.local in-addr.arpa ip6.arpa {{\n        fallthrough in-addr.arpa ip6.arpa\n    }}\n    reload 2s 1s\n}}\n"
+    );
+    std::fs::write(&corefile, &text).unwrap();
+    let admin = format!("127.0.0.1:{}", free_tcp_port());
+    let child = Command::new(agentctl())
+        .args([
+            "run",
+            "--dns",
+            "--manifests",
+            repo().join("examples/cluster").to_str().unwrap(),
+            "--corefile",
+            corefile.to_str().unwrap(),
+            "--admin",
+            &admin,
+            "--lameduck",
+            "0",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn agentctl run");
+    let mut agent = Agent { child };
+    let st = wait_for("agent ready", Duration::from_secs(30), || {
+        let out = ctl(&["status", "--admin", &admin, "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["ready"] == true).then_some(v)
+    });
+    assert!(
+        st["subsystems"]["proxy"].is_null(),
+        "--dns alone runs no proxy"
+    );
+    assert_eq!(
+        st["subsystems"]["dns"]["config_files"][0],
+        corefile.display().to_string()
+    );
+    let server = format!("127.0.0.1:{dns_port}");
+    let a = ctl_ok(&[
+        "dns",
+        "query",
+        "kubernetes.default.svc.cluster.local",
+        "--server",
+        &server,
+        "--short",
+    ]);
+    assert_eq!(a, "10.96.0.1\n");
+
+    // A broken edit: reported, and the running configuration keeps answering.
+    std::fs::write(&corefile, format!("{text}kubernetes {{\n")).unwrap();
+    let err = wait_for("the reload error", Duration::from_secs(10), || {
+        status_json(&admin)["subsystems"]["dns"]["last_reload_error"]
+            .as_str()
+            .map(str::to_string)
+    });
+    assert!(err.contains(&corefile.display().to_string()), "{err}");
+    let again = ctl_ok(&[
+        "dns",
+        "query",
+        "kubernetes.default.svc.cluster.local",
+        "--server",
+        &server,
+        "--short",
+    ]);
+    assert_eq!(again, "10.96.0.1\n");
+    // Fixed again: the error clears.
+    std::fs::write(&corefile, &text).unwrap();
+    wait_for("the reload error to clear", Duration::from_secs(10), || {
+        status_json(&admin)["subsystems"]["dns"]["last_reload_error"]
+            .is_null()
+            .then_some(())
+    });
+
+    let pid = agent.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let exit = wait_for("agent to exit", Duration::from_secs(15), || {
+        agent.child.try_wait().expect("try_wait")
+    });
+    assert!(exit.success(), "agent exit status {exit}");
+    std::fs::remove_dir_all(&dir).ok();
+}

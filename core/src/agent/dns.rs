@@ -211,3 +211,199 @@ async fn start(
     });
     Ok(RunningSubsystem { handle, task })
 }
+
+/// Options of the DNS subsystem when it serves a Corefile (`agentctl run --corefile`).
+#[derive(Debug, Clone)]
+pub struct CorefileSubsystemOptions {
+    /// The Corefile.
+    pub path: std::path::PathBuf,
+    /// Listen here instead of the Corefile's addresses.
+    pub listen_override: Option<SocketAddr>,
+    /// Answer from whatever is cached after this long without a sync.
+    pub startup_timeout: Duration,
+    /// Unknown plugins and options are warnings instead of errors.
+    pub allow_unknown: bool,
+}
+
+/// The cache kinds a Corefile needs (`pods verified` adds Pods).
+pub fn corefile_kinds(
+    options: &CorefileSubsystemOptions,
+) -> Result<Vec<crate::model::Kind>, AgentError> {
+    let cf = load_corefile(options)?;
+    Ok(crate::dns::plugins::serve::needed_kinds(&cf))
+}
+
+fn parse_corefile(
+    options: &CorefileSubsystemOptions,
+) -> Result<crate::dns::corefile::Corefile, crate::dns::corefile::CorefileError> {
+    crate::dns::corefile::load(
+        &options.path,
+        &crate::dns::corefile::LoadOptions {
+            allow_unknown: options.allow_unknown,
+        },
+    )
+}
+
+fn load_corefile(
+    options: &CorefileSubsystemOptions,
+) -> Result<crate::dns::corefile::Corefile, AgentError> {
+    parse_corefile(options).map_err(|e| AgentError::Subsystem {
+        subsystem: "dns",
+        reason: e.to_string(),
+    })
+}
+
+struct CorefileDns {
+    path: String,
+    listen: Vec<SocketAddr>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+    has_ready_endpoint: bool,
+    reload_error: Arc<Mutex<Option<String>>>,
+    exit_error: Arc<Mutex<Option<String>>>,
+}
+
+impl Subsystem for CorefileDns {
+    fn name(&self) -> &'static str {
+        "dns"
+    }
+
+    fn status(&self) -> SubsystemStatus {
+        let exit_error = self.exit_error.lock().ok().and_then(|e| e.clone());
+        let mut details = BTreeMap::new();
+        details.insert(
+            "listen".into(),
+            self.listen
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+                .into(),
+        );
+        details.insert(
+            "readiness".into(),
+            if self.has_ready_endpoint {
+                "from the Corefile's ready endpoint".into()
+            } else {
+                "no ready plugin in the Corefile: ready once serving".into()
+            },
+        );
+        SubsystemStatus {
+            ready: exit_error.is_none() && self.ready.load(Ordering::Relaxed),
+            summary: format!("DNS serving Corefile {}", self.path),
+            applied_generation: None,
+            syncs: 0,
+            last_sync_seconds: None,
+            query_rate_per_second: None,
+            config_files: vec![self.path.clone()],
+            last_reload_error: self.reload_error.lock().ok().and_then(|e| e.clone()),
+            last_error: exit_error,
+            details,
+        }
+    }
+}
+
+/// A launcher of the DNS subsystem serving a Corefile with the DNS helper's
+/// [`run_corefile`](crate::dns::plugins::serve::run_corefile) (its own health/ready/metrics
+/// endpoints as the Corefile configures them, reload included). The agent reports the Corefile
+/// in force, readiness from the Corefile's `ready` endpoint, and — checked by re-parsing the file
+/// when it changes — the last reload error.
+pub fn corefile_launcher(options: CorefileSubsystemOptions) -> SubsystemLauncher {
+    Box::new(
+        move |reader: CacheReader, mut shutdown: watch::Receiver<bool>| {
+            Box::pin(async move {
+                let cf = load_corefile(&options)?;
+                let listen: Vec<SocketAddr> = match options.listen_override {
+                    Some(a) => vec![a],
+                    None => cf.servers.iter().flat_map(|s| s.listen_addrs()).collect(),
+                };
+                let ready_addr = cf
+                    .servers
+                    .iter()
+                    .find_map(|s| s.plugins.ready.as_ref().map(|r| r.addr))
+                    .map(|a| {
+                        if a.ip().is_unspecified() {
+                            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), a.port())
+                        } else {
+                            a
+                        }
+                    });
+                let ready = Arc::new(std::sync::atomic::AtomicBool::new(ready_addr.is_none()));
+                let reload_error = Arc::new(Mutex::new(None));
+                let exit_error = Arc::new(Mutex::new(None));
+                let handle = Arc::new(CorefileDns {
+                    path: options.path.display().to_string(),
+                    listen,
+                    ready: ready.clone(),
+                    has_ready_endpoint: ready_addr.is_some(),
+                    reload_error: reload_error.clone(),
+                    exit_error: exit_error.clone(),
+                });
+                let watch_options = options.clone();
+                let mut files = cf.files.clone();
+                let checker = tokio::spawn(async move {
+                    let stamp =
+                        |files: &[std::path::PathBuf]| -> Vec<Option<std::time::SystemTime>> {
+                            files
+                                .iter()
+                                .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+                                .collect()
+                        };
+                    let mut seen = stamp(&files);
+                    let mut tick = tokio::time::interval(Duration::from_secs(1));
+                    loop {
+                        tick.tick().await;
+                        if let Some(addr) = ready_addr {
+                            let ok = matches!(
+                                super::client::get(addr, "/ready", Duration::from_secs(1)).await,
+                                Ok((200, _))
+                            );
+                            ready.store(ok, Ordering::Relaxed);
+                        }
+                        let now = stamp(&files);
+                        if now != seen {
+                            seen = now;
+                            let error = match parse_corefile(&watch_options) {
+                                Ok(cf) => {
+                                    files = cf.files;
+                                    seen = stamp(&files);
+                                    None
+                                }
+                                Err(e) => Some(e.to_string()),
+                            };
+                            if let Ok(mut slot) = reload_error.lock() {
+                                *slot = error;
+                            }
+                        }
+                    }
+                });
+                let serve_options = crate::dns::plugins::serve::CorefileOptions {
+                    path: options.path.clone(),
+                    load: crate::dns::corefile::LoadOptions {
+                        allow_unknown: options.allow_unknown,
+                    },
+                    listen_override: options.listen_override,
+                    startup_timeout: options.startup_timeout,
+                    udp_workers: 0,
+                };
+                let task = tokio::spawn(async move {
+                    let stop = async move {
+                        let _ = shutdown.wait_for(|s| *s).await;
+                    };
+                    let result =
+                        crate::dns::plugins::serve::run_corefile(reader, serve_options, stop).await;
+                    checker.abort();
+                    if let Err(e) = result {
+                        tracing::error!(error = %e, "DNS (Corefile) stopped");
+                        if let Ok(mut slot) = exit_error.lock() {
+                            *slot = Some(e.to_string());
+                        }
+                    }
+                });
+                Ok(RunningSubsystem {
+                    handle: handle as Arc<dyn Subsystem>,
+                    task,
+                })
+            })
+        },
+    )
+}
