@@ -40,7 +40,17 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match real_main().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("svcnet-proxy: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn real_main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -66,5 +76,5 @@ async fn main() -> anyhow::Result<()> {
         print!("{table}");
         return Ok(());
     }
-    run_proxy(options).await.context("svcnet-proxy")
+    run_proxy(options).await.context("running the proxy")
 }
