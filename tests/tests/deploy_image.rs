@@ -2,8 +2,8 @@
 //! config runs `agentctl run`, every blob matching its digest, the layer holding the very binary
 //! given, and the same inputs giving the same digest and archive bytes.
 //!
-//! To stay fast the image is built from the debug `agentctl` (`--allow-dynamic`); the static
-//! release build is the script's job outside CI.
+//! To stay fast the image is built from the debug `agentctl` and `svcnet-dns`, stripped
+//! (`--allow-dynamic`); the static release build is the script's job outside CI.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -44,10 +44,11 @@ fn debug_binary(env: &str, package: &str) -> PathBuf {
     bin
 }
 
-/// Strips debug information as the script does (deterministically); returns the bytes.
+/// A copy of `binary` without symbols or debug information (an eighth of a debug build's size,
+/// which keeps the packing fast); returns its bytes.
 fn stripped(binary: &Path, out: &Path) -> Vec<u8> {
     let status = Command::new("strip")
-        .arg("--strip-debug")
+        .arg("--strip-all")
         .arg("-o")
         .arg(out)
         .arg(binary)
@@ -70,9 +71,11 @@ struct Build {
     out: PathBuf,
 }
 
-fn build(binary: &Path, dns_binary: &Path, out: &Path, epoch: u64) -> Build {
+/// Runs the script; `strip`: let it strip debug information itself (otherwise `--no-strip`).
+fn build(binary: &Path, dns_binary: &Path, out: &Path, epoch: u64, strip: bool) -> Build {
     let output = Command::new(repo().join("deploy/image/build-image.sh"))
         .env("SOURCE_DATE_EPOCH", epoch.to_string())
+        .args((!strip).then_some("--no-strip"))
         .arg("--binary")
         .arg(binary)
         .arg("--dns-binary")
@@ -192,17 +195,20 @@ fn image_layout_is_valid_runs_agentctl_run_and_is_reproducible() {
             return;
         }
     }
-    let binary = debug_binary("SVCNET_AGENTCTL", "agentctl");
-    let dns_binary = debug_binary("SVCNET_DNS", "svcnet-dns");
     let tmp = tempfile::tempdir().unwrap();
-    // The script strips debug information: the layer must hold exactly that.
-    let binary_bytes = stripped(&binary, &tmp.path().join("agentctl.stripped"));
-    let dns_bytes = stripped(&dns_binary, &tmp.path().join("svcnet-dns.stripped"));
+    // Packed as given (`--no-strip`), so the layer must hold exactly these bytes; the script's
+    // own stripping is exercised by the small builds at the end.
+    let (binary, dns_binary) = (
+        tmp.path().join("agentctl.stripped"),
+        tmp.path().join("svcnet-dns.stripped"),
+    );
+    let binary_bytes = stripped(&debug_binary("SVCNET_AGENTCTL", "agentctl"), &binary);
+    let dns_bytes = stripped(&debug_binary("SVCNET_DNS", "svcnet-dns"), &dns_binary);
     // Two builds from the same inputs, side by side (two cores), to compare below.
     let second = std::thread::scope(|scope| {
         let (b, d, out) = (&binary, &dns_binary, tmp.path().join("b"));
-        let second = scope.spawn(move || build(b, d, &out, EPOCH));
-        let first = build(&binary, &dns_binary, &tmp.path().join("a"), EPOCH);
+        let second = scope.spawn(move || build(b, d, &out, EPOCH, false));
+        let first = build(&binary, &dns_binary, &tmp.path().join("a"), EPOCH, false);
         (first, second.join().expect("second build"))
     });
     let (first, second) = second;
@@ -348,9 +354,13 @@ fn image_layout_is_valid_runs_agentctl_run_and_is_reproducible() {
     let a = std::fs::read(first.out.join(archive_name)).expect("archive");
     let b = std::fs::read(second.out.join(archive_name)).expect("archive");
     assert!(a == b, "rebuild gives the same archive bytes");
-    let third = build(&binary, &dns_binary, &tmp.path().join("c"), EPOCH + 1);
+    // Another SOURCE_DATE_EPOCH gives another image; small binaries suffice to show it, through
+    // the script's default path (stripping debug information itself).
+    let small = Path::new("/bin/true");
+    let third = build(small, small, &tmp.path().join("c"), EPOCH, true);
+    let fourth = build(small, small, &tmp.path().join("d"), EPOCH + 1, true);
     assert_ne!(
-        first.digest, third.digest,
+        third.digest, fourth.digest,
         "the timestamp comes from SOURCE_DATE_EPOCH"
     );
 
