@@ -129,7 +129,28 @@ pub async fn run_proxy(options: AppOptions) -> Result<(), AppError> {
         .config_file
         .clone()
         .map(|p| watch_config(p, config_tx.clone()));
-    let servers = super::serve::start_with(&config_rx.borrow(), status.clone(), metrics).await;
+    // Health and metrics servers follow the config live: a changed bind address rebinds.
+    let mut server_config = config_rx.clone();
+    let server_status = status.clone();
+    let servers = tokio::spawn(async move {
+        let mut current = server_config.borrow_and_update().clone();
+        let mut running =
+            super::serve::start_with(&current, server_status.clone(), metrics.clone()).await;
+        while server_config.changed().await.is_ok() {
+            let next = server_config.borrow_and_update().clone();
+            if next.healthz_bind_address != current.healthz_bind_address
+                || next.metrics_bind_address != current.metrics_bind_address
+                || next.sync_period != current.sync_period
+            {
+                drop(running);
+                running =
+                    super::serve::start_with(&next, server_status.clone(), metrics.clone()).await;
+                tracing::info!(healthz = ?running.healthz, metrics = ?running.metrics, "servers rebound");
+            }
+            current = next;
+        }
+        drop(running);
+    });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -152,7 +173,7 @@ pub async fn run_proxy(options: AppOptions) -> Result<(), AppError> {
         shutdown_rx,
     )
     .await;
-    drop(servers);
+    servers.abort();
     result.map_err(AppError::from)
 }
 

@@ -257,4 +257,40 @@ mod tests {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }
     }
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn serves_health_and_metrics_on_configured_addresses() {
+        let config = ProxyConfig {
+            healthz_bind_address: Some("127.0.0.1:0".parse().unwrap()),
+            metrics_bind_address: Some("127.0.0.1:0".parse().unwrap()),
+            ..ProxyConfig::default()
+        };
+        let metrics = Arc::new(ProxyMetrics::new());
+        let status = status_with_metrics(metrics.clone());
+        let servers = start_with(&config, status, metrics).await;
+        let health = get(servers.healthz.unwrap(), "/healthz").await;
+        assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+        let live = get(servers.healthz.unwrap(), "/livez").await;
+        assert!(live.starts_with("HTTP/1.1 200"), "{live}");
+        let m = get(servers.metrics.unwrap(), "/metrics").await;
+        assert!(
+            m.contains("kubeproxy_sync_proxy_rules_duration_seconds"),
+            "{m}"
+        );
+        let missing = get(servers.metrics.unwrap(), "/nope").await;
+        assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+    }
 }
