@@ -319,7 +319,10 @@ mod tests {
             .map(|s| crate::model::ClusterObject::Service((**s).clone()))
             .collect();
         writer.replace_kind(Kind::Service, services);
-        writer.replace_kind(Kind::EndpointSlice, Vec::new());
+        writer.replace_kind(
+            Kind::EndpointSlice,
+            Vec::<crate::model::ClusterObject>::new(),
+        );
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
             let r = run(

@@ -210,6 +210,11 @@ struct ServiceEntry {
     slice_ports: Vec<Vec<PortEntry>>,
 }
 
+/// An entry of the IPv4 PTR index.
+type V4Ptr = (u32, PtrTarget);
+/// An entry of the IPv6 PTR index.
+type V6Ptr = (u128, PtrTarget);
+
 /// A PTR target: a service (cluster IP) or an endpoint of a service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PtrTarget {
@@ -486,7 +491,7 @@ impl ClusterZone {
 
     /// The PTR targets of `ip`.
     fn ptr_targets(&self, ip: IpAddr) -> impl Iterator<Item = PtrTarget> + '_ {
-        let (a, b): (&[(u32, PtrTarget)], &[(u128, PtrTarget)]) = match ip {
+        let (a, b): (&[V4Ptr], &[V6Ptr]) = match ip {
             IpAddr::V4(v4) => {
                 let k = u32::from(v4);
                 let start = self.reverse_v4.partition_point(|(x, _)| *x < k);
