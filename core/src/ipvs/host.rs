@@ -501,11 +501,11 @@ impl KernelHost {
             None => ipset_restore(&sets),
             Some(prev) => ipset_diff(prev, &sets),
         };
-        if !script.is_empty() {
-            if let Err(e) = run_cmd("ipset", &["restore"], Some(&script)) {
-                self.last_ipsets = None; // next time: full swap
-                return Err(e);
-            }
+        if !script.is_empty()
+            && let Err(e) = run_cmd("ipset", &["restore"], Some(&script))
+        {
+            self.last_ipsets = None; // next time: full swap
+            return Err(e);
         }
         self.last_ipsets = Some(sets);
         if self.last_rules.as_deref() != Some(rules.as_str()) {
