@@ -155,7 +155,9 @@ struct StatusArgs {
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
 enum StatusOutput {
+    /// Readable text.
     Text,
+    /// The /status document.
     Json,
 }
 
@@ -303,8 +305,11 @@ struct GetArgs {
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
 enum GetOutput {
+    /// The table with extra columns (services: SELECTOR).
     Wide,
+    /// The projected objects (svcnet's compact model) as JSON.
     Json,
+    /// The projected objects (svcnet's compact model) as YAML.
     Yaml,
 }
 
