@@ -207,7 +207,8 @@ cat > "$RESULTS" <<EOF2
 # svcnet-dns cache and reload benchmark
 
 Measured by \`bench/dns-cache/run.sh $DURATION\` on $(date -u +%Y-%m-%d), $(nproc) vCPU ($CPU), loopback,
-dnsperf with $INFLIGHT queries in flight; client, servers and upstream share the same cores.
+dnsperf with $INFLIGHT queries in flight; client, servers and upstream share the same cores
+(load average at the end of the run: $(cut -d" " -f1-3 /proc/loadavg), other builds may have shared the machine).
 
 ## Cache hits vs the forward path (same run, same $NAMES names)
 

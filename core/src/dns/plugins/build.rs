@@ -130,10 +130,12 @@ fn block_chain(block: &ServerBlock, zone: &str, ctx: &BuildContext) -> (Chain, O
     (Chain::new(plugins), lp)
 }
 
+/// Routes (zone, chain, where the block is) and loop detectors of one address.
+type AddrPlan = (Vec<(String, Chain, String)>, Vec<Arc<Loop>>);
+
 /// Builds the listeners of `corefile`.
 pub fn build(corefile: &Corefile, ctx: &BuildContext) -> Result<Vec<Listener>, BuildError> {
-    let mut by_addr: BTreeMap<SocketAddr, (Vec<(String, Chain, String)>, Vec<Arc<Loop>>)> =
-        BTreeMap::new();
+    let mut by_addr: BTreeMap<SocketAddr, AddrPlan> = BTreeMap::new();
     for block in &corefile.servers {
         // One chain per block (shared by its zones), as CoreDNS builds one plugin stack per block.
         let first_zone = block.keys.first().map_or(".", |k| k.zone.as_str());

@@ -238,3 +238,127 @@ impl Inner {
 fn log_failure(up: &Upstream, e: &ExchangeError) {
     tracing::warn!(upstream = %up.addr(), error = %e, "plugin/forward: upstream failed");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dns::handler::Chain;
+    use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{RData, Record, RecordType};
+    use std::net::SocketAddr;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, UdpSocket};
+
+    fn answer(query: &Message, n: u8) -> Vec<u8> {
+        let mut m = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
+        m.metadata.recursion_available = true;
+        m.add_query(query.queries[0].clone());
+        for i in 0..n {
+            m.add_answer(Record::from_rdata(
+                query.queries[0].name().clone(),
+                60,
+                RData::A(A::new(192, 0, 2, i + 1)),
+            ));
+        }
+        m.to_vec().unwrap()
+    }
+
+    /// An upstream that answers UDP with TC=1 and no records, TCP with `n` A records.
+    async fn truncating_upstream(n: u8) -> SocketAddr {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        let tcp = TcpListener::bind(addr).await.unwrap();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let (len, peer) = udp.recv_from(&mut buf).await.unwrap();
+                let q = Message::from_vec(&buf[..len]).unwrap();
+                let mut m = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
+                m.metadata.truncation = true;
+                m.add_query(q.queries[0].clone());
+                udp.send_to(&m.to_vec().unwrap(), peer).await.unwrap();
+            }
+        });
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = tcp.accept().await.unwrap();
+                tokio::spawn(async move {
+                    while let Ok(len) = s.read_u16().await {
+                        let mut buf = vec![0u8; len as usize];
+                        s.read_exact(&mut buf).await.unwrap();
+                        let q = Message::from_vec(&buf).unwrap();
+                        let out = answer(&q, n);
+                        s.write_u16(out.len() as u16).await.unwrap();
+                        s.write_all(&out).await.unwrap();
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn request(name: &str) -> Request {
+        Request::new(Name::from_ascii(name).unwrap(), RecordType::A)
+    }
+
+    #[tokio::test]
+    async fn truncated_udp_answers_are_retried_over_tcp() {
+        let up = truncating_upstream(40).await;
+        let chain = Chain::new(vec![Arc::new(Forward::new(
+            ForwardConfig::new(".".into(), vec![up]),
+            None,
+        ))]);
+        let resp = chain.handle(&request("big.example.")).resolve().await;
+        assert_eq!(resp.rcode, ResponseCode::NoError);
+        assert_eq!(resp.answers.len(), 40);
+        assert!(resp.recursion_available);
+        // The TCP connection is reused for the next query.
+        let resp = chain.handle(&request("big2.example.")).resolve().await;
+        assert_eq!(resp.answers.len(), 40);
+    }
+
+    #[tokio::test]
+    async fn except_and_foreign_zones_pass_on() {
+        let up = truncating_upstream(1).await;
+        let mut cfg = ForwardConfig::new("example.".into(), vec![up]);
+        cfg.except = vec!["private.example.".into()];
+        let chain = Chain::new(vec![Arc::new(Forward::new(cfg, None))]);
+        for name in ["a.private.example.", "other.test."] {
+            let resp = chain.handle(&request(name)).resolve().await;
+            assert_eq!(resp.rcode, ResponseCode::Refused, "{name}: end of chain");
+        }
+        let resp = chain.handle(&request("a.example.")).resolve().await;
+        assert_eq!(resp.answers.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn failing_upstreams_go_down_and_policies_order_the_rest() {
+        let dead: SocketAddr = {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.local_addr().unwrap()
+        }; // closed again: port unreachable
+        let up = truncating_upstream(1).await;
+        let mut cfg = ForwardConfig::new(".".into(), vec![dead, up]);
+        cfg.policy = Policy::Sequential;
+        cfg.max_fails = 1;
+        cfg.health_check = Duration::from_secs(60);
+        let fwd = Arc::new(Forward::new(cfg, None));
+        let chain = Chain::new(vec![fwd.clone()]);
+        for _ in 0..3 {
+            let resp = chain.handle(&request("x.example.")).resolve().await;
+            assert_eq!(resp.answers.len(), 1);
+        }
+        // Failed twice (> max_fails 1): now skipped without being tried.
+        assert_eq!(fwd.upstreams()[0].fails(), 2);
+        assert!(fwd.upstreams()[0].is_down(1));
+        assert_eq!(fwd.inner.order(), vec![1]);
+        assert_eq!(fwd.inflight(), 0);
+
+        let mut rr = ForwardConfig::new(".".into(), vec![up, up, up]);
+        rr.policy = Policy::RoundRobin;
+        let rr = Forward::new(rr, None);
+        let firsts: Vec<usize> = (0..3).map(|_| rr.inner.order()[0]).collect();
+        assert_eq!(firsts, vec![0, 1, 2]);
+    }
+}

@@ -117,13 +117,16 @@ impl Plugin for SwapRouter {
     }
 }
 
+/// A cluster plugin, its options and its updater task.
+type PooledCluster = (ZoneOptions, Arc<ClusterPlugin>, JoinHandle<()>);
+
 /// Cluster plugins kept across reloads while their options stay the same (a reload then
 /// neither rebuilds the zone nor waits for a sync).
 struct ClusterPool {
     reader: CacheReader,
     startup_timeout: Duration,
     metrics: Arc<DnsMetrics>,
-    instances: Mutex<Vec<(ZoneOptions, Arc<ClusterPlugin>, JoinHandle<()>)>>,
+    instances: Mutex<Vec<PooledCluster>>,
 }
 
 impl ClusterPool {
