@@ -203,3 +203,75 @@ pub async fn run_with(
     tracing::info!("agent stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn run_with_reports_the_admin_address_and_stops_on_request() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/cluster");
+        let options = AgentOptions {
+            source: SourceConfig::Manifests(dir),
+            kinds: vec![Kind::Service, Kind::EndpointSlice],
+            admin: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            subsystems: vec![proxy::launcher(proxy::ProxyOptions {
+                dry_run: true,
+                node_name: Some("node-a".into()),
+                sync_timeout: Duration::from_secs(10),
+                ..Default::default()
+            })],
+            lameduck: Duration::ZERO,
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        let agent = tokio::spawn(run_with(
+            options,
+            async {
+                let _ = stop_rx.await;
+            },
+            move |started| {
+                let _ = addr_tx.send(started.admin);
+            },
+        ));
+        let admin = addr_rx.await.unwrap().expect("admin address");
+        assert_ne!(admin.port(), 0, "the real port is reported");
+        let mut status = None;
+        for _ in 0..100 {
+            let st = client::fetch_status(admin, Duration::from_secs(2))
+                .await
+                .unwrap();
+            if st.ready {
+                status = Some(st);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let status = status.expect("ready within 5 s");
+        assert!(status.source.synced);
+        assert_eq!(status.cache.services, 10);
+        let proxy = &status.subsystems["proxy"];
+        assert!(proxy.ready && proxy.syncs >= 1);
+        let (code, plan) = client::get(admin, "/proxy/plan", Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert_eq!(code, 200);
+        assert!(plan.contains("TCP  10.96.10.10:80 rr"), "{plan}");
+        let (code, _) = client::get(admin, "/nope", Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert_eq!(code, 404);
+        stop_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), agent)
+            .await
+            .expect("stops within 10 s")
+            .unwrap()
+            .unwrap();
+        assert!(
+            client::fetch_status(admin, Duration::from_secs(1))
+                .await
+                .is_err(),
+            "admin endpoint closed after stop"
+        );
+    }
+}
