@@ -62,8 +62,9 @@ perf() {
   avg=$(awk '/Average Latency/ {printf "%.3f", $4*1000}' <<<"$out")
   max=$(awk '/Average Latency/ {gsub(/[(),]/,""); for(i=1;i<=NF;i++) if ($i=="max") printf "%.3f", $(i+1)*1000}' <<<"$out")
   lost=$(awk '/Queries lost/ {print $3}' <<<"$out")
-  # Per-second statistics lines: "<timestamp>: <qps>" (dnsperf -S); the last one is partial.
-  minq=$(grep -E '^[0-9.]+: [0-9.]+$' <<<"$out" | head -n -1 | awk '{print $2}' | sort -g | head -1)
+  # Per-second statistics lines: "<timestamp>: <qps>" (dnsperf -S); the first one is printed
+  # at the start (always ~0) and the last one is partial: both are left out.
+  minq=$(grep -E '^[0-9.]+: [0-9.]+$' <<<"$out" | tail -n +2 | head -n -1 | awk '{print $2}' | sort -g | head -1 | awk '{printf "%.0f", $1}')
   echo "$qps $avg $max $lost ${minq:--}"
 }
 
@@ -168,6 +169,9 @@ done
 wait_answer "$RL_PORT" "svc-$((SERVICES-1)).ns-$(((SERVICES-1)%100)).svc.cluster.local"
 STARTUP_MS=$(( ($(date +%s%N) - START_NS) / 1000000 ))
 RL_SECONDS=$(( DURATION < 12 ? 12 : DURATION ))
+# Let start-up work settle (source sync, first zone builds) and warm the cache once.
+sleep 6
+dnsperf -s 127.0.0.1 -p "$RL_PORT" -d "$WORK/services.txt" -n 1 -q 20 >/dev/null 2>&1
 
 # editor KIND: rewrite the Corefile every 2 s while dnsperf runs.
 editor() {
