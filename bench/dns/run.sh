@@ -46,7 +46,9 @@ free_port() {
 
 echo "== generating ${SERVICES} services / ${ENDPOINTS} endpoints in $WORK"
 "$BIN/svcnet-dns-bench" gen-cluster --services "$SERVICES" --endpoints "$ENDPOINTS" --out "$WORK/cluster"
-BUILD_MS=$("$BIN/svcnet-dns-bench" export-zone --manifests "$WORK/cluster" --out "$WORK/zones" | awk '/^zone_build_ms/ {print $2}')
+EXPORT_OUT=$("$BIN/svcnet-dns-bench" export-zone --manifests "$WORK/cluster" --out "$WORK/zones")
+BUILD_MS=$(awk '/^zone_build_ms/ {print $2}' <<<"$EXPORT_OUT")
+ZONE_MB=$(awk '/^zone_rss_mb/ {print $2}' <<<"$EXPORT_OUT")
 "$BIN/svcnet-dns-bench" queries --services "$SERVICES" --out "$WORK/queries"
 ZONE_RECORDS=$(grep -vc '^[;$]' "$WORK"/zones/*.zone | awk -F: '{s+=$2} END {print s}')
 
@@ -143,8 +145,8 @@ S_RSS=$(rss_kb "$SVCNET_PID"); S_HWM=$(hwm_kb "$SVCNET_PID")
 K_RSS=$(rss_kb "$KNOT_PID"); K_HWM=$(hwm_kb "$KNOT_PID")
 printf '\nRSS: svcnet-dns %d MB (peak %d MB), knotd %d MB (peak %d MB)\n' \
   $((S_RSS/1024)) $((S_HWM/1024)) $((K_RSS/1024)) $((K_HWM/1024))
-printf 'zone build (full rebuild of %d services): %s ms; svcnet-dns start to serving: %d ms\n' \
-  "$SERVICES" "$BUILD_MS" "$SVCNET_STARTUP_MS"
+printf 'zone build (full rebuild of %d services): %s ms, one zone %s MB; svcnet-dns start to serving: %d ms\n' \
+  "$SERVICES" "$BUILD_MS" "$ZONE_MB" "$SVCNET_STARTUP_MS"
 
 CPU=$(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ *//')
 NCPU=$(nproc)
@@ -152,7 +154,7 @@ cat > "$RESULTS" <<EOF
 # svcnet-dns vs Knot DNS (bench/dns/run.sh)
 
 Measured $(date -u +%Y-%m-%d) on ${NCPU} vCPU (${CPU}), loopback, client and both servers on
-the same cores; dnsperf $(dnsperf -h 2>&1 | awk '/^Version/ {print $2}' | head -1 || true)\
+the same cores; dnsperf $(dnsperf -h 2>&1 | awk '/^Version/ {print $2}' | head -1 || true) \
 (\`-q ${INFLIGHT}\`, ${DURATION} s per run; p50/p99 from a separate ${LAT_DURATION} s \`-v\` run),
 Knot DNS $(knotd --version | awk '{print $NF}') serving the zone exported by svcnet
 (${ZONE_RECORDS} records). Cluster: ${SERVICES} services (2 named ports each),
@@ -165,7 +167,8 @@ RSS after the runs: svcnet-dns $((S_RSS/1024)) MB (peak $((S_HWM/1024)) MB, incl
 cache of ${SERVICES} services and ${ENDPOINTS} endpoints), knotd $((K_RSS/1024)) MB (peak
 $((K_HWM/1024)) MB).
 
-Full zone rebuild from a snapshot (${SERVICES} services): ${BUILD_MS} ms (median of 5, release).
+Full zone rebuild from a snapshot (${SERVICES} services): ${BUILD_MS} ms (mean of 5, release);
+one zone takes ${ZONE_MB} MB (RSS growth when built next to the cache).
 svcnet-dns from start to serving the whole cluster (manifest parse, cache, zone): ${SVCNET_STARTUP_MS} ms.
 EOF
 echo "wrote $RESULTS"
