@@ -19,7 +19,7 @@ use super::handler::{Next, Plugin, Reply, Request, Response, empty_records};
 use super::metrics::DnsMetrics;
 use super::wire::is_internet_class;
 use super::zone::{Answer, ClusterZone, Lookup, ZoneOptions};
-use crate::cache::{CacheReader, Snapshot};
+use crate::cache::{CacheReader, Change, Snapshot};
 
 /// The cluster zone plugin (`kubernetes` in a Corefile).
 pub struct ClusterPlugin {
@@ -119,13 +119,17 @@ impl ClusterPlugin {
                 timer.start_serving();
             });
             let mut snapshot = reader.snapshot();
+            let mut built_from: Option<u64> = None;
             loop {
-                let p = plugin.clone();
-                let s = snapshot.clone();
-                let built = tokio::task::spawn_blocking(move || p.install(&s)).await;
-                if built.is_err() {
-                    tracing::error!("building the cluster zone failed; keeping the last zone");
+                if plugin.needs_rebuild(built_from, &snapshot) {
+                    let p = plugin.clone();
+                    let s = snapshot.clone();
+                    let built = tokio::task::spawn_blocking(move || p.install(&s)).await;
+                    if built.is_err() {
+                        tracing::error!("building the cluster zone failed; keeping the last zone");
+                    }
                 }
+                built_from = Some(snapshot.generation());
                 match reader.changed().await {
                     Some(next) => snapshot = next,
                     None => break,
@@ -133,6 +137,27 @@ impl ClusterPlugin {
             }
             sync_timer.abort();
         })
+    }
+
+    /// Whether `snapshot` changes anything the zone shows since generation `since`: pod and
+    /// node churn (a shared cache in `agentctl run`) does not rebuild the zone unless pod
+    /// records are verified against pods.
+    fn needs_rebuild(&self, since: Option<u64>, snapshot: &Snapshot) -> bool {
+        let Some(since) = since else {
+            return true;
+        };
+        if snapshot.is_synced() != self.is_synced() {
+            return true;
+        }
+        let pods_matter = self.options.pods == super::zone::PodMode::Verified;
+        match snapshot.changes_since(since) {
+            None => true,
+            Some(changes) => changes.iter().any(|c| match c {
+                Change::Service(_) => true,
+                Change::Pod(_) => pods_matter,
+                Change::Node(_) => false,
+            }),
+        }
     }
 
     fn falls_through(&self, lower_name: &str) -> bool {
@@ -305,6 +330,63 @@ mod tests {
             run(&chain, "example.com.", RecordType::A).rcode,
             ResponseCode::NotAuth
         );
+    }
+
+    #[tokio::test]
+    async fn pod_churn_does_not_rebuild_the_zone() {
+        let snap = snapshot(FIXTURE);
+        let (mut writer, reader) = new_cache([Kind::Service, Kind::EndpointSlice, Kind::Pod]);
+        for kind in [Kind::Service, Kind::EndpointSlice, Kind::Pod] {
+            let objects: Vec<crate::model::ClusterObject> = match kind {
+                Kind::Service => snap
+                    .services()
+                    .map(|s| crate::model::ClusterObject::Service((**s).clone()))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            writer.replace_kind(kind, objects);
+        }
+        let plugin = ClusterPlugin::new(ZoneOptions::default());
+        let task = plugin.spawn_updater(reader.clone(), Duration::from_secs(5));
+        let wait_gen = |g: u64| {
+            let mut r = reader.clone();
+            async move {
+                while r.snapshot().generation() < g {
+                    r.changed().await;
+                }
+            }
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !plugin.is_synced() {
+            assert!(tokio::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let before = plugin.rebuilds();
+        let pod = snap.pods().next().map(|p| (**p).clone());
+        if let Some(pod) = pod {
+            let g = writer.apply(crate::model::ClusterObject::Pod(pod));
+            wait_gen(g).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            plugin.rebuilds(),
+            before,
+            "a pod change leaves the zone alone"
+        );
+        // A service change does rebuild.
+        let svc = snap.services().next().map(|s| (**s).clone()).unwrap();
+        let mut changed = svc.clone();
+        changed.publish_not_ready_addresses = !svc.publish_not_ready_addresses;
+        writer.apply(crate::model::ClusterObject::Service(changed));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while plugin.rebuilds() == before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "service change not applied"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        task.abort();
     }
 
     #[tokio::test]
