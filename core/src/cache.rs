@@ -14,7 +14,9 @@ use imbl::{HashMap as PMap, OrdSet, Vector};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::model::{ClusterObject, EndpointSlice, Kind, Node, ObjectKey, Pod, Service};
+use crate::model::{
+    ClusterObject, EndpointSlice, Kind, Node, ObjectKey, Pod, Service, SharedObject,
+};
 
 /// How many changes a snapshot remembers; older generations get `None` from
 /// [`Snapshot::changes_since`] and must rebuild from the full snapshot.
@@ -263,7 +265,7 @@ impl CacheWriter {
     }
 
     /// Adds or replaces one object and publishes.
-    pub fn apply(&mut self, object: ClusterObject) -> u64 {
+    pub fn apply(&mut self, object: impl Into<SharedObject>) -> u64 {
         self.update(|tx| tx.apply(object))
     }
 
@@ -300,17 +302,20 @@ pub struct Transaction {
 
 impl Transaction {
     /// Adds or replaces an object. An identical object is a no-op.
-    pub fn apply(&mut self, object: ClusterObject) {
-        match object {
-            ClusterObject::Service(s) => {
-                if self.snap.services.get(&s.key).is_some_and(|old| **old == s) {
+    pub fn apply(&mut self, object: impl Into<SharedObject>) {
+        fn same<T: PartialEq>(old: Option<&Arc<T>>, new: &Arc<T>) -> bool {
+            old.is_some_and(|old| Arc::ptr_eq(old, new) || **old == **new)
+        }
+        match object.into() {
+            SharedObject::Service(s) => {
+                if same(self.snap.services.get(&s.key), &s) {
                     return;
                 }
                 self.changes.insert(Change::Service(s.key.clone()));
-                self.snap.services.insert(s.key.clone(), Arc::new(s));
+                self.snap.services.insert(s.key.clone(), s);
             }
-            ClusterObject::EndpointSlice(s) => {
-                if self.snap.slices.get(&s.key).is_some_and(|old| **old == s) {
+            SharedObject::EndpointSlice(s) => {
+                if same(self.snap.slices.get(&s.key), &s) {
                     return;
                 }
                 self.unlink_slice(&s.key);
@@ -322,21 +327,21 @@ impl Transaction {
                         .or_default()
                         .insert(s.key.name.clone());
                 }
-                self.snap.slices.insert(s.key.clone(), Arc::new(s));
+                self.snap.slices.insert(s.key.clone(), s);
             }
-            ClusterObject::Pod(p) => {
-                if self.snap.pods.get(&p.key).is_some_and(|old| **old == p) {
+            SharedObject::Pod(p) => {
+                if same(self.snap.pods.get(&p.key), &p) {
                     return;
                 }
                 self.changes.insert(Change::Pod(p.key.clone()));
-                self.snap.pods.insert(p.key.clone(), Arc::new(p));
+                self.snap.pods.insert(p.key.clone(), p);
             }
-            ClusterObject::Node(n) => {
-                if self.snap.nodes.get(&n.name).is_some_and(|old| **old == n) {
+            SharedObject::Node(n) => {
+                if same(self.snap.nodes.get(&n.name), &n) {
                     return;
                 }
                 self.changes.insert(Change::Node(n.name.clone()));
-                self.snap.nodes.insert(n.name.clone(), Arc::new(n));
+                self.snap.nodes.insert(n.name.clone(), n);
             }
         }
     }
@@ -388,11 +393,13 @@ impl Transaction {
 
     /// Replaces every object of `kind` (a relist) and marks the kind synced.
     pub fn replace_kind(&mut self, kind: Kind, objects: Vec<ClusterObject>) {
-        let keep: HashSet<ObjectKey> = objects
-            .iter()
-            .filter(|o| o.kind() == kind)
-            .map(ClusterObject::key)
-            .collect();
+        self.replace_kind_shared(kind, objects.into_iter().map(SharedObject::from).collect());
+    }
+
+    /// [`replace_kind`](Self::replace_kind) for objects already behind `Arc`s (no copies made).
+    pub fn replace_kind_shared(&mut self, kind: Kind, objects: Vec<SharedObject>) {
+        let objects: Vec<SharedObject> = objects.into_iter().filter(|o| o.kind() == kind).collect();
+        let keep: HashSet<ObjectKey> = objects.iter().map(SharedObject::key).collect();
         let stale: Vec<ObjectKey> = match kind {
             Kind::Service => self
                 .snap
@@ -426,7 +433,7 @@ impl Transaction {
         for key in stale {
             self.delete(kind, &key);
         }
-        for object in objects.into_iter().filter(|o| o.kind() == kind) {
+        for object in objects {
             self.apply(object);
         }
         self.mark_synced(kind);

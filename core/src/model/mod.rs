@@ -442,3 +442,50 @@ impl ClusterObject {
         }
     }
 }
+
+/// A cluster object behind an `Arc`, as the cache stores it: a source that keeps its own copy
+/// (the manifest directory's last good files) shares it with the cache instead of duplicating it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SharedObject {
+    /// A Service.
+    Service(Arc<Service>),
+    /// An EndpointSlice.
+    EndpointSlice(Arc<EndpointSlice>),
+    /// A Pod.
+    Pod(Arc<Pod>),
+    /// A Node.
+    Node(Arc<Node>),
+}
+
+impl SharedObject {
+    /// The object's kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            SharedObject::Service(_) => Kind::Service,
+            SharedObject::EndpointSlice(_) => Kind::EndpointSlice,
+            SharedObject::Pod(_) => Kind::Pod,
+            SharedObject::Node(_) => Kind::Node,
+        }
+    }
+
+    /// The object's key (nodes have an empty namespace).
+    pub fn key(&self) -> ObjectKey {
+        match self {
+            SharedObject::Service(s) => s.key.clone(),
+            SharedObject::EndpointSlice(s) => s.key.clone(),
+            SharedObject::Pod(p) => p.key.clone(),
+            SharedObject::Node(n) => ObjectKey::new("", n.name.clone()),
+        }
+    }
+}
+
+impl From<ClusterObject> for SharedObject {
+    fn from(o: ClusterObject) -> Self {
+        match o {
+            ClusterObject::Service(s) => SharedObject::Service(Arc::new(s)),
+            ClusterObject::EndpointSlice(s) => SharedObject::EndpointSlice(Arc::new(s)),
+            ClusterObject::Pod(p) => SharedObject::Pod(Arc::new(p)),
+            ClusterObject::Node(n) => SharedObject::Node(Arc::new(n)),
+        }
+    }
+}

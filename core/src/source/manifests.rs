@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use super::derive::derive_endpoint_slices;
 use super::{SourceError, SourceProblem, StatusHandle};
 use crate::cache::CacheWriter;
-use crate::model::{ClusterObject, Kind, ObjectKey, Pod, Service, project};
+use crate::model::{ClusterObject, Kind, ObjectKey, Pod, Service, SharedObject, project};
 
 /// How long to wait for a burst of file events to settle before rescanning.
 const DEBOUNCE: Duration = Duration::from_millis(25);
@@ -166,7 +166,8 @@ pub fn parse_manifest(file: &Path, text: &str) -> Result<Vec<ClusterObject>, Man
 #[derive(Debug, Default)]
 struct FileState {
     content_hash: Option<u64>,
-    objects: Vec<ClusterObject>,
+    /// Shared with the cache, not copied.
+    objects: Vec<SharedObject>,
     error: Option<ManifestError>,
 }
 
@@ -196,7 +197,7 @@ impl ManifestSet {
         state.content_hash = Some(h);
         match parse_manifest(file, text) {
             Ok(objects) => {
-                state.objects = objects;
+                state.objects = objects.into_iter().map(SharedObject::from).collect();
                 state.error = None;
             }
             Err(e) => {
@@ -245,34 +246,36 @@ impl ManifestSet {
 
     /// Every object in effect, by kind: the files' objects (later files win on duplicates) plus
     /// EndpointSlices derived from Pods for selector services without hand-written slices.
-    pub fn objects(&self) -> BTreeMap<Kind, Vec<ClusterObject>> {
-        let mut by_key: BTreeMap<(Kind, ObjectKey), &ClusterObject> = BTreeMap::new();
+    pub fn objects(&self) -> BTreeMap<Kind, Vec<SharedObject>> {
+        let mut by_key: BTreeMap<(Kind, ObjectKey), &SharedObject> = BTreeMap::new();
         for state in self.files.values() {
             for o in &state.objects {
                 by_key.insert((o.kind(), o.key()), o);
             }
         }
-        let mut out: BTreeMap<Kind, Vec<ClusterObject>> = BTreeMap::new();
+        let mut out: BTreeMap<Kind, Vec<SharedObject>> = BTreeMap::new();
         let mut services: Vec<&Service> = Vec::new();
         let mut pods: Vec<&Pod> = Vec::new();
         let mut handwritten: HashSet<ObjectKey> = HashSet::new();
         for ((kind, _), o) in &by_key {
             match o {
-                ClusterObject::Service(s) => services.push(s),
-                ClusterObject::Pod(p) => pods.push(p),
-                ClusterObject::EndpointSlice(s) => {
+                SharedObject::Service(s) => services.push(s),
+                SharedObject::Pod(p) => pods.push(p),
+                SharedObject::EndpointSlice(s) => {
                     if let Some(k) = s.service_key() {
                         handwritten.insert(k);
                     }
                 }
-                ClusterObject::Node(_) => {}
+                SharedObject::Node(_) => {}
             }
             out.entry(*kind).or_default().push((*o).clone());
         }
         let derived = derive_endpoint_slices(services, &pods, &handwritten);
-        out.entry(Kind::EndpointSlice)
-            .or_default()
-            .extend(derived.into_iter().map(ClusterObject::EndpointSlice));
+        out.entry(Kind::EndpointSlice).or_default().extend(
+            derived
+                .into_iter()
+                .map(|s| SharedObject::from(ClusterObject::EndpointSlice(s))),
+        );
         out
     }
 
@@ -281,7 +284,7 @@ impl ManifestSet {
         let mut objects = self.objects();
         writer.update(|tx| {
             for kind in kinds {
-                tx.replace_kind(*kind, objects.remove(kind).unwrap_or_default());
+                tx.replace_kind_shared(*kind, objects.remove(kind).unwrap_or_default());
             }
         })
     }
