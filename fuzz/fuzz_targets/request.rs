@@ -62,7 +62,11 @@ fn chain() -> &'static Chain {
         for kind in kinds {
             writer.replace_kind(
                 kind,
-                objects.iter().filter(|o| o.kind() == kind).cloned().collect(),
+                objects
+                    .iter()
+                    .filter(|o| o.kind() == kind)
+                    .cloned()
+                    .collect(),
             );
         }
         let plugin = ClusterPlugin::new(ZoneOptions {
