@@ -155,9 +155,10 @@ impl Snapshot {
         // The journal is ordered by generation: binary search the first entry after `since`.
         let start = partition_point(&self.journal, |(g, _)| *g <= since);
         Some(
+            // `Vector::skip` is O(log n): the cost follows the changes, not the journal's length.
             self.journal
-                .iter()
                 .skip(start)
+                .iter()
                 .map(|(_, c)| c.clone())
                 .collect(),
         )
