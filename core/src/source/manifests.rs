@@ -465,7 +465,7 @@ mod tests {
         assert_eq!(set.problems().len(), 1);
         assert!(set.problems()[0].location.contains("svc.yaml: document 0"));
         assert!(set.remove_file(f));
-        assert!(set.objects().get(&Kind::Service).is_none());
+        assert!(!set.objects().contains_key(&Kind::Service));
         assert!(set.problems().is_empty());
     }
 }
