@@ -190,7 +190,9 @@ fn run_serves_dns_and_a_dry_run_plan_from_one_cache() {
     assert_eq!(status["subsystems"]["proxy"]["ready"], true);
     for sub in ["dns", "proxy"] {
         assert!(
-            status["subsystems"][sub]["last_sync_seconds"].as_f64().is_some(),
+            status["subsystems"][sub]["last_sync_seconds"]
+                .as_f64()
+                .is_some(),
             "{sub} reports its last sync duration"
         );
     }
