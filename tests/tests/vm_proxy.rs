@@ -79,10 +79,11 @@ fn diagnose(f: &Fixture) -> String {
     let show =
         |program: &str, args: &[&str]| run(program, args).unwrap_or_else(|e| format!("{e:#}"));
     format!(
-        "--- iptables-legacy-save\n{}--- ipset list -t\n{}--- ipvsadm -Lnc\n{}--- proxy log\n{}",
-        show("iptables-legacy-save", &[]),
+        "--- iptables-legacy-save -c\n{}--- ipset list -t\n{}--- ipvsadm -Lnc\n{}--- conntrack\n{}--- proxy log\n{}",
+        show("iptables-legacy-save", &["-c"]),
         show("ipset", &["list", "-t"]),
         show("ipvsadm", &["-Lnc"]),
+        std::fs::read_to_string("/proc/net/nf_conntrack").unwrap_or_default(),
         proxy_log(f)
     )
 }
@@ -154,6 +155,25 @@ fn setup() -> anyhow::Result<()> {
     println!(
         "  proxy programmed the table {} ms after start",
         waited.as_millis()
+    );
+    // The proxy applies sysctls, ipsets and iptables rules right after its first IPVS sync; traffic checks start
+    // once they are in place and /healthz answers.
+    let ready = guest::wait_until(
+        "the proxy's iptables rules, ipsets and /healthz",
+        Duration::from_secs(20),
+        || {
+            let nat = run("iptables-legacy-save", &["-t", "nat"])?;
+            let loop_back = run("ipset", &["list", "KUBE-LOOP-BACK"]).unwrap_or_default();
+            Ok(nat.contains("-A KUBE-POSTROUTING")
+                && loop_back.contains("10.244.1.10,tcp:8080,10.244.1.10")
+                && guest::http_get(HEALTHZ.parse()?, "/healthz", Duration::from_millis(300))
+                    .is_ok())
+        },
+    )
+    .map_err(|e| e.context(format!("proxy log:\n{}", proxy.log())))?;
+    println!(
+        "  host rules and /healthz ready {} ms later",
+        ready.as_millis()
     );
     *FIXTURE.lock().unwrap_or_else(|e| e.into_inner()) = Some(Fixture {
         net,
@@ -230,8 +250,7 @@ fn round_robin() -> anyhow::Result<()> {
     let answers = f.net.pod("pod-b").curl_many(&urls)?;
     let mut hits: BTreeMap<String, usize> = BTreeMap::new();
     for (url, a) in urls.iter().zip(answers) {
-        let name =
-            a.map_err(|e| anyhow::anyhow!("{url} from pod-b: {e}\nproxy log:\n{}", proxy_log(f)))?;
+        let name = a.map_err(|e| anyhow::anyhow!("{url} from pod-b: {e}\n{}", diagnose(f)))?;
         *hits.entry(name).or_default() += 1;
     }
     ensure!(even_split(&hits, 3, 2), "from pod-b: {hits:?}");
