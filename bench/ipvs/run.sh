@@ -56,8 +56,8 @@ Notes:
   errors come back per request). `ipvsadm -R` sends one request per object and waits for each answer.
 - ipvsadm's system calls were counted with `strace -c -f` on a 1/10 sample of the table (tracing it whole would take
   many minutes) and scaled; svcnet's were counted on the whole run of the measured process, start-up included.
-- The reconciler's full sync uses in-memory address bookkeeping here: binding the 10,000 service addresses to
-  `kube-ipvs0` is a separate rtnetlink cost not included in the IPVS figures.
+- Reconciler rows that do not mention kube-ipvs0 use in-memory address bookkeeping (IPVS cost only); the rows that do
+  mention it bind the 10,000 cluster IPs over rtnetlink as the proxy does.
 TAIL
 } >bench/ipvs/RESULTS.md
 echo "wrote bench/ipvs/RESULTS.md"
