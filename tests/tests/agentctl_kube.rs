@@ -1,22 +1,14 @@
 //! `agentctl get` and `agentctl env` through the Kubernetes source (`--kubeconfig`), against the fake API server
 //! of the test support code (a test double speaking real HTTP list/watch).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::{Value, json};
 use svcnet_tests::fake_apiserver::FakeApiServer;
 
 fn agentctl() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join(format!("agentctl{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first",
-        bin.display()
-    );
-    bin
+    svcnet_tests::bins::binary("agentctl")
 }
 
 fn service(ns: &str, name: &str, ip: &str) -> Value {

@@ -2,26 +2,15 @@
 //! `ipvsadm -Ln` format, config handling, and errors. The binary is taken from next to this test
 //! executable (`cargo build --workspace --bins` first).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn proxy() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join(format!("svcnet-proxy{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first",
-        bin.display()
-    );
-    bin
+    svcnet_tests::bins::binary("svcnet-proxy")
 }
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
+    svcnet_tests::bins::repo_root()
 }
 
 fn run(args: &[&str]) -> Output {

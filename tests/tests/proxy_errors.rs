@@ -6,15 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn proxy() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join(format!("svcnet-proxy{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first",
-        bin.display()
-    );
-    bin
+    svcnet_tests::bins::binary("svcnet-proxy")
 }
 
 fn run(args: &[&str]) -> Output {

@@ -12,26 +12,12 @@ use std::time::{Duration, Instant};
 
 /// The repository root.
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
+    svcnet_tests::bins::repo_root()
 }
 
 /// `target/<profile>/svcnet-dns`, next to this test's `deps/` directory.
 pub fn binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("path of the test executable");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable lives in target/<profile>/deps");
-    let bin = dir.join("svcnet-dns");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --workspace --bins` before `cargo test`",
-        bin.display()
-    );
-    bin
+    svcnet_tests::bins::binary("svcnet-dns")
 }
 
 /// A loopback port free for both UDP and TCP right now.
