@@ -103,6 +103,8 @@ async fn follows_the_cache_and_live_config_then_stops_leaving_rules() {
             .bound_now()
             .contains(&"10.96.0.20".parse::<IpAddr>().unwrap())
     );
+    // The status is recorded after the sync's last operation: wait for it, then check exactly one.
+    until("first sync recorded", || status.get().full_syncs >= 1).await;
     assert_eq!(status.get().full_syncs, 1);
 
     // An endpoint change is applied incrementally.
