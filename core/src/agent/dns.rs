@@ -97,8 +97,6 @@ impl RateWindow {
 
 struct DnsSubsystem {
     plugin: Arc<ClusterPlugin>,
-    /// Duration of the last zone build, in nanoseconds (0: none yet).
-    last_build_nanos: Arc<AtomicU64>,
     counter: Arc<QueryCounter>,
     metrics: Arc<DnsMetrics>,
     listen: SocketAddr,
@@ -124,10 +122,7 @@ impl Subsystem for DnsSubsystem {
             summary: format!("cluster DNS on {} (UDP+TCP)", self.listen),
             applied_generation: Some(zone.generation()),
             syncs: self.plugin.rebuilds(),
-            last_sync_seconds: match self.last_build_nanos.load(Ordering::Relaxed) {
-                0 => None,
-                n => Some(n as f64 / 1e9),
-            },
+            last_sync_seconds: self.plugin.last_build().map(|d| d.as_secs_f64()),
             query_rate_per_second: Some(self.rates.rate(Instant::now(), total)),
             config_files: Vec::new(),
             last_reload_error: None,
@@ -139,53 +134,6 @@ impl Subsystem for DnsSubsystem {
     fn encode_metrics(&self, out: &mut String) {
         out.push_str(&self.metrics.encode());
     }
-}
-
-/// Rebuilds the zone on every cache change like [`ClusterPlugin::spawn_updater`], timing each
-/// build for `/status`; after `startup_timeout` without a sync the plugin serves what it has.
-fn spawn_timed_updater(
-    plugin: Arc<ClusterPlugin>,
-    mut reader: CacheReader,
-    startup_timeout: Duration,
-    last_build_nanos: Arc<AtomicU64>,
-) -> tokio::task::JoinHandle<()> {
-    let timer_plugin = plugin.clone();
-    let mut sync_reader = reader.clone();
-    tokio::spawn(async move {
-        let sync_timer = tokio::spawn(async move {
-            if !sync_reader.wait_synced(startup_timeout).await {
-                tracing::warn!(
-                    timeout = ?startup_timeout,
-                    "cache not synced: serving the cluster zone with what is cached"
-                );
-            }
-            timer_plugin.start_serving();
-        });
-        let mut snapshot = reader.snapshot();
-        loop {
-            let (p, s) = (plugin.clone(), snapshot.clone());
-            let built = tokio::task::spawn_blocking(move || {
-                let started = Instant::now();
-                p.install(&s);
-                started.elapsed()
-            })
-            .await;
-            match built {
-                Ok(took) => last_build_nanos.store(
-                    u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1),
-                    Ordering::Relaxed,
-                ),
-                Err(_) => {
-                    tracing::error!("building the cluster zone failed; keeping the last zone")
-                }
-            }
-            match reader.changed().await {
-                Some(next) => snapshot = next,
-                None => break,
-            }
-        }
-        sync_timer.abort();
-    })
 }
 
 /// A launcher of the DNS subsystem for [`AgentOptions::subsystems`](super::AgentOptions).
@@ -229,16 +177,9 @@ async fn start(
         plugin.clone() as Arc<dyn Plugin>,
     ]);
     metrics.set_plugins(&chain.names());
-    let last_build_nanos = Arc::new(AtomicU64::new(0));
-    let updater = spawn_timed_updater(
-        plugin.clone(),
-        reader,
-        options.startup_timeout,
-        last_build_nanos.clone(),
-    );
+    let updater = plugin.spawn_updater(reader, options.startup_timeout);
     let handle = Arc::new(DnsSubsystem {
         plugin,
-        last_build_nanos,
         counter,
         metrics: metrics.clone(),
         listen,

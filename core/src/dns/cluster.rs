@@ -31,6 +31,8 @@ pub struct ClusterPlugin {
     /// The startup timeout has passed: answer from whatever is cached.
     serving: AtomicBool,
     rebuilds: AtomicU64,
+    /// Duration of the last zone build in nanoseconds (0: none yet).
+    last_build_nanos: AtomicU64,
     metrics: OnceLock<Arc<DnsMetrics>>,
 }
 
@@ -52,6 +54,7 @@ impl ClusterPlugin {
             synced: AtomicBool::new(false),
             serving: AtomicBool::new(false),
             rebuilds: AtomicU64::new(0),
+            last_build_nanos: AtomicU64::new(0),
             metrics: OnceLock::new(),
         })
     }
@@ -79,16 +82,27 @@ impl ClusterPlugin {
 
     /// Builds and installs the zone of `snapshot` now (used by the updater and by tests).
     pub fn install(&self, snapshot: &Snapshot) {
+        let started = std::time::Instant::now();
         let previous = self.zone.load().serial();
         let zone = ClusterZone::build_with_serial(snapshot, &self.options, next_serial(previous));
         self.zone.store(Arc::new(zone));
         self.rebuilds.fetch_add(1, Ordering::Relaxed);
+        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_build_nanos.store(took.max(1), Ordering::Relaxed);
         if let Some(m) = self.metrics.get() {
             m.zone_built(self.zone.load().service_count());
         }
         if snapshot.is_synced() {
             self.synced.store(true, Ordering::Release);
             self.serving.store(true, Ordering::Release);
+        }
+    }
+
+    /// How long the last zone build took (`None` before the first).
+    pub fn last_build(&self) -> Option<std::time::Duration> {
+        match self.last_build_nanos.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(std::time::Duration::from_nanos(n)),
         }
     }
 
