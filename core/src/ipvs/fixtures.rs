@@ -49,7 +49,7 @@ pub fn service(
 /// An endpoint with one address: `ready` (serving = ready, not terminating), on `node`.
 pub fn endpoint(addr: &str, ready: bool, node: Option<&str>) -> Endpoint {
     Endpoint {
-        addresses: vec![addr.parse().expect("fixture endpoint address")],
+        addresses: vec![addr.parse().expect("fixture endpoint address")].into(),
         ready,
         serving: ready,
         terminating: false,

@@ -309,11 +309,15 @@ pub struct TargetRef {
     pub name: Arc<str>,
 }
 
+/// The addresses of one endpoint: one inline (the common case, no allocation), more on the heap.
+/// Derefs to `&[IpAddr]`; build it with `vec![ip].into()` or `EndpointAddresses::from_slice`.
+pub type EndpointAddresses = smallvec::SmallVec<[IpAddr; 1]>;
+
 /// One endpoint of an EndpointSlice.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct Endpoint {
-    /// Addresses (all of the slice's family).
-    pub addresses: Vec<IpAddr>,
+    /// Addresses (all of the slice's family; almost always exactly one, kept inline).
+    pub addresses: EndpointAddresses,
     /// `conditions.ready` (unset means ready).
     pub ready: bool,
     /// `conditions.serving` (unset means same as ready).

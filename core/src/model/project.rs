@@ -314,7 +314,7 @@ pub fn endpoint_slice(
     }
     let mut endpoints = Vec::with_capacity(slice.endpoints.len());
     for (i, ep) in slice.endpoints.iter().enumerate() {
-        let mut addresses = Vec::with_capacity(ep.addresses.len());
+        let mut addresses = EndpointAddresses::with_capacity(ep.addresses.len());
         if address_type != AddressType::Fqdn {
             for (j, raw) in ep.addresses.iter().enumerate() {
                 let ip = ctx.ip(format!("endpoints[{i}].addresses[{j}]"), raw)?;

@@ -53,7 +53,7 @@ pub fn derive_endpoint_slices<'a>(
                     _ => None,
                 };
                 groups.entry(ports).or_default().push(Endpoint {
-                    addresses: vec![ip],
+                    addresses: vec![ip].into(),
                     ready,
                     serving: svc.publish_not_ready_addresses || pod.ready,
                     terminating: pod.terminating,

@@ -197,7 +197,11 @@ impl ManifestSet {
         state.content_hash = Some(h);
         match parse_manifest(file, text) {
             Ok(objects) => {
-                state.objects = objects.into_iter().map(SharedObject::from).collect();
+                // A fresh vector: collecting in place would keep the (much larger) allocation
+                // sized for `ClusterObject`s for as long as the file is known.
+                let mut shared = Vec::with_capacity(objects.len());
+                shared.extend(objects.into_iter().map(SharedObject::from));
+                state.objects = shared;
                 state.error = None;
             }
             Err(e) => {
