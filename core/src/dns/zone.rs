@@ -1,18 +1,22 @@
-//! The cluster zone: a pure, hashed lookup structure built once per [`Snapshot`].
+//! The cluster zone: a pure, hashed lookup structure over a [`Snapshot`], updated incrementally.
 //!
-//! [`ClusterZone::build`] turns a snapshot into hash maps keyed by lower-cased names (relative
-//! to the zone origin), so a query costs one or two hash lookups and never walks the zone.
-//! Negative answers are as cheap as positive ones: a miss in the map is NXDOMAIN, a hit on an
-//! empty non-terminal is NODATA. Records are built per query from compact entries (a handful
-//! of records for a service; endpoints are kept as IPs plus optional hostnames, no strings are
-//! materialised for them), which keeps 100,000 endpoints in a few megabytes.
+//! [`ClusterZone::build`] turns a snapshot into maps keyed by lower-cased names (relative to the
+//! zone origin), so a query costs one or two hash lookups and never walks the zone. Negative
+//! answers are as cheap as positive ones: a miss in the map is NXDOMAIN, a hit on an empty
+//! non-terminal is NODATA. The maps are persistent ([`imbl`]): [`ClusterZone::update`] clones a
+//! zone in O(1) and rewrites only the names, PTR buckets and pod records of the services and
+//! pods that changed, producing a new immutable zone that shares everything else with the old
+//! one. Service entries point at the snapshot's own `Service` and `EndpointSlice` objects
+//! instead of copying them; records are built per query from those.
 //!
 //! Semantics follow the Kubernetes DNS specification 1.1.0 as CoreDNS's `kubernetes` plugin
 //! implements it: service A/AAAA, SRV per port (`_port._proto.svc.ns.svc.zone`, and all ports at
 //! the service name), endpoint names `<hostname|dashed-ip>.svc.ns.svc.zone`, PTR for cluster
 //! IPs (else endpoint names), ExternalName CNAME, pod names `a-b-c-d.ns.pod.zone`,
-//! `dns-version` TXT, SOA/NS at each origin with `ns.dns.<zone>`.
+//! `dns-version` TXT, SOA/NS at each origin with `ns.dns.<zone>`. Services whose name or
+//! namespace is not a lower-case DNS label (which the Kubernetes API rejects) have no names.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
@@ -21,12 +25,20 @@ use std::sync::Arc;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
+use imbl::GenericHashMap;
+use imbl::shared_ptr::DefaultSharedPtr;
 
-use crate::cache::Snapshot;
-use crate::model::{Endpoint, ObjectKey, Protocol, Service, ServiceType};
+use crate::cache::{Change, Snapshot};
+use crate::model::{Endpoint, EndpointSlice, ObjectKey, Pod, Protocol, Service, ServiceType};
+
+#[path = "zone_reverse.rs"]
+mod reverse;
+use reverse::{CLUSTER_IP, PtrEntry, ReverseIndex};
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
+/// A persistent hash map: O(1) clone, updates copy only the path to the changed entry.
+type PMap<K, V> = GenericHashMap<K, V, foldhash::fast::RandomState, DefaultSharedPtr>;
 
 /// The Kubernetes DNS schema version served at `dns-version.<zone>`.
 pub const SCHEMA_VERSION: &str = "1.1.0";
@@ -163,63 +175,165 @@ enum Node {
     DnsVersion,
     /// `ns.dns`: the NS target's addresses.
     NsHost,
-    /// `<svc>.<ns>.svc`.
-    Service(u32),
-    /// `_<port>._<proto>.<svc>.<ns>.svc`.
-    Srv {
-        service: u32,
-        port: Arc<str>,
-        protocol: Protocol,
-    },
+    /// `<svc>.<ns>.svc`. SRV names (`_port._proto.<svc>...`) and endpoint names below it are
+    /// answered from the entry. A service without a name of its own (headless without
+    /// endpoints, empty under `ignore empty_service`) is kept too (`exists: false`) and answers
+    /// NXDOMAIN like an absent name.
+    Service(Arc<ServiceEntry>),
     /// `<ns>.pod`: exists when pods are enabled.
     PodNamespace,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 enum ServiceKind {
-    ClusterIp(Vec<IpAddr>),
+    ClusterIp,
     Headless,
     External(Name),
 }
 
-#[derive(Debug, Clone)]
-struct EndpointEntry {
-    ip: IpAddr,
-    /// `hostname`, or the pod name with `endpoint_pod_names`; `None`: the dashed IP.
-    label: Option<Arc<str>>,
-    /// Index into the service's `slice_ports`.
-    slice: u16,
-}
-
-#[derive(Debug, Clone)]
-struct PortEntry {
-    name: Arc<str>,
-    protocol: Protocol,
-    port: u16,
-}
-
-#[derive(Debug, Clone)]
+/// One service as the zone serves it: the snapshot's objects, shared, not copied.
+#[derive(Debug)]
 struct ServiceEntry {
+    service: Arc<Service>,
     /// `<svc>.<ns>.svc` (lower case, relative to the forward origin).
-    relative: Box<str>,
+    relative: Arc<str>,
     kind: ServiceKind,
-    ports: Vec<PortEntry>,
-    /// Ready endpoints (deduplicated by IP and label).
-    endpoints: Vec<EndpointEntry>,
-    /// Ports of each EndpointSlice the endpoints came from.
-    slice_ports: Vec<Vec<PortEntry>>,
+    /// The service's EndpointSlices in name order (none for ExternalName or `noendpoints`).
+    slices: Box<[Arc<EndpointSlice>]>,
+    /// Whether `<svc>.<ns>.svc` exists.
+    exists: bool,
+    /// `endpoint_pod_names`: endpoints without hostname are named by their pod.
+    pod_names: bool,
 }
 
-/// An entry of the IPv4 PTR index.
-type V4Ptr = (u32, PtrTarget);
-/// An entry of the IPv6 PTR index.
-type V6Ptr = (u128, PtrTarget);
+/// One published address of an endpoint of a service.
+#[derive(Clone, Copy)]
+struct Published<'a> {
+    ip: IpAddr,
+    endpoint: &'a Endpoint,
+    /// Index of the slice in the service's slices.
+    slice: u16,
+    /// Index of the endpoint in its slice.
+    index: u32,
+}
 
-/// A PTR target: a service (cluster IP) or an endpoint of a service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PtrTarget {
-    Service(u32),
-    Endpoint(u32, u32),
+impl ServiceEntry {
+    fn key(&self) -> &ObjectKey {
+        &self.service.key
+    }
+
+    fn cluster_ips(&self) -> &[IpAddr] {
+        match self.kind {
+            ServiceKind::ClusterIp => &self.service.cluster_ips,
+            _ => &[],
+        }
+    }
+
+    /// Every published address (ready endpoints, or all with `publishNotReadyAddresses`), in
+    /// slice, endpoint and address order, duplicates included.
+    fn published(&self) -> impl Iterator<Item = Published<'_>> + '_ {
+        let not_ready_too = self.service.publish_not_ready_addresses;
+        self.slices
+            .iter()
+            .take(usize::from(CLUSTER_IP))
+            .enumerate()
+            .flat_map(move |(si, slice)| {
+                slice
+                    .endpoints
+                    .iter()
+                    .enumerate()
+                    .filter(move |(_, ep)| ep.ready || not_ready_too)
+                    .flat_map(move |(ei, ep)| {
+                        ep.addresses.iter().map(move |ip| Published {
+                            ip: *ip,
+                            endpoint: ep,
+                            slice: si as u16,
+                            index: ei as u32,
+                        })
+                    })
+            })
+    }
+
+    /// [`published`](Self::published) without repeated `(address, name)` pairs (first kept).
+    fn unique(&self) -> Vec<Published<'_>> {
+        let mut seen: FastSet<(IpAddr, Option<Cow<'_, str>>)> = FastSet::default();
+        self.published()
+            .filter(|p| seen.insert((p.ip, self.label(p.endpoint).map(lower))))
+            .collect()
+    }
+
+    /// The endpoint's own label (hostname, or pod name with `endpoint_pod_names`), if any;
+    /// without one it is named by its dashed IP.
+    fn label<'a>(&self, ep: &'a Endpoint) -> Option<&'a str> {
+        endpoint_name(ep, self.pod_names)
+    }
+
+    /// The endpoint's label as served (lower case, or the dashed IP).
+    fn label_text(&self, ep: &Endpoint, ip: IpAddr) -> String {
+        match self.label(ep) {
+            Some(l) => l.to_ascii_lowercase(),
+            None => dashed_ip(ip),
+        }
+    }
+
+    /// `(port name, protocol)` of the ports that get SRV names: named ports of the service, or
+    /// for headless services the named ports of its endpoint slices (duplicates included).
+    fn srv_ports(&self) -> Box<dyn Iterator<Item = (&Arc<str>, Protocol)> + '_> {
+        match self.kind {
+            ServiceKind::ClusterIp => Box::new(
+                self.service
+                    .ports
+                    .iter()
+                    .filter(|p| !p.name.is_empty())
+                    .map(|p| (&p.name, p.protocol)),
+            ),
+            ServiceKind::Headless => Box::new(
+                self.slices
+                    .iter()
+                    .flat_map(|s| s.ports.iter())
+                    .filter(|p| !p.name.is_empty())
+                    .map(|p| (&p.name, p.protocol)),
+            ),
+            ServiceKind::External(_) => Box::new(std::iter::empty()),
+        }
+    }
+
+    /// The protocol of `_<port>._<proto>` if the service has that SRV name.
+    fn srv_port(&self, port: &str, proto: &str) -> Option<Protocol> {
+        self.srv_ports()
+            .find(|(name, p)| p.as_lower() == proto && name.eq_ignore_ascii_case(port))
+            .map(|(_, p)| p)
+    }
+
+    /// Whether `_<proto>.<svc>...` exists (some SRV name uses that protocol).
+    fn has_srv_protocol(&self, proto: &str) -> bool {
+        self.srv_ports().any(|(_, p)| p.as_lower() == proto)
+    }
+
+    /// The sorted, deduplicated SRV owner names relative to the origin (for export).
+    fn srv_names(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .srv_ports()
+            .map(|(name, p)| {
+                format!(
+                    "_{}._{}.{}",
+                    name.to_ascii_lowercase(),
+                    p.as_lower(),
+                    self.relative
+                )
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// How many services and pods of one (lower-case) namespace the zone holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct NsCount {
+    services: u32,
+    pods: u32,
 }
 
 /// The result of looking a name up in the zone.
@@ -273,26 +387,82 @@ impl Answer {
     pub fn is_nodata(&self) -> bool {
         self.rcode == ResponseCode::NoError && self.answers.is_empty()
     }
+    fn with_origin(mut self, origin: usize) -> Self {
+        self.origin = origin;
+        self
+    }
 }
 
-/// The cluster zone at one snapshot generation. Immutable; cheap to query from many threads.
-#[derive(Debug)]
+/// PTR index changes collected while applying a batch, written once per touched bucket.
+#[derive(Default)]
+struct ReverseBatch {
+    removed: FastSet<ObjectKey>,
+    touched_v4: BTreeSet<u32>,
+    touched_v6: BTreeSet<u128>,
+    added_v4: FastMap<u32, Vec<PtrEntry>>,
+    added_v6: FastMap<u128, Vec<PtrEntry>>,
+}
+
+impl ReverseBatch {
+    fn touch(&mut self, ip: IpAddr) {
+        match ip {
+            IpAddr::V4(a) => {
+                self.touched_v4.insert(u32::from(a) >> 8);
+            }
+            IpAddr::V6(a) => {
+                self.touched_v6.insert(u128::from(a) >> 8);
+            }
+        }
+    }
+
+    fn add(&mut self, ip: IpAddr, service: &Arc<ServiceEntry>, slice: u16, endpoint: u32) {
+        let entry = |low: u8| PtrEntry {
+            service: service.clone(),
+            endpoint,
+            slice,
+            low,
+        };
+        match ip {
+            IpAddr::V4(a) => {
+                let a = u32::from(a);
+                self.added_v4
+                    .entry(a >> 8)
+                    .or_default()
+                    .push(entry(a as u8));
+            }
+            IpAddr::V6(a) => {
+                let a = u128::from(a);
+                self.added_v6
+                    .entry(a >> 8)
+                    .or_default()
+                    .push(entry(a as u8));
+            }
+        }
+    }
+}
+
+/// The cluster zone at one snapshot generation. Immutable; cheap to query from many threads,
+/// cheap to clone (the maps are persistent).
+#[derive(Debug, Clone)]
 pub struct ClusterZone {
-    options: ZoneOptions,
+    options: Arc<ZoneOptions>,
     origins: Vec<Origin>,
     /// Index of the primary forward origin, if any.
     primary: Option<usize>,
-    names: FastMap<Box<str>, Node>,
-    services: Vec<ServiceEntry>,
-    /// PTR targets by address, sorted (several entries per address when several endpoints
-    /// share it). Binary search answers full names and, by range, empty non-terminals.
-    reverse_v4: Vec<(u32, PtrTarget)>,
-    reverse_v6: Vec<(u128, PtrTarget)>,
-    /// `(namespace, ip)` of pods, for `pods verified`.
-    pod_ips: FastSet<(Arc<str>, IpAddr)>,
-    /// Namespaces holding a served service or pod.
-    namespaces: FastSet<Arc<str>>,
-    ns_addrs: Vec<IpAddr>,
+    names: PMap<Arc<str>, Node>,
+    /// Whether a reverse origin is served (else no PTR index is kept).
+    has_reverse: bool,
+    /// PTR targets by address; a proper prefix of an address is an empty non-terminal.
+    reverse_v4: ReverseIndex<u32>,
+    reverse_v6: ReverseIndex<u128>,
+    /// Services and pods per lower-case namespace (`<ns>.svc`, `<ns>.pod` exist while > 0).
+    namespaces: PMap<Arc<str>, NsCount>,
+    /// The pods counted in `namespaces` (pods enabled only).
+    pods: PMap<ObjectKey, Arc<Pod>>,
+    /// `(lower-case namespace, ip)` of pods with how many pods hold it, for `pods verified`.
+    pod_ips: PMap<(Arc<str>, IpAddr), u32>,
+    ns_addrs: Arc<[IpAddr]>,
+    service_count: usize,
     serial: u32,
     generation: u64,
 }
@@ -305,70 +475,73 @@ impl ClusterZone {
 
     /// Builds the zone with an explicit SOA serial (the live server uses one that only grows).
     pub fn build_with_serial(snapshot: &Snapshot, options: &ZoneOptions, serial: u32) -> Self {
-        let mut zone = ClusterZone {
-            options: options.clone(),
-            origins: Vec::new(),
-            primary: None,
-            names: FastMap::default(),
-            services: Vec::with_capacity(snapshot.service_count()),
-            reverse_v4: Vec::new(),
-            reverse_v6: Vec::new(),
-            pod_ips: FastSet::default(),
-            namespaces: FastSet::default(),
-            ns_addrs: Vec::new(),
-            serial,
-            generation: snapshot.generation(),
-        };
-        zone.build_origins();
-        zone.build_services(snapshot);
-        zone.build_pods(snapshot);
-        zone.build_reverse_index();
+        let mut zone = Self::empty(Arc::new(options.clone()), serial);
+        zone.generation = snapshot.generation();
+        let mut batch = ReverseBatch::default();
+        for svc in snapshot.services() {
+            zone.add_service(snapshot, svc, &mut batch);
+        }
+        if zone.options.pods != PodMode::Disabled {
+            for pod in snapshot.pods() {
+                zone.add_pod(pod);
+            }
+        }
+        zone.finish(snapshot, batch);
         zone
     }
 
-    fn build_origins(&mut self) {
-        let ttl = self.options.ttl;
-        let mut seen = HashSet::new();
-        for zone in &self.options.zones {
-            let lower = format!("{}.", zone.trim_end_matches('.').to_ascii_lowercase());
-            if lower == "." || !seen.insert(lower.clone()) {
-                continue;
-            }
-            let Ok(apex) = Name::from_ascii(&lower) else {
-                continue;
-            };
-            let reverse = if lower.ends_with("in-addr.arpa.") {
-                Some(ReverseFamily::V4)
-            } else if lower.ends_with("ip6.arpa.") {
-                Some(ReverseFamily::V6)
-            } else {
-                None
-            };
-            let ns_name = name_in(&apex, "ns.dns");
-            let soa = Record::from_rdata(
-                apex.clone(),
-                ttl.min(300),
-                RData::SOA(SOA::new(
-                    ns_name.clone(),
-                    name_in(&apex, "hostmaster"),
-                    self.serial,
-                    7200,
-                    1800,
-                    86400,
-                    ttl,
-                )),
-            );
-            if reverse.is_none() && self.primary.is_none() {
-                self.primary = Some(self.origins.len());
-            }
-            self.origins.push(Origin {
-                name: lower,
-                apex,
-                reverse,
-                soa: Arc::from(vec![soa]),
-                ns_name,
-            });
+    /// The zone of `snapshot`, derived from this zone (built from an earlier snapshot of the
+    /// same cache) by applying `changes` — what [`Snapshot::changes_since`] reports between
+    /// the two. Only the changed services and pods are rewritten; everything else is shared
+    /// with `self`, which stays valid and unchanged. Node changes are ignored (the zone holds no
+    /// node data), pod changes matter only when pod records are enabled.
+    pub fn update(&self, snapshot: &Snapshot, changes: &BTreeSet<Change>, serial: u32) -> Self {
+        let mut zone = self.clone();
+        if serial != zone.serial {
+            zone.serial = serial;
+            let (origins, primary) = build_origins(&zone.options, serial);
+            zone.origins = origins;
+            zone.primary = primary;
         }
+        zone.generation = snapshot.generation();
+        let pods = zone.options.pods != PodMode::Disabled;
+        let mut batch = ReverseBatch::default();
+        for change in changes {
+            match change {
+                Change::Service(key) => {
+                    zone.remove_service(key, &mut batch);
+                    if let Some(svc) = snapshot.service(key) {
+                        zone.add_service(snapshot, svc, &mut batch);
+                    }
+                }
+                Change::Pod(key) if pods => {
+                    zone.remove_pod(key);
+                    if let Some(pod) = snapshot.pod(key) {
+                        zone.add_pod(pod);
+                    }
+                }
+                Change::Pod(_) | Change::Node(_) => {}
+            }
+        }
+        zone.finish(snapshot, batch);
+        zone
+    }
+
+    /// Whether `change` can alter a zone built with `options` (node changes never do; pod
+    /// changes only with pod records enabled).
+    pub fn is_affected_by(options: &ZoneOptions, change: &Change) -> bool {
+        match change {
+            Change::Service(_) => true,
+            Change::Pod(_) => options.pods != PodMode::Disabled,
+            Change::Node(_) => false,
+        }
+    }
+
+    /// A zone with the fixed names only.
+    fn empty(options: Arc<ZoneOptions>, serial: u32) -> Self {
+        let (origins, primary) = build_origins(&options, serial);
+        let has_reverse = origins.iter().any(|o| o.reverse.is_some());
+        let mut names = PMap::default();
         for (key, node) in [
             ("", Node::Apex),
             ("dns-version", Node::DnsVersion),
@@ -377,135 +550,161 @@ impl ClusterZone {
             ("svc", Node::Empty),
             ("pod", Node::Empty),
         ] {
-            self.names.insert(key.into(), node);
+            names.insert(Arc::from(key), node);
+        }
+        ClusterZone {
+            options,
+            origins,
+            primary,
+            names,
+            has_reverse,
+            reverse_v4: ReverseIndex::default(),
+            reverse_v6: ReverseIndex::default(),
+            namespaces: PMap::default(),
+            pods: PMap::default(),
+            pod_ips: PMap::default(),
+            ns_addrs: Arc::from(Vec::new()),
+            service_count: 0,
+            serial,
+            generation: 0,
         }
     }
 
-    fn build_services(&mut self, snapshot: &Snapshot) {
-        let opts = &self.options;
-        let mut services: Vec<&Arc<Service>> = snapshot
-            .services()
-            .filter(|s| opts.namespace_exposed(&s.key.namespace))
-            .collect();
-        // Stable order: PTR of a shared cluster IP and zone files do not depend on hashing.
-        services.sort_by(|a, b| a.key.cmp(&b.key));
-        if let Some(dns) = snapshot.service(&opts.dns_service) {
-            self.ns_addrs = dns.cluster_ips.clone();
+    /// Writes the batched PTR changes and refreshes the NS target's addresses.
+    fn finish(&mut self, snapshot: &Snapshot, batch: ReverseBatch) {
+        if self.has_reverse {
+            self.reverse_v4
+                .apply(&batch.touched_v4, &batch.removed, batch.added_v4);
+            self.reverse_v6
+                .apply(&batch.touched_v6, &batch.removed, batch.added_v6);
         }
-        if self.ns_addrs.is_empty() {
-            self.ns_addrs = opts.ns_fallback.clone();
+        let mut ns_addrs: Vec<IpAddr> = snapshot
+            .service(&self.options.dns_service)
+            .map(|dns| dns.cluster_ips.clone())
+            .unwrap_or_default();
+        if ns_addrs.is_empty() {
+            ns_addrs = self.options.ns_fallback.clone();
         }
-        for svc in services {
-            let Some(entry) = service_entry(snapshot, svc, opts) else {
-                continue;
-            };
-            let index = self.services.len() as u32;
-            let ns = svc.key.namespace.to_ascii_lowercase();
-            self.namespaces.insert(svc.key.namespace.clone());
-            self.names
-                .entry(format!("{ns}.svc").into())
-                .or_insert(Node::Empty);
-            // Headless services without endpoints and empty services under `ignore
-            // empty_service` do not exist (NXDOMAIN), but their namespace does.
-            let exists = match &entry.kind {
-                ServiceKind::Headless => !entry.endpoints.is_empty(),
-                ServiceKind::ClusterIp(_) => {
-                    !(opts.ignore_empty_service && entry.endpoints.is_empty())
-                }
-                ServiceKind::External(_) => true,
-            };
-            if !exists {
-                continue;
-            }
-            self.names
-                .insert(entry.relative.clone(), Node::Service(index));
-            if !matches!(entry.kind, ServiceKind::External(_)) {
-                let mut srv_names = Vec::new();
-                for (name, protocol) in srv_port_names(&entry) {
-                    srv_names.push((name, protocol));
-                }
-                for (port, protocol) in srv_names {
-                    let proto_label = format!("_{}.{}", protocol.as_lower(), entry.relative);
-                    self.names.insert(
-                        format!("_{}.{proto_label}", port.to_ascii_lowercase()).into(),
-                        Node::Srv {
-                            service: index,
-                            port: port.clone(),
-                            protocol,
-                        },
-                    );
-                    self.names.entry(proto_label.into()).or_insert(Node::Empty);
-                }
-            }
-            self.services.push(entry);
+        if *self.ns_addrs != *ns_addrs {
+            self.ns_addrs = Arc::from(ns_addrs);
         }
     }
 
-    fn build_pods(&mut self, snapshot: &Snapshot) {
-        if self.options.pods == PodMode::Disabled {
+    /// Adds `svc` (absent from the zone) if it has any DNS presence.
+    fn add_service(&mut self, snapshot: &Snapshot, svc: &Arc<Service>, batch: &mut ReverseBatch) {
+        let Some(entry) = service_entry(snapshot, svc, &self.options) else {
+            return;
+        };
+        let entry = Arc::new(entry);
+        self.adjust_namespace(&svc.key.namespace, 1, 0);
+        self.names
+            .insert(entry.relative.clone(), Node::Service(entry.clone()));
+        self.service_count += 1;
+        if self.has_reverse {
+            for ip in entry.cluster_ips() {
+                batch.touch(*ip);
+                batch.add(*ip, &entry, CLUSTER_IP, 0);
+            }
+            for p in entry.unique() {
+                batch.touch(p.ip);
+                batch.add(p.ip, &entry, p.slice, p.index);
+            }
+        }
+    }
+
+    /// Removes the service `key` and everything it contributed, if the zone holds it.
+    fn remove_service(&mut self, key: &ObjectKey, batch: &mut ReverseBatch) {
+        if !is_dns_label(&key.name) || !is_dns_label(&key.namespace) {
             return;
         }
-        for pod in snapshot.pods() {
-            if !self.options.namespace_exposed(&pod.key.namespace) {
-                continue;
+        let relative = format!("{}.{}.svc", key.name, key.namespace);
+        let entry = match self.names.get(relative.as_str()) {
+            Some(Node::Service(e)) if e.key() == key => e.clone(),
+            _ => return,
+        };
+        self.names.remove(relative.as_str());
+        self.service_count -= 1;
+        self.adjust_namespace(&key.namespace, -1, 0);
+        if self.has_reverse {
+            batch.removed.insert(key.clone());
+            for ip in entry.cluster_ips() {
+                batch.touch(*ip);
             }
-            self.namespaces.insert(pod.key.namespace.clone());
-            if self.options.pods == PodMode::Verified {
-                for ip in &pod.ips {
-                    self.pod_ips.insert((pod.key.namespace.clone(), *ip));
-                }
+            for p in entry.published() {
+                batch.touch(p.ip);
             }
-        }
-        let namespaces: Vec<Arc<str>> = self.namespaces.iter().cloned().collect();
-        for ns in namespaces {
-            self.names.insert(
-                format!("{}.pod", ns.to_ascii_lowercase()).into(),
-                Node::PodNamespace,
-            );
         }
     }
 
-    fn build_reverse_index(&mut self) {
-        if !self.origins.iter().any(|o| o.reverse.is_some()) {
+    /// Counts `pod` (absent from the zone) in its namespace and, in verified mode, its IPs.
+    fn add_pod(&mut self, pod: &Arc<Pod>) {
+        if !self.options.namespace_exposed(&pod.key.namespace) {
             return;
         }
-        let mut v4: Vec<(u32, PtrTarget)> = Vec::new();
-        let mut v6: Vec<(u128, PtrTarget)> = Vec::new();
-        let mut push = |ip: IpAddr, t: PtrTarget| match ip {
-            IpAddr::V4(a) => v4.push((u32::from(a), t)),
-            IpAddr::V6(a) => v6.push((u128::from(a), t)),
-        };
-        for (si, svc) in self.services.iter().enumerate() {
-            if let ServiceKind::ClusterIp(ips) = &svc.kind {
-                for ip in ips {
-                    push(*ip, PtrTarget::Service(si as u32));
-                }
-            }
-            for (ei, ep) in svc.endpoints.iter().enumerate() {
-                push(ep.ip, PtrTarget::Endpoint(si as u32, ei as u32));
+        self.pods.insert(pod.key.clone(), pod.clone());
+        self.adjust_namespace(&pod.key.namespace, 0, 1);
+        if self.options.pods == PodMode::Verified {
+            let ns: Arc<str> = Arc::from(pod.key.namespace.to_ascii_lowercase());
+            for ip in &pod.ips {
+                *self.pod_ips.entry((ns.clone(), *ip)).or_insert(0) += 1;
             }
         }
-        self.reverse_v4 = ptr_table(v4);
-        self.reverse_v6 = ptr_table(v6);
     }
 
-    /// The PTR targets of `ip`.
-    fn ptr_targets(&self, ip: IpAddr) -> impl Iterator<Item = PtrTarget> + '_ {
-        let (a, b): (&[V4Ptr], &[V6Ptr]) = match ip {
-            IpAddr::V4(v4) => {
-                let k = u32::from(v4);
-                let start = self.reverse_v4.partition_point(|(x, _)| *x < k);
-                let end = self.reverse_v4.partition_point(|(x, _)| *x <= k);
-                (&self.reverse_v4[start..end], &[])
-            }
-            IpAddr::V6(v6) => {
-                let k = u128::from(v6);
-                let start = self.reverse_v6.partition_point(|(x, _)| *x < k);
-                let end = self.reverse_v6.partition_point(|(x, _)| *x <= k);
-                (&[], &self.reverse_v6[start..end])
-            }
+    /// Removes the pod `key` if the zone counts it.
+    fn remove_pod(&mut self, key: &ObjectKey) {
+        let Some(pod) = self.pods.remove(key) else {
+            return;
         };
-        a.iter().map(|e| e.1).chain(b.iter().map(|e| e.1))
+        self.adjust_namespace(&key.namespace, 0, -1);
+        if self.options.pods == PodMode::Verified {
+            let ns: Arc<str> = Arc::from(key.namespace.to_ascii_lowercase());
+            for ip in &pod.ips {
+                let k = (ns.clone(), *ip);
+                match self.pod_ips.get(&k).copied() {
+                    Some(n) if n > 1 => {
+                        self.pod_ips.insert(k, n - 1);
+                    }
+                    _ => {
+                        self.pod_ips.remove(&k);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Changes the counts of `namespace` and creates or removes `<ns>.svc` and `<ns>.pod`
+    /// when they cross zero.
+    fn adjust_namespace(&mut self, namespace: &str, services: i32, pods: i32) {
+        let lower: Arc<str> = Arc::from(namespace.to_ascii_lowercase());
+        let before = self.namespaces.get(&lower).copied().unwrap_or_default();
+        let after = NsCount {
+            services: before.services.saturating_add_signed(services),
+            pods: before.pods.saturating_add_signed(pods),
+        };
+        if after == NsCount::default() {
+            self.namespaces.remove(&lower);
+        } else {
+            self.namespaces.insert(lower.clone(), after);
+        }
+        if (before.services > 0) != (after.services > 0) {
+            let key: Arc<str> = Arc::from(format!("{lower}.svc"));
+            if after.services > 0 {
+                self.names.insert(key, Node::Empty);
+            } else {
+                self.names.remove(&key);
+            }
+        }
+        let had = before != NsCount::default();
+        let has = after != NsCount::default();
+        if self.options.pods != PodMode::Disabled && had != has {
+            let key: Arc<str> = Arc::from(format!("{lower}.pod"));
+            if has {
+                self.names.insert(key, Node::PodNamespace);
+            } else {
+                self.names.remove(&key);
+            }
+        }
     }
 
     /// The options the zone was built with.
@@ -530,7 +729,7 @@ impl ClusterZone {
 
     /// Number of services in the zone.
     pub fn service_count(&self) -> usize {
-        self.services.len()
+        self.service_count
     }
 
     /// The origin (index) `lower_name` (lower case, trailing dot) falls in: the longest match.
@@ -571,6 +770,14 @@ impl ClusterZone {
         }
     }
 
+    /// The service named `relative` if it exists.
+    fn existing_service(&self, relative: &str) -> Option<&Arc<ServiceEntry>> {
+        match self.names.get(relative) {
+            Some(Node::Service(svc)) if svc.exists => Some(svc),
+            _ => None,
+        }
+    }
+
     fn lookup_forward(
         &self,
         qname: &Name,
@@ -608,49 +815,61 @@ impl ClusterZone {
                 address_records(qname, ttl, &self.ns_addrs, qtype),
                 vec![],
             ),
-            Some(Node::Service(i)) => {
-                let svc = &self.services[*i as usize];
-                match &svc.kind {
-                    ServiceKind::External(target) => {
-                        self.cname_answer(qname, target, qtype, origin, depth)
-                    }
-                    ServiceKind::ClusterIp(ips) => match qtype {
-                        RecordType::A | RecordType::AAAA => {
-                            Answer::records(origin, address_records(qname, ttl, ips, qtype), vec![])
-                        }
-                        RecordType::SRV => self.srv_answer(qname, svc, None, apex),
-                        _ => Answer::nodata(origin),
-                    }
-                    .with_origin(origin),
-                    ServiceKind::Headless => match qtype {
-                        RecordType::A | RecordType::AAAA => {
-                            let ips = dedup_ips(svc.endpoints.iter().map(|e| e.ip));
-                            Answer::records(
-                                origin,
-                                address_records(qname, ttl, &ips, qtype),
-                                vec![],
-                            )
-                        }
-                        RecordType::SRV => self.srv_answer(qname, svc, None, apex),
-                        _ => Answer::nodata(origin),
-                    }
-                    .with_origin(origin),
+            Some(Node::Service(svc)) if svc.exists => match &svc.kind {
+                ServiceKind::External(target) => {
+                    self.cname_answer(qname, target, qtype, origin, depth)
                 }
-            }
-            Some(Node::Srv {
-                service,
-                port,
-                protocol,
-            }) => match qtype {
-                RecordType::SRV => {
-                    let svc = &self.services[*service as usize];
-                    self.srv_answer(qname, svc, Some((port, *protocol)), apex)
-                        .with_origin(origin)
+                ServiceKind::ClusterIp => match qtype {
+                    RecordType::A | RecordType::AAAA => Answer::records(
+                        origin,
+                        address_records(qname, ttl, svc.cluster_ips(), qtype),
+                        vec![],
+                    ),
+                    RecordType::SRV => self.srv_answer(qname, svc, None, apex),
+                    _ => Answer::nodata(origin),
                 }
-                _ => Answer::nodata(origin),
+                .with_origin(origin),
+                ServiceKind::Headless => match qtype {
+                    RecordType::A | RecordType::AAAA => {
+                        let ips = dedup_ips(svc.published().map(|p| p.ip));
+                        Answer::records(origin, address_records(qname, ttl, &ips, qtype), vec![])
+                    }
+                    RecordType::SRV => self.srv_answer(qname, svc, None, apex),
+                    _ => Answer::nodata(origin),
+                }
+                .with_origin(origin),
             },
-            None => self.lookup_dynamic(qname, rel, qtype, origin),
+            Some(Node::Service(_)) => Answer::nxdomain(origin),
+            None => match self.lookup_srv(qname, rel, qtype, origin, apex) {
+                Some(answer) => answer,
+                None => self.lookup_dynamic(qname, rel, qtype, origin),
+            },
         }
+    }
+
+    /// SRV names `_<port>._<proto>.<svc>.<ns>.svc` and their parents `_<proto>.<svc>...`.
+    fn lookup_srv(
+        &self,
+        qname: &Name,
+        rel: &str,
+        qtype: RecordType,
+        origin: usize,
+        apex: &Name,
+    ) -> Option<Answer> {
+        let (first, tail) = rel.strip_prefix('_')?.split_once('.')?;
+        if let Some(after) = tail.strip_prefix('_') {
+            let (proto, rest) = after.split_once('.')?;
+            let svc = self.existing_service(rest)?;
+            let protocol = svc.srv_port(first, proto)?;
+            return Some(match qtype {
+                RecordType::SRV => self
+                    .srv_answer(qname, svc, Some((first, protocol)), apex)
+                    .with_origin(origin),
+                _ => Answer::nodata(origin),
+            });
+        }
+        let svc = self.existing_service(tail)?;
+        svc.has_srv_protocol(first).then(|| Answer::nodata(origin))
     }
 
     /// Names not in the map: endpoint names below a service, pod names.
@@ -659,14 +878,18 @@ impl ClusterZone {
             return Answer::nxdomain(origin);
         };
         match self.names.get(parent) {
-            Some(Node::Service(i)) => {
-                let svc = &self.services[*i as usize];
+            Some(Node::Service(svc)) if svc.exists => {
+                let mut dashed: Option<Option<IpAddr>> = None;
                 let mut found = false;
                 let mut ips = Vec::new();
-                for ep in &svc.endpoints {
-                    if endpoint_label_matches(ep, first) {
+                for p in svc.published() {
+                    let matches = match svc.label(p.endpoint) {
+                        Some(l) => l.eq_ignore_ascii_case(first),
+                        None => *dashed.get_or_insert_with(|| parse_dashed_ip(first)) == Some(p.ip),
+                    };
+                    if matches {
                         found = true;
-                        ips.push(ep.ip);
+                        ips.push(p.ip);
                     }
                 }
                 if !found {
@@ -689,8 +912,7 @@ impl ClusterZone {
                     PodMode::Insecure => true,
                     PodMode::Verified => self
                         .pod_ips
-                        .iter()
-                        .any(|(ns, pip)| *pip == ip && ns.eq_ignore_ascii_case(namespace)),
+                        .contains_key(&(Arc::<str>::from(namespace), ip)),
                 };
                 if !exists {
                     return Answer::nxdomain(origin);
@@ -755,32 +977,41 @@ impl ClusterZone {
         &self,
         qname: &Name,
         svc: &ServiceEntry,
-        port_filter: Option<(&Arc<str>, Protocol)>,
+        port_filter: Option<(&str, Protocol)>,
         apex: &Name,
     ) -> Answer {
         let ttl = self.options.ttl;
-        let matches = |p: &PortEntry| match port_filter {
-            Some((name, proto)) => p.protocol == proto && p.name.eq_ignore_ascii_case(name),
+        let matches = |name: &str, protocol: Protocol| match port_filter {
+            Some((want, proto)) => protocol == proto && name.eq_ignore_ascii_case(want),
             None => true,
         };
         // (target name, port, address) items, as CoreDNS's backend produces them.
         let mut items: Vec<(Name, u16, IpAddr)> = Vec::new();
         match &svc.kind {
-            ServiceKind::ClusterIp(ips) => {
+            ServiceKind::ClusterIp => {
                 let target = name_in(apex, &svc.relative);
-                for p in svc.ports.iter().filter(|p| matches(p)) {
-                    for ip in ips {
+                for p in svc
+                    .service
+                    .ports
+                    .iter()
+                    .filter(|p| matches(&p.name, p.protocol))
+                {
+                    for ip in svc.cluster_ips() {
                         items.push((target.clone(), p.port, *ip));
                     }
                 }
             }
             ServiceKind::Headless => {
-                for ep in &svc.endpoints {
-                    let ports = &svc.slice_ports[ep.slice as usize];
-                    let label = endpoint_label(ep);
+                for ep in svc.unique() {
+                    let ports = &svc.slices[usize::from(ep.slice)].ports;
+                    let label = svc.label_text(ep.endpoint, ep.ip);
                     let target = name_in(apex, &format!("{label}.{}", svc.relative));
-                    for p in ports.iter().filter(|p| matches(p)) {
-                        items.push((target.clone(), p.port, ep.ip));
+                    for (port, _) in ports
+                        .iter()
+                        .filter(|p| matches(&p.name, p.protocol))
+                        .filter_map(|p| Some((p.port?, p)))
+                    {
+                        items.push((target.clone(), port, ep.ip));
                     }
                 }
             }
@@ -809,6 +1040,38 @@ impl ClusterZone {
         Answer::records(0, answers, additionals)
     }
 
+    /// The PTR targets of `ip` in answer order: the first service owning it as a cluster IP
+    /// (which hides endpoint names), else every endpoint name.
+    fn ptr_targets(&self, ip: IpAddr) -> &[PtrEntry] {
+        let all = match ip {
+            IpAddr::V4(a) => {
+                let a = u32::from(a);
+                self.reverse_v4.get(a >> 8, a as u8)
+            }
+            IpAddr::V6(a) => {
+                let a = u128::from(a);
+                self.reverse_v6.get(a >> 8, a as u8)
+            }
+        };
+        match all.first() {
+            Some(first) if first.is_cluster_ip() => &all[..1],
+            _ => all,
+        }
+    }
+
+    /// The name a PTR entry of `ip` points to.
+    fn ptr_target_name(&self, entry: &PtrEntry, ip: IpAddr, apex: &Name) -> Name {
+        let svc = &entry.service;
+        if entry.is_cluster_ip() {
+            return name_in(apex, &svc.relative);
+        }
+        let ep = &svc.slices[usize::from(entry.slice)].endpoints[entry.endpoint as usize];
+        name_in(
+            apex,
+            &format!("{}.{}", svc.label_text(ep, ip), svc.relative),
+        )
+    }
+
     fn lookup_reverse(
         &self,
         qname: &Name,
@@ -828,7 +1091,7 @@ impl ClusterZone {
         }
         match parse_reverse(lower_name, family) {
             ReverseName::Full(ip) => {
-                let targets: Vec<PtrTarget> = self.ptr_targets(ip).collect();
+                let targets = self.ptr_targets(ip);
                 if targets.is_empty() {
                     return Answer::nxdomain(origin);
                 }
@@ -843,17 +1106,11 @@ impl ClusterZone {
                 let answers = targets
                     .iter()
                     .map(|t| {
-                        let target = match *t {
-                            PtrTarget::Service(s) => {
-                                name_in(apex, &self.services[s as usize].relative)
-                            }
-                            PtrTarget::Endpoint(s, e) => {
-                                let svc = &self.services[s as usize];
-                                let ep = &svc.endpoints[e as usize];
-                                name_in(apex, &format!("{}.{}", endpoint_label(ep), svc.relative))
-                            }
-                        };
-                        Record::from_rdata(qname.clone(), ttl, RData::PTR(PTR(target)))
+                        Record::from_rdata(
+                            qname.clone(),
+                            ttl,
+                            RData::PTR(PTR(self.ptr_target_name(t, ip, apex))),
+                        )
                     })
                     .collect();
                 Answer::records(origin, answers, Vec::new())
@@ -862,11 +1119,13 @@ impl ClusterZone {
                 let exists = match family {
                     ReverseFamily::V4 => {
                         let (lo, hi) = prefix_range_u32(prefix as u32, bits);
-                        range_nonempty(&self.reverse_v4, lo, hi)
+                        self.reverse_v4
+                            .any_in((lo >> 8, lo as u8), (hi >> 8, hi as u8))
                     }
                     ReverseFamily::V6 => {
                         let (lo, hi) = prefix_range_u128(prefix, bits);
-                        range_nonempty(&self.reverse_v6, lo, hi)
+                        self.reverse_v6
+                            .any_in((lo >> 8, lo as u8), (hi >> 8, hi as u8))
                     }
                 };
                 if exists {
@@ -879,8 +1138,8 @@ impl ClusterZone {
         }
     }
 
-    /// Every name with its records, for zone file export: `(owner, records)` in a stable
-    /// order. Dynamic pod names are included only in `pods verified` mode.
+    /// Every name with its records, for zone file export, in a stable order. Dynamic pod
+    /// names are included only in `pods verified` mode.
     pub fn records(&self) -> Vec<Record> {
         let mut out = Vec::new();
         let ttl = self.options.ttl;
@@ -891,6 +1150,19 @@ impl ClusterZone {
         if self.primary.is_none() {
             return out;
         }
+        // Service and SRV names, sorted.
+        let mut keys: Vec<(String, &Arc<ServiceEntry>)> = Vec::new();
+        for (_, node) in self.names.iter() {
+            if let Node::Service(svc) = node
+                && svc.exists
+            {
+                keys.push((svc.relative.to_string(), svc));
+                if !matches!(svc.kind, ServiceKind::External(_)) {
+                    keys.extend(svc.srv_names().into_iter().map(|n| (n, svc)));
+                }
+            }
+        }
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
         for (oi, o) in self.origins.iter().enumerate() {
             if o.reverse.is_some() {
                 continue;
@@ -905,19 +1177,10 @@ impl ClusterZone {
             let nsh = name_in(apex, "ns.dns");
             out.extend(address_records(&nsh, ttl, &self.ns_addrs, RecordType::A));
             out.extend(address_records(&nsh, ttl, &self.ns_addrs, RecordType::AAAA));
-            let mut keys: Vec<(&Box<str>, &Node)> = self
-                .names
-                .iter()
-                .filter(|(_, n)| matches!(n, Node::Service(_) | Node::Srv { .. }))
-                .collect();
-            keys.sort_by(|a, b| a.0.cmp(b.0));
-            for (key, _) in keys {
+            for (key, svc) in &keys {
                 let lower = format!("{key}.{}", o.name);
                 let owner = name_in(apex, key);
-                let external = matches!(
-                    self.names.get(key.as_ref()),
-                    Some(Node::Service(i)) if matches!(self.services[*i as usize].kind, ServiceKind::External(_))
-                );
+                let external = matches!(svc.kind, ServiceKind::External(_));
                 let types: &[RecordType] = if external {
                     &[RecordType::CNAME]
                 } else {
@@ -930,30 +1193,24 @@ impl ClusterZone {
                         out.extend(a.answers);
                     }
                 }
-                if let Some(Node::Service(i)) = self.names.get(key.as_ref()) {
-                    let svc = &self.services[*i as usize];
-                    if matches!(svc.kind, ServiceKind::External(_)) {
+                if external || key.as_str() != &*svc.relative {
+                    continue;
+                }
+                let mut done = HashSet::new();
+                for ep in svc.unique() {
+                    let label = svc.label_text(ep.endpoint, ep.ip);
+                    if !done.insert((label.clone(), ep.ip)) {
                         continue;
                     }
-                    let mut done = HashSet::new();
-                    for ep in &svc.endpoints {
-                        let label = endpoint_label(ep);
-                        if !done.insert((label.clone(), ep.ip)) {
-                            continue;
-                        }
-                        let owner = name_in(apex, &format!("{label}.{key}"));
-                        out.push(address_record(owner, ttl, ep.ip));
-                    }
+                    let owner = name_in(apex, &format!("{label}.{key}"));
+                    out.push(address_record(owner, ttl, ep.ip));
                 }
             }
             if self.options.pods == PodMode::Verified {
-                let mut pods: Vec<&(Arc<str>, IpAddr)> = self.pod_ips.iter().collect();
+                let mut pods: Vec<&(Arc<str>, IpAddr)> = self.pod_ips.keys().collect();
                 pods.sort();
                 for (ns, ip) in pods {
-                    let owner = name_in(
-                        apex,
-                        &format!("{}.{}.pod", dashed_ip(*ip), ns.to_ascii_lowercase()),
-                    );
+                    let owner = name_in(apex, &format!("{}.{}.pod", dashed_ip(*ip), ns));
                     out.push(address_record(owner, ttl, *ip));
                 }
             }
@@ -961,11 +1218,11 @@ impl ClusterZone {
         let mut ips: Vec<IpAddr> = self
             .reverse_v4
             .iter()
-            .map(|(a, _)| IpAddr::V4(Ipv4Addr::from(*a)))
+            .map(|(p, e)| IpAddr::V4(Ipv4Addr::from((p << 8) | u32::from(e.low))))
             .chain(
                 self.reverse_v6
                     .iter()
-                    .map(|(a, _)| IpAddr::V6(Ipv6Addr::from(*a))),
+                    .map(|(p, e)| IpAddr::V6(Ipv6Addr::from((p << 8) | u128::from(e.low)))),
             )
             .collect();
         ips.dedup();
@@ -987,21 +1244,80 @@ impl ClusterZone {
     }
 }
 
-impl Answer {
-    fn with_origin(mut self, origin: usize) -> Self {
-        self.origin = origin;
-        self
+/// The origins of `options` with SOA serial `serial`, and the index of the primary forward one.
+fn build_origins(options: &ZoneOptions, serial: u32) -> (Vec<Origin>, Option<usize>) {
+    let ttl = options.ttl;
+    let mut seen = HashSet::new();
+    let mut origins = Vec::new();
+    let mut primary = None;
+    for zone in &options.zones {
+        let lower = format!("{}.", zone.trim_end_matches('.').to_ascii_lowercase());
+        if lower == "." || !seen.insert(lower.clone()) {
+            continue;
+        }
+        let Ok(apex) = Name::from_ascii(&lower) else {
+            continue;
+        };
+        let reverse = if lower.ends_with("in-addr.arpa.") {
+            Some(ReverseFamily::V4)
+        } else if lower.ends_with("ip6.arpa.") {
+            Some(ReverseFamily::V6)
+        } else {
+            None
+        };
+        let ns_name = name_in(&apex, "ns.dns");
+        let soa = Record::from_rdata(
+            apex.clone(),
+            ttl.min(300),
+            RData::SOA(SOA::new(
+                ns_name.clone(),
+                name_in(&apex, "hostmaster"),
+                serial,
+                7200,
+                1800,
+                86400,
+                ttl,
+            )),
+        );
+        if reverse.is_none() && primary.is_none() {
+            primary = Some(origins.len());
+        }
+        origins.push(Origin {
+            name: lower,
+            apex,
+            reverse,
+            soa: Arc::from(vec![soa]),
+            ns_name,
+        });
     }
+    (origins, primary)
 }
 
-/// Builds the compact entry of one service, or `None` when it has no DNS presence at all.
-fn service_entry(snapshot: &Snapshot, svc: &Service, opts: &ZoneOptions) -> Option<ServiceEntry> {
-    let relative: Box<str> = format!(
-        "{}.{}.svc",
-        svc.key.name.to_ascii_lowercase(),
-        svc.key.namespace.to_ascii_lowercase()
-    )
-    .into();
+/// Whether `s` is a lower-case RFC 1123 label (what Kubernetes requires of service and
+/// namespace names): 1–63 of `a-z0-9-`, not starting or ending with `-`.
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// Builds the entry of one service, or `None` when it has no DNS presence at all.
+fn service_entry(
+    snapshot: &Snapshot,
+    svc: &Arc<Service>,
+    opts: &ZoneOptions,
+) -> Option<ServiceEntry> {
+    if !opts.namespace_exposed(&svc.key.namespace)
+        || !is_dns_label(&svc.key.name)
+        || !is_dns_label(&svc.key.namespace)
+    {
+        return None;
+    }
+    let relative: Arc<str> = Arc::from(format!("{}.{}.svc", svc.key.name, svc.key.namespace));
     let kind = if svc.service_type == ServiceType::ExternalName {
         let target = svc.external_name.as_deref()?;
         // An IP in externalName is not a name: CoreDNS serves nothing for it.
@@ -1014,116 +1330,58 @@ fn service_entry(snapshot: &Snapshot, svc: &Service, opts: &ZoneOptions) -> Opti
     } else if svc.headless || svc.cluster_ips.is_empty() {
         ServiceKind::Headless
     } else {
-        ServiceKind::ClusterIp(svc.cluster_ips.clone())
+        ServiceKind::ClusterIp
     };
-    let ports = svc
-        .ports
-        .iter()
-        .map(|p| PortEntry {
-            name: p.name.clone(),
-            protocol: p.protocol,
-            port: p.port,
-        })
-        .collect();
-    let mut endpoints = Vec::new();
-    let mut slice_ports = Vec::new();
-    if !opts.noendpoints && !matches!(kind, ServiceKind::External(_)) {
-        let mut seen: HashSet<(IpAddr, Option<Arc<str>>)> = HashSet::new();
-        for slice in snapshot.endpoint_slices_for(&svc.key) {
-            let slice_index = slice_ports.len() as u16;
-            slice_ports.push(
-                slice
-                    .ports
-                    .iter()
-                    .filter_map(|p| {
-                        Some(PortEntry {
-                            name: p.name.clone(),
-                            protocol: p.protocol,
-                            port: p.port?,
-                        })
-                    })
-                    .collect(),
-            );
-            for ep in &slice.endpoints {
-                if !(ep.ready || svc.publish_not_ready_addresses) {
-                    continue;
-                }
-                let label = endpoint_name(ep, opts.endpoint_pod_names);
-                for ip in &ep.addresses {
-                    if seen.insert((*ip, label.clone())) {
-                        endpoints.push(EndpointEntry {
-                            ip: *ip,
-                            label: label.clone(),
-                            slice: slice_index,
-                        });
-                    }
-                }
-            }
-        }
-    }
-    Some(ServiceEntry {
+    let slices: Box<[Arc<EndpointSlice>]> =
+        if opts.noendpoints || matches!(kind, ServiceKind::External(_)) {
+            Box::new([])
+        } else {
+            snapshot.endpoint_slices_for(&svc.key).cloned().collect()
+        };
+    let mut entry = ServiceEntry {
+        service: svc.clone(),
         relative,
         kind,
-        ports,
-        endpoints,
-        slice_ports,
-    })
-}
-
-/// The `(port name, protocol)` pairs that get an SRV name: named ports of the service, or for
-/// headless services the named ports of its endpoint slices.
-fn srv_port_names(svc: &ServiceEntry) -> Vec<(Arc<str>, Protocol)> {
-    let mut out: Vec<(Arc<str>, Protocol)> = Vec::new();
-    let mut push = |name: &Arc<str>, protocol: Protocol| {
-        if !name.is_empty()
-            && !out
-                .iter()
-                .any(|(n, p)| *p == protocol && n.eq_ignore_ascii_case(name))
-        {
-            out.push((name.clone(), protocol));
-        }
+        slices,
+        exists: true,
+        pod_names: opts.endpoint_pod_names,
     };
-    match svc.kind {
-        ServiceKind::ClusterIp(_) => svc.ports.iter().for_each(|p| push(&p.name, p.protocol)),
-        ServiceKind::Headless => {
-            for ports in &svc.slice_ports {
-                ports.iter().for_each(|p| push(&p.name, p.protocol));
-            }
+    // Headless services without endpoints and empty services under `ignore empty_service` do
+    // not exist (NXDOMAIN), but their namespace does.
+    entry.exists = match entry.kind {
+        ServiceKind::Headless => entry.published().next().is_some(),
+        ServiceKind::ClusterIp => {
+            !(opts.ignore_empty_service && entry.published().next().is_none())
         }
-        ServiceKind::External(_) => {}
-    }
-    out
+        ServiceKind::External(_) => true,
+    };
+    Some(entry)
 }
 
 /// The label of an endpoint in its service: hostname, else (with `endpoint_pod_names`) the pod
-/// name if it is a valid label, else `None` (the dashed IP).
-fn endpoint_name(ep: &Endpoint, pod_names: bool) -> Option<Arc<str>> {
+/// name if it is a valid label, else `None` (the dashed IP). Not lower-cased.
+fn endpoint_name(ep: &Endpoint, pod_names: bool) -> Option<&str> {
     if let Some(h) = &ep.hostname
         && !h.is_empty()
     {
-        return Some(Arc::from(h.to_ascii_lowercase()));
+        return Some(h);
     }
     if pod_names
         && let Some(t) = &ep.target_ref
         && !t.name.is_empty()
         && t.name.len() < 64
     {
-        return Some(Arc::from(t.name.to_ascii_lowercase()));
+        return Some(&t.name);
     }
     None
 }
 
-fn endpoint_label(ep: &EndpointEntry) -> String {
-    match &ep.label {
-        Some(l) => l.to_string(),
-        None => dashed_ip(ep.ip),
-    }
-}
-
-fn endpoint_label_matches(ep: &EndpointEntry, label: &str) -> bool {
-    match &ep.label {
-        Some(l) => l.as_ref() == label,
-        None => parse_dashed_ip(label) == Some(ep.ip),
+/// `s` in lower case, borrowed when it already is.
+fn lower(s: &str) -> Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(s)
     }
 }
 
@@ -1282,33 +1540,6 @@ fn prefix_range_u128(prefix: u128, bits: u32) -> (u128, u128) {
     }
     let mask = u128::MAX << (128 - bits);
     (prefix & mask, (prefix & mask) | !mask)
-}
-
-fn range_nonempty<T: Ord + Copy>(sorted: &[(T, PtrTarget)], lo: T, hi: T) -> bool {
-    let i = sorted.partition_point(|(v, _)| *v < lo);
-    i < sorted.len() && sorted[i].0 <= hi
-}
-
-/// Sorts PTR entries by address and keeps, per address, the first service owning it as a
-/// cluster IP (which hides endpoint names), else every endpoint name.
-fn ptr_table<K: Ord + Copy>(mut entries: Vec<(K, PtrTarget)>) -> Vec<(K, PtrTarget)> {
-    entries.sort_unstable_by(|a, b| {
-        a.0.cmp(&b.0).then_with(|| match (a.1, b.1) {
-            (PtrTarget::Service(x), PtrTarget::Service(y)) => x.cmp(&y),
-            (PtrTarget::Service(_), PtrTarget::Endpoint(..)) => std::cmp::Ordering::Less,
-            (PtrTarget::Endpoint(..), PtrTarget::Service(_)) => std::cmp::Ordering::Greater,
-            (PtrTarget::Endpoint(a1, a2), PtrTarget::Endpoint(b1, b2)) => (a1, a2).cmp(&(b1, b2)),
-        })
-    });
-    let mut out: Vec<(K, PtrTarget)> = Vec::with_capacity(entries.len());
-    for (k, t) in entries {
-        match out.last() {
-            Some((last, PtrTarget::Service(_))) if *last == k => continue,
-            _ => out.push((k, t)),
-        }
-    }
-    out.shrink_to_fit();
-    out
 }
 
 /// The reverse-lookup name of `ip` (lower case, trailing dot).
