@@ -26,6 +26,9 @@ use crate::model::{ClusterObject, Kind, ObjectKey, Pod, Service, SharedObject, p
 const DEBOUNCE: Duration = Duration::from_millis(25);
 /// Rescan period when no event arrives (covers file systems without inotify).
 const FALLBACK_RESCAN: Duration = Duration::from_secs(5);
+/// A file modified less than this long ago is read again at the next rescan even if its stamp
+/// is unchanged (timestamps are only a few milliseconds fine on some file systems).
+const RACY_WINDOW: Duration = Duration::from_secs(2);
 
 /// The problem found in one document of a manifest file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -166,6 +169,9 @@ pub fn parse_manifest(file: &Path, text: &str) -> Result<Vec<ClusterObject>, Man
 #[derive(Debug, Default)]
 struct FileState {
     content_hash: Option<u64>,
+    /// Size, modification time and inode when last read: a rescan skips reading a file whose
+    /// stamp has not changed.
+    stamp: Option<FileStamp>,
     /// Shared with the cache, not copied.
     objects: Vec<SharedObject>,
     error: Option<ManifestError>,
@@ -179,10 +185,31 @@ pub struct ManifestSet {
 }
 
 fn hash(bytes: &[u8]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut h);
-    h.finish()
+    use std::hash::BuildHasher;
+    // Fixed seed: the same content always hashes the same within a process.
+    foldhash::quality::FixedState::with_seed(0x5eed).hash_one(bytes)
+}
+
+/// What `stat` says about a file (following symlinks, so a ConfigMap-style `..data` swap shows
+/// as a different inode): if none of it changed, neither did the content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    inode: u64,
+    device: u64,
+}
+
+impl FileStamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            inode: meta.ino(),
+            device: meta.dev(),
+        }
+    }
 }
 
 impl ManifestSet {
@@ -210,6 +237,20 @@ impl ManifestSet {
             }
         }
         true
+    }
+
+    /// Whether `file` was last read with this stamp (so reading it again is pointless).
+    fn is_current(&self, file: &Path, stamp: &FileStamp) -> bool {
+        self.files
+            .get(file)
+            .is_some_and(|f| f.stamp.as_ref() == Some(stamp))
+    }
+
+    /// Records the stamp `file` had when it was read.
+    fn set_stamp(&mut self, file: &Path, stamp: FileStamp) {
+        if let Some(f) = self.files.get_mut(file) {
+            f.stamp = Some(stamp);
+        }
     }
 
     /// Forgets a deleted file and its objects. Returns whether it was known.
@@ -300,13 +341,33 @@ fn rescan(dir: &Path, set: &mut ManifestSet) -> Result<bool, std::io::Error> {
     let mut changed = false;
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        if !is_manifest(&path) || !path.is_file() {
+        if !is_manifest(&path) {
+            continue;
+        }
+        let stamp = match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => FileStamp::of(&meta),
+            _ => continue,
+        };
+        if set.is_current(&path, &stamp) {
+            present.push(path);
             continue;
         }
         match std::fs::read(&path) {
             Ok(bytes) => {
-                let text = String::from_utf8_lossy(&bytes);
+                let text = match String::from_utf8(bytes) {
+                    Ok(text) => text,
+                    Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                };
                 changed |= set.update_file(&path, &text);
+                // Like git's "racy clean" rule: a file modified in the last moments could be
+                // written again within the same timestamp tick, so it is read again next time.
+                let settled = stamp
+                    .modified
+                    .and_then(|m| m.elapsed().ok())
+                    .is_some_and(|age| age > RACY_WINDOW);
+                if settled {
+                    set.set_stamp(&path, stamp);
+                }
                 present.push(path);
             }
             // Gone between listing and reading (an editor's rename): the next event rescans.
@@ -317,9 +378,10 @@ fn rescan(dir: &Path, set: &mut ManifestSet) -> Result<bool, std::io::Error> {
             }
         }
     }
+    let present: HashSet<PathBuf> = present.into_iter().collect();
     let gone: Vec<PathBuf> = set
         .files()
-        .filter(|f| !present.iter().any(|p| p == f))
+        .filter(|f| !present.contains(*f))
         .map(Path::to_path_buf)
         .collect();
     for f in gone {
@@ -455,6 +517,49 @@ mod tests {
         assert!(err.reason.contains("invalid YAML"), "{err}");
         let err = parse_manifest(Path::new("bad.yaml"), "just a string\n").unwrap_err();
         assert!(err.reason.contains("expected a mapping"), "{err}");
+    }
+
+    #[test]
+    fn rescan_rereads_only_files_whose_stamp_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("svc.yaml");
+        let svc = |ip: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: a, namespace: ns}}\nspec: {{clusterIP: {ip}}}\n"
+            )
+        };
+        let age = |p: &Path, secs: u64| {
+            let old = std::time::SystemTime::now() - Duration::from_secs(secs);
+            std::fs::File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        };
+        std::fs::write(&path, svc("10.0.0.1")).unwrap();
+        let mut set = ManifestSet::default();
+        // Just written: inside the racy window, so no stamp is kept and it is read again.
+        assert!(rescan(dir.path(), &mut set).unwrap());
+        assert!(set.files[&path].stamp.is_none());
+        age(&path, 60);
+        assert!(!rescan(dir.path(), &mut set).unwrap(), "same content");
+        assert!(set.files[&path].stamp.is_some(), "settled file is stamped");
+        // Same size, new content, new mtime: read again.
+        std::fs::write(&path, svc("10.0.0.2")).unwrap();
+        age(&path, 30);
+        assert!(rescan(dir.path(), &mut set).unwrap());
+        let ips: Vec<String> = set.objects()[&Kind::Service]
+            .iter()
+            .map(|o| match o {
+                SharedObject::Service(s) => s.cluster_ips[0].to_string(),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(ips, ["10.0.0.2"]);
+        std::fs::remove_file(&path).unwrap();
+        assert!(rescan(dir.path(), &mut set).unwrap());
+        assert!(set.files.is_empty());
     }
 
     #[test]
