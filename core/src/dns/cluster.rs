@@ -2,12 +2,15 @@
 //! watches the cache.
 //!
 //! The zone sits behind an atomically swapped `Arc` ([`arc_swap`]): a query loads the current
-//! zone without locking and never waits for an update; the updater builds the next zone aside
+//! zone without locking and never waits for an update; the updater derives the next zone aside
 //! (on a blocking thread) and swaps it in whole, so every answer comes from one consistent
-//! snapshot.
+//! snapshot. The next zone is derived incrementally ([`ClusterZone::update`]) from the changes
+//! the cache journal reports since the served zone's generation; only when the journal no
+//! longer reaches back that far (or most services changed) is it built whole.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -31,9 +34,25 @@ pub struct ClusterPlugin {
     /// The startup timeout has passed: answer from whatever is cached.
     serving: AtomicBool,
     rebuilds: AtomicU64,
+    /// How many of the `rebuilds` were full builds (the rest were incremental updates).
+    full_builds: AtomicU64,
     /// Duration of the last zone build in nanoseconds (0: none yet).
     last_build_nanos: AtomicU64,
+    /// Serialises writers of `zone` (the updater, [`ClusterPlugin::install`]); queries never
+    /// take it.
+    writer: Mutex<()>,
     metrics: OnceLock<Arc<DnsMetrics>>,
+}
+
+/// How [`ClusterPlugin::refresh`] brought the zone up to a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZoneRefresh {
+    /// Nothing the zone shows changed; the served zone was kept.
+    Unchanged,
+    /// The zone was derived from the served one by applying this many changes.
+    Incremental(usize),
+    /// The zone was built whole from the snapshot.
+    Full,
 }
 
 impl ClusterPlugin {
@@ -54,7 +73,9 @@ impl ClusterPlugin {
             synced: AtomicBool::new(false),
             serving: AtomicBool::new(false),
             rebuilds: AtomicU64::new(0),
+            full_builds: AtomicU64::new(0),
             last_build_nanos: AtomicU64::new(0),
+            writer: Mutex::new(()),
             metrics: OnceLock::new(),
         })
     }
@@ -75,23 +96,72 @@ impl ClusterPlugin {
         self.synced.load(Ordering::Acquire)
     }
 
-    /// How many zones were built so far.
+    /// How many zones were installed so far (full builds and incremental updates).
     pub fn rebuilds(&self) -> u64 {
         self.rebuilds.load(Ordering::Relaxed)
     }
 
-    /// Builds and installs the zone of `snapshot` now (used by the updater and by tests).
+    /// How many of the installed zones were built whole.
+    pub fn full_builds(&self) -> u64 {
+        self.full_builds.load(Ordering::Relaxed)
+    }
+
+    /// Builds and installs the zone of `snapshot` whole, now (startup, tests).
     pub fn install(&self, snapshot: &Snapshot) {
+        self.refresh(snapshot, None);
+    }
+
+    /// Brings the served zone up to `snapshot`, which must come from the same cache as the
+    /// zone's: with `since` (the generation the served zone reflects) only the changes since
+    /// then are applied; without it, or when the journal no longer reaches back that far, or
+    /// when most services changed, the zone is built whole. The new zone is swapped in at
+    /// once; queries keep the old one until then. Runs on the caller's thread.
+    pub fn refresh(&self, snapshot: &Snapshot, since: Option<u64>) -> ZoneRefresh {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let started = std::time::Instant::now();
-        let previous = self.zone.load().serial();
-        let zone = ClusterZone::build_with_serial(snapshot, &self.options, next_serial(previous));
+        let current = self.zone.load_full();
+        let changes: Option<BTreeSet<Change>> =
+            since.and_then(|g| snapshot.changes_since(g)).map(|all| {
+                all.into_iter()
+                    .filter(|c| ClusterZone::is_affected_by(&self.options, c))
+                    .collect()
+            });
+        let serial = next_serial(current.serial());
+        let (zone, how) = match changes {
+            Some(changes) if changes.is_empty() => {
+                self.mark_synced(snapshot);
+                return ZoneRefresh::Unchanged;
+            }
+            Some(changes) if changes.len() <= current.service_count() / 2 + 64 => (
+                current.update(snapshot, &changes, serial),
+                ZoneRefresh::Incremental(changes.len()),
+            ),
+            _ => {
+                // Drop our hold on the served zone first: with only the swap's reference left,
+                // memory peaks at the served zone plus the one being built.
+                drop(current);
+                (
+                    ClusterZone::build_with_serial(snapshot, &self.options, serial),
+                    ZoneRefresh::Full,
+                )
+            }
+        };
+        let services = zone.service_count();
         self.zone.store(Arc::new(zone));
         self.rebuilds.fetch_add(1, Ordering::Relaxed);
+        if how == ZoneRefresh::Full {
+            self.full_builds.fetch_add(1, Ordering::Relaxed);
+        }
         let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.last_build_nanos.store(took.max(1), Ordering::Relaxed);
         if let Some(m) = self.metrics.get() {
-            m.zone_built(self.zone.load().service_count());
+            m.zone_built(services);
         }
+        self.mark_synced(snapshot);
+        how
+    }
+
+    fn mark_synced(&self, snapshot: &Snapshot) {
         if snapshot.is_synced() {
             self.synced.store(true, Ordering::Release);
             self.serving.store(true, Ordering::Release);
@@ -112,66 +182,58 @@ impl ClusterPlugin {
         self.serving.store(true, Ordering::Release);
     }
 
-    /// Spawns the task that rebuilds the zone whenever the cache changes. After
-    /// `startup_timeout` without a sync the plugin serves what it has.
+    /// Spawns the task that keeps the zone current with the cache. The first zone is built
+    /// once the cache has synced (or after `startup_timeout` without a sync, from whatever is
+    /// cached; until then the plugin answers SERVFAIL), or not at all when a zone of the
+    /// current snapshot was already [installed](Self::install); after that every new snapshot
+    /// is applied incrementally.
     pub fn spawn_updater(
         self: &Arc<Self>,
         mut reader: CacheReader,
         startup_timeout: Duration,
     ) -> JoinHandle<()> {
         let plugin = self.clone();
-        let timer = self.clone();
-        let mut sync_reader = reader.clone();
         tokio::spawn(async move {
-            let sync_timer = tokio::spawn(async move {
-                if !sync_reader.wait_synced(startup_timeout).await {
-                    tracing::warn!(
-                        timeout = ?startup_timeout,
-                        "cache not synced: serving the cluster zone with what is cached"
-                    );
-                }
-                timer.start_serving();
-            });
+            let deadline = tokio::time::Instant::now() + startup_timeout;
+            // The generation the served zone reflects (a zone installed before the updater
+            // started came from this cache's current snapshot).
+            let mut covered: Option<u64> =
+                (plugin.rebuilds() > 0).then(|| plugin.zone.load().generation());
             let mut snapshot = reader.snapshot();
-            let mut built_from: Option<u64> = None;
             loop {
-                if plugin.needs_rebuild(built_from, &snapshot) {
+                let wanted = snapshot.is_synced() || plugin.serving.load(Ordering::Acquire);
+                if wanted && covered != Some(snapshot.generation()) {
                     let p = plugin.clone();
                     let s = snapshot.clone();
-                    let built = tokio::task::spawn_blocking(move || p.install(&s)).await;
-                    if built.is_err() {
-                        tracing::error!("building the cluster zone failed; keeping the last zone");
+                    let since = covered;
+                    match tokio::task::spawn_blocking(move || p.refresh(&s, since)).await {
+                        Ok(_) => covered = Some(snapshot.generation()),
+                        Err(_) => {
+                            tracing::error!(
+                                "building the cluster zone failed; keeping the last zone"
+                            );
+                        }
+                    }
+                } else if covered == Some(snapshot.generation()) {
+                    plugin.mark_synced(&snapshot);
+                }
+                tokio::select! {
+                    next = reader.changed() => match next {
+                        Some(next) => snapshot = next,
+                        None => break,
+                    },
+                    _ = tokio::time::sleep_until(deadline),
+                        if !plugin.serving.load(Ordering::Acquire) =>
+                    {
+                        tracing::warn!(
+                            timeout = ?startup_timeout,
+                            "cache not synced: serving the cluster zone with what is cached"
+                        );
+                        plugin.start_serving();
                     }
                 }
-                built_from = Some(snapshot.generation());
-                match reader.changed().await {
-                    Some(next) => snapshot = next,
-                    None => break,
-                }
             }
-            sync_timer.abort();
         })
-    }
-
-    /// Whether `snapshot` changes anything the zone shows since generation `since`: pod and
-    /// node churn (a shared cache in `agentctl run`) does not rebuild the zone unless pod
-    /// records are verified against pods.
-    fn needs_rebuild(&self, since: Option<u64>, snapshot: &Snapshot) -> bool {
-        let Some(since) = since else {
-            return true;
-        };
-        if snapshot.is_synced() != self.is_synced() {
-            return true;
-        }
-        let pods_matter = self.options.pods == super::zone::PodMode::Verified;
-        match snapshot.changes_since(since) {
-            None => true,
-            Some(changes) => changes.iter().any(|c| match c {
-                Change::Service(_) => true,
-                Change::Pod(_) => pods_matter,
-                Change::Node(_) => false,
-            }),
-        }
     }
 
     fn falls_through(&self, lower_name: &str) -> bool {

@@ -35,6 +35,10 @@ use crate::model::{Endpoint, EndpointSlice, ObjectKey, Pod, Protocol, Service, S
 mod reverse;
 use reverse::{CLUSTER_IP, PtrEntry, ReverseIndex};
 
+#[cfg(test)]
+#[path = "zone_props.rs"]
+mod props;
+
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
 /// A persistent hash map: O(1) clone, updates copy only the path to the changed entry.

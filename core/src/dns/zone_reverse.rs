@@ -96,12 +96,6 @@ impl<P: Ord + Clone + Copy + std::hash::Hash> ReverseIndex<P> {
             .flat_map(|(p, bucket)| bucket.iter().map(move |e| (*p, e)))
     }
 
-    /// Number of buckets (for tests and sizing).
-    #[cfg(test)]
-    pub fn bucket_count(&self) -> usize {
-        self.buckets.len()
-    }
-
     /// Rewrites the buckets in `touched` (and those in `added`): drops the entries of services
     /// in `removed`, adds `added`, keeps each bucket sorted and drops empty ones.
     pub fn apply(
