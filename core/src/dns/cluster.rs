@@ -465,6 +465,163 @@ mod tests {
         task.abort();
     }
 
+    fn fixture_cache() -> (crate::cache::CacheWriter, CacheReader) {
+        let snap = snapshot(FIXTURE);
+        let (mut writer, reader) = new_cache([Kind::Service, Kind::EndpointSlice]);
+        let services: Vec<crate::model::SharedObject> = snap
+            .services()
+            .map(|s| crate::model::SharedObject::Service(s.clone()))
+            .collect();
+        let slices: Vec<crate::model::SharedObject> = snap
+            .endpoint_slices()
+            .map(|s| crate::model::SharedObject::EndpointSlice(s.clone()))
+            .collect();
+        writer.update(|tx| {
+            tx.replace_kind_shared(Kind::Service, services);
+            tx.replace_kind_shared(Kind::EndpointSlice, slices);
+        });
+        (writer, reader)
+    }
+
+    #[test]
+    fn refresh_applies_only_the_changes_since_the_served_zone() {
+        let (mut writer, reader) = fixture_cache();
+        let plugin = ClusterPlugin::new(ZoneOptions::default());
+        let chain = Chain::new(vec![plugin.clone()]);
+        let first = reader.snapshot();
+        plugin.install(&first);
+        assert_eq!((plugin.rebuilds(), plugin.full_builds()), (1, 1));
+        let serial = plugin.zone().serial();
+        // A new service: one change, applied incrementally, visible with a new serial.
+        let mut svc = (**first
+            .service(&crate::model::ObjectKey::new("default", "lonely"))
+            .unwrap())
+        .clone();
+        svc.key = crate::model::ObjectKey::new("default", "newcomer");
+        svc.cluster_ips = vec!["10.96.99.1".parse().unwrap()];
+        writer.apply(crate::model::ClusterObject::Service(svc));
+        let next = reader.snapshot();
+        assert_eq!(
+            plugin.refresh(&next, Some(first.generation())),
+            ZoneRefresh::Incremental(1)
+        );
+        let r = run(&chain, "newcomer.default.svc.cluster.local.", RecordType::A);
+        assert_eq!((r.rcode, r.answers.len()), (ResponseCode::NoError, 1));
+        let r = run(&chain, "1.99.96.10.in-addr.arpa.", RecordType::PTR);
+        assert_eq!(r.answers.len(), 1);
+        assert!(plugin.zone().serial() > serial);
+        assert_eq!((plugin.rebuilds(), plugin.full_builds()), (2, 1));
+        // Nothing new: the zone is kept.
+        assert_eq!(
+            plugin.refresh(&next, Some(next.generation())),
+            ZoneRefresh::Unchanged
+        );
+        assert_eq!(plugin.rebuilds(), 2);
+        // Deleting it: NXDOMAIN again, and the old zone (still held) is untouched.
+        let held = plugin.zone();
+        writer.delete(
+            Kind::Service,
+            &crate::model::ObjectKey::new("default", "newcomer"),
+        );
+        let after = reader.snapshot();
+        plugin.refresh(&after, Some(next.generation()));
+        let r = run(&chain, "newcomer.default.svc.cluster.local.", RecordType::A);
+        assert_eq!(r.rcode, ResponseCode::NXDomain);
+        let q = Name::from_ascii("newcomer.default.svc.cluster.local.").unwrap();
+        assert!(matches!(
+            held.lookup(&q, "newcomer.default.svc.cluster.local.", RecordType::A),
+            Lookup::Answer(a) if a.answers.len() == 1
+        ));
+        // Without a base generation the zone is built whole.
+        assert_eq!(plugin.refresh(&after, None), ZoneRefresh::Full);
+    }
+
+    async fn settle(plugin: &ClusterPlugin) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !plugin.is_synced() {
+            assert!(tokio::time::Instant::now() < deadline, "never synced");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    #[tokio::test]
+    async fn an_installed_zone_is_not_built_again_by_the_updater() {
+        let (_writer, reader) = fixture_cache();
+        let plugin = ClusterPlugin::new(ZoneOptions::default());
+        plugin.install(&reader.snapshot());
+        let task = plugin.spawn_updater(reader, Duration::from_secs(5));
+        settle(&plugin).await;
+        assert_eq!((plugin.rebuilds(), plugin.full_builds()), (1, 1));
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn the_first_zone_waits_for_the_sync_and_is_built_once() {
+        let snap = snapshot(FIXTURE);
+        let (mut writer, reader) = new_cache([Kind::Service, Kind::EndpointSlice]);
+        let plugin = ClusterPlugin::new(ZoneOptions::default());
+        let task = plugin.spawn_updater(reader, Duration::from_secs(5));
+        // Services arrive first (not synced yet), the slices later.
+        writer.replace_kind(
+            Kind::Service,
+            snap.services()
+                .map(|s| crate::model::ClusterObject::Service((**s).clone()))
+                .collect(),
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(plugin.rebuilds(), 0, "no zone from a partial cache");
+        writer.replace_kind(
+            Kind::EndpointSlice,
+            snap.endpoint_slices()
+                .map(|s| crate::model::ClusterObject::EndpointSlice((**s).clone()))
+                .collect(),
+        );
+        settle(&plugin).await;
+        assert_eq!((plugin.rebuilds(), plugin.full_builds()), (1, 1));
+        // Later changes are incremental.
+        let mut svc = (**snap.services().next().unwrap()).clone();
+        svc.publish_not_ready_addresses = !svc.publish_not_ready_addresses;
+        writer.apply(crate::model::ClusterObject::Service(svc));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while plugin.rebuilds() < 2 {
+            assert!(tokio::time::Instant::now() < deadline, "change not applied");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(plugin.full_builds(), 1);
+        task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_sync_the_zone_is_built_after_the_startup_timeout() {
+        let snap = snapshot(FIXTURE);
+        let (mut writer, reader) = new_cache([Kind::Service, Kind::EndpointSlice]);
+        writer.replace_kind(
+            Kind::Service,
+            snap.services()
+                .map(|s| crate::model::ClusterObject::Service((**s).clone()))
+                .collect(),
+        );
+        let plugin = ClusterPlugin::new(ZoneOptions::default());
+        let chain = Chain::new(vec![plugin.clone()]);
+        let task = plugin.spawn_updater(reader, Duration::from_secs(2));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let q = "demoapp-svc.default.svc.cluster.local.";
+        assert_eq!(run(&chain, q, RecordType::A).rcode, ResponseCode::ServFail);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for _ in 0..100 {
+            if plugin.rebuilds() > 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let r = run(&chain, q, RecordType::A);
+        assert_eq!((r.rcode, r.answers.len()), (ResponseCode::NoError, 1));
+        assert!(!plugin.is_synced());
+        task.abort();
+    }
+
     #[tokio::test]
     async fn updater_follows_the_cache() {
         let (mut writer, reader) = new_cache([Kind::Service, Kind::EndpointSlice]);
