@@ -131,6 +131,19 @@ pub struct ApplyReport {
 pub trait IpvsBackend: Send {
     /// Every virtual server (non-fwmark) with its real servers.
     fn dump(&mut self) -> Result<TableDump, BackendError>;
+    /// Calls `each` with every virtual server (non-fwmark) and its real servers: what
+    /// [`dump`](Self::dump) lists, without building the whole listing first. Only identities,
+    /// parameters and active/inactive connection counts are guaranteed; traffic counters and
+    /// persistence-template counts may read zero (a backend may read a cheaper source).
+    fn for_each_service(
+        &mut self,
+        each: &mut dyn FnMut(ServiceEntry, &[DestEntry]),
+    ) -> Result<(), BackendError> {
+        for (svc, dests) in self.dump()? {
+            each(svc, &dests);
+        }
+        Ok(())
+    }
     /// Every virtual server, without real servers.
     fn list_services(&mut self) -> Result<Vec<ServiceEntry>, BackendError>;
     /// The real servers of one virtual server.

@@ -9,12 +9,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use crate::cache::{Change, Snapshot};
 use crate::model::{AddressType, EndpointSlice, ObjectKey, Service, ServiceType, TrafficPolicy};
 
 use super::config::ProxyConfig;
 use super::table::{
-    DestId, DestParams, EntryPoint, FLAG_PERSISTENT, Family, ServiceId, ServiceParams,
+    DestId, DestParams, Dests, EntryPoint, FLAG_PERSISTENT, Family, ServiceId, ServiceParams,
     VirtualServer,
 };
 
@@ -53,13 +55,30 @@ fn is_link_local_v6(addr: &IpAddr) -> bool {
     matches!(addr, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
 }
 
-/// The virtual servers and bound addresses one Service contributes.
+/// The virtual servers and bound addresses one Service contributes. Kept inline for the
+/// common case of one virtual server and one address (10,000 Services cost no allocation here
+/// beyond their real server lists).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Contribution {
-    /// Virtual servers by identity.
-    pub servers: BTreeMap<ServiceId, VirtualServer>,
-    /// Addresses to bind on `kube-ipvs0`.
-    pub bind: BTreeSet<IpAddr>,
+    /// Virtual servers, sorted by identity, no duplicates.
+    pub servers: SmallVec<[(ServiceId, VirtualServer); 1]>,
+    /// Addresses to bind on `kube-ipvs0`, sorted, no duplicates.
+    pub bind: SmallVec<[IpAddr; 1]>,
+}
+
+impl Contribution {
+    /// One virtual server of this contribution.
+    pub fn server(&self, id: &ServiceId) -> Option<&VirtualServer> {
+        self.servers
+            .binary_search_by(|(s, _)| s.cmp(id))
+            .ok()
+            .map(|i| &self.servers[i].1)
+    }
+
+    /// Identities of the virtual servers, sorted.
+    pub fn ids(&self) -> impl Iterator<Item = &ServiceId> {
+        self.servers.iter().map(|(id, _)| id)
+    }
 }
 
 /// What changed in a [`DesiredState::update`].
@@ -88,7 +107,7 @@ pub struct DesiredState {
     generation: u64,
     contributions: HashMap<ObjectKey, Contribution>,
     /// Owners of each virtual server, sorted; the first one's definition wins on conflicts.
-    index: BTreeMap<ServiceId, Vec<ObjectKey>>,
+    index: BTreeMap<ServiceId, SmallVec<[ObjectKey; 1]>>,
     bound: BTreeMap<IpAddr, u32>,
 }
 
@@ -97,6 +116,7 @@ pub fn build(snapshot: &Snapshot, config: &ProxyConfig, node: &NodeInfo) -> Desi
     let node_ports = node.node_port_addresses(config);
     let mut state = DesiredState {
         generation: snapshot.generation(),
+        contributions: HashMap::with_capacity(snapshot.service_count()),
         ..DesiredState::default()
     };
     for svc in snapshot.services() {
@@ -131,20 +151,20 @@ impl DesiredState {
     /// One virtual server.
     pub fn server(&self, id: &ServiceId) -> Option<&VirtualServer> {
         let owner = self.index.get(id)?.first()?;
-        self.contributions.get(owner)?.servers.get(id)
+        self.contributions.get(owner)?.server(id)
     }
 
     /// Every virtual server, ordered by address, port, protocol.
     pub fn servers(&self) -> impl Iterator<Item = (&ServiceId, &VirtualServer)> {
         self.index.iter().filter_map(|(id, owners)| {
-            let vs = self.contributions.get(owners.first()?)?.servers.get(id)?;
+            let vs = self.contributions.get(owners.first()?)?.server(id)?;
             Some((id, vs))
         })
     }
 
     /// The Services that define a virtual server (more than one means a conflict).
     pub fn owners(&self, id: &ServiceId) -> &[ObjectKey] {
-        self.index.get(id).map(Vec::as_slice).unwrap_or(&[])
+        self.index.get(id).map(|o| o.as_slice()).unwrap_or(&[])
     }
 
     /// Whether `addr` should be bound on `kube-ipvs0`.
@@ -192,7 +212,7 @@ impl DesiredState {
                 continue;
             }
             for c in old.iter().chain(new.iter()) {
-                delta.services.extend(c.servers.keys().copied());
+                delta.services.extend(c.ids().copied());
                 delta.addresses.extend(c.bind.iter().copied());
             }
             if let Some(new) = new {
@@ -204,7 +224,7 @@ impl DesiredState {
     }
 
     fn insert(&mut self, key: ObjectKey, c: Contribution) {
-        for id in c.servers.keys() {
+        for id in c.ids() {
             let owners = self.index.entry(*id).or_default();
             if let Err(pos) = owners.binary_search(&key) {
                 owners.insert(pos, key.clone());
@@ -218,7 +238,7 @@ impl DesiredState {
 
     fn remove(&mut self, key: &ObjectKey) -> Option<Contribution> {
         let c = self.contributions.remove(key)?;
-        for id in c.servers.keys() {
+        for id in c.ids() {
             if let Some(owners) = self.index.get_mut(id) {
                 owners.retain(|k| k != key);
                 if owners.is_empty() {
@@ -257,33 +277,39 @@ struct Candidate {
 }
 
 /// Picks real servers as kube-proxy does: ready endpoints; if there are none, the serving
-/// and terminating ones. With `local_only`, only endpoints on this node count.
-fn select(cands: &[Candidate], family: Family, local_only: bool) -> BTreeMap<DestId, DestParams> {
+/// and terminating ones. With `local_only`, only endpoints on this node count. `cands` are
+/// sorted by real server, so the result is too.
+fn select(cands: &[Candidate], family: Family, local_only: bool) -> Dests {
     let pool = || {
         cands
             .iter()
             .filter(move |c| Family::of(&c.dest.addr) == family && (!local_only || c.local))
     };
-    let ready: BTreeMap<DestId, DestParams> = pool()
-        .filter(|c| c.ready)
-        .map(|c| (c.dest, DestParams::masq(1)))
-        .collect();
+    let pick = |f: &dyn Fn(&Candidate) -> bool| -> Vec<(DestId, DestParams)> {
+        let mut out = Vec::with_capacity(pool().filter(|c| f(c)).count());
+        out.extend(
+            pool()
+                .filter(|c| f(c))
+                .map(|c| (c.dest, DestParams::masq(1))),
+        );
+        out
+    };
+    let ready = pick(&|c| c.ready);
     if !ready.is_empty() {
-        return ready;
+        return Dests::from_sorted(ready);
     }
-    pool()
-        .filter(|c| c.serving && c.terminating)
-        .map(|c| (c.dest, DestParams::masq(1)))
-        .collect()
+    Dests::from_sorted(pick(&|c| c.serving && c.terminating))
 }
 
-/// The candidates for one service port (`port_name`, `protocol`) from the Service's slices.
+/// The candidates for one service port (`port_name`, `protocol`) from the Service's slices,
+/// sorted by real server, one per real server (`out` is reused between calls).
 fn candidates(
     slices: &[&Arc<EndpointSlice>],
     port: &crate::model::ServicePort,
     node_name: Option<&str>,
-) -> Vec<Candidate> {
-    let mut out: BTreeMap<DestId, Candidate> = BTreeMap::new();
+    out: &mut Vec<Candidate>,
+) {
+    out.clear();
     for slice in slices {
         let Some(target) = slice
             .ports
@@ -298,30 +324,32 @@ fn candidates(
             let Some(addr) = ep.addresses.first() else {
                 continue;
             };
-            let dest = DestId::new(*addr, target);
             let local = match (node_name, ep.node_name.as_deref()) {
                 (Some(me), Some(there)) => me == there,
                 _ => false,
             };
-            let cand = Candidate {
-                dest,
+            out.push(Candidate {
+                dest: DestId::new(*addr, target),
                 ready: ep.ready,
                 serving: ep.serving,
                 terminating: ep.terminating,
                 local,
-            };
-            out.entry(dest)
-                .and_modify(|c| {
-                    // The same address in two slices: the most usable view wins.
-                    c.ready |= cand.ready;
-                    c.serving |= cand.serving;
-                    c.terminating &= cand.terminating;
-                    c.local |= cand.local;
-                })
-                .or_insert(cand);
+            });
         }
     }
-    out.into_values().collect()
+    // Stable: among duplicates the first seen comes first, then is merged with the others.
+    out.sort_by(|a, b| a.dest.cmp(&b.dest));
+    out.dedup_by(|later, first| {
+        if later.dest != first.dest {
+            return false;
+        }
+        // The same address in two slices: the most usable view wins.
+        first.ready |= later.ready;
+        first.serving |= later.serving;
+        first.terminating &= later.terminating;
+        first.local |= later.local;
+        true
+    });
 }
 
 /// What one Service contributes, or `None` when it is not proxied.
@@ -335,7 +363,7 @@ pub fn contribution(
     if !is_proxied(svc) {
         return None;
     }
-    let slices: Vec<&Arc<EndpointSlice>> = snapshot
+    let slices: SmallVec<[&Arc<EndpointSlice>; 4]> = snapshot
         .endpoint_slices_for(&svc.key)
         .filter(|s| s.service_proxy_name.is_none() && s.address_type != AddressType::Fqdn)
         .collect();
@@ -353,36 +381,46 @@ pub fn contribution(
     let internal_local = svc.internal_traffic_policy == TrafficPolicy::Local;
     let external_local = svc.external_traffic_policy == TrafficPolicy::Local;
     let mut c = Contribution::default();
+    let mut cands = Vec::new();
     for port in &svc.ports {
-        let cands = candidates(&slices, port, node.node_name.as_deref());
+        candidates(&slices, port, node.node_name.as_deref(), &mut cands);
         let add = |c: &mut Contribution, addr: IpAddr, vport: u16, entry: EntryPoint| {
             let local_only = match entry {
                 EntryPoint::ClusterIp => internal_local,
                 _ => external_local,
             };
             let id = ServiceId::new(port.protocol, addr, vport);
-            c.servers.entry(id).or_insert_with(|| VirtualServer {
-                params,
-                dests: select(&cands, Family::of(&addr), local_only),
-                entry_point: entry,
-                local_only,
-            });
+            // The first definition of a virtual server wins (as a map's `or_insert` would).
+            if let Err(i) = c.servers.binary_search_by(|(s, _)| s.cmp(&id)) {
+                let vs = VirtualServer {
+                    params,
+                    dests: select(&cands, Family::of(&addr), local_only),
+                    entry_point: entry,
+                    local_only,
+                };
+                c.servers.insert(i, (id, vs));
+            }
+        };
+        let bind = |c: &mut Contribution, addr: IpAddr| {
+            if let Err(i) = c.bind.binary_search(&addr) {
+                c.bind.insert(i, addr);
+            }
         };
         for ip in &svc.cluster_ips {
             add(&mut c, *ip, port.port, EntryPoint::ClusterIp);
-            c.bind.insert(*ip);
+            bind(&mut c, *ip);
         }
         for ip in &svc.external_ips {
             add(&mut c, *ip, port.port, EntryPoint::ExternalIp);
             if !node.local_addresses.contains(ip) {
-                c.bind.insert(*ip);
+                bind(&mut c, *ip);
             }
         }
         if svc.service_type == ServiceType::LoadBalancer {
             for ip in &svc.load_balancer_ips {
                 add(&mut c, *ip, port.port, EntryPoint::LoadBalancer);
                 if !node.local_addresses.contains(ip) {
-                    c.bind.insert(*ip);
+                    bind(&mut c, *ip);
                 }
             }
         }

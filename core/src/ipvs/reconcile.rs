@@ -21,13 +21,39 @@ use crate::model::Protocol;
 use super::backend::{AddressBackend, BackendError, IpvsBackend, IpvsOp};
 use super::config::ProxyConfig;
 use super::desired::{Delta, DesiredState};
-use super::table::{DestId, DestParams, ServiceId, ServiceParams, VirtualServer};
+use super::table::{DestId, DestParams, Dests, ServiceId, ServiceParams, VirtualServer};
 
 /// The reconciler's record of one kernel virtual server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Mirror {
     params: ServiceParams,
-    dests: BTreeMap<DestId, DestParams>,
+    dests: Dests,
+}
+
+/// Operations sent to the backend at a time: a full sync of 110,000 objects streams them in
+/// pieces instead of holding all of them (a multiple of the netlink batch of 100, so the
+/// number of round trips is the same as in one piece).
+const APPLY_CHUNK: usize = 10_000;
+
+/// Merges two sorted, duplicate-free sequences into one (sorted, duplicates once).
+fn merge_sorted<T: Ord + Copy>(
+    a: impl Iterator<Item = T>,
+    b: impl Iterator<Item = T>,
+) -> impl Iterator<Item = T> {
+    let mut a = a.peekable();
+    let mut b = b.peekable();
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some(x), Some(y)) => match x.cmp(y) {
+            std::cmp::Ordering::Less => a.next(),
+            std::cmp::Ordering::Greater => b.next(),
+            std::cmp::Ordering::Equal => {
+                b.next();
+                a.next()
+            }
+        },
+        (Some(_), None) => a.next(),
+        (None, _) => b.next(),
+    })
 }
 
 /// What one sync did.
@@ -144,19 +170,20 @@ impl Reconciler {
         config: &ProxyConfig,
     ) -> Result<SyncReport, BackendError> {
         self.addresses.ensure_link()?;
-        let dump = self.ipvs.dump()?;
-        self.mirror = dump
-            .into_iter()
-            .map(|(svc, dests)| {
-                (
-                    svc.id,
-                    Mirror {
-                        params: svc.params,
-                        dests: dests.into_iter().map(|d| (d.id, d.params)).collect(),
-                    },
-                )
-            })
-            .collect();
+        // The old mirror goes first: its memory is reused for the new one.
+        self.mirror.clear();
+        let mut listed: Vec<(ServiceId, Mirror)> = Vec::with_capacity(desired.len());
+        self.ipvs.for_each_service(&mut |svc, dests| {
+            let dests = dests.iter().map(|d| (d.id, d.params)).collect();
+            listed.push((
+                svc.id,
+                Mirror {
+                    params: svc.params,
+                    dests,
+                },
+            ));
+        })?;
+        self.mirror = listed.into_iter().collect();
         self.bound = self.addresses.bound()?;
         // Draining real servers the kernel no longer has are done.
         self.draining.retain(|id, dests| {
@@ -167,17 +194,13 @@ impl Reconciler {
             }
             !dests.is_empty()
         });
-        let ids: BTreeSet<ServiceId> = desired
-            .servers()
-            .map(|(id, _)| *id)
-            .chain(self.mirror.keys().copied())
-            .collect();
-        let addrs: BTreeSet<IpAddr> = desired
-            .addresses()
-            .copied()
-            .chain(self.bound.iter().copied())
-            .collect();
-        let mut report = self.apply_diff(desired, config, &ids, &addrs)?;
+        // Every virtual server either side has, in order (both sides are sorted).
+        let kernel_ids: Vec<ServiceId> = self.mirror.keys().copied().collect();
+        let mut ids = merge_sorted(desired.servers().map(|(id, _)| *id), kernel_ids.into_iter());
+        let bound: Vec<IpAddr> = self.bound.iter().copied().collect();
+        let addrs: Vec<IpAddr> =
+            merge_sorted(desired.addresses().copied(), bound.into_iter()).collect();
+        let mut report = self.apply_diff(desired, config, &mut ids, &addrs)?;
         report.full = true;
         self.needs_full = report.failures > 0;
         self.synced_once = true;
@@ -195,7 +218,9 @@ impl Reconciler {
         if delta.full || self.needs_full {
             return self.full_sync(desired, config);
         }
-        let report = self.apply_diff(desired, config, &delta.services, &delta.addresses)?;
+        let addrs: Vec<IpAddr> = delta.addresses.iter().copied().collect();
+        let report =
+            self.apply_diff(desired, config, &mut delta.services.iter().copied(), &addrs)?;
         if report.failures > 0 {
             self.needs_full = true;
         }
@@ -206,8 +231,8 @@ impl Reconciler {
         &mut self,
         desired: &DesiredState,
         config: &ProxyConfig,
-        ids: &BTreeSet<ServiceId>,
-        addrs: &BTreeSet<IpAddr>,
+        ids: &mut dyn Iterator<Item = ServiceId>,
+        addrs: &[IpAddr],
     ) -> Result<SyncReport, BackendError> {
         let mut report = SyncReport::default();
         // Addresses first, so a new virtual server answers as soon as it exists.
@@ -229,53 +254,37 @@ impl Reconciler {
         let mut ops = Vec::new();
         let mut deletions = Vec::new();
         for id in ids {
-            let want = desired.server(id);
-            match (want, self.mirror.get(id)) {
+            let want = desired.server(&id);
+            match (want, self.mirror.get(&id)) {
                 (Some(vs), None) => {
-                    ops.push(IpvsOp::AddService(*id, vs.params));
+                    ops.push(IpvsOp::AddService(id, vs.params));
                     for (d, p) in &vs.dests {
-                        ops.push(IpvsOp::AddDest(*id, *d, *p));
+                        ops.push(IpvsOp::AddDest(id, *d, *p));
                     }
-                    self.draining.remove(id);
+                    self.draining.remove(&id);
                 }
                 (Some(vs), Some(have)) => {
-                    diff_server(
-                        id,
-                        vs,
-                        have,
-                        &mut ops,
-                        self.draining.entry(*id).or_default(),
-                    );
-                    if self.draining.get(id).is_some_and(BTreeSet::is_empty) {
-                        self.draining.remove(id);
-                    }
+                    diff_server(&id, vs, have, &mut ops, &mut self.draining);
                 }
                 (None, Some(_)) => {
                     if config.is_excluded(id.addr) {
                         continue;
                     }
-                    deletions.push(IpvsOp::DeleteService(*id));
-                    self.draining.remove(id);
+                    deletions.push(IpvsOp::DeleteService(id));
+                    self.draining.remove(&id);
                 }
                 (None, None) => {}
+            }
+            while ops.len() >= APPLY_CHUNK {
+                let rest = ops.split_off(APPLY_CHUNK);
+                self.apply_ops(&ops, &mut report)?;
+                ops = rest;
             }
         }
         // Stale virtual servers go last, after everything desired is in place.
         ops.extend(deletions);
         if !ops.is_empty() {
-            let result = self.ipvs.apply(&ops)?;
-            report.round_trips = result.round_trips;
-            let failed: BTreeSet<usize> = result.failures.iter().map(|(i, _)| *i).collect();
-            for (i, e) in &result.failures {
-                tracing::warn!(op = %ops[*i], error = %e, "IPVS operation failed");
-            }
-            report.failures += failed.len();
-            for (i, op) in ops.iter().enumerate() {
-                if failed.contains(&i) {
-                    continue;
-                }
-                self.record(op, &mut report);
-            }
+            self.apply_ops(&ops, &mut report)?;
         }
 
         let to_unbind: Vec<IpAddr> = addrs
@@ -297,6 +306,23 @@ impl Reconciler {
         Ok(report)
     }
 
+    /// Sends `ops` to the kernel and records the ones that succeeded in the mirror.
+    fn apply_ops(&mut self, ops: &[IpvsOp], report: &mut SyncReport) -> Result<(), BackendError> {
+        let result = self.ipvs.apply(ops)?;
+        report.round_trips += result.round_trips;
+        let failed: BTreeSet<usize> = result.failures.iter().map(|(i, _)| *i).collect();
+        for (i, e) in &result.failures {
+            tracing::warn!(op = %ops[*i], error = %e, "IPVS operation failed");
+        }
+        report.failures += failed.len();
+        for (i, op) in ops.iter().enumerate() {
+            if !failed.contains(&i) {
+                self.record(op, report);
+            }
+        }
+        Ok(())
+    }
+
     /// Updates the mirror after a successful operation.
     fn record(&mut self, op: &IpvsOp, report: &mut SyncReport) {
         match *op {
@@ -306,7 +332,7 @@ impl Reconciler {
                     id,
                     Mirror {
                         params,
-                        dests: BTreeMap::new(),
+                        dests: Dests::new(),
                     },
                 );
             }
@@ -390,13 +416,14 @@ impl Reconciler {
     }
 }
 
-/// Diffs one virtual server that exists on both sides.
+/// Diffs one virtual server that exists on both sides; real servers that leave a TCP virtual
+/// server are drained (weight 0, recorded in `draining`) rather than deleted.
 fn diff_server(
     id: &ServiceId,
     want: &VirtualServer,
     have: &Mirror,
     ops: &mut Vec<IpvsOp>,
-    draining: &mut BTreeSet<DestId>,
+    draining: &mut BTreeMap<ServiceId, BTreeSet<DestId>>,
 ) {
     if !want.params.matches(&have.params) {
         ops.push(IpvsOp::UpdateService(*id, want.params));
@@ -407,7 +434,11 @@ fn diff_server(
             Some(hp) if hp != p => ops.push(IpvsOp::UpdateDest(*id, *d, *p)),
             Some(_) => {}
         }
-        draining.remove(d);
+    }
+    if let Some(set) = draining.get_mut(id) {
+        for d in want.dests.keys() {
+            set.remove(d);
+        }
     }
     for (d, hp) in &have.dests {
         if want.dests.contains_key(d) {
@@ -417,11 +448,16 @@ fn diff_server(
             if hp.weight != 0 {
                 ops.push(IpvsOp::UpdateDest(*id, *d, DestParams { weight: 0, ..*hp }));
             }
-            draining.insert(*d);
+            draining.entry(*id).or_default().insert(*d);
         } else {
             ops.push(IpvsOp::DeleteDest(*id, *d));
-            draining.remove(d);
+            if let Some(set) = draining.get_mut(id) {
+                set.remove(d);
+            }
         }
+    }
+    if draining.get(id).is_some_and(BTreeSet::is_empty) {
+        draining.remove(id);
     }
 }
 

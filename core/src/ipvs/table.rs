@@ -1,7 +1,6 @@
 //! The IPVS table as data: virtual servers, real servers and their parameters, shared by the
 //! desired state, the backends and the `ipvsadm`-style renderer.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -378,13 +377,138 @@ pub enum EntryPoint {
     NodePort,
 }
 
+/// Real servers of one virtual server with their parameters: a map kept as one sorted vector
+/// (one allocation per virtual server instead of a tree, which matters at 100,000 of them).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Dests(Vec<(DestId, DestParams)>);
+
+impl Dests {
+    /// No real servers.
+    pub fn new() -> Self {
+        Self(Vec::new())
+    }
+
+    /// From entries already sorted by identity with no duplicates (debug builds check it).
+    pub fn from_sorted(entries: Vec<(DestId, DestParams)>) -> Self {
+        debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0));
+        let mut entries = entries;
+        entries.shrink_to_fit();
+        Self(entries)
+    }
+
+    fn find(&self, id: &DestId) -> Result<usize, usize> {
+        self.0.binary_search_by(|(d, _)| d.cmp(id))
+    }
+
+    /// Number of real servers.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The parameters of one real server.
+    pub fn get(&self, id: &DestId) -> Option<&DestParams> {
+        self.find(id).ok().map(|i| &self.0[i].1)
+    }
+
+    /// Whether a real server is present.
+    pub fn contains_key(&self, id: &DestId) -> bool {
+        self.find(id).is_ok()
+    }
+
+    /// Adds or replaces a real server; returns the previous parameters.
+    pub fn insert(&mut self, id: DestId, params: DestParams) -> Option<DestParams> {
+        match self.find(&id) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, params)),
+            Err(i) => {
+                self.0.insert(i, (id, params));
+                None
+            }
+        }
+    }
+
+    /// Removes a real server; returns its parameters.
+    pub fn remove(&mut self, id: &DestId) -> Option<DestParams> {
+        self.find(id).ok().map(|i| self.0.remove(i).1)
+    }
+
+    /// Real servers in order with their parameters.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&DestId, &DestParams)> + Clone {
+        self.0.iter().map(|(d, p)| (d, p))
+    }
+
+    /// Real server identities in order.
+    pub fn keys(&self) -> impl ExactSizeIterator<Item = &DestId> + Clone {
+        self.0.iter().map(|(d, _)| d)
+    }
+
+    /// Parameters in identity order.
+    pub fn values(&self) -> impl ExactSizeIterator<Item = &DestParams> + Clone {
+        self.0.iter().map(|(_, p)| p)
+    }
+
+    /// The entries as a sorted slice.
+    pub fn as_slice(&self) -> &[(DestId, DestParams)] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Dests {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl FromIterator<(DestId, DestParams)> for Dests {
+    /// Collects entries in any order; a later duplicate replaces an earlier one (as a map's
+    /// `collect` does).
+    fn from_iter<I: IntoIterator<Item = (DestId, DestParams)>>(iter: I) -> Self {
+        let mut v: Vec<(DestId, DestParams)> = iter.into_iter().collect();
+        if !v.windows(2).all(|w| w[0].0 < w[1].0) {
+            // Stable sort keeps insertion order among equal keys; keep the last of each run.
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut out: Vec<(DestId, DestParams)> = Vec::with_capacity(v.len());
+            for e in v {
+                match out.last_mut() {
+                    Some(last) if last.0 == e.0 => *last = e,
+                    _ => out.push(e),
+                }
+            }
+            v = out;
+        }
+        Self::from_sorted(v)
+    }
+}
+
+impl<'a> IntoIterator for &'a Dests {
+    type Item = (&'a DestId, &'a DestParams);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (DestId, DestParams)>,
+        fn(&'a (DestId, DestParams)) -> (&'a DestId, &'a DestParams),
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(d, p)| (d, p))
+    }
+}
+
+impl Serialize for Dests {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(d, p)| (d.to_string(), p)))
+    }
+}
+
 /// A desired virtual server with its real servers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VirtualServer {
     /// Parameters.
     pub params: ServiceParams,
     /// Real servers and their parameters.
-    pub dests: BTreeMap<DestId, DestParams>,
+    pub dests: Dests,
     /// Which entry point of the Service this is.
     pub entry_point: EntryPoint,
     /// Whether a `Local` traffic policy restricted the real servers to this node.
