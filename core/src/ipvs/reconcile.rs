@@ -169,6 +169,8 @@ impl Reconciler {
         desired: &DesiredState,
         config: &ProxyConfig,
     ) -> Result<SyncReport, BackendError> {
+        // Until this sync completes the mirror is not to be trusted.
+        self.needs_full = true;
         self.addresses.ensure_link()?;
         // The old mirror goes first: its memory is reused for the new one.
         self.mirror.clear();

@@ -12,6 +12,7 @@ use neli::genl::{AttrTypeBuilder, Genlmsghdr, GenlmsghdrBuilder, Nlattr, NlattrB
 use neli::nl::{NlPayload, NlmsghdrBuilder};
 use neli::types::{Buffer, GenlBuffer};
 
+use super::procfs;
 use super::socket::{Conn, SocketStats};
 use crate::ipvs::backend::{ApplyReport, BackendError, IpvsBackend, IpvsOp};
 use crate::ipvs::table::{
@@ -627,6 +628,7 @@ pub struct NetlinkIpvs {
     family: u16,
     batch: usize,
     buf: Vec<u8>,
+    text_listing: bool,
 }
 
 impl NetlinkIpvs {
@@ -639,7 +641,15 @@ impl NetlinkIpvs {
             family,
             batch: DEFAULT_BATCH,
             buf: Vec::with_capacity(64 * 1024),
+            text_listing: true,
         })
+    }
+
+    /// Whether [`IpvsBackend::for_each_service`] reads real servers from the kernel's text
+    /// listing ([`super::procfs`], the default: a few thousand `read`s for the whole table)
+    /// rather than with one netlink dump per virtual server. Without `/proc` it uses netlink.
+    pub fn set_text_listing(&mut self, on: bool) {
+        self.text_listing = on;
     }
 
     /// Sets how many requests share one `sendmsg` (at least 1).
@@ -686,6 +696,47 @@ impl IpvsBackend for NetlinkIpvs {
             }
         }
         Ok(out)
+    }
+
+    fn for_each_service(
+        &mut self,
+        each: &mut dyn FnMut(ServiceEntry, &[DestEntry]),
+    ) -> Result<(), BackendError> {
+        // Service parameters (flags included) from netlink, real servers from the listing.
+        let mut services = self.list_services()?;
+        if self.text_listing {
+            match procfs::open_listing() {
+                Ok(file) => {
+                    services.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+                    // Virtual servers in both reads: one created in between is not ours to
+                    // report yet, one deleted in between is gone.
+                    let read = procfs::read_listing(file, |id, dests| {
+                        if let Ok(i) = services.binary_search_by(|s| s.id.cmp(&id)) {
+                            each(services[i], dests);
+                        }
+                    });
+                    return read.map_err(|e| {
+                        // Unreadable here: later reads go through netlink.
+                        self.text_listing = false;
+                        tracing::warn!(error = %e, "IPVS text listing not understood; using netlink dumps from now on");
+                        malformed("reading the IPVS table", e)
+                    });
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, file = procfs::IP_VS_LISTING, "no IPVS text listing; using netlink dumps");
+                    self.text_listing = false;
+                }
+            }
+        }
+        for s in services {
+            match self.dump_dests(&s.id) {
+                Ok(d) => each(s, &d),
+                // Deleted between the two dumps.
+                Err(BackendError::Kernel { errno, .. }) if errno == 3 || errno == 2 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     fn list_services(&mut self) -> Result<Vec<ServiceEntry>, BackendError> {

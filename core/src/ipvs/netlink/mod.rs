@@ -3,6 +3,7 @@
 //! ([`rtnl::NetlinkAddresses`]). Both batch many requests per `sendmsg` ([`socket::Conn`]).
 
 pub mod ipvs;
+pub mod procfs;
 pub mod rtnl;
 pub mod socket;
 
