@@ -21,6 +21,8 @@ const PROXY_BIN: &str = "SVCNET_PROXY_BIN";
 const MANIFESTS: &str = "/tmp/svcnet-cluster";
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 10);
 const HEALTHZ: &str = "127.0.0.1:10256";
+/// Set (to anything) to capture all TCP traffic in the guest with tcpdump and show it in failure diagnostics.
+const TCPDUMP: &str = "SVCNET_VM_TCPDUMP";
 
 fn pod_ip(last: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, 1, last)
@@ -51,6 +53,7 @@ fn service(name: &str) -> ServiceSpec {
 struct Fixture {
     net: PodNetwork,
     proxy: Option<Background>,
+    tcpdump: Option<Background>,
 }
 
 static FIXTURE: Mutex<Option<Fixture>> = Mutex::new(None);
@@ -74,17 +77,31 @@ fn proxy_log(f: &Fixture) -> String {
     f.proxy.as_ref().map(Background::log).unwrap_or_default()
 }
 
-/// Kernel state for a failure message: iptables (legacy), ipsets, IPVS connections, the proxy's log.
+/// Kernel state for a failure message: iptables (legacy), ipsets, IPVS connections, conntrack, the network
+/// stack's counters, links with their drop counters, the pods' neighbour tables (the gateway's MAC they use),
+/// the proxy's log, and the packet capture if [`TCPDUMP`] is set.
 fn diagnose(f: &Fixture) -> String {
     let show =
         |program: &str, args: &[&str]| run(program, args).unwrap_or_else(|e| format!("{e:#}"));
+    let mut neighbours = format!("gateway MAC {}\n", f.net.gateway_mac());
+    for pod in &f.net.pods {
+        let table = pod
+            .exec("ip", &["neigh", "show"])
+            .unwrap_or_else(|e| format!("{e:#}\n"));
+        neighbours.push_str(&format!("{}: {table}", pod.name));
+    }
     format!(
-        "--- iptables-legacy-save -c\n{}--- ipset list -t\n{}--- ipvsadm -Lnc\n{}--- conntrack\n{}--- proxy log\n{}",
+        "--- iptables-legacy-save -c\n{}--- ipset list -t\n{}--- ipvsadm -Lnc\n{}--- conntrack\n{}\
+         --- nstat -a\n{}--- ip -s -s link\n{}--- neighbours\n{}--- proxy log\n{}--- tcpdump\n{}",
         show("iptables-legacy-save", &["-c"]),
         show("ipset", &["list", "-t"]),
         show("ipvsadm", &["-Lnc"]),
         std::fs::read_to_string("/proc/net/nf_conntrack").unwrap_or_default(),
-        proxy_log(f)
+        show("nstat", &["-a"]),
+        show("ip", &["-s", "-s", "link"]),
+        neighbours,
+        proxy_log(f),
+        f.tcpdump.as_ref().map(Background::log).unwrap_or_default(),
     )
 }
 
@@ -118,6 +135,16 @@ fn even_split(hits: &BTreeMap<String, usize>, backends: usize, each: usize) -> b
 /// Pod network, node address, manifests, and the proxy started on them; waits for the first sync.
 fn setup() -> anyhow::Result<()> {
     let mut net = PodNetwork::new("cbr0", Ipv4Addr::new(10, 244, 1, 1), 24)?;
+    let tcpdump = if std::env::var_os(TCPDUMP).is_some() {
+        // Debugging aid (tcpdump is not a test dependency): every TCP packet on every link, in the diagnostics.
+        Some(Background::spawn(
+            "tcpdump",
+            "tcpdump",
+            &["-i", "any", "-nn", "-tttt", "-l", "tcp and not port 10256"],
+        )?)
+    } else {
+        None
+    };
     for (name, last) in [("pod-a", 10), ("pod-b", 11), ("pod-c", 12)] {
         net.add_pod(name, pod_ip(last))?;
     }
@@ -128,23 +155,9 @@ fn setup() -> anyhow::Result<()> {
     for spec in services() {
         spec.write_to(dir)?;
     }
-    // This kernel has no nf_tables ip/inet families, i.e. it is an iptables-legacy host; such a host has legacy
-    // rules, which is what the proxy's legacy/nft detection (like kube-proxy's wrapper) looks at.
-    run(
-        "iptables-legacy",
-        &[
-            "-A",
-            "INPUT",
-            "-i",
-            "lo",
-            "-j",
-            "ACCEPT",
-            "-m",
-            "comment",
-            "--comment",
-            "host rule",
-        ],
-    )?;
+    // This kernel has no nf_tables ip/inet families and no rules yet: the proxy's detection prefers
+    // iptables-nft on that tie (as kube-proxy's wrapper does) and must find by probing that only
+    // iptables-legacy can change rules here (checked below: the rules show up in iptables-legacy-save).
     // The proxy must set these itself; start from the kernel's defaults (PodNetwork turned forwarding on).
     guest::sysctl("net/ipv4/ip_forward", "0")?;
     let mut proxy = start_proxy()?;
@@ -157,14 +170,18 @@ fn setup() -> anyhow::Result<()> {
         waited.as_millis()
     );
     // The proxy applies sysctls, ipsets and iptables rules right after its first IPVS sync; traffic checks start
-    // once they are in place and /healthz answers.
+    // once they are in place (its chains and the jumps into them, the filter INPUT jump being the last one it
+    // inserts) and /healthz answers.
     let ready = guest::wait_until(
         "the proxy's iptables rules, ipsets and /healthz",
         Duration::from_secs(20),
         || {
-            let nat = run("iptables-legacy-save", &["-t", "nat"])?;
+            let rules = run("iptables-legacy-save", &[])?;
             let loop_back = run("ipset", &["list", "KUBE-LOOP-BACK"]).unwrap_or_default();
-            Ok(nat.contains("-A KUBE-POSTROUTING")
+            Ok(rules.contains("-A KUBE-POSTROUTING")
+                && rules
+                    .contains("-A POSTROUTING -m comment --comment kubernetes-postrouting-rules")
+                && rules.contains("-A INPUT -m comment --comment kubernetes-ipvs-access-filter")
                 && loop_back.contains("10.244.1.10,tcp:8080,10.244.1.10")
                 && guest::http_get(HEALTHZ.parse()?, "/healthz", Duration::from_millis(300))
                     .is_ok())
@@ -178,6 +195,7 @@ fn setup() -> anyhow::Result<()> {
     *FIXTURE.lock().unwrap_or_else(|e| e.into_inner()) = Some(Fixture {
         net,
         proxy: Some(proxy),
+        tcpdump,
     });
     Ok(())
 }

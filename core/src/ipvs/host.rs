@@ -389,9 +389,34 @@ impl IptablesMode {
     }
 }
 
-/// Picks legacy or nft like kube-proxy's iptables wrapper: the variant whose `*-save` shows
-/// more rules wins; a variant that fails to run (no nftables in the kernel) loses.
+impl IptablesMode {
+    /// The other variant.
+    pub fn other(self) -> Self {
+        match self {
+            IptablesMode::Legacy => IptablesMode::Nft,
+            IptablesMode::Nft => IptablesMode::Legacy,
+        }
+    }
+}
+
+/// Whether an `iptables-save` output holds kubelet's marker chains (`KUBE-IPTABLES-HINT`, or
+/// `KUBE-KUBELET-CANARY` before Kubernetes 1.24), which kubelet creates in the variant the node uses.
+fn has_kubelet_chains(save: &str) -> bool {
+    save.lines()
+        .any(|l| l.starts_with(":KUBE-IPTABLES-HINT ") || l.starts_with(":KUBE-KUBELET-CANARY "))
+}
+
+/// Picks legacy or nft from the two variants' `*-save` outputs (`None`: the command failed) like
+/// kube-proxy's iptables wrapper: the variant holding kubelet's marker chains wins (nft checked
+/// first); otherwise the one with more rules, nft on a tie. This is only a preference: whether
+/// the variant can actually change rules is probed by [`detect_mode`].
 pub fn choose_mode(legacy_save: Option<&str>, nft_save: Option<&str>) -> IptablesMode {
+    if nft_save.is_some_and(has_kubelet_chains) {
+        return IptablesMode::Nft;
+    }
+    if legacy_save.is_some_and(has_kubelet_chains) {
+        return IptablesMode::Legacy;
+    }
     let count = |s: &str| s.lines().filter(|l| l.starts_with("-A ")).count();
     match (legacy_save, nft_save) {
         (Some(_), None) => IptablesMode::Legacy,
@@ -399,6 +424,85 @@ pub fn choose_mode(legacy_save: Option<&str>, nft_save: Option<&str>) -> Iptable
         (Some(l), Some(n)) if count(l) > count(n) => IptablesMode::Legacy,
         (None, None) => IptablesMode::Legacy,
         _ => IptablesMode::Nft,
+    }
+}
+
+/// Chain created and deleted again in one `iptables-restore --noflush` transaction to find out
+/// whether a variant can change rules in this kernel. Reading is no test: `iptables-nft-save`
+/// succeeds (with empty tables) on a kernel without nf_tables, where every change then fails.
+pub const PROBE_CHAIN: &str = "KUBE-SVCNET-PROBE";
+
+/// Whether `mode` can change rules here: a [`PROBE_CHAIN`] is created and deleted in the filter
+/// table, leaving nothing behind.
+pub fn probe_mode(runner: &mut dyn CommandRunner, mode: IptablesMode) -> Result<(), BackendError> {
+    let script = format!("*filter\n:{PROBE_CHAIN} - [0:0]\n-X {PROBE_CHAIN}\nCOMMIT\n");
+    runner
+        .run(
+            &mode.command(Family::V4, "-restore"),
+            &["--noflush"],
+            Some(&script),
+        )
+        .map(drop)
+}
+
+/// Detects the iptables variant to use: the preference of [`choose_mode`] if [`probe_mode`] shows
+/// it works, else the other variant if that one works (e.g. iptables-nft preferred on a tie, but
+/// the kernel has no nf_tables), else the preference (whose errors then show up when rules are
+/// applied).
+pub fn detect_mode(runner: &mut dyn CommandRunner) -> IptablesMode {
+    let legacy = runner.run("iptables-legacy-save", &[], None).ok();
+    let nft = runner.run("iptables-nft-save", &[], None).ok();
+    let preferred = choose_mode(legacy.as_deref(), nft.as_deref());
+    let Err(preferred_error) = probe_mode(runner, preferred) else {
+        return preferred;
+    };
+    let other = preferred.other();
+    match probe_mode(runner, other) {
+        Ok(()) => {
+            tracing::info!(
+                preferred = ?preferred,
+                error = %preferred_error,
+                "preferred iptables variant cannot change rules; using the other one"
+            );
+            other
+        }
+        Err(other_error) => {
+            tracing::warn!(
+                preferred = ?preferred,
+                error = %preferred_error,
+                other_error = %other_error,
+                "neither iptables variant can change rules"
+            );
+            preferred
+        }
+    }
+}
+
+/// Runs the host's packet filter tools (`ipset`, `iptables-*`). [`ProcessRunner`] starts real
+/// processes; tests use a scripted one.
+pub trait CommandRunner: Send {
+    /// Runs `program args...` with `stdin` written to its standard input; returns its standard
+    /// output, or an error naming the command line with its exit status and standard error.
+    fn run(
+        &mut self,
+        program: &str,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Result<String, BackendError>;
+}
+
+/// Runs commands as child processes of this one.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProcessRunner;
+
+impl CommandRunner for ProcessRunner {
+    fn run(
+        &mut self,
+        program: &str,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Result<String, BackendError> {
+        run_cmd(program, args, stdin)
     }
 }
 
@@ -444,21 +548,45 @@ fn run_cmd(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, 
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Delay before retrying the ipset/iptables update after `failures` consecutive failures:
+/// [`HOST_RETRY_FIRST`] doubling up to [`HOST_RETRY_MAX`].
+pub fn retry_delay(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    (HOST_RETRY_FIRST * (1u32 << doublings)).min(HOST_RETRY_MAX)
+}
+
+/// First retry delay after a failed ipset/iptables update.
+pub const HOST_RETRY_FIRST: Duration = Duration::from_millis(250);
+/// Longest retry delay after repeated failed ipset/iptables updates.
+pub const HOST_RETRY_MAX: Duration = Duration::from_secs(30);
+
 /// Applies sysctls, timeouts, ipsets and iptables rules on the real host.
-#[derive(Default)]
+///
+/// A failed ipset/iptables update (e.g. a transient kernel error) is retried with backoff
+/// ([`retry_delay`]) through [`HostSetup::has_pending`], without waiting for the next sync.
 pub struct KernelHost {
+    runner: Box<dyn CommandRunner>,
     mode: Option<IptablesMode>,
     last_ipsets: Option<Vec<IpSet>>,
     last_rules: Option<String>,
     last_apply: Option<Instant>,
     pending: bool,
+    failures: u32,
+    retry_at: Option<Instant>,
 }
 
 impl std::fmt::Debug for KernelHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KernelHost")
             .field("mode", &self.mode)
+            .field("failures", &self.failures)
             .finish()
+    }
+}
+
+impl Default for KernelHost {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -466,19 +594,38 @@ impl std::fmt::Debug for KernelHost {
 const FILTER_MIN_GAP: Duration = Duration::from_millis(200);
 
 impl KernelHost {
-    /// A host setup that detects the iptables variant on first use.
+    /// A host setup running the real tools; it detects the iptables variant on first use.
     pub fn new() -> Self {
-        Self::default()
+        Self::with_runner(Box::new(ProcessRunner))
     }
 
-    fn mode(&mut self) -> IptablesMode {
-        *self.mode.get_or_insert_with(|| {
-            let legacy = run_cmd("iptables-legacy-save", &[], None).ok();
-            let nft = run_cmd("iptables-nft-save", &[], None).ok();
-            let m = choose_mode(legacy.as_deref(), nft.as_deref());
-            tracing::info!(mode = ?m, "iptables variant");
-            m
-        })
+    /// A host setup running its ipset/iptables commands through `runner`.
+    pub fn with_runner(runner: Box<dyn CommandRunner>) -> Self {
+        Self {
+            runner,
+            mode: None,
+            last_ipsets: None,
+            last_rules: None,
+            last_apply: None,
+            pending: false,
+            failures: 0,
+            retry_at: None,
+        }
+    }
+
+    /// The iptables variant in use, once detected.
+    pub fn mode(&self) -> Option<IptablesMode> {
+        self.mode
+    }
+
+    fn detected_mode(&mut self) -> IptablesMode {
+        if let Some(m) = self.mode {
+            return m;
+        }
+        let m = detect_mode(self.runner.as_mut());
+        tracing::info!(mode = ?m, "iptables variant");
+        self.mode = Some(m);
+        m
     }
 
     fn apply_filters(
@@ -502,36 +649,75 @@ impl KernelHost {
             Some(prev) => ipset_diff(prev, &sets),
         };
         if !script.is_empty()
-            && let Err(e) = run_cmd("ipset", &["restore"], Some(&script))
+            && let Err(e) = self.runner.run("ipset", &["restore"], Some(&script))
         {
             self.last_ipsets = None; // next time: full swap
             return Err(e);
         }
         self.last_ipsets = Some(sets);
+        tracing::debug!("ipsets applied");
         if self.last_rules.as_deref() != Some(rules.as_str()) {
-            let mode = self.mode();
+            let mode = self.detected_mode();
             for f in &families {
                 let restore = mode.command(*f, "-restore");
-                run_cmd(
+                self.runner.run(
                     &restore,
                     &["--noflush"],
                     Some(&iptables_restore(config, *f)),
                 )?;
+                tracing::debug!(family = ?f, "iptables chains restored");
                 let bin = mode.command(*f, "");
                 for (table, chain, rule) in JUMPS {
                     let args: Vec<&str> = rule.split(' ').collect();
                     let mut check = vec!["-w", "-t", table, "-C", chain];
                     check.extend(&args);
-                    if run_cmd(&bin, &check, None).is_err() {
+                    if self.runner.run(&bin, &check, None).is_err() {
                         let mut insert = vec!["-w", "-t", table, "-I", chain];
                         insert.extend(&args);
-                        run_cmd(&bin, &insert, None)?;
+                        self.runner.run(&bin, &insert, None)?;
                     }
                 }
             }
+            tracing::debug!("iptables jumps ensured");
             self.last_rules = Some(rules);
         }
         Ok(())
+    }
+
+    /// [`HostSetup::after_sync`] at time `now`: applies the filters unless rate-limited or
+    /// waiting to retry a failure (then it stays pending); a failure schedules a retry.
+    fn after_sync_at(
+        &mut self,
+        now: Instant,
+        desired: &DesiredState,
+        config: &ProxyConfig,
+    ) -> Result<(), BackendError> {
+        let rate_limited = self
+            .last_apply
+            .is_some_and(|t| now.saturating_duration_since(t) < FILTER_MIN_GAP);
+        let backing_off = self.retry_at.is_some_and(|t| now < t);
+        if rate_limited || backing_off {
+            self.pending = true;
+            return Ok(());
+        }
+        self.pending = false;
+        self.last_apply = Some(now);
+        match self.apply_filters(desired, config) {
+            Ok(()) => {
+                if self.failures > 0 {
+                    tracing::info!(failures = self.failures, "ipset/iptables update recovered");
+                }
+                self.failures = 0;
+                self.retry_at = None;
+                Ok(())
+            }
+            Err(e) => {
+                self.failures = self.failures.saturating_add(1);
+                self.retry_at = Some(now + retry_delay(self.failures));
+                self.pending = true;
+                Err(e)
+            }
+        }
     }
 }
 
@@ -564,16 +750,7 @@ impl HostSetup for KernelHost {
         config: &ProxyConfig,
         _node: &NodeInfo,
     ) -> Result<(), BackendError> {
-        if self
-            .last_apply
-            .is_some_and(|t| t.elapsed() < FILTER_MIN_GAP)
-        {
-            self.pending = true;
-            return Ok(());
-        }
-        self.pending = false;
-        self.last_apply = Some(Instant::now());
-        self.apply_filters(desired, config)
+        self.after_sync_at(Instant::now(), desired, config)
     }
 
     fn has_pending(&self) -> bool {

@@ -1,4 +1,4 @@
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::*;
 use crate::cache::new_cache;
@@ -228,4 +228,216 @@ fn ipset_diff_adds_and_deletes_only_what_changed() {
         "del KUBE-CLUSTER-IP 10.96.0.10,udp:53 -exist\nadd KUBE-CLUSTER-IP 10.96.0.30,tcp:443 -exist\n"
     );
     assert_eq!(ipset_diff(&new, &new), "");
+}
+
+#[test]
+fn kubelet_marker_chains_decide_before_rule_counts() {
+    let many_legacy = "*filter\n-A INPUT -j A\n-A INPUT -j B\n-A INPUT -j C\nCOMMIT\n";
+    let nft_hint = "*mangle\n:KUBE-IPTABLES-HINT - [0:0]\nCOMMIT\n";
+    assert_eq!(
+        choose_mode(Some(many_legacy), Some(nft_hint)),
+        IptablesMode::Nft
+    );
+    let legacy_canary = "*mangle\n:KUBE-KUBELET-CANARY - [0:0]\nCOMMIT\n";
+    let many_nft = many_legacy;
+    assert_eq!(
+        choose_mode(Some(legacy_canary), Some(many_nft)),
+        IptablesMode::Legacy
+    );
+    // A rule merely mentioning the name is no marker chain.
+    let mention = "*filter\n-A INPUT -m comment --comment KUBE-IPTABLES-HINT -j ACCEPT\nCOMMIT\n";
+    assert_eq!(choose_mode(Some(""), Some(mention)), IptablesMode::Nft);
+    assert_eq!(choose_mode(Some(mention), Some("")), IptablesMode::Legacy);
+}
+
+/// One command a [`ScriptedRunner`] ran: program, arguments, standard input.
+type Call = (String, Vec<String>, Option<String>);
+
+/// How a [`ScriptedRunner`] answers a command line: its output or the failure reason.
+type Answer = Box<dyn FnMut(&str) -> Result<String, String> + Send>;
+
+/// An in-memory [`CommandRunner`]: records every call and answers from `answer` (program and
+/// arguments joined by spaces → result); the log is shared so tests can read it after handing
+/// the runner to a [`KernelHost`].
+struct ScriptedRunner {
+    calls: Arc<Mutex<Vec<Call>>>,
+    answer: Answer,
+}
+
+impl ScriptedRunner {
+    fn new(
+        answer: impl FnMut(&str) -> Result<String, String> + Send + 'static,
+    ) -> (Self, Arc<Mutex<Vec<Call>>>) {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        (
+            Self {
+                calls: calls.clone(),
+                answer: Box::new(answer),
+            },
+            calls,
+        )
+    }
+}
+
+impl CommandRunner for ScriptedRunner {
+    fn run(
+        &mut self,
+        program: &str,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Result<String, BackendError> {
+        self.calls.lock().unwrap().push((
+            program.to_owned(),
+            args.iter().map(|a| a.to_string()).collect(),
+            stdin.map(str::to_owned),
+        ));
+        let line = std::iter::once(program)
+            .chain(args.iter().copied())
+            .collect::<Vec<_>>()
+            .join(" ");
+        (self.answer)(&line).map_err(|reason| BackendError::Command {
+            command: line,
+            reason,
+        })
+    }
+}
+
+fn programs(calls: &Arc<Mutex<Vec<Call>>>) -> Vec<String> {
+    calls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(p, a, _)| format!("{p} {}", a.join(" ")).trim().to_owned())
+        .collect()
+}
+
+/// The user-mode-linux kernel: both save commands succeed with empty tables, but iptables-nft
+/// cannot change anything (no nf_tables). The tie prefers nft; the probe falls back to legacy.
+#[test]
+fn detection_falls_back_to_legacy_when_nft_cannot_change_rules() {
+    let (mut runner, calls) = ScriptedRunner::new(|line| {
+        if line.starts_with("iptables-nft-restore") {
+            Err("exit status: 4: TABLE_ADD failed (Operation not supported): table filter".into())
+        } else {
+            Ok(String::new())
+        }
+    });
+    assert_eq!(detect_mode(&mut runner), IptablesMode::Legacy);
+    assert_eq!(
+        programs(&calls),
+        [
+            "iptables-legacy-save",
+            "iptables-nft-save",
+            "iptables-nft-restore --noflush",
+            "iptables-legacy-restore --noflush",
+        ]
+    );
+    let probe = calls.lock().unwrap()[3].2.clone().unwrap();
+    assert_eq!(
+        probe,
+        "*filter\n:KUBE-SVCNET-PROBE - [0:0]\n-X KUBE-SVCNET-PROBE\nCOMMIT\n"
+    );
+}
+
+#[test]
+fn detection_keeps_a_working_preferred_variant_and_survives_two_broken_ones() {
+    let (mut runner, calls) = ScriptedRunner::new(|_| Ok(String::new()));
+    assert_eq!(
+        detect_mode(&mut runner),
+        IptablesMode::Nft,
+        "tie, nft works"
+    );
+    assert_eq!(programs(&calls).len(), 3, "no second probe: {calls:?}");
+
+    let legacy_rules = "*nat\n-A PREROUTING -j KUBE-SERVICES\nCOMMIT\n";
+    let (mut runner, _) = ScriptedRunner::new(move |line| match line {
+        "iptables-legacy-save" => Ok(legacy_rules.to_owned()),
+        _ => Ok(String::new()),
+    });
+    assert_eq!(detect_mode(&mut runner), IptablesMode::Legacy);
+
+    let (mut runner, calls) = ScriptedRunner::new(|line| {
+        if line.contains("-restore") {
+            Err("permission denied".into())
+        } else {
+            Ok(String::new())
+        }
+    });
+    assert_eq!(
+        detect_mode(&mut runner),
+        IptablesMode::Nft,
+        "nothing works: the preference stands"
+    );
+    assert_eq!(programs(&calls).len(), 4);
+}
+
+/// A transient `ipset restore` failure is retried on its own (the host stays pending) with
+/// backoff, and the retry applies everything: the full ipset swap, the chains and the jumps.
+#[test]
+fn failed_filter_update_is_retried_with_backoff() {
+    let d = desired();
+    let config = ProxyConfig::default();
+    let fail_ipset = Arc::new(Mutex::new(2));
+    let fails = fail_ipset.clone();
+    let (runner, calls) = ScriptedRunner::new(move |line| {
+        let mut left = fails.lock().unwrap();
+        if line == "ipset restore" && *left > 0 {
+            *left -= 1;
+            return Err("exit status: 1: Kernel error received: Invalid argument".into());
+        }
+        if line.contains(" -C ") {
+            return Err("exit status: 1: rule does not exist".into());
+        }
+        Ok(String::new())
+    });
+    let mut host = KernelHost::with_runner(Box::new(runner));
+    let t0 = Instant::now();
+    let err = host.after_sync_at(t0, &d, &config).unwrap_err();
+    assert!(err.to_string().contains("ipset restore"), "{err}");
+    assert!(host.has_pending(), "a failure must schedule a retry");
+    assert_eq!(programs(&calls), ["ipset restore"]);
+
+    // Before the first retry delay: nothing runs, still pending.
+    host.after_sync_at(t0 + Duration::from_millis(240), &d, &config)
+        .unwrap();
+    assert!(host.has_pending());
+    assert_eq!(programs(&calls).len(), 1);
+
+    // Second failure doubles the delay.
+    let t1 = t0 + retry_delay(1);
+    host.after_sync_at(t1, &d, &config).unwrap_err();
+    assert_eq!(programs(&calls).len(), 2);
+    host.after_sync_at(t1 + Duration::from_millis(400), &d, &config)
+        .unwrap();
+    assert_eq!(programs(&calls).len(), 2, "still backing off (500 ms)");
+
+    let t2 = t1 + retry_delay(2);
+    host.after_sync_at(t2, &d, &config).unwrap();
+    assert!(!host.has_pending());
+    let ran = programs(&calls);
+    let script = calls.lock().unwrap()[2].2.clone().unwrap();
+    assert!(
+        script.starts_with("create KUBE-CLUSTER-IP ") && script.contains("\nswap "),
+        "after a failure the sets are swapped in whole: {script}"
+    );
+    assert_eq!(ran[3], "iptables-legacy-save");
+    assert!(ran.contains(&"iptables-nft-restore --noflush".to_owned()));
+    let inserted: Vec<&String> = ran.iter().filter(|c| c.contains(" -I ")).collect();
+    assert_eq!(inserted.len(), JUMPS.len() * 2, "v4 and v6 jumps: {ran:#?}");
+    assert_eq!(host.mode(), Some(IptablesMode::Nft));
+
+    // Recovered: the next update is the usual rate-limited incremental one, no backoff.
+    let n = programs(&calls).len();
+    host.after_sync_at(t2 + FILTER_MIN_GAP, &d, &config)
+        .unwrap();
+    assert_eq!(programs(&calls).len(), n, "nothing changed, nothing to run");
+}
+
+#[test]
+fn retry_delay_doubles_up_to_the_maximum() {
+    assert_eq!(retry_delay(1), HOST_RETRY_FIRST);
+    assert_eq!(retry_delay(2), HOST_RETRY_FIRST * 2);
+    assert_eq!(retry_delay(4), HOST_RETRY_FIRST * 8);
+    assert_eq!(retry_delay(8), HOST_RETRY_MAX);
+    assert_eq!(retry_delay(u32::MAX), HOST_RETRY_MAX);
 }

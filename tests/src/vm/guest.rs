@@ -321,6 +321,7 @@ pub struct PodNetwork {
     bridge: String,
     /// Gateway address of the pods (on the bridge).
     pub gateway: Ipv4Addr,
+    gateway_mac: String,
     prefix_len: u8,
     /// The pods, in creation order.
     pub pods: Vec<Pod>,
@@ -330,6 +331,12 @@ impl PodNetwork {
     /// Creates bridge `bridge` with `gateway/prefix_len`, enables IP forwarding and `bridge-nf-call-iptables`.
     pub fn new(bridge: &str, gateway: Ipv4Addr, prefix_len: u8) -> anyhow::Result<Self> {
         run("ip", &["link", "add", bridge, "type", "bridge"])?;
+        // A bridge whose address was never set takes the lowest MAC address of its ports, so adding a pod can
+        // change the gateway's MAC under the pods that already resolved it: their frames to the old MAC reach
+        // the node as PACKET_OTHERHOST and IP drops them (after conntrack saw them) until their ARP entry is
+        // refreshed. Setting the address explicitly pins it, as the CNI bridge plugin does.
+        let mac = link_mac(bridge)?;
+        run("ip", &["link", "set", bridge, "address", &mac])?;
         run(
             "ip",
             &[
@@ -349,9 +356,15 @@ impl PodNetwork {
         Ok(Self {
             bridge: bridge.to_owned(),
             gateway,
+            gateway_mac: mac,
             prefix_len,
             pods: Vec::new(),
         })
+    }
+
+    /// The bridge's MAC address, which the pods resolve the gateway to.
+    pub fn gateway_mac(&self) -> &str {
+        &self.gateway_mac
     }
 
     /// Creates pod `name` with address `ip` and starts its HTTP server (waits until it answers).
@@ -411,6 +424,13 @@ impl PodNetwork {
         };
         let body = wait_http(pod.addr(), "/name", Duration::from_secs(5))?;
         ensure!(body == name, "pod {name} serves {body:?}");
+        let mac = link_mac(&self.bridge)?;
+        ensure!(
+            mac == self.gateway_mac,
+            "bridge {} changed its MAC address from {} to {mac} when {name} joined",
+            self.bridge,
+            self.gateway_mac
+        );
         self.pods.push(pod);
         Ok(self.pods.last().expect("just pushed"))
     }
@@ -432,6 +452,15 @@ impl Drop for PodNetwork {
         }
         let _ = run("ip", &["link", "del", &self.bridge]);
     }
+}
+
+/// The MAC address of link `name` (from sysfs), e.g. `36:01:ed:90:ba:3b`.
+pub fn link_mac(name: &str) -> anyhow::Result<String> {
+    let path = format!("/sys/class/net/{name}/address");
+    Ok(std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {path}"))?
+        .trim()
+        .to_owned())
 }
 
 /// Adds a dummy link `name` holding `cidr` (e.g. a node address `192.168.1.10/24`), up.
