@@ -55,6 +55,27 @@ fn table_size() -> (usize, usize) {
     )
 }
 
+/// `SVCNET_BENCH_ONLY=reconcile,proxy` runs only the named parts (raw, reconcile, addresses,
+/// ipvsadm, strace, proxy); default all. For profiling one part without the minutes of the rest.
+fn wanted(part: &str) -> bool {
+    match std::env::var("SVCNET_BENCH_ONLY") {
+        Ok(list) if !list.trim().is_empty() => list.split(',').any(|p| p.trim() == part),
+        _ => true,
+    }
+}
+
+/// Minor page faults of this process so far (`/proc/self/stat` field 10): in the guest each
+/// costs tens of microseconds, so they explain much of the difference to native runs.
+fn minor_faults() -> u64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1.to_owned();
+            rest.split_whitespace().nth(7)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -233,13 +254,42 @@ fn phase_reconcile(specs: &[ServiceSpec]) -> anyhow::Result<Value> {
     }
     change_ms.sort_by(f64::total_cmp);
 
+    // Both ways of reading the kernel's table see the same thing (and how long each takes).
+    let listing = |text: bool| -> anyhow::Result<(Duration, Vec<String>)> {
+        let mut nl = NetlinkIpvs::open()?;
+        nl.set_text_listing(text);
+        let mut lines = Vec::new();
+        let t = Instant::now();
+        nl.for_each_service(&mut |svc, dests| {
+            lines.push(format!("{} {:?}", svc.id, svc.params));
+            for d in dests {
+                lines.push(format!("  {} {:?}", d.id, d.params));
+            }
+        })?;
+        let elapsed = t.elapsed();
+        lines.sort();
+        Ok((elapsed, lines))
+    };
+    let (netlink_read, netlink_lines) = listing(false)?;
+    let (text_read, text_lines) = listing(true)?;
+    ensure!(
+        netlink_lines == text_lines,
+        "the text listing and the netlink dumps differ ({} vs {} lines)",
+        text_lines.len(),
+        netlink_lines.len()
+    );
+
     // Restart: a new reconciler reads the programmed table and finds nothing to do.
+    let faults = minor_faults();
     let t = Instant::now();
     let desired_again = build(&writer.snapshot(), &config, &node);
+    let restart_build = t.elapsed();
+    let build_faults = minor_faults() - faults;
     let mut restarted =
         Reconciler::new(Box::new(NetlinkIpvs::open()?), Box::new(addresses.clone()));
     let again = restarted.full_sync(&desired_again, &config)?;
     let restart_elapsed = t.elapsed();
+    let restart_faults = minor_faults() - faults;
     ensure!(
         again.services_added == 0 && again.services_deleted == 0 && again.dests_added == 0,
         "restart sync changed things: {again:?}"
@@ -257,7 +307,13 @@ fn phase_reconcile(specs: &[ServiceSpec]) -> anyhow::Result<Value> {
         "change_round_trips_min": change_round_trips.iter().min(),
         "change_ops_max": change_ops.iter().max(),
         "restart_sync_ms": ms(restart_elapsed),
+        "restart_build_ms": ms(restart_build),
+        "restart_build_faults": build_faults,
+        "restart_faults": restart_faults,
         "restart_ops": again.operations(),
+        "read_netlink_ms": ms(netlink_read),
+        "read_text_ms": ms(text_read),
+        "listed_lines": text_lines.len(),
         "rss_kb": rss,
         "hwm_kb": hwm,
     }))
@@ -288,6 +344,7 @@ fn phase_with_addresses(specs: &[ServiceSpec]) -> anyhow::Result<Value> {
     );
     let t = Instant::now();
     let desired = build(&writer.snapshot(), &config, &node);
+    let restart_build = t.elapsed();
     let mut restarted = Reconciler::new(
         Box::new(NetlinkIpvs::open()?),
         Box::new(NetlinkAddresses::open()?),
@@ -301,6 +358,7 @@ fn phase_with_addresses(specs: &[ServiceSpec]) -> anyhow::Result<Value> {
     Ok(json!({
         "full_sync_ms": ms(full_elapsed),
         "restart_sync_ms": ms(restart_elapsed),
+        "restart_build_ms": ms(restart_build),
     }))
 }
 
@@ -320,9 +378,80 @@ fn count_services(ns: &str) -> anyhow::Result<usize> {
     Ok(out.lines().filter(|l| l.starts_with("TCP")).count())
 }
 
-/// Starts svcnet-proxy on a manifest directory of the table in namespace `ns`, waits until the kernel has every
-/// service, and reports time to first sync and RSS.
-fn proxy_rss(specs: &[ServiceSpec]) -> anyhow::Result<Option<Value>> {
+/// Waits until `proc`'s log has a line containing every one of `needles`; returns the time since
+/// `started` and that line. Fails when the process exits or logs a failed sync.
+fn wait_for_log(
+    proc: &mut guest::Background,
+    needles: &[&str],
+    started: Instant,
+    within: Duration,
+) -> anyhow::Result<(Duration, String)> {
+    while started.elapsed() < within {
+        let log = proc.log();
+        if let Some(line) = log.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
+            return Ok((started.elapsed(), line.to_owned()));
+        }
+        if log.contains("sync failed") {
+            bail!("svcnet-proxy failed to sync:\n{log}");
+        }
+        if !proc.is_running() {
+            bail!("svcnet-proxy exited:\n{}", proc.log());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!(
+        "svcnet-proxy logged no line with {needles:?} within {within:?}:\n{}",
+        proc.log()
+    )
+}
+
+/// The `ms=` field of a log line.
+fn logged_ms(line: &str) -> f64 {
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix("ms="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// One start of svcnet-proxy on `dir` in namespace `ns`: time until the cluster state is loaded,
+/// until the first full sync is logged, that sync's own duration, and the RSS 2 s later.
+fn proxy_start(name: &str, proxy: &str, dir: &str, ns: &str) -> anyhow::Result<Value> {
+    let started = Instant::now();
+    let mut proc = guest::Background::spawn(
+        name,
+        "ip",
+        &[
+            "netns",
+            "exec",
+            ns,
+            proxy,
+            "--manifests",
+            dir,
+            "--node-name",
+            "node-a",
+        ],
+    )?;
+    let pid = proc.pid().to_string();
+    let within = Duration::from_secs(180);
+    let (loaded, _) = wait_for_log(&mut proc, &["cluster state received"], started, within)?;
+    let (synced, line) = wait_for_log(&mut proc, &["synced", "full=true"], started, within)?;
+    std::thread::sleep(Duration::from_secs(2));
+    let (rss, hwm) = rss_kb(&pid);
+    let log = proc.stop(Duration::from_secs(10));
+    println!("  {name} log:\n{log}");
+    Ok(json!({
+        "loaded_ms": ms(loaded),
+        "first_sync_ms": ms(synced),
+        "sync_ms": logged_ms(&line),
+        "rss_kb": rss,
+        "hwm_kb": hwm,
+    }))
+}
+
+/// Starts svcnet-proxy on a manifest directory of the table in a fresh namespace, waits for its
+/// first full sync (from its log: polling `ipvsadm -Ln` would cost seconds of the guest's only
+/// CPU per call), checks the kernel has every service, then restarts it on the programmed table.
+fn proxy_rss(specs: &[ServiceSpec]) -> anyhow::Result<Option<(Value, Value)>> {
     let Ok(proxy) = std::env::var(PROXY_BIN) else {
         println!("  svcnet-proxy not built: skipping the RSS measurement");
         return Ok(None);
@@ -337,42 +466,16 @@ fn proxy_rss(specs: &[ServiceSpec]) -> anyhow::Result<Option<Value>> {
     run("ip", &["netns", "add", ns])?;
     run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
     let dir_s = dir.to_string_lossy().into_owned();
-    let started = Instant::now();
-    let mut proc = guest::Background::spawn(
-        "bench-proxy",
-        "ip",
-        &[
-            "netns",
-            "exec",
-            ns,
-            &proxy,
-            "--manifests",
-            &dir_s,
-            "--node-name",
-            "node-a",
-        ],
-    )?;
-    let pid = proc.pid().to_string();
-    let mut synced = None;
-    while started.elapsed() < Duration::from_secs(120) {
-        if !proc.is_running() {
-            bail!("svcnet-proxy exited:\n{}", proc.log());
-        }
-        if count_services(ns)? >= specs.len() {
-            synced = Some(started.elapsed());
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let synced = synced
-        .with_context(|| format!("svcnet-proxy did not program the table:\n{}", proc.log()))?;
-    std::thread::sleep(Duration::from_secs(2));
-    let (rss, hwm) = rss_kb(&pid);
-    drop(proc);
+    let first = proxy_start("bench-proxy", &proxy, &dir_s, ns)?;
+    let programmed = count_services(ns)?;
+    ensure!(
+        programmed == specs.len(),
+        "svcnet-proxy programmed {programmed} of {} services",
+        specs.len()
+    );
+    let restart = proxy_start("bench-proxy-restart", &proxy, &dir_s, ns)?;
     let _ = run("ip", &["netns", "del", ns]);
-    Ok(Some(
-        json!({"first_sync_ms": ms(synced), "rss_kb": rss, "hwm_kb": hwm}),
-    ))
+    Ok(Some((first, restart)))
 }
 
 fn benchmark() -> anyhow::Result<()> {
@@ -382,42 +485,68 @@ fn benchmark() -> anyhow::Result<()> {
     println!("  table: {services} services x {endpoints} endpoints = {objects} objects");
     run("ipvsadm", &["-Ln"])?; // loads ip_vs
 
-    let (raw, _) = run_phase("raw", "bench-raw", false)?;
+    let skipped = || Value::Null;
+    let raw = if wanted("raw") {
+        run_phase("raw", "bench-raw", false)?.0
+    } else {
+        skipped()
+    };
     println!("  raw apply: {raw}");
-    let (rec, _) = run_phase("reconcile", "bench-rec", false)?;
+    let rec = if wanted("reconcile") {
+        run_phase("reconcile", "bench-rec", false)?.0
+    } else {
+        skipped()
+    };
     println!("  reconciler: {rec}");
-    let (addr, _) = run_phase("with-addresses", "bench-addr", false)?;
-    println!("  reconciler with kube-ipvs0 addresses: {addr}");
-    // The same number of addresses bound with `ip -batch`, for reference.
-    let batch = "/tmp/bench-ip-batch.txt";
-    let mut lines = String::from("link add kube-ipvs0 type dummy\n");
-    for s in &specs {
-        let _ = writeln!(lines, "addr add {}/32 dev kube-ipvs0", s.cluster_ip);
+    let mut addr = skipped();
+    let mut ip_batch_time = Duration::ZERO;
+    if wanted("addresses") {
+        addr = run_phase("with-addresses", "bench-addr", false)?.0;
+        println!("  reconciler with kube-ipvs0 addresses: {addr}");
+        // The same number of addresses bound with `ip -batch`, for reference.
+        let batch = "/tmp/bench-ip-batch.txt";
+        let mut lines = String::from("link add kube-ipvs0 type dummy\n");
+        for s in &specs {
+            let _ = writeln!(lines, "addr add {}/32 dev kube-ipvs0", s.cluster_ip);
+        }
+        std::fs::write(batch, lines)?;
+        ip_batch_time = timed_in_netns("bench-ip-batch", &format!("ip -batch {batch}"))?;
     }
-    std::fs::write(batch, lines)?;
-    let ip_batch_time = timed_in_netns("bench-ip-batch", &format!("ip -batch {batch}"))?;
 
-    let restore = "/tmp/bench-restore.txt";
-    std::fs::write(restore, ipvsadm_restore_text(&specs))?;
-    let ipvsadm_time = timed_in_netns("bench-ipvsadm", &format!("ipvsadm -R < {restore}"))?;
-    println!("  ipvsadm -R: {:.0} ms", ms(ipvsadm_time));
+    let mut ipvsadm_ms = f64::NAN;
+    if wanted("ipvsadm") {
+        let restore = "/tmp/bench-restore.txt";
+        std::fs::write(restore, ipvsadm_restore_text(&specs))?;
+        ipvsadm_ms = ms(timed_in_netns(
+            "bench-ipvsadm",
+            &format!("ipvsadm -R < {restore}"),
+        )?);
+        println!("  ipvsadm -R: {ipvsadm_ms:.0} ms");
+    }
 
     // System calls: ipvsadm on a 1/10 sample (its calls are per object), svcnet on the whole table.
     let sample = &specs[..(services / 10).max(1)];
     let sample_objects = sample.len() * (endpoints + 1);
-    std::fs::write(
-        "/tmp/bench-restore-sample.txt",
-        ipvsadm_restore_text(sample),
-    )?;
-    timed_in_netns(
-        "bench-ipvsadm-trace",
-        "strace -c -f -o /tmp/bench-ipvsadm.strace ipvsadm -R < /tmp/bench-restore-sample.txt",
-    )?;
-    let (ipvsadm_calls, ipvsadm_by_name) =
-        strace_calls(&std::fs::read_to_string("/tmp/bench-ipvsadm.strace")?);
-    let ipvsadm_calls_full = ipvsadm_calls as f64 * objects as f64 / sample_objects as f64;
-    let (_, raw_trace) = run_phase("raw", "bench-raw-trace", true)?;
-    let (svcnet_calls, svcnet_by_name) = strace_calls(raw_trace.as_deref().unwrap_or_default());
+    let mut ipvsadm_calls_full = f64::NAN;
+    let mut ipvsadm_by_name = BTreeMap::new();
+    let mut svcnet_calls = 0;
+    let mut svcnet_by_name = BTreeMap::new();
+    if wanted("strace") {
+        std::fs::write(
+            "/tmp/bench-restore-sample.txt",
+            ipvsadm_restore_text(sample),
+        )?;
+        timed_in_netns(
+            "bench-ipvsadm-trace",
+            "strace -c -f -o /tmp/bench-ipvsadm.strace ipvsadm -R < /tmp/bench-restore-sample.txt",
+        )?;
+        let ipvsadm_calls;
+        (ipvsadm_calls, ipvsadm_by_name) =
+            strace_calls(&std::fs::read_to_string("/tmp/bench-ipvsadm.strace")?);
+        ipvsadm_calls_full = ipvsadm_calls as f64 * objects as f64 / sample_objects as f64;
+        let (_, raw_trace) = run_phase("raw", "bench-raw-trace", true)?;
+        (svcnet_calls, svcnet_by_name) = strace_calls(raw_trace.as_deref().unwrap_or_default());
+    }
     let netlink_calls = |m: &BTreeMap<String, u64>| {
         [
             "sendmsg", "sendto", "recvmsg", "recvfrom", "recvmmsg", "sendmmsg", "socket",
@@ -427,14 +556,17 @@ fn benchmark() -> anyhow::Result<()> {
         .sum::<u64>()
     };
 
-    let proxy = proxy_rss(&specs).unwrap_or_else(|e| {
-        println!("  svcnet-proxy measurement failed: {e:#}");
+    let proxy = if wanted("proxy") {
+        proxy_rss(&specs).unwrap_or_else(|e| {
+            println!("  svcnet-proxy measurement failed: {e:#}");
+            None
+        })
+    } else {
         None
-    });
+    };
 
     // The report.
     let f = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
-    let ipvsadm_ms = ms(ipvsadm_time);
     let mut t = String::new();
     let _ = writeln!(
         t,
@@ -473,7 +605,8 @@ fn benchmark() -> anyhow::Result<()> {
     );
     let _ = writeln!(
         t,
-        "| svcnet: startup dump-and-diff of IPVS and kube-ipvs0 addresses (restart) | {:.0} ms | | | |",
+        "| svcnet: startup dump-and-diff of IPVS and kube-ipvs0 addresses (restart; desired state {:.0} ms of it) | {:.0} ms | | | |",
+        f(&addr, "restart_build_ms"),
         f(&addr, "restart_sync_ms")
     );
     let _ = writeln!(
@@ -487,9 +620,19 @@ fn benchmark() -> anyhow::Result<()> {
     );
     let _ = writeln!(
         t,
-        "| svcnet: startup dump-and-diff of the programmed IPVS table (restart) | {:.0} ms | | | ({} operations) |",
+        "| svcnet: startup dump-and-diff of the programmed IPVS table (restart; desired state {:.0} ms of it; {} page faults, {} of them in the desired state) | {:.0} ms | | | ({} operations) |",
+        f(&rec, "restart_build_ms"),
+        rec["restart_faults"],
+        rec["restart_build_faults"],
         f(&rec, "restart_sync_ms"),
         rec["restart_ops"]
+    );
+    let _ = writeln!(
+        t,
+        "| reading the programmed table ({} lines): text listing + netlink service dump / netlink dumps only | {:.0} / {:.0} ms | | | |",
+        rec["listed_lines"],
+        f(&rec, "read_text_ms"),
+        f(&rec, "read_netlink_ms")
     );
     let _ = writeln!(
         t,
@@ -498,14 +641,21 @@ fn benchmark() -> anyhow::Result<()> {
         f(&rec, "hwm_kb") / 1024.0
     );
     match &proxy {
-        Some(p) => {
-            let _ = writeln!(
-                t,
-                "| `svcnet-proxy --manifests` (10,000 files): start to table programmed; RSS (peak) | {:.0} ms | | | {:.1} MB ({:.1} MB) |",
-                f(p, "first_sync_ms"),
-                f(p, "rss_kb") / 1024.0,
-                f(p, "hwm_kb") / 1024.0
-            );
+        Some((first, restart)) => {
+            for (what, p) in [
+                ("start to table programmed", first),
+                ("restart on the programmed table", restart),
+            ] {
+                let _ = writeln!(
+                    t,
+                    "| `svcnet-proxy --manifests` ({services} files): {what} (manifests loaded {:.0} ms, full sync {:.0} ms); RSS (peak) | {:.0} ms | | | {:.1} MB ({:.1} MB) |",
+                    f(p, "loaded_ms"),
+                    f(p, "sync_ms"),
+                    f(p, "first_sync_ms"),
+                    f(p, "rss_kb") / 1024.0,
+                    f(p, "hwm_kb") / 1024.0
+                );
+            }
         }
         None => {
             let _ = writeln!(

@@ -338,7 +338,7 @@ fn candidates(
         }
     }
     // Stable: among duplicates the first seen comes first, then is merged with the others.
-    out.sort_by(|a, b| a.dest.cmp(&b.dest));
+    out.sort_by_key(|c| c.dest);
     out.dedup_by(|later, first| {
         if later.dest != first.dest {
             return false;

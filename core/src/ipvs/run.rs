@@ -297,6 +297,14 @@ pub async fn run(
     if !reader.wait_synced(options.sync_timeout).await {
         return Err(ProxyError::NotSynced(options.sync_timeout));
     }
+    {
+        let snapshot = reader.snapshot();
+        tracing::info!(
+            services = snapshot.service_count(),
+            endpoint_slices = snapshot.endpoint_slice_count(),
+            "cluster state received"
+        );
+    }
     let initial = config.borrow_and_update().clone();
     let mut worker = Worker {
         rec: reconciler,

@@ -470,7 +470,7 @@ impl FromIterator<(DestId, DestParams)> for Dests {
         let mut v: Vec<(DestId, DestParams)> = iter.into_iter().collect();
         if !v.windows(2).all(|w| w[0].0 < w[1].0) {
             // Stable sort keeps insertion order among equal keys; keep the last of each run.
-            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v.sort_by_key(|e| e.0);
             let mut out: Vec<(DestId, DestParams)> = Vec::with_capacity(v.len());
             for e in v {
                 match out.last_mut() {

@@ -707,7 +707,7 @@ impl IpvsBackend for NetlinkIpvs {
         if self.text_listing {
             match procfs::open_listing() {
                 Ok(file) => {
-                    services.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+                    services.sort_unstable_by_key(|s| s.id);
                     // Virtual servers in both reads: one created in between is not ours to
                     // report yet, one deleted in between is gone.
                     let read = procfs::read_listing(file, |id, dests| {
