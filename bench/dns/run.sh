@@ -5,7 +5,9 @@
 # exports its zone as RFC 1035 files, starts svcnet-dns (on the manifests) and knotd (on the
 # exported zone files) on loopback, and runs dnsperf against each for the query mix
 # (70% A, 10% SRV, 10% PTR, 10% NXDOMAIN) and each kind alone. Prints QPS, p50/p99 latency,
-# the ratio svcnet/Knot and the RSS of both servers, and writes bench/dns/RESULTS.md.
+# the ratio svcnet/Knot and the RSS of both servers, and writes bench/dns/RESULTS.md. Also times
+# how long a cache change (an endpoint change, a service added, a service deleted) takes to show
+# in the served zone (incremental update) next to a full rebuild of the zone, in the same run.
 #
 # Usage: bench/dns/run.sh [seconds-per-run (default 10)]
 # Env: SERVICES (10000), ENDPOINTS (100000), INFLIGHT (dnsperf -q, 100), NO_BUILD=1.
@@ -48,8 +50,16 @@ echo "== generating ${SERVICES} services / ${ENDPOINTS} endpoints in $WORK"
 "$BIN/svcnet-dns-bench" gen-cluster --services "$SERVICES" --endpoints "$ENDPOINTS" --out "$WORK/cluster"
 EXPORT_OUT=$("$BIN/svcnet-dns-bench" export-zone --manifests "$WORK/cluster" --out "$WORK/zones")
 BUILD_MS=$(awk '/^zone_build_ms/ {print $2}' <<<"$EXPORT_OUT")
-ZONE_MB=$(awk '/^zone_rss_mb/ {print $2}' <<<"$EXPORT_OUT")
 "$BIN/svcnet-dns-bench" queries --services "$SERVICES" --out "$WORK/queries"
+echo "== timing zone updates (cache change -> visible to queries)"
+UPDATES_OUT=$("$BIN/svcnet-dns-bench" zone-updates --services "$SERVICES" --endpoints "$ENDPOINTS" --rounds 20)
+echo "$UPDATES_OUT"
+UPD_FULL_MS=$(awk '/^full_rebuild_ms/ {print $2}' <<<"$UPDATES_OUT")
+UPD_INC_MS=$(awk '/^incremental_update_ms/ {print $3 " (p90 " $5 ", max " $7 ")"}' <<<"$UPDATES_OUT")
+upd_row() { awk -v k="$1" '$1 == "visible_after_ms" && $2 == k {printf "| %s | %s | %s | %s |", k, $4, $6, $8}' <<<"$UPDATES_OUT"; }
+UPD_ROWS="$(upd_row endpoint_change)
+$(upd_row service_add)
+$(upd_row service_delete)"
 ZONE_RECORDS=$(grep -vc '^[;$]' "$WORK"/zones/*.zone | awk -F: '{s+=$2} END {print s}')
 
 SVCNET_PORT=$(free_port)
@@ -66,7 +76,8 @@ until curl -sf "http://127.0.0.1:$READY_PORT/ready" >/dev/null; do
   kill -0 "$SVCNET_PID" || { cat "$WORK/svcnet.log"; exit 1; }
   sleep 0.05
 done
-until [ "$(dig +short -p "$SVCNET_PORT" @127.0.0.1 "svc-$((SERVICES-1)).ns-$(((SERVICES-1)%100)).svc.cluster.local")" != "" ]; do sleep 0.05; done
+# (dig prints its errors on stdout too: wait for an address.)
+until dig +short -p "$SVCNET_PORT" @127.0.0.1 "svc-$((SERVICES-1)).ns-$(((SERVICES-1)%100)).svc.cluster.local" | grep -q '^10\.'; do sleep 0.05; done
 SVCNET_STARTUP_MS=$(( ($(date +%s%N) - START_NS) / 1000000 ))
 
 echo "== starting knotd on 127.0.0.1:$KNOT_PORT"
@@ -98,7 +109,7 @@ EOF
 knotd -c "$WORK/knot/knot.conf" 2>"$WORK/knot.log" &
 KNOT_PID=$!
 for _ in $(seq 1 600); do
-  if [ "$(dig +short -p "$KNOT_PORT" @127.0.0.1 "svc-$((SERVICES-1)).ns-$(((SERVICES-1)%100)).svc.cluster.local")" != "" ]; then break; fi
+  if dig +short -p "$KNOT_PORT" @127.0.0.1 "svc-$((SERVICES-1)).ns-$(((SERVICES-1)%100)).svc.cluster.local" | grep -q '^10\.'; then break; fi
   kill -0 "$KNOT_PID" || { cat "$WORK/knot.log"; exit 1; }
   sleep 0.1
 done
@@ -145,8 +156,10 @@ S_RSS=$(rss_kb "$SVCNET_PID"); S_HWM=$(hwm_kb "$SVCNET_PID")
 K_RSS=$(rss_kb "$KNOT_PID"); K_HWM=$(hwm_kb "$KNOT_PID")
 printf '\nRSS: svcnet-dns %d MB (peak %d MB), knotd %d MB (peak %d MB)\n' \
   $((S_RSS/1024)) $((S_HWM/1024)) $((K_RSS/1024)) $((K_HWM/1024))
-printf 'zone build (full rebuild of %d services): %s ms, one zone %s MB; svcnet-dns start to serving: %d ms\n' \
-  "$SERVICES" "$BUILD_MS" "$ZONE_MB" "$SVCNET_STARTUP_MS"
+printf 'zone build (full rebuild of %d services): %s ms; svcnet-dns start to serving: %d ms\n' \
+  "$SERVICES" "$BUILD_MS" "$SVCNET_STARTUP_MS"
+printf 'cache change visible after (median ms): %s; incremental update %s ms vs full rebuild %s ms\n' \
+  "$(awk '$1 == "visible_after_ms" {printf "%s %s  ", $2, $4}' <<<"$UPDATES_OUT")" "$UPD_INC_MS" "$UPD_FULL_MS"
 
 CPU=$(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ *//')
 NCPU=$(nproc)
@@ -167,8 +180,18 @@ RSS after the runs: svcnet-dns $((S_RSS/1024)) MB (peak $((S_HWM/1024)) MB, incl
 cache of ${SERVICES} services and ${ENDPOINTS} endpoints), knotd $((K_RSS/1024)) MB (peak
 $((K_HWM/1024)) MB).
 
-Full zone rebuild from a snapshot (${SERVICES} services): ${BUILD_MS} ms (mean of 5, release);
-one zone takes ${ZONE_MB} MB (RSS growth when built next to the cache).
+Full zone rebuild from a snapshot (${SERVICES} services): ${BUILD_MS} ms (mean of 5, release).
 svcnet-dns from start to serving the whole cluster (manifest parse, cache, zone): ${SVCNET_STARTUP_MS} ms.
+
+## Cache change to answer (\`svcnet-dns-bench zone-updates\`)
+
+The zone updater running as in svcnet-dns on the same cluster; each change is written to the
+cache and the served zone is polled (every 50 µs) until a query sees it. 20 changes of each kind.
+Full rebuild of the same snapshot in the same run: ${UPD_FULL_MS} ms; one incremental update
+(median): ${UPD_INC_MS} ms.
+
+| change | median ms | p90 ms | max ms |
+|---|---|---|---|
+${UPD_ROWS}
 EOF
 echo "wrote $RESULTS"

@@ -260,8 +260,15 @@ impl ServiceEntry {
 
     /// [`published`](Self::published) without repeated `(address, name)` pairs (first kept).
     fn unique(&self) -> Vec<Published<'_>> {
+        let all: Vec<Published<'_>> = self.published().collect();
+        // Usually every address appears once: check that cheaply before comparing names.
+        let mut ips: FastSet<IpAddr> = FastSet::default();
+        ips.reserve(all.len());
+        if all.iter().all(|p| ips.insert(p.ip)) {
+            return all;
+        }
         let mut seen: FastSet<(IpAddr, Option<Cow<'_, str>>)> = FastSet::default();
-        self.published()
+        all.into_iter()
             .filter(|p| seen.insert((p.ip, self.label(p.endpoint).map(lower))))
             .collect()
     }
@@ -606,11 +613,9 @@ impl ClusterZone {
         self.service_count += 1;
         if self.has_reverse {
             for ip in entry.cluster_ips() {
-                batch.touch(*ip);
                 batch.add(*ip, &entry, CLUSTER_IP, 0);
             }
             for p in entry.unique() {
-                batch.touch(p.ip);
                 batch.add(p.ip, &entry, p.slice, p.index);
             }
         }
@@ -680,16 +685,22 @@ impl ClusterZone {
     /// Changes the counts of `namespace` and creates or removes `<ns>.svc` and `<ns>.pod`
     /// when they cross zero.
     fn adjust_namespace(&mut self, namespace: &str, services: i32, pods: i32) {
-        let lower: Arc<str> = Arc::from(namespace.to_ascii_lowercase());
-        let before = self.namespaces.get(&lower).copied().unwrap_or_default();
+        let lower = lower(namespace);
+        let before = self
+            .namespaces
+            .get(lower.as_ref())
+            .copied()
+            .unwrap_or_default();
         let after = NsCount {
             services: before.services.saturating_add_signed(services),
             pods: before.pods.saturating_add_signed(pods),
         };
         if after == NsCount::default() {
-            self.namespaces.remove(&lower);
+            self.namespaces.remove(lower.as_ref());
+        } else if let Some(count) = self.namespaces.get_mut(lower.as_ref()) {
+            *count = after;
         } else {
-            self.namespaces.insert(lower.clone(), after);
+            self.namespaces.insert(Arc::from(lower.as_ref()), after);
         }
         if (before.services > 0) != (after.services > 0) {
             let key: Arc<str> = Arc::from(format!("{lower}.svc"));
