@@ -1,6 +1,7 @@
 //! Cluster DNS: the `cluster.local` zone built from snapshots, and its server.
 //!
-//! - [`zone`]: the pure zone model, [`zone::ClusterZone`] built once per cache snapshot.
+//! - [`zone`]: the pure zone model, [`zone::ClusterZone`] built from a cache snapshot and updated
+//!   incrementally from the changes of the next ones.
 //! - [`handler`]: the request path, a chain of [`handler::Plugin`]s (CoreDNS style).
 //! - [`cluster`]: the `kubernetes` plugin serving the live zone, and its updater task.
 //! - [`wire`]: parsing requests and encoding responses.
