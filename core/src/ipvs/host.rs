@@ -8,6 +8,8 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
+
+use ipnetwork::IpNetwork;
 use std::time::{Duration, Instant};
 
 use super::backend::{BackendError, IpvsBackend};
@@ -46,15 +48,74 @@ pub struct IpSet {
     pub entries: BTreeSet<String>,
 }
 
+/// Longest ipset name the kernel accepts (`IPSET_MAXNAMELEN` 32 with the NUL).
+pub const IPSET_NAME_MAX: usize = 31;
+
+/// The set `base` for `family`: `KUBE-6-` prefix for IPv6, cut to [`IPSET_NAME_MAX`] as
+/// kube-proxy does (`KUBE-6-LOAD-BALANCER-SOURCE-CID`).
 fn set_name(base: &str, family: Family) -> String {
-    match family {
+    let mut name = match family {
         Family::V4 => base.to_string(),
         Family::V6 => base.replacen("KUBE-", "KUBE-6-", 1),
+    };
+    name.truncate(IPSET_NAME_MAX);
+    name
+}
+
+/// Inputs of the host rules that are not in the IPVS table: per-service settings kube-proxy keeps
+/// in ipsets of their own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostExtras {
+    /// `healthCheckNodePort`s of `externalTrafficPolicy: Local` LoadBalancer services: accepted in
+    /// filter INPUT (ipset `KUBE-HEALTH-CHECK-NODE-PORT`, chain filter `KUBE-NODE-PORT`).
+    pub health_check_node_ports: BTreeSet<u16>,
+    /// Load-balancer ingress ports restricted by `loadBalancerSourceRanges`.
+    pub source_ranges: Vec<SourceRanges>,
+}
+
+/// One load-balancer ingress `ip:port` that only sources in `allowed` may reach (a Service's
+/// `loadBalancerSourceRanges`, for one of its ports and ingress IPs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceRanges {
+    /// Ingress IP (`status.loadBalancer.ingress[].ip`).
+    pub ip: IpAddr,
+    /// Protocol of the port.
+    pub protocol: Protocol,
+    /// Service port.
+    pub port: u16,
+    /// Allowed source networks.
+    pub allowed: Vec<IpNetwork>,
+}
+
+impl SourceRanges {
+    fn ip_port(&self) -> String {
+        format!("{},{}:{}", self.ip, self.protocol.as_lower(), self.port)
+    }
+
+    /// Whether this node may reach the ingress itself: one of its addresses is in an allowed
+    /// range. The node's own packets to the ingress IP (bound to kube-ipvs0) leave with that IP
+    /// as their source, so kube-proxy then allows source = ingress IP (`KUBE-LOAD-BALANCER-SOURCE-IP`)
+    /// and otherwise drops them on the way out (`KUBE-IPVS-OUT-FILTER`).
+    fn allows_node(&self, node_addresses: &[IpAddr]) -> bool {
+        self.allowed
+            .iter()
+            .any(|net| node_addresses.iter().any(|a| net.contains(*a)))
     }
 }
 
 /// The ipsets for one family, from the desired state.
 pub fn ipsets(desired: &DesiredState, family: Family) -> Vec<IpSet> {
+    ipsets_with(desired, family, &HostExtras::default(), &[])
+}
+
+/// The ipsets for one family, from the desired state and the [`HostExtras`]; `node_addresses`
+/// decide whether the node itself may reach source-restricted load balancers.
+pub fn ipsets_with(
+    desired: &DesiredState,
+    family: Family,
+    extras: &HostExtras,
+    node_addresses: &[IpAddr],
+) -> Vec<IpSet> {
     let fam = match family {
         Family::V4 => "inet",
         Family::V6 => "inet6",
@@ -82,7 +143,10 @@ pub fn ipsets(desired: &DesiredState, family: Family) -> Vec<IpSet> {
     let mut np_udp = bitmap("KUBE-NODE-PORT-UDP");
     let mut np_local_udp = bitmap("KUBE-NODE-PORT-LOCAL-UDP");
     let mut np_sctp = hash("KUBE-NODE-PORT-SCTP-HASH", "hash:ip,port");
-    let health = bitmap("KUBE-HEALTH-CHECK-NODE-PORT");
+    let mut health = bitmap("KUBE-HEALTH-CHECK-NODE-PORT");
+    let mut lb_fw = hash("KUBE-LOAD-BALANCER-FW", "hash:ip,port");
+    let mut lb_source_ip = hash("KUBE-LOAD-BALANCER-SOURCE-IP", "hash:ip,port,ip");
+    let mut lb_source_cidr = hash("KUBE-LOAD-BALANCER-SOURCE-CIDR", "hash:ip,port,net");
     let mut ipvs_ips = hash("KUBE-IPVS-IPS", "hash:ip");
     for (id, vs) in desired.servers() {
         if id.family() != family {
@@ -133,13 +197,33 @@ pub fn ipsets(desired: &DesiredState, family: Family) -> Vec<IpSet> {
             ipvs_ips.entries.insert(a.to_string());
         }
     }
+    // The health-check ports are served by the proxy itself, once for both families.
+    health
+        .entries
+        .extend(extras.health_check_node_ports.iter().map(u16::to_string));
+    for r in &extras.source_ranges {
+        if Family::of(&r.ip) != family {
+            continue;
+        }
+        let ip_port = r.ip_port();
+        for net in r.allowed.iter().filter(|n| Family::of(&n.ip()) == family) {
+            lb_source_cidr.entries.insert(format!("{ip_port},{net}"));
+        }
+        if r.allows_node(node_addresses) {
+            lb_source_ip.entries.insert(format!("{ip_port},{}", r.ip));
+        }
+        lb_fw.entries.insert(ip_port);
+    }
     vec![
         cluster,
         loopback,
         external,
         external_local,
         lb,
+        lb_fw,
         lb_local,
+        lb_source_ip,
+        lb_source_cidr,
         np_tcp,
         np_local_tcp,
         np_udp,
@@ -194,8 +278,21 @@ pub fn ipset_diff(old: &[IpSet], new: &[IpSet]) -> String {
     out
 }
 
-/// Our chains' rules for `iptables-restore --noflush` (one family).
+/// Our chains' rules for `iptables-restore --noflush` (one family), without [`HostExtras`].
 pub fn iptables_restore(config: &ProxyConfig, family: Family) -> String {
+    iptables_restore_with(config, family, &HostExtras::default(), &[])
+}
+
+/// Our chains' rules for `iptables-restore --noflush` (one family), as kube-proxy's IPVS mode
+/// writes them. Most rules only match ipsets, so they stay the same while services change; the
+/// exception is `KUBE-IPVS-OUT-FILTER`, one rule per source-restricted load balancer the node
+/// itself may not reach.
+pub fn iptables_restore_with(
+    config: &ProxyConfig,
+    family: Family,
+    extras: &HostExtras,
+    node_addresses: &[IpAddr],
+) -> String {
     let set = |b: &str| set_name(b, family);
     let mark = config.masquerade_mark();
     let cidrs: Vec<String> = config
@@ -225,6 +322,15 @@ pub fn iptables_restore(config: &ProxyConfig, family: Family) -> String {
         let _ = writeln!(
             n,
             "-A KUBE-SERVICES -m comment --comment {CIP_COMMENT} -m set --match-set {cip} dst,dst -j KUBE-MARK-MASQ"
+        );
+    } else if cidrs.is_empty() {
+        // Without a cluster CIDR to tell pods from the rest, masquerade what the node itself sends
+        // from a cluster IP (kube-proxy does the same): a connection from the node to a cluster IP
+        // takes that cluster IP (bound to kube-ipvs0) as its source, and a backend on another node
+        // would send its replies to that node's own copy of the address.
+        let _ = writeln!(
+            n,
+            "-A KUBE-SERVICES -m comment --comment {CIP_COMMENT} -m set --match-set {cip} src,dst -j KUBE-MARK-MASQ"
         );
     } else {
         for c in &cidrs {
@@ -296,7 +402,14 @@ pub fn iptables_restore(config: &ProxyConfig, family: Family) -> String {
     );
     let _ = writeln!(n, "-A KUBE-MARK-MASQ -j MARK --or-mark {mark:#x}");
     n.push_str("COMMIT\n*filter\n");
-    for c in ["KUBE-FORWARD", "KUBE-IPVS-FILTER"] {
+    for c in [
+        "KUBE-FORWARD",
+        "KUBE-NODE-PORT",
+        "KUBE-PROXY-FIREWALL",
+        "KUBE-SOURCE-RANGES-FIREWALL",
+        "KUBE-IPVS-FILTER",
+        "KUBE-IPVS-OUT-FILTER",
+    ] {
         let _ = writeln!(n, ":{c} - [0:0]");
     }
     // No `--ctstate INVALID -j DROP` here (kube-proxy's iptables mode has one): with IPVS and
@@ -310,6 +423,27 @@ pub fn iptables_restore(config: &ProxyConfig, family: Family) -> String {
         n,
         "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
     );
+    let _ = writeln!(
+        n,
+        "-A KUBE-NODE-PORT -m comment --comment \"Kubernetes health check node port\" -m set --match-set {} dst -j ACCEPT",
+        set("KUBE-HEALTH-CHECK-NODE-PORT")
+    );
+    let _ = writeln!(
+        n,
+        "-A KUBE-PROXY-FIREWALL -m comment --comment \"Kubernetes service load balancer ip + port for load balancer with sourceRange\" -m set --match-set {} dst,dst -j KUBE-SOURCE-RANGES-FIREWALL",
+        set("KUBE-LOAD-BALANCER-FW")
+    );
+    let _ = writeln!(
+        n,
+        "-A KUBE-SOURCE-RANGES-FIREWALL -m comment --comment \"Kubernetes service load balancer ip + port + source cidr for packet filter purpose\" -m set --match-set {} dst,dst,src -j RETURN",
+        set("KUBE-LOAD-BALANCER-SOURCE-CIDR")
+    );
+    let _ = writeln!(
+        n,
+        "-A KUBE-SOURCE-RANGES-FIREWALL -m comment --comment \"Kubernetes service load balancer ip + port + source IP for packet filter purpose\" -m set --match-set {} dst,dst,src -j RETURN",
+        set("KUBE-LOAD-BALANCER-SOURCE-IP")
+    );
+    let _ = writeln!(n, "-A KUBE-SOURCE-RANGES-FIREWALL -j DROP");
     for s in [
         "KUBE-LOAD-BALANCER",
         "KUBE-CLUSTER-IP",
@@ -332,6 +466,24 @@ pub fn iptables_restore(config: &ProxyConfig, family: Family) -> String {
         "-A KUBE-IPVS-FILTER -m conntrack --ctstate NEW -m set --match-set {} dst -j REJECT",
         set("KUBE-IPVS-IPS")
     );
+    // The node's own connections to a load balancer whose source ranges exclude it: they come
+    // from the ingress IP itself (bound to kube-ipvs0) and would otherwise bypass the firewall.
+    let mut no_node_access: Vec<&SourceRanges> = extras
+        .source_ranges
+        .iter()
+        .filter(|r| Family::of(&r.ip) == family && !r.allows_node(node_addresses))
+        .collect();
+    no_node_access.sort_by_key(|r| (r.ip, r.protocol.as_lower(), r.port));
+    no_node_access.dedup_by_key(|r| (r.ip, r.protocol.as_lower(), r.port));
+    for r in no_node_access {
+        let _ = writeln!(
+            n,
+            "-A KUBE-IPVS-OUT-FILTER -s {ip} -m ipvs --vaddr {ip} --vproto {proto} --vport {port} -j DROP",
+            ip = r.ip,
+            proto = r.protocol.as_lower(),
+            port = r.port
+        );
+    }
     n.push_str("COMMIT\n");
     n
 }
@@ -358,6 +510,27 @@ pub const JUMPS: &[(&str, &str, &str)] = &[
         "FORWARD",
         "-m comment --comment kubernetes-forwarding-rules -j KUBE-FORWARD",
     ),
+    (
+        "filter",
+        "INPUT",
+        "-m comment --comment kubernetes-health-check-rules -j KUBE-NODE-PORT",
+    ),
+    (
+        "filter",
+        "INPUT",
+        "-m comment --comment kube-proxy-firewall-rules -j KUBE-PROXY-FIREWALL",
+    ),
+    (
+        "filter",
+        "FORWARD",
+        "-m comment --comment kube-proxy-firewall-rules -j KUBE-PROXY-FIREWALL",
+    ),
+    (
+        "filter",
+        "OUTPUT",
+        "-m comment --comment kubernetes-ipvs-access-filter -j KUBE-IPVS-OUT-FILTER",
+    ),
+    // Inserted last, so first in INPUT (as kube-proxy orders them); tests wait for this one.
     (
         "filter",
         "INPUT",
@@ -573,6 +746,7 @@ pub struct KernelHost {
     pending: bool,
     failures: u32,
     retry_at: Option<Instant>,
+    extras: HostExtras,
 }
 
 impl std::fmt::Debug for KernelHost {
@@ -610,6 +784,16 @@ impl KernelHost {
             pending: false,
             failures: 0,
             retry_at: None,
+            extras: HostExtras::default(),
+        }
+    }
+
+    /// Sets the [`HostExtras`] (health-check node ports, load-balancer source ranges) the next
+    /// update applies; the update follows with the next sync or pending retry.
+    pub fn set_extras(&mut self, extras: HostExtras) {
+        if self.extras != extras {
+            self.extras = extras;
+            self.pending = true;
         }
     }
 
@@ -632,7 +816,9 @@ impl KernelHost {
         &mut self,
         desired: &DesiredState,
         config: &ProxyConfig,
+        node: &NodeInfo,
     ) -> Result<(), BackendError> {
+        let node_addresses = &node.local_addresses;
         let families: BTreeSet<Family> = desired
             .addresses()
             .map(Family::of)
@@ -640,9 +826,12 @@ impl KernelHost {
             .collect();
         let mut sets = Vec::new();
         let mut rules = String::new();
+        let mut per_family = Vec::new();
         for f in &families {
-            sets.extend(ipsets(desired, *f));
-            rules.push_str(&iptables_restore(config, *f));
+            sets.extend(ipsets_with(desired, *f, &self.extras, node_addresses));
+            let text = iptables_restore_with(config, *f, &self.extras, node_addresses);
+            rules.push_str(&text);
+            per_family.push((*f, text));
         }
         let script = match &self.last_ipsets {
             None => ipset_restore(&sets),
@@ -658,13 +847,9 @@ impl KernelHost {
         tracing::debug!("ipsets applied");
         if self.last_rules.as_deref() != Some(rules.as_str()) {
             let mode = self.detected_mode();
-            for f in &families {
+            for (f, text) in &per_family {
                 let restore = mode.command(*f, "-restore");
-                self.runner.run(
-                    &restore,
-                    &["--noflush"],
-                    Some(&iptables_restore(config, *f)),
-                )?;
+                self.runner.run(&restore, &["--noflush"], Some(text))?;
                 tracing::debug!(family = ?f, "iptables chains restored");
                 let bin = mode.command(*f, "");
                 for (table, chain, rule) in JUMPS {
@@ -691,6 +876,7 @@ impl KernelHost {
         now: Instant,
         desired: &DesiredState,
         config: &ProxyConfig,
+        node: &NodeInfo,
     ) -> Result<(), BackendError> {
         let rate_limited = self
             .last_apply
@@ -702,7 +888,7 @@ impl KernelHost {
         }
         self.pending = false;
         self.last_apply = Some(now);
-        match self.apply_filters(desired, config) {
+        match self.apply_filters(desired, config, node) {
             Ok(()) => {
                 if self.failures > 0 {
                     tracing::info!(failures = self.failures, "ipset/iptables update recovered");
@@ -748,9 +934,9 @@ impl HostSetup for KernelHost {
         &mut self,
         desired: &DesiredState,
         config: &ProxyConfig,
-        _node: &NodeInfo,
+        node: &NodeInfo,
     ) -> Result<(), BackendError> {
-        self.after_sync_at(Instant::now(), desired, config)
+        self.after_sync_at(Instant::now(), desired, config, node)
     }
 
     fn has_pending(&self) -> bool {

@@ -1,3 +1,4 @@
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use super::*;
@@ -5,6 +6,13 @@ use crate::cache::new_cache;
 use crate::ipvs::desired::build;
 use crate::ipvs::fixtures::{endpoint, service, slice};
 use crate::model::{ClusterObject, Kind, ServiceType, TrafficPolicy};
+
+fn node() -> NodeInfo {
+    NodeInfo {
+        node_name: Some(Arc::from("node-a")),
+        local_addresses: vec!["192.168.1.5".parse().unwrap()],
+    }
+}
 
 fn desired() -> DesiredState {
     let (mut w, _r) = new_cache([Kind::Service, Kind::EndpointSlice]);
@@ -138,9 +146,18 @@ fn iptables_restore_golden_with_cluster_cidr() {
 COMMIT
 *filter
 :KUBE-FORWARD - [0:0]
+:KUBE-NODE-PORT - [0:0]
+:KUBE-PROXY-FIREWALL - [0:0]
+:KUBE-SOURCE-RANGES-FIREWALL - [0:0]
 :KUBE-IPVS-FILTER - [0:0]
+:KUBE-IPVS-OUT-FILTER - [0:0]
 -A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark 0x4000/0x4000 -j ACCEPT
 -A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A KUBE-NODE-PORT -m comment --comment \"Kubernetes health check node port\" -m set --match-set KUBE-HEALTH-CHECK-NODE-PORT dst -j ACCEPT
+-A KUBE-PROXY-FIREWALL -m comment --comment \"Kubernetes service load balancer ip + port for load balancer with sourceRange\" -m set --match-set KUBE-LOAD-BALANCER-FW dst,dst -j KUBE-SOURCE-RANGES-FIREWALL
+-A KUBE-SOURCE-RANGES-FIREWALL -m comment --comment \"Kubernetes service load balancer ip + port + source cidr for packet filter purpose\" -m set --match-set KUBE-LOAD-BALANCER-SOURCE-CIDR dst,dst,src -j RETURN
+-A KUBE-SOURCE-RANGES-FIREWALL -m comment --comment \"Kubernetes service load balancer ip + port + source IP for packet filter purpose\" -m set --match-set KUBE-LOAD-BALANCER-SOURCE-IP dst,dst,src -j RETURN
+-A KUBE-SOURCE-RANGES-FIREWALL -j DROP
 -A KUBE-IPVS-FILTER -m set --match-set KUBE-LOAD-BALANCER dst,dst -j RETURN
 -A KUBE-IPVS-FILTER -m set --match-set KUBE-CLUSTER-IP dst,dst -j RETURN
 -A KUBE-IPVS-FILTER -m set --match-set KUBE-EXTERNAL-IP dst,dst -j RETURN
@@ -170,9 +187,18 @@ fn masquerade_all_and_mark_bit() {
     assert!(got.contains("-A KUBE-SERVICES -m comment --comment \"Kubernetes service cluster ip + port for masquerade purpose\" -m set --match-set KUBE-CLUSTER-IP dst,dst -j KUBE-MARK-MASQ\n"));
     assert!(!got.contains("! -s 10.244.0.0/16"));
     assert!(got.contains("-A KUBE-MARK-MASQ -j MARK --or-mark 0x400\n"));
-    // Neither masqueradeAll nor clusterCIDR: no cluster-IP masquerade rule.
+    // Neither masqueradeAll nor clusterCIDR: only what the node sends from a cluster IP.
     let plain = iptables_restore(&ProxyConfig::default(), Family::V4);
-    assert!(!plain.contains("for masquerade purpose\" -m set --match-set KUBE-CLUSTER-IP"));
+    let masq: Vec<&str> = plain
+        .lines()
+        .filter(|l| l.contains("--match-set KUBE-CLUSTER-IP") && l.ends_with("-j KUBE-MARK-MASQ"))
+        .collect();
+    assert_eq!(
+        masq,
+        [
+            "-A KUBE-SERVICES -m comment --comment \"Kubernetes service cluster ip + port for masquerade purpose\" -m set --match-set KUBE-CLUSTER-IP src,dst -j KUBE-MARK-MASQ"
+        ]
+    );
 }
 
 #[test]
@@ -392,27 +418,27 @@ fn failed_filter_update_is_retried_with_backoff() {
     });
     let mut host = KernelHost::with_runner(Box::new(runner));
     let t0 = Instant::now();
-    let err = host.after_sync_at(t0, &d, &config).unwrap_err();
+    let err = host.after_sync_at(t0, &d, &config, &node()).unwrap_err();
     assert!(err.to_string().contains("ipset restore"), "{err}");
     assert!(host.has_pending(), "a failure must schedule a retry");
     assert_eq!(programs(&calls), ["ipset restore"]);
 
     // Before the first retry delay: nothing runs, still pending.
-    host.after_sync_at(t0 + Duration::from_millis(240), &d, &config)
+    host.after_sync_at(t0 + Duration::from_millis(240), &d, &config, &node())
         .unwrap();
     assert!(host.has_pending());
     assert_eq!(programs(&calls).len(), 1);
 
     // Second failure doubles the delay.
     let t1 = t0 + retry_delay(1);
-    host.after_sync_at(t1, &d, &config).unwrap_err();
+    host.after_sync_at(t1, &d, &config, &node()).unwrap_err();
     assert_eq!(programs(&calls).len(), 2);
-    host.after_sync_at(t1 + Duration::from_millis(400), &d, &config)
+    host.after_sync_at(t1 + Duration::from_millis(400), &d, &config, &node())
         .unwrap();
     assert_eq!(programs(&calls).len(), 2, "still backing off (500 ms)");
 
     let t2 = t1 + retry_delay(2);
-    host.after_sync_at(t2, &d, &config).unwrap();
+    host.after_sync_at(t2, &d, &config, &node()).unwrap();
     assert!(!host.has_pending());
     let ran = programs(&calls);
     let script = calls.lock().unwrap()[2].2.clone().unwrap();
@@ -428,7 +454,7 @@ fn failed_filter_update_is_retried_with_backoff() {
 
     // Recovered: the next update is the usual rate-limited incremental one, no backoff.
     let n = programs(&calls).len();
-    host.after_sync_at(t2 + FILTER_MIN_GAP, &d, &config)
+    host.after_sync_at(t2 + FILTER_MIN_GAP, &d, &config, &node())
         .unwrap();
     assert_eq!(programs(&calls).len(), n, "nothing changed, nothing to run");
 }
@@ -440,4 +466,198 @@ fn retry_delay_doubles_up_to_the_maximum() {
     assert_eq!(retry_delay(4), HOST_RETRY_FIRST * 8);
     assert_eq!(retry_delay(8), HOST_RETRY_MAX);
     assert_eq!(retry_delay(u32::MAX), HOST_RETRY_MAX);
+}
+
+/// A LoadBalancer service with `loadBalancerSourceRanges` on two ingress IPs (one of each
+/// family), one range covering the node, and a health-check node port.
+fn extras() -> HostExtras {
+    HostExtras {
+        health_check_node_ports: [32000, 31000].into_iter().collect(),
+        source_ranges: vec![
+            SourceRanges {
+                ip: "203.0.113.10".parse().unwrap(),
+                protocol: Protocol::Tcp,
+                port: 443,
+                allowed: vec![
+                    "198.51.100.0/24".parse().unwrap(),
+                    "192.168.1.0/24".parse().unwrap(),
+                ],
+            },
+            SourceRanges {
+                ip: "203.0.113.11".parse().unwrap(),
+                protocol: Protocol::Udp,
+                port: 53,
+                allowed: vec!["198.51.100.0/24".parse().unwrap()],
+            },
+            SourceRanges {
+                ip: "2001:db8::10".parse().unwrap(),
+                protocol: Protocol::Tcp,
+                port: 443,
+                allowed: vec!["2001:db8:1::/48".parse().unwrap()],
+            },
+        ],
+    }
+}
+
+fn set_text(sets: &[IpSet], name: &str) -> String {
+    let set = sets
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no set {name}"));
+    ipset_restore(std::slice::from_ref(set))
+}
+
+#[test]
+fn load_balancer_source_ranges_and_health_check_ipsets_golden() {
+    let d = desired();
+    let node_ips: Vec<IpAddr> = vec!["192.168.1.5".parse().unwrap()];
+    let v4 = ipsets_with(&d, Family::V4, &extras(), &node_ips);
+    assert_eq!(
+        set_text(&v4, "KUBE-LOAD-BALANCER-FW"),
+        "\
+create KUBE-LOAD-BALANCER-FW hash:ip,port family inet hashsize 1024 maxelem 65536 -exist
+create KUBE-SVCNET-TMP hash:ip,port family inet hashsize 1024 maxelem 65536
+add KUBE-SVCNET-TMP 203.0.113.10,tcp:443
+add KUBE-SVCNET-TMP 203.0.113.11,udp:53
+swap KUBE-SVCNET-TMP KUBE-LOAD-BALANCER-FW
+destroy KUBE-SVCNET-TMP
+"
+    );
+    assert_eq!(
+        set_text(&v4, "KUBE-LOAD-BALANCER-SOURCE-CIDR"),
+        "\
+create KUBE-LOAD-BALANCER-SOURCE-CIDR hash:ip,port,net family inet hashsize 1024 maxelem 65536 -exist
+create KUBE-SVCNET-TMP hash:ip,port,net family inet hashsize 1024 maxelem 65536
+add KUBE-SVCNET-TMP 203.0.113.10,tcp:443,192.168.1.0/24
+add KUBE-SVCNET-TMP 203.0.113.10,tcp:443,198.51.100.0/24
+add KUBE-SVCNET-TMP 203.0.113.11,udp:53,198.51.100.0/24
+swap KUBE-SVCNET-TMP KUBE-LOAD-BALANCER-SOURCE-CIDR
+destroy KUBE-SVCNET-TMP
+"
+    );
+    // Only the ingress whose ranges cover the node's address lets the node in.
+    assert_eq!(
+        set_text(&v4, "KUBE-LOAD-BALANCER-SOURCE-IP"),
+        "\
+create KUBE-LOAD-BALANCER-SOURCE-IP hash:ip,port,ip family inet hashsize 1024 maxelem 65536 -exist
+create KUBE-SVCNET-TMP hash:ip,port,ip family inet hashsize 1024 maxelem 65536
+add KUBE-SVCNET-TMP 203.0.113.10,tcp:443,203.0.113.10
+swap KUBE-SVCNET-TMP KUBE-LOAD-BALANCER-SOURCE-IP
+destroy KUBE-SVCNET-TMP
+"
+    );
+    assert_eq!(
+        set_text(&v4, "KUBE-HEALTH-CHECK-NODE-PORT"),
+        "\
+create KUBE-HEALTH-CHECK-NODE-PORT bitmap:port range 0-65535 -exist
+create KUBE-SVCNET-TMP bitmap:port range 0-65535
+add KUBE-SVCNET-TMP 31000
+add KUBE-SVCNET-TMP 32000
+swap KUBE-SVCNET-TMP KUBE-HEALTH-CHECK-NODE-PORT
+destroy KUBE-SVCNET-TMP
+"
+    );
+    // IPv6: the 32-character name is cut to the kernel's 31, as kube-proxy does.
+    let v6 = ipsets_with(&d, Family::V6, &extras(), &node_ips);
+    assert_eq!(
+        set_text(&v6, "KUBE-6-LOAD-BALANCER-SOURCE-CID"),
+        "\
+create KUBE-6-LOAD-BALANCER-SOURCE-CID hash:ip,port,net family inet6 hashsize 1024 maxelem 65536 -exist
+create KUBE-SVCNET-TMP hash:ip,port,net family inet6 hashsize 1024 maxelem 65536
+add KUBE-SVCNET-TMP 2001:db8::10,tcp:443,2001:db8:1::/48
+swap KUBE-SVCNET-TMP KUBE-6-LOAD-BALANCER-SOURCE-CID
+destroy KUBE-SVCNET-TMP
+"
+    );
+    assert!(v6.iter().all(|s| s.name.len() <= IPSET_NAME_MAX), "{v6:?}");
+    assert!(
+        v6.iter()
+            .find(|s| s.name == "KUBE-6-LOAD-BALANCER-FW")
+            .is_some_and(|s| s.entries.len() == 1)
+    );
+    // Without extras the sets exist but stay empty.
+    let plain = ipsets(&d, Family::V4);
+    for name in [
+        "KUBE-LOAD-BALANCER-FW",
+        "KUBE-LOAD-BALANCER-SOURCE-IP",
+        "KUBE-LOAD-BALANCER-SOURCE-CIDR",
+        "KUBE-HEALTH-CHECK-NODE-PORT",
+    ] {
+        assert!(
+            plain.iter().any(|s| s.name == name && s.entries.is_empty()),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn node_without_access_to_a_source_restricted_load_balancer_is_filtered_on_output() {
+    let node_ips: Vec<IpAddr> = vec!["192.168.1.5".parse().unwrap()];
+    let v4 = iptables_restore_with(&ProxyConfig::default(), Family::V4, &extras(), &node_ips);
+    let out: Vec<&str> = v4
+        .lines()
+        .filter(|l| l.starts_with("-A KUBE-IPVS-OUT-FILTER"))
+        .collect();
+    assert_eq!(
+        out,
+        [
+            "-A KUBE-IPVS-OUT-FILTER -s 203.0.113.11 -m ipvs --vaddr 203.0.113.11 --vproto udp --vport 53 -j DROP"
+        ]
+    );
+    // The rest of the rules does not depend on the extras.
+    let without: String = v4
+        .lines()
+        .filter(|l| !l.starts_with("-A KUBE-IPVS-OUT-FILTER"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(
+        without,
+        iptables_restore(&ProxyConfig::default(), Family::V4)
+    );
+    let v6 = iptables_restore_with(&ProxyConfig::default(), Family::V6, &extras(), &node_ips);
+    assert!(
+        v6.contains("-A KUBE-IPVS-OUT-FILTER -s 2001:db8::10 -m ipvs --vaddr 2001:db8::10 --vproto tcp --vport 443 -j DROP\n"),
+        "{v6}"
+    );
+    assert!(v6.contains("--match-set KUBE-6-LOAD-BALANCER-SOURCE-CID dst,dst,src -j RETURN"));
+}
+
+/// New extras make the host pending (applied without waiting for a sync) and reach the kernel
+/// through the same full swap and restore.
+#[test]
+fn extras_are_applied_on_the_next_update() {
+    let d = desired();
+    let config = ProxyConfig::default();
+    let (runner, calls) = ScriptedRunner::new(|line| {
+        if line.contains(" -C ") {
+            Err("exit status: 1".into())
+        } else {
+            Ok(String::new())
+        }
+    });
+    let mut host = KernelHost::with_runner(Box::new(runner));
+    let t0 = Instant::now();
+    host.after_sync_at(t0, &d, &config, &node()).unwrap();
+    assert!(!host.has_pending());
+    host.set_extras(extras());
+    assert!(host.has_pending());
+    let before = calls.lock().unwrap().len();
+    host.after_sync_at(t0 + FILTER_MIN_GAP, &d, &config, &node())
+        .unwrap();
+    let calls = calls.lock().unwrap();
+    let new = &calls[before..];
+    let ipset = new[0].2.as_deref().unwrap();
+    assert!(
+        ipset.contains("add KUBE-LOAD-BALANCER-FW 203.0.113.10,tcp:443 -exist\n")
+            && ipset.contains("add KUBE-HEALTH-CHECK-NODE-PORT 31000 -exist\n"),
+        "{ipset}"
+    );
+    let restored = new
+        .iter()
+        .find(|(p, _, _)| p == "iptables-nft-restore")
+        .and_then(|(_, _, stdin)| stdin.as_deref())
+        .unwrap();
+    assert!(restored.contains("-A KUBE-IPVS-OUT-FILTER -s 203.0.113.11 "));
+    host.set_extras(extras());
+    assert!(!host.has_pending(), "the same extras again change nothing");
 }
