@@ -8,9 +8,9 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
-use std::time::{Duration, Instant};
 
 use super::backend::{BackendError, IpvsBackend};
 use super::config::ProxyConfig;
@@ -197,7 +197,7 @@ pub fn ipsets_with(
             ipvs_ips.entries.insert(a.to_string());
         }
     }
-    // The health-check ports are served by the proxy itself, once for both families.
+    // The proxy serves the health checks on every node address, so each family's set has them all.
     health
         .entries
         .extend(extras.health_check_node_ports.iter().map(u16::to_string));
