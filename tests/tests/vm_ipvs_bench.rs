@@ -387,7 +387,7 @@ fn wait_for_log(
     within: Duration,
 ) -> anyhow::Result<(Duration, String)> {
     while started.elapsed() < within {
-        let log = proc.log();
+        let log = strip_ansi(&proc.log());
         if let Some(line) = log.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
             return Ok((started.elapsed(), line.to_owned()));
         }
@@ -403,6 +403,32 @@ fn wait_for_log(
         "svcnet-proxy logged no line with {needles:?} within {within:?}:\n{}",
         proc.log()
     )
+}
+
+/// Text without ANSI colour sequences (`ESC [ ... m`), which the proxy's log may contain.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The `NAME=value` field of a log line, in milliseconds.
+fn logged(line: &str, name: &str) -> f64 {
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 /// The `ms=` field of a log line.
@@ -424,6 +450,9 @@ fn proxy_start(name: &str, proxy: &str, dir: &str, ns: &str) -> anyhow::Result<V
             "netns",
             "exec",
             ns,
+            "env",
+            "NO_COLOR=1",
+            "RUST_LOG=info,svcnet_core::ipvs::run=debug",
             proxy,
             "--manifests",
             dir,
@@ -435,6 +464,7 @@ fn proxy_start(name: &str, proxy: &str, dir: &str, ns: &str) -> anyhow::Result<V
     let within = Duration::from_secs(180);
     let (loaded, _) = wait_for_log(&mut proc, &["cluster state received"], started, within)?;
     let (synced, line) = wait_for_log(&mut proc, &["synced", "full=true"], started, within)?;
+    let (_, phases) = wait_for_log(&mut proc, &["full sync phases"], started, within)?;
     std::thread::sleep(Duration::from_secs(2));
     let (rss, hwm) = rss_kb(&pid);
     let log = proc.stop(Duration::from_secs(10));
@@ -443,6 +473,9 @@ fn proxy_start(name: &str, proxy: &str, dir: &str, ns: &str) -> anyhow::Result<V
         "loaded_ms": ms(loaded),
         "first_sync_ms": ms(synced),
         "sync_ms": logged_ms(&line),
+        "desired_ms": logged(&phases, "desired_ms"),
+        "kernel_ms": logged(&phases, "kernel_ms"),
+        "host_ms": logged(&phases, "host_ms"),
         "rss_kb": rss,
         "hwm_kb": hwm,
     }))
@@ -648,9 +681,12 @@ fn benchmark() -> anyhow::Result<()> {
             ] {
                 let _ = writeln!(
                     t,
-                    "| `svcnet-proxy --manifests` ({services} files): {what} (manifests loaded {:.0} ms, full sync {:.0} ms); RSS (peak) | {:.0} ms | | | {:.1} MB ({:.1} MB) |",
+                    "| `svcnet-proxy --manifests` ({services} files): {what} (manifests loaded {:.0} ms, full sync {:.0} ms: desired state {:.0}, kernel {:.0}, iptables/ipset {:.0}); RSS (peak) | {:.0} ms | | | {:.1} MB ({:.1} MB) |",
                     f(p, "loaded_ms"),
                     f(p, "sync_ms"),
+                    f(p, "desired_ms"),
+                    f(p, "kernel_ms"),
+                    f(p, "host_ms"),
                     f(p, "first_sync_ms"),
                     f(p, "rss_kb") / 1024.0,
                     f(p, "hwm_kb") / 1024.0
@@ -686,7 +722,11 @@ fn ipvs_benchmark() {
         return;
     }
     let mut machine = Vm::new().mem("1G").timeout(Duration::from_secs(1200));
-    for var in ["SVCNET_BENCH_SERVICES", "SVCNET_BENCH_ENDPOINTS"] {
+    for var in [
+        "SVCNET_BENCH_SERVICES",
+        "SVCNET_BENCH_ENDPOINTS",
+        "SVCNET_BENCH_ONLY",
+    ] {
         if let Ok(v) = std::env::var(var) {
             machine = machine.env(var, v);
         }

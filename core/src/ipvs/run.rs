@@ -207,10 +207,21 @@ impl Worker {
         snapshot: &crate::cache::Snapshot,
         options: &RunOptions,
     ) -> Result<SyncReport, BackendError> {
+        let started = Instant::now();
         self.node = self.node_info(options);
+        // Dropped before the rebuild, so the two never take memory at the same time.
+        self.desired = DesiredState::default();
         self.desired = build(snapshot, &self.config, &self.node);
+        let built = started.elapsed();
         let report = self.rec.full_sync(&self.desired, &self.config)?;
+        let synced = started.elapsed();
         self.after_sync();
+        tracing::debug!(
+            desired_ms = built.as_secs_f64() * 1000.0,
+            kernel_ms = (synced - built).as_secs_f64() * 1000.0,
+            host_ms = (started.elapsed() - synced).as_secs_f64() * 1000.0,
+            "full sync phases"
+        );
         Ok(report)
     }
 
