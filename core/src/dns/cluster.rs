@@ -210,8 +210,10 @@ impl ClusterPlugin {
                         Ok(_) => covered = Some(snapshot.generation()),
                         Err(_) => {
                             tracing::error!(
-                                "building the cluster zone failed; keeping the last zone"
+                                "updating the cluster zone failed; keeping the last zone \
+                                 (the next change rebuilds it whole)"
                             );
+                            covered = None;
                         }
                     }
                 } else if covered == Some(snapshot.generation()) {

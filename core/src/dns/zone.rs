@@ -192,7 +192,8 @@ enum Node {
 enum ServiceKind {
     ClusterIp,
     Headless,
-    External(Name),
+    /// The CNAME target (boxed: a `Name` is large and few services have one).
+    External(Box<Name>),
 }
 
 /// One service as the zone serves it: the snapshot's objects, shared, not copied.
@@ -1341,7 +1342,7 @@ fn service_entry(
         }
         let mut name = Name::from_ascii(target).ok()?;
         name.set_fqdn(true);
-        ServiceKind::External(name)
+        ServiceKind::External(Box::new(name))
     } else if svc.headless || svc.cluster_ips.is_empty() {
         ServiceKind::Headless
     } else {

@@ -444,3 +444,10 @@ fn update_leaves_the_old_zone_unchanged() {
     assert!(answer_text(&gone, "n.svc.cluster.local.", RecordType::A).contains("NXDomain"));
     assert!(answer_text(&gone, "0.96.10.in-addr.arpa.", RecordType::PTR).contains("NXDomain"));
 }
+
+#[test]
+fn per_service_and_per_address_entries_stay_small() {
+    // 10,000 services and 110,000 addresses must stay a few megabytes (see bench/dns).
+    assert!(std::mem::size_of::<ServiceEntry>() <= 64);
+    assert_eq!(std::mem::size_of::<PtrEntry>(), 16);
+}
