@@ -255,8 +255,12 @@ impl Reconciler {
 
         let mut ops = Vec::new();
         let mut deletions = Vec::new();
+        let mut wanted = Vec::new();
         for id in ids {
             let want = desired.server(&id);
+            if want.is_some() {
+                wanted.push(id);
+            }
             match (want, self.mirror.get(&id)) {
                 (Some(vs), None) => {
                     ops.push(IpvsOp::AddService(id, vs.params));
@@ -287,6 +291,13 @@ impl Reconciler {
         ops.extend(deletions);
         if !ops.is_empty() {
             self.apply_ops(&ops, &mut report)?;
+        }
+        // Where the kernel now matches, the mirror shares the desired lists of real servers
+        // instead of holding a copy.
+        for id in wanted {
+            if let (Some(vs), Some(m)) = (desired.server(&id), self.mirror.get_mut(&id)) {
+                m.dests.share_if_equal(&vs.dests);
+            }
         }
 
         let to_unbind: Vec<IpAddr> = addrs

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -378,14 +379,16 @@ pub enum EntryPoint {
 }
 
 /// Real servers of one virtual server with their parameters: a map kept as one sorted vector
-/// (one allocation per virtual server instead of a tree, which matters at 100,000 of them).
+/// (one allocation per virtual server instead of a tree, which matters at 100,000 of them),
+/// shared copy-on-write: the reconciler's record of the kernel points at the desired state's
+/// list wherever the two agree, so an in-sync table is held once.
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct Dests(Vec<(DestId, DestParams)>);
+pub struct Dests(Arc<Vec<(DestId, DestParams)>>);
 
 impl Dests {
     /// No real servers.
     pub fn new() -> Self {
-        Self(Vec::new())
+        Self::default()
     }
 
     /// From entries already sorted by identity with no duplicates (debug builds check it).
@@ -393,7 +396,7 @@ impl Dests {
         debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0));
         let mut entries = entries;
         entries.shrink_to_fit();
-        Self(entries)
+        Self(Arc::new(entries))
     }
 
     fn find(&self, id: &DestId) -> Result<usize, usize> {
@@ -420,20 +423,38 @@ impl Dests {
         self.find(id).is_ok()
     }
 
-    /// Adds or replaces a real server; returns the previous parameters.
+    /// Adds or replaces a real server; returns the previous parameters. Copies the list first
+    /// when it is shared.
     pub fn insert(&mut self, id: DestId, params: DestParams) -> Option<DestParams> {
         match self.find(&id) {
-            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, params)),
+            Ok(i) => Some(std::mem::replace(
+                &mut Arc::make_mut(&mut self.0)[i].1,
+                params,
+            )),
             Err(i) => {
-                self.0.insert(i, (id, params));
+                Arc::make_mut(&mut self.0).insert(i, (id, params));
                 None
             }
         }
     }
 
-    /// Removes a real server; returns its parameters.
+    /// Removes a real server; returns its parameters. Copies the list first when it is shared.
     pub fn remove(&mut self, id: &DestId) -> Option<DestParams> {
-        self.find(id).ok().map(|i| self.0.remove(i).1)
+        let i = self.find(id).ok()?;
+        Some(Arc::make_mut(&mut self.0).remove(i).1)
+    }
+
+    /// Makes this list share `other`'s storage when both hold the same entries (returns whether
+    /// they do); this list's own storage is freed unless shared elsewhere.
+    pub fn share_if_equal(&mut self, other: &Dests) -> bool {
+        if Arc::ptr_eq(&self.0, &other.0) {
+            return true;
+        }
+        if self.0 != other.0 {
+            return false;
+        }
+        self.0 = other.0.clone();
+        true
     }
 
     /// Real servers in order with their parameters.
@@ -517,3 +538,36 @@ pub struct VirtualServer {
 
 /// A kernel table listing: virtual servers with their real servers.
 pub type TableDump = Vec<(ServiceEntry, Vec<DestEntry>)>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(last: u8) -> DestId {
+        DestId::new(IpAddr::from([10, 0, 0, last]), 80)
+    }
+
+    #[test]
+    fn dests_behave_as_a_sorted_map_and_copy_on_write_when_shared() {
+        let mut a: Dests = [(d(3), DestParams::masq(1)), (d(1), DestParams::masq(1))]
+            .into_iter()
+            .collect();
+        assert_eq!(a.keys().copied().collect::<Vec<_>>(), [d(1), d(3)]);
+        assert_eq!(a.insert(d(2), DestParams::masq(2)), None);
+        assert_eq!(
+            a.insert(d(2), DestParams::masq(5)),
+            Some(DestParams::masq(2))
+        );
+        assert_eq!(a.get(&d(2)), Some(&DestParams::masq(5)));
+
+        let mut b: Dests = a.iter().map(|(k, v)| (*k, *v)).collect();
+        assert!(b.share_if_equal(&a));
+        assert!(std::ptr::eq(a.as_slice(), b.as_slice()));
+        // Changing one of two sharing lists leaves the other as it was.
+        assert_eq!(b.remove(&d(1)), Some(DestParams::masq(1)));
+        assert_eq!(a.len(), 3);
+        assert_eq!(b.len(), 2);
+        assert!(!b.share_if_equal(&a));
+        assert!(!b.contains_key(&d(1)));
+    }
+}

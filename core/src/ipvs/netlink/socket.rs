@@ -19,8 +19,10 @@ const NLMSG_DONE: u16 = 3;
 const NLMSG_OVERRUN: u16 = 4;
 /// Size of `struct nlmsghdr`.
 pub const NLMSG_HDRLEN: usize = 16;
-/// Receive buffer: large enough for any single netlink datagram the kernel builds for dumps.
-const RECV_BUF: usize = 256 * 1024;
+/// Receive buffer: large enough for any single netlink datagram the kernel builds for IPVS and
+/// address dumps (it sizes dump datagrams to at most 32 KiB; a bigger one is reported as an
+/// error, never truncated silently).
+const RECV_BUF: usize = 64 * 1024;
 
 /// One received netlink message (header fields plus body after the header).
 #[derive(Debug, Clone, Copy)]
