@@ -9,6 +9,12 @@ use clap::Parser;
 use svcnet_core::ipvs::app::{AppOptions, dry_run, run_proxy};
 use svcnet_core::source::SourceConfig;
 
+/// mimalloc instead of glibc's malloc: glibc keeps memory freed by the worker threads in its
+/// per-thread arenas, so the transient peaks of a full sync (tables rendered for ipset and
+/// iptables, the kernel listing) stayed in the RSS; mimalloc returns freed pages to the system.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// IPVS service proxy for a Kubernetes node, programming the kernel over netlink.
 #[derive(Debug, Parser)]
 #[command(name = "svcnet-proxy", version)]

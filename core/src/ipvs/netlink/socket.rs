@@ -113,7 +113,8 @@ impl Conn {
         Ok(Self {
             sock,
             seq: 0,
-            rbuf: vec![0; RECV_BUF],
+            // Two datagrams per `recvmmsg` (see `recv_two`).
+            rbuf: vec![0; 2 * RECV_BUF],
             stats: SocketStats::default(),
             what,
         })
@@ -153,18 +154,60 @@ impl Conn {
         self.stats.recvs += 1;
         let (n, _) = self
             .sock
-            .recv(&mut self.rbuf[..], Msg::TRUNC)
+            .recv(&mut self.rbuf[..RECV_BUF], Msg::TRUNC)
             .map_err(|source| BackendError::Io {
                 what: format!("receiving from {} netlink", self.what),
                 source,
             })?;
-        if n > self.rbuf.len() {
+        if n > RECV_BUF {
             return Err(BackendError::Malformed {
                 what: self.what.into(),
                 reason: format!("datagram of {n} bytes exceeds the {} byte buffer", RECV_BUF),
             });
         }
         Ok(n)
+    }
+
+    /// Receives one or two datagrams with one `recvmmsg` into the two halves of the internal
+    /// buffer; returns their lengths (the second 0 when only one was waiting). A dump's last
+    /// datagram of data and its `NLMSG_DONE` arrive together this way: the kernel queues
+    /// `DONE` while the data is being read, so a one-datagram dump costs one call instead of
+    /// two — 10,000 calls fewer when reading the real servers of 10,000 virtual servers.
+    fn recv_two(&mut self) -> Result<[usize; 2], BackendError> {
+        use nix::sys::socket::{MsgFlags, MultiHeaders, recvmmsg};
+        use std::io::IoSliceMut;
+        use std::os::fd::AsRawFd;
+        self.stats.recvs += 1;
+        let fd = self.sock.as_raw_fd();
+        let (first, second) = self.rbuf.split_at_mut(RECV_BUF);
+        let mut slices = [[IoSliceMut::new(first)], [IoSliceMut::new(second)]];
+        let mut headers = MultiHeaders::<()>::preallocate(2, None);
+        let what = self.what;
+        let received = recvmmsg(
+            fd,
+            &mut headers,
+            slices.iter_mut(),
+            MsgFlags::MSG_WAITFORONE | MsgFlags::MSG_TRUNC,
+            None,
+        )
+        .map_err(|errno| BackendError::Io {
+            what: format!("receiving from {what} netlink"),
+            source: std::io::Error::from(errno),
+        })?;
+        let mut lens = [0; 2];
+        for (i, msg) in received.enumerate().take(2) {
+            if msg.bytes > RECV_BUF || msg.flags.contains(MsgFlags::MSG_TRUNC) {
+                return Err(BackendError::Malformed {
+                    what: what.into(),
+                    reason: format!(
+                        "datagram of {} bytes exceeds the {RECV_BUF} byte buffer",
+                        msg.bytes
+                    ),
+                });
+            }
+            lens[i] = msg.bytes;
+        }
+        Ok(lens)
     }
 
     /// Sends a batch of requests with sequence numbers `first..=last` (only `last` asks for an
@@ -218,35 +261,40 @@ impl Conn {
     ) -> Result<(), BackendError> {
         self.send(buf)?;
         loop {
-            let n = self.recv()?;
+            let lens = self.recv_two()?;
             let what = self.what;
-            let msgs = messages(&self.rbuf[..n]).map_err(|reason| BackendError::Malformed {
-                what: what.into(),
-                reason,
-            })?;
-            for m in msgs {
-                if m.seq != seq {
-                    continue;
-                }
-                match m.kind {
-                    NLMSG_DONE => return Ok(()),
-                    NLMSG_ERROR => {
-                        let errno = error_code(m.body);
-                        if errno == 0 {
-                            return Ok(());
+            for (half, n) in lens.into_iter().enumerate() {
+                let start = half * RECV_BUF;
+                let msgs = messages(&self.rbuf[start..start + n]).map_err(|reason| {
+                    BackendError::Malformed {
+                        what: what.into(),
+                        reason,
+                    }
+                })?;
+                for m in msgs {
+                    if m.seq != seq {
+                        continue;
+                    }
+                    match m.kind {
+                        NLMSG_DONE => return Ok(()),
+                        NLMSG_ERROR => {
+                            let errno = error_code(m.body);
+                            if errno == 0 {
+                                return Ok(());
+                            }
+                            return Err(BackendError::Kernel {
+                                what: what.into(),
+                                errno,
+                            });
                         }
-                        return Err(BackendError::Kernel {
-                            what: what.into(),
-                            errno,
-                        });
+                        NLMSG_OVERRUN => {
+                            return Err(BackendError::Malformed {
+                                what: what.into(),
+                                reason: "netlink overrun".into(),
+                            });
+                        }
+                        _ => on_message(m)?,
                     }
-                    NLMSG_OVERRUN => {
-                        return Err(BackendError::Malformed {
-                            what: what.into(),
-                            reason: "netlink overrun".into(),
-                        });
-                    }
-                    _ => on_message(m)?,
                 }
             }
         }
