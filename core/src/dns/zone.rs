@@ -1001,33 +1001,46 @@ impl ClusterZone {
             Some((want, proto)) => protocol == proto && name.eq_ignore_ascii_case(want),
             None => true,
         };
-        // (target name, port, address) items, as CoreDNS's backend produces them.
-        let mut items: Vec<(Name, u16, IpAddr)> = Vec::new();
+        // (target, port, address) items, as CoreDNS's backend produces them; targets are
+        // indexes into `targets` (one per distinct name) so deduplication compares integers.
+        let mut targets: Vec<Name> = Vec::new();
+        let mut items: Vec<(u32, u16, IpAddr)> = Vec::new();
         match &svc.kind {
             ServiceKind::ClusterIp => {
-                let target = name_in(apex, &svc.relative);
-                for p in svc
+                let mut ports = svc
                     .service
                     .ports
                     .iter()
                     .filter(|p| matches(&p.name, p.protocol))
-                {
+                    .peekable();
+                if ports.peek().is_some() {
+                    targets.push(name_in(apex, &svc.relative));
+                }
+                for p in ports {
                     for ip in svc.cluster_ips() {
-                        items.push((target.clone(), p.port, *ip));
+                        items.push((0, p.port, *ip));
                     }
                 }
             }
             ServiceKind::Headless => {
+                let mut by_label: FastMap<String, u32> = FastMap::default();
                 for ep in svc.unique() {
                     let ports = &svc.slices[usize::from(ep.slice)].ports;
-                    let label = svc.label_text(ep.endpoint, ep.ip);
-                    let target = name_in(apex, &format!("{label}.{}", svc.relative));
-                    for (port, _) in ports
+                    let mut ports = ports
                         .iter()
                         .filter(|p| matches(&p.name, p.protocol))
-                        .filter_map(|p| Some((p.port?, p)))
-                    {
-                        items.push((target.clone(), port, ep.ip));
+                        .filter_map(|p| p.port)
+                        .peekable();
+                    if ports.peek().is_none() {
+                        continue;
+                    }
+                    let label = svc.label_text(ep.endpoint, ep.ip);
+                    let target = *by_label.entry(label).or_insert_with_key(|label| {
+                        targets.push(name_in(apex, &format!("{label}.{}", svc.relative)));
+                        (targets.len() - 1) as u32
+                    });
+                    for port in ports {
+                        items.push((target, port, ep.ip));
                     }
                 }
             }
@@ -1039,18 +1052,19 @@ impl ClusterZone {
         let weight = (100 / items.len()).max(1) as u16;
         let mut answers = Vec::new();
         let mut additionals = Vec::new();
-        let mut seen_srv: HashSet<(Name, u16)> = HashSet::new();
-        let mut seen_addr: HashSet<(Name, IpAddr)> = HashSet::new();
+        let mut seen_srv: FastSet<(u32, u16)> = FastSet::default();
+        let mut seen_addr: FastSet<(u32, IpAddr)> = FastSet::default();
         for (target, port, ip) in items {
-            if seen_srv.insert((target.clone(), port)) {
+            let name = &targets[target as usize];
+            if seen_srv.insert((target, port)) {
                 answers.push(Record::from_rdata(
                     qname.clone(),
                     ttl,
-                    RData::SRV(SRV::new(0, weight, port, target.clone())),
+                    RData::SRV(SRV::new(0, weight, port, name.clone())),
                 ));
             }
-            if seen_addr.insert((target.clone(), ip)) {
-                additionals.push(address_record(target, ttl, ip));
+            if seen_addr.insert((target, ip)) {
+                additionals.push(address_record(name.clone(), ttl, ip));
             }
         }
         Answer::records(0, answers, additionals)

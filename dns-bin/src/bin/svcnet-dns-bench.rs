@@ -462,6 +462,7 @@ fn zone_updates(services: u32, endpoints: u32, rounds: u32) -> anyhow::Result<()
         std::thread::sleep(Duration::from_millis(5));
     }
     updater.abort();
+    let lookups = lookup_costs(&plugin.zone(), services)?;
     let full_ms = full.as_secs_f64() * 1000.0;
     println!(
         "cluster {services} services, {} endpoints; {rounds} changes of each kind",
@@ -488,8 +489,63 @@ fn zone_updates(services: u32, endpoints: u32, rounds: u32) -> anyhow::Result<()
             full_ms / median.max(0.001)
         );
     }
+    println!(
+        "lookup_ns {}",
+        lookups
+            .iter()
+            .map(|(kind, ns)| format!("{kind} {ns:.0}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     println!("rss_mb {:.1}", rss_kb() as f64 / 1024.0);
     Ok(())
+}
+
+/// Mean cost of one zone lookup (answer records built, no wire encoding) per query kind.
+fn lookup_costs(zone: &ClusterZone, services: u32) -> anyhow::Result<Vec<(&'static str, f64)>> {
+    let mut rng = Lcg(7);
+    let mut out = Vec::new();
+    let kinds: [(&str, RecordType); 4] = [
+        ("a", RecordType::A),
+        ("srv", RecordType::SRV),
+        ("ptr", RecordType::PTR),
+        ("nx", RecordType::A),
+    ];
+    for (kind, qtype) in kinds {
+        let names: Vec<(Name, String)> = (0..4096)
+            .map(|_| {
+                let i = rng.next() % services;
+                let text = match kind {
+                    "a" => format!("svc-{i}.{}.svc.cluster.local.", namespace(i)),
+                    "srv" => format!("_http._tcp.svc-{i}.{}.svc.cluster.local.", namespace(i)),
+                    "ptr" => reverse_name(std::net::IpAddr::V4(cluster_ip(i))),
+                    _ => format!(
+                        "svc-{i}.{}.svc.cluster.local.{}.svc.cluster.local.",
+                        namespace(i),
+                        namespace(i + 1)
+                    ),
+                };
+                let name = Name::from_ascii(&text)?;
+                Ok((name.clone(), lower_fqdn(&name)))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let rounds = 50;
+        let started = Instant::now();
+        let mut answered = 0usize;
+        for _ in 0..rounds {
+            for (name, lower) in &names {
+                if let Lookup::Answer(a) = zone.lookup(name, lower, qtype) {
+                    answered += a.answers.len();
+                }
+            }
+        }
+        let per = started.elapsed().as_nanos() as f64 / (rounds * names.len()) as f64;
+        if kind != "nx" && answered == 0 {
+            bail!("{kind} lookups found nothing");
+        }
+        out.push((kind, per));
+    }
+    Ok(out)
 }
 
 fn main() -> anyhow::Result<()> {
