@@ -641,13 +641,16 @@ impl NetlinkIpvs {
             family,
             batch: DEFAULT_BATCH,
             buf: Vec::with_capacity(64 * 1024),
-            text_listing: true,
+            text_listing: false,
         })
     }
 
     /// Whether [`IpvsBackend::for_each_service`] reads real servers from the kernel's text
-    /// listing ([`super::procfs`], the default: a few thousand `read`s for the whole table)
-    /// rather than with one netlink dump per virtual server. Without `/proc` it uses netlink.
+    /// listing ([`super::procfs`]: a few thousand `read`s for the whole table, but the kernel
+    /// walks its table from the start at every page, so it grows with the square of the table)
+    /// rather than with one netlink dump per virtual server (the default: two system calls per
+    /// virtual server). At 10,000 virtual servers netlink is the faster of the two (see
+    /// `bench/ipvs/RESULTS.md`). Without `/proc` the listing falls back to netlink.
     pub fn set_text_listing(&mut self, on: bool) {
         self.text_listing = on;
     }

@@ -1,12 +1,14 @@
 //! The kernel's text listing of the IPVS table, `/proc/net/ip_vs`: every virtual server with
 //! its real servers in one file of the calling thread's network namespace.
 //!
-//! Netlink can list real servers only one virtual server per dump request (a `sendmsg` and two
-//! `recv`s each), which for 10,000 virtual servers is 30,000 system calls — most of a restart's
-//! cost in a guest where a system call costs ~25 µs. The text listing carries real servers,
-//! forwarding methods, weights and connection counts for the whole table in a few thousand
-//! `read`s. It lacks service flags other than persistence, so service parameters still come
-//! from the netlink dump ([`super::ipvs::NetlinkIpvs`] combines the two).
+//! Netlink can list real servers only one virtual server per dump request (a `sendmsg` and a
+//! `recvmmsg` each), which for 10,000 virtual servers is 20,000 system calls. The text listing
+//! carries real servers, forwarding methods, weights and connection counts for the whole table
+//! in a few thousand `read`s of a page each — but the kernel finds its place again by walking
+//! the table from the start at every read, so its cost grows with the square of the table; at
+//! 10,000 virtual servers it is no faster than netlink, which therefore stays the default
+//! ([`super::ipvs::NetlinkIpvs::set_text_listing`]). It lacks service flags other than
+//! persistence, so service parameters come from the netlink dump either way.
 //!
 //! Format (`ip_vs_info_seq_show` in `net/netfilter/ipvs/ip_vs_ctl.c`, unchanged since 2.6):
 //!
