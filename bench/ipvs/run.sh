@@ -4,6 +4,8 @@
 #
 #   bench/ipvs/run.sh            # release build, full table; writes bench/ipvs/RESULTS.md
 #   SVCNET_BENCH_SERVICES=1000 bench/ipvs/run.sh --no-write   # smaller table, print only
+#   SVCNET_BENCH_ONLY=reconcile,proxy bench/ipvs/run.sh --no-write   # some parts only (raw, reconcile,
+#                                             # addresses, ipvsadm, strace, proxy)
 #
 # The measurements themselves are in tests/tests/vm_ipvs_bench.rs (an #[ignore]d test, so `cargo test` skips it).
 # Needs Debian's user-mode-linux and strace packages; takes a few minutes (ipvsadm -R alone is about a minute).
@@ -58,6 +60,15 @@ Notes:
   many minutes) and scaled; svcnet's were counted on the whole run of the measured process, start-up included.
 - Reconciler rows that do not mention kube-ipvs0 use in-memory address bookkeeping (IPVS cost only); the rows that do
   mention it bind the 10,000 cluster IPs over rtnetlink as the proxy does.
+- Restart rows include building the desired state from the cache snapshot; page faults are counted because each
+  costs tens of microseconds in this guest. "Reading the programmed table" compares the two ways svcnet can read
+  real servers (both checked to list the same table): netlink (one dump per virtual server, one `sendmsg` and one
+  `recvmmsg` each; the default) and the kernel's text listing `/proc/net/ip_vs` (few reads, but the kernel walks
+  its table from the start at every page).
+- The svcnet-proxy rows are read from its log: "manifests loaded" is when it reports the cluster state received,
+  "full sync" its own measurement of the first full sync, split into the desired state, the kernel (IPVS and
+  kube-ipvs0 addresses) and the host setup (ipset and iptables-restore). The restart row starts the proxy again on
+  the table it programmed. RSS is read 2 s after the full sync.
 TAIL
 } >bench/ipvs/RESULTS.md
 echo "wrote bench/ipvs/RESULTS.md"
