@@ -450,21 +450,25 @@ fn restart_under_traffic() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `loadBalancerSourceRanges` filtering as rendered by the proxy's host setup, on the real kernel:
-/// the proxy is stopped (its IPVS table and rules stay, and the VIP keeps answering), then the host
-/// setup runs in this process with a source-range restriction on 10.96.10.10:80 (standing in for a
-/// load-balancer ingress): only pod-b's address is allowed, so pod-c's connections are dropped in
-/// filter INPUT and the node's own in filter OUTPUT, until the node's network is allowed too.
+/// `loadBalancerSourceRanges` filtering as rendered by the proxy's host setup, on the real kernel.
+/// A service `fw` (10.96.10.30:80 → pod-a only, standing in for a load-balancer ingress, so no
+/// client below is its own backend) is added, then the proxy is stopped (its IPVS table and rules
+/// stay, and the VIP keeps answering), and the host setup runs in this process with a source-range
+/// restriction on it that allows only pod-b: pod-c's connections are dropped in filter INPUT and
+/// the node's own in filter OUTPUT, until the node's network is allowed too.
 fn source_ranges_firewall() -> anyhow::Result<()> {
     let mut guard = fixture()?;
     let f = guard.as_mut().expect("checked");
+    let vip = SocketAddr::from(([10, 96, 10, 30], 80));
+    ServiceSpec::cluster_ip("fw", Ipv4Addr::new(10, 96, 10, 30), &[pod_ip(10)])
+        .write_to(Path::new(MANIFESTS))?;
+    wait_for_service("10.96.10.30:80", 1, Duration::from_secs(5))?;
     let log = f
         .proxy
         .take()
         .context("no proxy running")?
         .stop(Duration::from_secs(5));
     ensure!(!log.contains("panicked"), "the proxy panicked:\n{log}");
-    let vip = SocketAddr::from(([10, 96, 10, 10], 80));
     guest::http_get(vip, "/name", Duration::from_secs(2))
         .context("the VIP must keep answering after the proxy stopped")?;
 
@@ -494,13 +498,13 @@ fn source_ranges_firewall() -> anyhow::Result<()> {
     let mut host = KernelHost::new();
     host.set_extras(restriction(&["10.244.1.11/32"])?);
     apply(&mut host)?;
-    let urls = vec!["http://10.96.10.10/name".to_owned()];
+    let urls = vec![format!("http://{vip}/name")];
     let from = |pod: &str| -> anyhow::Result<Result<String, String>> {
         Ok(f.net.pod(pod).curl_many(&urls)?.remove(0))
     };
     let b = from("pod-b")?;
     ensure!(
-        b.is_ok(),
+        b.as_deref() == Ok("pod-a"),
         "pod-b is in the source ranges: {b:?}\n{}",
         diagnose(f)
     );
