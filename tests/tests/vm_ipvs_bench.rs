@@ -731,7 +731,10 @@ fn ipvs_benchmark() {
             machine = machine.env(var, v);
         }
     }
-    if !vm::in_guest() && vm::uml_available() {
+    if let Ok(bin) = std::env::var(PROXY_BIN) {
+        // A binary given by the caller (e.g. one already built), used as it is.
+        machine = machine.env(PROXY_BIN, bin);
+    } else if !vm::in_guest() && vm::uml_available() {
         match vm::cargo_binary("svcnet-proxy", "svcnet-proxy") {
             Ok(bin) => machine = machine.env(PROXY_BIN, bin),
             Err(e) => eprintln!("svcnet-proxy not available ({e:#}); its RSS is not measured"),
