@@ -265,6 +265,7 @@ mod tests {
             external_traffic_policy: TrafficPolicy::Cluster,
             internal_traffic_policy: TrafficPolicy::Cluster,
             health_check_node_port: None,
+            load_balancer_source_ranges: Vec::new(),
             external_name: None,
             publish_not_ready_addresses: false,
             selector: None,

@@ -747,6 +747,7 @@ pub struct KernelHost {
     failures: u32,
     retry_at: Option<Instant>,
     extras: HostExtras,
+    services: super::extras::ExtrasIndex,
 }
 
 impl std::fmt::Debug for KernelHost {
@@ -785,6 +786,7 @@ impl KernelHost {
             failures: 0,
             retry_at: None,
             extras: HostExtras::default(),
+            services: super::extras::ExtrasIndex::new(),
         }
     }
 
@@ -941,6 +943,13 @@ impl HostSetup for KernelHost {
 
     fn has_pending(&self) -> bool {
         self.pending
+    }
+
+    fn observe_snapshot(&mut self, snapshot: &crate::cache::Snapshot) {
+        if self.services.observe(snapshot) {
+            let extras = self.services.extras();
+            self.set_extras(extras);
+        }
     }
 }
 

@@ -661,3 +661,48 @@ fn extras_are_applied_on_the_next_update() {
     host.set_extras(extras());
     assert!(!host.has_pending(), "the same extras again change nothing");
 }
+
+#[test]
+fn extras_follow_the_services_of_the_snapshot() {
+    use crate::model::{ClusterObject, Kind, Protocol, ServiceType, TrafficPolicy};
+    let d = desired();
+    let config = ProxyConfig::default();
+    let (runner, calls) = ScriptedRunner::new(|line| {
+        if line.contains(" -C ") {
+            Err("exit status: 1".into())
+        } else {
+            Ok(String::new())
+        }
+    });
+    let mut host = KernelHost::with_runner(Box::new(runner));
+    let t0 = Instant::now();
+    host.after_sync_at(t0, &d, &config, &node()).unwrap();
+    let (mut w, r) = crate::new_cache([Kind::Service]);
+    let mut svc = crate::ipvs::fixtures::service(
+        "default",
+        "fenced",
+        "10.96.0.20",
+        &[("https", Protocol::Tcp, 443, 8443)],
+    );
+    svc.service_type = ServiceType::LoadBalancer;
+    svc.load_balancer_ips = vec!["203.0.113.20".parse().unwrap()];
+    svc.load_balancer_source_ranges = vec!["192.0.2.0/24".parse().unwrap()];
+    svc.external_traffic_policy = TrafficPolicy::Local;
+    svc.health_check_node_port = Some(31500);
+    w.apply(ClusterObject::Service(svc));
+    host.observe_snapshot(&r.snapshot());
+    assert!(host.has_pending(), "new extras wait for the next update");
+    let before = calls.lock().unwrap().len();
+    host.after_sync_at(t0 + FILTER_MIN_GAP, &d, &config, &node())
+        .unwrap();
+    let calls = calls.lock().unwrap();
+    let ipset = calls[before].2.as_deref().unwrap();
+    assert!(
+        ipset.contains("add KUBE-LOAD-BALANCER-FW 203.0.113.20,tcp:443 -exist\n")
+            && ipset.contains(
+                "add KUBE-LOAD-BALANCER-SOURCE-CIDR 203.0.113.20,tcp:443,192.0.2.0/24 -exist\n"
+            )
+            && ipset.contains("add KUBE-HEALTH-CHECK-NODE-PORT 31500 -exist\n"),
+        "{ipset}"
+    );
+}

@@ -40,6 +40,7 @@ pub mod app;
 pub mod backend;
 pub mod config;
 pub mod desired;
+pub mod extras;
 pub mod fixtures;
 pub mod host;
 pub mod memory;

@@ -48,6 +48,10 @@ pub trait HostSetup: Send {
     fn has_pending(&self) -> bool {
         false
     }
+    /// Called with every snapshot a sync looks at, before the sync, for the per-service inputs
+    /// that are not in the IPVS table (health-check node ports, load-balancer source ranges).
+    /// A change the table does not see makes [`has_pending`](Self::has_pending) true.
+    fn observe_snapshot(&mut self, _snapshot: &crate::cache::Snapshot) {}
 }
 
 /// How long after a deferred host update the loop retries it.
@@ -208,6 +212,9 @@ impl Worker {
         options: &RunOptions,
     ) -> Result<SyncReport, BackendError> {
         let started = Instant::now();
+        if let Some(h) = self.host.as_mut() {
+            h.observe_snapshot(snapshot);
+        }
         self.node = self.node_info(options);
         // Dropped before the rebuild, so the two never take memory at the same time.
         self.desired = DesiredState::default();
@@ -232,6 +239,9 @@ impl Worker {
     ) -> Result<SyncReport, BackendError> {
         if self.rec.needs_full() {
             return self.full(snapshot, options);
+        }
+        if let Some(h) = self.host.as_mut() {
+            h.observe_snapshot(snapshot);
         }
         let delta = self.desired.update(snapshot, &self.config, &self.node);
         if delta.is_empty() {

@@ -257,6 +257,9 @@ pub struct Service {
     pub internal_traffic_policy: TrafficPolicy,
     /// `spec.healthCheckNodePort`.
     pub health_check_node_port: Option<u16>,
+    /// `spec.loadBalancerSourceRanges`: the only sources allowed to reach the load-balancer
+    /// ingress IPs (empty: any).
+    pub load_balancer_source_ranges: Vec<ipnetwork::IpNetwork>,
     /// `spec.externalName` for ExternalName services.
     pub external_name: Option<Arc<str>>,
     /// `spec.publishNotReadyAddresses`.

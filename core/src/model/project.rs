@@ -278,6 +278,20 @@ pub fn service(svc: &core_v1::Service) -> Result<Service, ProjectionError> {
             Some(n) => Some(ctx.port("spec.healthCheckNodePort", n)?),
         },
         external_name,
+        load_balancer_source_ranges: spec
+            .load_balancer_source_ranges
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, raw)| {
+                raw.trim().parse::<ipnetwork::IpNetwork>().map_err(|e| {
+                    ctx.invalid(
+                        format!("spec.loadBalancerSourceRanges[{i}]"),
+                        format!("{raw:?} is not a CIDR: {e}"),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?,
         publish_not_ready_addresses: spec.publish_not_ready_addresses.unwrap_or(false),
         selector: spec
             .selector
@@ -591,6 +605,22 @@ mod tests {
         assert!(err.to_string().contains("spec.ports[0].port"), "{err}");
         let err = svc(json!({"metadata": {}, "spec": {}})).unwrap_err();
         assert!(err.to_string().contains("metadata.name"), "{err}");
+        let err = svc(
+            json!({"metadata": {"name": "lb"}, "spec": {"type": "LoadBalancer",
+            "loadBalancerSourceRanges": ["192.0.2.0/24", "10.0.0.0/33"]}}),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("spec.loadBalancerSourceRanges[1]: \"10.0.0.0/33\" is not a CIDR"),
+            "{err}"
+        );
+        let ok = svc(
+            json!({"metadata": {"name": "lb"}, "spec": {"type": "LoadBalancer",
+            "loadBalancerSourceRanges": [" 192.0.2.0/24", "2001:db8::/32"]}}),
+        )
+        .unwrap();
+        assert_eq!(ok.load_balancer_source_ranges.len(), 2);
     }
 
     #[test]
