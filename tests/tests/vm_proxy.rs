@@ -489,6 +489,7 @@ fn source_ranges_firewall() -> anyhow::Result<()> {
                 port: vip.port(),
                 allowed,
             }],
+            local_endpoints: None,
         })
     };
     let apply = |host: &mut KernelHost| {

@@ -1,10 +1,12 @@
 //! The per-service inputs of the host rules that are not in the IPVS table (kube-proxy keeps
-//! them in ipsets of their own): health-check node ports and `loadBalancerSourceRanges`.
+//! them in ipsets of their own): health-check node ports, `loadBalancerSourceRanges`, and the
+//! endpoints on this node (the only ones that can hairpin).
 //!
 //! [`ExtrasIndex`] follows the cache incrementally (only the services a snapshot's
 //! `changes_since` names are looked at again) and yields the [`HostExtras`] for the host setup.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 use super::host::{HostExtras, SourceRanges};
 use crate::cache::{Change, Snapshot};
@@ -15,11 +17,12 @@ use crate::model::{ObjectKey, Service, ServiceType};
 struct ServiceExtras {
     health_check_node_port: Option<u16>,
     source_ranges: Vec<SourceRanges>,
+    local_endpoints: Vec<IpAddr>,
 }
 
 /// The [`HostExtras`] contribution of `svc`, if any. Services another proxy owns (label
 /// `service.kubernetes.io/service-proxy-name`) contribute nothing, as for the IPVS table.
-fn service_extras(svc: &Service) -> Option<ServiceExtras> {
+fn service_extras(snapshot: &Snapshot, svc: &Service, node: Option<&str>) -> Option<ServiceExtras> {
     if svc.service_proxy_name.is_some() {
         return None;
     }
@@ -45,16 +48,31 @@ fn service_extras(svc: &Service) -> Option<ServiceExtras> {
             }
         }
     }
-    (health_check_node_port.is_some() || !source_ranges.is_empty()).then_some(ServiceExtras {
-        health_check_node_port,
-        source_ranges,
-    })
+    let mut local_endpoints = Vec::new();
+    if let Some(me) = node {
+        for slice in snapshot.endpoint_slices_for(&svc.key) {
+            for ep in &slice.endpoints {
+                if ep.node_name.as_deref() == Some(me)
+                    && let Some(addr) = ep.addresses.first()
+                {
+                    local_endpoints.push(*addr);
+                }
+            }
+        }
+    }
+    (health_check_node_port.is_some() || !source_ranges.is_empty() || !local_endpoints.is_empty())
+        .then_some(ServiceExtras {
+            health_check_node_port,
+            source_ranges,
+            local_endpoints,
+        })
 }
 
 /// The services that contribute [`HostExtras`], kept in step with cache snapshots.
 #[derive(Debug, Default)]
 pub struct ExtrasIndex {
     generation: Option<u64>,
+    node: Option<Box<str>>,
     services: BTreeMap<ObjectKey, ServiceExtras>,
 }
 
@@ -67,8 +85,14 @@ impl ExtrasIndex {
     /// Brings the index up to `snapshot`: only the services changed since the last observed
     /// generation are read again (all of them the first time or when the journal no longer
     /// reaches back). Returns whether the resulting [`HostExtras`] may have changed.
-    pub fn observe(&mut self, snapshot: &Snapshot) -> bool {
-        let changes = self.generation.and_then(|g| snapshot.changes_since(g));
+    /// `node` is this node's name (endpoints on it are local); a new name reads every service.
+    pub fn observe(&mut self, snapshot: &Snapshot, node: Option<&str>) -> bool {
+        let same_node = self.node.as_deref() == node;
+        self.node = node.map(Box::from);
+        let changes = self
+            .generation
+            .filter(|_| same_node)
+            .and_then(|g| snapshot.changes_since(g));
         self.generation = Some(snapshot.generation());
         let mut changed = false;
         match changes {
@@ -77,7 +101,9 @@ impl ExtrasIndex {
                     let Change::Service(key) = change else {
                         continue;
                     };
-                    let now = snapshot.service(&key).and_then(|s| service_extras(s));
+                    let now = snapshot
+                        .service(&key)
+                        .and_then(|s| service_extras(snapshot, s, node));
                     let before = match now {
                         Some(e) => self.services.insert(key, e.clone()).filter(|b| *b == e),
                         None => {
@@ -91,7 +117,7 @@ impl ExtrasIndex {
             None => {
                 let services: BTreeMap<ObjectKey, ServiceExtras> = snapshot
                     .services()
-                    .filter_map(|s| service_extras(s).map(|e| (s.key.clone(), e)))
+                    .filter_map(|s| service_extras(snapshot, s, node).map(|e| (s.key.clone(), e)))
                     .collect();
                 changed = services != self.services;
                 self.services = services;
@@ -102,8 +128,14 @@ impl ExtrasIndex {
 
     /// The host rules' inputs for the services observed so far.
     pub fn extras(&self) -> HostExtras {
-        let mut extras = HostExtras::default();
+        let mut extras = HostExtras {
+            local_endpoints: self.node.as_ref().map(|_| BTreeSet::new()),
+            ..HostExtras::default()
+        };
         for e in self.services.values() {
+            if let Some(local) = extras.local_endpoints.as_mut() {
+                local.extend(e.local_endpoints.iter().copied());
+            }
             extras
                 .health_check_node_ports
                 .extend(e.health_check_node_port);
@@ -141,7 +173,7 @@ mod tests {
         let (mut w, r) = new_cache([Kind::Service]);
         w.apply(lb("open", &[], None));
         let mut index = ExtrasIndex::new();
-        assert!(!index.observe(&r.snapshot()), "nothing to contribute");
+        assert!(!index.observe(&r.snapshot(), None), "nothing to contribute");
         assert_eq!(index.extras(), HostExtras::default());
 
         w.apply(lb(
@@ -149,7 +181,7 @@ mod tests {
             &["192.0.2.0/24", "2001:db8::/32"],
             Some(32000),
         ));
-        assert!(index.observe(&r.snapshot()));
+        assert!(index.observe(&r.snapshot(), None));
         let extras = index.extras();
         assert_eq!(
             extras
@@ -170,11 +202,60 @@ mod tests {
 
         // An unrelated change leaves the extras alone.
         w.apply(lb("open", &[], None));
-        assert!(!index.observe(&r.snapshot()));
+        assert!(!index.observe(&r.snapshot(), None));
 
         w.delete(Kind::Service, &ObjectKey::new("default", "fenced"));
-        assert!(index.observe(&r.snapshot()));
+        assert!(index.observe(&r.snapshot(), None));
         assert_eq!(index.extras(), HostExtras::default());
+    }
+
+    #[test]
+    fn only_this_nodes_endpoints_are_local() {
+        use crate::ipvs::fixtures::endpoint;
+        use crate::model::{AddressType, EndpointPort, EndpointSlice};
+        let (mut w, r) = new_cache([Kind::Service, Kind::EndpointSlice]);
+        w.apply(lb("web", &[], None));
+        let slice = |eps| EndpointSlice {
+            key: ObjectKey::new("default", "web-abc"),
+            service_name: Some("web".into()),
+            address_type: AddressType::Ipv4,
+            ports: vec![EndpointPort {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: Some(8080),
+            }],
+            endpoints: eps,
+            service_proxy_name: None,
+            headless: false,
+            resource_version: None,
+        };
+        w.apply(ClusterObject::EndpointSlice(slice(vec![
+            endpoint("10.244.1.10", true, Some("node-a")),
+            endpoint("10.244.2.10", true, Some("node-b")),
+        ])));
+        let mut index = ExtrasIndex::new();
+        assert!(index.observe(&r.snapshot(), Some("node-a")));
+        let local = |i: &ExtrasIndex| -> Vec<String> {
+            let e = i.extras();
+            e.local_endpoints
+                .unwrap()
+                .iter()
+                .map(|a| a.to_string())
+                .collect()
+        };
+        assert_eq!(local(&index), ["10.244.1.10"]);
+        w.apply(ClusterObject::EndpointSlice(slice(vec![
+            endpoint("10.244.1.11", true, Some("node-a")),
+            endpoint("10.244.2.10", true, Some("node-b")),
+        ])));
+        assert!(index.observe(&r.snapshot(), Some("node-a")));
+        assert_eq!(local(&index), ["10.244.1.11"]);
+        // Another node name: everything read again.
+        assert!(index.observe(&r.snapshot(), Some("node-b")));
+        assert_eq!(local(&index), ["10.244.2.10"]);
+        // No node name: no restriction.
+        index.observe(&r.snapshot(), None);
+        assert_eq!(index.extras().local_endpoints, None);
     }
 
     #[test]
@@ -183,6 +264,7 @@ mod tests {
             unreachable!()
         };
         svc.service_proxy_name = Some("someone-else".into());
-        assert_eq!(service_extras(&svc), None);
+        let (_w, r) = new_cache([Kind::Service]);
+        assert_eq!(service_extras(&r.snapshot(), &svc, Some("node-a")), None);
     }
 }

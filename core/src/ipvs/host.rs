@@ -71,6 +71,10 @@ pub struct HostExtras {
     pub health_check_node_ports: BTreeSet<u16>,
     /// Load-balancer ingress ports restricted by `loadBalancerSourceRanges`.
     pub source_ranges: Vec<SourceRanges>,
+    /// Addresses of the endpoints on this node: only they can hairpin, so only they go into
+    /// `KUBE-LOOP-BACK` (as kube-proxy does; all endpoints of a large cluster would overflow
+    /// the set's `maxelem`). `None` (node unknown): every endpoint.
+    pub local_endpoints: Option<BTreeSet<IpAddr>>,
 }
 
 /// One load-balancer ingress `ip:port` that only sources in `allowed` may reach (a Service's
@@ -187,6 +191,13 @@ pub fn ipsets_with(
             }
         }
         for d in vs.dests.keys() {
+            if extras
+                .local_endpoints
+                .as_ref()
+                .is_some_and(|local| !local.contains(&d.addr))
+            {
+                continue;
+            }
             loopback
                 .entries
                 .insert(format!("{},{proto}:{},{}", d.addr, d.port, d.addr));
@@ -945,8 +956,8 @@ impl HostSetup for KernelHost {
         self.pending
     }
 
-    fn observe_snapshot(&mut self, snapshot: &crate::cache::Snapshot) {
-        if self.services.observe(snapshot) {
+    fn observe_snapshot(&mut self, snapshot: &crate::cache::Snapshot, node: &NodeInfo) {
+        if self.services.observe(snapshot, node.node_name.as_deref()) {
             let extras = self.services.extras();
             self.set_extras(extras);
         }

@@ -472,6 +472,7 @@ fn retry_delay_doubles_up_to_the_maximum() {
 /// family), one range covering the node, and a health-check node port.
 fn extras() -> HostExtras {
     HostExtras {
+        local_endpoints: None,
         health_check_node_ports: [32000, 31000].into_iter().collect(),
         source_ranges: vec![
             SourceRanges {
@@ -690,7 +691,7 @@ fn extras_follow_the_services_of_the_snapshot() {
     svc.external_traffic_policy = TrafficPolicy::Local;
     svc.health_check_node_port = Some(31500);
     w.apply(ClusterObject::Service(svc));
-    host.observe_snapshot(&r.snapshot());
+    host.observe_snapshot(&r.snapshot(), &node());
     assert!(host.has_pending(), "new extras wait for the next update");
     let before = calls.lock().unwrap().len();
     host.after_sync_at(t0 + FILTER_MIN_GAP, &d, &config, &node())

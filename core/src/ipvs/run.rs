@@ -51,7 +51,7 @@ pub trait HostSetup: Send {
     /// Called with every snapshot a sync looks at, before the sync, for the per-service inputs
     /// that are not in the IPVS table (health-check node ports, load-balancer source ranges).
     /// A change the table does not see makes [`has_pending`](Self::has_pending) true.
-    fn observe_snapshot(&mut self, _snapshot: &crate::cache::Snapshot) {}
+    fn observe_snapshot(&mut self, _snapshot: &crate::cache::Snapshot, _node: &NodeInfo) {}
 }
 
 /// How long after a deferred host update the loop retries it.
@@ -212,10 +212,10 @@ impl Worker {
         options: &RunOptions,
     ) -> Result<SyncReport, BackendError> {
         let started = Instant::now();
-        if let Some(h) = self.host.as_mut() {
-            h.observe_snapshot(snapshot);
-        }
         self.node = self.node_info(options);
+        if let Some(h) = self.host.as_mut() {
+            h.observe_snapshot(snapshot, &self.node);
+        }
         // Dropped before the rebuild, so the two never take memory at the same time.
         self.desired = DesiredState::default();
         self.desired = build(snapshot, &self.config, &self.node);
@@ -241,7 +241,7 @@ impl Worker {
             return self.full(snapshot, options);
         }
         if let Some(h) = self.host.as_mut() {
-            h.observe_snapshot(snapshot);
+            h.observe_snapshot(snapshot, &self.node);
         }
         let delta = self.desired.update(snapshot, &self.config, &self.node);
         if delta.is_empty() {
