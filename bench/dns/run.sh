@@ -19,6 +19,9 @@ DURATION=${1:-10}
 SERVICES=${SERVICES:-10000}
 ENDPOINTS=${ENDPOINTS:-100000}
 INFLIGHT=${INFLIGHT:-100}
+# Each kind is measured ROUNDS times, svcnet and Knot alternating, and the median of the paired
+# ratios is reported: single runs swing 2-3x on a shared VM.
+ROUNDS=${ROUNDS:-3}
 LAT_DURATION=3
 RESULTS="$REPO/bench/dns/RESULTS.md"
 
@@ -139,16 +142,32 @@ run_dnsperf() {
   echo "$qps $avg $lat $lost"
 }
 
+qps_only() {
+  dnsperf -s 127.0.0.1 -p "$1" -d "$2" -l "$DURATION" -q "$INFLIGHT" 2>&1 \
+    | awk '/Queries per second/ {print $4}'
+}
+median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+
 declare -A LABEL=([mix]="mix 70/10/10/10" [a]="A (services)" [srv]="SRV" [ptr]="PTR" [nx]="NXDOMAIN")
 ROWS=""
 printf '\n%-18s %12s %9s %9s %12s %9s %9s %7s\n' "queries" "svcnet QPS" "p50 ms" "p99 ms" "Knot QPS" "p50 ms" "p99 ms" "ratio"
 for kind in mix a srv ptr nx; do
   read -r s_qps s_avg s_p50 s_p99 s_lost <<<"$(run_dnsperf "$SVCNET_PORT" "$WORK/queries/$kind.txt")"
   read -r k_qps k_avg k_p50 k_p99 k_lost <<<"$(run_dnsperf "$KNOT_PORT" "$WORK/queries/$kind.txt")"
-  ratio=$(awk -v a="$s_qps" -v b="$k_qps" 'BEGIN {printf "%.2f", a/b}')
+  s_all="$s_qps"; k_all="$k_qps"
+  ratios=$(awk -v a="$s_qps" -v b="$k_qps" 'BEGIN {printf "%.2f", a/b}')
+  for _ in $(seq 2 "$ROUNDS"); do
+    s=$(qps_only "$SVCNET_PORT" "$WORK/queries/$kind.txt")
+    k=$(qps_only "$KNOT_PORT" "$WORK/queries/$kind.txt")
+    s_all+=" $s"; k_all+=" $k"
+    ratios+=" $(awk -v a="$s" -v b="$k" 'BEGIN {printf "%.2f", a/b}')"
+  done
+  s_qps=$(median <<<"$s_all"); k_qps=$(median <<<"$k_all")
+  ratio=$(median <<<"$ratios")
+  echo "  $kind rounds: svcnet [$s_all] knot [$k_all] ratios [$ratios]"
   printf '%-18s %12.0f %9s %9s %12.0f %9s %9s %7s\n' "${LABEL[$kind]}" "$s_qps" "$s_p50" "$s_p99" "$k_qps" "$k_p50" "$k_p99" "$ratio"
   ROWS+=$(printf '| %s | %.0f | %s / %s | %s | %.0f | %s / %s | %s | %s |' \
-    "${LABEL[$kind]}" "$s_qps" "$s_p50" "$s_p99" "$s_lost" "$k_qps" "$k_p50" "$k_p99" "$k_lost" "$ratio")
+    "${LABEL[$kind]}" "$s_qps" "$s_p50" "$s_p99" "$s_lost" "$k_qps" "$k_p50" "$k_p99" "$k_lost" "$ratio (${ratios// /, })")
   ROWS+=$'\n'
 done
 
@@ -168,7 +187,9 @@ cat > "$RESULTS" <<EOF
 
 Measured $(date -u +%Y-%m-%d) on ${NCPU} vCPU (${CPU}), loopback, client and both servers on
 the same cores; dnsperf $(dnsperf -h 2>&1 | awk '/^Version/ {print $2}' | head -1 || true) \
-(\`-q ${INFLIGHT}\`, ${DURATION} s per run; p50/p99 from a separate ${LAT_DURATION} s \`-v\` run),
+(\`-q ${INFLIGHT}\`, ${DURATION} s per run, ${ROUNDS} rounds per kind with svcnet and Knot alternating:
+QPS columns are medians, the ratio is the median of the paired per-round ratios, listed in
+brackets; p50/p99 and losses from the first round, latency from a separate ${LAT_DURATION} s \`-v\` run),
 Knot DNS $(knotd --version | awk '{print $NF}') serving the zone exported by svcnet
 (${ZONE_RECORDS} records). Cluster: ${SERVICES} services (2 named ports each),
 ${ENDPOINTS} ready endpoints.
