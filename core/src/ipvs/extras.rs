@@ -104,14 +104,11 @@ impl ExtrasIndex {
                     let now = snapshot
                         .service(&key)
                         .and_then(|s| service_extras(snapshot, s, node));
-                    let before = match now {
-                        Some(e) => self.services.insert(key, e.clone()).filter(|b| *b == e),
-                        None => {
-                            changed |= self.services.remove(&key).is_some();
-                            continue;
-                        }
+                    let before = match now.clone() {
+                        Some(e) => self.services.insert(key, e),
+                        None => self.services.remove(&key),
                     };
-                    changed |= before.is_none();
+                    changed |= before != now;
                 }
             }
             None => {

@@ -623,12 +623,9 @@ fn node_without_access_to_a_source_restricted_load_balancer_is_filtered_on_outpu
     assert!(v6.contains("--match-set KUBE-6-LOAD-BALANCER-SOURCE-CID dst,dst,src -j RETURN"));
 }
 
-/// New extras make the host pending (applied without waiting for a sync) and reach the kernel
-/// through the same full swap and restore.
-#[test]
-fn extras_are_applied_on_the_next_update() {
-    let d = desired();
-    let config = ProxyConfig::default();
+/// A host on a scripted runner (no jump rules present yet) after its first update of
+/// [`desired`] at `t0`, with the runner's call log.
+fn updated_host() -> (KernelHost, Arc<Mutex<Vec<Call>>>, Instant) {
     let (runner, calls) = ScriptedRunner::new(|line| {
         if line.contains(" -C ") {
             Err("exit status: 1".into())
@@ -638,7 +635,18 @@ fn extras_are_applied_on_the_next_update() {
     });
     let mut host = KernelHost::with_runner(Box::new(runner));
     let t0 = Instant::now();
-    host.after_sync_at(t0, &d, &config, &node()).unwrap();
+    host.after_sync_at(t0, &desired(), &ProxyConfig::default(), &node())
+        .unwrap();
+    (host, calls, t0)
+}
+
+/// New extras make the host pending (applied without waiting for a sync) and reach the kernel
+/// through the same full swap and restore.
+#[test]
+fn extras_are_applied_on_the_next_update() {
+    let d = desired();
+    let config = ProxyConfig::default();
+    let (mut host, calls, t0) = updated_host();
     assert!(!host.has_pending());
     host.set_extras(extras());
     assert!(host.has_pending());
@@ -668,16 +676,7 @@ fn extras_follow_the_services_of_the_snapshot() {
     use crate::model::{ClusterObject, Kind, Protocol, ServiceType, TrafficPolicy};
     let d = desired();
     let config = ProxyConfig::default();
-    let (runner, calls) = ScriptedRunner::new(|line| {
-        if line.contains(" -C ") {
-            Err("exit status: 1".into())
-        } else {
-            Ok(String::new())
-        }
-    });
-    let mut host = KernelHost::with_runner(Box::new(runner));
-    let t0 = Instant::now();
-    host.after_sync_at(t0, &d, &config, &node()).unwrap();
+    let (mut host, calls, t0) = updated_host();
     let (mut w, r) = crate::new_cache([Kind::Service]);
     let mut svc = crate::ipvs::fixtures::service(
         "default",
