@@ -3,7 +3,7 @@
 //! pure functions ([`ipset_restore`], [`iptables_restore`]) and applied with `ipset restore`
 //! and `iptables-restore --noflush` of the variant the host uses (legacy or nft).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::IpAddr;
@@ -248,17 +248,60 @@ pub fn ipsets_with(
 /// Temporary set used to swap new contents in atomically.
 const TMP_SET: &str = "KUBE-SVCNET-TMP";
 
+/// ipset's default `maxelem`, which kube-proxy gives every set.
+pub const DEFAULT_MAXELEM: usize = 65536;
+
+/// The `maxelem` a hash set of `entries` entries needs: ipset's default, or the next power of
+/// two that holds them all. kube-proxy keeps the default, so its restore fails once a cluster
+/// has more than 65,536 service ports or local endpoints; here the set grows instead.
+pub fn maxelem_for(entries: usize) -> usize {
+    entries.next_power_of_two().max(DEFAULT_MAXELEM)
+}
+
+/// The `maxelem` of each hash set in `ipset list -t` output, by set name (bitmap sets have
+/// none and are left out).
+pub fn parse_maxelems(listing: &str) -> BTreeMap<String, usize> {
+    let mut sizes = BTreeMap::new();
+    let mut name = None;
+    for line in listing.lines() {
+        if let Some(n) = line.strip_prefix("Name: ") {
+            name = Some(n.trim().to_owned());
+        } else if let Some(header) = line.strip_prefix("Header: ") {
+            let mut words = header.split_whitespace();
+            let maxelem = words
+                .by_ref()
+                .find(|w| *w == "maxelem")
+                .and(words.next())
+                .and_then(|v| v.parse().ok());
+            if let (Some(n), Some(m)) = (name.take(), maxelem) {
+                sizes.insert(n, m);
+            }
+        }
+    }
+    sizes
+}
+
 /// An `ipset restore` script that replaces each set's contents atomically (fill a temporary
-/// set, `swap`, destroy).
+/// set, `swap`, destroy), for sets that are absent or have ipset's default `maxelem`.
 pub fn ipset_restore(sets: &[IpSet]) -> String {
+    ipset_restore_sized(sets, &BTreeMap::new())
+}
+
+/// [`ipset_restore`] for a kernel whose existing sets have the `maxelem`s in `existing` (from
+/// [`parse_maxelems`]; sets not named there are absent or default-sized). A set is declared
+/// with its current size, which `create -exist` requires, and filled through a temporary set
+/// sized for its entries ([`maxelem_for`]); the swap hands the set the new size.
+pub fn ipset_restore_sized(sets: &[IpSet], existing: &BTreeMap<String, usize>) -> String {
     let mut out = String::new();
     for s in sets {
-        let spec = match s.family {
-            Some(f) => format!("{} family {f} hashsize 1024 maxelem 65536", s.kind),
+        let spec = |maxelem: usize| match s.family {
+            Some(f) => format!("{} family {f} hashsize 1024 maxelem {maxelem}", s.kind),
             None => format!("{} range 0-65535", s.kind),
         };
-        let _ = writeln!(out, "create {} {spec} -exist", s.name);
-        let _ = writeln!(out, "create {TMP_SET} {spec}");
+        let current = existing.get(&s.name).copied().unwrap_or(DEFAULT_MAXELEM);
+        let needed = maxelem_for(s.entries.len()).max(current);
+        let _ = writeln!(out, "create {} {} -exist", s.name, spec(current));
+        let _ = writeln!(out, "create {TMP_SET} {}", spec(needed));
         for e in &s.entries {
             let _ = writeln!(out, "add {TMP_SET} {e}");
         }
@@ -266,6 +309,20 @@ pub fn ipset_restore(sets: &[IpSet]) -> String {
         let _ = writeln!(out, "destroy {TMP_SET}");
     }
     out
+}
+
+/// The `maxelem` each of `sets` has after [`ipset_restore_sized`] with `existing`.
+pub fn maxelems_after_restore(
+    sets: &[IpSet],
+    existing: &BTreeMap<String, usize>,
+) -> BTreeMap<String, usize> {
+    sets.iter()
+        .filter(|s| s.family.is_some())
+        .map(|s| {
+            let current = existing.get(&s.name).copied().unwrap_or(DEFAULT_MAXELEM);
+            (s.name.clone(), maxelem_for(s.entries.len()).max(current))
+        })
+        .collect()
 }
 
 /// An `ipset restore` script that turns `old` into `new` entry by entry (`add`/`del` with
@@ -752,6 +809,9 @@ pub struct KernelHost {
     runner: Box<dyn CommandRunner>,
     mode: Option<IptablesMode>,
     last_ipsets: Option<Vec<IpSet>>,
+    /// `maxelem` of our hash sets in the kernel after the last restore; `None`: unknown, read
+    /// with `ipset list -t` before the next full restore.
+    maxelems: Option<BTreeMap<String, usize>>,
     last_rules: Option<String>,
     last_apply: Option<Instant>,
     pending: bool,
@@ -791,6 +851,7 @@ impl KernelHost {
             runner,
             mode: None,
             last_ipsets: None,
+            maxelems: None,
             last_rules: None,
             last_apply: None,
             pending: false,
@@ -846,15 +907,39 @@ impl KernelHost {
             rules.push_str(&text);
             per_family.push((*f, text));
         }
-        let script = match &self.last_ipsets {
-            None => ipset_restore(&sets),
-            Some(prev) => ipset_diff(prev, &sets),
+        // Entry-by-entry updates, unless a set would outgrow its `maxelem`: then a full swap
+        // into a larger set.
+        let outgrown = |sizes: &BTreeMap<String, usize>| {
+            sets.iter().any(|s| {
+                s.family.is_some()
+                    && s.entries.len() > sizes.get(&s.name).copied().unwrap_or(DEFAULT_MAXELEM)
+            })
+        };
+        let incremental = match (&self.last_ipsets, &self.maxelems) {
+            (Some(prev), Some(sizes)) if !outgrown(sizes) => Some(ipset_diff(prev, &sets)),
+            _ => None,
+        };
+        let (script, sizes) = match incremental {
+            Some(script) => (script, None),
+            None => {
+                let existing = match self.maxelems.take() {
+                    Some(known) => known,
+                    None => self.existing_maxelems(),
+                };
+                let sizes = maxelems_after_restore(&sets, &existing);
+                (ipset_restore_sized(&sets, &existing), Some(sizes))
+            }
         };
         if !script.is_empty()
             && let Err(e) = self.runner.run("ipset", &["restore"], Some(&script))
         {
-            self.last_ipsets = None; // next time: full swap
+            // Next time: read the sets' sizes again and swap in whole.
+            self.last_ipsets = None;
+            self.maxelems = None;
             return Err(e);
+        }
+        if let Some(sizes) = sizes {
+            self.maxelems = Some(sizes);
         }
         self.last_ipsets = Some(sets);
         tracing::debug!("ipsets applied");
@@ -880,6 +965,18 @@ impl KernelHost {
             self.last_rules = Some(rules);
         }
         Ok(())
+    }
+
+    /// The `maxelem` of the hash sets in the kernel (`ipset list -t`); empty if they cannot be
+    /// listed (the restore then assumes default sizes and reports its own error if wrong).
+    fn existing_maxelems(&mut self) -> BTreeMap<String, usize> {
+        match self.runner.run("ipset", &["list", "-t"], None) {
+            Ok(listing) => parse_maxelems(&listing),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list ipsets; assuming default sizes");
+                BTreeMap::new()
+            }
+        }
     }
 
     /// [`HostSetup::after_sync`] at time `now`: applies the filters unless rate-limited or

@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
@@ -421,32 +422,37 @@ fn failed_filter_update_is_retried_with_backoff() {
     let err = host.after_sync_at(t0, &d, &config, &node()).unwrap_err();
     assert!(err.to_string().contains("ipset restore"), "{err}");
     assert!(host.has_pending(), "a failure must schedule a retry");
-    assert_eq!(programs(&calls), ["ipset restore"]);
+    assert_eq!(programs(&calls), ["ipset list -t", "ipset restore"]);
 
     // Before the first retry delay: nothing runs, still pending.
     host.after_sync_at(t0 + Duration::from_millis(240), &d, &config, &node())
         .unwrap();
     assert!(host.has_pending());
-    assert_eq!(programs(&calls).len(), 1);
+    assert_eq!(programs(&calls).len(), 2);
 
     // Second failure doubles the delay.
     let t1 = t0 + retry_delay(1);
     host.after_sync_at(t1, &d, &config, &node()).unwrap_err();
-    assert_eq!(programs(&calls).len(), 2);
+    assert_eq!(
+        programs(&calls).len(),
+        4,
+        "set sizes are read again after a failure"
+    );
     host.after_sync_at(t1 + Duration::from_millis(400), &d, &config, &node())
         .unwrap();
-    assert_eq!(programs(&calls).len(), 2, "still backing off (500 ms)");
+    assert_eq!(programs(&calls).len(), 4, "still backing off (500 ms)");
 
     let t2 = t1 + retry_delay(2);
     host.after_sync_at(t2, &d, &config, &node()).unwrap();
     assert!(!host.has_pending());
     let ran = programs(&calls);
-    let script = calls.lock().unwrap()[2].2.clone().unwrap();
+    let script = calls.lock().unwrap()[5].2.clone().unwrap();
     assert!(
         script.starts_with("create KUBE-CLUSTER-IP ") && script.contains("\nswap "),
         "after a failure the sets are swapped in whole: {script}"
     );
-    assert_eq!(ran[3], "iptables-legacy-save");
+    assert_eq!(ran[4], "ipset list -t");
+    assert_eq!(ran[6], "iptables-legacy-save");
     assert!(ran.contains(&"iptables-nft-restore --noflush".to_owned()));
     let inserted: Vec<&String> = ran.iter().filter(|c| c.contains(" -I ")).collect();
     assert_eq!(inserted.len(), JUMPS.len() * 2, "v4 and v6 jumps: {ran:#?}");
@@ -705,4 +711,151 @@ fn extras_follow_the_services_of_the_snapshot() {
             && ipset.contains("add KUBE-HEALTH-CHECK-NODE-PORT 31500 -exist\n"),
         "{ipset}"
     );
+}
+
+const LISTING: &str = "\
+Name: KUBE-CLUSTER-IP
+Type: hash:ip,port
+Revision: 6
+Header: family inet hashsize 16384 maxelem 131072 bucketsize 12 initval 0x52eee8f5
+Size in memory: 382032
+References: 2
+Number of entries: 10000
+
+Name: KUBE-HEALTH-CHECK-NODE-PORT
+Type: bitmap:port
+Revision: 3
+Header: range 0-65535
+Size in memory: 8264
+References: 1
+Number of entries: 0
+
+Name: KUBE-LOOP-BACK
+Type: hash:ip,port,ip
+Revision: 6
+Header: family inet hashsize 1024 maxelem 65536 bucketsize 12 initval 0x2b6a9a3c
+Size in memory: 3032
+References: 1
+Number of entries: 0
+";
+
+#[test]
+fn maxelems_are_read_from_the_terse_listing() {
+    let sizes = parse_maxelems(LISTING);
+    assert_eq!(
+        sizes.into_iter().collect::<Vec<_>>(),
+        [
+            ("KUBE-CLUSTER-IP".to_owned(), 131072),
+            ("KUBE-LOOP-BACK".to_owned(), 65536)
+        ]
+    );
+    assert!(parse_maxelems("").is_empty());
+    assert_eq!(maxelem_for(0), DEFAULT_MAXELEM);
+    assert_eq!(maxelem_for(65536), 65536);
+    assert_eq!(maxelem_for(65537), 131072);
+}
+
+fn big_set(name: &str, entries: usize) -> IpSet {
+    IpSet {
+        name: name.to_owned(),
+        kind: "hash:ip,port",
+        family: Some("inet"),
+        entries: (0..entries)
+            .map(|i| format!("10.{}.{}.{},tcp:80", i >> 16, (i >> 8) & 255, i & 255))
+            .collect(),
+    }
+}
+
+/// A set with more entries than ipset's default `maxelem` is filled through a larger temporary
+/// set; the existing set is declared with its own size so `create -exist` accepts it.
+#[test]
+fn oversized_set_is_swapped_into_a_larger_set() {
+    let set = big_set("KUBE-CLUSTER-IP", 70_000);
+    let script = ipset_restore_sized(std::slice::from_ref(&set), &BTreeMap::new());
+    let head: Vec<&str> = script.lines().take(2).collect();
+    assert_eq!(
+        head,
+        [
+            "create KUBE-CLUSTER-IP hash:ip,port family inet hashsize 1024 maxelem 65536 -exist",
+            "create KUBE-SVCNET-TMP hash:ip,port family inet hashsize 1024 maxelem 131072",
+        ]
+    );
+    assert_eq!(
+        script.lines().filter(|l| l.starts_with("add ")).count(),
+        70_000
+    );
+    // Already enlarged (an earlier run): declared as it is, never shrunk.
+    let existing = parse_maxelems(LISTING);
+    let small = big_set("KUBE-CLUSTER-IP", 3);
+    let script = ipset_restore_sized(std::slice::from_ref(&small), &existing);
+    assert!(
+        script.starts_with(
+            "create KUBE-CLUSTER-IP hash:ip,port family inet hashsize 1024 maxelem 131072 -exist\n\
+             create KUBE-SVCNET-TMP hash:ip,port family inet hashsize 1024 maxelem 131072\n"
+        ),
+        "{script}"
+    );
+    assert_eq!(
+        maxelems_after_restore(&[set], &BTreeMap::new())["KUBE-CLUSTER-IP"],
+        131072
+    );
+}
+
+/// The host reads the sets' sizes once before its first full swap, updates entry by entry
+/// while they fit, and swaps in whole when a set outgrows its size.
+#[test]
+fn host_reads_set_sizes_once_and_swaps_when_a_set_outgrows_them() {
+    let (runner, calls) = ScriptedRunner::new(|line| {
+        if line == "ipset list -t" {
+            Ok(LISTING.to_owned())
+        } else if line.contains(" -C ") {
+            Err("exit status: 1".into())
+        } else {
+            Ok(String::new())
+        }
+    });
+    let mut host = KernelHost::with_runner(Box::new(runner));
+    let config = ProxyConfig::default();
+    let t0 = Instant::now();
+    host.after_sync_at(t0, &desired(), &config, &node())
+        .unwrap();
+    let ran = programs(&calls);
+    assert_eq!(ran[..2], ["ipset list -t", "ipset restore"]);
+    let first = calls.lock().unwrap()[1].2.clone().unwrap();
+    assert!(
+        first.contains(
+            "create KUBE-CLUSTER-IP hash:ip,port family inet hashsize 1024 maxelem 131072 -exist\n"
+        ),
+        "the enlarged set is declared with its size: {first}"
+    );
+
+    // Say KUBE-CLUSTER-IP is known at the default size: 70,000 service ports outgrow it, and the
+    // next update swaps it in whole instead of adding entries one by one.
+    host.maxelems
+        .as_mut()
+        .unwrap()
+        .insert("KUBE-CLUSTER-IP".to_owned(), DEFAULT_MAXELEM);
+    let (mut w, _r) = new_cache([Kind::Service, Kind::EndpointSlice]);
+    w.update(|tx| {
+        for o in crate::ipvs::fixtures::synthetic_cluster(70_000, 0) {
+            tx.apply(o);
+        }
+    });
+    let big = build(&w.snapshot(), &config, &node());
+    let n = calls.lock().unwrap().len();
+    host.after_sync_at(t0 + FILTER_MIN_GAP, &big, &config, &node())
+        .unwrap();
+    let later: Vec<Call> = calls.lock().unwrap()[n..].to_vec();
+    assert_eq!(later[0].0, "ipset");
+    assert_eq!(later[0].1, ["restore"], "no second listing: {later:?}");
+    let script = later[0].2.as_deref().unwrap();
+    assert!(
+        script.contains(
+            "create KUBE-CLUSTER-IP hash:ip,port family inet hashsize 1024 maxelem 65536 -exist\n\
+             create KUBE-SVCNET-TMP hash:ip,port family inet hashsize 1024 maxelem 131072\n"
+        ),
+        "whole swap into a larger set"
+    );
+    assert!(script.contains("\nswap KUBE-SVCNET-TMP KUBE-CLUSTER-IP\n"));
+    assert_eq!(host.maxelems.as_ref().unwrap()["KUBE-CLUSTER-IP"], 131072);
 }
