@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-/// A ClusterIP or NodePort Service with one TCP port and its ready endpoints (on node `node`). It has no selector:
+/// A ClusterIP or NodePort Service with one TCP port and its ready endpoints (on the `nodes`, in turn). It has no selector:
 /// its EndpointSlice is written beside it, as for services whose pods are not in the directory.
 #[derive(Debug, Clone)]
 pub struct ServiceSpec {
@@ -27,8 +27,8 @@ pub struct ServiceSpec {
     pub client_ip_affinity: Option<u32>,
     /// Ready endpoints.
     pub endpoints: Vec<Ipv4Addr>,
-    /// Node the endpoints run on.
-    pub node: String,
+    /// Nodes the endpoints run on: endpoint `i` on `nodes[i % nodes.len()]`.
+    pub nodes: Vec<String>,
 }
 
 impl ServiceSpec {
@@ -43,7 +43,7 @@ impl ServiceSpec {
             node_port: None,
             client_ip_affinity: None,
             endpoints: endpoints.to_vec(),
-            node: "node-a".to_owned(),
+            nodes: vec!["node-a".to_owned()],
         }
     }
 
@@ -96,12 +96,12 @@ impl ServiceSpec {
             y.push_str(" []\n");
         } else {
             y.push('\n');
-            for ep in &self.endpoints {
+            for (i, ep) in self.endpoints.iter().enumerate() {
                 let _ = write!(
                     y,
                     "  - addresses: [{ep}]\n    conditions: {{ready: true, serving: true, terminating: false}}\n    \
                      nodeName: {}\n",
-                    self.node
+                    self.nodes[i % self.nodes.len()]
                 );
             }
         }
@@ -139,9 +139,20 @@ pub fn write_node(dir: &Path, name: &str, address: Ipv4Addr) -> anyhow::Result<(
     std::fs::write(dir.join("nodes.yaml"), yaml).context("writing nodes.yaml")
 }
 
+/// Nodes of the benchmark cluster: `node-a` (the proxy's) and 99 others.
+pub const BENCH_NODES: usize = 100;
+
 /// The benchmark cluster: `services` ClusterIP services `bench/svc-N` with cluster IPs from 10.100.0.0/16 upwards,
-/// each with `endpoints` ready endpoints from 10.244.0.0/14 (all distinct), port 80 → 8080.
+/// each with `endpoints` ready endpoints from 10.244.0.0/14 (all distinct), port 80 → 8080. The endpoints are spread
+/// over [`BENCH_NODES`] nodes in turn (`node-a`, `node-1` ... `node-99`), so `node-a`, where the proxy runs, holds
+/// one in a hundred of them, as a node of a real cluster of that size would (~1,000 local endpoints for 100,000).
 pub fn bench_services(services: usize, endpoints: usize) -> Vec<ServiceSpec> {
+    let node_names: Vec<String> = (0..BENCH_NODES)
+        .map(|n| match n {
+            0 => "node-a".to_owned(),
+            n => format!("node-{n}"),
+        })
+        .collect();
     let mut next_ep: u32 = u32::from(Ipv4Addr::new(10, 244, 0, 2));
     (0..services)
         .map(|i| {
@@ -155,6 +166,14 @@ pub fn bench_services(services: usize, endpoints: usize) -> Vec<ServiceSpec> {
                 .collect();
             let mut spec = ServiceSpec::cluster_ip(&format!("svc-{i}"), ip, &eps);
             spec.namespace = "bench".to_owned();
+            // Endpoint j of service i is the (i * endpoints + j)-th of the cluster: rotate the node list so the
+            // whole cluster goes round the nodes in turn.
+            let first = (i * endpoints) % BENCH_NODES;
+            spec.nodes = node_names[first..]
+                .iter()
+                .chain(&node_names[..first])
+                .cloned()
+                .collect();
             spec
         })
         .collect()
@@ -217,5 +236,14 @@ mod tests {
         assert!(text.starts_with(
             "-A -t 10.100.0.1:80 -s rr\n-a -t 10.100.0.1:80 -r 10.244.0.2:8080 -m -w 1\n"
         ));
+        // One endpoint in a hundred is on the proxy's node, whole cluster round.
+        let on_node_a = specs
+            .iter()
+            .flat_map(|s| {
+                (0..s.endpoints.len()).filter(move |i| s.nodes[i % s.nodes.len()] == "node-a")
+            })
+            .count();
+        assert_eq!(on_node_a, 3000 / BENCH_NODES);
+        assert!(specs[1].to_yaml().contains("nodeName: node-10\n"));
     }
 }
