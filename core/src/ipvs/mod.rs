@@ -16,6 +16,8 @@
 //! - [`run`]: the control loop ([`run::run`]) taking a [`CacheReader`](crate::CacheReader).
 //! - [`app`]: the `svcnet-proxy` program (`run_proxy`, `dry_run`).
 //! - [`serve`]: `/healthz`, `/livez`, `/metrics` with kube-proxy's metric names.
+//! - [`healthcheck`]: per-Service health-check node ports for `externalTrafficPolicy: Local`
+//!   load balancers (kube-proxy's service health server).
 //! - [`render`]: `ipvsadm -Ln`-style text of a desired state or a kernel dump.
 //! - [`fixtures`]: Services/EndpointSlices builders and a synthetic large cluster.
 //!
@@ -42,6 +44,7 @@ pub mod config;
 pub mod desired;
 pub mod extras;
 pub mod fixtures;
+pub mod healthcheck;
 pub mod host;
 pub mod memory;
 pub mod netlink;

@@ -1,0 +1,648 @@
+//! Health-check node ports: what kube-proxy's `pkg/proxy/healthcheck/service_health.go` serves.
+//!
+//! Cloud load balancers of `type: LoadBalancer` Services with `externalTrafficPolicy: Local`
+//! probe `http://<node>:<spec.healthCheckNodePort>/` on every node and send traffic only to the
+//! nodes that answer 200, i.e. the nodes with a ready endpoint of the Service.
+//!
+//! - Pure part: [`HealthCheckIndex`] follows cache snapshots incrementally (only the Services
+//!   a snapshot's `changes_since` names are read again) and yields the [`HealthCheckTarget`] of
+//!   every port ([`targets`] does it in one go); [`listen_addresses`] picks the addresses from
+//!   `nodePortAddresses`; [`answer`] is the HTTP answer for one target.
+//! - IO part: [`HealthCheckServer`] keeps one listener per port (tokio, hyper HTTP/1.1), each
+//!   reading its current target from an [`ArcSwap`] slot, so an endpoint change changes the
+//!   answer at once without touching the socket. A port that cannot be bound is logged and
+//!   retried; it never stops the proxy.
+//! - Driver: [`spawn`] runs both against a [`CacheReader`] and the live [`ProxyConfig`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+
+use super::config::ProxyConfig;
+use super::desired::{NodeInfo, is_proxied};
+use super::run::StatusHandle;
+use crate::cache::{CacheReader, Change, Snapshot};
+use crate::model::{AddressType, ObjectKey, Service, ServiceType, TrafficPolicy};
+
+/// How long after a failed bind the port is tried again.
+pub const BIND_RETRY: Duration = Duration::from_secs(5);
+
+/// How long a client may take to send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What one health-check node port answers for: the Service and its ready endpoints on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckTarget {
+    /// The Service (namespace and name).
+    pub service: ObjectKey,
+    /// Ready endpoints of the Service on this node, counted by address (as kube-proxy's
+    /// `LocalReadyEndpoints`: one pod serving several ports counts once).
+    pub local_endpoints: usize,
+}
+
+/// The health-check node port of `svc`, when kube-proxy would serve one: a proxied
+/// `LoadBalancer` Service with `externalTrafficPolicy: Local` and `spec.healthCheckNodePort` set
+/// (kube-proxy's `NeedsHealthCheck`).
+pub fn health_check_port(svc: &Service) -> Option<u16> {
+    if !is_proxied(svc)
+        || svc.service_type != ServiceType::LoadBalancer
+        || svc.external_traffic_policy != TrafficPolicy::Local
+    {
+        return None;
+    }
+    svc.health_check_node_port.filter(|p| *p != 0)
+}
+
+/// Ready endpoints of `service` on `node`, counted by address. Slices are those the IPVS table
+/// uses (not another proxy's, not FQDN); a slice without a usable port carries no endpoints, as
+/// in kube-proxy's endpoint cache. Terminating endpoints are not ready and do not count: a node
+/// whose endpoints all terminate fails the check, so load balancers drain it gracefully. No node
+/// name means no endpoint is local.
+pub fn local_ready_endpoints(
+    snapshot: &Snapshot,
+    service: &ObjectKey,
+    node: Option<&str>,
+) -> usize {
+    let Some(me) = node else {
+        return 0;
+    };
+    let mut addresses: Vec<IpAddr> = Vec::new();
+    for slice in snapshot.endpoint_slices_for(service) {
+        if slice.service_proxy_name.is_some()
+            || slice.address_type == AddressType::Fqdn
+            || !slice.ports.iter().any(|p| p.port.is_some_and(|p| p != 0))
+        {
+            continue;
+        }
+        for ep in &slice.endpoints {
+            if ep.ready
+                && ep.node_name.as_deref() == Some(me)
+                && let Some(addr) = ep.addresses.first()
+            {
+                addresses.push(*addr);
+            }
+        }
+    }
+    addresses.sort_unstable();
+    addresses.dedup();
+    addresses.len()
+}
+
+/// The addresses health-check ports listen on: the node addresses in `nodePortAddresses` when
+/// it is set (none when no address matches, as kube-proxy), else the unspecified address `::`,
+/// which [`HealthCheckServer`] binds dual-stack (falling back to `0.0.0.0` without IPv6).
+pub fn listen_addresses(config: &ProxyConfig, local_addresses: &[IpAddr]) -> Vec<IpAddr> {
+    if config.node_port_addresses.is_empty() {
+        return vec![IpAddr::V6(Ipv6Addr::UNSPECIFIED)];
+    }
+    NodeInfo {
+        node_name: None,
+        local_addresses: local_addresses.to_vec(),
+    }
+    .node_port_addresses(config)
+}
+
+/// The health-check targets of a snapshot, by port, for a node named `node`.
+pub fn targets(snapshot: &Snapshot, node: Option<&str>) -> BTreeMap<u16, HealthCheckTarget> {
+    let mut index = HealthCheckIndex::new();
+    index.observe(snapshot, node);
+    index.targets()
+}
+
+/// What one Service contributes: its port and local endpoint count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    port: u16,
+    local_endpoints: usize,
+}
+
+fn entry(snapshot: &Snapshot, svc: &Service, node: Option<&str>) -> Option<Entry> {
+    let port = health_check_port(svc)?;
+    Some(Entry {
+        port,
+        local_endpoints: local_ready_endpoints(snapshot, &svc.key, node),
+    })
+}
+
+/// The Services with health-check node ports, kept in step with cache snapshots.
+///
+/// Two Services claiming one port (the API server prevents it) share it: the first by
+/// namespace and name answers, as if the other's listener had failed to bind.
+#[derive(Debug, Default)]
+pub struct HealthCheckIndex {
+    generation: Option<u64>,
+    node: Option<Box<str>>,
+    services: BTreeMap<ObjectKey, Entry>,
+    ports: BTreeMap<u16, BTreeSet<ObjectKey>>,
+}
+
+impl HealthCheckIndex {
+    /// An empty index (the first [`observe`](Self::observe) reads every Service).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Brings the index up to `snapshot` for a node named `node`: only the Services changed
+    /// since the last observed generation are read again (every Service the first time, when
+    /// the cache's journal no longer reaches back, or when the node name changed). Returns the
+    /// ports whose [`target`](Self::target) may have changed (appeared, went or answers
+    /// differently).
+    pub fn observe(&mut self, snapshot: &Snapshot, node: Option<&str>) -> BTreeSet<u16> {
+        let same_node = self.node.as_deref() == node;
+        self.node = node.map(Box::from);
+        let changes = self
+            .generation
+            .filter(|_| same_node)
+            .and_then(|g| snapshot.changes_since(g));
+        self.generation = Some(snapshot.generation());
+        let mut changed = BTreeSet::new();
+        match changes {
+            Some(changes) => {
+                for change in changes {
+                    let Change::Service(key) = change else {
+                        continue;
+                    };
+                    let now = snapshot
+                        .service(&key)
+                        .and_then(|svc| entry(snapshot, svc, node));
+                    let before = self.set(key, now);
+                    if before != now {
+                        changed.extend(before.map(|e| e.port));
+                        changed.extend(now.map(|e| e.port));
+                    }
+                }
+            }
+            None => {
+                let old = self.targets();
+                self.services.clear();
+                self.ports.clear();
+                for svc in snapshot.services() {
+                    if let Some(e) = entry(snapshot, svc, node) {
+                        self.set(svc.key.clone(), Some(e));
+                    }
+                }
+                let new = self.targets();
+                changed.extend(old.keys().chain(new.keys()).copied());
+                changed.retain(|p| old.get(p) != new.get(p));
+            }
+        }
+        changed
+    }
+
+    /// Sets (or removes, with `None`) one Service's entry; returns the previous one.
+    fn set(&mut self, key: ObjectKey, entry: Option<Entry>) -> Option<Entry> {
+        let before = match entry {
+            Some(e) => self.services.insert(key.clone(), e),
+            None => self.services.remove(&key),
+        };
+        if before.map(|e| e.port) != entry.map(|e| e.port) {
+            if let Some(b) = before
+                && let Some(owners) = self.ports.get_mut(&b.port)
+            {
+                owners.remove(&key);
+                if owners.is_empty() {
+                    self.ports.remove(&b.port);
+                }
+            }
+            if let Some(e) = entry {
+                self.ports.entry(e.port).or_default().insert(key);
+            }
+        }
+        before
+    }
+
+    /// The target answering on `port`, if any Service claims it.
+    pub fn target(&self, port: u16) -> Option<HealthCheckTarget> {
+        let key = self.ports.get(&port)?.first()?;
+        let e = self.services.get(key)?;
+        Some(HealthCheckTarget {
+            service: key.clone(),
+            local_endpoints: e.local_endpoints,
+        })
+    }
+
+    /// Every port with a target, ascending.
+    pub fn ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.ports.keys().copied()
+    }
+
+    /// Services that claim a port another Service (first by namespace and name) answers on.
+    pub fn conflicts(&self) -> impl Iterator<Item = (u16, &ObjectKey)> + '_ {
+        self.ports
+            .iter()
+            .flat_map(|(port, owners)| owners.iter().skip(1).map(move |k| (*port, k)))
+    }
+
+    /// Every target, by port.
+    pub fn targets(&self) -> BTreeMap<u16, HealthCheckTarget> {
+        self.ports()
+            .filter_map(|p| self.target(p).map(|t| (p, t)))
+            .collect()
+    }
+}
+
+/// One health-check answer, as kube-proxy sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// 200 with local endpoints and a healthy proxy, else 503.
+    pub status: u16,
+    /// `X-Load-Balancing-Endpoint-Weight`: the local endpoint count.
+    pub weight: usize,
+    /// The JSON body (kube-proxy's layout, tab-indented).
+    pub body: String,
+}
+
+/// The answer for `target`: status 200 when it has local endpoints and the proxy is healthy,
+/// 503 otherwise (also when the port has no target any more, a request racing a close).
+pub fn answer(target: Option<&HealthCheckTarget>, proxy_healthy: bool) -> Answer {
+    let Some(t) = target else {
+        return Answer {
+            status: 503,
+            weight: 0,
+            body: "{}".into(),
+        };
+    };
+    let quote = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
+    let body = format!(
+        "{{\n\t\"service\": {{\n\t\t\"namespace\": {},\n\t\t\"name\": {}\n\t}},\n\t\"localEndpoints\": {},\n\t\"serviceProxyHealthy\": {}\n}}",
+        quote(&t.service.namespace),
+        quote(&t.service.name),
+        t.local_endpoints,
+        proxy_healthy,
+    );
+    Answer {
+        status: if t.local_endpoints > 0 && proxy_healthy {
+            200
+        } else {
+            503
+        },
+        weight: t.local_endpoints,
+        body,
+    }
+}
+
+/// Whether the proxy itself is healthy (`serviceProxyHealthy` in answers).
+pub type ProxyHealth = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// The proxy's health as kube-proxy reports it to health checks: synced at least once, the
+/// last sync succeeded and is recent (see [`StatusHandle::healthy`]).
+pub fn proxy_health(status: StatusHandle, config: watch::Receiver<ProxyConfig>) -> ProxyHealth {
+    Arc::new(move || {
+        let period = config.borrow().sync_period;
+        status.get().syncs > 0 && status.healthy(period)
+    })
+}
+
+/// One open port: its listeners and the target they answer for.
+struct Listener {
+    slot: Arc<ArcSwap<HealthCheckTarget>>,
+    addresses: Vec<SocketAddr>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// The listeners of every health-check port. Needs a tokio runtime.
+pub struct HealthCheckServer {
+    healthy: ProxyHealth,
+    listen: Vec<IpAddr>,
+    open: BTreeMap<u16, Listener>,
+    /// Ports whose listener could not be opened, with the last error.
+    failed: BTreeMap<u16, String>,
+}
+
+impl std::fmt::Debug for HealthCheckServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthCheckServer")
+            .field("listen", &self.listen)
+            .field("open", &self.open.keys().collect::<Vec<_>>())
+            .field("failed", &self.failed)
+            .finish()
+    }
+}
+
+impl HealthCheckServer {
+    /// A server with no ports open; `healthy` is asked at every request.
+    pub fn new(healthy: ProxyHealth) -> Self {
+        Self {
+            healthy,
+            listen: Vec::new(),
+            open: BTreeMap::new(),
+            failed: BTreeMap::new(),
+        }
+    }
+
+    /// Follows `index`: `changed` are the ports [`HealthCheckIndex::observe`] reported. New
+    /// ports are bound on `listen` (all ports are reopened when `listen` changed), gone ones
+    /// closed, changed answers take effect at once. Ports that failed to bind before are tried
+    /// again. Costs O(changed ports), plus the failed ones.
+    pub fn update(&mut self, index: &HealthCheckIndex, changed: &BTreeSet<u16>, listen: &[IpAddr]) {
+        let mut ports: BTreeSet<u16> = changed.clone();
+        if listen != self.listen.as_slice() {
+            if !self.open.is_empty() {
+                tracing::info!(addresses = ?listen, "health-check node ports move to new addresses");
+            }
+            self.open.clear();
+            self.listen = listen.to_vec();
+            ports.extend(index.ports());
+        }
+        ports.extend(self.failed.keys().copied());
+        for port in ports {
+            match index.target(port) {
+                None => {
+                    if self.open.remove(&port).is_some() {
+                        tracing::info!(port, "health-check node port closed");
+                    }
+                    self.failed.remove(&port);
+                }
+                Some(target) => match self.open.get(&port) {
+                    Some(l) => l.slot.store(Arc::new(target)),
+                    None => self.open_port(port, target),
+                },
+            }
+        }
+    }
+
+    fn open_port(&mut self, port: u16, target: HealthCheckTarget) {
+        let mut listeners = Vec::with_capacity(self.listen.len());
+        for ip in &self.listen {
+            match bind(SocketAddr::new(*ip, port)) {
+                Ok(l) => listeners.push(l),
+                Err(e) => {
+                    let error = format!("{}: {e}", SocketAddr::new(*ip, port));
+                    if self.failed.get(&port) != Some(&error) {
+                        tracing::warn!(
+                            service = %target.service,
+                            port,
+                            error = %error,
+                            "cannot open the health-check node port; retrying"
+                        );
+                    }
+                    self.failed.insert(port, error);
+                    return;
+                }
+            }
+        }
+        let was_failed = self.failed.remove(&port).is_some();
+        let slot = Arc::new(ArcSwap::from_pointee(target));
+        let addresses: Vec<SocketAddr> = listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect();
+        tracing::info!(
+            service = %slot.load().service,
+            port,
+            addresses = ?addresses,
+            after_failure = was_failed,
+            "health-check node port open"
+        );
+        let tasks = listeners
+            .into_iter()
+            .map(|l| tokio::spawn(serve(l, slot.clone(), self.healthy.clone())))
+            .collect();
+        self.open.insert(
+            port,
+            Listener {
+                slot,
+                addresses,
+                tasks,
+            },
+        );
+    }
+
+    /// Whether some port still waits for a successful bind.
+    pub fn has_failed(&self) -> bool {
+        !self.failed.is_empty()
+    }
+
+    /// Ports that could not be bound, with the last error.
+    pub fn failed(&self) -> &BTreeMap<u16, String> {
+        &self.failed
+    }
+
+    /// The addresses `port` is being served on (empty when it is not open).
+    pub fn bound(&self, port: u16) -> &[SocketAddr] {
+        self.open
+            .get(&port)
+            .map(|l| l.addresses.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// Ports open, ascending.
+    pub fn open_ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.open.keys().copied()
+    }
+}
+
+/// Binds one listening socket. The unspecified IPv6 address is bound dual-stack, falling back
+/// to `0.0.0.0` where IPv6 is unavailable.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let open = |addr: SocketAddr| -> std::io::Result<TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(!addr.ip().is_unspecified())?;
+        }
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        TcpListener::from_std(socket.into())
+    };
+    match open(addr) {
+        Err(e)
+            if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+                && e.kind() != std::io::ErrorKind::AddrInUse =>
+        {
+            tracing::debug!(error = %e, "no dual-stack listener; using 0.0.0.0");
+            open(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                addr.port(),
+            ))
+        }
+        other => other,
+    }
+}
+
+fn respond(slot: &ArcSwap<HealthCheckTarget>, healthy: &ProxyHealth) -> Response<Full<Bytes>> {
+    let a = answer(Some(&slot.load()), healthy());
+    let mut r = Response::new(Full::new(Bytes::from(a.body)));
+    *r.status_mut() = StatusCode::from_u16(a.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let h = r.headers_mut();
+    h.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        hyper::header::X_CONTENT_TYPE_OPTIONS,
+        hyper::header::HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        "x-load-balancing-endpoint-weight",
+        hyper::header::HeaderValue::from(a.weight),
+    );
+    r
+}
+
+/// Accepts connections until aborted; dropping the task drops its connections too.
+async fn serve(listener: TcpListener, slot: Arc<ArcSwap<HealthCheckTarget>>, healthy: ProxyHealth) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let (slot, healthy) = (slot.clone(), healthy.clone());
+                connections.spawn(async move {
+                    let svc = service_fn(move |_req: Request<Incoming>| {
+                        let resp = respond(&slot, &healthy);
+                        async move { Ok::<_, Infallible>(resp) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(HEADER_TIMEOUT)
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+/// Options of [`spawn`].
+#[derive(Clone)]
+pub struct HealthCheckOptions {
+    /// This node's name (`--node-name`; `hostnameOverride` in the config wins).
+    pub node_name: Option<Arc<str>>,
+    /// Node addresses instead of the kernel's (`--node-ip`), for `nodePortAddresses`.
+    pub node_addresses: Option<Vec<IpAddr>>,
+    /// Listen on these addresses instead of [`listen_addresses`] (tests: `127.0.0.1`).
+    pub listen: Option<Vec<IpAddr>>,
+    /// `serviceProxyHealthy`.
+    pub proxy_healthy: ProxyHealth,
+}
+
+impl std::fmt::Debug for HealthCheckOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthCheckOptions")
+            .field("node_name", &self.node_name)
+            .field("node_addresses", &self.node_addresses)
+            .field("listen", &self.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The node's addresses for `nodePortAddresses`: the given ones, else read from the kernel
+/// (an unreadable kernel means every address, as kube-proxy does on that error).
+async fn node_addresses(options: &HealthCheckOptions) -> Option<Vec<IpAddr>> {
+    if let Some(a) = &options.node_addresses {
+        return Some(a.clone());
+    }
+    let read = tokio::task::spawn_blocking(|| {
+        use super::backend::AddressBackend as _;
+        super::netlink::NetlinkAddresses::open().and_then(|mut a| a.local_addresses())
+    })
+    .await;
+    match read
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+    {
+        Ok(a) => Some(a),
+        Err(error) => {
+            tracing::warn!(%error, "reading node addresses for health-check ports failed; listening on all");
+            None
+        }
+    }
+}
+
+/// Serves health-check node ports for the cache behind `reader` until the task is aborted
+/// (the listeners close with it). Follows every snapshot and every configuration change
+/// (`hostnameOverride`, `nodePortAddresses`; node addresses are read again every sync period
+/// while `nodePortAddresses` is set).
+pub fn spawn(
+    reader: CacheReader,
+    config: watch::Receiver<ProxyConfig>,
+    options: HealthCheckOptions,
+) -> JoinHandle<()> {
+    tokio::spawn(run(reader, config, options))
+}
+
+async fn run(
+    mut reader: CacheReader,
+    mut config: watch::Receiver<ProxyConfig>,
+    options: HealthCheckOptions,
+) {
+    while !reader.wait_synced(Duration::from_secs(3600)).await {}
+    let mut index = HealthCheckIndex::new();
+    let mut server = HealthCheckServer::new(options.proxy_healthy.clone());
+    let mut config_open = true;
+    let mut source_open = true;
+    let mut addresses: Option<Vec<IpAddr>> = None;
+    let mut read_addresses = true;
+    loop {
+        let (node, needs_addresses, period) = {
+            let c = config.borrow_and_update();
+            let node = c
+                .hostname_override
+                .as_deref()
+                .map(Arc::from)
+                .or_else(|| options.node_name.clone());
+            let needs = options.listen.is_none() && !c.node_port_addresses.is_empty();
+            (node, needs, c.sync_period.max(Duration::from_secs(1)))
+        };
+        if needs_addresses && read_addresses {
+            addresses = node_addresses(&options).await;
+        }
+        read_addresses = false;
+        let listen = match (&options.listen, &addresses) {
+            (Some(l), _) => l.clone(),
+            (None, Some(a)) if needs_addresses => listen_addresses(&config.borrow(), a),
+            (None, _) => listen_addresses(&ProxyConfig::default(), &[]),
+        };
+        let snapshot = reader.snapshot();
+        let changed = index.observe(&snapshot, node.as_deref());
+        for (port, svc) in index.conflicts().filter(|(p, _)| changed.contains(p)) {
+            tracing::warn!(service = %svc, port, "health-check node port already used by another service");
+        }
+        server.update(&index, &changed, &listen);
+        tokio::select! {
+            snap = reader.changed(), if source_open => {
+                // The source gone: keep answering from the last state until aborted.
+                source_open = snap.is_some();
+            }
+            r = config.changed(), if config_open => {
+                config_open = r.is_ok();
+                read_addresses = true;
+            }
+            _ = tokio::time::sleep(BIND_RETRY), if server.has_failed() => {}
+            _ = tokio::time::sleep(period), if needs_addresses => read_addresses = true,
+            else => std::future::pending::<()>().await,
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "healthcheck_tests.rs"]
+mod tests;
