@@ -182,6 +182,23 @@ async fn start(
         ignored_fields: ignored,
         exit_error: exit_error.clone(),
     });
+    // Health-check node ports of `externalTrafficPolicy: Local` load balancers (not in a dry
+    // run, which must not take ports from a kube-proxy running beside it).
+    let health_checks = (!options.dry_run).then(|| {
+        crate::ipvs::healthcheck::spawn(
+            reader.clone(),
+            config_rx.clone(),
+            crate::ipvs::healthcheck::HealthCheckOptions {
+                node_name: options.node_name.as_deref().map(Arc::from),
+                node_addresses: options.node_addresses.clone(),
+                listen: None,
+                proxy_healthy: crate::ipvs::healthcheck::proxy_health(
+                    status.clone(),
+                    config_rx.clone(),
+                ),
+            },
+        )
+    });
     let task = tokio::spawn(async move {
         // The sender stays alive as long as the loop runs (it ends the loop's config stream).
         let _config_tx = config_tx;
@@ -197,6 +214,9 @@ async fn start(
         .await;
         if let Some(w) = watcher {
             w.abort();
+        }
+        if let Some(h) = health_checks {
+            h.abort();
         }
         if let Err(e) = result {
             tracing::error!(error = %e, "proxy stopped");

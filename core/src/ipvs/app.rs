@@ -157,6 +157,19 @@ pub async fn run_proxy(options: AppOptions) -> Result<(), AppError> {
         tracing::info!("shutting down; IPVS rules stay in place");
         let _ = shutdown_tx.send(true);
     });
+    // Health-check node ports of `externalTrafficPolicy: Local` load balancers.
+    let health_checks = (!options.once).then(|| {
+        super::healthcheck::spawn(
+            source.reader(),
+            config_rx.clone(),
+            super::healthcheck::HealthCheckOptions {
+                node_name: options.node_name.as_deref().map(Arc::from),
+                node_addresses: options.node_addresses.clone(),
+                listen: None,
+                proxy_healthy: super::healthcheck::proxy_health(status.clone(), config_rx.clone()),
+            },
+        )
+    });
     let run_options = RunOptions {
         node_name: options.node_name.as_deref().map(Arc::from),
         node_addresses: options.node_addresses.clone(),
@@ -174,6 +187,9 @@ pub async fn run_proxy(options: AppOptions) -> Result<(), AppError> {
     )
     .await;
     servers.abort();
+    if let Some(h) = health_checks {
+        h.abort();
+    }
     result.map_err(AppError::from)
 }
 
