@@ -2,8 +2,9 @@
 //! HTTP servers in network namespaces on a bridge, the cluster is a generated `--manifests` directory pointing at
 //! them. Checked: the programmed table, round robin over a cluster IP and a NodePort, session affinity, a hairpin
 //! connection (pod → VIP → itself, which needs the proxy's own sysctls and MASQUERADE), an endpoint change, a
-//! removed service that stops answering at once, a proxy restart under continuous traffic with no failed
-//! request, and `loadBalancerSourceRanges` filtering by the proxy's host rules.
+//! removed service that stops answering at once, the health-check node port of an `externalTrafficPolicy: Local`
+//! load balancer, a proxy restart under continuous traffic with no failed request, and `loadBalancerSourceRanges`
+//! filtering by the proxy's host rules.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -25,6 +26,8 @@ const PROXY_BIN: &str = "SVCNET_PROXY_BIN";
 const MANIFESTS: &str = "/tmp/svcnet-cluster";
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 10);
 const HEALTHZ: &str = "127.0.0.1:10256";
+/// The health-check node port of the `lb-local` service.
+const HEALTH_CHECK_PORT: u16 = 31999;
 /// Set (to anything) to capture all TCP traffic in the guest with tcpdump and show it in failure diagnostics.
 const TCPDUMP: &str = "SVCNET_VM_TCPDUMP";
 
@@ -368,6 +371,114 @@ fn removed_service_stops() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `LoadBalancer` service `lb-local` (`externalTrafficPolicy: Local`, health-check node port
+/// [`HEALTH_CHECK_PORT`]) with its one endpoint, pod-a, on node `node`. Written by hand: the generated
+/// [`ServiceSpec`] has no load-balancer fields.
+fn lb_local_yaml(node: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: lb-local\n  namespace: default\nspec:\n  \
+         type: LoadBalancer\n  clusterIP: 10.96.10.40\n  clusterIPs: [10.96.10.40]\n  \
+         externalTrafficPolicy: Local\n  healthCheckNodePort: {HEALTH_CHECK_PORT}\n  ports:\n    \
+         - {{name: http, port: 80, protocol: TCP, targetPort: 8080, nodePort: 30081}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: lb-local-abcde\n  \
+         namespace: default\n  labels:\n    kubernetes.io/service-name: lb-local\naddressType: IPv4\nports:\n  \
+         - {{name: http, port: 8080, protocol: TCP}}\nendpoints:\n  - addresses: [{pod}]\n    \
+         conditions: {{ready: true, serving: true, terminating: false}}\n    nodeName: {node}\n",
+        pod = pod_ip(10),
+    )
+}
+
+/// One health check as a load balancer sends it: `curl http://<node>:<port>/`; the status code, the headers and the
+/// body, or `None` when nothing listens.
+fn health_check(port: u16) -> anyhow::Result<Option<(u16, String, String)>> {
+    let url = format!("http://{NODE_IP}:{port}/");
+    let Ok(out) = run("curl", &["-s", "-i", "--max-time", "2", &url]) else {
+        return Ok(None);
+    };
+    let (head, body) = out
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("malformed answer from {url}: {out:?}"))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no status in {head:?}"))?;
+    Ok(Some((status, head.to_ascii_lowercase(), body.to_owned())))
+}
+
+/// A `LoadBalancer` service with `externalTrafficPolicy: Local`: the proxy answers its health-check node port on the
+/// node address with 200 and `localEndpoints: 1` while the endpoint is on this node, 503 and 0 once the manifest puts
+/// it on another node, and closes the port when the service goes.
+fn health_check_node_port() -> anyhow::Result<()> {
+    let guard = fixture()?;
+    let f = guard.as_ref().expect("checked");
+    let file = Path::new(MANIFESTS).join("default-lb-local.yaml");
+    let write = |node: &str| -> anyhow::Result<()> {
+        let tmp = Path::new(MANIFESTS).join(".default-lb-local.yaml.tmp");
+        std::fs::write(&tmp, lb_local_yaml(node))?;
+        std::fs::rename(&tmp, &file)?;
+        Ok(())
+    };
+    let answer_with = |status: u16, within: Duration| -> anyhow::Result<(String, String)> {
+        let mut last = None;
+        guest::wait_until(
+            &format!("{NODE_IP}:{HEALTH_CHECK_PORT} to answer {status}"),
+            within,
+            || {
+                last = health_check(HEALTH_CHECK_PORT)?;
+                Ok(last.as_ref().is_some_and(|(s, _, _)| *s == status))
+            },
+        )
+        .map_err(|e| {
+            e.context(format!(
+                "last answer: {last:?}\nproxy log:\n{}",
+                proxy_log(f)
+            ))
+        })?;
+        let (_, head, body) = last.expect("checked");
+        Ok((head, body))
+    };
+
+    write("node-a")?;
+    let (head, body) = answer_with(200, Duration::from_secs(10))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&body).with_context(|| format!("body {body:?}"))?;
+    ensure!(
+        json == serde_json::json!({"service": {"namespace": "default", "name": "lb-local"},
+            "localEndpoints": 1, "serviceProxyHealthy": true}),
+        "body {body}"
+    );
+    for header in [
+        "content-type: application/json",
+        "x-content-type-options: nosniff",
+        "x-load-balancing-endpoint-weight: 1",
+    ] {
+        ensure!(head.contains(header), "{header} missing in {head}");
+    }
+
+    write("node-b")?;
+    let took = Instant::now();
+    let (head, body) = answer_with(503, Duration::from_secs(5))?;
+    println!(
+        "  health check turned 503 {} ms after the endpoint moved",
+        took.elapsed().as_millis()
+    );
+    let json: serde_json::Value = serde_json::from_str(&body)?;
+    ensure!(json["localEndpoints"] == 0, "body {body}");
+    ensure!(
+        head.contains("x-load-balancing-endpoint-weight: 0"),
+        "{head}"
+    );
+
+    std::fs::remove_file(&file)?;
+    guest::wait_until(
+        "the health-check node port to close",
+        Duration::from_secs(5),
+        || Ok(health_check(HEALTH_CHECK_PORT)?.is_none()),
+    )?;
+    Ok(())
+}
+
 /// Restarting the proxy (SIGTERM, start again) while a client keeps sending requests: none fails, because the
 /// rules stay in the kernel and the new process adopts them.
 fn restart_under_traffic() -> anyhow::Result<()> {
@@ -567,6 +678,7 @@ fn checks() -> Vec<Check> {
         Check::new("hairpin", hairpin),
         Check::new("endpoint_change", endpoint_change),
         Check::new("removed_service_stops", removed_service_stops),
+        Check::new("health_check_node_port", health_check_node_port),
         Check::new("restart_under_traffic", restart_under_traffic),
         Check::new("source_ranges_firewall", source_ranges_firewall),
         Check::new("teardown", teardown),
