@@ -668,6 +668,22 @@ pub fn choose_mode(legacy_save: Option<&str>, nft_save: Option<&str>) -> Iptable
     }
 }
 
+/// Whether `iptables-save` output `saved` has `-A chain rule` in `table`.
+pub fn saved_has_rule(saved: &str, table: &str, chain: &str, rule: &str) -> bool {
+    let mut in_table = false;
+    for line in saved.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            in_table = t == table;
+        } else if in_table
+            && let Some(rest) = line.strip_prefix("-A ")
+            && rest.strip_prefix(chain).and_then(|r| r.strip_prefix(' ')) == Some(rule)
+        {
+            return true;
+        }
+    }
+    false
+}
+
 /// Chain created and deleted again in one `iptables-restore --noflush` transaction to find out
 /// whether a variant can change rules in this kernel. Reading is no test: `iptables-nft-save`
 /// succeeds (with empty tables) on a kernel without nf_tables, where every change then fails.
@@ -950,7 +966,17 @@ impl KernelHost {
                 self.runner.run(&restore, &["--noflush"], Some(text))?;
                 tracing::debug!(family = ?f, "iptables chains restored");
                 let bin = mode.command(*f, "");
+                // One save lists the jumps already in place (a restart finds them all); the
+                // others are checked one by one, so a rule saved in another spelling is never
+                // inserted twice.
+                let saved = self
+                    .runner
+                    .run(&mode.command(*f, "-save"), &[], None)
+                    .unwrap_or_default();
                 for (table, chain, rule) in JUMPS {
+                    if saved_has_rule(&saved, table, chain, rule) {
+                        continue;
+                    }
                     let args: Vec<&str> = rule.split(' ').collect();
                     let mut check = vec!["-w", "-t", table, "-C", chain];
                     check.extend(&args);
