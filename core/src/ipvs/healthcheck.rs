@@ -594,7 +594,12 @@ async fn run(
     mut config: watch::Receiver<ProxyConfig>,
     options: HealthCheckOptions,
 ) {
-    while !reader.wait_synced(Duration::from_secs(3600)).await {}
+    // Ports open once every Service has been listed (a partial list would answer wrongly).
+    while !reader.snapshot().is_synced() {
+        if reader.changed().await.is_none() {
+            return;
+        }
+    }
     let mut index = HealthCheckIndex::new();
     let mut server = HealthCheckServer::new(options.proxy_healthy.clone());
     let mut config_open = true;

@@ -441,3 +441,24 @@ async fn the_unspecified_address_serves_ipv4_too() {
         .unwrap();
     assert_eq!(status, 503, "no local endpoint: {body}");
 }
+
+#[tokio::test]
+async fn the_driver_ends_when_the_source_goes_before_syncing() {
+    let (w, r) = new_cache([Kind::Service, Kind::EndpointSlice]);
+    let (_config_tx, config_rx) = watch::channel(ProxyConfig::default());
+    let task = spawn(
+        r,
+        config_rx,
+        HealthCheckOptions {
+            node_name: None,
+            node_addresses: None,
+            listen: Some(LOOPBACK.to_vec()),
+            proxy_healthy: Arc::new(|| true),
+        },
+    );
+    drop(w);
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the driver must end, not wait or spin")
+        .unwrap();
+}
