@@ -323,7 +323,8 @@ impl Drop for Listener {
 /// The listeners of every health-check port. Needs a tokio runtime.
 pub struct HealthCheckServer {
     healthy: ProxyHealth,
-    listen: Vec<IpAddr>,
+    /// The addresses ports are bound on (`None` before the first update).
+    listen: Option<Vec<IpAddr>>,
     open: BTreeMap<u16, Listener>,
     /// Ports whose listener could not be opened, with the last error.
     failed: BTreeMap<u16, String>,
@@ -344,7 +345,7 @@ impl HealthCheckServer {
     pub fn new(healthy: ProxyHealth) -> Self {
         Self {
             healthy,
-            listen: Vec::new(),
+            listen: None,
             open: BTreeMap::new(),
             failed: BTreeMap::new(),
         }
@@ -356,12 +357,17 @@ impl HealthCheckServer {
     /// again. Costs O(changed ports), plus the failed ones.
     pub fn update(&mut self, index: &HealthCheckIndex, changed: &BTreeSet<u16>, listen: &[IpAddr]) {
         let mut ports: BTreeSet<u16> = changed.clone();
-        if listen != self.listen.as_slice() {
+        if self.listen.as_deref() != Some(listen) {
             if !self.open.is_empty() {
                 tracing::info!(addresses = ?listen, "health-check node ports move to new addresses");
             }
+            if listen.is_empty() {
+                tracing::warn!(
+                    "no node address matches nodePortAddresses: health-check node ports are not served"
+                );
+            }
             self.open.clear();
-            self.listen = listen.to_vec();
+            self.listen = Some(listen.to_vec());
             ports.extend(index.ports());
         }
         ports.extend(self.failed.keys().copied());
@@ -382,8 +388,9 @@ impl HealthCheckServer {
     }
 
     fn open_port(&mut self, port: u16, target: HealthCheckTarget) {
-        let mut listeners = Vec::with_capacity(self.listen.len());
-        for ip in &self.listen {
+        let listen = self.listen.as_deref().unwrap_or_default();
+        let mut listeners = Vec::with_capacity(listen.len());
+        for ip in listen {
             match bind(SocketAddr::new(*ip, port)) {
                 Ok(l) => listeners.push(l),
                 Err(e) => {
