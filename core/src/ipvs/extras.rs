@@ -26,9 +26,9 @@ fn service_extras(snapshot: &Snapshot, svc: &Service, node: Option<&str>) -> Opt
     if svc.service_proxy_name.is_some() {
         return None;
     }
-    // The API server allocates a health-check node port only to LoadBalancer services with
-    // `externalTrafficPolicy: Local`; kube-proxy opens whatever is set.
-    let health_check_node_port = svc.health_check_node_port;
+    // Only the ports a health-check server listens on (kube-proxy's `NeedsHealthCheck`:
+    // LoadBalancer with `externalTrafficPolicy: Local`), as kube-proxy fills this set.
+    let health_check_node_port = super::healthcheck::health_check_port(svc);
     let mut source_ranges = Vec::new();
     if svc.service_type == ServiceType::LoadBalancer && !svc.load_balancer_source_ranges.is_empty()
     {
@@ -200,6 +200,18 @@ mod tests {
         // An unrelated change leaves the extras alone.
         w.apply(lb("open", &[], None));
         assert!(!index.observe(&r.snapshot(), None));
+
+        // A port set on a service without `externalTrafficPolicy: Local` is not served, so it
+        // is not opened either.
+        let ClusterObject::Service(mut stray) = lb("stray", &[], Some(31500)) else {
+            unreachable!()
+        };
+        stray.external_traffic_policy = TrafficPolicy::Cluster;
+        w.apply(ClusterObject::Service(stray));
+        index.observe(&r.snapshot(), None);
+        assert!(!index.extras().health_check_node_ports.contains(&31500));
+        w.delete(Kind::Service, &ObjectKey::new("default", "stray"));
+        index.observe(&r.snapshot(), None);
 
         w.delete(Kind::Service, &ObjectKey::new("default", "fenced"));
         assert!(index.observe(&r.snapshot(), None));
