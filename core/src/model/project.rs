@@ -149,11 +149,13 @@ pub fn service(svc: &core_v1::Service) -> Result<Service, ProjectionError> {
         other => return Err(ctx.invalid("spec.type", format!("unknown service type {other:?}"))),
     };
     let mut headless = false;
-    let mut cluster_ips = Vec::new();
     let raw_ips: Vec<&str> = match &spec.cluster_ips {
         Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
         _ => spec.cluster_ip.as_deref().into_iter().collect(),
     };
+    // Vectors sized exactly: a pushed-to vector starts at four elements, and one Service port
+    // in a four-port vector cost ~2 MB over 10,000 Services.
+    let mut cluster_ips = Vec::with_capacity(raw_ips.len());
     if service_type != ServiceType::ExternalName {
         for (i, raw) in raw_ips.iter().enumerate() {
             if raw.is_empty() {
@@ -166,7 +168,7 @@ pub fn service(svc: &core_v1::Service) -> Result<Service, ProjectionError> {
             cluster_ips.push(ctx.ip(format!("spec.clusterIPs[{i}]"), raw)?);
         }
     }
-    let mut ports = Vec::new();
+    let mut ports = Vec::with_capacity(spec.ports.as_ref().map_or(0, Vec::len));
     for (i, p) in spec.ports.iter().flatten().enumerate() {
         let field = format!("spec.ports[{i}]");
         let port = ctx.port(format!("{field}.port"), p.port)?;
@@ -193,7 +195,7 @@ pub fn service(svc: &core_v1::Service) -> Result<Service, ProjectionError> {
             node_port,
         });
     }
-    let mut external_ips = Vec::new();
+    let mut external_ips = Vec::with_capacity(spec.external_ips.as_ref().map_or(0, Vec::len));
     for (i, raw) in spec.external_ips.iter().flatten().enumerate() {
         external_ips.push(ctx.ip(format!("spec.externalIPs[{i}]"), raw)?);
     }
@@ -315,7 +317,7 @@ pub fn endpoint_slice(
         "FQDN" => AddressType::Fqdn,
         other => return Err(ctx.invalid("addressType", format!("unknown address type {other:?}"))),
     };
-    let mut ports = Vec::new();
+    let mut ports = Vec::with_capacity(slice.ports.as_ref().map_or(0, Vec::len));
     for (i, p) in slice.ports.iter().flatten().enumerate() {
         ports.push(EndpointPort {
             name: intern(p.name.as_deref().unwrap_or("")),
