@@ -10,7 +10,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
-use imbl::{HashMap as PMap, OrdSet, Vector};
+use imbl::{HashMap as PMap, Vector};
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -33,13 +33,24 @@ pub enum Change {
     Node(Arc<str>),
 }
 
+/// Names of one Service's EndpointSlices, sorted. Almost always one or two, so kept inline: a
+/// tree set per Service cost a tree node each.
+type SliceNames = smallvec::SmallVec<[Arc<str>; 2]>;
+
+/// Adds `name` to `names` in order (once).
+fn insert_sorted(names: &mut SliceNames, name: Arc<str>) {
+    if let Err(pos) = names.binary_search(&name) {
+        names.insert(pos, name);
+    }
+}
+
 /// An immutable view of the cluster at one generation. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Snapshot {
     generation: u64,
     services: PMap<ObjectKey, Arc<Service>>,
     slices: PMap<ObjectKey, Arc<EndpointSlice>>,
-    slices_by_service: PMap<ObjectKey, OrdSet<Arc<str>>>,
+    slices_by_service: PMap<ObjectKey, SliceNames>,
     pods: PMap<ObjectKey, Arc<Pod>>,
     nodes: PMap<Arc<str>, Arc<Node>>,
     expected: BTreeSet<Kind>,
@@ -322,11 +333,8 @@ impl Transaction {
                 self.unlink_slice(&s.key);
                 if let Some(svc) = s.service_key() {
                     self.changes.insert(Change::Service(svc.clone()));
-                    self.snap
-                        .slices_by_service
-                        .entry(svc)
-                        .or_default()
-                        .insert(s.key.name.clone());
+                    let names = self.snap.slices_by_service.entry(svc).or_default();
+                    insert_sorted(names, s.key.name.clone());
                 }
                 self.snap.slices.insert(s.key.clone(), s);
             }
@@ -356,7 +364,9 @@ impl Transaction {
             self.changes.insert(Change::Service(svc.clone()));
             let now_empty = match self.snap.slices_by_service.get_mut(&svc) {
                 Some(names) => {
-                    names.remove(&key.name);
+                    if let Ok(pos) = names.binary_search(&key.name) {
+                        names.remove(pos);
+                    }
                     names.is_empty()
                 }
                 None => false,
