@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use super::host::{HostExtras, SourceRanges};
-use crate::cache::{Change, Snapshot};
+use crate::cache::{ServiceChangeTracker, Snapshot};
 use crate::model::{ObjectKey, Service, ServiceType};
 
 /// What one Service contributes to the [`HostExtras`].
@@ -71,8 +71,7 @@ fn service_extras(snapshot: &Snapshot, svc: &Service, node: Option<&str>) -> Opt
 /// The services that contribute [`HostExtras`], kept in step with cache snapshots.
 #[derive(Debug, Default)]
 pub struct ExtrasIndex {
-    generation: Option<u64>,
-    node: Option<Box<str>>,
+    tracker: ServiceChangeTracker,
     services: BTreeMap<ObjectKey, ServiceExtras>,
 }
 
@@ -87,20 +86,10 @@ impl ExtrasIndex {
     /// reaches back). Returns whether the resulting [`HostExtras`] may have changed.
     /// `node` is this node's name (endpoints on it are local); a new name reads every service.
     pub fn observe(&mut self, snapshot: &Snapshot, node: Option<&str>) -> bool {
-        let same_node = self.node.as_deref() == node;
-        self.node = node.map(Box::from);
-        let changes = self
-            .generation
-            .filter(|_| same_node)
-            .and_then(|g| snapshot.changes_since(g));
-        self.generation = Some(snapshot.generation());
         let mut changed = false;
-        match changes {
-            Some(changes) => {
-                for change in changes {
-                    let Change::Service(key) = change else {
-                        continue;
-                    };
+        match self.tracker.advance(snapshot, node) {
+            Some(keys) => {
+                for key in keys {
                     let now = snapshot
                         .service(&key)
                         .and_then(|s| service_extras(snapshot, s, node));
@@ -126,7 +115,7 @@ impl ExtrasIndex {
     /// The host rules' inputs for the services observed so far.
     pub fn extras(&self) -> HostExtras {
         let mut extras = HostExtras {
-            local_endpoints: self.node.as_ref().map(|_| BTreeSet::new()),
+            local_endpoints: self.tracker.node().map(|_| BTreeSet::new()),
             ..HostExtras::default()
         };
         for e in self.services.values() {

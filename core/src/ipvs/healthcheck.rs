@@ -33,7 +33,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use super::config::ProxyConfig;
 use super::desired::{NodeInfo, is_proxied};
 use super::run::StatusHandle;
-use crate::cache::{CacheReader, Change, Snapshot};
+use crate::cache::{CacheReader, ServiceChangeTracker, Snapshot};
 use crate::model::{AddressType, ObjectKey, Service, ServiceType, TrafficPolicy};
 
 /// How long after a failed bind the port is tried again.
@@ -142,8 +142,7 @@ fn entry(snapshot: &Snapshot, svc: &Service, node: Option<&str>) -> Option<Entry
 /// namespace and name answers, as if the other's listener had failed to bind.
 #[derive(Debug, Default)]
 pub struct HealthCheckIndex {
-    generation: Option<u64>,
-    node: Option<Box<str>>,
+    tracker: ServiceChangeTracker,
     services: BTreeMap<ObjectKey, Entry>,
     ports: BTreeMap<u16, BTreeSet<ObjectKey>>,
 }
@@ -160,20 +159,10 @@ impl HealthCheckIndex {
     /// ports whose [`target`](Self::target) may have changed (appeared, went or answers
     /// differently).
     pub fn observe(&mut self, snapshot: &Snapshot, node: Option<&str>) -> BTreeSet<u16> {
-        let same_node = self.node.as_deref() == node;
-        self.node = node.map(Box::from);
-        let changes = self
-            .generation
-            .filter(|_| same_node)
-            .and_then(|g| snapshot.changes_since(g));
-        self.generation = Some(snapshot.generation());
         let mut changed = BTreeSet::new();
-        match changes {
-            Some(changes) => {
-                for change in changes {
-                    let Change::Service(key) = change else {
-                        continue;
-                    };
+        match self.tracker.advance(snapshot, node) {
+            Some(keys) => {
+                for key in keys {
                     let now = snapshot
                         .service(&key)
                         .and_then(|svc| entry(snapshot, svc, node));
