@@ -258,6 +258,13 @@ pub fn maxelem_for(entries: usize) -> usize {
     entries.next_power_of_two().max(DEFAULT_MAXELEM)
 }
 
+/// The `maxelem` of `set` as it is in the kernel (`existing`, else ipset's default) and after
+/// [`ipset_restore_sized`] has filled it (grown for its entries, never shrunk).
+fn restore_sizes(set: &IpSet, existing: &BTreeMap<String, usize>) -> (usize, usize) {
+    let current = existing.get(&set.name).copied().unwrap_or(DEFAULT_MAXELEM);
+    (current, maxelem_for(set.entries.len()).max(current))
+}
+
 /// The `maxelem` of each hash set in `ipset list -t` output, by set name (bitmap sets have
 /// none and are left out).
 pub fn parse_maxelems(listing: &str) -> BTreeMap<String, usize> {
@@ -298,8 +305,7 @@ pub fn ipset_restore_sized(sets: &[IpSet], existing: &BTreeMap<String, usize>) -
             Some(f) => format!("{} family {f} hashsize 1024 maxelem {maxelem}", s.kind),
             None => format!("{} range 0-65535", s.kind),
         };
-        let current = existing.get(&s.name).copied().unwrap_or(DEFAULT_MAXELEM);
-        let needed = maxelem_for(s.entries.len()).max(current);
+        let (current, needed) = restore_sizes(s, existing);
         let _ = writeln!(out, "create {} {} -exist", s.name, spec(current));
         let _ = writeln!(out, "create {TMP_SET} {}", spec(needed));
         for e in &s.entries {
@@ -318,10 +324,7 @@ pub fn maxelems_after_restore(
 ) -> BTreeMap<String, usize> {
     sets.iter()
         .filter(|s| s.family.is_some())
-        .map(|s| {
-            let current = existing.get(&s.name).copied().unwrap_or(DEFAULT_MAXELEM);
-            (s.name.clone(), maxelem_for(s.entries.len()).max(current))
-        })
+        .map(|s| (s.name.clone(), restore_sizes(s, existing).1))
         .collect()
 }
 
@@ -926,10 +929,8 @@ impl KernelHost {
         // Entry-by-entry updates, unless a set would outgrow its `maxelem`: then a full swap
         // into a larger set.
         let outgrown = |sizes: &BTreeMap<String, usize>| {
-            sets.iter().any(|s| {
-                s.family.is_some()
-                    && s.entries.len() > sizes.get(&s.name).copied().unwrap_or(DEFAULT_MAXELEM)
-            })
+            sets.iter()
+                .any(|s| s.family.is_some() && s.entries.len() > restore_sizes(s, sizes).0)
         };
         let incremental = match (&self.last_ipsets, &self.maxelems) {
             (Some(prev), Some(sizes)) if !outgrown(sizes) => Some(ipset_diff(prev, &sets)),
