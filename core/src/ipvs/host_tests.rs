@@ -632,15 +632,22 @@ fn node_without_access_to_a_source_restricted_load_balancer_is_filtered_on_outpu
 
 /// A host on a scripted runner (no jump rules present yet) after its first update of
 /// [`desired`] at `t0`, with the runner's call log.
-fn updated_host() -> (KernelHost, Arc<Mutex<Vec<Call>>>, Instant) {
-    let (runner, calls) = ScriptedRunner::new(|line| {
-        if line.contains(" -C ") {
-            Err("exit status: 1".into())
-        } else {
-            Ok(String::new())
-        }
+/// A host on a scripted node with none of our rules yet: `answer` gives a command's output
+/// where it has one to give; otherwise `iptables -C` finds no rule and everything else succeeds
+/// silently.
+fn scripted_host(
+    answer: impl Fn(&str) -> Option<String> + Send + 'static,
+) -> (KernelHost, Arc<Mutex<Vec<Call>>>) {
+    let (runner, calls) = ScriptedRunner::new(move |line| match answer(line) {
+        Some(out) => Ok(out),
+        None if line.contains(" -C ") => Err("exit status: 1".into()),
+        None => Ok(String::new()),
     });
-    let mut host = KernelHost::with_runner(Box::new(runner));
+    (KernelHost::with_runner(Box::new(runner)), calls)
+}
+
+fn updated_host() -> (KernelHost, Arc<Mutex<Vec<Call>>>, Instant) {
+    let (mut host, calls) = scripted_host(|_| None);
     let t0 = Instant::now();
     host.after_sync_at(t0, &desired(), &ProxyConfig::default(), &node())
         .unwrap();
@@ -806,16 +813,8 @@ fn oversized_set_is_swapped_into_a_larger_set() {
 /// while they fit, and swaps in whole when a set outgrows its size.
 #[test]
 fn host_reads_set_sizes_once_and_swaps_when_a_set_outgrows_them() {
-    let (runner, calls) = ScriptedRunner::new(|line| {
-        if line == "ipset list -t" {
-            Ok(LISTING.to_owned())
-        } else if line.contains(" -C ") {
-            Err("exit status: 1".into())
-        } else {
-            Ok(String::new())
-        }
-    });
-    let mut host = KernelHost::with_runner(Box::new(runner));
+    let (mut host, calls) =
+        scripted_host(|line| (line == "ipset list -t").then(|| LISTING.to_owned()));
     let config = ProxyConfig::default();
     let t0 = Instant::now();
     host.after_sync_at(t0, &desired(), &config, &node())
@@ -902,16 +901,8 @@ fn saved_rules_are_matched_by_table_chain_and_whole_rule() {
 #[test]
 fn jumps_found_in_the_save_are_not_checked_again() {
     let saved = saved_with_jumps();
-    let (runner, calls) = ScriptedRunner::new(move |line| {
-        if line.ends_with("-save") {
-            Ok(saved.clone())
-        } else if line.contains(" -C ") {
-            Err("exit status: 1".into())
-        } else {
-            Ok(String::new())
-        }
-    });
-    let mut host = KernelHost::with_runner(Box::new(runner));
+    let (mut host, calls) =
+        scripted_host(move |line| line.ends_with("-save").then(|| saved.clone()));
     host.after_sync_at(Instant::now(), &desired(), &ProxyConfig::default(), &node())
         .unwrap();
     let ran = programs(&calls);
