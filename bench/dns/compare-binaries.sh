@@ -9,7 +9,7 @@
 #   bench/dns/compare-binaries.sh target/release/svcnet-dns \
 #       target/x86_64-unknown-linux-musl/release/svcnet-dns
 #
-# Env: ROUNDS (3), DURATION (seconds per dnsperf run, 8). Needs dnsperf and curl.
+# Env: ROUNDS (3), DURATION (seconds per dnsperf run, 8). Needs dnsperf, curl and python3.
 set -euo pipefail
 [ $# -eq 2 ] || { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 A=$(realpath "$1"); B=$(realpath "$2")
