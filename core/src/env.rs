@@ -260,6 +260,7 @@ mod tests {
                 .collect(),
             external_ips: vec![],
             load_balancer_ips: vec![],
+            load_balancer_proxy_ips: vec![],
             load_balancer_hostnames: vec![],
             session_affinity: SessionAffinity::None,
             external_traffic_policy: TrafficPolicy::Cluster,

@@ -242,7 +242,12 @@ fn join_ips(ips: &[IpAddr]) -> String {
 }
 
 fn load_balancer_cell(s: &Service, wide: bool) -> String {
-    let mut ingress: Vec<String> = s.load_balancer_ips.iter().map(|i| i.to_string()).collect();
+    let mut ingress: Vec<String> = s
+        .load_balancer_ips
+        .iter()
+        .chain(&s.load_balancer_proxy_ips)
+        .map(|i| i.to_string())
+        .collect();
     ingress.extend(s.load_balancer_hostnames.iter().map(|h| h.to_string()));
     let mut r = ingress.join(",");
     if !wide && r.len() > 16 {

@@ -32,8 +32,16 @@ pub struct ProxyConfig {
     /// Pod ranges (`clusterCIDR`, comma separated in the file): traffic from outside them to a
     /// cluster IP is masqueraded.
     pub cluster_cidrs: Vec<IpNetwork>,
-    /// Node addresses that serve node ports (`nodePortAddresses`); empty = every local address.
+    /// Node addresses that serve node ports (`nodePortAddresses`); as in kube-proxy, a family
+    /// without CIDRs here gets every local address of that family.
     pub node_port_addresses: Vec<IpNetwork>,
+    /// `nodePortAddresses: ["primary"]`: node ports only on the node's primary IPs, which are
+    /// taken (as kube-proxy does first) from a concrete `bindAddress`; a family without a known
+    /// primary IP gets every local address of that family.
+    pub node_port_addresses_primary: bool,
+    /// `bindAddress` when it names a concrete address (not `0.0.0.0`/`::`/loopback): the node's
+    /// primary IP of its family, used by `nodePortAddresses: ["primary"]`.
+    pub bind_address: Option<std::net::IpAddr>,
     /// Masquerade all traffic to cluster IPs (`iptables.masqueradeAll`).
     pub masquerade_all: bool,
     /// Bit of the packet mark used to request masquerade (`iptables.masqueradeBit`, default 14).
@@ -59,6 +67,8 @@ impl Default for ProxyConfig {
             udp_timeout: Duration::ZERO,
             cluster_cidrs: Vec::new(),
             node_port_addresses: Vec::new(),
+            node_port_addresses_primary: false,
+            bind_address: None,
             masquerade_all: false,
             masquerade_bit: 14,
             healthz_bind_address: Some(SocketAddr::from(([0, 0, 0, 0], 10256))),
@@ -72,6 +82,18 @@ impl ProxyConfig {
     /// The packet mark requesting masquerade (`1 << masquerade_bit`).
     pub fn masquerade_mark(&self) -> u32 {
         1u32 << self.masquerade_bit
+    }
+
+    /// The `nodePortAddresses` CIDRs with `primary` resolved to the primary IPs (`/32`, `/128`).
+    pub fn node_port_cidrs(&self) -> Vec<IpNetwork> {
+        if !self.node_port_addresses_primary {
+            return self.node_port_addresses.clone();
+        }
+        self.bind_address
+            .filter(|a| !a.is_unspecified() && !a.is_loopback())
+            .map(IpNetwork::from)
+            .into_iter()
+            .collect()
     }
 
     /// Whether `addr` lies in one of the `excludeCIDRs`.

@@ -30,18 +30,27 @@ pub struct NodeInfo {
 }
 
 impl NodeInfo {
-    /// The addresses that get node-port virtual servers: `nodePortAddresses` CIDRs when
-    /// configured, else every local address except loopback and IPv6 link-local ones.
+    /// The addresses that get node-port virtual servers, as kube-proxy picks them per family:
+    /// with `nodePortAddresses` CIDRs of that family (`primary` resolved to the primary IPs), the
+    /// local addresses in them; for a family without CIDRs (or with `0.0.0.0/0` / `::/0`), every
+    /// local address of that family except IPv6 link-local ones. Loopback addresses never.
     pub fn node_port_addresses(&self, config: &ProxyConfig) -> Vec<IpAddr> {
+        let cidrs = config.node_port_cidrs();
         let mut out: Vec<IpAddr> = self
             .local_addresses
             .iter()
             .copied()
             .filter(|a| {
-                if config.node_port_addresses.is_empty() {
-                    !a.is_loopback() && !is_link_local_v6(a)
+                if a.is_loopback() {
+                    return false;
+                }
+                let mut of_family = cidrs.iter().filter(|n| n.is_ipv4() == a.is_ipv4());
+                let mut explicit = of_family.clone().peekable();
+                if explicit.peek().is_none() || of_family.any(|n| n.prefix() == 0) {
+                    // kube-proxy's `isValidForSet` for "all addresses".
+                    !is_link_local_v6(a)
                 } else {
-                    config.node_port_addresses.iter().any(|n| n.contains(*a))
+                    explicit.any(|n| n.contains(*a))
                 }
             })
             .collect();
@@ -276,14 +285,17 @@ struct Candidate {
     local: bool,
 }
 
-/// Picks real servers as kube-proxy does: ready endpoints; if there are none, the serving
-/// and terminating ones. With `local_only`, only endpoints on this node count. `cands` are
-/// sorted by real server, so the result is too.
-fn select(cands: &[Candidate], family: Family, local_only: bool) -> Dests {
+/// Picks real servers as kube-proxy's `CategorizeEndpoints` and IPVS `syncEndpoint` do.
+/// Cluster endpoints: ready ones; if there are none, the serving and terminating ones (none at
+/// all when the port never uses them: `uses_cluster` false). With `local_only`, the endpoints on
+/// this node (ready, else serving and terminating); when this node has none, the cluster
+/// endpoints, so that pods on this node can still reach the Service's external addresses
+/// (kubernetes PR 97081). `cands` are sorted by real server, so the result is too.
+fn select(cands: &[Candidate], family: Family, local_only: bool, uses_cluster: bool) -> Dests {
     let pool = || {
         cands
             .iter()
-            .filter(move |c| Family::of(&c.dest.addr) == family && (!local_only || c.local))
+            .filter(move |c| Family::of(&c.dest.addr) == family)
     };
     let pick = |f: &dyn Fn(&Candidate) -> bool| -> Vec<(DestId, DestParams)> {
         let mut out = Vec::with_capacity(pool().filter(|c| f(c)).count());
@@ -294,6 +306,19 @@ fn select(cands: &[Candidate], family: Family, local_only: bool) -> Dests {
         );
         out
     };
+    if local_only {
+        let ready = pick(&|c| c.local && c.ready);
+        if !ready.is_empty() {
+            return Dests::from_sorted(ready);
+        }
+        let terminating = pick(&|c| c.local && c.serving && c.terminating);
+        if !terminating.is_empty() {
+            return Dests::from_sorted(terminating);
+        }
+    }
+    if !uses_cluster {
+        return Dests::from_sorted(Vec::new());
+    }
     let ready = pick(&|c| c.ready);
     if !ready.is_empty() {
         return Dests::from_sorted(ready);
@@ -380,10 +405,38 @@ pub fn contribution(
     };
     let internal_local = svc.internal_traffic_policy == TrafficPolicy::Local;
     let external_local = svc.external_traffic_policy == TrafficPolicy::Local;
+    // kube-proxy runs one proxier per IP family and gives each the Service's addresses of that
+    // family only: external IPs, load-balancer IPs and node ports of another family than the
+    // cluster IPs are dropped (no family translation).
+    let families: SmallVec<[Family; 2]> = svc.cluster_ips.iter().map(Family::of).collect();
+    let of_service = |ip: &&IpAddr| families.contains(&Family::of(ip));
+    let external_ips: SmallVec<[IpAddr; 2]> = svc
+        .external_ips
+        .iter()
+        .filter(of_service)
+        .copied()
+        .collect();
+    let lb_ips: SmallVec<[IpAddr; 2]> = load_balancer_vips(svc)
+        .filter(of_service)
+        .copied()
+        .collect();
+    let node_ports = matches!(
+        svc.service_type,
+        ServiceType::NodePort | ServiceType::LoadBalancer
+    );
     let mut c = Contribution::default();
     let mut cands = Vec::new();
     for port in &svc.ports {
         candidates(&slices, port, node.node_name.as_deref(), &mut cands);
+        let node_port = port.node_port.filter(|_| node_ports);
+        // kube-proxy's `UsesClusterEndpoints`: `internalTrafficPolicy: Cluster`, or the port
+        // accepts external traffic (needed even with `externalTrafficPolicy: Local`).
+        let uses_cluster = |family: Family| {
+            !internal_local
+                || node_port.is_some()
+                || external_ips.iter().any(|ip| Family::of(ip) == family)
+                || lb_ips.iter().any(|ip| Family::of(ip) == family)
+        };
         let add = |c: &mut Contribution, addr: IpAddr, vport: u16, entry: EntryPoint| {
             let local_only = match entry {
                 EntryPoint::ClusterIp => internal_local,
@@ -392,9 +445,10 @@ pub fn contribution(
             let id = ServiceId::new(port.protocol, addr, vport);
             // The first definition of a virtual server wins (as a map's `or_insert` would).
             if let Err(i) = c.servers.binary_search_by(|(s, _)| s.cmp(&id)) {
+                let family = Family::of(&addr);
                 let vs = VirtualServer {
                     params,
-                    dests: select(&cands, Family::of(&addr), local_only),
+                    dests: select(&cands, family, local_only, uses_cluster(family)),
                     entry_point: entry,
                     local_only,
                 };
@@ -410,31 +464,41 @@ pub fn contribution(
             add(&mut c, *ip, port.port, EntryPoint::ClusterIp);
             bind(&mut c, *ip);
         }
-        for ip in &svc.external_ips {
+        for ip in &external_ips {
             add(&mut c, *ip, port.port, EntryPoint::ExternalIp);
             if !node.local_addresses.contains(ip) {
                 bind(&mut c, *ip);
             }
         }
-        if svc.service_type == ServiceType::LoadBalancer {
-            for ip in &svc.load_balancer_ips {
-                add(&mut c, *ip, port.port, EntryPoint::LoadBalancer);
-                if !node.local_addresses.contains(ip) {
-                    bind(&mut c, *ip);
-                }
+        for ip in &lb_ips {
+            add(&mut c, *ip, port.port, EntryPoint::LoadBalancer);
+            if !node.local_addresses.contains(ip) {
+                bind(&mut c, *ip);
             }
         }
-        if matches!(
-            svc.service_type,
-            ServiceType::NodePort | ServiceType::LoadBalancer
-        ) && let Some(np) = port.node_port
-        {
-            for ip in node_port_addresses {
+        if let Some(np) = node_port {
+            for ip in node_port_addresses.iter().filter(of_service) {
                 add(&mut c, *ip, np, EntryPoint::NodePort);
             }
         }
     }
     Some(c)
+}
+
+/// The load-balancer ingress IPs the proxy captures for `svc`: those of a `LoadBalancer`
+/// Service whose `ipMode` is `VIP` (ingress IPs with `ipMode: Proxy` are in
+/// [`Service::load_balancer_proxy_ips`] and never captured, as in kube-proxy). Not filtered by
+/// family; [`contribution`] and the host rules keep the Service's families only.
+pub(crate) fn load_balancer_vips(svc: &Service) -> impl Iterator<Item = &IpAddr> {
+    svc.load_balancer_ips
+        .iter()
+        .filter(move |_| svc.service_type == ServiceType::LoadBalancer)
+}
+
+/// Whether `ip` is of one of the families of `svc`'s cluster IPs (kube-proxy programs nothing
+/// for an address of another family).
+pub(crate) fn of_service_family(svc: &Service, ip: &IpAddr) -> bool {
+    svc.cluster_ips.iter().any(|c| c.is_ipv4() == ip.is_ipv4())
 }
 
 #[cfg(test)]

@@ -326,7 +326,9 @@ fn scheduler_session_affinity_and_maglev_flags_come_through() {
     };
     let st = state_of(objects, &config);
     let p = st.server(&tcp("10.96.0.20", 80)).unwrap().params;
-    assert_eq!(p.flags, FLAG_PERSISTENT | FLAG_SCHED1 | FLAG_SCHED2);
+    // kube-proxy sets only `FlagSourceHash` (mh-port) for `mh`, never mh-fallback.
+    assert_eq!(p.flags, FLAG_PERSISTENT | FLAG_SCHED2);
+    assert_eq!(p.flags & FLAG_SCHED1, 0);
 }
 
 #[test]

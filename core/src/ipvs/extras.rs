@@ -32,18 +32,27 @@ fn service_extras(snapshot: &Snapshot, svc: &Service, node: Option<&str>) -> Opt
     let mut source_ranges = Vec::new();
     if svc.service_type == ServiceType::LoadBalancer && !svc.load_balancer_source_ranges.is_empty()
     {
-        for ip in &svc.load_balancer_ips {
+        // The ingress IPs the IPVS table captures: `ipMode: VIP`, of the Service's families.
+        for ip in super::desired::load_balancer_vips(svc)
+            .filter(|ip| super::desired::of_service_family(svc, ip))
+        {
+            // kube-proxy keeps the ranges of the proxier's family only; with none left, the
+            // ingress is not fenced at all (rather than closed to everyone).
+            let allowed: Vec<_> = svc
+                .load_balancer_source_ranges
+                .iter()
+                .filter(|net| net.is_ipv4() == ip.is_ipv4())
+                .copied()
+                .collect();
+            if allowed.is_empty() {
+                continue;
+            }
             for port in &svc.ports {
                 source_ranges.push(SourceRanges {
                     ip: *ip,
                     protocol: port.protocol,
                     port: port.port,
-                    allowed: svc
-                        .load_balancer_source_ranges
-                        .iter()
-                        .filter(|net| net.is_ipv4() == ip.is_ipv4())
-                        .copied()
-                        .collect(),
+                    allowed: allowed.clone(),
                 });
             }
         }

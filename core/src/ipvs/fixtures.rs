@@ -33,6 +33,7 @@ pub fn service(
             .collect(),
         external_ips: Vec::new(),
         load_balancer_ips: Vec::new(),
+        load_balancer_proxy_ips: Vec::new(),
         load_balancer_hostnames: Vec::new(),
         session_affinity: SessionAffinity::None,
         external_traffic_policy: TrafficPolicy::Cluster,

@@ -54,6 +54,9 @@ pub mod run;
 pub mod serve;
 pub mod table;
 
+#[cfg(test)]
+mod golden;
+
 pub use config::ProxyConfig;
 pub use desired::{DesiredState, NodeInfo, build};
 pub use table::{DestId, DestParams, Scheduler, ServiceId, ServiceParams, VirtualServer};

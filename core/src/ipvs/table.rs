@@ -118,11 +118,11 @@ impl Scheduler {
         }
     }
 
-    /// Service flags this scheduler needs: kube-proxy gives `mh` the fallback and
-    /// source-port flags so a removed real server only moves its own clients.
+    /// Service flags this scheduler needs: kube-proxy gives `mh` only the source-port flag
+    /// (`FlagSourceHash` = `IP_VS_SVC_F_SCHED2`, `mh-port`), not `mh-fallback`.
     pub fn flags(self) -> u32 {
         match self {
-            Scheduler::Mh => FLAG_SCHED1 | FLAG_SCHED2,
+            Scheduler::Mh => FLAG_SCHED2,
             _ => 0,
         }
     }

@@ -245,8 +245,13 @@ pub struct Service {
     pub ports: Vec<ServicePort>,
     /// `spec.externalIPs`.
     pub external_ips: Vec<IpAddr>,
-    /// IPs from `status.loadBalancer.ingress[].ip`.
+    /// IPs from `status.loadBalancer.ingress[].ip` whose `ipMode` is `VIP` (or unset): the load
+    /// balancer delivers packets with these as destination, so the proxy captures them.
     pub load_balancer_ips: Vec<IpAddr>,
+    /// IPs from `status.loadBalancer.ingress[].ip` with `ipMode: Proxy`: the load balancer
+    /// rewrites the destination (e.g. PROXY protocol), so the proxy must not capture them
+    /// (kube-proxy skips them too).
+    pub load_balancer_proxy_ips: Vec<IpAddr>,
     /// Hostnames from `status.loadBalancer.ingress[].hostname`.
     pub load_balancer_hostnames: Vec<Arc<str>>,
     /// Session affinity.

@@ -200,6 +200,7 @@ pub fn service(svc: &core_v1::Service) -> Result<Service, ProjectionError> {
         external_ips.push(ctx.ip(format!("spec.externalIPs[{i}]"), raw)?);
     }
     let mut load_balancer_ips = Vec::new();
+    let mut load_balancer_proxy_ips = Vec::new();
     let mut load_balancer_hostnames = Vec::new();
     if let Some(ingress) = svc
         .status
@@ -209,7 +210,17 @@ pub fn service(svc: &core_v1::Service) -> Result<Service, ProjectionError> {
     {
         for (i, ing) in ingress.iter().enumerate() {
             if let Some(ip) = ing.ip.as_deref().filter(|s| !s.is_empty()) {
-                load_balancer_ips.push(ctx.ip(format!("status.loadBalancer.ingress[{i}].ip"), ip)?);
+                let ip = ctx.ip(format!("status.loadBalancer.ingress[{i}].ip"), ip)?;
+                match ing.ip_mode.as_deref() {
+                    None | Some("VIP") => load_balancer_ips.push(ip),
+                    Some("Proxy") => load_balancer_proxy_ips.push(ip),
+                    Some(other) => {
+                        return Err(ctx.invalid(
+                            format!("status.loadBalancer.ingress[{i}].ipMode"),
+                            format!("unknown ipMode {other:?} (expected VIP or Proxy)"),
+                        ));
+                    }
+                }
             }
             if let Some(h) = opt_arc(&ing.hostname) {
                 load_balancer_hostnames.push(h);
@@ -265,6 +276,7 @@ pub fn service(svc: &core_v1::Service) -> Result<Service, ProjectionError> {
         ports,
         external_ips,
         load_balancer_ips,
+        load_balancer_proxy_ips,
         load_balancer_hostnames,
         session_affinity,
         external_traffic_policy: policy(
@@ -590,6 +602,33 @@ mod tests {
         );
         assert!(
             matches!(missing, Err(ProjectionError::Missing { ref field, .. }) if field == "spec.externalName")
+        );
+    }
+
+    #[test]
+    fn ingress_ip_mode_splits_vip_and_proxy_addresses() {
+        let s = svc(json!({
+            "metadata": {"name": "lb", "namespace": "n"},
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.9", "ports": [{"port": 80}]},
+            "status": {"loadBalancer": {"ingress": [
+                {"ip": "203.0.113.1"},
+                {"ip": "203.0.113.2", "ipMode": "VIP"},
+                {"ip": "203.0.113.3", "ipMode": "Proxy"}
+            ]}}
+        }))
+        .unwrap();
+        let v = |l: &[IpAddr]| l.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        assert_eq!(v(&s.load_balancer_ips), ["203.0.113.1", "203.0.113.2"]);
+        assert_eq!(v(&s.load_balancer_proxy_ips), ["203.0.113.3"]);
+        let err = svc(json!({
+            "metadata": {"name": "lb", "namespace": "n"},
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.9", "ports": [{"port": 80}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.1", "ipMode": "Tunnel"}]}}
+        }))
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Service n/lb: field status.loadBalancer.ingress[0].ipMode: unknown ipMode \"Tunnel\" (expected VIP or Proxy)"
         );
     }
 

@@ -83,6 +83,7 @@ const SUPPORTED: &[&str] = &[
     "ipvs.udpTimeout",
     "clusterCIDR",
     "nodePortAddresses",
+    "bindAddress",
     "iptables",
     "iptables.masqueradeAll",
     "iptables.masqueradeBit",
@@ -95,7 +96,6 @@ const SUPPORTED: &[&str] = &[
 const KNOWN_IGNORED: &[&str] = &[
     "featureGates",
     "clientConnection",
-    "bindAddress",
     "bindAddressHardFail",
     "enableProfiling",
     "showHiddenMetricsForVersion",
@@ -357,9 +357,26 @@ pub fn parse(text: &str, path: &str) -> Result<LoadedConfig, ConfigError> {
     c.udp_timeout = r.duration(&v, "ipvs.udpTimeout")?.unwrap_or_default();
     c.cluster_cidrs = r.cidrs(&v, "clusterCIDR")?;
     c.node_port_addresses = match lookup(&v, "nodePortAddresses") {
-        // "primary" (newer kube-proxy) means the node's primary IPs; treated as "all".
-        Some(Value::Array(a)) if a.iter().any(|x| x == "primary") => Vec::new(),
+        // "primary" (kube-proxy 1.29+) means the node's primary IPs (see `node_port_cidrs`).
+        Some(Value::Array(a)) if a.iter().any(|x| x == "primary") => {
+            if a.len() > 1 {
+                return Err(r.invalid(
+                    "nodePortAddresses",
+                    "\"primary\" cannot be combined with CIDRs",
+                ));
+            }
+            c.node_port_addresses_primary = true;
+            Vec::new()
+        }
         _ => r.cidrs(&v, "nodePortAddresses")?,
+    };
+    c.bind_address = match r.string(&v, "bindAddress")? {
+        None => None,
+        Some(s) if s.is_empty() => None,
+        Some(s) => Some(
+            s.parse::<std::net::IpAddr>()
+                .map_err(|_| r.invalid("bindAddress", format!("{s:?} is not an IP address")))?,
+        ),
     };
     c.masquerade_all = r.bool(&v, "iptables.masqueradeAll")?.unwrap_or(false);
     match lookup(&v, "iptables.masqueradeBit") {
@@ -459,6 +476,30 @@ nodePortAddresses: ["192.168.0.0/16"]
         assert_eq!(c.hostname_override, None);
         assert!(l.ignored.contains(&"conntrack".to_string()));
         assert!(l.ignored.contains(&"iptables.syncPeriod".to_string()));
+    }
+
+    #[test]
+    fn node_port_addresses_primary_resolves_to_a_concrete_bind_address() {
+        let c = parse(
+            "nodePortAddresses: [primary]\nbindAddress: 192.168.1.5\n",
+            "f",
+        )
+        .unwrap()
+        .config;
+        assert!(c.node_port_addresses_primary);
+        assert_eq!(
+            c.node_port_cidrs(),
+            vec!["192.168.1.5/32".parse::<IpNetwork>().unwrap()]
+        );
+        // An unspecified bindAddress gives no primary IP: every family falls back to all.
+        let c = parse("nodePortAddresses: [primary]\nbindAddress: 0.0.0.0\n", "f")
+            .unwrap()
+            .config;
+        assert!(c.node_port_cidrs().is_empty());
+        let e = parse("nodePortAddresses: [primary, 10.0.0.0/8]\n", "f").unwrap_err();
+        assert!(e.to_string().contains("nodePortAddresses"), "{e}");
+        let e = parse("bindAddress: not-an-ip\n", "f").unwrap_err();
+        assert!(e.to_string().contains("bindAddress"), "{e}");
     }
 
     #[test]
