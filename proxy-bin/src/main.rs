@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use svcnet_core::ipvs::app::{AppOptions, dry_run, run_proxy};
+use svcnet_core::ipvs::app::{AppOptions, dry_run_plan, run_proxy};
 use svcnet_core::source::SourceConfig;
 
 /// mimalloc instead of glibc's malloc: glibc keeps memory freed by the worker threads in its
@@ -37,12 +37,25 @@ struct Args {
     /// Print the IPVS table that would be programmed, in `ipvsadm -Ln` format, and exit.
     #[arg(long)]
     dry_run: bool,
+    /// With --dry-run: `table` (the IPVS table) or `all` (also the kube-ipvs0 addresses, the
+    /// ipset contents and the iptables rules a run would program).
+    #[arg(long, value_enum, default_value_t = Show::Table, requires = "dry_run")]
+    show: Show,
     /// Program the kernel once and exit.
     #[arg(long)]
     once: bool,
     /// Seconds to wait for the initial cluster state.
     #[arg(long, default_value_t = 60)]
     sync_timeout: u64,
+}
+
+/// What `--dry-run` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Show {
+    /// The IPVS table only.
+    Table,
+    /// The IPVS table, kube-ipvs0 addresses, ipsets and iptables rules.
+    All,
 }
 
 #[tokio::main]
@@ -78,8 +91,11 @@ async fn real_main() -> anyhow::Result<()> {
     options.once = args.once;
     options.sync_timeout = Duration::from_secs(args.sync_timeout);
     if args.dry_run {
-        let table = dry_run(&options).await.context("dry run")?;
-        print!("{table}");
+        let plan = dry_run_plan(&options).await.context("dry run")?;
+        match args.show {
+            Show::Table => print!("{}", plan.table),
+            Show::All => print!("{}", plan.all()),
+        }
         return Ok(());
     }
     run_proxy(options).await.context("running the proxy")

@@ -1,6 +1,8 @@
 //! The IPVS proxy as an agent subsystem: [`crate::ipvs::run::run`] on the shared cache, against
 //! the kernel over netlink, or — with `dry_run` — against an in-memory kernel
-//! ([`MemoryIpvs`](crate::ipvs::memory::MemoryIpvs)) whose table is served at `/proxy/plan`.
+//! ([`MemoryIpvs`](crate::ipvs::memory::MemoryIpvs)) whose table is served at `/proxy/plan`, and
+//! the host side of the plan ([`HostPlan`](crate::ipvs::render::HostPlan)) at `/proxy/addresses`,
+//! `/proxy/ipsets` and `/proxy/iptables`.
 //!
 //! With a kernel, host setup (sysctls, ipsets, iptables) is the IPVS helper's
 //! [`KernelHost`](crate::ipvs::host::KernelHost). The `KubeProxyConfiguration` file is re-read
@@ -50,6 +52,8 @@ struct ProxySubsystem {
     status: StatusHandle,
     metrics: Arc<ProxyMetrics>,
     dry_run: Option<MemoryIpvs>,
+    /// The dry run's host plan (addresses, ipsets, iptables), rendered after syncs.
+    host_plan: Option<HostPlanSlot>,
     config_file: Option<String>,
     ignored_fields: Vec<String>,
     reload_error: Arc<Mutex<Option<String>>>,
@@ -107,10 +111,24 @@ impl Subsystem for ProxySubsystem {
                 };
                 Some(("text/plain; charset=utf-8", text))
             }
+            (view @ ("addresses" | "ipsets" | "iptables"), Some(_)) => {
+                let plan = self.host_plan.as_ref()?.lock().ok()?.clone();
+                let text = match plan {
+                    None => "no sync yet\n".to_string(),
+                    Some(p) => match view {
+                        "addresses" => p.addresses,
+                        "ipsets" => p.ipsets,
+                        _ => p.iptables,
+                    },
+                };
+                Some(("text/plain; charset=utf-8", text))
+            }
             _ => None,
         }
     }
 }
+
+type HostPlanSlot = Arc<Mutex<Option<crate::ipvs::render::HostPlan>>>;
 
 /// A launcher of the proxy subsystem for [`AgentOptions::subsystems`](super::AgentOptions).
 pub fn launcher(options: ProxyOptions) -> SubsystemLauncher {
@@ -137,6 +155,7 @@ async fn start(
         }
         None => (ProxyConfig::default(), Vec::new()),
     };
+    let mut host_plan = None;
     let (reconciler, memory, node_addresses, host) = if options.dry_run {
         let memory = MemoryIpvs::new();
         let addrs = options.node_addresses.clone().unwrap_or_default();
@@ -144,7 +163,11 @@ async fn start(
             Box::new(memory.clone()),
             Box::new(MemoryAddresses::new(addrs.clone())),
         );
-        (reconciler, Some(memory), Some(addrs), None)
+        // Renders what the host setup would program, without touching the host.
+        let plan = crate::ipvs::render::PlanHost::new();
+        host_plan = Some(plan.slot());
+        let host = Some(Box::new(plan) as Box<dyn HostSetup>);
+        (reconciler, Some(memory), Some(addrs), host)
     } else {
         let ipvs = NetlinkIpvs::open().map_err(|e| fail(e.to_string()))?;
         let addrs = NetlinkAddresses::open().map_err(|e| fail(e.to_string()))?;
@@ -175,6 +198,7 @@ async fn start(
         metrics,
         reload_error,
         dry_run: memory,
+        host_plan,
         config_file: options
             .config_file
             .as_ref()

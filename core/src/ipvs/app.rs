@@ -90,6 +90,31 @@ impl AppOptions {
 /// Computes the IPVS table for the cluster and renders it as `ipvsadm -Ln` would print it once
 /// programmed; touches nothing (node addresses are read, unprivileged, unless given).
 pub async fn dry_run(options: &AppOptions) -> Result<String, AppError> {
+    Ok(dry_run_plan(options).await?.table)
+}
+
+/// Everything a run would program, rendered: the IPVS table and the host side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DryRunPlan {
+    /// The IPVS table, as `ipvsadm -Ln` prints it.
+    pub table: String,
+    /// `kube-ipvs0` addresses, ipsets and iptables rules.
+    pub host: super::render::HostPlan,
+}
+
+impl DryRunPlan {
+    /// All sections, each under a `# ...` heading (`--dry-run --show=all`).
+    pub fn all(&self) -> String {
+        format!(
+            "# IPVS table (ipvsadm -Ln)\n{}\n# kube-ipvs0 addresses\n{}\n# ipsets (ipset save)\n{}\n# iptables rules\n{}",
+            self.table, self.host.addresses, self.host.ipsets, self.host.iptables
+        )
+    }
+}
+
+/// [`dry_run`] with the host side too: computes the table and the `kube-ipvs0` addresses,
+/// ipset contents and iptables rules a run would program; touches nothing.
+pub async fn dry_run_plan(options: &AppOptions) -> Result<DryRunPlan, AppError> {
     let config = options.initial_config()?;
     let source = start(&options.source, &KINDS).await?;
     let mut reader = source.reader();
@@ -110,8 +135,14 @@ pub async fn dry_run(options: &AppOptions) -> Result<String, AppError> {
             .map(Arc::from),
         local_addresses,
     };
-    let desired = build(&reader.snapshot(), &config, &node);
-    Ok(super::render::desired(&desired))
+    let snapshot = reader.snapshot();
+    let desired = build(&snapshot, &config, &node);
+    let mut extras = super::extras::ExtrasIndex::new();
+    extras.observe(&snapshot, node.node_name.as_deref());
+    Ok(DryRunPlan {
+        table: super::render::desired(&desired),
+        host: super::render::host_plan(&desired, &config, &extras.extras(), &node),
+    })
 }
 
 /// Runs the proxy against the kernel until Ctrl-C/SIGTERM (or once, with `once`).

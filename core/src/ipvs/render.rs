@@ -1,4 +1,5 @@
-//! `ipvsadm -Ln`-style text for a desired state or a kernel dump.
+//! `ipvsadm -Ln`-style text for a desired state or a kernel dump, and the host side of a plan
+//! ([`HostPlan`]: `kube-ipvs0` addresses, ipset contents, iptables rules) for dry runs.
 
 use std::fmt::Write as _;
 
@@ -108,4 +109,137 @@ pub fn dump(table: &TableDump, stats: bool) -> String {
         }
     }
     out
+}
+
+/// What a run would program on the host besides the IPVS table, as text an operator can review
+/// (and compare with a kube-proxy node's `ip addr show kube-ipvs0`, `ipset save`,
+/// `iptables-save`). Rendered from the same functions the kernel host uses
+/// ([`super::host::ipsets_with`], [`super::host::iptables_restore_with`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostPlan {
+    /// Addresses bound on `kube-ipvs0`, one `ADDR/PREFIX dev kube-ipvs0` per line.
+    pub addresses: String,
+    /// Every ipset with its entries, in `ipset save` syntax (`create` then `add` lines).
+    pub ipsets: String,
+    /// The rules of our chains per family, in `iptables-restore --noflush` syntax.
+    pub iptables: String,
+}
+
+/// The [`HostPlan`] for `desired` (families: IPv4 plus those of the bound addresses, as the
+/// kernel host programs them).
+pub fn host_plan(
+    desired: &DesiredState,
+    config: &super::ProxyConfig,
+    extras: &super::host::HostExtras,
+    node: &super::NodeInfo,
+) -> HostPlan {
+    use super::table::Family;
+    let families: std::collections::BTreeSet<Family> = desired
+        .addresses()
+        .map(Family::of)
+        .chain([Family::V4])
+        .collect();
+    let mut plan = HostPlan::default();
+    for a in desired.addresses() {
+        let prefix = if a.is_ipv4() { 32 } else { 128 };
+        let _ = writeln!(plan.addresses, "{a}/{prefix} dev kube-ipvs0");
+    }
+    for f in families {
+        for set in super::host::ipsets_with(desired, f, extras, &node.local_addresses) {
+            match set.family {
+                Some(fam) => {
+                    let _ = writeln!(plan.ipsets, "create {} {} family {fam}", set.name, set.kind);
+                }
+                None => {
+                    let _ = writeln!(
+                        plan.ipsets,
+                        "create {} {} range 0-65535",
+                        set.name, set.kind
+                    );
+                }
+            }
+            for e in &set.entries {
+                let _ = writeln!(plan.ipsets, "add {} {e}", set.name);
+            }
+        }
+        let tool = match f {
+            Family::V4 => "iptables-restore",
+            Family::V6 => "ip6tables-restore",
+        };
+        let _ = writeln!(plan.iptables, "# {tool} --noflush");
+        plan.iptables.push_str(&super::host::iptables_restore_with(
+            config,
+            f,
+            extras,
+            &node.local_addresses,
+        ));
+    }
+    plan
+}
+
+/// A [`HostSetup`](super::run::HostSetup) for dry runs: programs nothing and keeps the latest
+/// [`HostPlan`] in a shared slot ([`PlanHost::slot`]). Rendering costs a pass over the table, so
+/// it happens at most once per [`PlanHost::MIN_GAP`]; a sync inside the gap leaves the plan
+/// pending and the control loop comes back for it.
+#[derive(Debug, Default)]
+pub struct PlanHost {
+    extras: super::extras::ExtrasIndex,
+    slot: std::sync::Arc<std::sync::Mutex<Option<HostPlan>>>,
+    last: Option<std::time::Instant>,
+    pending: bool,
+}
+
+impl PlanHost {
+    /// Shortest time between two renderings of the plan.
+    pub const MIN_GAP: std::time::Duration = std::time::Duration::from_millis(500);
+
+    /// A host with no plan yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The slot the latest plan is written to (`None` until the first sync).
+    pub fn slot(&self) -> std::sync::Arc<std::sync::Mutex<Option<HostPlan>>> {
+        self.slot.clone()
+    }
+}
+
+impl super::run::HostSetup for PlanHost {
+    fn apply_config(
+        &mut self,
+        _config: &super::ProxyConfig,
+    ) -> Result<(), super::backend::BackendError> {
+        // Nothing to apply; the full sync that follows renders the plan with the new config.
+        self.last = None;
+        Ok(())
+    }
+
+    fn after_sync(
+        &mut self,
+        desired: &DesiredState,
+        config: &super::ProxyConfig,
+        node: &super::NodeInfo,
+    ) -> Result<(), super::backend::BackendError> {
+        if self.last.is_some_and(|t| t.elapsed() < Self::MIN_GAP) {
+            self.pending = true;
+            return Ok(());
+        }
+        let plan = host_plan(desired, config, &self.extras.extras(), node);
+        if let Ok(mut slot) = self.slot.lock() {
+            *slot = Some(plan);
+        }
+        self.last = Some(std::time::Instant::now());
+        self.pending = false;
+        Ok(())
+    }
+
+    fn has_pending(&self) -> bool {
+        self.pending
+    }
+
+    fn observe_snapshot(&mut self, snapshot: &crate::cache::Snapshot, node: &super::NodeInfo) {
+        if self.extras.observe(snapshot, node.node_name.as_deref()) {
+            self.pending = true;
+        }
+    }
 }
