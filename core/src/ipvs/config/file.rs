@@ -372,7 +372,7 @@ pub fn parse(text: &str, path: &str) -> Result<LoadedConfig, ConfigError> {
     };
     c.bind_address = match r.string(&v, "bindAddress")? {
         None => None,
-        Some(s) if s.is_empty() => None,
+        Some("") => None,
         Some(s) => Some(
             s.parse::<std::net::IpAddr>()
                 .map_err(|_| r.invalid("bindAddress", format!("{s:?} is not an IP address")))?,

@@ -139,7 +139,7 @@ impl Case {
             let got: Vec<String> = full.addresses().map(|a| a.to_string()).collect();
             let mut want = bound.clone();
             want.sort_by_key(|a| a.parse::<IpAddr>().ok());
-            if &got != &want {
+            if got != want {
                 out.push(format!("bound: got {got:?}, expected {want:?}"));
             }
         }
