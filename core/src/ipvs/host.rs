@@ -147,6 +147,7 @@ pub fn ipsets_with(
     let mut np_udp = bitmap("KUBE-NODE-PORT-UDP");
     let mut np_local_udp = bitmap("KUBE-NODE-PORT-LOCAL-UDP");
     let mut np_sctp = hash("KUBE-NODE-PORT-SCTP-HASH", "hash:ip,port");
+    let mut np_local_sctp = hash("KUBE-NODE-PORT-LOCAL-SCTP-HASH", "hash:ip,port");
     let mut health = bitmap("KUBE-HEALTH-CHECK-NODE-PORT");
     let mut lb_fw = hash("KUBE-LOAD-BALANCER-FW", "hash:ip,port");
     let mut lb_source_ip = hash("KUBE-LOAD-BALANCER-SOURCE-IP", "hash:ip,port,ip");
@@ -180,6 +181,9 @@ pub fn ipsets_with(
                     Protocol::Tcp => (&mut np_tcp, &mut np_local_tcp),
                     Protocol::Udp => (&mut np_udp, &mut np_local_udp),
                     Protocol::Sctp => {
+                        if vs.local_only {
+                            np_local_sctp.entries.insert(ip_port.clone());
+                        }
                         np_sctp.entries.insert(ip_port);
                         continue;
                     }
@@ -240,6 +244,7 @@ pub fn ipsets_with(
         np_udp,
         np_local_udp,
         np_sctp,
+        np_local_sctp,
         health,
         ipvs_ips,
     ]
@@ -452,6 +457,11 @@ pub fn iptables_restore_with(
             set(&format!("KUBE-NODE-PORT-{up}"))
         );
     }
+    let _ = writeln!(
+        n,
+        "-A KUBE-NODE-PORT -p sctp -m comment --comment \"Kubernetes nodeport SCTP port with externalTrafficPolicy=local with type 'hash ip:port'\" -m set --match-set {} dst,dst -j RETURN",
+        set("KUBE-NODE-PORT-LOCAL-SCTP-HASH")
+    );
     let _ = writeln!(
         n,
         "-A KUBE-NODE-PORT -p sctp -m comment --comment \"Kubernetes nodeport SCTP port for masquerade purpose with type 'hash ip:port'\" -m set --match-set {} dst,dst -j KUBE-MARK-MASQ",

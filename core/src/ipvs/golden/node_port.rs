@@ -162,7 +162,11 @@ pub(super) fn cases() -> Vec<Case> {
             "SCTP 10.20.30.41:80 rr -> 10.180.0.1:80, 10.180.1.1:80",
             "SCTP 100.101.102.103:3001 rr local -> 10.180.0.1:80",
         ])
-        .ipset("KUBE-NODE-PORT-SCTP-HASH", &["100.101.102.103,sctp:3001"]),
+        .ipset("KUBE-NODE-PORT-SCTP-HASH", &["100.101.102.103,sctp:3001"])
+        .ipset(
+            "KUBE-NODE-PORT-LOCAL-SCTP-HASH",
+            &["100.101.102.103,sctp:3001"],
+        ),
         Case::new(
             "only local endpoints for node ports",
             "TestOnlyLocalNodePorts",
