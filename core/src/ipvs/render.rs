@@ -243,3 +243,132 @@ impl super::run::HostSetup for PlanHost {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::run::HostSetup as _;
+    use super::*;
+    use crate::cache::new_cache;
+    use crate::ipvs::fixtures::{endpoint, service, slice};
+    use crate::ipvs::{NodeInfo, ProxyConfig, build};
+    use crate::model::{ClusterObject, Kind, Protocol, ServiceType};
+
+    fn objects() -> Vec<ClusterObject> {
+        let mut svc = service(
+            "ns",
+            "web",
+            "10.96.0.20",
+            &[("http", Protocol::Tcp, 80, 8080)],
+        );
+        svc.cluster_ips.push("fd00::20".parse().unwrap());
+        svc.service_type = ServiceType::NodePort;
+        svc.ports[0].node_port = Some(30080);
+        let sl = slice(
+            "ns",
+            "web-1",
+            "web",
+            &[("http", Protocol::Tcp, 8080)],
+            vec![endpoint("10.244.1.10", true, Some("node-a"))],
+        );
+        vec![
+            ClusterObject::Service(svc),
+            ClusterObject::EndpointSlice(sl),
+        ]
+    }
+
+    fn node() -> NodeInfo {
+        NodeInfo {
+            node_name: Some("node-a".into()),
+            local_addresses: vec!["192.168.1.5".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn host_plan_lists_addresses_sets_and_rules_of_both_families() {
+        let (mut w, _r) = new_cache([Kind::Service, Kind::EndpointSlice]);
+        w.update(|tx| objects().into_iter().for_each(|o| tx.apply(o)));
+        let config = ProxyConfig::default();
+        let desired = build(&w.snapshot(), &config, &node());
+        let mut extras = crate::ipvs::extras::ExtrasIndex::new();
+        extras.observe(&w.snapshot(), Some("node-a"));
+        let plan = host_plan(&desired, &config, &extras.extras(), &node());
+        assert_eq!(
+            plan.addresses,
+            "10.96.0.20/32 dev kube-ipvs0\nfd00::20/128 dev kube-ipvs0\n"
+        );
+        for line in [
+            "create KUBE-CLUSTER-IP hash:ip,port family inet",
+            "add KUBE-CLUSTER-IP 10.96.0.20,tcp:80",
+            "create KUBE-6-CLUSTER-IP hash:ip,port family inet6",
+            "add KUBE-6-CLUSTER-IP fd00::20,tcp:80",
+            "add KUBE-NODE-PORT-TCP 30080",
+            "add KUBE-LOOP-BACK 10.244.1.10,tcp:8080,10.244.1.10",
+        ] {
+            assert!(
+                plan.ipsets.lines().any(|l| l == line),
+                "{line:?} in\n{}",
+                plan.ipsets
+            );
+        }
+        assert!(
+            plan.iptables
+                .starts_with("# iptables-restore --noflush\n*nat\n")
+        );
+        assert!(
+            plan.iptables
+                .contains("# ip6tables-restore --noflush\n*nat\n")
+        );
+        assert!(
+            plan.iptables
+                .contains("--match-set KUBE-6-CLUSTER-IP dst,dst")
+        );
+    }
+
+    #[test]
+    fn plan_host_renders_at_most_once_per_gap_and_follows_extras() {
+        let (mut w, _r) = new_cache([Kind::Service, Kind::EndpointSlice]);
+        let config = ProxyConfig::default();
+        let mut host = PlanHost::new();
+        let slot = host.slot();
+        assert!(
+            slot.lock().unwrap().is_none(),
+            "no plan before the first sync"
+        );
+        let empty = build(&w.snapshot(), &config, &node());
+        host.observe_snapshot(&w.snapshot(), &node());
+        host.after_sync(&empty, &config, &node()).unwrap();
+        assert_eq!(slot.lock().unwrap().as_ref().unwrap().addresses, "");
+        assert!(!host.has_pending());
+
+        // A change inside the gap leaves the old plan and a pending render.
+        w.update(|tx| objects().into_iter().for_each(|o| tx.apply(o)));
+        let desired = build(&w.snapshot(), &config, &node());
+        host.observe_snapshot(&w.snapshot(), &node());
+        assert!(
+            host.has_pending(),
+            "new local endpoint: the loopback set changes"
+        );
+        host.after_sync(&desired, &config, &node()).unwrap();
+        assert!(host.has_pending());
+        assert_eq!(slot.lock().unwrap().as_ref().unwrap().addresses, "");
+
+        // After the gap the control loop's retry renders it.
+        std::thread::sleep(PlanHost::MIN_GAP);
+        host.after_sync(&desired, &config, &node()).unwrap();
+        assert!(!host.has_pending());
+        let plan = slot.lock().unwrap().clone().unwrap();
+        assert!(
+            plan.addresses.contains("10.96.0.20/32"),
+            "{}",
+            plan.addresses
+        );
+        assert!(
+            plan.ipsets
+                .contains("add KUBE-LOOP-BACK 10.244.1.10,tcp:8080,10.244.1.10")
+        );
+        // A new config is rendered by the full sync that follows, without waiting.
+        host.apply_config(&config).unwrap();
+        host.after_sync(&desired, &config, &node()).unwrap();
+        assert!(!host.has_pending());
+    }
+}
