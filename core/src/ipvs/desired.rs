@@ -12,13 +12,16 @@ use std::sync::Arc;
 use smallvec::SmallVec;
 
 use crate::cache::{Change, Snapshot};
-use crate::model::{AddressType, EndpointSlice, ObjectKey, Service, ServiceType, TrafficPolicy};
+use crate::model::{
+    AddressType, EndpointHints, EndpointSlice, ObjectKey, Service, ServiceType, TrafficPolicy,
+};
 
 use super::config::ProxyConfig;
 use super::table::{
     DestId, DestParams, Dests, EntryPoint, FLAG_PERSISTENT, Family, ServiceId, ServiceParams,
     VirtualServer,
 };
+use super::topology::{self, NodeTopology, PortPolicy, TopologyEndpoint};
 
 /// What the proxy knows about the node it runs on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -109,6 +112,13 @@ pub struct DesiredState {
     /// Owners of each virtual server, sorted; the first one's definition wins on conflicts.
     index: BTreeMap<ServiceId, SmallVec<[ObjectKey; 1]>>,
     bound: BTreeMap<IpAddr, u32>,
+    /// This node's zone label when the state was built (topology hints depend on it).
+    zone: Option<Arc<str>>,
+}
+
+/// This node's `topology.kubernetes.io/zone` label, from its Node object in the snapshot.
+fn node_zone(snapshot: &Snapshot, node: &NodeInfo) -> Option<Arc<str>> {
+    snapshot.node(node.node_name.as_deref()?)?.zone.clone()
 }
 
 /// Builds the complete desired state from scratch.
@@ -117,6 +127,7 @@ pub fn build(snapshot: &Snapshot, config: &ProxyConfig, node: &NodeInfo) -> Desi
     let mut state = DesiredState {
         generation: snapshot.generation(),
         contributions: HashMap::with_capacity(snapshot.service_count()),
+        zone: node_zone(snapshot, node),
         ..DesiredState::default()
     };
     for svc in snapshot.services() {
@@ -186,7 +197,20 @@ impl DesiredState {
     /// [`generation`](Self::generation) (everything when the cache's journal no longer reaches
     /// back that far). Config or node changes need [`build`] instead.
     pub fn update(&mut self, snapshot: &Snapshot, config: &ProxyConfig, node: &NodeInfo) -> Delta {
-        let Some(changes) = snapshot.changes_since(self.generation) else {
+        let zone = node_zone(snapshot, node);
+        let zone_changed = zone != self.zone;
+        if zone_changed {
+            tracing::info!(
+                node = node.node_name.as_deref().unwrap_or(""),
+                from = self.zone.as_deref().unwrap_or("(none)"),
+                to = zone.as_deref().unwrap_or("(none)"),
+                "this node's topology.kubernetes.io/zone changed: recomputing every service"
+            );
+        }
+        let changes = snapshot
+            .changes_since(self.generation)
+            .filter(|_| !zone_changed);
+        let Some(changes) = changes else {
             *self = build(snapshot, config, node);
             return Delta {
                 full: true,
@@ -268,46 +292,87 @@ pub fn is_proxied(svc: &Service) -> bool {
 
 /// One endpoint address usable for one service port.
 #[derive(Debug, Clone, Copy)]
-struct Candidate {
+struct Candidate<'a> {
     dest: DestId,
     ready: bool,
     serving: bool,
     terminating: bool,
     local: bool,
+    hints: Option<&'a EndpointHints>,
 }
 
-/// Picks real servers as kube-proxy does: ready endpoints; if there are none, the serving
-/// and terminating ones. With `local_only`, only endpoints on this node count. `cands` are
-/// sorted by real server, so the result is too.
-fn select(cands: &[Candidate], family: Family, local_only: bool) -> Dests {
-    let pool = || {
-        cands
-            .iter()
-            .filter(move |c| Family::of(&c.dest.addr) == family && (!local_only || c.local))
-    };
-    let pick = |f: &dyn Fn(&Candidate) -> bool| -> Vec<(DestId, DestParams)> {
-        let mut out = Vec::with_capacity(pool().filter(|c| f(c)).count());
-        out.extend(
-            pool()
-                .filter(|c| f(c))
-                .map(|c| (c.dest, DestParams::masq(1))),
-        );
-        out
-    };
-    let ready = pick(&|c| c.ready);
-    if !ready.is_empty() {
-        return Dests::from_sorted(ready);
+impl TopologyEndpoint for Candidate<'_> {
+    fn ready(&self) -> bool {
+        self.ready
     }
-    Dests::from_sorted(pick(&|c| c.serving && c.terminating))
+    fn serving(&self) -> bool {
+        self.serving
+    }
+    fn terminating(&self) -> bool {
+        self.terminating
+    }
+    fn local(&self) -> bool {
+        self.local
+    }
+    fn hints(&self) -> Option<&EndpointHints> {
+        self.hints
+    }
+}
+
+/// The real servers of one service port and address family, for `Cluster` and for `Local`
+/// traffic, chosen by [`topology::categorize`] (kube-proxy's `CategorizeEndpoints`).
+#[derive(Debug, Default)]
+struct FamilyDests {
+    cluster: Dests,
+    local: Dests,
+}
+
+impl FamilyDests {
+    /// Categorizes the candidates of `family` (`cands` are sorted by real server, so the
+    /// results are too) and logs once why hints the Service asked for were not used.
+    fn new(
+        cands: &[Candidate<'_>],
+        family: Family,
+        policy: &PortPolicy,
+        node: &NodeTopology<'_>,
+        why: (&ObjectKey, &str),
+    ) -> Self {
+        let fam: Vec<Candidate<'_>> = cands
+            .iter()
+            .filter(|c| Family::of(&c.dest.addr) == family)
+            .copied()
+            .collect();
+        let cat = topology::categorize(&fam, policy, node);
+        if let Some(reason) = &cat.ignored {
+            let (service, port) = why;
+            if *reason == topology::HintsIgnored::MissingHints {
+                tracing::debug!(%service, port, %reason, "topology hints ignored: using every endpoint");
+            } else {
+                tracing::info!(%service, port, %reason, "topology hints ignored: using every endpoint");
+            }
+        }
+        let dests = |idx: Option<Vec<usize>>| {
+            Dests::from_sorted(
+                idx.unwrap_or_default()
+                    .into_iter()
+                    .map(|i| (fam[i].dest, DestParams::masq(1)))
+                    .collect(),
+            )
+        };
+        FamilyDests {
+            cluster: dests(cat.cluster),
+            local: dests(cat.local),
+        }
+    }
 }
 
 /// The candidates for one service port (`port_name`, `protocol`) from the Service's slices,
 /// sorted by real server, one per real server (`out` is reused between calls).
-fn candidates(
-    slices: &[&Arc<EndpointSlice>],
+fn candidates<'a>(
+    slices: &[&'a Arc<EndpointSlice>],
     port: &crate::model::ServicePort,
     node_name: Option<&str>,
-    out: &mut Vec<Candidate>,
+    out: &mut Vec<Candidate<'a>>,
 ) {
     out.clear();
     for slice in slices {
@@ -334,6 +399,7 @@ fn candidates(
                 serving: ep.serving,
                 terminating: ep.terminating,
                 local,
+                hints: ep.hints.as_deref(),
             });
         }
     }
@@ -348,6 +414,7 @@ fn candidates(
         first.serving |= later.serving;
         first.terminating &= later.terminating;
         first.local |= later.local;
+        first.hints = first.hints.or(later.hints);
         true
     });
 }
@@ -380,11 +447,42 @@ pub fn contribution(
     };
     let internal_local = svc.internal_traffic_policy == TrafficPolicy::Local;
     let external_local = svc.external_traffic_policy == TrafficPolicy::Local;
+    let zone = node_zone(snapshot, node);
+    let topo = NodeTopology {
+        name: node.node_name.as_deref(),
+        zone: zone.as_deref(),
+    };
     let mut c = Contribution::default();
     let mut cands = Vec::new();
     for port in &svc.ports {
         candidates(&slices, port, node.node_name.as_deref(), &mut cands);
-        let add = |c: &mut Contribution, addr: IpAddr, vport: u16, entry: EntryPoint| {
+        let policy = PortPolicy {
+            hints: topology::wants_hints(svc),
+            internal_local,
+            external_local,
+            externally_accessible: !svc.external_ips.is_empty()
+                || (svc.service_type == ServiceType::LoadBalancer
+                    && !svc.load_balancer_ips.is_empty())
+                || (port.node_port.is_some()
+                    && matches!(
+                        svc.service_type,
+                        ServiceType::NodePort | ServiceType::LoadBalancer
+                    )),
+        };
+        // Per address family, computed on first use.
+        let mut by_family: [Option<FamilyDests>; 2] = [None, None];
+        let mut select = |family: Family, local_only: bool| -> Dests {
+            let slot = &mut by_family[usize::from(family == Family::V6)];
+            let d = slot.get_or_insert_with(|| {
+                FamilyDests::new(&cands, family, &policy, &topo, (&svc.key, &port.name))
+            });
+            if local_only {
+                d.local.clone()
+            } else {
+                d.cluster.clone()
+            }
+        };
+        let mut add = |c: &mut Contribution, addr: IpAddr, vport: u16, entry: EntryPoint| {
             let local_only = match entry {
                 EntryPoint::ClusterIp => internal_local,
                 _ => external_local,
@@ -394,7 +492,7 @@ pub fn contribution(
             if let Err(i) = c.servers.binary_search_by(|(s, _)| s.cmp(&id)) {
                 let vs = VirtualServer {
                     params,
-                    dests: select(&cands, Family::of(&addr), local_only),
+                    dests: select(Family::of(&addr), local_only),
                     entry_point: entry,
                     local_only,
                 };
