@@ -738,3 +738,235 @@ fn wants_hints_reads_distribution_and_annotations() {
     svc.traffic_distribution = Some(Arc::from("PreferClose"));
     assert!(wants_hints(&svc));
 }
+
+/// Topology-aware routing through the desired state: hints narrow the `Cluster` entry points,
+/// this node's zone comes from its Node object, and changes to it apply live.
+mod desired_state {
+    use std::net::IpAddr;
+    use std::sync::Arc;
+
+    use crate::cache::{CacheWriter, new_cache};
+    use crate::ipvs::config::ProxyConfig;
+    use crate::ipvs::desired::{DesiredState, NodeInfo, build};
+    use crate::ipvs::fixtures::{endpoint, service, slice};
+    use crate::ipvs::table::ServiceId;
+    use crate::model::{
+        ClusterObject, Endpoint, EndpointHints, Kind, Node, Protocol, ServiceType, TrafficPolicy,
+    };
+
+    fn hinted(addr: &str, node: &str, zones: &[&str], nodes: &[&str]) -> Endpoint {
+        Endpoint {
+            hints: Some(Box::new(EndpointHints {
+                for_zones: zones.iter().map(|z| Arc::from(*z)).collect(),
+                for_nodes: nodes.iter().map(|n| Arc::from(*n)).collect(),
+            })),
+            ..endpoint(addr, true, Some(node))
+        }
+    }
+
+    fn node_object(zone: Option<&str>) -> ClusterObject {
+        ClusterObject::Node(Node {
+            name: Arc::from("node-a"),
+            addresses: vec![],
+            zone: zone.map(Arc::from),
+        })
+    }
+
+    fn this_node() -> NodeInfo {
+        NodeInfo {
+            node_name: Some(Arc::from("node-a")),
+            local_addresses: vec!["192.168.1.5".parse().unwrap()],
+        }
+    }
+
+    /// `web`: PreferClose, a node port with `externalTrafficPolicy: Local`, and three
+    /// endpoints: 10.0.1.1 (zone-a, on node-a), 10.0.2.1 (zone-b), 10.0.1.2 (zone-a).
+    fn cluster(endpoints: Vec<Endpoint>, zone: Option<&str>) -> CacheWriter {
+        let mut svc = service(
+            "default",
+            "web",
+            "10.96.0.10",
+            &[("http", Protocol::Tcp, 80, 8080)],
+        );
+        svc.traffic_distribution = Some(Arc::from("PreferClose"));
+        svc.service_type = ServiceType::NodePort;
+        svc.ports[0].node_port = Some(30080);
+        svc.external_traffic_policy = TrafficPolicy::Local;
+        let (mut w, _r) = new_cache([Kind::Service, Kind::EndpointSlice, Kind::Node]);
+        w.update(|tx| {
+            tx.apply(ClusterObject::Service(svc));
+            tx.apply(ClusterObject::EndpointSlice(slice(
+                "default",
+                "web-1",
+                "web",
+                &[("http", Protocol::Tcp, 8080)],
+                endpoints,
+            )));
+            tx.apply(node_object(zone));
+        });
+        w
+    }
+
+    fn zoned() -> Vec<Endpoint> {
+        vec![
+            hinted("10.0.1.1", "node-a", &["zone-a"], &[]),
+            hinted("10.0.2.1", "node-b", &["zone-b"], &[]),
+            hinted("10.0.1.2", "node-c", &["zone-a"], &[]),
+        ]
+    }
+
+    fn dests(state: &DesiredState, addr: &str, port: u16) -> Vec<String> {
+        let id = ServiceId::new(Protocol::Tcp, addr.parse::<IpAddr>().unwrap(), port);
+        let vs = state.server(&id).unwrap_or_else(|| panic!("no {id}"));
+        vs.dests.keys().map(|d| d.addr.to_string()).collect()
+    }
+
+    #[test]
+    fn hints_narrow_the_cluster_ip_but_not_the_local_node_port() {
+        let w = cluster(zoned(), Some("zone-a"));
+        let state = build(&w.snapshot(), &ProxyConfig::default(), &this_node());
+        assert_eq!(
+            dests(&state, "10.96.0.10", 80),
+            ["10.0.1.1", "10.0.1.2"],
+            "cluster IP: zone-a endpoints only"
+        );
+        assert_eq!(
+            dests(&state, "192.168.1.5", 30080),
+            ["10.0.1.1"],
+            "eTP Local node port: this node's endpoints, hints play no part"
+        );
+    }
+
+    #[test]
+    fn a_zone_no_hint_names_a_node_without_zone_or_object_and_partial_hints_use_everything() {
+        let all = ["10.0.1.1", "10.0.1.2", "10.0.2.1"];
+        for (what, w) in [
+            ("zone no hint names", cluster(zoned(), Some("zone-x"))),
+            ("node without zone label", cluster(zoned(), None)),
+            ("endpoint without hint", {
+                let mut eps = zoned();
+                eps[1].hints = None;
+                cluster(eps, Some("zone-a"))
+            }),
+        ] {
+            let state = build(&w.snapshot(), &ProxyConfig::default(), &this_node());
+            assert_eq!(dests(&state, "10.96.0.10", 80), all, "{what}");
+        }
+        let w = cluster(zoned(), Some("zone-a"));
+        let nameless = NodeInfo {
+            node_name: None,
+            ..this_node()
+        };
+        let state = build(&w.snapshot(), &ProxyConfig::default(), &nameless);
+        assert_eq!(dests(&state, "10.96.0.10", 80), all, "no --node-name");
+    }
+
+    #[test]
+    fn both_hint_kinds_prefer_this_node_then_this_zone() {
+        let both = vec![
+            hinted("10.0.1.1", "node-a", &["zone-a"], &["node-a"]),
+            hinted("10.0.2.1", "node-b", &["zone-b"], &["node-b"]),
+            hinted("10.0.1.2", "node-c", &["zone-a"], &["node-c"]),
+        ];
+        let w = cluster(both.clone(), Some("zone-a"));
+        let state = build(&w.snapshot(), &ProxyConfig::default(), &this_node());
+        assert_eq!(dests(&state, "10.96.0.10", 80), ["10.0.1.1"], "same node");
+        let elsewhere = NodeInfo {
+            node_name: Some(Arc::from("node-z")),
+            ..this_node()
+        };
+        let mut w = cluster(both, Some("zone-a"));
+        w.update(|tx| {
+            tx.apply(ClusterObject::Node(Node {
+                name: Arc::from("node-z"),
+                addresses: vec![],
+                zone: Some(Arc::from("zone-a")),
+            }))
+        });
+        let state = build(&w.snapshot(), &ProxyConfig::default(), &elsewhere);
+        assert_eq!(
+            dests(&state, "10.96.0.10", 80),
+            ["10.0.1.1", "10.0.1.2"],
+            "no endpoint for node-z: its zone's"
+        );
+    }
+
+    #[test]
+    fn a_zone_change_rebuilds_everything_an_endpoint_change_only_its_service() {
+        let mut w = cluster(zoned(), Some("zone-a"));
+        let config = ProxyConfig::default();
+        let mut state = build(&w.snapshot(), &config, &this_node());
+        w.update(|tx| tx.apply(node_object(Some("zone-b"))));
+        let delta = state.update(&w.snapshot(), &config, &this_node());
+        assert!(delta.full, "zone change: full rebuild");
+        assert_eq!(dests(&state, "10.96.0.10", 80), ["10.0.2.1"]);
+
+        w.update(|tx| {
+            tx.apply(ClusterObject::EndpointSlice(slice(
+                "default",
+                "web-1",
+                "web",
+                &[("http", Protocol::Tcp, 8080)],
+                vec![
+                    hinted("10.0.1.1", "node-a", &["zone-a"], &[]),
+                    hinted("10.0.2.1", "node-b", &["zone-b"], &[]),
+                    hinted("10.0.2.2", "node-b", &["zone-b"], &[]),
+                ],
+            )))
+        });
+        let delta = state.update(&w.snapshot(), &config, &this_node());
+        assert!(!delta.full, "an endpoint change is incremental");
+        assert_eq!(delta.rebuilt, 1);
+        assert_eq!(dests(&state, "10.96.0.10", 80), ["10.0.2.1", "10.0.2.2"]);
+
+        w.update(|tx| tx.apply(node_object(None)));
+        let delta = state.update(&w.snapshot(), &config, &this_node());
+        assert!(delta.full, "label removed: full rebuild");
+        assert_eq!(
+            dests(&state, "10.96.0.10", 80),
+            ["10.0.1.1", "10.0.2.1", "10.0.2.2"],
+            "no zone: every endpoint"
+        );
+    }
+}
+
+#[test]
+fn projection_keeps_hints_distribution_and_annotations() {
+    use crate::model::project;
+    let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web", "namespace": "default",
+            "annotations": {"service.kubernetes.io/topology-aware-hints": "auto"}},
+        "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 80}],
+            "trafficDistribution": "PreferClose"}
+    }))
+    .unwrap();
+    let svc = project::service(&svc).unwrap();
+    assert_eq!(svc.traffic_distribution.as_deref(), Some("PreferClose"));
+    assert_eq!(
+        svc.topology_mode.as_deref(),
+        Some("auto"),
+        "older annotation"
+    );
+    let slice: k8s_openapi::api::discovery::v1::EndpointSlice =
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "default",
+                "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": [
+                {"addresses": ["10.0.1.1"], "hints": {"forZones": [{"name": "zone-a"}],
+                    "forNodes": [{"name": "node-a"}]}},
+                {"addresses": ["10.0.1.2"], "hints": {"forZones": []}},
+                {"addresses": ["10.0.1.3"]}
+            ]
+        }))
+        .unwrap();
+    let slice = project::endpoint_slice(&slice).unwrap();
+    let h = slice.endpoints[0].hints.as_deref().expect("hints kept");
+    assert_eq!(&*h.for_zones[0], "zone-a");
+    assert_eq!(&*h.for_nodes[0], "node-a");
+    assert!(
+        slice.endpoints[1].hints.is_none(),
+        "empty hints are no hints"
+    );
+    assert!(slice.endpoints[2].hints.is_none());
+}
