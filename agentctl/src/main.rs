@@ -618,6 +618,11 @@ async fn run(args: RunArgs) -> Result<()> {
         }
     }
     if proxy {
+        for k in svcnet_core::ipvs::app::kinds_for(args.node_name.as_deref()) {
+            if !kinds.contains(&k) {
+                kinds.push(k);
+            }
+        }
         subsystems.push(agent::proxy::launcher(agent::proxy::ProxyOptions {
             dry_run: args.dry_run,
             config_file: args.proxy_config.clone(),
@@ -629,6 +634,7 @@ async fn run(args: RunArgs) -> Result<()> {
     let options = AgentOptions {
         source: args.source.config(),
         kinds,
+        node_name: args.node_name.clone().filter(|_| proxy),
         admin: Some(args.admin),
         subsystems,
         lameduck: Duration::from_secs(args.lameduck),

@@ -271,6 +271,8 @@ mod tests {
             publish_not_ready_addresses: false,
             selector: None,
             service_proxy_name: None,
+            traffic_distribution: None,
+            topology_mode: None,
             resource_version: None,
         }
     }

@@ -21,6 +21,8 @@
 //! - [`FakeApiServer::cut_connections`] drops every open TCP connection (watches break
 //!   mid-stream), [`FakeApiServer::stop`] / [`FakeApiServer::restart`] take the port away and
 //!   back;
+//! - `fieldSelector=metadata.name=NAME` (the only field selector svcnet uses) narrows lists
+//!   and watches to that object;
 //! - every request is recorded ([`FakeApiServer::requests`]) so tests can see what the client
 //!   asked for.
 //!
@@ -506,7 +508,20 @@ fn list_item(object: &Value) -> Value {
     item
 }
 
+/// The name a `fieldSelector=metadata.name=NAME` asks for; `None`: no selector.
+fn selected_name(req: &RecordedRequest) -> Option<String> {
+    req.param("fieldSelector")
+        .and_then(|f| f.strip_prefix("metadata.name="))
+        .map(str::to_owned)
+}
+
+/// Whether `object` passes the name selector `name`.
+fn selected(object: &Value, name: Option<&str>) -> bool {
+    name.is_none_or(|n| object["metadata"]["name"].as_str() == Some(n))
+}
+
 fn list(inner: &Inner, resource: &'static ResourceType, req: &RecordedRequest) -> Response<Body> {
+    let name = selected_name(req);
     let mut state = inner.state();
     let limit = req
         .param("limit")
@@ -546,7 +561,12 @@ fn list(inner: &Inner, resource: &'static ResourceType, req: &RecordedRequest) -
             let items: Vec<Value> = state
                 .objects
                 .get(resource.path)
-                .map(|m| m.values().map(list_item).collect())
+                .map(|m| {
+                    m.values()
+                        .filter(|o| selected(o, name.as_deref()))
+                        .map(list_item)
+                        .collect()
+                })
                 .unwrap_or_default();
             let id = state.next_pager;
             state.next_pager += 1;
@@ -611,6 +631,8 @@ struct WatchStream {
     backlog: VecDeque<Bytes>,
     live: Option<broadcast::Receiver<Broadcast>>,
     bookmarks: bool,
+    /// `fieldSelector=metadata.name=NAME`.
+    name: Option<String>,
     deadline: tokio::time::Instant,
     _guard: WatchGuard,
 }
@@ -624,6 +646,7 @@ fn watch(inner: &Inner, resource: &'static ResourceType, req: &RecordedRequest) 
         .unwrap_or(1800);
     let initial_events = req.param("sendInitialEvents") == Some("true");
     let from = req.param("resourceVersion").unwrap_or("");
+    let name = selected_name(req);
     let mut backlog = VecDeque::new();
     let mut live = None;
     let current = || {
@@ -632,6 +655,7 @@ fn watch(inner: &Inner, resource: &'static ResourceType, req: &RecordedRequest) 
             .get(resource.path)
             .into_iter()
             .flat_map(|m| m.values())
+            .filter(|o| selected(o, name.as_deref()))
             .map(|o| event_line("ADDED", o))
     };
     if initial_events || from.is_empty() || from == "0" {
@@ -657,6 +681,7 @@ fn watch(inner: &Inner, resource: &'static ResourceType, req: &RecordedRequest) 
                         .history
                         .iter()
                         .filter(|e| e.revision > rv && e.resource == resource.path)
+                        .filter(|e| selected(&e.object, name.as_deref()))
                         .map(|e| event_line(e.event_type, &e.object)),
                 );
                 live = Some(inner.events.subscribe());
@@ -677,6 +702,7 @@ fn watch(inner: &Inner, resource: &'static ResourceType, req: &RecordedRequest) 
         backlog,
         live,
         bookmarks,
+        name,
         deadline: tokio::time::Instant::now() + Duration::from_secs(timeout),
         _guard: WatchGuard(inner.open_watches.clone()),
     };
@@ -690,7 +716,9 @@ fn watch(inner: &Inner, resource: &'static ResourceType, req: &RecordedRequest) 
             match next {
                 // timeoutSeconds passed: end the stream cleanly, as the server does.
                 Err(_) => return None,
-                Ok(Ok(Broadcast::Event(e))) if e.resource == s.resource.path => {
+                Ok(Ok(Broadcast::Event(e)))
+                    if e.resource == s.resource.path && selected(&e.object, s.name.as_deref()) =>
+                {
                     s.backlog.push_back(event_line(e.event_type, &e.object));
                 }
                 Ok(Ok(Broadcast::Bookmark(only, revision)))

@@ -43,8 +43,9 @@ const VARIANTS: [Variant; 3] = [
     },
 ];
 
-/// The kinds `agentctl run` asks its source for (`AgentOptions::kinds` in agentctl/src/main.rs;
-/// the library exposes no function for it yet, unlike `dns::plugins::serve::needed_kinds`).
+/// The kinds `agentctl run` always asks its source for (`AgentOptions::kinds` in
+/// agentctl/src/main.rs); the proxy adds `svcnet_core::ipvs::app::kinds_for` (its own Node
+/// object with `--node-name`).
 const AGENT_RUN_KINDS: [Kind; 2] = [Kind::Service, Kind::EndpointSlice];
 
 /// ConfigMaps the workloads reference that the operator creates (documented in
@@ -875,7 +876,21 @@ fn granted(objects: &[Object]) -> BTreeSet<(String, String, String)> {
 /// The kinds a running program asks its source for, from the code.
 fn needed_kinds(objects: &[Object], r: &Running) -> Vec<Kind> {
     match r.program {
-        Program::AgentRun => AGENT_RUN_KINDS.to_vec(),
+        Program::AgentRun => {
+            let args = r.container.args.clone().unwrap_or_default();
+            let flag = |f: &str| args.iter().any(|a| a == f);
+            let mut kinds = AGENT_RUN_KINDS.to_vec();
+            // `agentctl run` with neither flag runs both subsystems.
+            if flag("--proxy") || !flag("--dns") {
+                let node = args.iter().find_map(|a| a.strip_prefix("--node-name="));
+                for k in svcnet_core::ipvs::app::kinds_for(node) {
+                    if !kinds.contains(&k) {
+                        kinds.push(k);
+                    }
+                }
+            }
+            kinds
+        }
         Program::Dns => svcnet_core::dns::plugins::serve::needed_kinds(&corefile_of(objects, r)),
     }
 }

@@ -570,3 +570,70 @@ async fn source_start_with_a_kubeconfig_file() {
         Ok(_) => panic!("a missing kubeconfig must fail"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_node_name_only_that_node_is_watched_and_its_zone_label_follows_live() {
+    init_tracing();
+    let fake = fake_with_demo_objects().await;
+    fake.apply(node("node-b"));
+    let zoned = |zone: Option<&str>| {
+        let mut n = node("node-a");
+        if let Some(z) = zone {
+            n["metadata"]["labels"] = json!({"topology.kubernetes.io/zone": z});
+        }
+        n
+    };
+    fake.apply(zoned(Some("zone-a")));
+    let (writer, mut reader) = new_cache(KINDS);
+    let status = StatusHandle::default();
+    let task = tokio::spawn(svcnet_core::source::kube::run_for_node(
+        fake.client(),
+        KINDS.to_vec(),
+        writer,
+        status.clone(),
+        Some("node-a".into()),
+    ));
+    assert!(reader.wait_synced(WAIT).await, "{:#?}", fake.requests());
+    let zone = |r: &CacheReader| {
+        r.snapshot()
+            .node("node-a")
+            .and_then(|n| n.zone.as_deref().map(str::to_owned))
+    };
+    assert_eq!(zone(&reader).as_deref(), Some("zone-a"));
+    assert!(
+        reader.snapshot().node("node-b").is_none(),
+        "other nodes are not watched"
+    );
+    let node_requests: Vec<RecordedRequest> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/api/v1/nodes")
+        .collect();
+    assert!(!node_requests.is_empty());
+    for r in &node_requests {
+        assert_eq!(
+            r.param("fieldSelector"),
+            Some("metadata.name=node-a"),
+            "{r:?}"
+        );
+    }
+    assert!(
+        fake.requests()
+            .iter()
+            .filter(|r| r.path != "/api/v1/nodes")
+            .all(|r| r.param("fieldSelector").is_none()),
+        "only the Node watch is narrowed"
+    );
+    assert!(eventually(|| fake.open_watches() == KINDS.len()).await);
+    fake.apply(zoned(Some("zone-b")));
+    assert!(
+        eventually(|| zone(&reader).as_deref() == Some("zone-b")).await,
+        "the relabelled zone arrives live"
+    );
+    fake.apply(zoned(None));
+    assert!(
+        eventually(|| reader.snapshot().node("node-a").is_some() && zone(&reader).is_none()).await,
+        "a removed label arrives live"
+    );
+    task.abort();
+}

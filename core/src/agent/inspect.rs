@@ -126,9 +126,12 @@ pub fn get(
         (Resource::Services, OutputFormat::Table | OutputFormat::Wide) => {
             Ok(services_table(&services, all, format == OutputFormat::Wide))
         }
-        (Resource::Endpoints, OutputFormat::Table | OutputFormat::Wide) => {
-            Ok(endpoints_table(snapshot, &services, all))
-        }
+        (Resource::Endpoints, OutputFormat::Table | OutputFormat::Wide) => Ok(endpoints_table(
+            snapshot,
+            &services,
+            all,
+            format == OutputFormat::Wide,
+        )),
         (Resource::EndpointSlices, OutputFormat::Table | OutputFormat::Wide) => {
             Ok(endpoint_slices_table(&slices, all))
         }
@@ -421,7 +424,54 @@ fn endpoints_cell(view: &EndpointsView) -> String {
     }
 }
 
-fn endpoints_table(snapshot: &Snapshot, services: &[&Arc<Service>], all: bool) -> String {
+/// What a Service asks of topology-aware routing: `trafficDistribution`, else the topology
+/// annotation's value, else `<none>`.
+fn topology_cell(s: &Service) -> String {
+    match (&s.traffic_distribution, &s.topology_mode) {
+        (Some(d), _) => d.to_string(),
+        (None, Some(mode)) => format!("topology-mode={mode}"),
+        (None, None) => "<none>".into(),
+    }
+}
+
+/// The hints of a Service's endpoints: `ADDR(zones:Z1+Z2;nodes:N1)` for each endpoint that
+/// has any, sorted by address, at most three, then `+ N more...`; `<none>` when no endpoint
+/// has hints.
+fn hints_cell(snapshot: &Snapshot, s: &Service) -> String {
+    const MAX: usize = 3;
+    let mut hinted: Vec<(IpAddr, String)> = Vec::new();
+    for slice in snapshot.endpoint_slices_for(&s.key) {
+        for ep in &slice.endpoints {
+            let (Some(h), Some(addr)) = (ep.hints.as_deref(), ep.addresses.first()) else {
+                continue;
+            };
+            let join = |l: &[Arc<str>]| l.iter().map(|x| &**x).collect::<Vec<_>>().join("+");
+            let mut parts = Vec::new();
+            if !h.for_zones.is_empty() {
+                parts.push(format!("zones:{}", join(&h.for_zones)));
+            }
+            if !h.for_nodes.is_empty() {
+                parts.push(format!("nodes:{}", join(&h.for_nodes)));
+            }
+            hinted.push((*addr, format!("{addr}({})", parts.join(";"))));
+        }
+    }
+    if hinted.is_empty() {
+        return "<none>".into();
+    }
+    hinted.sort();
+    hinted.dedup();
+    let count = hinted.len();
+    let list: Vec<String> = hinted.into_iter().take(MAX).map(|(_, c)| c).collect();
+    list_with_more(list, count > MAX, count, MAX)
+}
+
+fn endpoints_table(
+    snapshot: &Snapshot,
+    services: &[&Arc<Service>],
+    all: bool,
+    wide: bool,
+) -> String {
     if services.is_empty() {
         return String::new();
     }
@@ -432,6 +482,10 @@ fn endpoints_table(snapshot: &Snapshot, services: &[&Arc<Service>], all: bool) -
     }
     header.push("NAME".into());
     header.push("ENDPOINTS".into());
+    if wide {
+        header.push("TOPOLOGY".into());
+        header.push("HINTS".into());
+    }
     rows.push(header);
     for s in services {
         // The Endpoints controller writes an Endpoints object for every service with a
@@ -446,6 +500,10 @@ fn endpoints_table(snapshot: &Snapshot, services: &[&Arc<Service>], all: bool) -
         }
         row.push(view.name.clone());
         row.push(endpoints_cell(&view));
+        if wide {
+            row.push(topology_cell(s));
+            row.push(hints_cell(snapshot, s));
+        }
         rows.push(row);
     }
     format_table(&rows)
@@ -553,4 +611,59 @@ pub fn export_zone(snapshot: &Snapshot, cluster_domain: &str, zone: &str) -> Str
         }
     }
     out
+}
+
+#[cfg(test)]
+mod topology_tests {
+    use super::*;
+    use crate::cache::new_cache;
+    use crate::ipvs::fixtures::{endpoint, service, slice};
+    use crate::model::{ClusterObject, EndpointHints, Kind, Protocol};
+
+    #[test]
+    fn wide_endpoints_show_the_topology_request_and_hints() {
+        let mut svc = service(
+            "default",
+            "web",
+            "10.96.0.10",
+            &[("", Protocol::Tcp, 80, 80)],
+        );
+        svc.traffic_distribution = Some(Arc::from("PreferClose"));
+        let hinted = |addr: &str, zones: &[&str], nodes: &[&str]| crate::model::Endpoint {
+            hints: Some(Box::new(EndpointHints {
+                for_zones: zones.iter().map(|z| Arc::from(*z)).collect(),
+                for_nodes: nodes.iter().map(|n| Arc::from(*n)).collect(),
+            })),
+            ..endpoint(addr, true, None)
+        };
+        let (mut w, _r) = new_cache([Kind::Service, Kind::EndpointSlice]);
+        w.update(|tx| {
+            tx.apply(ClusterObject::Service(svc));
+            tx.apply(ClusterObject::EndpointSlice(slice(
+                "default",
+                "web-1",
+                "web",
+                &[("", Protocol::Tcp, 80)],
+                vec![
+                    hinted("10.0.2.1", &["zone-b"], &[]),
+                    hinted("10.0.1.1", &["zone-a", "zone-c"], &["node-a"]),
+                    endpoint("10.0.3.1", true, None),
+                ],
+            )));
+        });
+        let ns = NamespaceFilter::One("default".into());
+        let wide = get(&w.snapshot(), Resource::Endpoints, &ns, OutputFormat::Wide).unwrap();
+        let lines: Vec<&str> = wide.lines().collect();
+        assert!(
+            lines[0].contains("TOPOLOGY") && lines[0].contains("HINTS"),
+            "{wide}"
+        );
+        assert!(lines[1].contains("PreferClose"), "{wide}");
+        assert!(
+            lines[1].ends_with("10.0.1.1(zones:zone-a+zone-c;nodes:node-a),10.0.2.1(zones:zone-b)"),
+            "{wide}"
+        );
+        let plain = get(&w.snapshot(), Resource::Endpoints, &ns, OutputFormat::Table).unwrap();
+        assert!(!plain.contains("HINTS"), "hints only with -o wide: {plain}");
+    }
 }

@@ -75,6 +75,9 @@ pub struct AgentOptions {
     pub source: SourceConfig,
     /// Kinds the source watches (the union of what the subsystems need).
     pub kinds: Vec<Kind>,
+    /// This node's name: when `kinds` has [`Kind::Node`], the API source watches only this
+    /// Node (field selector `metadata.name`), for its zone label (topology hints).
+    pub node_name: Option<String>,
     /// Admin endpoint address; `None` = no admin endpoint.
     pub admin: Option<SocketAddr>,
     /// The subsystems, started in order once the source is running.
@@ -127,7 +130,12 @@ pub async fn run_with(
     stop: impl Future<Output = ()>,
     on_started: impl FnOnce(Started),
 ) -> Result<(), AgentError> {
-    let src = source::start(&options.source, &options.kinds).await?;
+    let src = source::start_for_node(
+        &options.source,
+        &options.kinds,
+        options.node_name.as_deref(),
+    )
+    .await?;
     let reader = src.reader();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
@@ -214,6 +222,7 @@ mod tests {
         let options = AgentOptions {
             source: SourceConfig::Manifests(dir),
             kinds: vec![Kind::Service, Kind::EndpointSlice],
+            node_name: None,
             admin: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             subsystems: vec![proxy::launcher(proxy::ProxyOptions {
                 dry_run: true,

@@ -17,10 +17,25 @@ use super::netlink::{NetlinkAddresses, NetlinkIpvs};
 use super::reconcile::Reconciler;
 use super::run::{ProxyError, RunOptions, run};
 use crate::model::Kind;
-use crate::source::{SourceConfig, SourceError, start};
+use crate::source::{SourceConfig, SourceError, start_for_node};
 
-/// Kinds the proxy needs from the source.
+/// Kinds the proxy needs from the source without a node name.
 pub const KINDS: [Kind; 2] = [Kind::Service, Kind::EndpointSlice];
+
+/// Kinds the proxy needs when it runs as node `node_name`: with a name, also its own Node
+/// object (watched alone, by field selector), whose `topology.kubernetes.io/zone` label
+/// topology-aware routing reads. Without a name, logs once that hints are ignored.
+pub fn kinds_for(node_name: Option<&str>) -> Vec<Kind> {
+    let mut kinds = KINDS.to_vec();
+    match node_name {
+        Some(_) => kinds.push(Kind::Node),
+        None => tracing::info!(
+            "no node name (--node-name or hostnameOverride): topology hints of EndpointSlices \
+             are ignored and every ready endpoint is used"
+        ),
+    }
+    kinds
+}
 
 /// Errors of the proxy program.
 #[derive(Debug, thiserror::Error)]
@@ -116,7 +131,16 @@ impl DryRunPlan {
 /// ipset contents and iptables rules a run would program; touches nothing.
 pub async fn dry_run_plan(options: &AppOptions) -> Result<DryRunPlan, AppError> {
     let config = options.initial_config()?;
-    let source = start(&options.source, &KINDS).await?;
+    let node_name = config
+        .hostname_override
+        .clone()
+        .or_else(|| options.node_name.clone());
+    let source = start_for_node(
+        &options.source,
+        &kinds_for(node_name.as_deref()),
+        node_name.as_deref(),
+    )
+    .await?;
     let mut reader = source.reader();
     if !reader.wait_synced(options.sync_timeout).await {
         return Err(AppError::NotSynced(options.sync_timeout));
@@ -128,11 +152,7 @@ pub async fn dry_run_plan(options: &AppOptions) -> Result<DryRunPlan, AppError> 
             .unwrap_or_default(),
     };
     let node = NodeInfo {
-        node_name: config
-            .hostname_override
-            .clone()
-            .or_else(|| options.node_name.clone())
-            .map(Arc::from),
+        node_name: node_name.map(Arc::from),
         local_addresses,
     };
     let snapshot = reader.snapshot();
@@ -150,7 +170,16 @@ pub async fn run_proxy(options: AppOptions) -> Result<(), AppError> {
     let metrics = Arc::new(super::serve::ProxyMetrics::new());
     let status = super::serve::status_with_metrics(metrics.clone());
     let config = options.initial_config()?;
-    let source = start(&options.source, &KINDS).await?;
+    let node_name = config
+        .hostname_override
+        .clone()
+        .or_else(|| options.node_name.clone());
+    let source = start_for_node(
+        &options.source,
+        &kinds_for(node_name.as_deref()),
+        node_name.as_deref(),
+    )
+    .await?;
     let ipvs = NetlinkIpvs::open()?;
     let addresses = NetlinkAddresses::open()?;
     let reconciler = Reconciler::new(Box::new(ipvs), Box::new(addresses));

@@ -12,13 +12,16 @@ use std::sync::Arc;
 use smallvec::SmallVec;
 
 use crate::cache::{Change, Snapshot};
-use crate::model::{AddressType, EndpointSlice, ObjectKey, Service, ServiceType, TrafficPolicy};
+use crate::model::{
+    AddressType, EndpointHints, EndpointSlice, ObjectKey, Service, ServiceType, TrafficPolicy,
+};
 
 use super::config::ProxyConfig;
 use super::table::{
     DestId, DestParams, Dests, EntryPoint, FLAG_PERSISTENT, Family, ServiceId, ServiceParams,
     VirtualServer,
 };
+use super::topology::{self, NodeTopology, PortPolicy, TopologyEndpoint};
 
 /// What the proxy knows about the node it runs on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -118,6 +121,13 @@ pub struct DesiredState {
     /// Owners of each virtual server, sorted; the first one's definition wins on conflicts.
     index: BTreeMap<ServiceId, SmallVec<[ObjectKey; 1]>>,
     bound: BTreeMap<IpAddr, u32>,
+    /// This node's zone label when the state was built (topology hints depend on it).
+    zone: Option<Arc<str>>,
+}
+
+/// This node's `topology.kubernetes.io/zone` label, from its Node object in the snapshot.
+fn node_zone(snapshot: &Snapshot, node: &NodeInfo) -> Option<Arc<str>> {
+    snapshot.node(node.node_name.as_deref()?)?.zone.clone()
 }
 
 /// Builds the complete desired state from scratch.
@@ -126,6 +136,7 @@ pub fn build(snapshot: &Snapshot, config: &ProxyConfig, node: &NodeInfo) -> Desi
     let mut state = DesiredState {
         generation: snapshot.generation(),
         contributions: HashMap::with_capacity(snapshot.service_count()),
+        zone: node_zone(snapshot, node),
         ..DesiredState::default()
     };
     for svc in snapshot.services() {
@@ -195,7 +206,20 @@ impl DesiredState {
     /// [`generation`](Self::generation) (everything when the cache's journal no longer reaches
     /// back that far). Config or node changes need [`build`] instead.
     pub fn update(&mut self, snapshot: &Snapshot, config: &ProxyConfig, node: &NodeInfo) -> Delta {
-        let Some(changes) = snapshot.changes_since(self.generation) else {
+        let zone = node_zone(snapshot, node);
+        let zone_changed = zone != self.zone;
+        if zone_changed {
+            tracing::info!(
+                node = node.node_name.as_deref().unwrap_or(""),
+                from = self.zone.as_deref().unwrap_or("(none)"),
+                to = zone.as_deref().unwrap_or("(none)"),
+                "this node's topology.kubernetes.io/zone changed: recomputing every service"
+            );
+        }
+        let changes = snapshot
+            .changes_since(self.generation)
+            .filter(|_| !zone_changed);
+        let Some(changes) = changes else {
             *self = build(snapshot, config, node);
             return Delta {
                 full: true,
@@ -277,62 +301,87 @@ pub fn is_proxied(svc: &Service) -> bool {
 
 /// One endpoint address usable for one service port.
 #[derive(Debug, Clone, Copy)]
-struct Candidate {
+struct Candidate<'a> {
     dest: DestId,
     ready: bool,
     serving: bool,
     terminating: bool,
     local: bool,
+    hints: Option<&'a EndpointHints>,
 }
 
-/// Picks real servers as kube-proxy's `CategorizeEndpoints` and IPVS `syncEndpoint` do.
-/// Cluster endpoints: ready ones; if there are none, the serving and terminating ones (none at
-/// all when the port never uses them: `uses_cluster` false). With `local_only`, the endpoints on
-/// this node (ready, else serving and terminating); when this node has none, the cluster
-/// endpoints, so that pods on this node can still reach the Service's external addresses
-/// (kubernetes PR 97081). `cands` are sorted by real server, so the result is too.
-fn select(cands: &[Candidate], family: Family, local_only: bool, uses_cluster: bool) -> Dests {
-    let pool = || {
-        cands
+impl TopologyEndpoint for Candidate<'_> {
+    fn ready(&self) -> bool {
+        self.ready
+    }
+    fn serving(&self) -> bool {
+        self.serving
+    }
+    fn terminating(&self) -> bool {
+        self.terminating
+    }
+    fn local(&self) -> bool {
+        self.local
+    }
+    fn hints(&self) -> Option<&EndpointHints> {
+        self.hints
+    }
+}
+
+/// The real servers of one service port and address family, for `Cluster` and for `Local`
+/// traffic, chosen by [`topology::categorize`] (kube-proxy's `CategorizeEndpoints`).
+#[derive(Debug, Default)]
+struct FamilyDests {
+    cluster: Dests,
+    local: Dests,
+}
+
+impl FamilyDests {
+    /// Categorizes the candidates of `family` (`cands` are sorted by real server, so the
+    /// results are too) and logs once why hints the Service asked for were not used.
+    fn new(
+        cands: &[Candidate<'_>],
+        family: Family,
+        policy: &PortPolicy,
+        node: &NodeTopology<'_>,
+        why: (&ObjectKey, &str),
+    ) -> Self {
+        let fam: Vec<Candidate<'_>> = cands
             .iter()
-            .filter(move |c| Family::of(&c.dest.addr) == family)
-    };
-    let pick = |f: &dyn Fn(&Candidate) -> bool| -> Vec<(DestId, DestParams)> {
-        let mut out = Vec::with_capacity(pool().filter(|c| f(c)).count());
-        out.extend(
-            pool()
-                .filter(|c| f(c))
-                .map(|c| (c.dest, DestParams::masq(1))),
-        );
-        out
-    };
-    if local_only {
-        let ready = pick(&|c| c.local && c.ready);
-        if !ready.is_empty() {
-            return Dests::from_sorted(ready);
+            .filter(|c| Family::of(&c.dest.addr) == family)
+            .copied()
+            .collect();
+        let cat = topology::categorize(&fam, policy, node);
+        if let Some(reason) = &cat.ignored {
+            let (service, port) = why;
+            if *reason == topology::HintsIgnored::MissingHints {
+                tracing::debug!(%service, port, %reason, "topology hints ignored: using every endpoint");
+            } else {
+                tracing::info!(%service, port, %reason, "topology hints ignored: using every endpoint");
+            }
         }
-        let terminating = pick(&|c| c.local && c.serving && c.terminating);
-        if !terminating.is_empty() {
-            return Dests::from_sorted(terminating);
+        let dests = |idx: Option<Vec<usize>>| {
+            Dests::from_sorted(
+                idx.unwrap_or_default()
+                    .into_iter()
+                    .map(|i| (fam[i].dest, DestParams::masq(1)))
+                    .collect(),
+            )
+        };
+        FamilyDests {
+            cluster: dests(cat.cluster),
+            local: dests(cat.local),
         }
     }
-    if !uses_cluster {
-        return Dests::from_sorted(Vec::new());
-    }
-    let ready = pick(&|c| c.ready);
-    if !ready.is_empty() {
-        return Dests::from_sorted(ready);
-    }
-    Dests::from_sorted(pick(&|c| c.serving && c.terminating))
 }
 
 /// The candidates for one service port (`port_name`, `protocol`) from the Service's slices,
 /// sorted by real server, one per real server (`out` is reused between calls).
-fn candidates(
-    slices: &[&Arc<EndpointSlice>],
+fn candidates<'a>(
+    slices: &[&'a Arc<EndpointSlice>],
     port: &crate::model::ServicePort,
     node_name: Option<&str>,
-    out: &mut Vec<Candidate>,
+    out: &mut Vec<Candidate<'a>>,
 ) {
     out.clear();
     for slice in slices {
@@ -359,6 +408,7 @@ fn candidates(
                 serving: ep.serving,
                 terminating: ep.terminating,
                 local,
+                hints: ep.hints.as_deref(),
             });
         }
     }
@@ -373,6 +423,7 @@ fn candidates(
         first.serving |= later.serving;
         first.terminating &= later.terminating;
         first.local |= later.local;
+        first.hints = first.hints.or(later.hints);
         true
     });
 }
@@ -424,20 +475,44 @@ pub fn contribution(
         svc.service_type,
         ServiceType::NodePort | ServiceType::LoadBalancer
     );
+    let zone = node_zone(snapshot, node);
+    let topo = NodeTopology {
+        name: node.node_name.as_deref(),
+        zone: zone.as_deref(),
+    };
     let mut c = Contribution::default();
     let mut cands = Vec::new();
     for port in &svc.ports {
         candidates(&slices, port, node.node_name.as_deref(), &mut cands);
         let node_port = port.node_port.filter(|_| node_ports);
-        // kube-proxy's `UsesClusterEndpoints`: `internalTrafficPolicy: Cluster`, or the port
-        // accepts external traffic (needed even with `externalTrafficPolicy: Local`).
-        let uses_cluster = |family: Family| {
-            !internal_local
-                || node_port.is_some()
+        // kube-proxy's `UsesClusterEndpoints`, per family: `internalTrafficPolicy: Cluster`, or
+        // the port accepts external traffic of that family (needed even with
+        // `externalTrafficPolicy: Local`).
+        let policy = |family: Family| PortPolicy {
+            hints: topology::wants_hints(svc),
+            internal_local,
+            external_local,
+            externally_accessible: node_port.is_some()
                 || external_ips.iter().any(|ip| Family::of(ip) == family)
-                || lb_ips.iter().any(|ip| Family::of(ip) == family)
+                || lb_ips.iter().any(|ip| Family::of(ip) == family),
         };
-        let add = |c: &mut Contribution, addr: IpAddr, vport: u16, entry: EntryPoint| {
+        // Per address family, computed on first use.
+        let mut by_family: [Option<FamilyDests>; 2] = [None, None];
+        // With `local_only`, this node's endpoints; when this node has none, the cluster
+        // endpoints, so that pods on this node can still reach the Service's external addresses
+        // (kubernetes PR 97081).
+        let mut select = |family: Family, local_only: bool| -> Dests {
+            let slot = &mut by_family[usize::from(family == Family::V6)];
+            let d = slot.get_or_insert_with(|| {
+                FamilyDests::new(&cands, family, &policy(family), &topo, (&svc.key, &port.name))
+            });
+            if local_only && !d.local.is_empty() {
+                d.local.clone()
+            } else {
+                d.cluster.clone()
+            }
+        };
+        let mut add = |c: &mut Contribution, addr: IpAddr, vport: u16, entry: EntryPoint| {
             let local_only = match entry {
                 EntryPoint::ClusterIp => internal_local,
                 _ => external_local,
@@ -448,7 +523,7 @@ pub fn contribution(
                 let family = Family::of(&addr);
                 let vs = VirtualServer {
                     params,
-                    dests: select(&cands, family, local_only, uses_cluster(family)),
+                    dests: select(family, local_only),
                     entry_point: entry,
                     local_only,
                 };

@@ -44,6 +44,8 @@ pub fn service(
         publish_not_ready_addresses: false,
         selector: None,
         service_proxy_name: None,
+        traffic_distribution: None,
+        topology_mode: None,
         resource_version: None,
     }
 }
@@ -59,6 +61,7 @@ pub fn endpoint(addr: &str, ready: bool, node: Option<&str>) -> Endpoint {
         node_name: node.map(Arc::from),
         zone: None,
         target_ref: None,
+        hints: None,
     }
 }
 

@@ -53,6 +53,7 @@ pub mod render;
 pub mod run;
 pub mod serve;
 pub mod table;
+pub(crate) mod topology;
 
 #[cfg(test)]
 mod golden;

@@ -273,6 +273,11 @@ pub struct Service {
     pub selector: Option<Labels>,
     /// Label `service.kubernetes.io/service-proxy-name`: set means another proxy owns it.
     pub service_proxy_name: Option<Arc<str>>,
+    /// `spec.trafficDistribution` (`PreferClose`, `PreferSameZone`, `PreferSameNode`).
+    pub traffic_distribution: Option<Arc<str>>,
+    /// Annotation `service.kubernetes.io/topology-mode`, else the older
+    /// `service.kubernetes.io/topology-aware-hints`.
+    pub topology_mode: Option<Arc<str>>,
     /// `metadata.resourceVersion`, if any.
     pub resource_version: Option<Arc<str>>,
 }
@@ -340,6 +345,25 @@ pub struct Endpoint {
     pub zone: Option<Arc<str>>,
     /// `targetRef`.
     pub target_ref: Option<TargetRef>,
+    /// `hints` (topology-aware routing); `None` when the endpoint has none (the common case,
+    /// one pointer wide).
+    pub hints: Option<Box<EndpointHints>>,
+}
+
+/// `hints` of an endpoint: where the EndpointSlice controller wants it used.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct EndpointHints {
+    /// `hints.forZones[].name`: the zones whose nodes should use this endpoint.
+    pub for_zones: Box<[Arc<str>]>,
+    /// `hints.forNodes[].name`: the nodes that should use this endpoint.
+    pub for_nodes: Box<[Arc<str>]>,
+}
+
+impl EndpointHints {
+    /// Whether both lists are empty (as good as no hints).
+    pub fn is_empty(&self) -> bool {
+        self.for_zones.is_empty() && self.for_nodes.is_empty()
+    }
 }
 
 /// A projected EndpointSlice.

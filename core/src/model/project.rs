@@ -19,6 +19,10 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 /// Label the EndpointSlice controller puts on slices of headless services.
 pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+/// Service annotation that asks for topology-aware routing (`Auto`).
+pub const TOPOLOGY_MODE_ANNOTATION: &str = "service.kubernetes.io/topology-mode";
+/// The older spelling of [`TOPOLOGY_MODE_ANNOTATION`] (`auto`), read when the newer is absent.
+pub const TOPOLOGY_AWARE_HINTS_ANNOTATION: &str = "service.kubernetes.io/topology-aware-hints";
 /// Default `sessionAffinityConfig.clientIP.timeoutSeconds`.
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
 
@@ -313,6 +317,16 @@ pub fn service(svc: &core_v1::Service) -> Result<Service, ProjectionError> {
             .filter(|s| !s.is_empty())
             .map(|s| Labels::from_pairs(s.iter().map(|(k, v)| (k.as_str(), v.as_str())))),
         service_proxy_name: label(&svc.metadata, SERVICE_PROXY_NAME_LABEL),
+        traffic_distribution: spec
+            .traffic_distribution
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(intern),
+        topology_mode: svc.metadata.annotations.as_ref().and_then(|a| {
+            a.get(TOPOLOGY_MODE_ANNOTATION)
+                .or_else(|| a.get(TOPOLOGY_AWARE_HINTS_ANNOTATION))
+                .map(|v| intern(v))
+        }),
         resource_version: opt_arc(&svc.metadata.resource_version),
         key,
     })
@@ -375,6 +389,23 @@ pub fn endpoint_slice(
                 kind: intern(r.kind.as_deref().unwrap_or("")),
                 namespace: intern(r.namespace.as_deref().unwrap_or("")),
                 name: Arc::from(r.name.as_deref().unwrap_or("")),
+            }),
+            hints: ep.hints.as_ref().and_then(|h| {
+                let hints = EndpointHints {
+                    for_zones: h
+                        .for_zones
+                        .iter()
+                        .flatten()
+                        .map(|z| intern(&z.name))
+                        .collect(),
+                    for_nodes: h
+                        .for_nodes
+                        .iter()
+                        .flatten()
+                        .map(|n| intern(&n.name))
+                        .collect(),
+                };
+                (!hints.is_empty()).then(|| Box::new(hints))
             }),
         });
     }

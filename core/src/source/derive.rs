@@ -65,6 +65,7 @@ pub fn derive_endpoint_slices<'a>(
                         namespace: pod.key.namespace.clone(),
                         name: pod.key.name.clone(),
                     }),
+                    hints: None,
                 });
             }
             if groups.is_empty() {

@@ -195,8 +195,11 @@ fn project_event<K: WatchedKind>(event: Event<K>) -> Event<Projected> {
 /// One item of the merged event stream: which kind, and its watcher event or error.
 type KindEvent = (Kind, Result<Event<Projected>, watcher::Error>);
 
-fn kind_events<K: WatchedKind>(client: ::kube::Client) -> BoxStream<'static, KindEvent> {
-    ::kube::runtime::watcher(Api::<K>::all(client), watcher::Config::default())
+fn kind_events<K: WatchedKind>(
+    client: ::kube::Client,
+    config: watcher::Config,
+) -> BoxStream<'static, KindEvent> {
+    ::kube::runtime::watcher(Api::<K>::all(client), config)
         .default_backoff()
         .modify(|object: &mut K| object.meta_mut().managed_fields = None)
         .map(|item| (K::KIND, item.map(project_event::<K>)))
@@ -405,21 +408,51 @@ fn current_object(snapshot: &Snapshot, kind: Kind, key: &ObjectKey) -> Option<Cl
 pub async fn run(
     client: ::kube::Client,
     kinds: Vec<Kind>,
-    mut writer: CacheWriter,
+    writer: CacheWriter,
     status: StatusHandle,
 ) {
+    run_for_node(client, kinds, writer, status, None).await
+}
+
+/// The field selector that narrows the Node watch to the node named `node`.
+pub fn node_field_selector(node: &str) -> String {
+    format!("metadata.name={node}")
+}
+
+/// Like [`run`]; with `node` set, Nodes are watched with the field selector
+/// `metadata.name=<node>` (only this node's object: its zone label for topology hints).
+pub async fn run_for_node(
+    client: ::kube::Client,
+    kinds: Vec<Kind>,
+    mut writer: CacheWriter,
+    status: StatusHandle,
+    node: Option<String>,
+) {
     let mut seen = BTreeSet::new();
+    let all = watcher::Config::default;
     let streams: Vec<BoxStream<'static, KindEvent>> = kinds
         .iter()
         .filter(|k| seen.insert(**k))
         .map(|kind| match kind {
-            Kind::Service => kind_events::<core_v1::Service>(client.clone()),
-            Kind::EndpointSlice => kind_events::<discovery_v1::EndpointSlice>(client.clone()),
-            Kind::Pod => kind_events::<core_v1::Pod>(client.clone()),
-            Kind::Node => kind_events::<core_v1::Node>(client.clone()),
+            Kind::Service => kind_events::<core_v1::Service>(client.clone(), all()),
+            Kind::EndpointSlice => {
+                kind_events::<discovery_v1::EndpointSlice>(client.clone(), all())
+            }
+            Kind::Pod => kind_events::<core_v1::Pod>(client.clone(), all()),
+            Kind::Node => kind_events::<core_v1::Node>(
+                client.clone(),
+                match &node {
+                    Some(name) => all().fields(&node_field_selector(name)),
+                    None => all(),
+                },
+            ),
         })
         .collect();
-    tracing::info!(?kinds, "watching the Kubernetes API");
+    tracing::info!(
+        ?kinds,
+        node = node.as_deref(),
+        "watching the Kubernetes API"
+    );
     let mut events = futures::stream::select_all(streams);
     let mut applier = ApiEventApplier::new();
     let mut published_problems = applier.problems_version();

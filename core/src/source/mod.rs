@@ -144,6 +144,16 @@ impl Drop for Source {
 /// Starts `config` feeding a new cache that waits for the initial lists of `kinds`.
 /// Must be called inside a tokio runtime.
 pub async fn start(config: &SourceConfig, kinds: &[Kind]) -> Result<Source, SourceError> {
+    start_for_node(config, kinds, None).await
+}
+
+/// Like [`start`]; with `node` set, the Kubernetes API source watches only that Node
+/// (field selector `metadata.name`). A manifest directory keeps every Node it holds.
+pub async fn start_for_node(
+    config: &SourceConfig,
+    kinds: &[Kind],
+    node: Option<&str>,
+) -> Result<Source, SourceError> {
     let (writer, reader) = new_cache(kinds.iter().copied());
     let status = StatusHandle::default();
     status.update(|s| s.description = config.describe());
@@ -153,7 +163,13 @@ pub async fn start(config: &SourceConfig, kinds: &[Kind]) -> Result<Source, Sour
         }
         SourceConfig::Kubernetes { kubeconfig } => {
             let client = kube::client(kubeconfig.as_deref()).await?;
-            tokio::spawn(kube::run(client, kinds.to_vec(), writer, status.clone()))
+            tokio::spawn(kube::run_for_node(
+                client,
+                kinds.to_vec(),
+                writer,
+                status.clone(),
+                node.map(str::to_owned),
+            ))
         }
     };
     Ok(Source {
