@@ -2,11 +2,14 @@
 //! and the `conntrack` section of the configuration ([`sysctl`]).
 //!
 //! With `net.ipv4.vs.conntrack=1` every flow IPVS forwards has a netfilter conntrack entry whose
-//! reply side names the real server. When a real server goes away, IPVS (with
-//! `expire_nodest_conn=1`) reschedules the next packet of the flow only if that packet does not
-//! belong to an already confirmed conntrack entry: a UDP client that keeps its source port (a
-//! resolver asking the DNS service) refreshes the old entry with every query and is dropped for
-//! as long as it keeps asking. Deleting the entry lets the next packet be scheduled afresh.
+//! reply side names the real server. A UDP client that keeps its source port (a resolver asking
+//! the DNS service) refreshes that entry with every query, so it outlives the real server. On
+//! older kernels IPVS then kept dropping the flow (a packet of a confirmed conntrack entry is not
+//! rescheduled); kernels since 5.9 with `expire_nodest_conn=1` (set by the proxy) expire the
+//! connections of a deleted real server and their conntrack entries by themselves (seen in the
+//! 6.1 test kernel, `tests/tests/vm_conntrack.rs`). Deleting the entries here, as kube-proxy does
+//! in IPVS mode too, covers the older kernels and entries IPVS does not own (traffic that reached
+//! a virtual address while it had no real servers).
 //!
 //! [`StaleTracker`] is the pure part: it remembers the real servers of every UDP/SCTP virtual
 //! server and, from what a sync changed, decides which entries to delete ([`ConntrackFilter`]):
