@@ -382,10 +382,17 @@ fn udp_flow_survives_backend_replacement() -> anyhow::Result<()> {
         "the stale entry to pod-a must be gone: {after}"
     );
     let log = f.proxy.as_ref().map(Background::log).unwrap_or_default();
-    ensure!(
-        log.contains("deleted stale conntrack entries"),
-        "proxy log:\n{log}"
-    );
+    let log = strip_ansi(&log);
+    let cleaned = log
+        .lines()
+        .find(|l| l.contains("deleted stale conntrack entries"))
+        .with_context(|| format!("proxy log:\n{log}"))?;
+    let synced = log
+        .lines()
+        .filter(|l| l.contains("synced") && l.contains("dests_deleted=1"))
+        .next_back()
+        .unwrap_or("(no incremental sync line)");
+    println!("  proxy: {cleaned}\n  proxy: {synced}");
     Ok(())
 }
 
@@ -517,6 +524,24 @@ fn ctnetlink_deletes_matching_entries() -> anyhow::Result<()> {
         "the flow goes on: {again:?}"
     );
     Ok(())
+}
+
+/// The proxy's log without terminal colour codes.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn teardown() -> anyhow::Result<()> {
