@@ -52,6 +52,8 @@ pub struct ProxyConfig {
     pub metrics_bind_address: Option<SocketAddr>,
     /// Node name override (`hostnameOverride`).
     pub hostname_override: Option<String>,
+    /// The `conntrack` section: kernel conntrack table size and timeouts.
+    pub conntrack: super::conntrack::sysctl::ConntrackConfig,
 }
 
 impl Default for ProxyConfig {
@@ -74,6 +76,7 @@ impl Default for ProxyConfig {
             healthz_bind_address: Some(SocketAddr::from(([0, 0, 0, 0], 10256))),
             metrics_bind_address: Some(SocketAddr::from(([127, 0, 0, 1], 10249))),
             hostname_override: None,
+            conntrack: Default::default(),
         }
     }
 }

@@ -848,6 +848,7 @@ pub struct KernelHost {
     retry_at: Option<Instant>,
     extras: HostExtras,
     services: super::extras::ExtrasIndex,
+    conntrack: super::conntrack::KernelConntrack,
 }
 
 impl std::fmt::Debug for KernelHost {
@@ -888,6 +889,7 @@ impl KernelHost {
             retry_at: None,
             extras: HostExtras::default(),
             services: super::extras::ExtrasIndex::new(),
+            conntrack: super::conntrack::KernelConntrack::from_env(),
         }
     }
 
@@ -1062,6 +1064,7 @@ impl HostSetup for KernelHost {
                 tracing::warn!(sysctl = path, error = %e, "setting sysctl failed");
             }
         }
+        super::conntrack::sysctl::apply_logged(&config.conntrack);
         let secs = |d: Duration| d.as_secs().min(u32::MAX as u64) as u32;
         if !(config.tcp_timeout.is_zero()
             && config.tcp_fin_timeout.is_zero()
@@ -1095,6 +1098,10 @@ impl HostSetup for KernelHost {
             let extras = self.services.extras();
             self.set_extras(extras);
         }
+    }
+
+    fn conntrack(&mut self) -> Option<&mut dyn super::conntrack::ConntrackBackend> {
+        self.conntrack.backend()
     }
 }
 

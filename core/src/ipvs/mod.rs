@@ -13,6 +13,8 @@
 //! - [`reconcile`]: full and incremental syncs, adoption, graceful termination.
 //! - [`host`]: sysctls, IPVS timeouts, ipsets and iptables rules (restore files).
 //! - [`config`]: `KubeProxyConfiguration` files, validation, live watching.
+//! - [`conntrack`]: stale UDP/SCTP conntrack entries after endpoint changes, and the
+//!   `conntrack` section's kernel settings.
 //! - [`run`]: the control loop ([`run::run`]) taking a [`CacheReader`](crate::CacheReader).
 //! - [`app`]: the `svcnet-proxy` program (`run_proxy`, `dry_run`).
 //! - [`serve`]: `/healthz`, `/livez`, `/metrics` with kube-proxy's metric names.
@@ -41,6 +43,7 @@
 pub mod app;
 pub mod backend;
 pub mod config;
+pub mod conntrack;
 pub mod desired;
 pub mod extras;
 pub mod fixtures;

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use super::backend::BackendError;
 use super::config::ProxyConfig;
+use super::conntrack::{ConntrackBackend, StaleTracker};
 use super::desired::{DesiredState, NodeInfo, build};
 use super::reconcile::{Reconciler, SyncReport};
 use crate::cache::CacheReader;
@@ -52,6 +53,11 @@ pub trait HostSetup: Send {
     /// that are not in the IPVS table (health-check node ports, load-balancer source ranges).
     /// A change the table does not see makes [`has_pending`](Self::has_pending) true.
     fn observe_snapshot(&mut self, _snapshot: &crate::cache::Snapshot, _node: &NodeInfo) {}
+    /// Where stale UDP/SCTP conntrack entries are deleted after each sync (see
+    /// [`super::conntrack`]); `None` (the default): no cleanup.
+    fn conntrack(&mut self) -> Option<&mut dyn ConntrackBackend> {
+        None
+    }
 }
 
 /// How long after a deferred host update the loop retries it.
@@ -179,6 +185,7 @@ struct Worker {
     desired: DesiredState,
     config: ProxyConfig,
     node: NodeInfo,
+    stale: StaleTracker,
 }
 
 impl Worker {
@@ -221,6 +228,7 @@ impl Worker {
         self.desired = build(snapshot, &self.config, &self.node);
         let built = started.elapsed();
         let report = self.rec.full_sync(&self.desired, &self.config)?;
+        self.clean_conntrack(None);
         let synced = started.elapsed();
         self.after_sync();
         tracing::debug!(
@@ -248,8 +256,40 @@ impl Worker {
             return Ok(SyncReport::default());
         }
         let report = self.rec.sync_delta(&self.desired, &delta, &self.config)?;
+        self.clean_conntrack((!delta.full).then_some(&delta.services));
         self.after_sync();
         Ok(report)
+    }
+
+    /// Deletes the conntrack entries the sync just applied made stale (UDP/SCTP only; nothing
+    /// to do, and no system call, when no such virtual server lost a real server or got its
+    /// first). `changed`: the virtual servers the sync touched (`None`: all).
+    fn clean_conntrack(&mut self, changed: Option<&std::collections::BTreeSet<super::ServiceId>>) {
+        let Some(ct) = self.host.as_mut().and_then(|h| h.conntrack()) else {
+            return;
+        };
+        let filters = self.stale.observe(&self.desired, changed);
+        if filters.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        match ct.delete_matching(&filters) {
+            Ok(r) => tracing::info!(
+                filters = filters.len(),
+                scanned = r.scanned,
+                deleted = r.deleted,
+                round_trips = r.round_trips,
+                ms = started.elapsed().as_secs_f64() * 1000.0,
+                first = %filters[0],
+                "deleted stale conntrack entries"
+            ),
+            Err(e) => tracing::warn!(
+                error = %e,
+                filters = filters.len(),
+                first = %filters[0],
+                "deleting stale conntrack entries failed"
+            ),
+        }
     }
 
     fn after_sync(&mut self) {
@@ -333,6 +373,7 @@ pub async fn run(
         desired: DesiredState::default(),
         config: initial.clone(),
         node: NodeInfo::default(),
+        stale: StaleTracker::new(),
     };
     let mut job = Job::Config(Box::new(initial));
     let mut pending_since: Option<Instant> = None;

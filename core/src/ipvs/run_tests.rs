@@ -211,3 +211,141 @@ async fn draining_real_servers_are_reaped_by_the_loop() {
     );
     task.abort();
 }
+
+/// A host whose conntrack table is a [`MemoryConntrack`](crate::ipvs::conntrack::MemoryConntrack)
+/// shared with the test.
+#[derive(Clone, Default)]
+struct ConntrackHost(Arc<Mutex<crate::ipvs::conntrack::MemoryConntrack>>);
+
+/// Forwards to the shared table (the trait hands out `&mut dyn`, the test keeps a handle).
+struct Shared(Arc<Mutex<crate::ipvs::conntrack::MemoryConntrack>>);
+
+impl crate::ipvs::conntrack::ConntrackBackend for Shared {
+    fn delete_matching(
+        &mut self,
+        filters: &[crate::ipvs::conntrack::ConntrackFilter],
+    ) -> Result<crate::ipvs::conntrack::ConntrackReport, BackendError> {
+        self.0.lock().unwrap().delete_matching(filters)
+    }
+}
+
+struct ConntrackHostSetup {
+    shared: Shared,
+}
+
+impl HostSetup for ConntrackHostSetup {
+    fn apply_config(&mut self, _config: &ProxyConfig) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn after_sync(
+        &mut self,
+        _desired: &DesiredState,
+        _config: &ProxyConfig,
+        _node: &NodeInfo,
+    ) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn conntrack(&mut self) -> Option<&mut dyn crate::ipvs::conntrack::ConntrackBackend> {
+        Some(&mut self.shared)
+    }
+}
+
+fn dns(eps: &[&str]) -> [ClusterObject; 2] {
+    [
+        ClusterObject::Service(service(
+            "kube-system",
+            "kube-dns",
+            "10.96.0.10",
+            &[
+                ("dns", Protocol::Udp, 53, 53),
+                ("dns-tcp", Protocol::Tcp, 53, 53),
+            ],
+        )),
+        ClusterObject::EndpointSlice(slice(
+            "kube-system",
+            "kube-dns-1",
+            "kube-dns",
+            &[("dns", Protocol::Udp, 53), ("dns-tcp", Protocol::Tcp, 53)],
+            eps.iter().map(|a| endpoint(a, true, None)).collect(),
+        )),
+    ]
+}
+
+/// The control loop deletes the stale UDP entries of a replaced DNS backend after the IPVS
+/// change, leaves TCP entries and the new backend's flows alone, and calls the table only when
+/// a UDP virtual server lost a real server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_stale_udp_conntrack_entries_after_the_sync() {
+    use crate::ipvs::conntrack::{ConntrackEntry, ConntrackTuple};
+    let (mut writer, reader) = new_cache([Kind::Service, Kind::EndpointSlice]);
+    let ipvs = MemoryIpvs::new();
+    let addrs = MemoryAddresses::new(vec!["192.168.1.5".parse().unwrap()]);
+    let rec = Reconciler::new(Box::new(ipvs.clone()), Box::new(addrs));
+    let host = ConntrackHost::default();
+    let entry = |proto: u8, pod: &str, sport: u16| ConntrackEntry {
+        protocol: proto,
+        orig: ConntrackTuple {
+            src: "10.244.2.7".parse().unwrap(),
+            dst: "10.96.0.10".parse().unwrap(),
+            src_port: sport,
+            dst_port: 53,
+        },
+        reply: ConntrackTuple {
+            src: pod.parse().unwrap(),
+            dst: "10.244.2.7".parse().unwrap(),
+            src_port: 53,
+            dst_port: sport,
+        },
+        zone: 0,
+        id: None,
+    };
+    let stale_udp = entry(17, "10.244.1.10", 40053);
+    let tcp = entry(6, "10.244.1.10", 40054);
+    let live_udp = entry(17, "10.244.1.11", 40055);
+    host.0.lock().unwrap().entries = vec![stale_udp, tcp, live_udp];
+    let (_config_tx, config_rx) = watch::channel(ProxyConfig::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let status = StatusHandle::default();
+    let task = tokio::spawn(run(
+        reader,
+        rec,
+        Some(Box::new(ConntrackHostSetup {
+            shared: Shared(host.0.clone()),
+        })),
+        config_rx,
+        RunOptions::default(),
+        status.clone(),
+        stop_rx,
+    ));
+    writer.update(|tx| {
+        for o in dns(&["10.244.1.10", "10.244.1.11"]) {
+            tx.apply(o);
+        }
+        tx.mark_synced(Kind::Service);
+        tx.mark_synced(Kind::EndpointSlice);
+    });
+    until("first sync recorded", || status.get().full_syncs >= 1).await;
+    assert_eq!(
+        host.0.lock().unwrap().calls,
+        0,
+        "the first sync only records"
+    );
+
+    // A new endpoint: nothing is stale, the table is not called.
+    for o in dns(&["10.244.1.10", "10.244.1.11", "10.244.1.12"]) {
+        writer.apply(o);
+    }
+    until("second sync", || status.get().syncs >= 2).await;
+    assert_eq!(host.0.lock().unwrap().calls, 0);
+
+    // 10.244.1.10 goes: its UDP entry to the cluster IP goes with it, nothing else.
+    for o in dns(&["10.244.1.11", "10.244.1.12"]) {
+        writer.apply(o);
+    }
+    until("stale entry deleted", || host.0.lock().unwrap().calls == 1).await;
+    assert_eq!(host.0.lock().unwrap().entries, vec![tcp, live_udp]);
+    let udp = ServiceId::new(Protocol::Udp, "10.96.0.10".parse().unwrap(), 53);
+    assert_eq!(ipvs.service(&udp).map(|s| s.dests.len()), Some(2));
+    stop_tx.send(true).unwrap();
+    task.await.unwrap().unwrap();
+}

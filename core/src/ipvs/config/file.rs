@@ -90,6 +90,14 @@ const SUPPORTED: &[&str] = &[
     "healthzBindAddress",
     "metricsBindAddress",
     "hostnameOverride",
+    "conntrack",
+    "conntrack.maxPerCore",
+    "conntrack.min",
+    "conntrack.tcpEstablishedTimeout",
+    "conntrack.tcpCloseWaitTimeout",
+    "conntrack.tcpBeLiberal",
+    "conntrack.udpTimeout",
+    "conntrack.udpStreamTimeout",
 ];
 
 /// Documented fields with no effect here (other modes, client settings, logging...).
@@ -107,7 +115,6 @@ const KNOWN_IGNORED: &[&str] = &[
     "detectLocalMode",
     "detectLocal",
     "oomScoreAdj",
-    "conntrack",
     "configSyncPeriod",
     "portRange",
     "logging",
@@ -398,11 +405,58 @@ pub fn parse(text: &str, path: &str) -> Result<LoadedConfig, ConfigError> {
     if let Some(a) = r.bind_address(&v, "metricsBindAddress", 10249)? {
         c.metrics_bind_address = a;
     }
+    read_conntrack(&r, &v, &mut c.conntrack)?;
     c.hostname_override = r
         .string(&v, "hostnameOverride")?
         .filter(|s| !s.is_empty())
         .map(str::to_string);
     Ok(LoadedConfig { config: c, ignored })
+}
+
+/// The `conntrack` section: absent or `null` fields keep kube-proxy's defaults (see
+/// [`ConntrackConfig`](crate::ipvs::conntrack::sysctl::ConntrackConfig)).
+fn read_conntrack(
+    r: &Reader<'_>,
+    v: &Value,
+    c: &mut crate::ipvs::conntrack::sysctl::ConntrackConfig,
+) -> Result<(), ConfigError> {
+    for (field, slot) in [
+        ("conntrack.maxPerCore", &mut c.max_per_core),
+        ("conntrack.min", &mut c.min),
+    ] {
+        match lookup(v, field) {
+            None | Some(Value::Null) => {}
+            Some(Value::Number(n)) => match n.as_u64().and_then(|n| u32::try_from(n).ok()) {
+                Some(n) => *slot = n,
+                None => {
+                    return Err(r.invalid(field, format!("{n} is not a count in 0..=4294967295")));
+                }
+            },
+            Some(other) => {
+                return Err(r.invalid(field, format!("expected a number, got {other}")));
+            }
+        }
+    }
+    for (field, slot) in [
+        (
+            "conntrack.tcpEstablishedTimeout",
+            &mut c.tcp_established_timeout,
+        ),
+        (
+            "conntrack.tcpCloseWaitTimeout",
+            &mut c.tcp_close_wait_timeout,
+        ),
+        ("conntrack.udpTimeout", &mut c.udp_timeout),
+        ("conntrack.udpStreamTimeout", &mut c.udp_stream_timeout),
+    ] {
+        if let Some(d) = r.duration(v, field)? {
+            *slot = d;
+        }
+    }
+    if let Some(b) = r.bool(v, "conntrack.tcpBeLiberal")? {
+        c.tcp_be_liberal = b;
+    }
+    Ok(())
 }
 
 /// Reads and validates a configuration file.
@@ -474,7 +528,9 @@ nodePortAddresses: ["192.168.0.0/16"]
             Some("127.0.0.1:10249".parse().unwrap())
         );
         assert_eq!(c.hostname_override, None);
-        assert!(l.ignored.contains(&"conntrack".to_string()));
+        // `maxPerCore: null` keeps kube-proxy's default; the section is applied, not ignored.
+        assert!(!l.ignored.contains(&"conntrack".to_string()));
+        assert_eq!(c.conntrack, Default::default());
         assert!(l.ignored.contains(&"iptables.syncPeriod".to_string()));
     }
 
@@ -548,6 +604,41 @@ nodePortAddresses: ["192.168.0.0/16"]
             parse("ipvs: [", "f"),
             Err(ConfigError::Syntax { .. })
         ));
+    }
+
+    #[test]
+    fn conntrack_section_is_read_with_kube_proxy_defaults() {
+        let c = parse(
+            "conntrack:\n  maxPerCore: 0\n  min: 1000\n  tcpEstablishedTimeout: 2h\n  \
+             tcpCloseWaitTimeout: 30m\n  tcpBeLiberal: true\n  udpTimeout: 45s\n  \
+             udpStreamTimeout: 3m\n",
+            "f",
+        )
+        .unwrap()
+        .config
+        .conntrack;
+        assert_eq!(c.max_per_core, 0);
+        assert_eq!(c.min, 1000);
+        assert_eq!(c.tcp_established_timeout, Duration::from_secs(7200));
+        assert_eq!(c.tcp_close_wait_timeout, Duration::from_secs(1800));
+        assert!(c.tcp_be_liberal);
+        assert_eq!(c.udp_timeout, Duration::from_secs(45));
+        assert_eq!(c.udp_stream_timeout, Duration::from_secs(180));
+        let d = parse("conntrack: {}\n", "f").unwrap().config.conntrack;
+        assert_eq!((d.max_per_core, d.min), (32768, 131072));
+        assert_eq!(d.tcp_established_timeout, Duration::from_secs(86400));
+        assert_eq!(d.tcp_close_wait_timeout, Duration::from_secs(3600));
+        assert!(!d.tcp_be_liberal);
+        for (text, field) in [
+            ("conntrack:\n  maxPerCore: -1\n", "conntrack.maxPerCore"),
+            ("conntrack:\n  min: lots\n", "conntrack.min"),
+            ("conntrack:\n  udpTimeout: 5\n", "conntrack.udpTimeout"),
+            ("conntrack:\n  tcpBeLiberal: 1\n", "conntrack.tcpBeLiberal"),
+            ("conntrack:\n  maxPerCorr: 1\n", "conntrack.maxPerCorr"),
+        ] {
+            let e = parse(text, "f").unwrap_err();
+            assert!(e.to_string().contains(field), "{text:?}: {e}");
+        }
     }
 
     #[test]

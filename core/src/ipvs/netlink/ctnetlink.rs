@@ -1,0 +1,489 @@
+//! Deleting conntrack entries over ctnetlink (netfilter netlink subsystem `CTNETLINK`), without a
+//! `conntrack` process: one dump of the table (`IPCTNL_MSG_CT_GET` with `NLM_F_DUMP`, every
+//! family at once), then one `IPCTNL_MSG_CT_DELETE` per matching entry, batched [`BATCH`] per
+//! `sendmsg` with only the last one acknowledged (failures are still reported per request).
+//! Kernels before 6.8 cannot flush by tuple filter (`CTA_FILTER` on delete is `EOPNOTSUPP`), so
+//! the dump is needed to learn the full tuples; it is done only when there is something to
+//! delete.
+//!
+//! Message layout (kernel `include/uapi/linux/netfilter/nfnetlink_conntrack.h`): the netlink
+//! header, `struct nfgenmsg { u8 family; u8 version; be16 res_id }`, then attributes;
+//! `CTA_TUPLE_ORIG` nests `CTA_TUPLE_IP` (`CTA_IP_V4_SRC`/`DST`, `CTA_IP_V6_SRC`/`DST`) and
+//! `CTA_TUPLE_PROTO` (`CTA_PROTO_NUM` u8, ports big-endian u16).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use neli::consts::socket::NlFamily;
+
+use super::socket::{Conn, SocketStats};
+use crate::ipvs::backend::BackendError;
+use crate::ipvs::conntrack::{
+    ConntrackBackend, ConntrackEntry, ConntrackFilter, ConntrackReport, ConntrackTuple,
+};
+
+/// `NFNL_SUBSYS_CTNETLINK`.
+const SUBSYS_CTNETLINK: u16 = 1;
+/// `IPCTNL_MSG_CT_GET`.
+const MSG_CT_GET: u16 = 1;
+/// `IPCTNL_MSG_CT_DELETE`.
+const MSG_CT_DELETE: u16 = 2;
+/// `NFNETLINK_V0`.
+const NFNETLINK_V0: u8 = 0;
+
+const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_TUPLE_REPLY: u16 = 2;
+const CTA_ID: u16 = 12;
+const CTA_ZONE: u16 = 18;
+const CTA_TUPLE_IP: u16 = 1;
+const CTA_TUPLE_PROTO: u16 = 2;
+const CTA_IP_V4_SRC: u16 = 1;
+const CTA_IP_V4_DST: u16 = 2;
+const CTA_IP_V6_SRC: u16 = 3;
+const CTA_IP_V6_DST: u16 = 4;
+const CTA_PROTO_NUM: u16 = 1;
+const CTA_PROTO_SRC_PORT: u16 = 2;
+const CTA_PROTO_DST_PORT: u16 = 3;
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+/// `ENOENT`: the entry expired between the dump and the delete.
+const ENOENT: i32 = 2;
+
+/// Deletes per `sendmsg`.
+pub const BATCH: usize = 100;
+
+fn attrs(payload: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    let mut off = 0;
+    std::iter::from_fn(move || {
+        if off + 4 > payload.len() {
+            return None;
+        }
+        let len = u16::from_ne_bytes([payload[off], payload[off + 1]]) as usize;
+        let ty = u16::from_ne_bytes([payload[off + 2], payload[off + 3]]) & 0x3fff;
+        if len < 4 || off + len > payload.len() {
+            return None;
+        }
+        let value = &payload[off + 4..off + len];
+        off += (len + 3) & !3;
+        Some((ty, value))
+    })
+}
+
+fn find(payload: &[u8], ty: u16) -> Option<&[u8]> {
+    attrs(payload)
+        .filter(|(t, _)| *t == ty)
+        .map(|(_, v)| v)
+        .last()
+}
+
+fn be16(v: Option<&[u8]>) -> Option<u16> {
+    Some(u16::from_be_bytes(v?.get(..2)?.try_into().ok()?))
+}
+
+fn be32(v: Option<&[u8]>) -> Option<u32> {
+    Some(u32::from_be_bytes(v?.get(..4)?.try_into().ok()?))
+}
+
+fn addr(v: Option<&[u8]>) -> Option<IpAddr> {
+    let v = v?;
+    match v.len() {
+        4 => Some(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(v).ok()?))),
+        16 => Some(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(v).ok()?))),
+        _ => None,
+    }
+}
+
+/// Decodes a tuple (the payload of `CTA_TUPLE_ORIG`/`CTA_TUPLE_REPLY`): (protocol, tuple).
+fn decode_tuple(payload: &[u8]) -> Option<(u8, ConntrackTuple)> {
+    let ip = find(payload, CTA_TUPLE_IP)?;
+    let proto = find(payload, CTA_TUPLE_PROTO)?;
+    let (src, dst) = match (find(ip, CTA_IP_V4_SRC), find(ip, CTA_IP_V6_SRC)) {
+        (Some(s), _) => (addr(Some(s))?, addr(find(ip, CTA_IP_V4_DST))?),
+        (None, Some(s)) => (addr(Some(s))?, addr(find(ip, CTA_IP_V6_DST))?),
+        (None, None) => return None,
+    };
+    let num = *find(proto, CTA_PROTO_NUM)?.first()?;
+    Some((
+        num,
+        ConntrackTuple {
+            src,
+            dst,
+            src_port: be16(find(proto, CTA_PROTO_SRC_PORT)).unwrap_or(0),
+            dst_port: be16(find(proto, CTA_PROTO_DST_PORT)).unwrap_or(0),
+        },
+    ))
+}
+
+/// Decodes one `IPCTNL_MSG_CT_NEW` message body of a dump (after the netlink header). `None`
+/// for an entry without both tuples (nothing cleanup could match).
+pub fn decode_entry(body: &[u8]) -> Option<ConntrackEntry> {
+    let rest = body.get(4..)?;
+    let (protocol, orig) = decode_tuple(find(rest, CTA_TUPLE_ORIG)?)?;
+    let (_, reply) = decode_tuple(find(rest, CTA_TUPLE_REPLY)?)?;
+    Some(ConntrackEntry {
+        protocol,
+        orig,
+        reply,
+        zone: be16(find(rest, CTA_ZONE)).unwrap_or(0),
+        id: be32(find(rest, CTA_ID)),
+    })
+}
+
+/// A minimal attribute writer.
+struct Writer<'a>(&'a mut Vec<u8>);
+
+impl Writer<'_> {
+    fn pad(&mut self) {
+        while !self.0.len().is_multiple_of(4) {
+            self.0.push(0);
+        }
+    }
+    fn attr(&mut self, ty: u16, payload: &[u8]) {
+        self.0
+            .extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+        self.0.extend_from_slice(&ty.to_ne_bytes());
+        self.0.extend_from_slice(payload);
+        self.pad();
+    }
+    fn begin(&mut self, ty: u16) -> usize {
+        let at = self.0.len();
+        self.0.extend_from_slice(&[0, 0]);
+        self.0.extend_from_slice(&(ty | 0x8000).to_ne_bytes());
+        at
+    }
+    fn end(&mut self, at: usize) {
+        let len = (self.0.len() - at) as u16;
+        self.0[at..at + 2].copy_from_slice(&len.to_ne_bytes());
+    }
+    fn header(&mut self, msg: u16, flags: u16, seq: u32, family: u8) -> usize {
+        let start = self.0.len();
+        self.0.extend_from_slice(&0u32.to_ne_bytes());
+        self.0
+            .extend_from_slice(&((SUBSYS_CTNETLINK << 8) | msg).to_ne_bytes());
+        self.0.extend_from_slice(&flags.to_ne_bytes());
+        self.0.extend_from_slice(&seq.to_ne_bytes());
+        self.0.extend_from_slice(&0u32.to_ne_bytes());
+        self.0.extend_from_slice(&[family, NFNETLINK_V0, 0, 0]);
+        start
+    }
+    fn finish(&mut self, start: usize) {
+        let len = (self.0.len() - start) as u32;
+        self.0[start..start + 4].copy_from_slice(&len.to_ne_bytes());
+    }
+}
+
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_DUMP: u16 = 0x300;
+
+/// Appends a dump request of every entry of every family.
+pub fn encode_dump(out: &mut Vec<u8>, seq: u32) {
+    let mut w = Writer(out);
+    let start = w.header(MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, seq, 0);
+    w.finish(start);
+}
+
+/// Appends the request deleting exactly `entry` (by original tuple, zone and id).
+pub fn encode_delete(out: &mut Vec<u8>, seq: u32, entry: &ConntrackEntry, ack: bool) {
+    let family = match entry.orig.src {
+        IpAddr::V4(_) => AF_INET,
+        IpAddr::V6(_) => AF_INET6,
+    };
+    let flags = NLM_F_REQUEST | if ack { NLM_F_ACK } else { 0 };
+    let mut w = Writer(out);
+    let start = w.header(MSG_CT_DELETE, flags, seq, family);
+    let tuple = w.begin(CTA_TUPLE_ORIG);
+    let ip = w.begin(CTA_TUPLE_IP);
+    match (entry.orig.src, entry.orig.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            w.attr(CTA_IP_V4_SRC, &s.octets());
+            w.attr(CTA_IP_V4_DST, &d.octets());
+        }
+        (s, d) => {
+            let v6 = |a: IpAddr| match a {
+                IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+                IpAddr::V6(a) => a.octets(),
+            };
+            w.attr(CTA_IP_V6_SRC, &v6(s));
+            w.attr(CTA_IP_V6_DST, &v6(d));
+        }
+    }
+    w.end(ip);
+    let proto = w.begin(CTA_TUPLE_PROTO);
+    w.attr(CTA_PROTO_NUM, &[entry.protocol]);
+    w.attr(CTA_PROTO_SRC_PORT, &entry.orig.src_port.to_be_bytes());
+    w.attr(CTA_PROTO_DST_PORT, &entry.orig.dst_port.to_be_bytes());
+    w.end(proto);
+    w.end(tuple);
+    if entry.zone != 0 {
+        w.attr(CTA_ZONE, &entry.zone.to_be_bytes());
+    }
+    if let Some(id) = entry.id {
+        w.attr(CTA_ID, &id.to_be_bytes());
+    }
+    w.finish(start);
+}
+
+/// The kernel's conntrack table over ctnetlink.
+#[derive(Debug)]
+pub struct NetlinkConntrack {
+    conn: Conn,
+    buf: Vec<u8>,
+}
+
+impl NetlinkConntrack {
+    /// Opens a `NETLINK_NETFILTER` socket (the kernel loads `nf_conntrack_netlink` at the first
+    /// request when it is a module).
+    pub fn open() -> Result<Self, BackendError> {
+        Ok(Self {
+            conn: Conn::open(NlFamily::Netfilter, "ctnetlink")?,
+            buf: Vec::with_capacity(16 * 1024),
+        })
+    }
+
+    /// Socket call counters so far.
+    pub fn socket_stats(&self) -> SocketStats {
+        self.conn.stats()
+    }
+
+    /// Every entry of the table that matches one of `filters` (one dump); returns them and the
+    /// number of entries read.
+    pub fn matching(
+        &mut self,
+        filters: &[ConntrackFilter],
+    ) -> Result<(Vec<ConntrackEntry>, usize), BackendError> {
+        let seq = self.conn.next_seq();
+        self.buf.clear();
+        encode_dump(&mut self.buf, seq);
+        let mut found = Vec::new();
+        let mut scanned = 0;
+        let buf = std::mem::take(&mut self.buf);
+        let r = self.conn.request(&buf, seq, |m| {
+            scanned += 1;
+            if let Some(e) = decode_entry(m.body)
+                && filters.iter().any(|f| f.matches(&e))
+            {
+                found.push(e);
+            }
+            Ok(())
+        });
+        self.buf = buf;
+        r?;
+        Ok((found, scanned))
+    }
+}
+
+impl ConntrackBackend for NetlinkConntrack {
+    fn delete_matching(
+        &mut self,
+        filters: &[ConntrackFilter],
+    ) -> Result<ConntrackReport, BackendError> {
+        if filters.is_empty() {
+            return Ok(ConntrackReport::default());
+        }
+        let (victims, scanned) = self.matching(filters)?;
+        let mut report = ConntrackReport {
+            scanned,
+            round_trips: 1,
+            ..ConntrackReport::default()
+        };
+        for chunk in victims.chunks(BATCH) {
+            self.buf.clear();
+            let (mut first, mut last) = (0, 0);
+            for (i, e) in chunk.iter().enumerate() {
+                let seq = self.conn.next_seq();
+                if i == 0 {
+                    first = seq;
+                }
+                last = seq;
+                encode_delete(&mut self.buf, seq, e, i + 1 == chunk.len());
+            }
+            let buf = std::mem::take(&mut self.buf);
+            let errors = self.conn.send_batch(&buf, first, last);
+            self.buf = buf;
+            let errors = errors?;
+            report.round_trips += 1;
+            let mut gone = 0;
+            for (seq, errno) in errors {
+                if errno == ENOENT {
+                    // Expired (or replaced) since the dump: nothing left to delete.
+                    gone += 1;
+                    continue;
+                }
+                let what = chunk
+                    .get(seq.wrapping_sub(first) as usize)
+                    .map(|e| format!("deleting conntrack entry {:?}", e.orig))
+                    .unwrap_or_else(|| "deleting a conntrack entry".into());
+                return Err(BackendError::Kernel { what, errno });
+            }
+            report.deleted += chunk.len() - gone;
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipvs::table::Family;
+    use crate::model::Protocol;
+
+    fn entry(v6: bool) -> ConntrackEntry {
+        let (c, vip, pod): (IpAddr, IpAddr, IpAddr) = if v6 {
+            (
+                "fd00::5".parse().unwrap(),
+                "fd00:96::a".parse().unwrap(),
+                "fd00:244::7".parse().unwrap(),
+            )
+        } else {
+            (
+                "192.168.1.5".parse().unwrap(),
+                "10.96.0.10".parse().unwrap(),
+                "10.244.1.7".parse().unwrap(),
+            )
+        };
+        ConntrackEntry {
+            protocol: 17,
+            orig: ConntrackTuple {
+                src: c,
+                dst: vip,
+                src_port: 40000,
+                dst_port: 53,
+            },
+            reply: ConntrackTuple {
+                src: pod,
+                dst: c,
+                src_port: 5353,
+                dst_port: 40000,
+            },
+            zone: 3,
+            id: Some(0xdead_beef),
+        }
+    }
+
+    /// A dump reply as the kernel builds it: nfgenmsg, both tuples (nested, with
+    /// `NLA_F_NESTED`), a status attribute the decoder skips, the zone and the id.
+    fn reply_body(e: &ConntrackEntry) -> Vec<u8> {
+        let mut body = vec![
+            if e.orig.src.is_ipv4() {
+                AF_INET
+            } else {
+                AF_INET6
+            },
+            0,
+            0,
+            0,
+        ];
+        let mut w = Writer(&mut body);
+        for (ty, t) in [(CTA_TUPLE_ORIG, e.orig), (CTA_TUPLE_REPLY, e.reply)] {
+            let tuple = w.begin(ty);
+            let ip = w.begin(CTA_TUPLE_IP);
+            match (t.src, t.dst) {
+                (IpAddr::V4(s), IpAddr::V4(d)) => {
+                    w.attr(CTA_IP_V4_SRC, &s.octets());
+                    w.attr(CTA_IP_V4_DST, &d.octets());
+                }
+                (IpAddr::V6(s), IpAddr::V6(d)) => {
+                    w.attr(CTA_IP_V6_SRC, &s.octets());
+                    w.attr(CTA_IP_V6_DST, &d.octets());
+                }
+                _ => unreachable!("one family per tuple"),
+            }
+            w.end(ip);
+            let proto = w.begin(CTA_TUPLE_PROTO);
+            w.attr(CTA_PROTO_NUM, &[e.protocol]);
+            w.attr(CTA_PROTO_SRC_PORT, &t.src_port.to_be_bytes());
+            w.attr(CTA_PROTO_DST_PORT, &t.dst_port.to_be_bytes());
+            w.end(proto);
+            w.end(tuple);
+        }
+        w.attr(3, &0x18eu32.to_be_bytes()); // CTA_STATUS
+        w.attr(CTA_ZONE, &e.zone.to_be_bytes());
+        w.attr(CTA_ID, &e.id.unwrap().to_be_bytes());
+        body
+    }
+
+    #[test]
+    fn decodes_dump_entries_of_both_families() {
+        for v6 in [false, true] {
+            let e = entry(v6);
+            assert_eq!(decode_entry(&reply_body(&e)), Some(e), "v6={v6}");
+        }
+        // Truncated or tuple-less bodies are skipped, not errors.
+        assert_eq!(decode_entry(&[2, 0, 0, 0]), None);
+        assert_eq!(decode_entry(&[2]), None);
+    }
+
+    #[test]
+    fn delete_request_carries_the_original_tuple_zone_and_id() {
+        let e = entry(false);
+        let mut buf = Vec::new();
+        encode_delete(&mut buf, 7, &e, true);
+        let len = u32::from_ne_bytes(buf[0..4].try_into().unwrap()) as usize;
+        assert_eq!(len, buf.len());
+        assert_eq!(
+            u16::from_ne_bytes([buf[4], buf[5]]),
+            (1 << 8) | 2,
+            "CTNETLINK << 8 | IPCTNL_MSG_CT_DELETE"
+        );
+        assert_eq!(
+            u16::from_ne_bytes([buf[6], buf[7]]),
+            NLM_F_REQUEST | NLM_F_ACK
+        );
+        assert_eq!(u32::from_ne_bytes(buf[8..12].try_into().unwrap()), 7);
+        assert_eq!(buf[16], AF_INET);
+        let rest = &buf[20..];
+        let (proto, orig) = decode_tuple(find(rest, CTA_TUPLE_ORIG).unwrap()).unwrap();
+        assert_eq!((proto, orig), (17, e.orig));
+        assert_eq!(be16(find(rest, CTA_ZONE)), Some(3));
+        assert_eq!(be32(find(rest, CTA_ID)), Some(0xdead_beef));
+        assert!(find(rest, CTA_TUPLE_REPLY).is_none());
+
+        let mut buf = Vec::new();
+        encode_delete(&mut buf, 8, &entry(true), false);
+        assert_eq!(u16::from_ne_bytes([buf[6], buf[7]]), NLM_F_REQUEST);
+        assert_eq!(buf[16], AF_INET6);
+        let (_, orig) = decode_tuple(find(&buf[20..], CTA_TUPLE_ORIG).unwrap()).unwrap();
+        assert_eq!(orig, entry(true).orig);
+    }
+
+    #[test]
+    fn dump_request_asks_for_every_family() {
+        let mut buf = Vec::new();
+        encode_dump(&mut buf, 9);
+        assert_eq!(buf.len(), 20);
+        assert_eq!(u16::from_ne_bytes([buf[4], buf[5]]), (1 << 8) | 1);
+        assert_eq!(
+            u16::from_ne_bytes([buf[6], buf[7]]),
+            NLM_F_REQUEST | NLM_F_DUMP
+        );
+        assert_eq!(buf[16], 0, "AF_UNSPEC: every family");
+    }
+
+    #[test]
+    fn decoded_entries_match_the_filters_cleanup_builds() {
+        let e = decode_entry(&reply_body(&entry(false))).unwrap();
+        let f = ConntrackFilter {
+            family: Family::V4,
+            protocol: Protocol::Udp,
+            orig_dst: Some("10.96.0.10".parse().unwrap()),
+            orig_dst_port: Some(53),
+            reply_src: Some("10.244.1.7".parse().unwrap()),
+        };
+        assert!(f.matches(&e));
+        assert!(
+            !ConntrackFilter {
+                reply_src: Some("10.244.1.8".parse().unwrap()),
+                ..f
+            }
+            .matches(&e)
+        );
+        assert!(
+            !ConntrackFilter {
+                protocol: Protocol::Sctp,
+                ..f
+            }
+            .matches(&e)
+        );
+    }
+}
