@@ -32,6 +32,15 @@ Examples:
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log format: `text` (coloured only on a terminal) or `json` (one object per line).
+    #[arg(
+        long,
+        global = true,
+        value_name = "FORMAT",
+        default_value = "text",
+        env = "SVCNET_LOG_FORMAT"
+    )]
+    log_format: svcnet_core::telemetry::LogFormat,
 }
 
 #[derive(Subcommand, Debug)]
@@ -394,13 +403,10 @@ impl From<PolicyArg> for DnsPolicy {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    if let Err(e) = svcnet_core::telemetry::init(cli.log_format, "warn") {
+        eprintln!("agentctl: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

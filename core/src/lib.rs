@@ -14,6 +14,7 @@ pub mod ipvs;
 pub mod model;
 pub mod resolv;
 pub mod source;
+pub mod telemetry;
 
 pub use cache::{CacheReader, CacheWriter, Change, Snapshot, new_cache};
 pub use model::{ClusterObject, Kind, ObjectKey};

@@ -78,6 +78,14 @@ struct Args {
     /// With --corefile: unknown plugins and options are warnings instead of errors.
     #[arg(long, requires = "corefile")]
     allow_unknown: bool,
+    /// Log format: `text` (coloured only on a terminal) or `json` (one object per line).
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        default_value = "text",
+        env = "SVCNET_LOG_FORMAT"
+    )]
+    log_format: svcnet_core::telemetry::LogFormat,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -112,16 +120,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let matches = <Args as clap::CommandFactory>::command().get_matches();
     let args = <Args as clap::FromArgMatches>::from_arg_matches(&matches)?;
+    svcnet_core::telemetry::init(args.log_format, "info")?;
     let source = match (&args.manifests, &args.kubeconfig) {
         (Some(dir), _) => SourceConfig::Manifests(dir.clone()),
         (None, kubeconfig) => SourceConfig::Kubernetes {
@@ -186,6 +187,7 @@ fn corefile_main(
         listen_override: listen_given.then_some(args.listen),
         startup_timeout: args.startup_timeout,
         udp_workers: args.udp_workers,
+        reload_outcome: None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -47,6 +47,14 @@ struct Args {
     /// Seconds to wait for the initial cluster state.
     #[arg(long, default_value_t = 60)]
     sync_timeout: u64,
+    /// Log format: `text` (coloured only on a terminal) or `json` (one object per line).
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        default_value = "text",
+        env = "SVCNET_LOG_FORMAT"
+    )]
+    log_format: svcnet_core::telemetry::LogFormat,
 }
 
 /// What `--dry-run` prints.
@@ -70,14 +78,8 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn real_main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
+    svcnet_core::telemetry::init(args.log_format, "info")?;
     let source = match args.manifests {
         Some(dir) => SourceConfig::Manifests(dir),
         None => SourceConfig::Kubernetes {

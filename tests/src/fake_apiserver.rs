@@ -23,6 +23,9 @@
 //!   back;
 //! - `fieldSelector=metadata.name=NAME` (the only field selector svcnet uses) narrows lists
 //!   and watches to that object;
+//! - `GET /readyz` answers `ok` like the real server's readiness endpoint;
+//!   [`FakeApiServer::set_starting`] makes the server act as one still starting: `/readyz` 500
+//!   and every list/watch 503 `ServiceUnavailable`;
 //! - every request is recorded ([`FakeApiServer::requests`]) so tests can see what the client
 //!   asked for.
 //!
@@ -164,6 +167,8 @@ struct State {
     next_pager: u64,
     max_page_size: Option<usize>,
     expire_next_continue: bool,
+    /// Answering, but not ready (see [`FakeApiServer::set_starting`]).
+    starting: bool,
     requests: Vec<RecordedRequest>,
 }
 
@@ -343,6 +348,12 @@ impl FakeApiServer {
         self.inner.state().expire_next_continue = true;
     }
 
+    /// While `true`, the server answers like one still starting up: `/readyz` fails with 500
+    /// and lists and watches get 503 `ServiceUnavailable`.
+    pub fn set_starting(&self, starting: bool) {
+        self.inner.state().starting = starting;
+    }
+
     /// Drops every open TCP connection at once, watches included, without a clean end.
     pub fn cut_connections(&self) {
         let connections: Vec<AbortHandle> = self
@@ -476,7 +487,36 @@ fn handle(inner: &Inner, req: Request<Incoming>) -> Response<Body> {
         path: path.clone(),
         query,
     };
-    inner.state().requests.push(recorded.clone());
+    let starting = {
+        let mut state = inner.state();
+        state.requests.push(recorded.clone());
+        state.starting
+    };
+    if path == "/readyz" {
+        return if starting {
+            Response::builder()
+                .status(StatusCode::INTERNAL_SERVER_ERROR)
+                .body(
+                    Full::new(Bytes::from(
+                        "[-]etcd failed: not ready\nreadyz check failed\n",
+                    ))
+                    .boxed_unsync(),
+                )
+                .expect("a valid response")
+        } else {
+            Response::builder()
+                .status(StatusCode::OK)
+                .body(Full::new(Bytes::from("ok")).boxed_unsync())
+                .expect("a valid response")
+        };
+    }
+    if starting {
+        return failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the server is currently unable to handle the request",
+        );
+    }
     let Some(resource) = RESOURCES.iter().find(|r| r.path == path) else {
         return failure(
             StatusCode::NOT_FOUND,

@@ -1,6 +1,7 @@
 //! `agentctl run` on a real kernel (user-mode-linux guest): the one-binary agent programs IPVS through the kernel
 //! (not the dry run) and serves cluster DNS from the same cache. Checked: `agentctl ipvs` shows the same table as
-//! `ipvsadm -Ln`, traffic to a cluster IP reaches both pods, DNS and `agentctl status` answer, and SIGTERM stops
+//! `ipvsadm -Ln`, traffic to a cluster IP reaches both pods, DNS and `agentctl status` answer, kube-proxy's
+//! `/healthz` (:10256) and `/metrics` (:10249) answer, and SIGTERM stops
 //! the agent cleanly while the kernel rules stay in place (traffic keeps flowing without the agent).
 //!
 //! Skipped (passes trivially, says so) where user-mode-linux is not installed, like the other `vm_*` tests.
@@ -179,6 +180,32 @@ fn dns_and_status() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Issue 19 item 5: kube-proxy's ports from the KubeProxyConfiguration (defaults here:
+/// `healthzBindAddress` 0.0.0.0:10256, `metricsBindAddress` 127.0.0.1:10249) answer as
+/// `svcnet-proxy` answers them.
+fn kube_proxy_ports_answer() -> anyhow::Result<()> {
+    let _guard = fixture()?;
+    let healthz = guest::wait_http(
+        SocketAddr::from((NODE_IP, 10256)),
+        "/healthz",
+        Duration::from_secs(5),
+    )?;
+    ensure!(
+        healthz.contains("\"lastUpdated\"") && !healthz.contains("\"syncs\": 0,"),
+        "/healthz on the node address: {healthz}"
+    );
+    let metrics = guest::wait_http(
+        SocketAddr::from(([127, 0, 0, 1], 10249)),
+        "/metrics",
+        Duration::from_secs(5),
+    )?;
+    ensure!(
+        metrics.contains("kubeproxy_sync_proxy_rules_duration_seconds_count"),
+        "/metrics on 127.0.0.1:10249: {metrics}"
+    );
+    Ok(())
+}
+
 fn sigterm_leaves_rules_in_place() -> anyhow::Result<()> {
     let agent = FIXTURE
         .lock()
@@ -231,6 +258,7 @@ fn agentctl_run_kernel() {
                 traffic_through_the_cluster_ip,
             ),
             Check::new("dns_and_status", dns_and_status),
+            Check::new("kube_proxy_ports_answer", kube_proxy_ports_answer),
             Check::new(
                 "sigterm_leaves_rules_in_place",
                 sigterm_leaves_rules_in_place,

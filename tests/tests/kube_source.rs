@@ -2,8 +2,8 @@
 //! fake API server test double (`svcnet_tests::fake_apiserver`), over real HTTP on loopback.
 //!
 //! Every wait is bounded: the cache or status is polled until the expected state shows up or
-//! the deadline passes. Deadlines are generous because kube-runtime's default backoff (0.8 s,
-//! doubling, jittered) sits between a watch error and the retry.
+//! the deadline passes. Deadlines are generous because the source's retry backoff (0.8 s,
+//! doubling to 10 s, jittered) sits between a watch error and the retry.
 
 use std::time::Duration;
 
@@ -636,4 +636,105 @@ async fn with_a_node_name_only_that_node_is_watched_and_its_zone_label_follows_l
         "a removed label arrives live"
     );
     task.abort();
+}
+
+/// The watch error of `services` in `status`, and the retry delay it announces
+/// (`… (retrying in 6.4 s; …)`).
+fn services_watch_retry(status: &SourceStatus) -> Option<(String, f64)> {
+    let p = status
+        .problems
+        .iter()
+        .find(|p| p.location == "watch services")?;
+    let rest = p.reason.split("(retrying in ").nth(1)?;
+    let delay = rest.split(" s").next()?.parse::<f64>().ok()?;
+    Some((p.reason.clone(), delay))
+}
+
+/// Issue 15 item 2: after an outage long enough for the watch backoff to reach its cap, and a
+/// start-up phase where the server answers but is not ready, a Service deleted during the
+/// outage is gone from the cache within 5 s of the API server becoming ready. The server comes
+/// back just after the Services watch has scheduled its next try at least 7 s away, so 1.5 s of
+/// start-up later that try is still more than 5 s off: only the `/readyz` probe, which cuts the
+/// wait short, can make the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converges_within_5_s_of_the_api_server_answering_after_an_outage() {
+    init_tracing();
+    let fake = fake_with_demo_objects().await;
+    let src = RunningSource::start(&fake, &KINDS).await;
+
+    let outage = tokio::time::Instant::now();
+    fake.stop().await;
+    // Deleted directly in storage while the server is down.
+    fake.delete("Service", "default", "db");
+    // The nominal delays 0.8, 1.6, 3.2, 6.4 s add up to at most 12 s, so after 13 s every
+    // watch's backoff is at its 10 s cap (jittered: 5-10 s).
+    tokio::time::sleep(Duration::from_secs(13)).await;
+    let deadline = outage + Duration::from_secs(90);
+    let mut seen = services_watch_retry(&src.status()).map(|(reason, _)| reason);
+    let retry = loop {
+        let now = services_watch_retry(&src.status());
+        if let Some((reason, delay)) = now
+            && seen.as_ref() != Some(&reason)
+        {
+            if delay >= 7.0 {
+                break delay;
+            }
+            seen = Some(reason);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the backoff never announced a long retry; status {:?}",
+            src.status()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let announced = tokio::time::Instant::now();
+    assert!(
+        src.has_service("db"),
+        "the last state is served during the outage"
+    );
+    // The process comes back but is still starting: /readyz 500, lists and watches 503.
+    fake.set_starting(true);
+    fake.restart().await.expect("restart on the same port");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(src.has_service("db"), "nothing listed while starting");
+    let before_ready = fake.requests().len();
+    fake.set_starting(false);
+    let ready = tokio::time::Instant::now();
+    let due = announced + Duration::from_secs_f64(retry);
+    while src.has_service("db") {
+        assert!(
+            ready.elapsed() < Duration::from_secs(30),
+            "the deletion was never applied; status {:?}",
+            src.status()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let converged = ready.elapsed();
+    println!(
+        "outage {:.1} s with the Services watch's next try announced {retry:.1} s away \
+         (due {:.1} s after the API server became ready); deletion applied {:.2} s after it \
+         became ready",
+        (ready - outage).as_secs_f64(),
+        due.saturating_duration_since(ready).as_secs_f64(),
+        converged.as_secs_f64()
+    );
+    assert!(
+        converged < Duration::from_secs(5),
+        "converged {converged:?} after the API server became ready"
+    );
+    // The probe asked /readyz after the server became ready, then the watches retried.
+    let after: Vec<_> = fake.requests().into_iter().skip(before_ready).collect();
+    let probe = after.iter().position(|r| r.path == "/readyz");
+    let services = after.iter().position(|r| r.path == "/api/v1/services");
+    assert!(
+        matches!((probe, services), (Some(p), Some(s)) if p < s),
+        "the readiness probe came first: {after:#?}"
+    );
+    assert!(src.has_service("web"));
+    fake.apply(service("later", "10.96.10.41"));
+    src.wait("a change after the outage appears", || {
+        src.has_service("later")
+    })
+    .await;
 }

@@ -72,3 +72,48 @@ fn is_root() -> bool {
         })
         .unwrap_or(false)
 }
+
+fn write_config(name: &str, text: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("svcnet-{name}-{}.conf", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn missing_config_file_says_why_once() {
+    let err = refused(&run(&[
+        "--manifests",
+        "examples/cluster",
+        "--config",
+        "/nonexistent/kube-proxy.conf",
+        "--dry-run",
+    ]));
+    assert_eq!(
+        err.matches("No such file or directory").count(),
+        1,
+        "the reason once: {err}"
+    );
+}
+
+#[test]
+fn a_negative_sync_period_says_what_is_wrong() {
+    let path = write_config(
+        "negative",
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: ipvs\nipvs:\n  syncPeriod: -5s\n",
+    );
+    let out = run(&[
+        "--manifests",
+        "examples/cluster",
+        "--config",
+        path.to_str().unwrap(),
+        "--dry-run",
+    ]);
+    std::fs::remove_file(&path).ok();
+    let err = refused(&out);
+    assert!(
+        err.contains("field ipvs.syncPeriod")
+            && err.contains("\"-5s\": a negative duration is not allowed"),
+        "{err}"
+    );
+    assert!(!err.contains("bad number"), "{err}");
+}

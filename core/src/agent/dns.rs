@@ -258,7 +258,8 @@ struct CorefileDns {
     listen: Vec<SocketAddr>,
     ready: Arc<std::sync::atomic::AtomicBool>,
     has_ready_endpoint: bool,
-    reload_error: Arc<Mutex<Option<String>>>,
+    /// The outcome of the last reload the server ran (`None`: none failed since).
+    reload_error: watch::Receiver<Option<String>>,
     exit_error: Arc<Mutex<Option<String>>>,
 }
 
@@ -295,7 +296,7 @@ impl Subsystem for CorefileDns {
             last_sync_seconds: None,
             query_rate_per_second: None,
             config_files: vec![self.path.clone()],
-            last_reload_error: self.reload_error.lock().ok().and_then(|e| e.clone()),
+            last_reload_error: self.reload_error.borrow().clone(),
             last_error: exit_error,
             details,
         }
@@ -305,8 +306,9 @@ impl Subsystem for CorefileDns {
 /// A launcher of the DNS subsystem serving a Corefile with the DNS helper's
 /// [`run_corefile`](crate::dns::plugins::serve::run_corefile) (its own health/ready/metrics
 /// endpoints as the Corefile configures them, reload included). The agent reports the Corefile
-/// in force, readiness from the Corefile's `ready` endpoint, and — checked by re-parsing the file
-/// when it changes — the last reload error.
+/// in force, readiness from the Corefile's `ready` endpoint, and the outcome of the last reload
+/// the server ran (`reload` plugin): the error of a rejected Corefile — unparsable, deleted, or
+/// failing to apply (a listen port in use) — until a later reload succeeds.
 pub fn corefile_launcher(options: CorefileSubsystemOptions) -> SubsystemLauncher {
     Box::new(
         move |reader: CacheReader, mut shutdown: watch::Receiver<bool>| {
@@ -328,52 +330,27 @@ pub fn corefile_launcher(options: CorefileSubsystemOptions) -> SubsystemLauncher
                         }
                     });
                 let ready = Arc::new(std::sync::atomic::AtomicBool::new(ready_addr.is_none()));
-                let reload_error = Arc::new(Mutex::new(None));
+                let (reload_tx, reload_error) = watch::channel(None);
                 let exit_error = Arc::new(Mutex::new(None));
                 let handle = Arc::new(CorefileDns {
                     path: options.path.display().to_string(),
                     listen,
                     ready: ready.clone(),
                     has_ready_endpoint: ready_addr.is_some(),
-                    reload_error: reload_error.clone(),
+                    reload_error,
                     exit_error: exit_error.clone(),
                 });
-                let watch_options = options.clone();
-                let mut files = cf.files.clone();
+                // Readiness from the Corefile's `ready` endpoint, checked every second.
                 let checker = tokio::spawn(async move {
-                    let stamp =
-                        |files: &[std::path::PathBuf]| -> Vec<Option<std::time::SystemTime>> {
-                            files
-                                .iter()
-                                .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
-                                .collect()
-                        };
-                    let mut seen = stamp(&files);
+                    let Some(addr) = ready_addr else { return };
                     let mut tick = tokio::time::interval(Duration::from_secs(1));
                     loop {
                         tick.tick().await;
-                        if let Some(addr) = ready_addr {
-                            let ok = matches!(
-                                super::client::get(addr, "/ready", Duration::from_secs(1)).await,
-                                Ok((200, _))
-                            );
-                            ready.store(ok, Ordering::Relaxed);
-                        }
-                        let now = stamp(&files);
-                        if now != seen {
-                            seen = now;
-                            let error = match parse_corefile(&watch_options) {
-                                Ok(cf) => {
-                                    files = cf.files;
-                                    seen = stamp(&files);
-                                    None
-                                }
-                                Err(e) => Some(e.to_string()),
-                            };
-                            if let Ok(mut slot) = reload_error.lock() {
-                                *slot = error;
-                            }
-                        }
+                        let ok = matches!(
+                            super::client::get(addr, "/ready", Duration::from_secs(1)).await,
+                            Ok((200, _))
+                        );
+                        ready.store(ok, Ordering::Relaxed);
                     }
                 });
                 let serve_options = crate::dns::plugins::serve::CorefileOptions {
@@ -384,6 +361,7 @@ pub fn corefile_launcher(options: CorefileSubsystemOptions) -> SubsystemLauncher
                     listen_override: options.listen_override,
                     startup_timeout: options.startup_timeout,
                     udp_workers: 0,
+                    reload_outcome: Some(reload_tx),
                 };
                 let task = tokio::spawn(async move {
                     let stop = async move {

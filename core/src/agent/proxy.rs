@@ -8,7 +8,14 @@
 //! [`KernelHost`](crate::ipvs::host::KernelHost). The `KubeProxyConfiguration` file is re-read
 //! when it changes (checked every second, following symlinks, so ConfigMap `..data` swaps count);
 //! an invalid file keeps the running configuration and is reported as the last reload error.
-//! Metrics are the IPVS helper's [`ProxyMetrics`](crate::ipvs::serve::ProxyMetrics).
+//! Metrics are the IPVS helper's [`ProxyMetrics`](crate::ipvs::serve::ProxyMetrics), merged into
+//! the admin endpoint's `/metrics`; with a kernel, the configuration's `healthzBindAddress`
+//! (`/healthz`, default `0.0.0.0:10256`) and `metricsBindAddress` (`/metrics`, default
+//! `127.0.0.1:10249`) are also served as `svcnet-proxy` and kube-proxy serve them, following
+//! the configuration live. A dry run serves neither (nor health-check node ports), so it never
+//! takes a port from a kube-proxy running beside it; it reads the node's addresses from the
+//! kernel (unprivileged) unless given, so its plan has the node-port virtual servers
+//! `svcnet-proxy --dry-run` shows.
 //!
 //! On shutdown the control loop stops; the kernel rules stay as programmed, so traffic keeps
 //! flowing across an agent restart (the next start adopts them).
@@ -42,7 +49,8 @@ pub struct ProxyOptions {
     pub config_file: Option<PathBuf>,
     /// This node's name (for `Local` traffic policies).
     pub node_name: Option<String>,
-    /// Node addresses for node ports; `None` = read from the kernel (dry run: none).
+    /// Node addresses for node ports; `None` = read from the kernel (a dry run reads them once,
+    /// as `svcnet-proxy --dry-run` does).
     pub node_addresses: Option<Vec<IpAddr>>,
     /// How long to wait for the cache to sync.
     pub sync_timeout: Duration,
@@ -158,7 +166,10 @@ async fn start(
     let mut host_plan = None;
     let (reconciler, memory, node_addresses, host) = if options.dry_run {
         let memory = MemoryIpvs::new();
-        let addrs = options.node_addresses.clone().unwrap_or_default();
+        let addrs = options
+            .node_addresses
+            .clone()
+            .unwrap_or_else(crate::ipvs::app::kernel_node_addresses);
         let reconciler = Reconciler::new(
             Box::new(memory.clone()),
             Box::new(MemoryAddresses::new(addrs.clone())),
@@ -195,7 +206,7 @@ async fn start(
     let exit_error = Arc::new(Mutex::new(None));
     let handle = Arc::new(ProxySubsystem {
         status: status.clone(),
-        metrics,
+        metrics: metrics.clone(),
         reload_error,
         dry_run: memory,
         host_plan,
@@ -223,6 +234,10 @@ async fn start(
             },
         )
     });
+    // kube-proxy's /healthz and /metrics ports, as the configuration says (not in a dry run).
+    let servers = (!options.dry_run).then(|| {
+        crate::ipvs::serve::follow_config(config_rx.clone(), status.clone(), metrics.clone())
+    });
     let task = tokio::spawn(async move {
         // The sender stays alive as long as the loop runs (it ends the loop's config stream).
         let _config_tx = config_tx;
@@ -241,6 +256,9 @@ async fn start(
         }
         if let Some(h) = health_checks {
             h.abort();
+        }
+        if let Some(s) = servers {
+            s.abort();
         }
         if let Err(e) = result {
             tracing::error!(error = %e, "proxy stopped");

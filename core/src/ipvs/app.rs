@@ -102,6 +102,18 @@ impl AppOptions {
     }
 }
 
+/// The kernel's local addresses (read over rtnetlink, no privileges needed) as node addresses
+/// for node ports in a dry run; none if they cannot be read (logged).
+pub fn kernel_node_addresses() -> Vec<IpAddr> {
+    match NetlinkAddresses::open().and_then(|mut a| a.local_addresses()) {
+        Ok(addresses) => addresses,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the node's addresses: no node-port entries");
+            Vec::new()
+        }
+    }
+}
+
 /// Computes the IPVS table for the cluster and renders it as `ipvsadm -Ln` would print it once
 /// programmed; touches nothing (node addresses are read, unprivileged, unless given).
 pub async fn dry_run(options: &AppOptions) -> Result<String, AppError> {
@@ -147,9 +159,7 @@ pub async fn dry_run_plan(options: &AppOptions) -> Result<DryRunPlan, AppError> 
     }
     let local_addresses = match &options.node_addresses {
         Some(a) => a.clone(),
-        None => NetlinkAddresses::open()
-            .and_then(|mut a| a.local_addresses())
-            .unwrap_or_default(),
+        None => kernel_node_addresses(),
     };
     let node = NodeInfo {
         node_name: node_name.map(Arc::from),
@@ -190,27 +200,7 @@ pub async fn run_proxy(options: AppOptions) -> Result<(), AppError> {
         .clone()
         .map(|p| watch_config(p, config_tx.clone()));
     // Health and metrics servers follow the config live: a changed bind address rebinds.
-    let mut server_config = config_rx.clone();
-    let server_status = status.clone();
-    let servers = tokio::spawn(async move {
-        let mut current = server_config.borrow_and_update().clone();
-        let mut running =
-            super::serve::start_with(&current, server_status.clone(), metrics.clone()).await;
-        while server_config.changed().await.is_ok() {
-            let next = server_config.borrow_and_update().clone();
-            if next.healthz_bind_address != current.healthz_bind_address
-                || next.metrics_bind_address != current.metrics_bind_address
-                || next.sync_period != current.sync_period
-            {
-                drop(running);
-                running =
-                    super::serve::start_with(&next, server_status.clone(), metrics.clone()).await;
-                tracing::info!(healthz = ?running.healthz, metrics = ?running.metrics, "servers rebound");
-            }
-            current = next;
-        }
-        drop(running);
-    });
+    let servers = super::serve::follow_config(config_rx.clone(), status.clone(), metrics);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;

@@ -228,6 +228,35 @@ pub async fn start_with(
     servers
 }
 
+/// Serves `/healthz` and `/metrics` on the addresses of the configuration in `config` (as
+/// [`start_with`]) and follows it live: a changed `healthzBindAddress`, `metricsBindAddress` or
+/// `syncPeriod` rebinds. Used by `svcnet-proxy` and by the proxy subsystem of `agentctl run`.
+/// The task ends when the configuration's sender is dropped; aborting it stops the servers.
+pub fn follow_config(
+    mut config: tokio::sync::watch::Receiver<ProxyConfig>,
+    status: StatusHandle,
+    metrics: Arc<ProxyMetrics>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut current = config.borrow_and_update().clone();
+        let mut running = start_with(&current, status.clone(), metrics.clone()).await;
+        tracing::info!(healthz = ?running.healthz, metrics = ?running.metrics, "proxy health and metrics servers");
+        while config.changed().await.is_ok() {
+            let next = config.borrow_and_update().clone();
+            if next.healthz_bind_address != current.healthz_bind_address
+                || next.metrics_bind_address != current.metrics_bind_address
+                || next.sync_period != current.sync_period
+            {
+                drop(running);
+                running = start_with(&next, status.clone(), metrics.clone()).await;
+                tracing::info!(healthz = ?running.healthz, metrics = ?running.metrics, "servers rebound");
+            }
+            current = next;
+        }
+        drop(running);
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

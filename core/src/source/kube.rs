@@ -2,7 +2,12 @@
 //!
 //! One [`watcher`](kube::runtime::watcher()) per watched kind (`Api::<K>::all`, default
 //! config: paginated list with `limit=500`, then a watch with bookmarks from the list's
-//! `resourceVersion`), each with kube-runtime's default exponential backoff. `managedFields` are
+//! `resourceVersion`), each retried after a failure with a jittered exponential backoff
+//! ([`RetryBackoff`]: 0.8 s doubling to a 10 s cap) that a readiness probe cuts short: while a
+//! watch waits to retry, `GET /readyz` is sent every 2 s (± 25 %), and when the API server,
+//! having failed the probe, answers again, every waiting watch retries at once. So the cache
+//! converges within about 2.5 s of the API server answering after an outage, instead of up to
+//! a full backoff period later. `managedFields` are
 //! dropped on arrival and every object is projected into the compact [`model`](crate::model)
 //! right away. The per-kind streams are merged and applied, one event at a time, to the single
 //! [`CacheWriter`] by an [`ApiEventApplier`], the same state machine as kube-rs's
@@ -16,6 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ::kube::api::{Api, Resource, ResourceExt};
@@ -33,9 +39,19 @@ use crate::model::{ClusterObject, Kind, ObjectKey};
 
 use super::{SourceError, SourceProblem, StatusHandle};
 
-/// How long a watch error stays reported without a new one. kube-runtime's default backoff
-/// retries a failing watch at least every 30 s (plus jitter) and resets after 120 s of quiet.
+/// How long a watch error stays reported without a new one. A failing watch is retried at
+/// least every [`RETRY_MAX`] (the backoff resets after [`RETRY_RESET_AFTER`] without failures).
 pub const WATCH_ERROR_TTL: Duration = Duration::from_secs(120);
+
+/// The first retry delay after a watch failure (as client-go's reflector and kube-runtime).
+pub const RETRY_INITIAL: Duration = Duration::from_millis(800);
+/// The longest retry delay (client-go and kube-runtime use 30 s; the probe makes a shorter cap
+/// cheap, and a shorter cap bounds the wait when the probe cannot tell).
+pub const RETRY_MAX: Duration = Duration::from_secs(10);
+/// A failure this long after the previous one starts the backoff again from [`RETRY_INITIAL`].
+pub const RETRY_RESET_AFTER: Duration = Duration::from_secs(120);
+/// How often the readiness probe asks the API server while a watch waits to retry (± 25 %).
+pub const PROBE_PERIOD: Duration = Duration::from_secs(2);
 
 /// Builds a client from `kubeconfig`, or from the in-cluster / default configuration.
 pub async fn client(kubeconfig: Option<&Path>) -> Result<::kube::Client, SourceError> {
@@ -192,18 +208,164 @@ fn project_event<K: WatchedKind>(event: Event<K>) -> Event<Projected> {
     }
 }
 
-/// One item of the merged event stream: which kind, and its watcher event or error.
-type KindEvent = (Kind, Result<Event<Projected>, watcher::Error>);
+/// A failed list or watch, with the delay before the watcher tries again.
+#[derive(Debug)]
+struct WatchFailure {
+    error: watcher::Error,
+    retry_in: Duration,
+}
 
+/// One item of the merged event stream: which kind, and its watcher event or failure.
+type KindEvent = (Kind, Result<Event<Projected>, WatchFailure>);
+
+/// The retry delays of one watch: exponential from [`RETRY_INITIAL`], doubling to
+/// [`RETRY_MAX`], each scaled by a random factor in [0.5, 1) ("equal jitter") so nodes that lost
+/// the API server together do not retry in lockstep; starts over after [`RETRY_RESET_AFTER`]
+/// without a failure. Pure: the caller passes the time and the random number.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RetryBackoff {
+    /// The undithered delay of the last failure, and when it happened.
+    last: Option<(Duration, Instant)>,
+}
+
+impl RetryBackoff {
+    /// The delay before retrying after a failure at `now`; `unit` is uniform in [0, 1).
+    pub(crate) fn next_delay(&mut self, now: Instant, unit: f64) -> Duration {
+        let nominal = match self.last {
+            Some((previous, at)) if now.saturating_duration_since(at) < RETRY_RESET_AFTER => {
+                (previous * 2).min(RETRY_MAX)
+            }
+            _ => RETRY_INITIAL,
+        };
+        self.last = Some((nominal, now));
+        nominal.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))
+    }
+}
+
+/// Shared between the watches of one source and its readiness probe: how many watches are
+/// waiting to retry, and a counter bumped each time the API server answers again after the
+/// probe saw it down (which wakes every waiting watch).
+#[derive(Clone)]
+pub(crate) struct Recovery {
+    waiting: Arc<tokio::sync::watch::Sender<usize>>,
+    back: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+/// Counts one waiting watch while alive.
+struct Waiting(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+impl Recovery {
+    pub(crate) fn new() -> Self {
+        Self {
+            waiting: Arc::new(tokio::sync::watch::channel(0).0),
+            back: Arc::new(tokio::sync::watch::channel(0).0),
+        }
+    }
+
+    /// Waits `delay`, or less if the probe sees the API server answer again meanwhile.
+    /// Returns whether the probe cut the wait short.
+    pub(crate) async fn wait_to_retry(&self, delay: Duration) -> bool {
+        let mut back = self.back.subscribe();
+        back.borrow_and_update();
+        self.waiting.send_modify(|n| *n += 1);
+        let _waiting = Waiting(self.waiting.clone());
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => false,
+            changed = back.changed() => changed.is_ok(),
+        }
+    }
+
+    /// Probes with `probe` (true: the API server answers) while any watch waits to retry,
+    /// every [`PROBE_PERIOD`] ± 25 %; when a probe succeeds after one failed, wakes the waiting
+    /// watches. A probe that succeeds without a failure before it wakes nobody: the API server
+    /// answered all along, so the watch failure has another cause and the backoff stands.
+    /// Runs until the task is dropped.
+    pub(crate) async fn probe_while_waiting<F, Fut>(&self, mut probe: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let mut waiting = self.waiting.subscribe();
+        let mut down = false;
+        loop {
+            if waiting.wait_for(|n| *n > 0).await.is_err() {
+                return;
+            }
+            let jitter = 0.75 + 0.5 * fastrand::f64();
+            tokio::time::sleep(PROBE_PERIOD.mul_f64(jitter)).await;
+            if *waiting.borrow() == 0 {
+                // Every watch retried on its own; the next outage starts afresh.
+                down = false;
+                continue;
+            }
+            if probe().await {
+                if down {
+                    tracing::info!("the API server answers again; retrying the watches now");
+                    self.back.send_modify(|n| *n += 1);
+                }
+                down = false;
+            } else {
+                down = true;
+            }
+        }
+    }
+}
+
+/// Whether the API server answers: `GET /readyz` gets an HTTP reply that is neither a server
+/// error (5xx: not ready yet) nor 429 (overloaded) within 2 s. Any other status (even 401/403/404
+/// from a server that hides `/readyz`) means it is up and serving requests.
+async fn api_answers(client: &::kube::Client) -> bool {
+    let request = match hyper::Request::get("/readyz").body(::kube::client::Body::from(Vec::new()))
+    {
+        Ok(r) => r,
+        Err(_) => return false,
+    };
+    match tokio::time::timeout(Duration::from_secs(2), client.send(request)).await {
+        Ok(Ok(response)) => {
+            let status = response.status();
+            !status.is_server_error() && status != hyper::StatusCode::TOO_MANY_REQUESTS
+        }
+        _ => false,
+    }
+}
+
+/// The watcher stream of `K`, retried after each failure with a [`RetryBackoff`] delay that
+/// `recovery` may cut short.
 fn kind_events<K: WatchedKind>(
     client: ::kube::Client,
     config: watcher::Config,
+    recovery: Recovery,
 ) -> BoxStream<'static, KindEvent> {
-    ::kube::runtime::watcher(Api::<K>::all(client), config)
-        .default_backoff()
+    let stream = ::kube::runtime::watcher(Api::<K>::all(client), config)
         .modify(|object: &mut K| object.meta_mut().managed_fields = None)
-        .map(|item| (K::KIND, item.map(project_event::<K>)))
-        .boxed()
+        .boxed();
+    let state = (stream, RetryBackoff::default(), None::<Duration>);
+    futures::stream::unfold(state, move |(mut stream, mut backoff, pending)| {
+        let recovery = recovery.clone();
+        async move {
+            if let Some(delay) = pending
+                && recovery.wait_to_retry(delay).await
+            {
+                tracing::debug!(kind = %K::KIND, "retrying early: the API server is back");
+            }
+            let item = stream.next().await?;
+            let (item, pending) = match item {
+                Ok(event) => (Ok(project_event::<K>(event)), None),
+                Err(error) => {
+                    let retry_in = backoff.next_delay(Instant::now(), fastrand::f64());
+                    (Err(WatchFailure { error, retry_in }), Some(retry_in))
+                }
+            };
+            Some(((K::KIND, item), (stream, backoff, pending)))
+        }
+    })
+    .boxed()
 }
 
 /// Applies projected watcher events of every kind to one [`CacheWriter`], synchronously.
@@ -223,7 +385,7 @@ pub struct ApiEventApplier {
     invalid: BTreeMap<(Kind, ObjectKey), String>,
     /// The last watch error of each kind and when it happened, until the kind delivers an
     /// event again or no error has followed for [`WATCH_ERROR_TTL`].
-    watch_errors: BTreeMap<Kind, (String, Instant)>,
+    watch_errors: BTreeMap<Kind, (String, Option<Duration>, Instant)>,
     events: u64,
     resyncs: u64,
     problems_version: u64,
@@ -303,8 +465,21 @@ impl ApiEventApplier {
 
     /// Records a failed list or watch of `kind` at `now` (the watcher retries with backoff).
     pub fn watch_failed(&mut self, kind: Kind, error: &str, now: Instant) {
-        tracing::warn!(%kind, %error, "watch failed; retrying with backoff, serving the last state");
-        self.watch_errors.insert(kind, (error.to_string(), now));
+        self.record_watch_failure(kind, error, None, now);
+    }
+
+    /// Like [`watch_failed`](Self::watch_failed), knowing when the next try is due.
+    fn record_watch_failure(
+        &mut self,
+        kind: Kind,
+        error: &str,
+        retry_in: Option<Duration>,
+        now: Instant,
+    ) {
+        let retry = retry_text(retry_in);
+        tracing::warn!(%kind, %error, "watch failed; {retry}, serving the last state");
+        self.watch_errors
+            .insert(kind, (error.to_string(), retry_in, now));
         self.problems_version += 1;
     }
 
@@ -314,7 +489,7 @@ impl ApiEventApplier {
     pub fn expire_watch_errors(&mut self, now: Instant) -> bool {
         let before = self.watch_errors.len();
         self.watch_errors
-            .retain(|_, (_, at)| now.saturating_duration_since(*at) < WATCH_ERROR_TTL);
+            .retain(|_, (_, _, at)| now.saturating_duration_since(*at) < WATCH_ERROR_TTL);
         let expired = self.watch_errors.len() != before;
         if expired {
             self.problems_version += 1;
@@ -327,9 +502,12 @@ impl ApiEventApplier {
         let watch = self
             .watch_errors
             .iter()
-            .map(|(kind, (error, _))| SourceProblem {
+            .map(|(kind, (error, retry_in, _))| SourceProblem {
                 location: format!("watch {}", kind_resource(*kind)),
-                reason: format!("{error} (retrying; serving the last state)"),
+                reason: format!(
+                    "{error} ({}; serving the last state)",
+                    retry_text(*retry_in)
+                ),
             });
         let objects = self
             .invalid
@@ -374,6 +552,14 @@ impl ApiEventApplier {
     }
 }
 
+/// `retrying in 2.1 s`, or `retrying` when the delay is not known.
+fn retry_text(retry_in: Option<Duration>) -> String {
+    match retry_in {
+        Some(d) => format!("retrying in {:.1} s", d.as_secs_f64()),
+        None => "retrying".to_string(),
+    }
+}
+
 /// `services`, `endpointslices.discovery.k8s.io`: the resource a kind is watched through.
 fn kind_resource(kind: Kind) -> String {
     let r = &watched_resources(&[kind])[0];
@@ -404,7 +590,8 @@ fn current_object(snapshot: &Snapshot, kind: Kind, key: &ObjectKey) -> Option<Cl
 /// Watches `kinds` through `client` and applies every event to `writer` until cancelled.
 ///
 /// Never returns while at least one kind is watched: errors are reported in `status` and
-/// retried with kube-runtime's default backoff, and the cache keeps its last state meanwhile.
+/// retried with a [`RetryBackoff`] cut short by the readiness probe (see the module docs), and
+/// the cache keeps its last state meanwhile.
 pub async fn run(
     client: ::kube::Client,
     kinds: Vec<Kind>,
@@ -428,26 +615,40 @@ pub async fn run_for_node(
     status: StatusHandle,
     node: Option<String>,
 ) {
+    let recovery = Recovery::new();
     let mut seen = BTreeSet::new();
     let all = watcher::Config::default;
     let streams: Vec<BoxStream<'static, KindEvent>> = kinds
         .iter()
         .filter(|k| seen.insert(**k))
-        .map(|kind| match kind {
-            Kind::Service => kind_events::<core_v1::Service>(client.clone(), all()),
-            Kind::EndpointSlice => {
-                kind_events::<discovery_v1::EndpointSlice>(client.clone(), all())
+        .map(|kind| {
+            let (c, r) = (client.clone(), recovery.clone());
+            match kind {
+                Kind::Service => kind_events::<core_v1::Service>(c, all(), r),
+                Kind::EndpointSlice => kind_events::<discovery_v1::EndpointSlice>(c, all(), r),
+                Kind::Pod => kind_events::<core_v1::Pod>(c, all(), r),
+                Kind::Node => kind_events::<core_v1::Node>(
+                    c,
+                    match &node {
+                        Some(name) => all().fields(&node_field_selector(name)),
+                        None => all(),
+                    },
+                    r,
+                ),
             }
-            Kind::Pod => kind_events::<core_v1::Pod>(client.clone(), all()),
-            Kind::Node => kind_events::<core_v1::Node>(
-                client.clone(),
-                match &node {
-                    Some(name) => all().fields(&node_field_selector(name)),
-                    None => all(),
-                },
-            ),
         })
         .collect();
+    let probe = {
+        let (client, recovery) = (client.clone(), recovery.clone());
+        AbortOnDrop(tokio::spawn(async move {
+            recovery
+                .probe_while_waiting(|| {
+                    let client = client.clone();
+                    async move { api_answers(&client).await }
+                })
+                .await
+        }))
+    };
     tracing::info!(
         ?kinds,
         node = node.as_deref(),
@@ -464,7 +665,12 @@ pub async fn run_for_node(
                 let Some((kind, item)) = item else { break };
                 match item {
                     Ok(event) => applier.apply(kind, event, &mut writer),
-                    Err(error) => applier.watch_failed(kind, &error.to_string(), Instant::now()),
+                    Err(failure) => applier.record_watch_failure(
+                        kind,
+                        &failure.error.to_string(),
+                        Some(failure.retry_in),
+                        Instant::now(),
+                    ),
                 }
             }
             _ = expiry.tick() => {
@@ -484,6 +690,16 @@ pub async fn run_for_node(
                 s.problems = problems;
             }
         });
+    }
+    drop(probe);
+}
+
+/// Aborts a task when dropped (the source's task is aborted on drop, and its probe with it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -780,6 +996,99 @@ mod tests {
             watched_resources(&[Kind::Service, Kind::Service]).len(),
             1,
             "deduplicated"
+        );
+    }
+
+    #[test]
+    fn retry_backoff_doubles_to_its_cap_with_jitter_and_resets_after_quiet() {
+        let t0 = Instant::now();
+        let mut b = RetryBackoff::default();
+        // With the largest jitter factor the delays are the nominal ones.
+        let top: Vec<f64> = (0..7)
+            .map(|i| b.next_delay(t0 + Duration::from_secs(i), 1.0).as_secs_f64())
+            .collect();
+        assert_eq!(top, [0.8, 1.6, 3.2, 6.4, 10.0, 10.0, 10.0]);
+        // The smallest factor halves them; jitter never goes past the cap.
+        let mut b = RetryBackoff::default();
+        assert_eq!(b.next_delay(t0, 0.0), Duration::from_millis(400));
+        for _ in 0..10 {
+            let d = b.next_delay(t0, fastrand::f64());
+            assert!(d >= RETRY_INITIAL / 2 && d <= RETRY_MAX, "{d:?}");
+        }
+        assert!(b.next_delay(t0, 0.0) == RETRY_MAX / 2, "at the cap");
+        // A failure long after the last one starts over.
+        let later = t0 + RETRY_RESET_AFTER;
+        assert_eq!(b.next_delay(later, 1.0), RETRY_INITIAL);
+        assert_eq!(b.next_delay(later, 1.0), RETRY_INITIAL * 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probe_cuts_the_wait_short_only_when_the_api_comes_back() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let recovery = Recovery::new();
+        let up = Arc::new(AtomicBool::new(false));
+        let probes = Arc::new(AtomicUsize::new(0));
+        let prober = {
+            let (recovery, up, probes) = (recovery.clone(), up.clone(), probes.clone());
+            tokio::spawn(async move {
+                recovery
+                    .probe_while_waiting(|| {
+                        probes.fetch_add(1, Ordering::SeqCst);
+                        let up = up.load(Ordering::SeqCst);
+                        async move { up }
+                    })
+                    .await
+            })
+        };
+        // Nobody waits: no probe.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(
+            probes.load(Ordering::SeqCst),
+            0,
+            "probes only while a watch waits"
+        );
+
+        // A watch waits 10 s; the API comes back after 5 s: the wait ends within one probe
+        // period (± 25 %) of that.
+        let started = tokio::time::Instant::now();
+        let waiter = {
+            let recovery = recovery.clone();
+            tokio::spawn(async move { recovery.wait_to_retry(Duration::from_secs(10)).await })
+        };
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!waiter.is_finished());
+        up.store(true, Ordering::SeqCst);
+        assert!(waiter.await.unwrap(), "cut short by the probe");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(5)
+                && waited <= Duration::from_secs(5) + PROBE_PERIOD * 5 / 4,
+            "{waited:?}"
+        );
+        assert!(probes.load(Ordering::SeqCst) >= 2, "probed down, then up");
+
+        // The API answers all along (the watch fails for another reason): the backoff stands.
+        let started = tokio::time::Instant::now();
+        let cut = recovery.wait_to_retry(Duration::from_secs(10)).await;
+        assert!(!cut);
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        prober.abort();
+    }
+
+    #[test]
+    fn watch_failures_report_when_the_next_try_is_due() {
+        let (mut w, _r) = new_cache([Kind::Service]);
+        let mut a = ApiEventApplier::new();
+        list(&mut a, &mut w, Kind::Service, vec![]);
+        a.record_watch_failure(
+            Kind::Service,
+            "connection refused",
+            Some(Duration::from_millis(6400)),
+            Instant::now(),
+        );
+        assert_eq!(
+            a.problems()[0].reason,
+            "connection refused (retrying in 6.4 s; serving the last state)"
         );
     }
 }

@@ -51,6 +51,10 @@ pub struct CorefileOptions {
     pub startup_timeout: Duration,
     /// UDP receive loops per listener (0: one per core).
     pub udp_workers: usize,
+    /// Told the outcome of every reload that runs: `None` once a changed Corefile is in force,
+    /// the error when it was rejected (the previous configuration keeps serving). The agent's
+    /// `/status` shows it as `last_reload_error`.
+    pub reload_outcome: Option<tokio::sync::watch::Sender<Option<String>>>,
 }
 
 impl CorefileOptions {
@@ -62,6 +66,7 @@ impl CorefileOptions {
             listen_override: None,
             startup_timeout: Duration::from_secs(5),
             udp_workers: 0,
+            reload_outcome: None,
         }
     }
 }
@@ -312,6 +317,9 @@ impl State {
                 self.pool.retain(&used_zone_options(&cf));
                 self.current = cf;
                 tracing::info!(took = ?started.elapsed(), "plugin/reload: running configuration replaced");
+                if let Some(tx) = &self.options.reload_outcome {
+                    tx.send_replace(None);
+                }
             }
             Err(e) => {
                 // Do not retry the same broken content until it changes again.
@@ -321,6 +329,9 @@ impl State {
                 tracing::error!(
                     "plugin/reload: Corefile rejected, previous configuration keeps serving: {e}"
                 );
+                if let Some(tx) = &self.options.reload_outcome {
+                    tx.send_replace(Some(e.to_string()));
+                }
             }
         }
     }

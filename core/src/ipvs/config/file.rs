@@ -22,13 +22,14 @@ pub const API_VERSION: &str = "kubeproxy.config.k8s.io/v1alpha1";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("reading {path}: {source}")]
+    /// The file could not be read. The IO error is part of the message and deliberately not
+    /// the error's `source()`, so a caller printing the chain (`{:#}`) says it once.
+    #[error("reading {path}: {error}")]
     Read {
         /// The file.
         path: PathBuf,
         /// The IO error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not valid YAML/JSON.
     #[error("{path}: not valid YAML: {reason}")]
@@ -131,6 +132,9 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
     if s == "0" || s.is_empty() {
         return Ok(Duration::ZERO);
     }
+    if s.starts_with('-') {
+        return Err(format!("{s:?}: a negative duration is not allowed"));
+    }
     let mut total = 0f64;
     let mut rest = s;
     while !rest.is_empty() {
@@ -138,6 +142,12 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .ok_or_else(|| format!("{s:?}: missing unit (e.g. 30s)"))?;
         let (num, tail) = rest.split_at(num_end);
+        if num.is_empty() {
+            return Err(format!(
+                "{s:?}: expected a number before {:?} (e.g. 30s, 1m30s, 500ms)",
+                tail.chars().next().unwrap_or_default()
+            ));
+        }
         let value: f64 = num
             .parse()
             .map_err(|_| format!("{s:?}: bad number {num:?}"))?;
@@ -461,9 +471,9 @@ fn read_conntrack(
 
 /// Reads and validates a configuration file.
 pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     parse(&text, &path.display().to_string())
 }
@@ -654,6 +664,14 @@ nodePortAddresses: ["192.168.0.0/16"]
         assert_eq!(parse_go_duration("0").unwrap(), Duration::ZERO);
         assert!(parse_go_duration("5").is_err());
         assert!(parse_go_duration("5d").is_err());
+        assert_eq!(
+            parse_go_duration("-5s").unwrap_err(),
+            "\"-5s\": a negative duration is not allowed"
+        );
+        assert_eq!(
+            parse_go_duration("+5s").unwrap_err(),
+            "\"+5s\": expected a number before '+' (e.g. 30s, 1m30s, 500ms)"
+        );
     }
 
     #[test]
