@@ -233,7 +233,7 @@ fn pipelined_tcp_queries_are_not_stuck_behind_a_slow_forward() {
     std::fs::write(
         &cf,
         format!(
-            ".:{port} {{\n bind 127.0.0.1\n kubernetes cluster.local in-addr.arpa ip6.arpa\n forward . {upstream} {{\n  read_timeout 5s\n }}\n}}\n"
+            ".:{port} {{\n bind 127.0.0.1\n kubernetes cluster.local in-addr.arpa ip6.arpa\n forward . {upstream} {{\n  prefer_udp\n  read_timeout 5s\n }}\n}}\n"
         ),
     )
     .unwrap();
