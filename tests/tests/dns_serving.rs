@@ -372,3 +372,96 @@ fn idle_tcp_flood_does_not_lock_out_real_clients() {
     let evicted = metric(&text, "svcnet_dns_tcp_connections_evicted_total").unwrap();
     assert!(evicted >= 1100.0 - 64.0, "evicted {evicted}");
 }
+
+#[test]
+fn corefile_rrl_limits_large_answers_and_the_metrics_label_follows_listen() {
+    use std::io::BufRead;
+    let dir = copy_dir(&example_cluster());
+    std::fs::write(dir.path().join("mid.yaml"), headless("mid", 60, 251)).unwrap();
+    let conf = tempfile::tempdir().unwrap();
+    let metrics_port = corefile_support::free_port();
+    let cf = conf.path().join("Corefile");
+    std::fs::write(
+        &cf,
+        format!(
+            ".:53 {{\n kubernetes cluster.local in-addr.arpa ip6.arpa\n prometheus 127.0.0.1:{metrics_port}\n rrl {{\n  large-responses-per-second 3\n  ipv4-prefix-length 32\n }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    // --listen replaces the Corefile's :53.
+    let port = corefile_support::free_port();
+    let listen: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut child = std::process::Command::new(corefile_support::binary())
+        .arg("--corefile")
+        .arg(&cf)
+        .arg("--manifests")
+        .arg(dir.path())
+        .arg("--listen")
+        .arg(listen.to_string())
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start svcnet-dns");
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            eprintln!("[svcnet-dns] {line}");
+        }
+    });
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Kill(child);
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let start = Instant::now();
+    // Wait for the cluster zone (small answers are never limited).
+    loop {
+        sock.send_to(&query_with_edns(1, SVC, 4096), listen)
+            .unwrap();
+        if let Ok((n, _)) = sock.recv_from(&mut buf)
+            && summary(&buf[..n]).2 == 1
+        {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "no answer");
+    }
+    let mut tc = 0;
+    let mut full = 0;
+    for id in 0..12u16 {
+        sock.send_to(
+            &query_with_edns(id, "mid.default.svc.cluster.local", 4096),
+            listen,
+        )
+        .unwrap();
+        let (n, _) = sock.recv_from(&mut buf).expect("an answer");
+        let (_, truncated, ancount, _) = summary(&buf[..n]);
+        if truncated {
+            tc += 1;
+        } else {
+            assert_eq!(ancount, 60);
+            full += 1;
+        }
+    }
+    assert!((3..=5).contains(&full), "{full} full answers");
+    assert_eq!(full + tc, 12);
+    let text = dns_support::http_get(([127, 0, 0, 1], metrics_port).into(), "/metrics").1;
+    assert!(
+        text.contains(&format!("server=\"dns://{listen}\"")),
+        "{}",
+        &text[..text.len().min(2000)]
+    );
+    assert!(!text.contains("server=\"dns://:53\""));
+}
