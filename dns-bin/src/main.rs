@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use svcnet_core::dns::rrl::LargeAnswerLimit;
 use svcnet_core::dns::server::ServerConfig;
 use svcnet_core::dns::zone::{PodMode, ZoneOptions};
 use svcnet_core::dns::{DnsOptions, run_with_source};
@@ -71,6 +72,28 @@ struct Args {
     /// UDP receive loops (0: one per core).
     #[arg(long, default_value_t = 0)]
     udp_workers: usize,
+    /// Rate-limit UDP answers larger than 512 bytes to this many per second per client
+    /// network (/24, IPv6 /56); beyond it the answer is an empty truncated one (TC=1) and the
+    /// client retries over TCP. 0 disables the limit. With --corefile, use the `rrl` plugin.
+    #[arg(
+        long,
+        default_value_t = 0,
+        value_name = "PER_SECOND",
+        conflicts_with = "corefile"
+    )]
+    large_answer_rate: u32,
+    /// Concurrent TCP connections; near the limit the longest-idle ones are closed first.
+    #[arg(long, conflicts_with = "corefile", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_tcp_connections: u64,
+    /// Concurrent TCP connections from one client address.
+    #[arg(long, conflicts_with = "corefile", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_tcp_per_source: u64,
+    /// Pipelined queries of one TCP connection answered concurrently.
+    #[arg(long, conflicts_with = "corefile", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=65_535))]
+    max_tcp_in_flight: u64,
+    /// TCP connections are closed after this long without a query.
+    #[arg(long, conflicts_with = "corefile", default_value = "10s", value_parser = parse_duration)]
+    tcp_idle_timeout: Duration,
     /// Configure from a CoreDNS Corefile (server blocks, plugins, reload) instead of the zone
     /// flags; `--listen`, when given, replaces every server block's address.
     #[arg(long, value_name = "FILE")]
@@ -146,11 +169,7 @@ fn main() -> anyhow::Result<()> {
     zone.namespaces = args.namespaces.iter().cloned().collect();
     zone.fallthrough = args.fallthrough.clone();
     let options = DnsOptions {
-        server: ServerConfig {
-            listen: args.listen,
-            udp_workers: args.udp_workers,
-            ..ServerConfig::default()
-        },
+        server: server_config(&args),
         zone,
         health: args.health.0,
         ready: args.ready.0,
@@ -168,6 +187,20 @@ fn main() -> anyhow::Result<()> {
     // Do not wait for blocking helper threads (file watcher) beyond a moment.
     runtime.shutdown_timeout(Duration::from_millis(200));
     result
+}
+
+/// The listener settings of the flags.
+fn server_config(args: &Args) -> ServerConfig {
+    ServerConfig {
+        listen: args.listen,
+        udp_workers: args.udp_workers,
+        tcp_idle_timeout: args.tcp_idle_timeout,
+        max_tcp_connections: args.max_tcp_connections as usize,
+        max_tcp_per_source: args.max_tcp_per_source as usize,
+        max_tcp_in_flight: args.max_tcp_in_flight as usize,
+        large_answers: (args.large_answer_rate > 0)
+            .then(|| LargeAnswerLimit::new(args.large_answer_rate)),
+    }
 }
 
 /// `--corefile`: serve the Corefile's server blocks (with reload) from `source`.

@@ -140,9 +140,22 @@ impl Request {
         self.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok)
     }
 
-    /// The largest answer the client accepts: 65535 over TCP, else the EDNS buffer size
-    /// (at least 512), or 512 without EDNS.
+    /// The largest answer sent to the client: 65535 over TCP; over UDP the client's EDNS
+    /// buffer size kept within 512 and the size this server advertises
+    /// ([`super::wire::ADVERTISED_PAYLOAD`], 1232), or 512 without EDNS. Capping at the
+    /// advertised size keeps a small spoofed query from drawing a many times larger answer.
     pub fn max_payload(&self) -> u16 {
+        match self.transport {
+            Transport::Tcp => u16::MAX,
+            Transport::Udp => self.edns.as_ref().map_or(512, |e| {
+                e.max_payload().clamp(512, super::wire::ADVERTISED_PAYLOAD)
+            }),
+        }
+    }
+
+    /// The UDP buffer size the client advertised (512 without EDNS, 65535 over TCP), before
+    /// the server's own cap; for logs.
+    pub fn client_payload(&self) -> u16 {
         match self.transport {
             Transport::Tcp => u16::MAX,
             Transport::Udp => self.edns.as_ref().map_or(512, |e| e.max_payload().max(512)),

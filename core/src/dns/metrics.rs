@@ -107,6 +107,9 @@ pub struct DnsMetrics {
     health_failures: Counter,
     zone_rebuilds: Counter,
     zone_services: Gauge,
+    large_answers_limited: Counter,
+    tcp_evicted: Counter,
+    tcp_refused: Counter,
 }
 
 impl std::fmt::Debug for DnsMetrics {
@@ -136,6 +139,24 @@ impl DnsMetrics {
         let health_failures = Counter::default();
         let zone_rebuilds = Counter::default();
         let zone_services = Gauge::default();
+        let large_answers_limited = Counter::default();
+        let tcp_evicted = Counter::default();
+        let tcp_refused = Counter::default();
+        registry.register(
+            "svcnet_dns_large_answers_limited",
+            "Large UDP answers replaced by a truncated one (TC=1) by the response-rate limit.",
+            large_answers_limited.clone(),
+        );
+        registry.register(
+            "svcnet_dns_tcp_connections_evicted",
+            "Idle TCP connections closed to make room for new ones (longest idle first).",
+            tcp_evicted.clone(),
+        );
+        registry.register(
+            "svcnet_dns_tcp_connections_refused",
+            "TCP connections closed at once: the server or the client's address was at its limit with no idle connection to close.",
+            tcp_refused.clone(),
+        );
         registry.register(
             "coredns_dns_requests",
             "Counter of DNS requests made per zone, protocol and family.",
@@ -219,6 +240,9 @@ impl DnsMetrics {
             health_failures,
             zone_rebuilds,
             zone_services,
+            large_answers_limited,
+            tcp_evicted,
+            tcp_refused,
         })
     }
 
@@ -260,6 +284,21 @@ impl DnsMetrics {
     pub fn zone_state(&self, rebuilds: u64, services: usize) {
         self.zone_rebuilds.inc_by(rebuilds);
         self.zone_services.set(services as i64);
+    }
+
+    /// Counts a large UDP answer replaced by a truncated one (rate limit).
+    pub fn large_answer_limited(&self) {
+        self.large_answers_limited.inc();
+    }
+
+    /// Counts an idle TCP connection closed to make room.
+    pub fn tcp_evicted(&self) {
+        self.tcp_evicted.inc();
+    }
+
+    /// Counts a TCP connection refused at its limit.
+    pub fn tcp_refused(&self) {
+        self.tcp_refused.inc();
     }
 
     /// A per-worker recorder.

@@ -7,7 +7,7 @@
 //! - [`wire`]: parsing requests and encoding responses.
 //! - [`server`]: UDP/TCP listeners; [`http`]: health, ready, metrics; [`metrics`]: CoreDNS
 //!   metric names.
-//! - [`zonefile`]: RFC 1035 export of the zone.
+//! - [`zonefile`]: RFC 1035 export of the zone; [`rrl`]: rate limit of large UDP answers.
 //! - [`run`] / [`run_with_source`] / [`serve`]: the whole server with lameduck.
 
 pub mod cluster;
@@ -17,6 +17,7 @@ pub mod handler;
 pub mod http;
 pub mod metrics;
 pub mod plugins;
+pub mod rrl;
 pub mod runner;
 pub mod server;
 pub mod wire;

@@ -3,24 +3,38 @@
 //! UDP runs one receive loop per worker, each on its own `SO_REUSEPORT` socket, so the kernel
 //! spreads clients over the cores. A request whose answer is ready (the cluster zone) is
 //! answered from the loop itself; a pending one (forwarding) gets a task of its own, so a slow
-//! upstream never stalls the loop. TCP serves each connection on its own task with an idle
-//! timeout and a connection limit. A panic in a plugin becomes SERVFAIL and is counted.
+//! upstream never stalls the loop. UDP answers are capped at the advertised payload size, and
+//! large ones can be rate-limited per client network ([`super::rrl`]).
+//!
+//! TCP serves each connection on its own task. Pipelined queries are answered concurrently and
+//! out of order (RFC 7766 §6.2.1.1): an answer that is ready goes out at once, a pending one
+//! (forwarding) is awaited beside the next queries, up to
+//! [`ServerConfig::max_tcp_in_flight`] per connection (then the connection is not read until
+//! one completes). Connections are limited in total and per client address; when the server
+//! is near its limit it closes the longest-idle connections (nothing in flight) to keep room
+//! for new clients, as Knot and Unbound do, and an idle connection is closed after
+//! [`ServerConfig::tcp_idle_timeout`]. A panic in a plugin becomes SERVFAIL and is counted.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::ResponseCode;
+use bytes::BytesMut;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::Semaphore;
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use super::error::DnsError;
-use super::handler::{Chain, Reply, Request, Response, Transport};
+use super::handler::{BoxFuture, Chain, Reply, Request, Response, Transport};
 use super::metrics::{DnsMetrics, Exchange, Recorder};
+use super::rrl::{LARGE_ANSWER, LargeAnswerLimit, LargeAnswerLimiter};
 use super::wire::{Encoder, Parsed, parse_request};
 
 /// Listener settings.
@@ -32,8 +46,17 @@ pub struct ServerConfig {
     pub udp_workers: usize,
     /// TCP connections are closed after this long without a request.
     pub tcp_idle_timeout: Duration,
-    /// Concurrent TCP connections accepted.
+    /// Concurrent TCP connections accepted. Near this limit (the last sixteenth is kept for
+    /// new clients) the longest-idle connections are closed first.
     pub max_tcp_connections: usize,
+    /// Concurrent TCP connections from one client address; beyond it, that address's own
+    /// longest-idle connection is closed, or the new one is refused when all are busy.
+    pub max_tcp_per_source: usize,
+    /// Queries of one TCP connection answered concurrently; further ones wait unread.
+    pub max_tcp_in_flight: usize,
+    /// Rate limit of UDP answers larger than [`super::rrl::LARGE_ANSWER`] bytes (`None`:
+    /// unlimited; every UDP answer is capped at the advertised payload size regardless).
+    pub large_answers: Option<LargeAnswerLimit>,
 }
 
 impl Default for ServerConfig {
@@ -43,6 +66,9 @@ impl Default for ServerConfig {
             udp_workers: 0,
             tcp_idle_timeout: Duration::from_secs(10),
             max_tcp_connections: 1024,
+            max_tcp_per_source: 64,
+            max_tcp_in_flight: 32,
+            large_answers: None,
         }
     }
 }
@@ -53,6 +79,7 @@ pub struct DnsServer {
     tcp: TcpListener,
     local: SocketAddr,
     config: ServerConfig,
+    limiter: Arc<LargeAnswerLimiter>,
 }
 
 impl std::fmt::Debug for DnsServer {
@@ -119,11 +146,13 @@ impl DnsServer {
             for _ in 1..workers {
                 udp.push(udp_socket(local).map_err(bind_err)?);
             }
+            let limiter = Arc::new(LargeAnswerLimiter::new(config.large_answers));
             return Ok(Self {
                 udp,
                 tcp,
                 local,
                 config,
+                limiter,
             });
         }
     }
@@ -133,13 +162,19 @@ impl DnsServer {
         self.local
     }
 
+    /// The large-answer limiter, to change its setting while serving (Corefile reload).
+    pub(crate) fn limiter(&self) -> Arc<LargeAnswerLimiter> {
+        self.limiter.clone()
+    }
+
     /// Serves until the returned future is dropped (or the task is aborted).
     pub async fn serve(self, chain: Chain, metrics: Arc<DnsMetrics>) {
         let mut tasks = JoinSet::new();
         for socket in self.udp {
             let chain = chain.clone();
             let metrics = metrics.clone();
-            tasks.spawn(udp_loop(Arc::new(socket), chain, metrics));
+            let limiter = self.limiter.clone();
+            tasks.spawn(udp_loop(Arc::new(socket), chain, metrics, limiter));
         }
         tasks.spawn(tcp_accept_loop(self.tcp, chain, metrics, self.config));
         // The loops only end if their task panics; keep serving with the others.
@@ -163,7 +198,12 @@ fn run_chain(chain: &Chain, req: &Request, metrics: &DnsMetrics) -> Reply {
     }
 }
 
-async fn udp_loop(socket: Arc<UdpSocket>, chain: Chain, metrics: Arc<DnsMetrics>) {
+async fn udp_loop(
+    socket: Arc<UdpSocket>,
+    chain: Chain,
+    metrics: Arc<DnsMetrics>,
+    limiter: Arc<LargeAnswerLimiter>,
+) {
     let mut buf = vec![0u8; 65535];
     let mut encoder = Encoder::new();
     let mut recorder = metrics.recorder();
@@ -194,34 +234,29 @@ async fn udp_loop(socket: Arc<UdpSocket>, chain: Chain, metrics: Arc<DnsMetrics>
             }
             Parsed::Query(req) => match run_chain(&chain, &req, &metrics) {
                 Reply::Ready(resp) => {
-                    send_udp(
-                        &socket,
-                        &mut encoder,
-                        &mut recorder,
-                        &req,
-                        &resp,
-                        started,
-                        len,
-                    )
-                    .await;
+                    let out = UdpOut {
+                        socket: &socket,
+                        limiter: &limiter,
+                        metrics: &metrics,
+                    };
+                    out.send(&mut encoder, &mut recorder, &req, &resp, started, len)
+                        .await;
                 }
                 Reply::Pending(fut) => {
                     let socket = socket.clone();
                     let metrics = metrics.clone();
+                    let limiter = limiter.clone();
                     tokio::spawn(async move {
                         let resp = fut.await;
                         let mut encoder = Encoder::new();
                         let mut recorder = metrics.recorder();
-                        send_udp(
-                            &socket,
-                            &mut encoder,
-                            &mut recorder,
-                            &req,
-                            &resp,
-                            started,
-                            len,
-                        )
-                        .await;
+                        let out = UdpOut {
+                            socket: &socket,
+                            limiter: &limiter,
+                            metrics: &metrics,
+                        };
+                        out.send(&mut encoder, &mut recorder, &req, &resp, started, len)
+                            .await;
                     });
                 }
             },
@@ -229,28 +264,203 @@ async fn udp_loop(socket: Arc<UdpSocket>, chain: Chain, metrics: Arc<DnsMetrics>
     }
 }
 
-async fn send_udp(
-    socket: &UdpSocket,
-    encoder: &mut Encoder,
-    recorder: &mut Recorder,
-    req: &Request,
-    resp: &Response,
-    started: Instant,
-    request_size: usize,
-) {
-    let (out, _truncated) = encoder.encode(req, resp);
-    if let Err(e) = socket.send_to(out, req.client).await {
-        tracing::debug!(client = %req.client, error = %e, "UDP send failed");
+/// Where UDP answers go out: the socket, the large-answer limit and the metrics.
+struct UdpOut<'a> {
+    socket: &'a UdpSocket,
+    limiter: &'a LargeAnswerLimiter,
+    metrics: &'a DnsMetrics,
+}
+
+impl UdpOut<'_> {
+    async fn send(
+        &self,
+        encoder: &mut Encoder,
+        recorder: &mut Recorder,
+        req: &Request,
+        resp: &Response,
+        started: Instant,
+        request_size: usize,
+    ) {
+        let (size, _truncated) = {
+            let (out, tc) = encoder.encode(req, resp);
+            (out.len(), tc)
+        };
+        // Only large answers consult the limiter (a lock); the common path stays lock-free.
+        let out = if size > LARGE_ANSWER && !self.limiter.allow(req.client.ip()) {
+            self.metrics.large_answer_limited();
+            encoder.encode_truncated(req, resp)
+        } else {
+            encoder.message()
+        };
+        if let Err(e) = self.socket.send_to(out, req.client).await {
+            tracing::debug!(client = %req.client, error = %e, "UDP send failed");
+        }
+        recorder.record(&Exchange {
+            transport: Transport::Udp,
+            ipv6: req.client.is_ipv6(),
+            record_type: Some(req.record_type()),
+            rcode: Some(resp.rcode),
+            duration: started.elapsed(),
+            request_size,
+            response_size: out.len(),
+        });
     }
-    recorder.record(&Exchange {
-        transport: Transport::Udp,
-        ipv6: req.client.is_ipv6(),
-        record_type: Some(req.record_type()),
-        rcode: Some(resp.rcode),
-        duration: started.elapsed(),
-        request_size,
-        response_size: out.len(),
-    });
+}
+
+/// The TCP limits of a listener.
+#[derive(Debug, Clone, Copy)]
+struct TcpLimits {
+    max_connections: usize,
+    per_source: usize,
+    /// Connections beyond `max_connections - reserved` close the longest-idle one first.
+    reserved: usize,
+}
+
+impl TcpLimits {
+    fn new(config: &ServerConfig) -> Self {
+        let max_connections = config.max_tcp_connections.max(1);
+        Self {
+            max_connections,
+            per_source: config.max_tcp_per_source.max(1),
+            reserved: if max_connections > 1 {
+                (max_connections / 16).max(1)
+            } else {
+                0
+            },
+        }
+    }
+}
+
+/// One open TCP connection, as the accept loop sees it.
+#[derive(Debug)]
+struct Conn {
+    id: u64,
+    ip: IpAddr,
+    /// Milliseconds since the listener started, at the last complete query or answer.
+    last_active_ms: AtomicU64,
+    /// Queries awaiting their answer.
+    in_flight: AtomicUsize,
+    /// Told when the connection is to be closed (eviction).
+    close: Notify,
+}
+
+impl Conn {
+    fn touch(&self, now_ms: u64) {
+        self.last_active_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    fn idle(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0
+    }
+}
+
+/// What the accept loop decides for a new connection.
+#[derive(Debug)]
+enum Admission {
+    /// Serve it; `evicted` was closed to make room.
+    Accepted {
+        conn: Arc<Conn>,
+        evicted: Option<Arc<Conn>>,
+    },
+    /// Close it: at a limit with nothing idle to close.
+    Refused,
+}
+
+/// The open TCP connections of a listener (pure logic; time is passed in).
+#[derive(Debug, Default)]
+struct Registry {
+    conns: HashMap<u64, Arc<Conn>>,
+    per_ip: HashMap<IpAddr, usize>,
+    next_id: u64,
+}
+
+impl Registry {
+    /// Admits a connection from `ip` at `now_ms`, closing the longest-idle connection of that
+    /// address when it is at its own limit, or of any address when the server is near its
+    /// limit.
+    fn admit(&mut self, ip: IpAddr, now_ms: u64, limits: &TcpLimits) -> Admission {
+        let mut evicted = None;
+        if self.per_ip.get(&ip).copied().unwrap_or(0) >= limits.per_source {
+            match self.longest_idle(Some(ip)) {
+                Some(victim) => evicted = Some(self.evict(victim)),
+                None => return Admission::Refused,
+            }
+        } else if self.conns.len() >= limits.max_connections - limits.reserved {
+            if let Some(victim) = self.longest_idle(None) {
+                evicted = Some(self.evict(victim));
+            } else if self.conns.len() >= limits.max_connections {
+                return Admission::Refused;
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let conn = Arc::new(Conn {
+            id,
+            ip,
+            last_active_ms: AtomicU64::new(now_ms),
+            in_flight: AtomicUsize::new(0),
+            close: Notify::new(),
+        });
+        self.conns.insert(id, conn.clone());
+        *self.per_ip.entry(ip).or_insert(0) += 1;
+        Admission::Accepted { conn, evicted }
+    }
+
+    /// The connection (of `ip`, if given) idle the longest, with no query in flight.
+    fn longest_idle(&self, ip: Option<IpAddr>) -> Option<u64> {
+        self.conns
+            .values()
+            .filter(|c| ip.is_none_or(|ip| c.ip == ip) && c.idle())
+            .min_by_key(|c| (c.last_active_ms.load(Ordering::Relaxed), c.id))
+            .map(|c| c.id)
+    }
+
+    /// Removes `id` and tells its task to close it.
+    fn evict(&mut self, id: u64) -> Arc<Conn> {
+        let conn = self.remove(id).expect("evicting a registered connection");
+        conn.close.notify_one();
+        conn
+    }
+
+    /// Forgets `id` (closed or evicted); `None` if it was already gone.
+    fn remove(&mut self, id: u64) -> Option<Arc<Conn>> {
+        let conn = self.conns.remove(&id)?;
+        if let Some(n) = self.per_ip.get_mut(&conn.ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&conn.ip);
+            }
+        }
+        Some(conn)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.conns.len()
+    }
+}
+
+/// Removes a connection from the registry when its task ends.
+struct ConnGuard {
+    registry: Arc<Mutex<Registry>>,
+    id: u64,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        reg.remove(self.id);
+    }
+}
+
+/// Milliseconds since the listener started.
+#[derive(Debug, Clone, Copy)]
+struct Clock(Instant);
+
+impl Clock {
+    fn ms(&self) -> u64 {
+        self.0.elapsed().as_millis() as u64
+    }
 }
 
 async fn tcp_accept_loop(
@@ -259,7 +469,14 @@ async fn tcp_accept_loop(
     metrics: Arc<DnsMetrics>,
     config: ServerConfig,
 ) {
-    let limit = Arc::new(Semaphore::new(config.max_tcp_connections.max(1)));
+    let limits = TcpLimits::new(&config);
+    let registry = Arc::new(Mutex::new(Registry::default()));
+    let clock = Clock(Instant::now());
+    let settings = TcpSettings {
+        idle: config.tcp_idle_timeout,
+        max_in_flight: config.max_tcp_in_flight.max(1),
+        clock,
+    };
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -270,68 +487,92 @@ async fn tcp_accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "too many TCP connections; closing");
-            continue;
+        let admission = {
+            let mut reg = registry.lock().unwrap_or_else(|e| e.into_inner());
+            reg.admit(peer.ip(), clock.ms(), &limits)
+        };
+        let conn = match admission {
+            Admission::Refused => {
+                metrics.tcp_refused();
+                tracing::debug!(%peer, "too many busy TCP connections; closing the new one");
+                continue;
+            }
+            Admission::Accepted { conn, evicted } => {
+                if let Some(old) = evicted {
+                    metrics.tcp_evicted();
+                    tracing::debug!(%peer, evicted = %old.ip, "TCP connections near the limit; closed the longest idle");
+                }
+                conn
+            }
         };
         let chain = chain.clone();
         let metrics = metrics.clone();
-        let idle = config.tcp_idle_timeout;
+        let guard = ConnGuard {
+            registry: registry.clone(),
+            id: conn.id,
+        };
         tokio::spawn(async move {
+            let _guard = guard;
             let _ = stream.set_nodelay(true);
-            serve_tcp(stream, peer, chain, metrics, idle).await;
-            drop(permit);
+            serve_tcp(stream, peer, chain, metrics, settings, &conn).await;
         });
     }
 }
 
+/// Per-connection settings.
+#[derive(Debug, Clone, Copy)]
+struct TcpSettings {
+    idle: Duration,
+    max_in_flight: usize,
+    clock: Clock,
+}
+
+/// A pending answer of a TCP connection: the request, its answer, when it arrived, its size.
+type TcpAnswer = (Box<Request>, Response, Instant, usize);
+
+/// The length of the first complete length-prefixed message in `buf`, if there is one.
+fn complete_frame(buf: &[u8]) -> Option<usize> {
+    let len = usize::from(u16::from_be_bytes([*buf.first()?, *buf.get(1)?]));
+    (buf.len() >= 2 + len).then_some(len)
+}
+
+/// Writes one length-prefixed message; false when the connection is gone or stalled.
+async fn write_frame(
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    msg: &[u8],
+    idle: Duration,
+) -> bool {
+    out.clear();
+    out.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+    out.extend_from_slice(msg);
+    tokio::time::timeout(idle, stream.write_all(out))
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
+/// Serves one TCP connection: answers go out as soon as each is ready, in any order.
 async fn serve_tcp(
     mut stream: TcpStream,
     peer: SocketAddr,
     chain: Chain,
     metrics: Arc<DnsMetrics>,
-    idle: Duration,
+    settings: TcpSettings,
+    conn: &Conn,
 ) {
+    let TcpSettings {
+        idle,
+        max_in_flight,
+        clock,
+    } = settings;
     let mut encoder = Encoder::new();
     let mut recorder = metrics.recorder();
-    let mut buf = vec![0u8; 65535];
+    let mut rbuf = BytesMut::with_capacity(1024);
     let mut out = Vec::with_capacity(512);
-    loop {
-        let len = match tokio::time::timeout(idle, stream.read_u16()).await {
-            Ok(Ok(len)) => usize::from(len),
-            _ => return, // idle, closed or reset
-        };
-        if tokio::time::timeout(idle, stream.read_exact(&mut buf[..len]))
-            .await
-            .map_or(true, |r| r.is_err())
-        {
-            return;
-        }
-        let started = Instant::now();
-        let (bytes, rcode, qtype): (&[u8], ResponseCode, _) =
-            match parse_request(&buf[..len], peer, Transport::Tcp) {
-                // Garbage on a stream: the framing can no longer be trusted.
-                Parsed::Drop => return,
-                Parsed::Reject(rej) => {
-                    let qtype = rej.question.as_ref().map(|q| q.query_type());
-                    (encoder.encode_rejection(&rej), rej.rcode, qtype)
-                }
-                Parsed::Query(req) => {
-                    let resp = run_chain(&chain, &req, &metrics).resolve().await;
-                    let (bytes, _) = encoder.encode(&req, &resp);
-                    (bytes, resp.rcode, Some(req.record_type()))
-                }
-            };
-        out.clear();
-        out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
-        out.extend_from_slice(bytes);
-        let response_size = bytes.len();
-        if tokio::time::timeout(idle, stream.write_all(&out))
-            .await
-            .map_or(true, |r| r.is_err())
-        {
-            return;
-        }
+    let mut pending: FuturesUnordered<BoxFuture<TcpAnswer>> = FuturesUnordered::new();
+    let mut eof = false;
+    let mut deadline = tokio::time::Instant::now() + idle;
+    let record = |recorder: &mut Recorder, qtype, rcode, started: Instant, len, size| {
         recorder.record(&Exchange {
             transport: Transport::Tcp,
             ipv6: peer.is_ipv6(),
@@ -339,7 +580,251 @@ async fn serve_tcp(
             rcode: Some(rcode),
             duration: started.elapsed(),
             request_size: len,
-            response_size,
+            response_size: size,
         });
+    };
+    loop {
+        // Every complete query received, while the in-flight cap allows.
+        while pending.len() < max_in_flight {
+            let Some(len) = complete_frame(&rbuf) else {
+                break;
+            };
+            let frame = rbuf.split_to(2 + len);
+            let started = Instant::now();
+            deadline = tokio::time::Instant::now() + idle;
+            conn.touch(clock.ms());
+            match parse_request(&frame[2..], peer, Transport::Tcp) {
+                // Garbage on a stream: the framing can no longer be trusted.
+                Parsed::Drop => return,
+                Parsed::Reject(rej) => {
+                    let qtype = rej.question.as_ref().map(|q| q.query_type());
+                    let bytes = encoder.encode_rejection(&rej);
+                    let size = bytes.len();
+                    if !write_frame(&mut stream, &mut out, bytes, idle).await {
+                        return;
+                    }
+                    record(&mut recorder, qtype, rej.rcode, started, len, size);
+                }
+                Parsed::Query(req) => match run_chain(&chain, &req, &metrics) {
+                    Reply::Ready(resp) => {
+                        let (bytes, _) = encoder.encode(&req, &resp);
+                        let size = bytes.len();
+                        if !write_frame(&mut stream, &mut out, bytes, idle).await {
+                            return;
+                        }
+                        let qtype = Some(req.record_type());
+                        record(&mut recorder, qtype, resp.rcode, started, len, size);
+                    }
+                    Reply::Pending(fut) => pending.push(Box::pin(async move {
+                        let resp = fut.await;
+                        (req, resp, started, len)
+                    })),
+                },
+            }
+        }
+        conn.in_flight.store(pending.len(), Ordering::Relaxed);
+        if eof && pending.is_empty() {
+            return;
+        }
+        let can_read = !eof && pending.len() < max_in_flight;
+        if can_read && rbuf.capacity() - rbuf.len() < 512 {
+            rbuf.reserve(4096);
+        }
+        tokio::select! {
+            _ = conn.close.notified() => return,
+            Some((req, resp, started, len)) = pending.next(), if !pending.is_empty() => {
+                let (bytes, _) = encoder.encode(&req, &resp);
+                let size = bytes.len();
+                if !write_frame(&mut stream, &mut out, bytes, idle).await {
+                    return;
+                }
+                record(&mut recorder, Some(req.record_type()), resp.rcode, started, len, size);
+                deadline = tokio::time::Instant::now() + idle;
+                conn.touch(clock.ms());
+            }
+            r = stream.read_buf(&mut rbuf), if can_read => match r {
+                // The client closed its side: finish what is in flight, then close.
+                Ok(0) => eof = true,
+                Ok(_) => {}
+                Err(_) => return,
+            },
+            _ = tokio::time::sleep_until(deadline), if pending.is_empty() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max: usize, per_source: usize) -> TcpLimits {
+        TcpLimits::new(&ServerConfig {
+            max_tcp_connections: max,
+            max_tcp_per_source: per_source,
+            ..ServerConfig::default()
+        })
+    }
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([192, 0, 2, last])
+    }
+
+    fn accepted(a: Admission) -> (Arc<Conn>, Option<Arc<Conn>>) {
+        match a {
+            Admission::Accepted { conn, evicted } => (conn, evicted),
+            Admission::Refused => panic!("refused"),
+        }
+    }
+
+    #[test]
+    fn one_address_is_capped_at_its_own_expense() {
+        let l = limits(100, 3);
+        let mut reg = Registry::default();
+        let first: Vec<Arc<Conn>> = (0..3)
+            .map(|t| accepted(reg.admit(ip(1), t, &l)).0)
+            .collect();
+        // The fourth from the same address closes that address's longest idle one.
+        let (_, evicted) = accepted(reg.admit(ip(1), 10, &l));
+        assert_eq!(evicted.map(|c| c.id), Some(first[0].id));
+        assert_eq!(reg.per_ip[&ip(1)], 3);
+        // Busy connections are kept: with all three in flight, the next one is refused.
+        for c in reg.conns.values() {
+            c.in_flight.store(1, Ordering::Relaxed);
+        }
+        assert!(matches!(reg.admit(ip(1), 11, &l), Admission::Refused));
+        // Another address is unaffected.
+        let (_, evicted) = accepted(reg.admit(ip(2), 12, &l));
+        assert!(evicted.is_none());
+    }
+
+    #[test]
+    fn near_the_limit_the_longest_idle_connection_makes_room() {
+        // 32 connections, 2 kept for new clients: from the 31st on, each new one closes the
+        // longest idle.
+        let l = limits(32, 64);
+        assert_eq!(l.reserved, 2);
+        let mut reg = Registry::default();
+        let conns: Vec<Arc<Conn>> = (0..30u64)
+            .map(|t| {
+                let (c, evicted) = accepted(reg.admit(ip(t as u8), t, &l));
+                assert!(evicted.is_none(), "below the reserve nothing is closed");
+                c
+            })
+            .collect();
+        assert_eq!(reg.len(), 30);
+        // The oldest becomes active again; the second oldest is now the longest idle.
+        conns[0].touch(100);
+        let (_, evicted) = accepted(reg.admit(ip(200), 101, &l));
+        assert_eq!(evicted.map(|c| c.id), Some(conns[1].id));
+        assert_eq!(reg.len(), 30);
+        // A connection waiting on an answer is never chosen.
+        conns[2].in_flight.store(1, Ordering::Relaxed);
+        let (_, evicted) = accepted(reg.admit(ip(201), 102, &l));
+        assert_eq!(evicted.map(|c| c.id), Some(conns[3].id));
+    }
+
+    #[test]
+    fn all_busy_fills_the_reserve_then_refuses() {
+        let l = limits(4, 64);
+        let mut reg = Registry::default();
+        for t in 0..4u64 {
+            let (c, _) = accepted(reg.admit(ip(t as u8), t, &l));
+            c.in_flight.store(1, Ordering::Relaxed);
+        }
+        assert_eq!(reg.len(), 4);
+        assert!(matches!(reg.admit(ip(9), 9, &l), Admission::Refused));
+        // A connection that closes frees its slot and its address's count.
+        let id = *reg.conns.keys().next().unwrap();
+        let gone = reg.remove(id).unwrap();
+        assert!(!reg.per_ip.contains_key(&gone.ip));
+        assert!(reg.remove(id).is_none());
+        accepted(reg.admit(ip(9), 10, &l));
+    }
+
+    /// Answers `slow.*` names only once `release` turns true, everything else at once.
+    struct Gate(tokio::sync::watch::Receiver<bool>);
+    impl crate::dns::handler::Plugin for Gate {
+        fn name(&self) -> &'static str {
+            "gate"
+        }
+        fn handle(&self, req: &Request, _next: crate::dns::handler::Next) -> Reply {
+            let rcode = hickory_proto::op::ResponseCode::NXDomain;
+            if !req.lower_name().starts_with("slow.") {
+                return Reply::Ready(Response::new(rcode));
+            }
+            let mut rx = self.0.clone();
+            Reply::pending(async move {
+                let _ = rx.wait_for(|open| *open).await;
+                Response::new(rcode)
+            })
+        }
+    }
+
+    fn tcp_query(id: u16, name: &str) -> Vec<u8> {
+        let mut m = hickory_proto::op::Message::query();
+        m.metadata.id = id;
+        m.add_query(hickory_proto::op::Query::query(
+            hickory_proto::rr::Name::from_ascii(name).unwrap(),
+            hickory_proto::rr::RecordType::A,
+        ));
+        let bytes = m.to_vec().unwrap();
+        let mut f = (bytes.len() as u16).to_be_bytes().to_vec();
+        f.extend_from_slice(&bytes);
+        f
+    }
+
+    async fn read_id(s: &mut TcpStream) -> u16 {
+        let len = s.read_u16().await.unwrap();
+        let mut msg = vec![0u8; usize::from(len)];
+        s.read_exact(&mut msg).await.unwrap();
+        u16::from_be_bytes([msg[0], msg[1]])
+    }
+
+    #[tokio::test]
+    async fn pipelined_queries_answer_out_of_order_up_to_the_in_flight_cap() {
+        let (open, rx) = tokio::sync::watch::channel(false);
+        let server = DnsServer::bind(ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            udp_workers: 1,
+            max_tcp_in_flight: 2,
+            ..ServerConfig::default()
+        })
+        .unwrap();
+        let addr = server.local_addr();
+        let chain = Chain::new(vec![Arc::new(Gate(rx))]);
+        let task = tokio::spawn(server.serve(chain, DnsMetrics::new("dns://test", ".")));
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        // One slow query, then a fast one: the fast one is answered first.
+        let mut batch = tcp_query(1, "slow.a.");
+        batch.extend(tcp_query(2, "fast.a."));
+        s.write_all(&batch).await.unwrap();
+        assert_eq!(read_id(&mut s).await, 2);
+        // A second slow query reaches the cap of 2: the fast query behind it waits unread.
+        let mut batch = tcp_query(3, "slow.b.");
+        batch.extend(tcp_query(4, "fast.b."));
+        s.write_all(&batch).await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(300), read_id(&mut s)).await;
+        assert!(
+            waited.is_err(),
+            "nothing is answered while the cap is reached"
+        );
+        // Releasing the slow ones answers all three.
+        open.send(true).unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            ids.push(read_id(&mut s).await);
+        }
+        ids.sort_unstable();
+        assert_eq!(ids, vec![1, 3, 4]);
+        task.abort();
+    }
+
+    #[test]
+    fn frames_are_found_only_when_complete() {
+        assert_eq!(complete_frame(&[]), None);
+        assert_eq!(complete_frame(&[0]), None);
+        assert_eq!(complete_frame(&[0, 3, 1, 2]), None);
+        assert_eq!(complete_frame(&[0, 3, 1, 2, 3, 9]), Some(3));
+        assert_eq!(complete_frame(&[0, 0]), Some(0));
     }
 }

@@ -11,6 +11,7 @@
 use std::net::SocketAddr;
 
 use hickory_proto::op::{Edns, Header, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::opt::EdnsCode;
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{
     BinDecodable, BinDecoder, BinEncodable, BinEncoder, NameEncoding,
@@ -87,7 +88,7 @@ pub fn parse_request(bytes: &[u8], client: SocketAddr, transport: Transport) -> 
     let question = if counts.queries == 1 {
         match Query::read(&mut decoder) {
             Ok(q) => Some(q),
-            Err(_) => return reject(ResponseCode::FormErr, None, None),
+            Err(_) => return reject(ResponseCode::FormErr, None, scan_opt(bytes)),
         }
     } else {
         None
@@ -96,22 +97,23 @@ pub fn parse_request(bytes: &[u8], client: SocketAddr, transport: Transport) -> 
         return reject(ResponseCode::NotImp, question, None);
     }
     let Some(question) = question else {
-        return reject(ResponseCode::FormErr, None, None);
+        return reject(ResponseCode::FormErr, None, scan_opt(bytes));
     };
     // Answer and authority sections of a query are unusual but legal: decode and skip them.
     for _ in 0..(u32::from(counts.answers) + u32::from(counts.authorities)) {
         if Record::read(&mut decoder).is_err() {
-            return reject(ResponseCode::FormErr, Some(question), None);
+            return reject(ResponseCode::FormErr, Some(question), scan_opt(bytes));
         }
     }
     let mut edns: Option<Edns> = None;
     for _ in 0..counts.additionals {
         let Ok(record) = Record::read(&mut decoder) else {
-            return reject(ResponseCode::FormErr, Some(question), None);
+            return reject(ResponseCode::FormErr, Some(question), edns);
         };
         if record.record_type() == RecordType::OPT {
             if edns.is_some() || !matches!(record.data, RData::OPT(_) | RData::Update0(_)) {
-                return reject(ResponseCode::FormErr, Some(question), None);
+                let first = edns.or_else(|| scan_opt(bytes));
+                return reject(ResponseCode::FormErr, Some(question), first);
             }
             edns = Some(Edns::from(&record));
         }
@@ -124,11 +126,47 @@ pub fn parse_request(bytes: &[u8], client: SocketAddr, transport: Transport) -> 
     if question.query_type() == RecordType::OPT {
         return reject(ResponseCode::FormErr, Some(question), edns);
     }
+    if let Some(e) = &edns
+        && !cookies_well_formed(e)
+    {
+        return reject(ResponseCode::FormErr, Some(question), edns);
+    }
     let mut request = Request::from_query(header.metadata.id, question, client, transport);
     request.recursion_desired = header.metadata.recursion_desired;
     request.checking_disabled = header.metadata.checking_disabled;
     request.edns = edns;
     Parsed::Query(Box::new(request))
+}
+
+/// Whether every COOKIE option of `edns` has a legal length (RFC 7873 §5.2.2: an 8-byte
+/// client cookie, optionally followed by an 8 to 32-byte server cookie; anything else is
+/// FORMERR).
+fn cookies_well_formed(edns: &Edns) -> bool {
+    edns.options()
+        .get_all(EdnsCode::Cookie)
+        .into_iter()
+        .all(|o| matches!(o.len(), 8 | 16..=40))
+}
+
+/// Best effort for error answers: the message's OPT record, if every section up to it decodes
+/// (RFC 6891 §7: a FORMERR answer to a query with OPT carries OPT too).
+fn scan_opt(bytes: &[u8]) -> Option<Edns> {
+    let mut decoder = BinDecoder::new(bytes);
+    let header = Header::read(&mut decoder).ok()?;
+    let counts = header.counts;
+    for _ in 0..counts.queries {
+        Query::read(&mut decoder).ok()?;
+    }
+    for _ in 0..(u32::from(counts.answers) + u32::from(counts.authorities)) {
+        Record::read(&mut decoder).ok()?;
+    }
+    for _ in 0..counts.additionals {
+        let record = Record::read(&mut decoder).ok()?;
+        if record.record_type() == RecordType::OPT {
+            return Some(Edns::from(&record));
+        }
+    }
+    None
 }
 
 /// Encodes responses into a reusable buffer. One per worker.
@@ -159,6 +197,18 @@ impl Encoder {
         }
         self.write_response(req, resp, true);
         (&self.buf, true)
+    }
+
+    /// The message encoded last.
+    pub fn message(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Encodes `resp` to `req` as an empty truncated answer (TC=1): the client retries over
+    /// TCP. Used when a large UDP answer is over the rate limit.
+    pub fn encode_truncated(&mut self, req: &Request, resp: &Response) -> &[u8] {
+        self.write_response(req, resp, true);
+        &self.buf
     }
 
     fn write_response(&mut self, req: &Request, resp: &Response, truncated: bool) {
@@ -505,7 +555,9 @@ mod tests {
         assert_eq!(req.lower_name(), "web.demo.svc.cluster.local.");
         assert_eq!(req.record_type(), RecordType::SRV);
         assert!(req.recursion_desired);
-        assert_eq!(req.max_payload(), 4096);
+        // The client's 4096 is kept for logs; answers are capped at the advertised 1232.
+        assert_eq!(req.client_payload(), 4096);
+        assert_eq!(req.max_payload(), ADVERTISED_PAYLOAD);
         let plain = parse_ok(&query_bytes("a.b.", RecordType::A, None));
         assert_eq!(plain.max_payload(), 512);
     }
@@ -676,6 +728,114 @@ mod tests {
         let (bytes, tc) = enc.encode(&tcp, &resp);
         assert!(!tc);
         assert_eq!(Message::from_vec(bytes).unwrap().answers.len(), 100);
+    }
+
+    #[test]
+    fn udp_answers_are_capped_at_the_advertised_size() {
+        // A client advertising 65535 gets at most 1232 bytes over UDP.
+        let req = parse_ok(&query_bytes(
+            "web.demo.svc.cluster.local.",
+            RecordType::A,
+            Some(65535),
+        ));
+        assert_eq!(req.max_payload(), ADVERTISED_PAYLOAD);
+        assert_eq!(req.client_payload(), 65535);
+        let small = parse_ok(&query_bytes("a.b.", RecordType::A, Some(100)));
+        assert_eq!(small.max_payload(), 512, "below 512 counts as 512");
+        let answers: Vec<Record> = (0..100u8)
+            .map(|i| {
+                Record::from_rdata(
+                    req.name().clone(),
+                    5,
+                    RData::A(A(Ipv4Addr::new(10, 0, 1, i))),
+                )
+            })
+            .collect();
+        let resp = response(answers);
+        let mut enc = Encoder::new();
+        let (bytes, tc) = enc.encode(&req, &resp);
+        assert!(tc);
+        assert!(bytes.len() <= usize::from(ADVERTISED_PAYLOAD));
+        // 70 records (12 + 32 + 70 * 16 + 11 = 1175 bytes) still fit.
+        let fits = response(resp.answers[..70].to_vec());
+        let (bytes, tc) = enc.encode(&req, &fits);
+        assert!(!tc);
+        assert_eq!(bytes.len(), 12 + 32 + 70 * 16 + 11);
+        // The truncated form of a large answer: header, question and OPT only.
+        let t = Message::from_vec(enc.encode_truncated(&req, &resp)).unwrap();
+        assert!(t.metadata.truncation);
+        assert!(t.answers.is_empty());
+        assert!(t.edns.is_some());
+    }
+
+    /// Appends an OPT record (payload 1232) with the given options to a message's additional
+    /// section.
+    fn with_opt(mut msg: Vec<u8>, options: &[(u16, &[u8])]) -> Vec<u8> {
+        let ar = u16::from_be_bytes([msg[10], msg[11]]) + 1;
+        msg[10..12].copy_from_slice(&ar.to_be_bytes());
+        msg.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0]);
+        let rdlen: usize = options.iter().map(|(_, d)| 4 + d.len()).sum();
+        msg.extend_from_slice(&(rdlen as u16).to_be_bytes());
+        for (code, data) in options {
+            msg.extend_from_slice(&code.to_be_bytes());
+            msg.extend_from_slice(&(data.len() as u16).to_be_bytes());
+            msg.extend_from_slice(data);
+        }
+        msg
+    }
+
+    #[test]
+    fn formerr_answers_carry_opt_when_the_query_had_one() {
+        let mut enc = Encoder::new();
+        // No question, but an OPT record.
+        let header_only = [
+            0x12, 0x34, 0x01, 0x00, 0, 0, 0, 0, 0, 0, 0, 1, // no question, one additional
+            0, 0, 41, 0x10, 0x00, 0, 0, 0, 0, 0, 0, // OPT, 4096
+        ];
+        let r = rejection(&header_only);
+        assert_eq!(r.rcode, ResponseCode::FormErr);
+        let msg = Message::from_vec(enc.encode_rejection(&r)).unwrap();
+        assert_eq!(msg.metadata.response_code, ResponseCode::FormErr);
+        assert_eq!(
+            msg.edns.as_ref().map(|e| e.max_payload()),
+            Some(ADVERTISED_PAYLOAD)
+        );
+        // Two OPT records: FORMERR, still with one OPT.
+        let two = with_opt(query_bytes("a.b.", RecordType::A, Some(1232)), &[]);
+        let r = rejection(&two);
+        assert_eq!(r.rcode, ResponseCode::FormErr);
+        let msg = Message::from_vec(enc.encode_rejection(&r)).unwrap();
+        assert!(msg.edns.is_some());
+        // Without OPT in the query, none in the answer.
+        let mut plain = query_bytes("a.b.", RecordType::A, None);
+        plain[5] = 0;
+        let r = rejection(&plain[..12]);
+        let msg = Message::from_vec(enc.encode_rejection(&r)).unwrap();
+        assert!(msg.edns.is_none());
+    }
+
+    #[test]
+    fn malformed_cookies_get_formerr() {
+        let base = || query_bytes("a.b.", RecordType::A, None);
+        let client = [7u8; 8];
+        let full = [7u8; 24];
+        // Legal: a client cookie alone, or with an 8..32-byte server cookie.
+        parse_ok(&with_opt(base(), &[(10, &client)]));
+        parse_ok(&with_opt(base(), &[(10, &full)]));
+        parse_ok(&with_opt(base(), &[(10, &[1u8; 40])]));
+        let mut enc = Encoder::new();
+        for bad in [&[][..], &[1u8; 5][..], &[1u8; 12][..], &[1u8; 41][..]] {
+            let r = rejection(&with_opt(base(), &[(10, bad)]));
+            assert_eq!(
+                r.rcode,
+                ResponseCode::FormErr,
+                "cookie of {} bytes",
+                bad.len()
+            );
+            let msg = Message::from_vec(enc.encode_rejection(&r)).unwrap();
+            assert!(msg.edns.is_some(), "FORMERR to an EDNS query carries OPT");
+            assert_eq!(msg.queries.len(), 1);
+        }
     }
 
     #[test]

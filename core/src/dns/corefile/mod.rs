@@ -150,6 +150,8 @@ pub struct PluginSet {
     pub loop_detect: bool,
     /// `reload`.
     pub reload: Option<ReloadConfig>,
+    /// `rrl`: rate limit of large UDP answers on the block's listeners.
+    pub rrl: Option<crate::dns::rrl::LargeAnswerLimit>,
     /// `bind` addresses (empty: all).
     pub bind: Vec<IpAddr>,
     /// Accepted plugins without effect here, by name.
@@ -329,7 +331,7 @@ fn apply_directive(
     p: &mut PluginSet,
     ctx: &mut SetupContext<'_>,
 ) -> Result<(), CorefileError> {
-    use directives::{cache, forward, hosts, kubernetes, observe, simple};
+    use directives::{cache, forward, hosts, kubernetes, observe, rrl, simple};
     match d.name.text.as_str() {
         "errors" => p.errors = Some(observe::parse_errors(d, ctx)?),
         "log" => p.log = Some(observe::parse_log(d, ctx)?),
@@ -349,6 +351,7 @@ fn apply_directive(
             p.loop_detect = true;
         }
         "reload" => p.reload = Some(simple::parse_reload(d)?),
+        "rrl" => p.rrl = Some(rrl::parse(d, ctx)?),
         "bind" => p.bind = simple::parse_bind(d, ctx)?,
         name if NOOP_PLUGINS.contains(&name) => {
             ctx.warn(

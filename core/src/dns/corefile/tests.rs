@@ -532,3 +532,48 @@ fn empty_file_is_an_error() {
     let e = load("# nothing\n").unwrap_err();
     assert!(e.to_string().contains("no server blocks"));
 }
+
+#[test]
+fn rrl_limits_large_answers_with_defaults_and_options() {
+    use crate::dns::rrl::LargeAnswerLimit;
+    let cf = load(".:53 {\n  rrl\n}\n").unwrap();
+    assert_eq!(cf.servers[0].plugins.rrl, Some(LargeAnswerLimit::new(100)));
+    let cf = load(
+        ".:53 {\n  rrl {\n    large-responses-per-second 20\n    ipv4-prefix-length 32\n    ipv6-prefix-length 64\n  }\n}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        cf.servers[0].plugins.rrl,
+        Some(LargeAnswerLimit {
+            per_second: 20,
+            ipv4_prefix_length: 32,
+            ipv6_prefix_length: 64
+        })
+    );
+    assert_eq!(
+        load(".:53 {\n  rrl 5\n}\n").unwrap().servers[0]
+            .plugins
+            .rrl
+            .map(|l| l.per_second),
+        Some(5)
+    );
+    for (text, needle) in [
+        (".:53 {\n  rrl 0\n}\n", "out of range"),
+        (
+            ".:53 {\n  rrl 5 {\n    large-responses-per-second 6\n  }\n}\n",
+            "twice",
+        ),
+        (
+            ".:53 {\n  rrl {\n    ipv4-prefix-length 33\n  }\n}\n",
+            "out of range",
+        ),
+        (
+            ".:53 {\n  rrl {\n    responses-per-second 10\n  }\n}\n",
+            "responses-per-second",
+        ),
+    ] {
+        let err = load(text).unwrap_err().to_string();
+        assert!(err.contains(needle), "{text:?}: {err}");
+        assert!(err.contains("Corefile:"), "names the place: {err}");
+    }
+}

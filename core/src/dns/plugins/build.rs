@@ -48,6 +48,8 @@ pub struct Listener {
     pub router: ZoneRouter,
     /// Loop detectors of the blocks on this address (probe after binding).
     pub loops: Vec<Arc<Loop>>,
+    /// The large-answer rate limit (`rrl` of the first block on this address that has one).
+    pub rrl: Option<crate::dns::rrl::LargeAnswerLimit>,
 }
 
 /// Why a Corefile cannot be served.
@@ -130,8 +132,12 @@ fn block_chain(block: &ServerBlock, zone: &str, ctx: &BuildContext) -> (Chain, O
     (Chain::new(plugins), lp)
 }
 
-/// Routes (zone, chain, where the block is) and loop detectors of one address.
-type AddrPlan = (Vec<(String, Chain, String)>, Vec<Arc<Loop>>);
+/// Routes (zone, chain, where the block is), loop detectors and `rrl` of one address.
+type AddrPlan = (
+    Vec<(String, Chain, String)>,
+    Vec<Arc<Loop>>,
+    Option<crate::dns::rrl::LargeAnswerLimit>,
+);
 
 /// Builds the listeners of `corefile`.
 pub fn build(corefile: &Corefile, ctx: &BuildContext) -> Result<Vec<Listener>, BuildError> {
@@ -160,14 +166,18 @@ pub fn build(corefile: &Corefile, ctx: &BuildContext) -> Result<Vec<Listener>, B
             if let Some(l) = &lp {
                 entry.1.push(l.clone());
             }
+            if entry.2.is_none() {
+                entry.2 = block.plugins.rrl;
+            }
         }
     }
     Ok(by_addr
         .into_iter()
-        .map(|(addr, (routes, loops))| Listener {
+        .map(|(addr, (routes, loops, rrl))| Listener {
             addr,
             router: ZoneRouter::new(routes.into_iter().map(|(z, c, _)| (z, c)).collect()),
             loops,
+            rrl,
         })
         .collect())
 }

@@ -82,7 +82,7 @@ pub fn format_line(format: &str, req: &Request, resp: &Response, took_secs: f64)
             },
             "size" => "-".into(),
             ">do" => req.dnssec_ok().to_string(),
-            ">bufsize" => req.max_payload().to_string(),
+            ">bufsize" => req.client_payload().to_string(),
             ">id" => req.id.to_string(),
             ">opcode" => "QUERY".into(),
             "rcode" => crate::dns::metrics::rcode_label(resp.rcode).to_string(),

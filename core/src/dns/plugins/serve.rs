@@ -214,6 +214,7 @@ fn reload_config(cf: &Corefile) -> Option<ReloadConfig> {
 struct Running {
     swap: Arc<SwapRouter>,
     task: JoinHandle<()>,
+    limiter: Arc<crate::dns::rrl::LargeAnswerLimiter>,
 }
 
 struct State {
@@ -246,6 +247,7 @@ impl State {
                 let server = DnsServer::bind(ServerConfig {
                     listen: l.addr,
                     udp_workers: self.options.udp_workers,
+                    large_answers: l.rrl,
                     ..ServerConfig::default()
                 })?;
                 fresh.push((l.addr, server));
@@ -265,15 +267,26 @@ impl State {
         for l in listeners {
             keep.push(l.addr);
             match self.listeners.get(&l.addr) {
-                Some(r) => r.swap.store(l.router.clone()),
+                Some(r) => {
+                    r.swap.store(l.router.clone());
+                    r.limiter.set(l.rrl);
+                }
                 None => {
                     let server = fresh.remove(&l.addr).expect("bound above");
                     let swap = SwapRouter::new(l.router.clone());
                     let chain = Chain::new(vec![swap.clone() as Arc<dyn Plugin>]);
                     let local = server.local_addr();
                     tracing::info!(listen = %local, zones = ?l.router.zones(), "DNS server listening");
+                    let limiter = server.limiter();
                     let task = tokio::spawn(server.serve(chain, self.dns_metrics.clone()));
-                    self.listeners.insert(l.addr, Running { swap, task });
+                    self.listeners.insert(
+                        l.addr,
+                        Running {
+                            swap,
+                            task,
+                            limiter,
+                        },
+                    );
                 }
             }
             for lp in l.loops {
@@ -382,6 +395,17 @@ fn watch(files: &[PathBuf], tx: mpsc::Sender<()>) -> Option<notify::RecommendedW
     Some(watcher)
 }
 
+/// The `server` label of the DNS metrics: CoreDNS's `dns://:PORT` for the Corefile's first
+/// port, or the `--listen` address when it replaces the Corefile's (`dns://:PORT` for an
+/// unspecified IP, else `dns://IP:PORT`).
+fn metrics_server_label(listen_override: Option<SocketAddr>, corefile_port: u16) -> String {
+    match listen_override {
+        Some(a) if a.ip().is_unspecified() => format!("dns://:{}", a.port()),
+        Some(a) => format!("dns://{a}"),
+        None => format!("dns://:{corefile_port}"),
+    }
+}
+
 /// Starts the cluster state source for the Corefile's needs and serves it until SIGTERM or
 /// SIGINT (then lameduck).
 pub async fn run_corefile_with_source(
@@ -411,7 +435,7 @@ pub async fn run_corefile(
         .and_then(|s| s.keys.first())
         .map(|k| (k.zone.clone(), k.port));
     let (zone, port) = first.unwrap_or_else(|| (".".into(), 53));
-    let dns_metrics = DnsMetrics::new(&format!("dns://:{port}"), &zone);
+    let dns_metrics = DnsMetrics::new(&metrics_server_label(options.listen_override, port), &zone);
     let mut registry = Registry::default();
     let plugin_metrics = PluginMetrics::register(&mut registry);
     let registry = Arc::new(registry);
