@@ -5,7 +5,10 @@ gen.py zone N OUT          zone file of example.test with N names h<i> (one A ea
 gen.py queries N OUT       dnsperf file: the N names, type A
 gen.py cluster S E DIR     S ClusterIP services in 100 namespaces with E endpoints in total
 gen.py svcqueries S OUT    dnsperf file: A queries for the S services
+gen.py names N ZONE OUT    dnsperf file: N distinct names r<i>.ZONE, type A (floods)
+gen.py slowup PORT MS      a UDP upstream on 127.0.0.1:PORT answering A 192.0.2.9 after MS ms
 """
+import asyncio
 import os
 import sys
 
@@ -52,6 +55,38 @@ def svcqueries(services, out):
             f.write(f"svc-{i}.ns-{i % 100}.svc.cluster.local A\n")
 
 
+def names(n, zone_name, out):
+    with open(out, "w") as f:
+        for i in range(n):
+            f.write(f"r{i}.{zone_name} A\n")
+
+
+class SlowUpstream(asyncio.DatagramProtocol):
+    def __init__(self, delay):
+        self.delay = delay
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        i = 12
+        while i < len(data) and data[i] != 0:
+            i += 1 + data[i]
+        end = i + 5
+        if end > len(data):
+            return
+        reply = (data[:2] + b"\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00" + data[12:end]
+                 + b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\xc0\x00\x02\x09")
+        asyncio.get_running_loop().call_later(self.delay, self.transport.sendto, reply, addr)
+
+
+async def slowup(port, ms):
+    loop = asyncio.get_running_loop()
+    await loop.create_datagram_endpoint(lambda: SlowUpstream(ms / 1000.0), local_addr=("127.0.0.1", port))
+    await asyncio.Event().wait()
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "zone":
@@ -62,5 +97,9 @@ if __name__ == "__main__":
         cluster(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
     elif cmd == "svcqueries":
         svcqueries(int(sys.argv[2]), sys.argv[3])
+    elif cmd == "names":
+        names(int(sys.argv[2]), sys.argv[3], sys.argv[4])
+    elif cmd == "slowup":
+        asyncio.run(slowup(int(sys.argv[2]), int(sys.argv[3])))
     else:
         sys.exit(__doc__)

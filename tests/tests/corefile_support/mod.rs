@@ -187,6 +187,11 @@ impl Server {
         None
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Every log line so far.
     pub fn lines(&mut self) -> Vec<String> {
         self.seen.extend(self.log.try_iter());

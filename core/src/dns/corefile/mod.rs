@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 
 pub use directives::Fallthrough;
 pub use directives::cache::{CacheConfig, CacheTier, Prefetch, ServeStale};
-pub use directives::forward::{ForwardConfig, Policy};
+pub use directives::forward::{ForwardConfig, Policy, SourcePortMode};
 pub use directives::hosts::{HostEntry, HostsConfig};
 pub use directives::kubernetes::{KubernetesConfig, PodsMode};
 pub use directives::observe::{

@@ -316,6 +316,30 @@ fn forward_options() {
 }
 
 #[test]
+fn forward_anti_spoofing_options() {
+    let f = |text: &str| {
+        load(text).unwrap().servers[0]
+            .plugins
+            .forward
+            .clone()
+            .unwrap()
+    };
+    let d = f(".:53 {\n forward . 10.0.0.1\n}\n");
+    assert_eq!(d.source_port, SourcePortMode::Auto);
+    assert!(!d.case_randomization);
+    let o = f(".:53 {\n forward . 10.0.0.1 {\n  source_port pooled\n  case_randomization\n }\n}\n");
+    assert_eq!(o.source_port, SourcePortMode::Pooled);
+    assert!(o.case_randomization);
+    let r = f(".:53 {\n forward . 127.0.0.1 {\n  source_port random\n }\n}\n");
+    assert_eq!(r.source_port, SourcePortMode::Random);
+    let (e, line, _) = err_at(".:53 {\n forward . 10.0.0.1 {\n  source_port fixed\n }\n}\n");
+    assert!(e.to_string().contains("random or pooled"), "{e}");
+    assert_eq!(line, 3);
+    let (e, _, _) = err_at(".:53 {\n forward . 10.0.0.1 {\n  case_randomization yes\n }\n}\n");
+    assert!(e.to_string().contains("case_randomization"), "{e}");
+}
+
+#[test]
 fn cache_options() {
     let cf = load(
         ".:53 {\n cache 300 example.org {\n  success 5000 600 10\n  denial 2000\n  prefetch 10 2m 20%\n  serve_stale 30m verify\n  servfail 0\n  disable denial sub.example.org\n  keepttl\n }\n}\n",

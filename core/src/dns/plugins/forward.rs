@@ -2,20 +2,30 @@
 //!
 //! Upstreams are tried in the policy's order, skipping those that are down (more than
 //! `max_fails` failures in a row) unless all are; a failed exchange marks the upstream and
-//! starts its health probe. UDP answers with TC=1 are retried over TCP. Queries beyond
-//! `max_concurrent` in flight are answered REFUSED at once.
+//! starts its health probe. UDP answers with TC=1 are retried over TCP. Answers are accepted
+//! only when they echo the query's random id and question (see [`super::upstream`]).
+//!
+//! `max_concurrent` bounds the queries in flight, shared fairly between clients: while slots
+//! are free anyone takes one; when all are taken, a query from a client that holds at least
+//! two fewer slots than the largest holder takes that holder's oldest slot (the evicted query
+//! is answered REFUSED), and any other query is answered REFUSED at once. One client can thus
+//! use the whole limit while alone, but a flooding client cannot starve the others. Clients
+//! are told apart by address (IPv6 by /64, the block one host usually holds).
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::Edns;
-use hickory_proto::rr::Name;
+use hickory_proto::rr::{Name, Record};
+use tokio::sync::oneshot;
 
 use super::metrics::PluginMetrics;
-use super::upstream::{ExchangeError, ProbeSettings, Proto, Upstream, encode_query};
+use super::upstream::{ExchangeError, ProbeSettings, Proto, SentQuery, SourcePort, Upstream};
 use crate::dns::corefile::names::in_zone;
-use crate::dns::corefile::{ForwardConfig, Policy};
+use crate::dns::corefile::{ForwardConfig, Policy, SourcePortMode};
 use crate::dns::handler::{Next, Plugin, Reply, Request, Response, Transport};
 
 /// Longest time one query may spend on all upstreams together (CoreDNS: 5 s).
@@ -33,6 +43,7 @@ struct Inner {
     upstreams: Vec<Arc<Upstream>>,
     probe: ProbeSettings,
     inflight: AtomicU32,
+    limiter: Limiter,
     next_rr: AtomicUsize,
     metrics: Option<PluginMetrics>,
 }
@@ -46,10 +57,140 @@ impl Drop for InflightGuard {
     }
 }
 
+/// Who a slot of `max_concurrent` is charged to: the client's IPv4 address or IPv6 /64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct ClientKey(u128);
+
+impl ClientKey {
+    pub(crate) fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => Self(u128::from(u32::from(v4))),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self(u128::from(u32::from(v4))),
+                None => Self((u128::from(v6) >> 64) | (1 << 127)),
+            },
+        }
+    }
+}
+
+/// The slots of `max_concurrent`, shared fairly between clients (see the module docs).
+pub(crate) struct Limiter {
+    max: u32,
+    state: Mutex<LimiterState>,
+}
+
+#[derive(Default)]
+struct LimiterState {
+    total: u32,
+    next_ticket: u64,
+    /// Per client, its queries in flight, oldest first: ticket and the sender whose drop
+    /// evicts that query.
+    clients: HashMap<ClientKey, VecDeque<(u64, oneshot::Sender<()>)>, foldhash::fast::RandomState>,
+}
+
+/// The outcome of asking for a slot.
+pub(crate) enum Admission {
+    /// Go ahead. Without a limit there is no slot; with one, `evicted` fires if a fairer
+    /// client takes the slot back before the query ends.
+    Admitted(Option<(Slot, oneshot::Receiver<()>)>),
+    /// No slot for this client now: answer REFUSED.
+    Refused,
+}
+
+/// One slot held; given back on drop.
+pub(crate) struct Slot {
+    inner: Arc<Inner>,
+    key: ClientKey,
+    ticket: u64,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.inner.limiter.release(self.key, self.ticket);
+    }
+}
+
+impl Limiter {
+    pub(crate) fn new(max: u32) -> Self {
+        Self {
+            max,
+            state: Mutex::new(LimiterState::default()),
+        }
+    }
+
+    /// Takes a slot for `key`: a free one, or the oldest of the largest holder when that
+    /// holder has at least two more than `key` (`None` when neither). Returns the ticket, the
+    /// eviction receiver and whether another query was evicted for it.
+    fn acquire(&self, key: ClientKey) -> Option<(u64, oneshot::Receiver<()>, bool)> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut evicted = false;
+        if st.total >= self.max {
+            let own = st.clients.get(&key).map_or(0, VecDeque::len);
+            let (victim, held) = st
+                .clients
+                .iter()
+                .filter(|(k, _)| **k != key)
+                .map(|(k, q)| (*k, q.len()))
+                .max_by_key(|(_, n)| *n)?;
+            if held < own + 2 {
+                return None;
+            }
+            let queue = st.clients.get_mut(&victim)?;
+            // Dropping the sender wakes the evicted query, which answers REFUSED.
+            queue.pop_front();
+            if queue.is_empty() {
+                st.clients.remove(&victim);
+            }
+            st.total -= 1;
+            evicted = true;
+        }
+        let (tx, rx) = oneshot::channel();
+        let ticket = st.next_ticket;
+        st.next_ticket += 1;
+        st.total += 1;
+        st.clients.entry(key).or_default().push_back((ticket, tx));
+        Some((ticket, rx, evicted))
+    }
+
+    /// Gives back `key`'s slot `ticket` (nothing when it was evicted already).
+    fn release(&self, key: ClientKey, ticket: u64) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(queue) = st.clients.get_mut(&key) else {
+            return;
+        };
+        let Some(pos) = queue.iter().position(|(t, _)| *t == ticket) else {
+            return;
+        };
+        queue.remove(pos);
+        if queue.is_empty() {
+            st.clients.remove(&key);
+        }
+        st.total -= 1;
+    }
+
+    /// Slots held now.
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> u32 {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).total
+    }
+}
+
 impl Forward {
     /// A forwarder for `cfg`.
     pub fn new(cfg: ForwardConfig, metrics: Option<PluginMetrics>) -> Self {
-        let upstreams = cfg.to.iter().map(|a| Upstream::new(*a)).collect();
+        let upstreams = cfg
+            .to
+            .iter()
+            .map(|a| {
+                let source_port = match cfg.source_port {
+                    SourcePortMode::Random => SourcePort::Random,
+                    SourcePortMode::Pooled => SourcePort::Pooled,
+                    SourcePortMode::Auto if a.ip().is_loopback() => SourcePort::Pooled,
+                    SourcePortMode::Auto => SourcePort::Random,
+                };
+                Upstream::with_options(*a, source_port, metrics.clone())
+            })
+            .collect();
         let probe = ProbeSettings {
             interval: cfg.health_check,
             domain: Name::from_ascii(&cfg.health_check_domain).unwrap_or_else(|_| Name::root()),
@@ -58,6 +199,7 @@ impl Forward {
         };
         Self {
             inner: Arc::new(Inner {
+                limiter: Limiter::new(cfg.max_concurrent),
                 cfg,
                 upstreams,
                 probe,
@@ -82,6 +224,29 @@ impl Forward {
         in_zone(name, &self.inner.cfg.from)
             && !self.inner.cfg.except.iter().any(|z| in_zone(name, z))
     }
+
+    /// A slot of `max_concurrent` for a query from `client` (none needed without a limit).
+    fn admit(&self, client: IpAddr) -> Admission {
+        let inner = &self.inner;
+        if inner.cfg.max_concurrent == 0 {
+            return Admission::Admitted(None);
+        }
+        let key = ClientKey::of(client);
+        match inner.limiter.acquire(key) {
+            Some((ticket, evicted, took_other)) => {
+                if took_other && let Some(m) = &inner.metrics {
+                    m.forward_max_concurrent_rejects.inc();
+                }
+                let slot = Slot {
+                    inner: inner.clone(),
+                    key,
+                    ticket,
+                };
+                Admission::Admitted(Some((slot, evicted)))
+            }
+            None => Admission::Refused,
+        }
+    }
 }
 
 impl Plugin for Forward {
@@ -94,27 +259,48 @@ impl Plugin for Forward {
             return next.run(req);
         }
         let inner = self.inner.clone();
-        let max = inner.cfg.max_concurrent;
-        let before = inner.inflight.fetch_add(1, Ordering::AcqRel);
-        let guard = InflightGuard(inner.clone());
-        if max != 0 && before >= max {
-            drop(guard);
-            if let Some(m) = &inner.metrics {
-                m.forward_max_concurrent_rejects.inc();
+        let slot = match self.admit(req.client.ip()) {
+            Admission::Admitted(slot) => slot,
+            Admission::Refused => {
+                if let Some(m) = &inner.metrics {
+                    m.forward_max_concurrent_rejects.inc();
+                }
+                return Reply::Ready(Response::refused());
             }
-            return Reply::Ready(Response::refused());
-        }
+        };
+        inner.inflight.fetch_add(1, Ordering::AcqRel);
+        let guard = InflightGuard(inner.clone());
         let req = req.clone();
         Reply::pending(async move {
             let _guard = guard;
-            match inner.forward(&req).await {
-                Some(resp) if inner.cfg.next.contains(&u16::from(resp.rcode)) => {
-                    next.run(&req).resolve().await
+            let work = async {
+                match inner.forward(&req).await {
+                    Some(resp) if inner.cfg.next.contains(&u16::from(resp.rcode)) => {
+                        next.run(&req).resolve().await
+                    }
+                    Some(resp) => resp,
+                    None => Response::servfail(),
                 }
-                Some(resp) => resp,
-                None => Response::servfail(),
+            };
+            let Some((_slot, evicted)) = slot else {
+                return work.await;
+            };
+            tokio::select! {
+                biased;
+                resp = work => resp,
+                // Evicted by a fairer client: this query gives its slot up.
+                _ = evicted => Response::refused(),
             }
         })
+    }
+}
+
+/// Gives the records of `records` named `sent` (the 0x20-cased name) the client's `original`.
+fn restore_case(records: &mut [Record], sent: &Name, original: &Name) {
+    for r in records {
+        if r.name == *sent {
+            r.name = original.clone();
+        }
     }
 }
 
@@ -173,15 +359,14 @@ impl Inner {
                 break;
             }
             let up = &self.upstreams[i];
-            let id = fastrand::u16(..);
-            let bytes = match encode_query(
-                id,
+            let sent = match SentQuery::new(
                 req.query.clone(),
                 req.recursion_desired,
                 req.checking_disabled,
                 Some(edns.clone()),
+                self.cfg.case_randomization,
             ) {
-                Ok(b) => b,
+                Ok(q) => q,
                 Err(e) => {
                     tracing::warn!(error = %e, "plugin/forward: cannot encode query");
                     return None;
@@ -192,16 +377,23 @@ impl Inner {
                 .read_timeout
                 .min(OVERALL_DEADLINE.saturating_sub(started.elapsed()));
             let t0 = Instant::now();
-            let mut result = up
-                .exchange(&bytes, id, proto, timeout, self.cfg.expire)
-                .await;
-            if proto == Proto::Udp && matches!(&result, Ok(m) if m.metadata.truncation) {
+            let mut result = up.exchange(&sent, proto, timeout, self.cfg.expire).await;
+            if proto == Proto::Udp
+                && matches!(&result, Ok(m) if m.metadata.truncation)
+                    | matches!(&result, Err(ExchangeError::Oversized(_)))
+            {
                 result = up
-                    .exchange(&bytes, id, Proto::Tcp, timeout, self.cfg.expire)
+                    .exchange(&sent, Proto::Tcp, timeout, self.cfg.expire)
                     .await;
             }
             match result {
-                Ok(msg) => {
+                Ok(mut msg) => {
+                    if self.cfg.case_randomization {
+                        let (sent_name, original) = (sent.question().name(), req.query.name());
+                        restore_case(&mut msg.answers, sent_name, original);
+                        restore_case(&mut msg.authorities, sent_name, original);
+                        restore_case(&mut msg.additionals, sent_name, original);
+                    }
                     let rcode = msg.metadata.response_code;
                     if let Some(m) = &self.metrics {
                         m.observe_forward(up.addr(), rcode, t0.elapsed());
@@ -242,10 +434,12 @@ fn log_failure(up: &Upstream, e: &ExchangeError) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dns::corefile::CacheConfig;
     use crate::dns::handler::Chain;
-    use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+    use crate::dns::plugins::cache::Cache;
+    use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
     use hickory_proto::rr::rdata::A;
-    use hickory_proto::rr::{RData, Record, RecordType};
+    use hickory_proto::rr::{DNSClass, RData, RecordType};
     use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, UdpSocket};
@@ -360,5 +554,323 @@ mod tests {
         let rr = Forward::new(rr, None);
         let firsts: Vec<usize> = (0..3).map(|_| rr.inner.order()[0]).collect();
         assert_eq!(firsts, vec![0, 1, 2]);
+    }
+
+    /// What the spoofing upstream sends before its real answer.
+    #[derive(Clone, Copy)]
+    struct Spoofs {
+        /// Also send the right id and question with the letters' case flipped (0x20 breaker).
+        flipped_case: bool,
+        /// Send the real answer (192.0.2.1) after the spoofs.
+        real: bool,
+    }
+
+    fn spoof_answer(id: u16, query: Query, last: u8) -> Vec<u8> {
+        let mut m = Message::new(id, MessageType::Response, OpCode::Query);
+        m.metadata.recursion_available = true;
+        m.add_answer(Record::from_rdata(
+            query.name().clone(),
+            3600,
+            RData::A(A::new(6, 6, 6, last)),
+        ));
+        m.add_query(query);
+        m.to_vec().unwrap()
+    }
+
+    /// An upstream answering every query first with forged answers (A 6.6.6.x): a wrong id, a
+    /// wrong name, a wrong type, a wrong class, the right everything from another port (and
+    /// optionally the name's case flipped), then (optionally) the real answer 192.0.2.1.
+    /// Reports the source port of each query it sees.
+    async fn spoofing_upstream(
+        spoofs: Spoofs,
+    ) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<u16>) {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let other = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let (len, peer) = udp.recv_from(&mut buf).await.unwrap();
+                let _ = tx.send(peer.port());
+                let q = Message::from_vec(&buf[..len]).unwrap();
+                let id = q.metadata.id;
+                let question = q.queries[0].clone();
+                let mut wrong_name = question.clone();
+                wrong_name.set_name(Name::from_ascii("evil.example.").unwrap());
+                let mut wrong_type = question.clone();
+                wrong_type.set_query_type(RecordType::AAAA);
+                let mut wrong_class = question.clone();
+                wrong_class.set_query_class(DNSClass::CH);
+                udp.send_to(&spoof_answer(id.wrapping_add(1), question.clone(), 1), peer)
+                    .await
+                    .unwrap();
+                udp.send_to(&spoof_answer(id, wrong_name, 2), peer)
+                    .await
+                    .unwrap();
+                udp.send_to(&spoof_answer(id, wrong_type, 3), peer)
+                    .await
+                    .unwrap();
+                udp.send_to(&spoof_answer(id, wrong_class, 4), peer)
+                    .await
+                    .unwrap();
+                other
+                    .send_to(&spoof_answer(id, question.clone(), 5), peer)
+                    .await
+                    .unwrap();
+                if spoofs.flipped_case {
+                    let flipped: String = question
+                        .name()
+                        .to_ascii()
+                        .chars()
+                        .map(|c| {
+                            if c.is_ascii_uppercase() {
+                                c.to_ascii_lowercase()
+                            } else {
+                                c.to_ascii_uppercase()
+                            }
+                        })
+                        .collect();
+                    let mut f = question.clone();
+                    f.set_name(Name::from_ascii(&flipped).unwrap());
+                    udp.send_to(&spoof_answer(id, f, 6), peer).await.unwrap();
+                }
+                if spoofs.real {
+                    udp.send_to(&answer(&q, 1), peer).await.unwrap();
+                }
+            }
+        });
+        (addr, rx)
+    }
+
+    fn spoofed(resp: &Response) -> bool {
+        resp.answers
+            .iter()
+            .any(|r| matches!(r.data, RData::A(a) if a.octets()[0] == 6))
+    }
+
+    fn addrs(resp: &Response) -> Vec<String> {
+        resp.answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn forged_answers_reach_neither_the_client_nor_the_cache() {
+        for (mode, case) in [
+            (SourcePortMode::Random, false),
+            (SourcePortMode::Pooled, false),
+            (SourcePortMode::Random, true),
+        ] {
+            let (up, mut ports) = spoofing_upstream(Spoofs {
+                flipped_case: case,
+                real: true,
+            })
+            .await;
+            let mut cfg = ForwardConfig::new(".".into(), vec![up]);
+            cfg.source_port = mode;
+            cfg.case_randomization = case;
+            let metrics = PluginMetrics::default();
+            let fwd = Arc::new(Forward::new(cfg, Some(metrics.clone())));
+            let cache = Arc::new(Cache::new(CacheConfig::new(vec![".".into()]), None));
+            let chain = Chain::new(vec![cache, fwd.clone()]);
+            let label = format!("{mode:?}, 0x20 {case}");
+            for _ in 0..3 {
+                let resp = chain.handle(&request("WwW.Example.")).resolve().await;
+                assert_eq!(resp.rcode, ResponseCode::NoError, "{label}");
+                assert_eq!(
+                    addrs(&resp),
+                    vec!["192.0.2.1"],
+                    "{label}: the real answer only"
+                );
+                // The client's own spelling comes back, whatever case went upstream.
+                assert_eq!(resp.answers[0].name.to_ascii(), "WwW.Example.", "{label}");
+            }
+            // Once from upstream, then from the cache (which holds the real answer).
+            assert!(ports.try_recv().is_ok(), "{label}");
+            assert!(
+                ports.try_recv().is_err(),
+                "{label}: answered from the cache"
+            );
+            // Wrong id, name, type, class (and case) were seen and counted; the datagram from
+            // another port never reached the socket (connected).
+            let seen = fwd.upstreams()[0].mismatches();
+            assert_eq!(seen, 4 + u64::from(case), "{label}");
+            let m = metrics
+                .forward_mismatches
+                .get_or_create(&vec![("to", up.to_string()), ("reason", "question".into())])
+                .get();
+            assert_eq!(m, 3 + u64::from(case), "{label}: metric by reason");
+        }
+    }
+
+    #[tokio::test]
+    async fn only_forged_answers_time_out_and_nothing_is_cached() {
+        let (up, _ports) = spoofing_upstream(Spoofs {
+            flipped_case: true,
+            real: false,
+        })
+        .await;
+        let mut cfg = ForwardConfig::new(".".into(), vec![up]);
+        cfg.read_timeout = Duration::from_millis(300);
+        cfg.case_randomization = true;
+        cfg.max_fails = 0;
+        let fwd = Arc::new(Forward::new(cfg, None));
+        let cache = Arc::new(Cache::new(CacheConfig::new(vec![".".into()]), None));
+        let chain = Chain::new(vec![cache.clone(), fwd.clone()]);
+        for _ in 0..2 {
+            let resp = chain.handle(&request("www.example.")).resolve().await;
+            assert_eq!(resp.rcode, ResponseCode::ServFail);
+            assert!(!spoofed(&resp));
+        }
+        assert_eq!(cache.len().0, 0, "no positive entry cached");
+        // Five forged answers per query that went upstream (the cache may hold the SERVFAIL).
+        assert!(fwd.upstreams()[0].mismatches() >= 5);
+    }
+
+    #[tokio::test]
+    async fn random_source_ports_change_per_query_and_pooled_ones_are_reused() {
+        for (mode, distinct) in [
+            (SourcePortMode::Random, true),
+            (SourcePortMode::Pooled, false),
+        ] {
+            let (up, mut ports) = spoofing_upstream(Spoofs {
+                flipped_case: false,
+                real: true,
+            })
+            .await;
+            let mut cfg = ForwardConfig::new(".".into(), vec![up]);
+            cfg.source_port = mode;
+            let chain = Chain::new(vec![Arc::new(Forward::new(cfg, None))]);
+            let mut seen = std::collections::HashSet::new();
+            for i in 0..8 {
+                let resp = chain
+                    .handle(&request(&format!("n{i}.example.")))
+                    .resolve()
+                    .await;
+                assert_eq!(addrs(&resp), vec!["192.0.2.1"]);
+                seen.insert(ports.recv().await.unwrap());
+            }
+            if distinct {
+                // The kernel draws each port at random: eight in a row could repeat only by a
+                // rare coincidence, so allow one repeat.
+                assert!(seen.len() >= 7, "{mode:?}: {seen:?}");
+            } else {
+                assert_eq!(seen.len(), 1, "{mode:?}: {seen:?}");
+            }
+        }
+        // The default follows the upstream: pooled on loopback, random elsewhere.
+        let auto = Forward::new(
+            ForwardConfig::new(
+                ".".into(),
+                vec![
+                    "127.0.0.1:53".parse().unwrap(),
+                    "192.0.2.53:53".parse().unwrap(),
+                ],
+            ),
+            None,
+        );
+        let modes: Vec<SourcePort> = auto.upstreams().iter().map(|u| u.source_port()).collect();
+        assert_eq!(modes, vec![SourcePort::Pooled, SourcePort::Random]);
+    }
+
+    #[test]
+    fn query_ids_and_cases_are_random() {
+        let mut q = Query::query(
+            Name::from_ascii("abcdefghijklmnop.example.").unwrap(),
+            RecordType::A,
+        );
+        q.set_query_class(DNSClass::IN);
+        let sent: Vec<SentQuery> = (0..64)
+            .map(|_| SentQuery::new(q.clone(), true, false, None, true).unwrap())
+            .collect();
+        let ids: std::collections::HashSet<u16> = sent.iter().map(SentQuery::id).collect();
+        // 64 draws from 65,536 values: a collision or two at most.
+        assert!(ids.len() >= 62, "{} distinct ids", ids.len());
+        let names: std::collections::HashSet<String> = sent
+            .iter()
+            .map(|s| s.question().name().to_ascii())
+            .collect();
+        assert!(names.len() >= 60, "{} distinct spellings", names.len());
+        for s in &sent {
+            assert_eq!(s.question().name(), q.name(), "same name, case aside");
+            // The wire form carries the id and the randomised spelling.
+            let m = Message::from_vec(s.bytes()).unwrap();
+            assert_eq!(m.metadata.id, s.id());
+            assert!(m.queries[0].name().eq_case(s.question().name()));
+        }
+    }
+
+    fn client(ip: [u8; 4]) -> Request {
+        let mut q = Query::query(Name::from_ascii("x.example.").unwrap(), RecordType::A);
+        q.set_query_class(DNSClass::IN);
+        Request::from_query(1, q, SocketAddr::from((ip, 5353)), Transport::Udp)
+    }
+
+    #[tokio::test]
+    async fn a_flooding_client_cannot_starve_the_others() {
+        // A silent upstream: every admitted query waits for its read timeout.
+        let hole = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut cfg = ForwardConfig::new(".".into(), vec![hole.local_addr().unwrap()]);
+        cfg.max_concurrent = 10;
+        cfg.read_timeout = Duration::from_secs(30);
+        cfg.max_fails = 0;
+        let fwd = Arc::new(Forward::new(cfg, Some(PluginMetrics::default())));
+        let chain = Arc::new(Chain::new(vec![fwd.clone()]));
+        // Alone, the flooder may use the whole limit; the excess is refused at once.
+        let mut flood = Vec::new();
+        let mut refused_at_once = 0;
+        for _ in 0..20 {
+            match chain.handle(&client([10, 0, 0, 66])) {
+                Reply::Ready(r) => {
+                    assert_eq!(r.rcode, ResponseCode::Refused);
+                    refused_at_once += 1;
+                }
+                pending => flood.push(tokio::spawn(pending.resolve())),
+            }
+        }
+        tokio::task::yield_now().await;
+        assert_eq!(refused_at_once, 10);
+        assert_eq!(fwd.inner.limiter.held(), 10);
+        // Newcomers still get slots: each takes the flooder's oldest.
+        let mut others = Vec::new();
+        for i in 1..=4u8 {
+            match chain.handle(&client([10, 0, 0, i])) {
+                Reply::Ready(r) => panic!("client {i} refused: {:?}", r.rcode),
+                pending => others.push(tokio::spawn(pending.resolve())),
+            }
+        }
+        assert_eq!(fwd.inner.limiter.held(), 10, "the limit holds");
+        // The four evicted flood queries were answered REFUSED.
+        let mut evicted = 0;
+        for h in flood {
+            if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_millis(50), h).await {
+                assert_eq!(r.rcode, ResponseCode::Refused);
+                evicted += 1;
+            }
+        }
+        assert_eq!(evicted, 4);
+        // The flooder now holds 6, each newcomer 1: a newcomer's second query may still take
+        // one (6 >= 1 + 2), but the flooder's next one is refused (the others hold fewer).
+        assert!(
+            matches!(chain.handle(&client([10, 0, 0, 66])), Reply::Ready(r) if r.rcode == ResponseCode::Refused)
+        );
+        let second = chain.handle(&client([10, 0, 0, 1]));
+        assert!(
+            !matches!(second, Reply::Ready(_)),
+            "a light client's second query is admitted"
+        );
+        drop(second);
+        // Cancelled queries give their slots back.
+        for h in others {
+            h.abort();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The light client's second query had evicted a fifth flood query.
+        assert_eq!(fwd.inner.limiter.held(), 5);
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use hickory_proto::op::Query;
 use hickory_proto::rr::{DNSClass, Name, RecordType};
 
-use super::upstream::{Proto, Upstream, encode_query};
+use super::upstream::{Proto, SentQuery, Upstream};
 use crate::dns::handler::{Next, Plugin, Reply, Request, Response};
 
 /// What the server does when a loop is found (stop with the message).
@@ -79,20 +79,13 @@ impl Loop {
         let up = Upstream::new(target);
         let started = std::time::Instant::now();
         while started.elapsed() < PROBE_PERIOD && !self.fired.load(Ordering::Acquire) {
-            let id = fastrand::u16(..);
             let mut q = Query::query(name.clone(), RecordType::HINFO);
             q.set_query_class(DNSClass::IN);
-            let Ok(bytes) = encode_query(id, q, true, false, None) else {
+            let Ok(sent) = SentQuery::new(q, true, false, None, false) else {
                 return;
             };
             match up
-                .exchange(
-                    &bytes,
-                    id,
-                    Proto::Udp,
-                    Duration::from_secs(2),
-                    Duration::ZERO,
-                )
+                .exchange(&sent, Proto::Udp, Duration::from_secs(2), Duration::ZERO)
                 .await
             {
                 Ok(_) => break, // an answer: no loop

@@ -31,6 +31,9 @@ pub struct PluginMetrics {
     pub forward_healthcheck_failures: Family<Labels, Counter>,
     /// `coredns_forward_max_concurrent_rejects_total`.
     pub forward_max_concurrent_rejects: Counter,
+    /// `coredns_forward_mismatched_replies_total{to,reason}`: upstream messages ignored because
+    /// their id or question did not match the query (`reason` id, question or malformed).
+    pub forward_mismatches: Family<Labels, Counter>,
     /// `coredns_cache_hits_total{type}` (`success`/`denial`).
     pub cache_hits: Family<Labels, Counter>,
     /// `coredns_cache_misses_total`.
@@ -57,6 +60,7 @@ impl Default for PluginMetrics {
             forward_duration: Family::new_with_constructor(new_duration_histogram),
             forward_healthcheck_failures: Family::default(),
             forward_max_concurrent_rejects: Counter::default(),
+            forward_mismatches: Family::default(),
             cache_hits: Family::default(),
             cache_misses: Counter::default(),
             cache_entries: Family::default(),
@@ -97,6 +101,11 @@ impl PluginMetrics {
             "coredns_forward_max_concurrent_rejects",
             "Queries refused because max_concurrent was reached.",
             m.forward_max_concurrent_rejects.clone(),
+        );
+        registry.register(
+            "coredns_forward_mismatched_replies",
+            "Upstream messages ignored because their id or question did not match the query.",
+            m.forward_mismatches.clone(),
         );
         registry.register(
             "coredns_cache_hits",
@@ -155,6 +164,17 @@ impl PluginMetrics {
         self.forward_duration
             .get_or_create(&labels)
             .observe(rtt.as_secs_f64());
+    }
+
+    /// Records an upstream message that did not answer its query (`reason`: id, question,
+    /// malformed).
+    pub fn forward_mismatch(&self, to: SocketAddr, reason: &'static str) {
+        self.forward_mismatches
+            .get_or_create(&vec![
+                ("to", to.to_string()),
+                ("reason", reason.to_string()),
+            ])
+            .inc();
     }
 
     /// Records a failed exchange with an upstream.

@@ -1,16 +1,30 @@
-//! One upstream DNS server: UDP and TCP exchanges with connection reuse, failure counting and
-//! a background health probe with backoff while it fails.
+//! One upstream DNS server: UDP and TCP exchanges, failure counting and a background health
+//! probe with backoff while it fails.
+//!
+//! Anti-spoofing (an off-path attacker must guess everything an answer has to echo):
+//! - query ids come from a cryptographically secure generator ([`rand::rng`], ChaCha12
+//!   reseeded from the operating system), not a predictable one;
+//! - an answer is accepted only when its id, question name (case-insensitively, or exactly
+//!   with 0x20 case randomisation), type and class are those of the query; other datagrams
+//!   are counted, logged (rate-limited) and ignored while the exchange waits on;
+//! - UDP sockets are connected, so the kernel drops datagrams from any other address or port;
+//! - with a fresh source port per query (the default for non-loopback upstreams) each UDP
+//!   query goes out from a new socket bound to port 0, for which Linux draws the port at
+//!   random from `net.ipv4.ip_local_port_range`.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{DNSClass, Name, RecordType};
+use rand::RngExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
+
+use super::metrics::PluginMetrics;
 
 /// Idle connections kept per upstream and protocol.
 const POOL_LIMIT: usize = 64;
@@ -18,6 +32,11 @@ const POOL_LIMIT: usize = 64;
 const MAX_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// Deadline of one health probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Receive buffer of one UDP exchange. Upstreams are told 1,232 bytes (EDNS); a datagram that
+/// fills this buffer may have been cut and is retried over TCP like a truncated answer.
+const UDP_BUFFER: usize = 4096;
+/// At most one mismatch warning per upstream in this interval (the rest are counted).
+const MISMATCH_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Why an exchange with an upstream failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +51,9 @@ pub enum ExchangeError {
     /// The answer could not be parsed.
     #[error("malformed answer: {0}")]
     Malformed(String),
+    /// A UDP datagram as large as the receive buffer: possibly cut, to be retried over TCP.
+    #[error("UDP answer of {0} bytes or more")]
+    Oversized(usize),
 }
 
 /// The transport used for one exchange.
@@ -43,14 +65,186 @@ pub enum Proto {
     Tcp,
 }
 
-/// An upstream server and its state.
+/// Why a datagram or TCP message from an upstream was not taken as the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mismatch {
+    /// Another query id (a late answer to an earlier query, or a guess).
+    Id,
+    /// The right id but another question name, type or class (or case, with 0x20).
+    Question,
+    /// The right id but not a parsable DNS response.
+    Malformed,
+}
+
+impl Mismatch {
+    /// The metric label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Mismatch::Id => "id",
+            Mismatch::Question => "question",
+            Mismatch::Malformed => "malformed",
+        }
+    }
+}
+
+/// A query as sent upstream: its wire form and what an answer must echo.
+#[derive(Debug, Clone)]
+pub struct SentQuery {
+    bytes: Vec<u8>,
+    id: u16,
+    question: Query,
+    exact_case: bool,
+}
+
+impl SentQuery {
+    /// Encodes `query` with a fresh id from a cryptographically secure generator; with
+    /// `randomise_case` the letters of the name get a random case (0x20) which the answer
+    /// must echo exactly.
+    pub fn new(
+        query: Query,
+        recursion_desired: bool,
+        checking_disabled: bool,
+        edns: Option<Edns>,
+        randomise_case: bool,
+    ) -> Result<Self, hickory_proto::ProtoError> {
+        let mut rng = rand::rng();
+        let id: u16 = rng.random();
+        let mut question = query;
+        if randomise_case {
+            question.set_name(randomised_case(question.name(), &mut rng)?);
+        }
+        let bytes = encode_query(
+            id,
+            question.clone(),
+            recursion_desired,
+            checking_disabled,
+            edns,
+        )?;
+        Ok(Self {
+            bytes,
+            id,
+            question,
+            exact_case: randomise_case,
+        })
+    }
+
+    /// The query id.
+    pub fn id(&self) -> u16 {
+        self.id
+    }
+
+    /// The question as sent (with its randomised case, if any).
+    pub fn question(&self) -> &Query {
+        &self.question
+    }
+
+    /// The wire bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The answer in `buf` when it answers this query, else why not.
+    pub(crate) fn check(&self, buf: &[u8]) -> Result<Message, Mismatch> {
+        if buf.len() < 12 || u16::from_be_bytes([buf[0], buf[1]]) != self.id {
+            return Err(Mismatch::Id);
+        }
+        let msg = Message::from_vec(buf).map_err(|_| Mismatch::Malformed)?;
+        if msg.metadata.message_type != MessageType::Response {
+            return Err(Mismatch::Malformed);
+        }
+        let [q] = msg.queries.as_slice() else {
+            return Err(Mismatch::Question);
+        };
+        let name_ok = if self.exact_case {
+            q.name().eq_case(self.question.name())
+        } else {
+            q.name() == self.question.name()
+        };
+        if !name_ok
+            || q.query_type() != self.question.query_type()
+            || q.query_class() != self.question.query_class()
+        {
+            return Err(Mismatch::Question);
+        }
+        Ok(msg)
+    }
+}
+
+/// `name` with each ASCII letter's case drawn at random.
+fn randomised_case(
+    name: &Name,
+    rng: &mut impl rand::Rng,
+) -> Result<Name, hickory_proto::ProtoError> {
+    let mut bits = 0u64;
+    let mut left = 0u32;
+    let labels: Vec<Vec<u8>> = name
+        .iter()
+        .map(|label| {
+            label
+                .iter()
+                .map(|&b| {
+                    if !b.is_ascii_alphabetic() {
+                        return b;
+                    }
+                    if left == 0 {
+                        bits = rng.next_u64();
+                        left = 64;
+                    }
+                    let upper = bits & 1 == 1;
+                    bits >>= 1;
+                    left -= 1;
+                    if upper {
+                        b.to_ascii_uppercase()
+                    } else {
+                        b.to_ascii_lowercase()
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let mut out = Name::from_labels(labels)?;
+    out.set_fqdn(name.is_fqdn());
+    Ok(out)
+}
+
+/// How UDP sockets are used for an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourcePort {
+    /// A new socket, hence a new random source port, for every query (not reused).
+    Random,
+    /// Sockets reused from a pool (faster; the port stays the same for a while).
+    Pooled,
+}
+
+/// Mismatch counting and its rate-limited log.
 #[derive(Debug)]
+struct MismatchLog {
+    total: AtomicU64,
+    /// (last warning, mismatches not yet reported).
+    last: Mutex<(Option<Instant>, u64)>,
+}
+
+/// An upstream server and its state.
 pub struct Upstream {
     addr: SocketAddr,
+    source_port: SourcePort,
     fails: AtomicU32,
     probing: AtomicBool,
     udp: Mutex<Vec<(UdpSocket, Instant)>>,
     tcp: Mutex<Vec<(TcpStream, Instant)>>,
+    mismatches: MismatchLog,
+    metrics: Option<PluginMetrics>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("addr", &self.addr)
+            .field("source_port", &self.source_port)
+            .field("fails", &self.fails())
+            .field("mismatches", &self.mismatches())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Settings of the health probe.
@@ -67,14 +261,36 @@ pub struct ProbeSettings {
 }
 
 impl Upstream {
-    /// A new upstream, healthy.
+    /// A new upstream, healthy, with the default source port use: [`SourcePort::Pooled`] for a
+    /// loopback address, [`SourcePort::Random`] for any other.
     pub fn new(addr: SocketAddr) -> Arc<Self> {
+        let source_port = if addr.ip().is_loopback() {
+            SourcePort::Pooled
+        } else {
+            SourcePort::Random
+        };
+        Self::with_options(addr, source_port, None)
+    }
+
+    /// A new upstream, healthy, using UDP sockets as `source_port` says and counting
+    /// mismatched answers in `metrics`.
+    pub fn with_options(
+        addr: SocketAddr,
+        source_port: SourcePort,
+        metrics: Option<PluginMetrics>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             addr,
+            source_port,
             fails: AtomicU32::new(0),
             probing: AtomicBool::new(false),
             udp: Mutex::new(Vec::new()),
             tcp: Mutex::new(Vec::new()),
+            mismatches: MismatchLog {
+                total: AtomicU64::new(0),
+                last: Mutex::new((None, 0)),
+            },
+            metrics,
         })
     }
 
@@ -83,9 +299,20 @@ impl Upstream {
         self.addr
     }
 
+    /// How its UDP sockets are used.
+    pub fn source_port(&self) -> SourcePort {
+        self.source_port
+    }
+
     /// Failures since the last successful probe.
     pub fn fails(&self) -> u32 {
         self.fails.load(Ordering::Relaxed)
+    }
+
+    /// Messages received from it (or from a spoofer) that did not answer the query they were
+    /// read for.
+    pub fn mismatches(&self) -> u64 {
+        self.mismatches.total.load(Ordering::Relaxed)
     }
 
     /// Down when it failed more than `max_fails` times (never with `max_fails` 0).
@@ -107,20 +334,53 @@ impl Upstream {
         }
     }
 
-    /// Sends `query` (wire bytes, id `id`) and waits for the matching answer.
+    /// Sends `query` and waits for its answer: the first message whose id and question match
+    /// (others are counted as mismatches and skipped).
     pub async fn exchange(
         &self,
-        query: &[u8],
-        id: u16,
+        query: &SentQuery,
         proto: Proto,
         timeout: Duration,
         expire: Duration,
     ) -> Result<Message, ExchangeError> {
         let deadline = tokio::time::Instant::now() + timeout;
         match proto {
-            Proto::Udp => self.exchange_udp(query, id, deadline, expire).await,
-            Proto::Tcp => self.exchange_tcp(query, id, deadline, expire).await,
+            Proto::Udp => self.exchange_udp(query, deadline, expire).await,
+            Proto::Tcp => self.exchange_tcp(query, deadline, expire).await,
         }
+    }
+
+    fn mismatch(&self, query: &SentQuery, why: Mismatch, proto: Proto) {
+        // Late answers to earlier queries on a pooled socket are expected and not logged.
+        let expected = why == Mismatch::Id && self.source_port == SourcePort::Pooled;
+        self.mismatches.total.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.forward_mismatch(self.addr, why.label());
+        }
+        if expected {
+            return;
+        }
+        let mut last = self
+            .mismatches
+            .last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        last.1 += 1;
+        if last.0.is_some_and(|t| t.elapsed() < MISMATCH_LOG_INTERVAL) {
+            return;
+        }
+        let count = std::mem::take(&mut last.1);
+        last.0 = Some(Instant::now());
+        drop(last);
+        tracing::warn!(
+            upstream = %self.addr,
+            reason = why.label(),
+            ?proto,
+            name = %query.question.name(),
+            count,
+            "plugin/forward: ignored answers that do not match the query (possible spoofing); \
+             at most one such warning per upstream every 10 s"
+        );
     }
 
     fn take<T>(pool: &Mutex<Vec<(T, Instant)>>, expire: Duration) -> Option<T> {
@@ -142,12 +402,12 @@ impl Upstream {
 
     async fn exchange_udp(
         &self,
-        query: &[u8],
-        id: u16,
+        query: &SentQuery,
         deadline: tokio::time::Instant,
         expire: Duration,
     ) -> Result<Message, ExchangeError> {
-        let sock = match Self::take(&self.udp, expire) {
+        let pooled = self.source_port == SourcePort::Pooled;
+        let sock = match pooled.then(|| Self::take(&self.udp, expire)).flatten() {
             Some(s) => s,
             None => {
                 let local: IpAddr = if self.addr.is_ipv4() {
@@ -155,40 +415,45 @@ impl Upstream {
                 } else {
                     Ipv6Addr::UNSPECIFIED.into()
                 };
+                // Port 0: the kernel draws a random free port.
                 let s = UdpSocket::bind(SocketAddr::new(local, 0)).await?;
+                // Connected: datagrams from any other address or port are dropped.
                 s.connect(self.addr).await?;
                 s
             }
         };
-        sock.send(query).await?;
-        let mut buf = vec![0u8; 65535];
+        sock.send(query.bytes()).await?;
+        let mut buf = vec![0u8; UDP_BUFFER];
         loop {
             let n = match tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
                 Ok(r) => r?,
                 Err(_) => return Err(ExchangeError::Timeout),
             };
-            // Late answers to earlier queries on a reused socket carry other ids: skip them.
-            if n < 12 || u16::from_be_bytes([buf[0], buf[1]]) != id {
-                continue;
+            if n == buf.len() {
+                return Err(ExchangeError::Oversized(n));
             }
-            let msg = Message::from_vec(&buf[..n])
-                .map_err(|e| ExchangeError::Malformed(e.to_string()))?;
-            Self::give(&self.udp, sock);
-            return Ok(msg);
+            match query.check(&buf[..n]) {
+                Ok(msg) => {
+                    if pooled {
+                        Self::give(&self.udp, sock);
+                    }
+                    return Ok(msg);
+                }
+                Err(why) => self.mismatch(query, why, Proto::Udp),
+            }
         }
     }
 
     async fn exchange_tcp(
         &self,
-        query: &[u8],
-        id: u16,
+        query: &SentQuery,
         deadline: tokio::time::Instant,
         expire: Duration,
     ) -> Result<Message, ExchangeError> {
         // A pooled connection may have been closed by the upstream: one retry on a fresh one.
         if let Some(stream) = Self::take(&self.tcp, expire)
             && let Ok(Ok((msg, stream))) =
-                tokio::time::timeout_at(deadline, tcp_roundtrip(stream, query, id)).await
+                tokio::time::timeout_at(deadline, self.tcp_roundtrip(stream, query)).await
         {
             Self::give(&self.tcp, stream);
             return Ok(msg);
@@ -196,7 +461,7 @@ impl Upstream {
         let fut = async {
             let stream = TcpStream::connect(self.addr).await?;
             stream.set_nodelay(true)?;
-            tcp_roundtrip(stream, query, id).await
+            self.tcp_roundtrip(stream, query).await
         };
         match tokio::time::timeout_at(deadline, fut).await {
             Ok(Ok((msg, stream))) => {
@@ -207,26 +472,26 @@ impl Upstream {
             Err(_) => Err(ExchangeError::Timeout),
         }
     }
-}
 
-async fn tcp_roundtrip(
-    mut stream: TcpStream,
-    query: &[u8],
-    id: u16,
-) -> Result<(Message, TcpStream), ExchangeError> {
-    let mut framed = Vec::with_capacity(query.len() + 2);
-    framed.extend_from_slice(&(query.len() as u16).to_be_bytes());
-    framed.extend_from_slice(query);
-    stream.write_all(&framed).await?;
-    loop {
-        let len = stream.read_u16().await? as usize;
-        let mut buf = vec![0u8; len];
-        stream.read_exact(&mut buf).await?;
-        if len < 12 || u16::from_be_bytes([buf[0], buf[1]]) != id {
-            continue;
+    async fn tcp_roundtrip(
+        &self,
+        mut stream: TcpStream,
+        query: &SentQuery,
+    ) -> Result<(Message, TcpStream), ExchangeError> {
+        let bytes = query.bytes();
+        let mut framed = Vec::with_capacity(bytes.len() + 2);
+        framed.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+        framed.extend_from_slice(bytes);
+        stream.write_all(&framed).await?;
+        loop {
+            let len = stream.read_u16().await? as usize;
+            let mut buf = vec![0u8; len];
+            stream.read_exact(&mut buf).await?;
+            match query.check(&buf) {
+                Ok(msg) => return Ok((msg, stream)),
+                Err(why) => self.mismatch(query, why, Proto::Tcp),
+            }
         }
-        let msg = Message::from_vec(&buf).map_err(|e| ExchangeError::Malformed(e.to_string()))?;
-        return Ok((msg, stream));
     }
 }
 
@@ -255,13 +520,12 @@ async fn probe_loop(upstream: Weak<Upstream>, probe: ProbeSettings) {
         let Some(up) = upstream.upgrade() else {
             return; // the forwarder was replaced (reload) or dropped
         };
-        let id = fastrand::u16(..);
         let mut q = Query::query(probe.domain.clone(), RecordType::NS);
         q.set_query_class(DNSClass::IN);
-        let ok = match encode_query(id, q, probe.recursion_desired, false, None) {
-            Ok(bytes) => {
+        let ok = match SentQuery::new(q, probe.recursion_desired, false, None, false) {
+            Ok(sent) => {
                 let proto = if probe.tcp { Proto::Tcp } else { Proto::Udp };
-                up.exchange(&bytes, id, proto, PROBE_TIMEOUT, Duration::ZERO)
+                up.exchange(&sent, proto, PROBE_TIMEOUT, Duration::ZERO)
                     .await
                     .is_ok()
             }

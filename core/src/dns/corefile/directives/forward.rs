@@ -26,6 +26,18 @@ pub enum Policy {
     Sequential,
 }
 
+/// How UDP source ports are used for queries to upstreams (`source_port` option).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SourcePortMode {
+    /// `random` for non-loopback upstreams, `pooled` for loopback ones (default).
+    #[default]
+    Auto,
+    /// `source_port random`: a new socket, so a new random port, for every UDP query.
+    Random,
+    /// `source_port pooled`: UDP sockets reused from a pool (CoreDNS's behaviour).
+    Pooled,
+}
+
 /// The forward plugin's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForwardConfig {
@@ -61,6 +73,11 @@ pub struct ForwardConfig {
     pub failover: Vec<u16>,
     /// Answer SERVFAIL at once when every upstream is down (instead of trying one anyway).
     pub failfast_all_unhealthy_upstreams: bool,
+    /// UDP source port use (`source_port random|pooled`; default: random unless loopback).
+    pub source_port: SourcePortMode,
+    /// 0x20: randomise the case of the question name and require it echoed exactly
+    /// (`case_randomization`; off by default).
+    pub case_randomization: bool,
 }
 
 impl ForwardConfig {
@@ -83,6 +100,8 @@ impl ForwardConfig {
             next: Vec::new(),
             failover: Vec::new(),
             failfast_all_unhealthy_upstreams: false,
+            source_port: SourcePortMode::Auto,
+            case_randomization: false,
         }
     }
 }
@@ -190,14 +209,33 @@ pub(crate) fn parse(
                 no_block(PLUGIN, opt)?;
                 cfg.except.extend(zones(PLUGIN, &opt.args)?);
             }
-            "force_tcp" | "prefer_udp" | "failfast_all_unhealthy_upstreams" => {
+            "force_tcp"
+            | "prefer_udp"
+            | "failfast_all_unhealthy_upstreams"
+            | "case_randomization" => {
                 arg_count(PLUGIN, opt, 0, 0)?;
                 no_block(PLUGIN, opt)?;
                 match name {
                     "force_tcp" => cfg.force_tcp = true,
                     "prefer_udp" => cfg.prefer_udp = true,
+                    "case_randomization" => cfg.case_randomization = true,
                     _ => cfg.failfast_all_unhealthy_upstreams = true,
                 }
+            }
+            "source_port" => {
+                arg_count(PLUGIN, opt, 1, 1)?;
+                no_block(PLUGIN, opt)?;
+                cfg.source_port = match opt.args[0].text.as_str() {
+                    "random" => SourcePortMode::Random,
+                    "pooled" => SourcePortMode::Pooled,
+                    other => {
+                        return Err(plugin_error(
+                            PLUGIN,
+                            &opt.args[0].at,
+                            format!("unknown source_port {other:?} (random or pooled)"),
+                        ));
+                    }
+                };
             }
             "policy" => {
                 arg_count(PLUGIN, opt, 1, 1)?;
