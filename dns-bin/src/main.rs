@@ -12,6 +12,8 @@ use svcnet_core::dns::zone::{PodMode, ZoneOptions};
 use svcnet_core::dns::{DnsOptions, run_with_source};
 use svcnet_core::source::SourceConfig;
 
+mod trim;
+
 /// Authoritative cluster DNS (`cluster.local`) served from the Kubernetes API or a manifest
 /// directory.
 #[derive(Debug, Parser)]
@@ -109,6 +111,23 @@ struct Args {
         env = "SVCNET_LOG_FORMAT"
     )]
     log_format: svcnet_core::telemetry::LogFormat,
+    /// How often to give memory freed after a burst back to the system (glibc builds; the
+    /// musl image's allocator does it by itself); 0s turns it off.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    memory_trim_interval: Duration,
+}
+
+/// Allocator setup before the runtime starts: see [`trim`].
+fn setup_allocator(interval: Duration) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if !interval.is_zero() {
+        trim::Glibc::tune();
+        if let Err(e) = trim::spawn(trim::Glibc, trim::TrimPolicy::every(interval)) {
+            tracing::warn!(error = %e, "cannot start the memory trimming thread");
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = interval;
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -146,6 +165,7 @@ fn main() -> anyhow::Result<()> {
     let matches = <Args as clap::CommandFactory>::command().get_matches();
     let args = <Args as clap::FromArgMatches>::from_arg_matches(&matches)?;
     svcnet_core::telemetry::init(args.log_format, "info")?;
+    setup_allocator(args.memory_trim_interval);
     let source = match (&args.manifests, &args.kubeconfig) {
         (Some(dir), _) => SourceConfig::Manifests(dir.clone()),
         (None, kubeconfig) => SourceConfig::Kubernetes {

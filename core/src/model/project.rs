@@ -1,7 +1,9 @@
 //! Projection of Kubernetes API objects (k8s-openapi types) into the compact [`model`](super).
 //!
 //! Every function checks what the model relies on (IPs parse, ports are in range, names are
-//! present) and names the object and field in its error.
+//! present) and names the object and field in its error. Names are checked here with the API
+//! server's own rules ([`NameRule`]), once for every source: an object the API server would refuse
+//! (a Service named `Bad_Name.with.dots` in a manifest) reaches neither the proxy nor DNS.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -97,10 +99,71 @@ impl Ctx {
     }
 }
 
+/// The name rules of the API server (`k8s.io/apimachinery/pkg/util/validation`): every object
+/// that reaches the cache passed the same check, so the proxy and DNS never disagree about one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NameRule {
+    /// RFC 1035 label (`IsDNS1035Label`): Service names.
+    Dns1035Label,
+    /// RFC 1123 label (`IsDNS1123Label`): namespaces, port names, host names.
+    Dns1123Label,
+    /// RFC 1123 subdomain (`IsDNS1123Subdomain`): EndpointSlice, Pod and Node names.
+    Dns1123Subdomain,
+}
+
+fn is_label_char(c: u8) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-'
+}
+
+/// An RFC 1123 label without the length limit: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`.
+fn is_1123_label_body(s: &[u8]) -> bool {
+    !s.is_empty() && s.iter().all(|c| is_label_char(*c)) && s[0] != b'-' && s[s.len() - 1] != b'-'
+}
+
+impl NameRule {
+    /// Checks `value`; the error says what the rule requires, in the API server's words.
+    pub(crate) fn check(self, value: &str) -> Result<(), String> {
+        let b = value.as_bytes();
+        let (max, ok, what, example) = match self {
+            NameRule::Dns1035Label => (
+                63,
+                is_1123_label_body(b) && b[0].is_ascii_lowercase(),
+                "a DNS-1035 label: lower case alphanumeric characters or '-', starting with a \
+                 letter and ending with an alphanumeric character",
+                "my-name",
+            ),
+            NameRule::Dns1123Label => (
+                63,
+                is_1123_label_body(b),
+                "a DNS-1123 label: lower case alphanumeric characters or '-', starting and \
+                 ending with an alphanumeric character",
+                "my-name",
+            ),
+            NameRule::Dns1123Subdomain => (
+                253,
+                b.split(|c| *c == b'.').all(is_1123_label_body),
+                "a DNS-1123 subdomain: lower case alphanumeric characters, '-' or '.', each \
+                 dot-separated part starting and ending with an alphanumeric character",
+                "example.com",
+            ),
+        };
+        if b.len() > max {
+            return Err(format!(
+                "{value:?} is longer than {max} characters (must be {what})"
+            ));
+        }
+        if !ok {
+            return Err(format!("{value:?} is not {what} (e.g. '{example}')"));
+        }
+        Ok(())
+    }
+}
+
 fn meta_key(
     kind: Kind,
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
     namespaced: bool,
+    rule: NameRule,
 ) -> Result<(ObjectKey, Ctx), ProjectionError> {
     let name = meta.name.as_deref().unwrap_or("");
     let namespace = if namespaced {
@@ -119,7 +182,31 @@ fn meta_key(
     if name.is_empty() {
         return Err(ctx.missing("metadata.name"));
     }
+    if namespaced {
+        NameRule::Dns1123Label
+            .check(namespace)
+            .map_err(|reason| ctx.invalid("metadata.namespace", reason))?;
+    }
+    rule.check(name)
+        .map_err(|reason| ctx.invalid("metadata.name", reason))?;
     Ok((ObjectKey::new(intern(namespace), name), ctx))
+}
+
+impl Ctx {
+    /// Checks an optional name-like field (port name, host name) that must be a DNS-1123 label
+    /// when set.
+    fn label_field(
+        &self,
+        field: impl Into<String>,
+        value: Option<&str>,
+    ) -> Result<(), ProjectionError> {
+        match value.filter(|v| !v.is_empty()) {
+            Some(v) => NameRule::Dns1123Label
+                .check(v)
+                .map_err(|reason| self.invalid(field, reason)),
+            None => Ok(()),
+        }
+    }
 }
 
 fn label(
@@ -143,7 +230,7 @@ fn opt_interned(s: &Option<String>) -> Option<Arc<str>> {
 
 /// Projects a `v1/Service`. A namespace missing from the object is taken as `default`.
 pub fn service(svc: &core_v1::Service) -> Result<Service, ProjectionError> {
-    let (key, ctx) = meta_key(Kind::Service, &svc.metadata, true)?;
+    let (key, ctx) = meta_key(Kind::Service, &svc.metadata, true, NameRule::Dns1035Label)?;
     let spec = svc.spec.as_ref().ok_or_else(|| ctx.missing("spec"))?;
     let service_type = match spec.type_.as_deref().unwrap_or("ClusterIP") {
         "ClusterIP" => ServiceType::ClusterIp,
@@ -175,6 +262,7 @@ pub fn service(svc: &core_v1::Service) -> Result<Service, ProjectionError> {
     let mut ports = Vec::with_capacity(spec.ports.as_ref().map_or(0, Vec::len));
     for (i, p) in spec.ports.iter().flatten().enumerate() {
         let field = format!("spec.ports[{i}]");
+        ctx.label_field(format!("{field}.name"), p.name.as_deref())?;
         let port = ctx.port(format!("{field}.port"), p.port)?;
         let target_port = match &p.target_port {
             None => TargetPort::Number(port),
@@ -336,7 +424,12 @@ pub fn service(svc: &core_v1::Service) -> Result<Service, ProjectionError> {
 pub fn endpoint_slice(
     slice: &discovery_v1::EndpointSlice,
 ) -> Result<EndpointSlice, ProjectionError> {
-    let (key, ctx) = meta_key(Kind::EndpointSlice, &slice.metadata, true)?;
+    let (key, ctx) = meta_key(
+        Kind::EndpointSlice,
+        &slice.metadata,
+        true,
+        NameRule::Dns1123Subdomain,
+    )?;
     let address_type = match slice.address_type.as_str() {
         "IPv4" => AddressType::Ipv4,
         "IPv6" => AddressType::Ipv6,
@@ -345,6 +438,7 @@ pub fn endpoint_slice(
     };
     let mut ports = Vec::with_capacity(slice.ports.as_ref().map_or(0, Vec::len));
     for (i, p) in slice.ports.iter().flatten().enumerate() {
+        ctx.label_field(format!("ports[{i}].name"), p.name.as_deref())?;
         ports.push(EndpointPort {
             name: intern(p.name.as_deref().unwrap_or("")),
             protocol: ctx.protocol(&format!("ports[{i}].protocol"), p.protocol.as_deref())?,
@@ -356,6 +450,7 @@ pub fn endpoint_slice(
     }
     let mut endpoints = Vec::with_capacity(slice.endpoints.len());
     for (i, ep) in slice.endpoints.iter().enumerate() {
+        ctx.label_field(format!("endpoints[{i}].hostname"), ep.hostname.as_deref())?;
         let mut addresses = EndpointAddresses::with_capacity(ep.addresses.len());
         if address_type != AddressType::Fqdn {
             for (j, raw) in ep.addresses.iter().enumerate() {
@@ -427,7 +522,7 @@ pub fn endpoint_slice(
 
 /// Projects a `v1/Pod`.
 pub fn pod(pod: &core_v1::Pod) -> Result<Pod, ProjectionError> {
-    let (key, ctx) = meta_key(Kind::Pod, &pod.metadata, true)?;
+    let (key, ctx) = meta_key(Kind::Pod, &pod.metadata, true, NameRule::Dns1123Subdomain)?;
     let status = pod.status.as_ref();
     let mut ips = Vec::new();
     match status
@@ -452,6 +547,8 @@ pub fn pod(pod: &core_v1::Pod) -> Result<Pod, ProjectionError> {
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
     let spec = pod.spec.as_ref();
+    ctx.label_field("spec.hostname", spec.and_then(|s| s.hostname.as_deref()))?;
+    ctx.label_field("spec.subdomain", spec.and_then(|s| s.subdomain.as_deref()))?;
     let mut container_ports = Vec::new();
     for (ci, c) in spec
         .map(|s| s.containers.as_slice())
@@ -492,7 +589,12 @@ pub fn pod(pod: &core_v1::Pod) -> Result<Pod, ProjectionError> {
 
 /// Projects a `v1/Node`. Addresses that are not IPs (hostnames) are skipped.
 pub fn node(node: &core_v1::Node) -> Result<Node, ProjectionError> {
-    let (key, _ctx) = meta_key(Kind::Node, &node.metadata, false)?;
+    let (key, _ctx) = meta_key(
+        Kind::Node,
+        &node.metadata,
+        false,
+        NameRule::Dns1123Subdomain,
+    )?;
     let addresses = node
         .status
         .as_ref()
@@ -751,5 +853,114 @@ mod tests {
         };
         assert!(pod.ready);
         assert_eq!(pod.container_ports[0].port, 8080);
+    }
+    #[test]
+    fn names_are_validated_like_the_api_server() {
+        // The rules themselves, with the API server's own examples.
+        for ok in ["a", "my-name", "abc-123", &"a".repeat(63)] {
+            assert_eq!(NameRule::Dns1035Label.check(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "1abc", "-a", "a-", "A", "a_b", "a.b", &"a".repeat(64)] {
+            assert!(NameRule::Dns1035Label.check(bad).is_err(), "{bad}");
+        }
+        assert_eq!(NameRule::Dns1123Label.check("1abc"), Ok(()));
+        assert!(NameRule::Dns1123Label.check("a.b").is_err());
+        for ok in [
+            "web-abc12",
+            "a.b-c.d",
+            "1.2",
+            &format!("{}.{}", "a".repeat(63), "b".repeat(189)),
+        ] {
+            assert_eq!(NameRule::Dns1123Subdomain.check(ok), Ok(()), "{ok}");
+        }
+        for bad in ["a..b", ".a", "a.", "a_b", "A.b", "a.-b", &"a".repeat(254)] {
+            assert!(NameRule::Dns1123Subdomain.check(bad).is_err(), "{bad}");
+        }
+        assert!(
+            NameRule::Dns1123Subdomain
+                .check(&"a".repeat(254))
+                .unwrap_err()
+                .contains("longer than 253 characters")
+        );
+
+        // Each kind names the object and the field.
+        let err = svc(
+            json!({"metadata": {"name": "Bad_Name.with.dots", "namespace": "shop"},
+            "spec": {"clusterIP": "10.96.0.9", "ports": [{"port": 80}]}}),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Service shop/Bad_Name.with.dots: field metadata.name: \"Bad_Name.with.dots\" is not \
+             a DNS-1035 label: lower case alphanumeric characters or '-', starting with a letter \
+             and ending with an alphanumeric character (e.g. 'my-name')"
+        );
+        let err =
+            svc(json!({"metadata": {"name": "web", "namespace": "Shop"}, "spec": {}})).unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "Service Shop/web: field metadata.namespace: \"Shop\" is not a DNS-1123 label"
+            ),
+            "{err}"
+        );
+        let err = svc(json!({"metadata": {"name": "web"},
+            "spec": {"ports": [{"name": "http", "port": 80}, {"name": "Web_UI", "port": 81}]}}))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("field spec.ports[1].name: \"Web_UI\""),
+            "{err}"
+        );
+
+        let slice = |v: serde_json::Value| endpoint_slice(&serde_json::from_value(v).unwrap());
+        assert!(
+            slice(
+                json!({"metadata": {"name": "web-abc.v2", "namespace": "s"}, "addressType": "IPv4",
+                "endpoints": [{"addresses": ["10.0.0.1"], "hostname": "web-0"}]})
+            )
+            .is_ok()
+        );
+        let err = slice(json!({"metadata": {"name": "web_abc", "namespace": "s"}, "addressType": "IPv4", "endpoints": []}))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("EndpointSlice s/web_abc: field metadata.name: \"web_abc\" is not a DNS-1123 subdomain"),
+            "{err}"
+        );
+        let err = slice(
+            json!({"metadata": {"name": "w", "namespace": "s"}, "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.0.0.1"], "hostname": "web.0"}]}),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("field endpoints[0].hostname"),
+            "{err}"
+        );
+        let err = slice(
+            json!({"metadata": {"name": "w", "namespace": "s"}, "addressType": "IPv4",
+            "ports": [{"name": "HTTP", "port": 80}], "endpoints": []}),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("field ports[0].name"), "{err}");
+
+        let err = from_json(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "n"}, "spec": {"containers": [], "subdomain": "Sub"}}))
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("Pod n/p: field spec.subdomain"),
+            "{err}"
+        );
+        let err =
+            from_json(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "Node_1"}}))
+                .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("Node Node_1: field metadata.name"),
+            "{err}"
+        );
+        assert!(
+            from_json(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1.example.com"}}))
+                .is_ok()
+        );
     }
 }

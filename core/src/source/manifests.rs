@@ -6,6 +6,12 @@
 //! index and reason, and the objects of its last good version stay in effect. Services with a
 //! selector and no hand-written EndpointSlice get slices derived from the directory's Pods
 //! ([`derive`](super::derive)).
+//!
+//! One file may hold at most [`ManifestLimits`] bytes and objects (32 MiB and 50,000 objects by
+//! default; `SVCNET_MANIFEST_MAX_BYTES`, `SVCNET_MANIFEST_MAX_OBJECTS`): parsing costs about 30
+//! times a file's size in memory at its peak, so a 50 MB file of 400,000 Services took the
+//! process to 1.7 GB. A file over a limit is refused like a bad file, naming it and the limit;
+//! its last good version stays.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -30,23 +36,99 @@ const FALLBACK_RESCAN: Duration = Duration::from_secs(5);
 /// is unchanged (timestamps are only a few milliseconds fine on some file systems).
 const RACY_WINDOW: Duration = Duration::from_secs(2);
 
-/// The problem found in one document of a manifest file.
+/// The problem found in a manifest file: in one of its documents, or (over a
+/// [`ManifestLimits`] limit) in the file as a whole.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}: document {document}: {reason}")]
+#[error("{}: {reason}", self.location())]
 pub struct ManifestError {
     /// The file.
     pub file: PathBuf,
-    /// Index of the document in the file (0-based; for `kind: List`, the List's document).
-    pub document: usize,
+    /// Index of the document in the file (0-based; for `kind: List`, the List's document);
+    /// `None` when the whole file is refused (over a size or object limit).
+    pub document: Option<usize>,
     /// What is wrong.
     pub reason: String,
 }
 
 impl ManifestError {
+    fn location(&self) -> String {
+        match self.document {
+            Some(d) => format!("{}: document {d}", self.file.display()),
+            None => self.file.display().to_string(),
+        }
+    }
+
     fn to_problem(&self) -> SourceProblem {
         SourceProblem {
-            location: format!("{}: document {}", self.file.display(), self.document),
+            location: self.location(),
             reason: self.reason.clone(),
+        }
+    }
+}
+
+/// Environment variable overriding [`ManifestLimits::max_file_bytes`].
+pub const MAX_BYTES_ENV: &str = "SVCNET_MANIFEST_MAX_BYTES";
+/// Environment variable overriding [`ManifestLimits::max_objects`].
+pub const MAX_OBJECTS_ENV: &str = "SVCNET_MANIFEST_MAX_OBJECTS";
+
+/// Caps on one manifest file, so one oversized file cannot take the agent's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ManifestLimits {
+    /// Largest file read, in bytes (checked before reading it).
+    pub max_file_bytes: u64,
+    /// Most objects (documents and `List` items, of any kind) in one file.
+    pub max_objects: usize,
+}
+
+impl Default for ManifestLimits {
+    /// 32 MiB and 50,000 objects: ten times the 10,000-Service benchmark cluster's largest
+    /// file, and about 1 GB of peak parsing memory at the top.
+    fn default() -> Self {
+        ManifestLimits {
+            max_file_bytes: 32 << 20,
+            max_objects: 50_000,
+        }
+    }
+}
+
+impl ManifestLimits {
+    /// The defaults, overridden by [`MAX_BYTES_ENV`] and [`MAX_OBJECTS_ENV`] as `lookup` (the
+    /// environment) gives them. A value that is not a positive whole number is an error naming
+    /// the variable.
+    pub fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, SourceError> {
+        fn parse(
+            variable: &'static str,
+            value: Option<String>,
+        ) -> Result<Option<u64>, SourceError> {
+            let Some(value) = value else { return Ok(None) };
+            match value.trim().parse::<u64>() {
+                Ok(n) if n > 0 => Ok(Some(n)),
+                _ => Err(SourceError::ManifestLimit {
+                    variable,
+                    value,
+                    reason: "expected a whole number above 0".into(),
+                }),
+            }
+        }
+        let mut limits = ManifestLimits::default();
+        if let Some(n) = parse(MAX_BYTES_ENV, lookup(MAX_BYTES_ENV))? {
+            limits.max_file_bytes = n;
+        }
+        if let Some(n) = parse(MAX_OBJECTS_ENV, lookup(MAX_OBJECTS_ENV))? {
+            limits.max_objects = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        Ok(limits)
+    }
+
+    fn size_error(&self, file: &Path, len: u64) -> ManifestError {
+        ManifestError {
+            file: file.to_path_buf(),
+            document: None,
+            reason: format!(
+                "file is {len} bytes, over the limit of {} ({MAX_BYTES_ENV}); not read, its \
+                 last good version stays",
+                self.max_file_bytes
+            ),
         }
     }
 }
@@ -99,16 +181,44 @@ fn is_blank_yaml(doc: &str) -> bool {
 
 /// Parses one manifest file's content into cluster objects (kinds the cache does not hold are
 /// skipped). Any bad document rejects the whole file, so a half-edited file never applies.
+/// No object limit: for tools; the watched directory uses [`parse_manifest_limited`].
 pub fn parse_manifest(file: &Path, text: &str) -> Result<Vec<ClusterObject>, ManifestError> {
+    parse_manifest_limited(file, text, usize::MAX)
+}
+
+/// [`parse_manifest`], refusing the file once it holds more than `max_objects` objects
+/// (documents and `List` items, of any kind).
+pub fn parse_manifest_limited(
+    file: &Path,
+    text: &str,
+    max_objects: usize,
+) -> Result<Vec<ClusterObject>, ManifestError> {
     let err = |document: usize, reason: String| ManifestError {
         file: file.to_path_buf(),
-        document,
+        document: Some(document),
         reason,
+    };
+    let mut count: usize = 0;
+    let mut counted = |n: usize| {
+        count = count.saturating_add(n);
+        if count > max_objects {
+            Err(ManifestError {
+                file: file.to_path_buf(),
+                document: None,
+                reason: format!(
+                    "more than {max_objects} objects in one file ({MAX_OBJECTS_ENV}); split \
+                     it, its last good version stays"
+                ),
+            })
+        } else {
+            Ok(())
+        }
     };
     let mut values = Vec::new();
     if file.extension().and_then(|e| e.to_str()) == Some("json") {
         let v: serde_json::Value =
             serde_json::from_str(text).map_err(|e| err(0, format!("invalid JSON: {e}")))?;
+        counted(1)?;
         values.push((0, v));
     } else {
         let mut index = 0;
@@ -123,6 +233,7 @@ pub fn parse_manifest(file: &Path, text: &str) -> Result<Vec<ClusterObject>, Man
                 )
             })?;
             if !v.is_null() {
+                counted(1)?;
                 values.push((index, v));
             }
             index += 1;
@@ -141,11 +252,15 @@ pub fn parse_manifest(file: &Path, text: &str) -> Result<Vec<ClusterObject>, Man
             return Err(err(index, "missing apiVersion or kind".into()));
         }
         if kind == "List" || kind.ends_with("List") && value.get("items").is_some() {
-            let items = value
-                .get("items")
-                .and_then(|i| i.as_array())
-                .cloned()
-                .unwrap_or_default();
+            let items = match value {
+                serde_json::Value::Object(mut map) => match map.remove("items") {
+                    Some(serde_json::Value::Array(items)) => items,
+                    _ => Vec::new(),
+                },
+                _ => Vec::new(),
+            };
+            // The List itself was counted as one document.
+            counted(items.len().saturating_sub(1))?;
             for (j, item) in items.into_iter().enumerate() {
                 match project::from_json(item) {
                     Ok(Some(o)) => objects.push(o),
@@ -182,6 +297,7 @@ struct FileState {
 #[derive(Debug, Default)]
 pub struct ManifestSet {
     files: BTreeMap<PathBuf, FileState>,
+    limits: ManifestLimits,
 }
 
 fn hash(bytes: &[u8]) -> u64 {
@@ -213,16 +329,44 @@ impl FileStamp {
 }
 
 impl ManifestSet {
+    /// An empty set whose files are held to `limits`.
+    pub fn with_limits(limits: ManifestLimits) -> Self {
+        ManifestSet {
+            files: BTreeMap::new(),
+            limits,
+        }
+    }
+
+    /// Records that `file` is over the size limit (`len` bytes) without reading it: its last
+    /// good objects stay. Returns whether its reported problem changed.
+    fn refuse_oversized(&mut self, file: &Path, len: u64) -> bool {
+        let error = self.limits.size_error(file, len);
+        let state = self.files.entry(file.to_path_buf()).or_default();
+        // Read again in full once it is back under the limit, even with the old content.
+        state.content_hash = None;
+        if state.error.as_ref() == Some(&error) {
+            return false;
+        }
+        tracing::warn!(error = %error, "manifest refused; keeping its last good version");
+        state.error = Some(error);
+        true
+    }
+
     /// Records the current content of `file`. Returns whether anything changed. A bad version
-    /// keeps the previous objects of that file and records the error.
+    /// (or one over the [`ManifestLimits`]) keeps the previous objects of that file and records
+    /// the error.
     pub fn update_file(&mut self, file: &Path, text: &str) -> bool {
+        if text.len() as u64 > self.limits.max_file_bytes {
+            return self.refuse_oversized(file, text.len() as u64);
+        }
         let h = hash(text.as_bytes());
+        let max_objects = self.limits.max_objects;
         let state = self.files.entry(file.to_path_buf()).or_default();
         if state.content_hash == Some(h) {
             return false;
         }
         state.content_hash = Some(h);
-        match parse_manifest(file, text) {
+        match parse_manifest_limited(file, text, max_objects) {
             Ok(objects) => {
                 // A fresh vector: collecting in place would keep the (much larger) allocation
                 // sized for `ClusterObject`s for as long as the file is known.
@@ -352,6 +496,11 @@ fn rescan(dir: &Path, set: &mut ManifestSet) -> Result<bool, std::io::Error> {
             present.push(path);
             continue;
         }
+        if stamp.len > set.limits.max_file_bytes {
+            changed |= set.refuse_oversized(&path, stamp.len);
+            present.push(path);
+            continue;
+        }
         match std::fs::read(&path) {
             Ok(bytes) => {
                 let text = match String::from_utf8(bytes) {
@@ -407,7 +556,7 @@ pub fn spawn(
     mut writer: CacheWriter,
     status: StatusHandle,
 ) -> Result<JoinHandle<()>, SourceError> {
-    let mut set = ManifestSet::default();
+    let mut set = ManifestSet::with_limits(ManifestLimits::from_env(|k| std::env::var(k).ok())?);
     rescan(&dir, &mut set).map_err(|source| SourceError::ManifestDir {
         path: dir.clone(),
         source,
@@ -493,7 +642,7 @@ mod tests {
     fn splits_documents_and_reports_the_bad_one() {
         let text = "# leading comment\n---\napiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: ns}\nspec: {clusterIP: 10.0.0.1, ports: [{port: 80}]}\n---\n---\napiVersion: v1\nkind: Service\nmetadata: {name: b}\nspec: {clusterIP: nope}\n";
         let err = parse_manifest(Path::new("x.yaml"), text).unwrap_err();
-        assert_eq!(err.document, 1, "{err}");
+        assert_eq!(err.document, Some(1), "{err}");
         assert!(err.reason.contains("spec.clusterIPs[0]"), "{err}");
         assert!(
             err.to_string()
@@ -513,7 +662,7 @@ mod tests {
         assert_eq!(objs.len(), 1);
         let err =
             parse_manifest(Path::new("bad.yaml"), "apiVersion: v1\nkind: [unclosed\n").unwrap_err();
-        assert_eq!(err.document, 0);
+        assert_eq!(err.document, Some(0));
         assert!(err.reason.contains("invalid YAML"), "{err}");
         let err = parse_manifest(Path::new("bad.yaml"), "just a string\n").unwrap_err();
         assert!(err.reason.contains("expected a mapping"), "{err}");
@@ -576,5 +725,150 @@ mod tests {
         assert!(set.remove_file(f));
         assert!(!set.objects().contains_key(&Kind::Service));
         assert!(set.problems().is_empty());
+    }
+    fn services(n: usize) -> String {
+        (0..n)
+            .map(|i| {
+                format!(
+                    "---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: ns}}\nspec: {{clusterIP: 10.0.0.{}}}\n",
+                    i + 1
+                )
+            })
+            .collect()
+    }
+
+    fn service_names(set: &ManifestSet) -> Vec<String> {
+        set.objects()
+            .get(&Kind::Service)
+            .into_iter()
+            .flatten()
+            .map(|o| o.key().name.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn files_over_the_object_limit_are_refused_keeping_the_last_good_version() {
+        let limits = ManifestLimits {
+            max_file_bytes: 1 << 20,
+            max_objects: 2,
+        };
+        let mut set = ManifestSet::with_limits(limits);
+        let f = Path::new("/m/big.yaml");
+        assert!(set.update_file(f, &services(2)));
+        assert_eq!(service_names(&set), ["s0", "s1"]);
+        assert!(set.update_file(f, &services(3)));
+        assert_eq!(service_names(&set), ["s0", "s1"], "last good version stays");
+        let problems = set.problems();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].location, "/m/big.yaml");
+        assert!(
+            problems[0]
+                .reason
+                .starts_with("more than 2 objects in one file (SVCNET_MANIFEST_MAX_OBJECTS)"),
+            "{problems:?}"
+        );
+        // `List` items count one by one, whatever their kind.
+        let list = r#"{"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}},
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}},
+            {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n2"}}]}"#;
+        let err = parse_manifest_limited(Path::new("l.json"), list, 2).unwrap_err();
+        assert_eq!(err.document, None);
+        assert!(
+            err.to_string().starts_with("l.json: more than 2 objects"),
+            "{err}"
+        );
+        assert_eq!(
+            parse_manifest_limited(Path::new("l.json"), list, 3)
+                .unwrap()
+                .len(),
+            2
+        );
+        // Back under the limit: applies again.
+        assert!(set.update_file(f, &services(1)));
+        assert_eq!(service_names(&set), ["s0"]);
+        assert!(set.problems().is_empty());
+    }
+
+    #[test]
+    fn files_over_the_size_limit_are_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.yaml");
+        let small = services(1);
+        let limits = ManifestLimits {
+            max_file_bytes: small.len() as u64 + 10,
+            max_objects: 1000,
+        };
+        let mut set = ManifestSet::with_limits(limits);
+        std::fs::write(&path, &small).unwrap();
+        assert!(rescan(dir.path(), &mut set).unwrap());
+        assert_eq!(service_names(&set), ["s0"]);
+
+        std::fs::write(&path, services(5)).unwrap();
+        assert!(
+            rescan(dir.path(), &mut set).unwrap(),
+            "the refusal is a change"
+        );
+        assert_eq!(service_names(&set), ["s0"], "last good version stays");
+        let problems = set.problems();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].location, path.display().to_string());
+        assert!(
+            problems[0].reason.contains(&format!(
+                "over the limit of {} (SVCNET_MANIFEST_MAX_BYTES)",
+                limits.max_file_bytes
+            )),
+            "{problems:?}"
+        );
+        assert!(
+            !rescan(dir.path(), &mut set).unwrap(),
+            "same refusal, no change"
+        );
+        // The same content as the last good version, once under the limit, clears the problem.
+        std::fs::write(&path, &small).unwrap();
+        assert!(rescan(dir.path(), &mut set).unwrap());
+        assert_eq!(service_names(&set), ["s0"]);
+        assert!(set.problems().is_empty());
+        // update_file applies the size limit too.
+        assert!(set.update_file(&path, &services(5)));
+        assert_eq!(service_names(&set), ["s0"]);
+        assert_eq!(set.problems().len(), 1);
+    }
+
+    #[test]
+    fn limits_come_from_the_environment() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(
+            ManifestLimits::from_env(env(&[])).unwrap(),
+            ManifestLimits::default()
+        );
+        let l = ManifestLimits::from_env(env(&[
+            ("SVCNET_MANIFEST_MAX_BYTES", "1048576"),
+            ("SVCNET_MANIFEST_MAX_OBJECTS", " 10 "),
+        ]))
+        .unwrap();
+        assert_eq!(
+            l,
+            ManifestLimits {
+                max_file_bytes: 1 << 20,
+                max_objects: 10
+            }
+        );
+        for bad in ["0", "-1", "10MB", ""] {
+            let pairs: &'static [(&'static str, &'static str)] =
+                Box::leak(Box::new([("SVCNET_MANIFEST_MAX_OBJECTS", bad)]));
+            let err = ManifestLimits::from_env(env(pairs)).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("SVCNET_MANIFEST_MAX_OBJECTS={bad:?}: expected a whole number above 0")
+            );
+        }
     }
 }

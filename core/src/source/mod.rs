@@ -69,6 +69,16 @@ pub enum SourceError {
     /// The Kubernetes client could not be configured.
     #[error("kubernetes client configuration: {0}")]
     KubeConfig(String),
+    /// A manifest limit variable (`SVCNET_MANIFEST_MAX_*`) has a bad value.
+    #[error("{variable}={value:?}: {reason}")]
+    ManifestLimit {
+        /// The environment variable.
+        variable: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// One problem a source is currently reporting (a bad file, a failing watch).
