@@ -219,6 +219,11 @@ impl Parser<'_, '_> {
                     });
                 }
             }
+            // An empty quoted key (`""`) or a lone `,` names no zone: without a key before it
+            // there is nothing to attach the block to.
+            if keys.is_empty() {
+                return Err(syntax(&key.at, "empty server block key"));
+            }
         }
         // The opening brace may stand on the next line.
         if let Some(tok) = self.peek().cloned()

@@ -167,6 +167,29 @@ fn keys_with_ports_transports_and_cidrs() {
     assert_eq!(line, 4);
 }
 
+/// Found by the `corefile` fuzz target: a server block whose only key is empty (`""`, or a
+/// lone `,`) and that has no body panicked the parser; it is a syntax error at the key.
+#[test]
+fn empty_server_block_keys_are_errors_not_panics() {
+    for (text, col) in [
+        ("\u{b}\"\"#{", 2),
+        ("\"\"", 1),
+        (",", 1),
+        (",\n", 1),
+        ("\"\" {\n}\n", 1),
+    ] {
+        let (e, line, column) = err_at(text);
+        assert!(
+            e.to_string().contains("empty server block key"),
+            "{text:?}: {e}"
+        );
+        assert_eq!((line, column), (1, col), "{text:?}");
+    }
+    // A comma between keys still joins them.
+    let cf = load("a.org , b.org {\n  log\n}\n").unwrap();
+    assert_eq!(cf.servers[0].keys.len(), 2);
+}
+
 #[test]
 fn unknown_plugin_and_option_name_their_position() {
     let (e, line, col) = err_at(".:53 {\n  errors\n  whoami2\n}\n");

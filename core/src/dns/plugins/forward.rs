@@ -398,16 +398,7 @@ impl Inner {
                     if let Some(m) = &self.metrics {
                         m.observe_forward(up.addr(), rcode, t0.elapsed());
                     }
-                    let resp = Response {
-                        authoritative: msg.metadata.authoritative,
-                        recursion_available: msg.metadata.recursion_available,
-                        ..Response::with_records(
-                            rcode,
-                            msg.answers.into(),
-                            msg.authorities.into(),
-                            msg.additionals.into(),
-                        )
-                    };
+                    let resp = upstream_response(msg);
                     if self.cfg.failover.contains(&u16::from(rcode)) {
                         last_answer = Some(resp);
                         continue;
@@ -424,6 +415,22 @@ impl Inner {
             }
         }
         last_answer
+    }
+}
+
+/// The answer passed to the client for an upstream's reply: its rcode, AA and RA flags and its
+/// three record sections (fuzzed, with [`super::upstream::parse_reply`], by
+/// `fuzz/fuzz_targets/forward_reply.rs`).
+pub fn upstream_response(msg: Message) -> Response {
+    Response {
+        authoritative: msg.metadata.authoritative,
+        recursion_available: msg.metadata.recursion_available,
+        ..Response::with_records(
+            msg.metadata.response_code,
+            msg.answers.into(),
+            msg.authorities.into(),
+            msg.additionals.into(),
+        )
     }
 }
 

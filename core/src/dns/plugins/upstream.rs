@@ -148,10 +148,10 @@ impl SentQuery {
         if buf.len() < 12 || u16::from_be_bytes([buf[0], buf[1]]) != self.id {
             return Err(Mismatch::Id);
         }
-        let msg = Message::from_vec(buf).map_err(|_| Mismatch::Malformed)?;
-        if msg.metadata.message_type != MessageType::Response {
+        // Not a response, another opcode than QUERY, or unparsable: [`parse_reply`] decides.
+        let Ok(Some(msg)) = parse_reply(buf, self.id) else {
             return Err(Mismatch::Malformed);
-        }
+        };
         let [q] = msg.queries.as_slice() else {
             return Err(Mismatch::Question);
         };
@@ -495,6 +495,26 @@ impl Upstream {
     }
 }
 
+/// Parses one message read from an upstream as the reply to the query with id `id`:
+/// `Ok(None)` when it is not that reply (too short for a header, another id, not a response,
+/// or an opcode other than QUERY: skip it and keep reading), `Ok(Some(_))` for the reply,
+/// `Err(Malformed)` when the id matches but the message does not parse. The only place
+/// upstream bytes are decoded (fuzzed by `fuzz/fuzz_targets/forward_reply.rs`).
+///
+/// The opcode check matters beyond spoofing: an UPDATE message may carry records with empty
+/// data, which are invalid in a QUERY answer, so passing them on would send the client an
+/// answer it cannot parse.
+pub fn parse_reply(bytes: &[u8], id: u16) -> Result<Option<Message>, ExchangeError> {
+    if bytes.len() < 12 || u16::from_be_bytes([bytes[0], bytes[1]]) != id {
+        return Ok(None);
+    }
+    let msg = Message::from_vec(bytes).map_err(|e| ExchangeError::Malformed(e.to_string()))?;
+    if msg.metadata.message_type != MessageType::Response || msg.metadata.op_code != OpCode::Query {
+        return Ok(None);
+    }
+    Ok(Some(msg))
+}
+
 /// Encodes a query for `name`/`record_type` with id `id`.
 pub fn encode_query(
     id: u16,
@@ -539,5 +559,68 @@ async fn probe_loop(upstream: Weak<Upstream>, probe: ProbeSettings) {
         }
         tracing::debug!(upstream = %up.addr, "plugin/forward: health probe failed");
         interval = (interval * 2).min(MAX_PROBE_INTERVAL.max(probe.interval));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{RData, Record};
+    use std::net::Ipv4Addr;
+
+    /// Found by the `forward_reply` fuzz target: a reply with the query's id but opcode UPDATE
+    /// whose additional section holds a record with empty data (valid only in UPDATE). Passed
+    /// on, it made an answer the client could not parse.
+    const UPDATE_REPLY: &[u8] = &[
+        0xbe, 0xef, 0x2f, 0x80, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x07, 0x64, 0x78,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x70, 0x6c, 0x65, 0x03, 0x6f, 0x72, 0x67, 0x00,
+        0x32, 0x01, 0x00, 0x01, 0xc0, 0x0c, 0x01, 0x01, 0x00, 0x01, 0x00, 0x00, 0x01, 0x2c, 0x00,
+        0x04, 0x5d, 0xb8, 0xd8, 0x22, 0x00, 0x00, 0x29, 0x04, 0xd0, 0x00, 0x00, 0x00, 0x61, 0x6d,
+        0x09, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x70, 0x6c, 0x65, 0x03, 0x6f, 0x72, 0x67,
+        0x00, 0x00, 0x01, 0x00, 0x01, 0xc0, 0x0c, 0x01, 0x01, 0x00, 0x01, 0x00, 0x00, 0x01, 0x2c,
+        0x00, 0x04, 0x5d, 0xb8, 0xd8, 0x22, 0x00, 0x00, 0x29, 0x04, 0xd0, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00,
+    ];
+
+    fn reply(id: u16, message_type: MessageType, op_code: OpCode) -> Vec<u8> {
+        let mut msg = Message::new(id, message_type, op_code);
+        let name = Name::from_ascii("example.org.").unwrap();
+        msg.add_query(Query::query(name.clone(), RecordType::A));
+        msg.add_answer(Record::from_rdata(
+            name,
+            60,
+            RData::A(A(Ipv4Addr::new(192, 0, 2, 1))),
+        ));
+        msg.to_vec().unwrap()
+    }
+
+    #[test]
+    fn parse_reply_accepts_the_matching_response() {
+        let msg = parse_reply(&reply(7, MessageType::Response, OpCode::Query), 7)
+            .unwrap()
+            .expect("the reply");
+        assert_eq!(msg.metadata.id, 7);
+        assert_eq!(msg.answers.len(), 1);
+    }
+
+    #[test]
+    fn parse_reply_skips_other_ids_short_messages_queries_and_other_opcodes() {
+        let skipped = |bytes: &[u8], id: u16| matches!(parse_reply(bytes, id), Ok(None));
+        assert!(skipped(&reply(8, MessageType::Response, OpCode::Query), 7));
+        assert!(skipped(&[0, 7, 0x81], 7));
+        assert!(skipped(&reply(7, MessageType::Query, OpCode::Query), 7));
+        assert!(skipped(&reply(7, MessageType::Response, OpCode::Status), 7));
+        assert!(skipped(UPDATE_REPLY, 0xbeef));
+    }
+
+    #[test]
+    fn parse_reply_reports_a_malformed_reply_with_the_id() {
+        let mut bytes = reply(7, MessageType::Response, OpCode::Query);
+        bytes.truncate(bytes.len() - 3);
+        match parse_reply(&bytes, 7) {
+            Err(ExchangeError::Malformed(m)) => assert!(!m.is_empty()),
+            other => panic!("expected Malformed, got {other:?}"),
+        }
     }
 }
