@@ -245,10 +245,8 @@ fn rewrite_owner(post: &[Post], name: &Name) -> Option<Name> {
                     cur = format!("{r}{from}");
                 }
             }
-            Post::Substring { from, to } => {
-                if cur.contains(to.as_str()) {
-                    cur = cur.replace(to.as_str(), from);
-                }
+            Post::Substring { from, to } if cur.contains(to.as_str()) => {
+                cur = cur.replace(to.as_str(), from);
             }
             Post::OwnerRegex { pattern, to } => {
                 if let Some(n) = regex_replace(pattern, to, &cur) {

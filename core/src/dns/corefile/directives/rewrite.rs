@@ -360,7 +360,7 @@ fn fqdn(s: &str) -> String {
 }
 
 /// The match kind (`exact` when omitted), the match string and the rest of the arguments.
-fn match_kind<'a>(rest: &'a [Token]) -> (&'static str, &'a [Token]) {
+fn match_kind(rest: &[Token]) -> (&'static str, &[Token]) {
     let kind = rest.first().map(|t| t.text.to_ascii_lowercase());
     match kind.as_deref() {
         Some("exact") => ("exact", &rest[1..]),
