@@ -1827,6 +1827,29 @@ status: {podIP: 10.244.1.10, podIPs: [{ip: 10.244.1.10}]}
         );
     }
 
+    /// Wildcard labels (`*`, `any`) are plain labels, as in CoreDNS since 1.9.0, which removed
+    /// the kubernetes plugin's wildcard queries (its `match` is a case-insensitive equality and
+    /// its handler tests have no wildcard cases any more): such names do not exist.
+    #[test]
+    fn wildcard_labels_are_not_expanded_as_in_current_coredns() {
+        let z = zone();
+        for (name, t) in [
+            ("demoapp-svc.*.svc.cluster.local.", RecordType::A),
+            ("demoapp-svc.any.svc.cluster.local.", RecordType::A),
+            ("*.default.svc.cluster.local.", RecordType::A),
+            ("*.any.demoapp-svc.*.svc.cluster.local.", RecordType::SRV),
+            ("*.*.svc.default.svc.cluster.local.", RecordType::SRV),
+        ] {
+            let (rc, ans, _) = ask(&z, name, t);
+            assert_eq!((rc, ans.len()), (NX, 0), "{name} {t}");
+        }
+        // The names they would have expanded to exist.
+        assert_eq!(
+            ask(&z, "demoapp-svc.default.svc.cluster.local.", RecordType::A).0,
+            OK
+        );
+    }
+
     #[test]
     fn srv_for_named_ports_with_additional_addresses() {
         let z = zone();

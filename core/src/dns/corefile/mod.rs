@@ -36,6 +36,9 @@ pub use directives::kubernetes::{KubernetesConfig, PodsMode};
 pub use directives::observe::{
     ErrorsConfig, HealthConfig, LogClasses, LogConfig, PrometheusConfig, ReadyConfig,
 };
+pub use directives::rewrite::{
+    AnswerRewrite, EdnsAction, EdnsData, NameMatch, Pattern, RewriteAction, RewriteRule,
+};
 pub use directives::simple::ReloadConfig;
 pub use error::{CorefileError, Diagnostic, Position};
 pub use files::{FileSource, MemoryFiles, RealFiles};
@@ -49,6 +52,9 @@ pub const DEFAULT_PORT: u16 = 53;
 
 /// Plugins that are accepted and have no effect here (each noted with a warning).
 pub const NOOP_PLUGINS: &[&str] = &["debug", "pprof", "cancel", "bufsize", "timeouts", "trace"];
+
+/// Plugins that may appear more than once in a server block (each use adds a rule).
+pub const REPEATABLE_PLUGINS: &[&str] = &["rewrite"];
 
 /// How to load a Corefile.
 #[derive(Debug, Clone, Default)]
@@ -144,6 +150,8 @@ pub struct PluginSet {
     pub cache: Option<CacheConfig>,
     /// `hosts`.
     pub hosts: Option<HostsConfig>,
+    /// `rewrite` rules, in the order written (empty: not used).
+    pub rewrite: Vec<RewriteRule>,
     /// `loadbalance` (round robin of A/AAAA answers).
     pub loadbalance: bool,
     /// `loop` (forwarding loop detection at start-up).
@@ -309,7 +317,10 @@ fn server_block(
     let mut seen: Vec<String> = Vec::new();
     for d in &block.directives {
         let name = d.name.text.as_str();
-        if seen.iter().any(|s| s == name) && !NOOP_PLUGINS.contains(&name) {
+        if seen.iter().any(|s| s == name)
+            && !NOOP_PLUGINS.contains(&name)
+            && !REPEATABLE_PLUGINS.contains(&name)
+        {
             return Err(plugin_error(
                 name,
                 &d.name.at,
@@ -331,7 +342,7 @@ fn apply_directive(
     p: &mut PluginSet,
     ctx: &mut SetupContext<'_>,
 ) -> Result<(), CorefileError> {
-    use directives::{cache, forward, hosts, kubernetes, observe, rrl, simple};
+    use directives::{cache, forward, hosts, kubernetes, observe, rewrite, rrl, simple};
     match d.name.text.as_str() {
         "errors" => p.errors = Some(observe::parse_errors(d, ctx)?),
         "log" => p.log = Some(observe::parse_log(d, ctx)?),
@@ -342,6 +353,7 @@ fn apply_directive(
         "forward" => p.forward = Some(forward::parse(d, ctx)?),
         "cache" => p.cache = Some(cache::parse(d, ctx)?),
         "hosts" => p.hosts = Some(hosts::parse(d, ctx)?),
+        "rewrite" => p.rewrite.extend(rewrite::parse(d, ctx)?),
         "loadbalance" => {
             simple::parse_loadbalance(d, ctx)?;
             p.loadbalance = true;

@@ -1,7 +1,7 @@
 //! Turning a loaded [`Corefile`] into plugin chains, one [`ZoneRouter`] per listen address.
 //!
 //! Plugins run in CoreDNS's fixed order (not the order written): errors, log, loadbalance,
-//! cache, hosts, kubernetes, loop, forward. So the cache sees (and keeps) the answers of
+//! cache, rewrite, hosts, kubernetes, loop, forward. So the cache sees (and keeps) the answers of
 //! hosts, the cluster zone and forward, and loadbalance rotates even cached answers.
 
 use std::collections::BTreeMap;
@@ -15,6 +15,7 @@ use super::loadbalance::LoadBalance;
 use super::loop_detect::{Loop, LoopHandler};
 use super::metrics::PluginMetrics;
 use super::observe::{Errors, Log};
+use super::rewrite::Rewrite;
 use super::router::ZoneRouter;
 use crate::dns::corefile::{Corefile, FileSource, KubernetesConfig, ServerBlock};
 use crate::dns::handler::{Chain, Plugin};
@@ -109,6 +110,9 @@ fn block_chain(block: &ServerBlock, zone: &str, ctx: &BuildContext) -> (Chain, O
     }
     if let Some(c) = &p.cache {
         plugins.push(Arc::new(Cache::new(c.clone(), m.clone())));
+    }
+    if !p.rewrite.is_empty() {
+        plugins.push(Arc::new(Rewrite::new(p.rewrite.clone())));
     }
     if let Some(c) = &p.hosts {
         plugins.push(Arc::new(Hosts::new(
@@ -233,7 +237,7 @@ mod tests {
     #[test]
     fn order_and_routing() {
         let cf = corefile(
-            ".:1053 {\n forward . 127.0.0.1:9\n loop\n kubernetes cluster.local\n cache\n errors\n loadbalance\n}\nexample.org:1053 {\n hosts {\n  10.0.0.1 a.example.org\n }\n}\nexample.net:1054 {\n log\n}\n",
+            ".:1053 {\n forward . 127.0.0.1:9\n loop\n rewrite name a.example b.example\n kubernetes cluster.local\n cache\n errors\n rewrite type ANY HINFO\n loadbalance\n}\nexample.org:1053 {\n hosts {\n  10.0.0.1 a.example.org\n }\n}\nexample.net:1054 {\n log\n}\n",
         );
         let ls = build(&cf, &ctx(None)).unwrap();
         assert_eq!(ls.len(), 2);
@@ -246,6 +250,7 @@ mod tests {
                 "errors",
                 "loadbalance",
                 "cache",
+                "rewrite",
                 "kubernetes",
                 "loop",
                 "forward"

@@ -1,5 +1,5 @@
 //! The plugins of a Corefile beyond the cluster zone: forward, cache, loadbalance, loop,
-//! hosts, errors and log, each a [`Plugin`](crate::dns::handler::Plugin) of the request chain.
+//! hosts, rewrite, errors and log, each a [`Plugin`](crate::dns::handler::Plugin) of the request chain.
 
 pub mod build;
 pub mod cache;
@@ -9,6 +9,7 @@ pub mod loadbalance;
 pub mod loop_detect;
 pub mod metrics;
 pub mod observe;
+pub mod rewrite;
 pub mod router;
 pub mod serve;
 pub mod upstream;

@@ -5,6 +5,7 @@ pub mod forward;
 pub mod hosts;
 pub mod kubernetes;
 pub mod observe;
+pub mod rewrite;
 pub mod rrl;
 pub mod simple;
 
