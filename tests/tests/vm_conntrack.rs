@@ -389,8 +389,7 @@ fn udp_flow_survives_backend_replacement() -> anyhow::Result<()> {
         .with_context(|| format!("proxy log:\n{log}"))?;
     let synced = log
         .lines()
-        .filter(|l| l.contains("synced") && l.contains("dests_deleted=1"))
-        .next_back()
+        .rfind(|l| l.contains("synced") && l.contains("dests_deleted=1"))
         .unwrap_or("(no incremental sync line)");
     println!("  proxy: {cleaned}\n  proxy: {synced}");
     Ok(())

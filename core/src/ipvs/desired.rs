@@ -504,7 +504,13 @@ pub fn contribution(
         let mut select = |family: Family, local_only: bool| -> Dests {
             let slot = &mut by_family[usize::from(family == Family::V6)];
             let d = slot.get_or_insert_with(|| {
-                FamilyDests::new(&cands, family, &policy(family), &topo, (&svc.key, &port.name))
+                FamilyDests::new(
+                    &cands,
+                    family,
+                    &policy(family),
+                    &topo,
+                    (&svc.key, &port.name),
+                )
             });
             if local_only && !d.local.is_empty() {
                 d.local.clone()

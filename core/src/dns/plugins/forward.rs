@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::Edns;
+use hickory_proto::op::{Edns, Message};
 use hickory_proto::rr::{Name, Record};
 use tokio::sync::oneshot;
 
