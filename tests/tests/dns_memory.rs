@@ -107,6 +107,12 @@ fn rss_comes_back_down_after_tcp_bursts() {
             "off",
             "--memory-trim-interval",
             "1s",
+            // The bursts come from one address: lift the per-source and total TCP caps (64 and
+            // 1,024 by default) above the burst size so every connection is served.
+            "--max-tcp-per-source",
+            "2048",
+            "--max-tcp-connections",
+            "2048",
             "--manifests",
         ])
         .arg(svcnet_tests::bins::repo_root().join("examples/cluster"))
