@@ -36,8 +36,8 @@ pub struct ProxyConfig {
     /// without CIDRs here gets every local address of that family.
     pub node_port_addresses: Vec<IpNetwork>,
     /// `nodePortAddresses: ["primary"]`: node ports only on the node's primary IPs, which are
-    /// taken (as kube-proxy does first) from a concrete `bindAddress`; a family without a known
-    /// primary IP gets every local address of that family.
+    /// taken (as kube-proxy does) from a concrete `bindAddress`, else from this node's Node
+    /// object; a family without a known primary IP gets every local address of that family.
     pub node_port_addresses_primary: bool,
     /// `bindAddress` when it names a concrete address (not `0.0.0.0`/`::`/loopback): the node's
     /// primary IP of its family, used by `nodePortAddresses: ["primary"]`.
@@ -87,15 +87,24 @@ impl ProxyConfig {
         1u32 << self.masquerade_bit
     }
 
-    /// The `nodePortAddresses` CIDRs with `primary` resolved to the primary IPs (`/32`, `/128`).
-    pub fn node_port_cidrs(&self) -> Vec<IpNetwork> {
+    /// The `nodePortAddresses` CIDRs with `primary` resolved to the node's primary IPs (`/32`,
+    /// `/128`), as kube-proxy's `detectNodeIPs`: per family, a concrete `bindAddress` of that
+    /// family, else the first of `node_ips` (the Node object's addresses, InternalIP before
+    /// ExternalIP) of that family. A family with neither gets no CIDR (so every address of it).
+    pub fn node_port_cidrs(&self, node_ips: &[std::net::IpAddr]) -> Vec<IpNetwork> {
         if !self.node_port_addresses_primary {
             return self.node_port_addresses.clone();
         }
-        self.bind_address
-            .filter(|a| !a.is_unspecified() && !a.is_loopback())
-            .map(IpNetwork::from)
+        let bind = self
+            .bind_address
+            .filter(|a| !a.is_unspecified() && !a.is_loopback());
+        [true, false]
             .into_iter()
+            .filter_map(|v4| {
+                bind.filter(|a| a.is_ipv4() == v4)
+                    .or_else(|| node_ips.iter().copied().find(|a| a.is_ipv4() == v4))
+            })
+            .map(IpNetwork::from)
             .collect()
     }
 

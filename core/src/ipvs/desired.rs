@@ -37,8 +37,10 @@ impl NodeInfo {
     /// with `nodePortAddresses` CIDRs of that family (`primary` resolved to the primary IPs), the
     /// local addresses in them; for a family without CIDRs (or with `0.0.0.0/0` / `::/0`), every
     /// local address of that family except IPv6 link-local ones. Loopback addresses never.
-    pub fn node_port_addresses(&self, config: &ProxyConfig) -> Vec<IpAddr> {
-        let cidrs = config.node_port_cidrs();
+    /// `node_ips` are this node's Node object addresses (for `primary`, see
+    /// [`ProxyConfig::node_port_cidrs`]).
+    pub fn node_port_addresses(&self, config: &ProxyConfig, node_ips: &[IpAddr]) -> Vec<IpAddr> {
+        let cidrs = config.node_port_cidrs(node_ips);
         let mut out: Vec<IpAddr> = self
             .local_addresses
             .iter()
@@ -123,6 +125,9 @@ pub struct DesiredState {
     bound: BTreeMap<IpAddr, u32>,
     /// This node's zone label when the state was built (topology hints depend on it).
     zone: Option<Arc<str>>,
+    /// This node's Node object addresses when the state was built (`nodePortAddresses:
+    /// [primary]` depends on them).
+    node_ips: Vec<IpAddr>,
 }
 
 /// This node's `topology.kubernetes.io/zone` label, from its Node object in the snapshot.
@@ -130,13 +135,25 @@ fn node_zone(snapshot: &Snapshot, node: &NodeInfo) -> Option<Arc<str>> {
     snapshot.node(node.node_name.as_deref()?)?.zone.clone()
 }
 
+/// This node's addresses from its Node object in the snapshot (InternalIP before ExternalIP),
+/// which `nodePortAddresses: [primary]` resolves against.
+fn node_object_ips(snapshot: &Snapshot, node: &NodeInfo) -> Vec<IpAddr> {
+    node.node_name
+        .as_deref()
+        .and_then(|name| snapshot.node(name))
+        .map(|n| n.addresses.clone())
+        .unwrap_or_default()
+}
+
 /// Builds the complete desired state from scratch.
 pub fn build(snapshot: &Snapshot, config: &ProxyConfig, node: &NodeInfo) -> DesiredState {
-    let node_ports = node.node_port_addresses(config);
+    let node_ips = node_object_ips(snapshot, node);
+    let node_ports = node.node_port_addresses(config, &node_ips);
     let mut state = DesiredState {
         generation: snapshot.generation(),
         contributions: HashMap::with_capacity(snapshot.service_count()),
         zone: node_zone(snapshot, node),
+        node_ips,
         ..DesiredState::default()
     };
     for svc in snapshot.services() {
@@ -216,9 +233,18 @@ impl DesiredState {
                 "this node's topology.kubernetes.io/zone changed: recomputing every service"
             );
         }
+        let node_ips = node_object_ips(snapshot, node);
+        let primary_changed = config.node_port_addresses_primary && node_ips != self.node_ips;
+        if primary_changed {
+            tracing::info!(
+                node = node.node_name.as_deref().unwrap_or(""),
+                ?node_ips,
+                "this node's addresses changed (nodePortAddresses: primary): recomputing every service"
+            );
+        }
         let changes = snapshot
             .changes_since(self.generation)
-            .filter(|_| !zone_changed);
+            .filter(|_| !zone_changed && !primary_changed);
         let Some(changes) = changes else {
             *self = build(snapshot, config, node);
             return Delta {
@@ -227,7 +253,8 @@ impl DesiredState {
                 ..Delta::default()
             };
         };
-        let node_ports = node.node_port_addresses(config);
+        self.node_ips = node_ips;
+        let node_ports = node.node_port_addresses(config, &self.node_ips);
         let mut delta = Delta::default();
         for change in changes {
             let Change::Service(key) = change else {

@@ -111,7 +111,7 @@ pub fn listen_addresses(config: &ProxyConfig, local_addresses: &[IpAddr]) -> Vec
         node_name: None,
         local_addresses: local_addresses.to_vec(),
     }
-    .node_port_addresses(config)
+    .node_port_addresses(config, &[])
 }
 
 /// The health-check targets of a snapshot, by port, for a node named `node`.

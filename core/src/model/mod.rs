@@ -437,7 +437,7 @@ pub struct Pod {
 pub struct Node {
     /// Name.
     pub name: Arc<str>,
-    /// `status.addresses` of type InternalIP/ExternalIP that parse as IPs.
+    /// `status.addresses` of type InternalIP, then ExternalIP, that parse as IPs.
     pub addresses: Vec<IpAddr>,
     /// Label `topology.kubernetes.io/zone`.
     pub zone: Option<Arc<str>>,

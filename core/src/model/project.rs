@@ -600,8 +600,10 @@ pub fn node(node: &core_v1::Node) -> Result<Node, ProjectionError> {
         .as_ref()
         .and_then(|s| s.addresses.as_ref())
         .map(|a| {
-            a.iter()
-                .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+            // InternalIP before ExternalIP, each in status order (kube-proxy's node IP order).
+            ["InternalIP", "ExternalIP"]
+                .iter()
+                .flat_map(|kind| a.iter().filter(move |a| a.type_ == *kind))
                 .filter_map(|a| a.address.parse().ok())
                 .collect()
         })

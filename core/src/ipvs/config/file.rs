@@ -554,14 +554,14 @@ nodePortAddresses: ["192.168.0.0/16"]
         .config;
         assert!(c.node_port_addresses_primary);
         assert_eq!(
-            c.node_port_cidrs(),
+            c.node_port_cidrs(&[]),
             vec!["192.168.1.5/32".parse::<IpNetwork>().unwrap()]
         );
         // An unspecified bindAddress gives no primary IP: every family falls back to all.
         let c = parse("nodePortAddresses: [primary]\nbindAddress: 0.0.0.0\n", "f")
             .unwrap()
             .config;
-        assert!(c.node_port_cidrs().is_empty());
+        assert!(c.node_port_cidrs(&[]).is_empty());
         let e = parse("nodePortAddresses: [primary, 10.0.0.0/8]\n", "f").unwrap_err();
         assert!(e.to_string().contains("nodePortAddresses"), "{e}");
         let e = parse("bindAddress: not-an-ip\n", "f").unwrap_err();

@@ -80,6 +80,17 @@ impl Case {
         self
     }
 
+    /// This node's Node object (named [`HOST`]) with `status.addresses` `ips` (InternalIP
+    /// first, as the projection orders them).
+    pub(super) fn node_object(mut self, ips: &[&str]) -> Self {
+        self.objects.push(ClusterObject::Node(crate::model::Node {
+            name: Arc::from(HOST),
+            addresses: ips.iter().map(|a| a.parse().expect("node IP")).collect(),
+            zone: None,
+        }));
+        self
+    }
+
     pub(super) fn node_ips(mut self, ips: &[&str]) -> Self {
         self.node = node(ips);
         self
@@ -115,7 +126,7 @@ impl Case {
     /// The differences from the expectation, empty when the case passes.
     fn failures(&self) -> Vec<String> {
         let mut out = Vec::new();
-        let (mut w, _r) = new_cache([Kind::Service, Kind::EndpointSlice]);
+        let (mut w, _r) = new_cache([Kind::Service, Kind::EndpointSlice, Kind::Node]);
         let mut incremental = build(&w.snapshot(), &self.config, &self.node);
         w.update(|tx| {
             for o in &self.objects {

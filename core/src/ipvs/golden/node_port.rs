@@ -312,8 +312,26 @@ pub(super) fn cases() -> Vec<Case> {
             "TCP [2020::1]:80 rr -> none",
         ]),
         Case::new(
-            "nodePortAddresses primary without bindAddress: all addresses",
-            "server.go (NodePortAddresses primary)",
+            "nodePortAddresses primary without bindAddress: the Node object's InternalIP",
+            "server.go (NodePortAddresses primary; detectNodeIPs from the Node object)",
+        )
+        .node_ips(&["100.101.102.103", "100.101.102.104", "2001:db8::1:1"])
+        .node_object(&["100.101.102.104", "100.101.102.103"])
+        .config(|c| c.node_port_addresses_primary = true)
+        .service(svc("ns1", "svc1", "10.20.30.41", |s| {
+            node_port(Protocol::Tcp)(s);
+            s.cluster_ips.push("2020::1".parse().unwrap());
+        }))
+        // The Node has no IPv6 address: that family falls back to all its addresses.
+        .table(&[
+            "TCP 10.20.30.41:80 rr -> none",
+            "TCP 100.101.102.104:3001 rr -> none",
+            "TCP [2001:db8::1:1]:3001 rr -> none",
+            "TCP [2020::1]:80 rr -> none",
+        ]),
+        Case::new(
+            "nodePortAddresses primary with neither bindAddress nor Node object: all addresses",
+            "server.go (NodePortAddresses primary; no node IP of the family)",
         )
         .node_ips(&["100.101.102.103", "100.101.102.104"])
         .config(|c| c.node_port_addresses_primary = true)
@@ -322,13 +340,7 @@ pub(super) fn cases() -> Vec<Case> {
             "TCP 10.20.30.41:80 rr -> none",
             "TCP 100.101.102.103:3001 rr -> none",
             "TCP 100.101.102.104:3001 rr -> none",
-        ])
-        .differs(
-            "kube-proxy takes the primary IP from its Node object's InternalIP when bindAddress \
-             is unspecified; svcnet does not watch Node objects here, so a family without a \
-             concrete bindAddress falls back to all addresses (kube-proxy's own fallback when \
-             it finds no node IP of that family)",
-        ),
+        ]),
     ]
 }
 
