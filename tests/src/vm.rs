@@ -190,6 +190,32 @@ impl Check {
     }
 }
 
+/// The environment variable that carries the host-built `svcnet-proxy` binary's path into the
+/// guest (set by [`run_proxy_suite`]).
+pub const PROXY_BIN: &str = "SVCNET_PROXY_BIN";
+
+/// Like [`run_suite`] for suites that run `svcnet-proxy` in the guest: on the host, builds it,
+/// passes its path in [`PROXY_BIN`] (with `RUST_LOG=info`), boots with `timeout`, and prints how
+/// long the `label` suite took.
+pub fn run_proxy_suite(test_name: &str, label: &str, timeout: Duration, checks: &[Check]) {
+    if in_guest() {
+        run_suite(test_name, Vm::new(), checks);
+        return;
+    }
+    let mut machine = Vm::new().timeout(timeout);
+    if uml_available() {
+        let bin = cargo_binary("svcnet-proxy", "svcnet-proxy")
+            .unwrap_or_else(|e| panic!("building svcnet-proxy: {e:#}"));
+        machine = machine.env(PROXY_BIN, bin).env("RUST_LOG", "info");
+    }
+    let started = Instant::now();
+    run_suite(test_name, machine, checks);
+    println!(
+        "{label} suite took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
 /// Runs `checks` inside one guest boot. Call it from a `#[test] fn <test_name>()`.
 ///
 /// On the host: skips with a printed reason if the UML kernel is absent; otherwise boots `vm`, re-executes this

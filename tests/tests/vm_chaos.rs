@@ -21,9 +21,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use svcnet_tests::vm::guest::{self, Background, PodNetwork, run};
-use svcnet_tests::vm::{self, Check, Vm, cluster};
+use svcnet_tests::vm::{self, Check, cluster};
 
-const PROXY_BIN: &str = "SVCNET_PROXY_BIN";
 const MANIFESTS: &str = "/tmp/svcnet-chaos";
 const CONFIG: &str = "/tmp/svcnet-chaos-config.yaml";
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 10);
@@ -465,7 +464,7 @@ fn fixture() -> anyhow::Result<MutexGuard<'static, Option<Fixture>>> {
 }
 
 fn start_proxy() -> anyhow::Result<Background> {
-    let bin = std::env::var(PROXY_BIN).context("SVCNET_PROXY_BIN not set by the host")?;
+    let bin = std::env::var(vm::PROXY_BIN).context("SVCNET_PROXY_BIN not set by the host")?;
     Background::spawn(
         "svcnet-proxy",
         &bin,
@@ -746,20 +745,10 @@ fn checks() -> Vec<Check> {
 
 #[test]
 fn proxy_chaos_kernel() {
-    if vm::in_guest() {
-        vm::run_suite("proxy_chaos_kernel", Vm::new(), &checks());
-        return;
-    }
-    let mut machine = Vm::new().timeout(Duration::from_secs(240));
-    if vm::uml_available() {
-        let bin: PathBuf = vm::cargo_binary("svcnet-proxy", "svcnet-proxy")
-            .unwrap_or_else(|e| panic!("building svcnet-proxy: {e:#}"));
-        machine = machine.env(PROXY_BIN, bin).env("RUST_LOG", "info");
-    }
-    let started = Instant::now();
-    vm::run_suite("proxy_chaos_kernel", machine, &checks());
-    println!(
-        "proxy chaos suite took {:.1} s",
-        started.elapsed().as_secs_f64()
+    vm::run_proxy_suite(
+        "proxy_chaos_kernel",
+        "proxy chaos",
+        Duration::from_secs(240),
+        &checks(),
     );
 }

@@ -12,7 +12,7 @@
 //! in the guest, and a live change of the configuration file.
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -21,9 +21,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use svcnet_tests::vm::cluster;
 use svcnet_tests::vm::guest::{self, Background, PodNetwork, run};
-use svcnet_tests::vm::{self, Check, Vm};
+use svcnet_tests::vm::{self, Check};
 
-const PROXY_BIN: &str = "SVCNET_PROXY_BIN";
 const MANIFESTS: &str = "/tmp/svcnet-ct-cluster";
 const CONFIG: &str = "/tmp/svcnet-ct-kube-proxy.yaml";
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 10);
@@ -193,7 +192,7 @@ fn fixture() -> anyhow::Result<MutexGuard<'static, Option<Fixture>>> {
 }
 
 fn start_proxy(cleanup: bool) -> anyhow::Result<Background> {
-    let bin = std::env::var(PROXY_BIN).context("SVCNET_PROXY_BIN not set by the host")?;
+    let bin = std::env::var(vm::PROXY_BIN).context("SVCNET_PROXY_BIN not set by the host")?;
     let switch = format!(
         "SVCNET_CONNTRACK_CLEANUP={}",
         if cleanup { "on" } else { "off" }
@@ -577,20 +576,10 @@ fn checks() -> Vec<Check> {
 
 #[test]
 fn conntrack_kernel() {
-    if vm::in_guest() {
-        vm::run_suite("conntrack_kernel", Vm::new(), &checks());
-        return;
-    }
-    let mut machine = Vm::new().timeout(Duration::from_secs(300));
-    if vm::uml_available() {
-        let bin: PathBuf = vm::cargo_binary("svcnet-proxy", "svcnet-proxy")
-            .unwrap_or_else(|e| panic!("building svcnet-proxy: {e:#}"));
-        machine = machine.env(PROXY_BIN, bin).env("RUST_LOG", "info");
-    }
-    let started = Instant::now();
-    vm::run_suite("conntrack_kernel", machine, &checks());
-    println!(
-        "conntrack suite took {:.1} s",
-        started.elapsed().as_secs_f64()
+    vm::run_proxy_suite(
+        "conntrack_kernel",
+        "conntrack",
+        Duration::from_secs(300),
+        &checks(),
     );
 }

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -20,9 +20,8 @@ use svcnet_core::ipvs::{DesiredState, NodeInfo, ProxyConfig};
 use svcnet_core::model::Protocol;
 use svcnet_tests::vm::cluster::{self, ServiceSpec};
 use svcnet_tests::vm::guest::{self, Background, PodNetwork, run};
-use svcnet_tests::vm::{self, Check, Vm};
+use svcnet_tests::vm::{self, Check};
 
-const PROXY_BIN: &str = "SVCNET_PROXY_BIN";
 const MANIFESTS: &str = "/tmp/svcnet-cluster";
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 10);
 const HEALTHZ: &str = "127.0.0.1:10256";
@@ -72,7 +71,7 @@ fn fixture() -> anyhow::Result<MutexGuard<'static, Option<Fixture>>> {
 }
 
 fn start_proxy() -> anyhow::Result<Background> {
-    let bin = std::env::var(PROXY_BIN).context("SVCNET_PROXY_BIN not set by the host")?;
+    let bin = std::env::var(vm::PROXY_BIN).context("SVCNET_PROXY_BIN not set by the host")?;
     Background::spawn(
         "svcnet-proxy",
         &bin,
@@ -687,20 +686,10 @@ fn checks() -> Vec<Check> {
 
 #[test]
 fn proxy_traffic_kernel() {
-    if vm::in_guest() {
-        vm::run_suite("proxy_traffic_kernel", Vm::new(), &checks());
-        return;
-    }
-    let mut machine = Vm::new().timeout(Duration::from_secs(180));
-    if vm::uml_available() {
-        let bin: PathBuf = vm::cargo_binary("svcnet-proxy", "svcnet-proxy")
-            .unwrap_or_else(|e| panic!("building svcnet-proxy: {e:#}"));
-        machine = machine.env(PROXY_BIN, bin).env("RUST_LOG", "info");
-    }
-    let started = Instant::now();
-    vm::run_suite("proxy_traffic_kernel", machine, &checks());
-    println!(
-        "proxy traffic suite took {:.1} s",
-        started.elapsed().as_secs_f64()
+    vm::run_proxy_suite(
+        "proxy_traffic_kernel",
+        "proxy traffic",
+        Duration::from_secs(180),
+        &checks(),
     );
 }

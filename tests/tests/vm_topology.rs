@@ -8,15 +8,14 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use svcnet_tests::vm::guest::{self, Background, PodNetwork};
-use svcnet_tests::vm::{self, Check, Vm};
+use svcnet_tests::vm::{self, Check};
 
-const PROXY_BIN: &str = "SVCNET_PROXY_BIN";
 const MANIFESTS: &str = "/tmp/svcnet-topology";
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 10);
 const VIP: &str = "10.96.20.10:80";
@@ -146,7 +145,7 @@ fn setup() -> anyhow::Result<()> {
     std::fs::create_dir_all(MANIFESTS)?;
     write_node(Some("zone-a"))?;
     write_service(None)?;
-    let bin = std::env::var(PROXY_BIN).context("SVCNET_PROXY_BIN not set by the host")?;
+    let bin = std::env::var(vm::PROXY_BIN).context("SVCNET_PROXY_BIN not set by the host")?;
     let mut proxy = Background::spawn(
         "svcnet-proxy",
         &bin,
@@ -269,20 +268,10 @@ fn checks() -> Vec<Check> {
 
 #[test]
 fn topology_aware_routing_kernel() {
-    if vm::in_guest() {
-        vm::run_suite("topology_aware_routing_kernel", Vm::new(), &checks());
-        return;
-    }
-    let mut machine = Vm::new().timeout(Duration::from_secs(180));
-    if vm::uml_available() {
-        let bin: PathBuf = vm::cargo_binary("svcnet-proxy", "svcnet-proxy")
-            .unwrap_or_else(|e| panic!("building svcnet-proxy: {e:#}"));
-        machine = machine.env(PROXY_BIN, bin).env("RUST_LOG", "info");
-    }
-    let started = Instant::now();
-    vm::run_suite("topology_aware_routing_kernel", machine, &checks());
-    println!(
-        "topology suite took {:.1} s",
-        started.elapsed().as_secs_f64()
+    vm::run_proxy_suite(
+        "topology_aware_routing_kernel",
+        "topology",
+        Duration::from_secs(180),
+        &checks(),
     );
 }
