@@ -196,6 +196,12 @@ pub struct Response {
     /// Reserved for answers cached in wire form; plugins that build responses set `None`.
     #[allow(dead_code)]
     pub(in crate::dns) prepared: Option<Arc<super::wire::PreparedSections>>,
+    /// The plugin that wrote the answer, for `coredns_dns_responses_total{plugin}`: `None`
+    /// until a plugin returns it ([`Next::run`] then names that plugin), `Some("")` for
+    /// answers no plugin wrote (REFUSED at the end of the chain or outside every zone).
+    pub plugin: Option<&'static str>,
+    /// Send nothing back (`acl ... drop`): the server drops the query silently.
+    pub no_reply: bool,
 }
 
 impl Response {
@@ -209,12 +215,30 @@ impl Response {
             authority: empty_records(),
             additionals: empty_records(),
             prepared: None,
+            plugin: None,
+            no_reply: false,
         }
     }
 
     /// REFUSED: what the end of the chain answers for names no plugin serves.
     pub fn refused() -> Self {
         Self::new(ResponseCode::Refused)
+    }
+
+    /// REFUSED written by no plugin (end of the chain, no zone): `plugin` label empty.
+    pub(crate) fn unattributed_refused() -> Self {
+        Self {
+            plugin: Some(""),
+            ..Self::new(ResponseCode::Refused)
+        }
+    }
+
+    /// Marks the answer as written by `plugin` unless a plugin is already named.
+    pub(crate) fn attribute(mut self, plugin: &'static str) -> Self {
+        if self.plugin.is_none() {
+            self.plugin = Some(plugin);
+        }
+        self
     }
 
     /// SERVFAIL.
@@ -253,6 +277,8 @@ impl fmt::Debug for Response {
             .field("answers", &self.answers)
             .field("authority", &self.authority)
             .field("additionals", &self.additionals)
+            .field("plugin", &self.plugin)
+            .field("no_reply", &self.no_reply)
             .finish()
     }
 }
@@ -330,16 +356,21 @@ pub struct Next {
 impl Next {
     /// Runs the remaining plugins. At the end of the chain the answer is REFUSED (no plugin
     /// serves the name; this is also what a server with no forwarder answers for foreign zones).
+    /// A ready answer that names no plugin yet is attributed to the plugin that returned it
+    /// (plugins returning a pending answer name themselves, see [`Response::plugin`]).
     pub fn run(self, req: &Request) -> Reply {
         match self.plugins.get(self.index).cloned() {
-            Some(plugin) => plugin.handle(
+            Some(plugin) => match plugin.handle(
                 req,
                 Next {
                     plugins: self.plugins,
                     index: self.index + 1,
                 },
-            ),
-            None => Reply::Ready(Response::refused()),
+            ) {
+                Reply::Ready(r) => Reply::Ready(r.attribute(plugin.name())),
+                pending => pending,
+            },
+            None => Reply::Ready(Response::unattributed_refused()),
         }
     }
 

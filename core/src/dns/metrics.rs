@@ -326,7 +326,7 @@ impl DnsMetrics {
 pub struct Recorder {
     metrics: Arc<DnsMetrics>,
     requests: HashMap<(Transport, bool, &'static str), Counter>,
-    responses: HashMap<u16, Counter>,
+    responses: HashMap<(u16, &'static str), Counter>,
     durations: HashMap<&'static str, Histogram>,
     sizes: HashMap<Transport, (Histogram, Histogram)>,
 }
@@ -342,6 +342,8 @@ pub struct Exchange {
     pub record_type: Option<RecordType>,
     /// Response code sent (`None`: nothing sent).
     pub rcode: Option<ResponseCode>,
+    /// The plugin that wrote the response (`""`: none, e.g. REFUSED outside every zone).
+    pub plugin: &'static str,
     /// Time from receipt to the answer being handed to the socket.
     pub duration: Duration,
     /// Request size in bytes.
@@ -399,7 +401,7 @@ impl Recorder {
         if let Some(rcode) = ex.rcode {
             resp_size.observe(ex.response_size as f64);
             self.responses
-                .entry(u16::from(rcode))
+                .entry((u16::from(rcode), ex.plugin))
                 .or_insert_with(|| {
                     m.responses
                         .get_or_create(&ResponseLabels {
@@ -407,7 +409,7 @@ impl Recorder {
                             zone: m.zone.clone(),
                             view: "",
                             rcode: rcode_label(rcode),
-                            plugin: "",
+                            plugin: ex.plugin,
                         })
                         .clone()
                 })
@@ -478,6 +480,11 @@ mod tests {
                 ipv6: false,
                 record_type: Some(RecordType::A),
                 rcode: Some(rcode),
+                plugin: if rcode == ResponseCode::NoError {
+                    "kubernetes"
+                } else {
+                    ""
+                },
                 duration: Duration::from_micros(30),
                 request_size: 40,
                 response_size: 80,
@@ -486,7 +493,7 @@ mod tests {
         let text = m.encode();
         for needle in [
             r#"coredns_dns_requests_total{server="dns://:53",zone=".",view="",proto="udp",family="1",type="A"} 3"#,
-            r#"coredns_dns_responses_total{server="dns://:53",zone=".",view="",rcode="NOERROR",plugin=""} 2"#,
+            r#"coredns_dns_responses_total{server="dns://:53",zone=".",view="",rcode="NOERROR",plugin="kubernetes"} 2"#,
             r#"coredns_dns_responses_total{server="dns://:53",zone=".",view="",rcode="NXDOMAIN",plugin=""} 1"#,
             "coredns_dns_request_duration_seconds_bucket{",
             "coredns_dns_request_size_bytes_bucket{",

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use hickory_proto::op::ResponseCode;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -227,6 +228,7 @@ async fn udp_loop(
                     ipv6: peer.is_ipv6(),
                     record_type: rej.question.as_ref().map(|q| q.query_type()),
                     rcode: Some(rej.rcode),
+                    plugin: "",
                     duration: started.elapsed(),
                     request_size: len,
                     response_size: out.len(),
@@ -281,6 +283,19 @@ impl UdpOut<'_> {
         started: Instant,
         request_size: usize,
     ) {
+        if resp.no_reply {
+            recorder.record(&Exchange {
+                transport: Transport::Udp,
+                ipv6: req.client.is_ipv6(),
+                record_type: Some(req.record_type()),
+                rcode: None,
+                plugin: resp.plugin.unwrap_or(""),
+                duration: started.elapsed(),
+                request_size,
+                response_size: 0,
+            });
+            return;
+        }
         let (size, _truncated) = {
             let (out, tc) = encoder.encode(req, resp);
             (out.len(), tc)
@@ -300,6 +315,7 @@ impl UdpOut<'_> {
             ipv6: req.client.is_ipv6(),
             record_type: Some(req.record_type()),
             rcode: Some(resp.rcode),
+            plugin: resp.plugin.unwrap_or(""),
             duration: started.elapsed(),
             request_size,
             response_size: out.len(),
@@ -572,12 +588,19 @@ async fn serve_tcp(
     let mut pending: FuturesUnordered<BoxFuture<TcpAnswer>> = FuturesUnordered::new();
     let mut eof = false;
     let mut deadline = tokio::time::Instant::now() + idle;
-    let record = |recorder: &mut Recorder, qtype, rcode, started: Instant, len, size| {
+    let record = |recorder: &mut Recorder,
+                  qtype,
+                  rcode: Option<ResponseCode>,
+                  plugin: &'static str,
+                  started: Instant,
+                  len,
+                  size| {
         recorder.record(&Exchange {
             transport: Transport::Tcp,
             ipv6: peer.is_ipv6(),
             record_type: qtype,
-            rcode: Some(rcode),
+            rcode,
+            plugin,
             duration: started.elapsed(),
             request_size: len,
             response_size: size,
@@ -603,17 +626,38 @@ async fn serve_tcp(
                     if !write_frame(&mut stream, &mut out, bytes, idle).await {
                         return;
                     }
-                    record(&mut recorder, qtype, rej.rcode, started, len, size);
+                    record(
+                        &mut recorder,
+                        qtype,
+                        Some(rej.rcode),
+                        "",
+                        started,
+                        len,
+                        size,
+                    );
                 }
                 Parsed::Query(req) => match run_chain(&chain, &req, &metrics) {
                     Reply::Ready(resp) => {
+                        let qtype = Some(req.record_type());
+                        let plugin = resp.plugin.unwrap_or("");
+                        if resp.no_reply {
+                            record(&mut recorder, qtype, None, plugin, started, len, 0);
+                            continue;
+                        }
                         let (bytes, _) = encoder.encode(&req, &resp);
                         let size = bytes.len();
                         if !write_frame(&mut stream, &mut out, bytes, idle).await {
                             return;
                         }
-                        let qtype = Some(req.record_type());
-                        record(&mut recorder, qtype, resp.rcode, started, len, size);
+                        record(
+                            &mut recorder,
+                            qtype,
+                            Some(resp.rcode),
+                            plugin,
+                            started,
+                            len,
+                            size,
+                        );
                     }
                     Reply::Pending(fut) => pending.push(Box::pin(async move {
                         let resp = fut.await;
@@ -633,12 +677,17 @@ async fn serve_tcp(
         tokio::select! {
             _ = conn.close.notified() => return,
             Some((req, resp, started, len)) = pending.next(), if !pending.is_empty() => {
-                let (bytes, _) = encoder.encode(&req, &resp);
-                let size = bytes.len();
-                if !write_frame(&mut stream, &mut out, bytes, idle).await {
-                    return;
+                let plugin = resp.plugin.unwrap_or("");
+                if resp.no_reply {
+                    record(&mut recorder, Some(req.record_type()), None, plugin, started, len, 0);
+                } else {
+                    let (bytes, _) = encoder.encode(&req, &resp);
+                    let size = bytes.len();
+                    if !write_frame(&mut stream, &mut out, bytes, idle).await {
+                        return;
+                    }
+                    record(&mut recorder, Some(req.record_type()), Some(resp.rcode), plugin, started, len, size);
                 }
-                record(&mut recorder, Some(req.record_type()), resp.rcode, started, len, size);
                 deadline = tokio::time::Instant::now() + idle;
                 conn.touch(clock.ms());
             }

@@ -408,12 +408,15 @@ impl Plugin for Cache {
                         inner.refresh(&e, key, req, &next);
                     }
                 }
-                return Reply::Ready(inner.serve(&e, now));
+                let mut hit = inner.serve(&e, now);
+                hit.plugin = Some("cache");
+                return Reply::Ready(hit);
             }
             if let Some(stale) = inner.cfg.serve_stale
                 && age < u64::from(e.ttl) + stale.duration.as_secs()
             {
-                let stale_resp = response_with_ttl(&e.original, 0);
+                let mut stale_resp = response_with_ttl(&e.original, 0);
+                stale_resp.plugin = Some("cache");
                 if !stale.verify {
                     if let Some(m) = &inner.metrics {
                         m.cache_served_stale.inc();

@@ -265,7 +265,8 @@ impl Plugin for Forward {
                 if let Some(m) = &inner.metrics {
                     m.forward_max_concurrent_rejects.inc();
                 }
-                return Reply::Ready(Response::refused());
+                // Not a written answer in CoreDNS (an error the server turns into REFUSED).
+                return Reply::Ready(Response::unattributed_refused());
             }
         };
         inner.inflight.fetch_add(1, Ordering::AcqRel);
@@ -278,8 +279,9 @@ impl Plugin for Forward {
                     Some(resp) if inner.cfg.next.contains(&u16::from(resp.rcode)) => {
                         next.run(&req).resolve().await
                     }
-                    Some(resp) => resp,
-                    None => Response::servfail(),
+                    Some(resp) => resp.attribute("forward"),
+                    // No upstream answered: CoreDNS's server writes this SERVFAIL, not forward.
+                    None => Response::servfail().attribute(""),
                 }
             };
             let Some((_slot, evicted)) = slot else {
@@ -289,7 +291,7 @@ impl Plugin for Forward {
                 biased;
                 resp = work => resp,
                 // Evicted by a fairer client: this query gives its slot up.
-                _ = evicted => Response::refused(),
+                _ = evicted => Response::unattributed_refused(),
             }
         })
     }

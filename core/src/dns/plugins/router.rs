@@ -58,7 +58,7 @@ impl Plugin for ZoneRouter {
     fn handle(&self, req: &Request, _next: Next) -> Reply {
         match self.route(req.lower_name()) {
             Some(chain) => chain.handle(req),
-            None => Reply::Ready(Response::refused()),
+            None => Reply::Ready(Response::unattributed_refused()),
         }
     }
 
