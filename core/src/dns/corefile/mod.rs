@@ -29,7 +29,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 pub use directives::Fallthrough;
+pub use directives::acl::{AclAction, AclPolicy, AclRule};
 pub use directives::cache::{CacheConfig, CacheTier, Prefetch, ServeStale};
+pub use directives::file::FileConfig;
 pub use directives::forward::{ForwardConfig, Policy, SourcePortMode};
 pub use directives::hosts::{HostEntry, HostsConfig};
 pub use directives::kubernetes::{KubernetesConfig, PodsMode};
@@ -40,6 +42,7 @@ pub use directives::rewrite::{
     AnswerRewrite, EdnsAction, EdnsData, NameMatch, Pattern, RewriteAction, RewriteRule,
 };
 pub use directives::simple::ReloadConfig;
+pub use directives::template::TemplateConfig;
 pub use error::{CorefileError, Diagnostic, Position};
 pub use files::{FileSource, MemoryFiles, RealFiles};
 
@@ -54,7 +57,7 @@ pub const DEFAULT_PORT: u16 = 53;
 pub const NOOP_PLUGINS: &[&str] = &["debug", "pprof", "cancel", "bufsize", "timeouts", "trace"];
 
 /// Plugins that may appear more than once in a server block (each use adds a rule).
-pub const REPEATABLE_PLUGINS: &[&str] = &["rewrite"];
+pub const REPEATABLE_PLUGINS: &[&str] = &["rewrite", "template", "acl"];
 
 /// How to load a Corefile.
 #[derive(Debug, Clone, Default)]
@@ -164,6 +167,20 @@ pub struct PluginSet {
     pub bind: Vec<IpAddr>,
     /// Accepted plugins without effect here, by name.
     pub noops: Vec<String>,
+    /// `acl` rules, in the order written (empty: not used).
+    pub acl: Vec<AclRule>,
+    /// `template` directives, in the order written (empty: not used).
+    pub template: Vec<TemplateConfig>,
+    /// `file`.
+    pub file: Option<FileConfig>,
+    /// `whoami` (the client's address and port).
+    pub whoami: bool,
+    /// `any` (RFC 8482 answer to ANY queries).
+    pub any: bool,
+    /// `minimal` (no authority/additional in positive answers).
+    pub minimal: bool,
+    /// `local` (localhost names).
+    pub local: bool,
 }
 
 /// Loads the Corefile at `path` from the real file system and environment.
@@ -365,6 +382,19 @@ fn apply_directive(
         "reload" => p.reload = Some(simple::parse_reload(d)?),
         "rrl" => p.rrl = Some(rrl::parse(d, ctx)?),
         "bind" => p.bind = simple::parse_bind(d, ctx)?,
+        "acl" => p.acl.push(directives::acl::parse(d, ctx)?),
+        "template" => p.template.push(directives::template::parse(d, ctx)?),
+        "file" => p.file = Some(directives::file::parse(d, ctx)?),
+        "whoami" | "any" | "minimal" | "local" => {
+            let name = d.name.text.as_str();
+            directives::flags::parse_flag(name, d)?;
+            *match name {
+                "whoami" => &mut p.whoami,
+                "any" => &mut p.any,
+                "minimal" => &mut p.minimal,
+                _ => &mut p.local,
+            } = true;
+        }
         name if NOOP_PLUGINS.contains(&name) => {
             ctx.warn(
                 &d.name.at,

@@ -1,7 +1,8 @@
 //! Turning a loaded [`Corefile`] into plugin chains, one [`ZoneRouter`] per listen address.
 //!
-//! Plugins run in CoreDNS's fixed order (not the order written): errors, log, loadbalance,
-//! cache, rewrite, hosts, kubernetes, loop, forward. So the cache sees (and keeps) the answers of
+//! Plugins run in CoreDNS's fixed order (not the order written): errors, log, local, acl,
+//! any, loadbalance, cache, rewrite, minimal, template, hosts, kubernetes, file, loop, forward,
+//! whoami. So the cache sees (and keeps) the answers of
 //! hosts, the cluster zone and forward, and loadbalance rotates even cached answers.
 
 use std::collections::BTreeMap;
@@ -105,6 +106,15 @@ fn block_chain(block: &ServerBlock, zone: &str, ctx: &BuildContext) -> (Chain, O
     if let Some(c) = &p.log {
         plugins.push(Arc::new(Log::new(c.clone())));
     }
+    if p.local {
+        plugins.push(Arc::new(super::local::Local::new(m.clone())));
+    }
+    if !p.acl.is_empty() {
+        plugins.push(Arc::new(super::acl::Acl::new(p.acl.clone(), m.clone())));
+    }
+    if p.any {
+        plugins.push(Arc::new(super::any::Any));
+    }
     if p.loadbalance {
         plugins.push(Arc::new(LoadBalance::new()));
     }
@@ -113,6 +123,15 @@ fn block_chain(block: &ServerBlock, zone: &str, ctx: &BuildContext) -> (Chain, O
     }
     if !p.rewrite.is_empty() {
         plugins.push(Arc::new(Rewrite::new(p.rewrite.clone())));
+    }
+    if p.minimal {
+        plugins.push(Arc::new(super::minimal::Minimal));
+    }
+    if !p.template.is_empty() {
+        plugins.push(Arc::new(super::template::Template::new(
+            p.template.clone(),
+            m.clone(),
+        )));
     }
     if let Some(c) = &p.hosts {
         plugins.push(Arc::new(Hosts::new(
@@ -124,6 +143,13 @@ fn block_chain(block: &ServerBlock, zone: &str, ctx: &BuildContext) -> (Chain, O
     if let Some(k) = &p.kubernetes {
         plugins.push((ctx.cluster)(&zone_options(k)));
     }
+    if let Some(c) = &p.file {
+        plugins.push(Arc::new(super::file::File::new(
+            c.clone(),
+            ctx.files.clone(),
+            m.clone(),
+        )));
+    }
     let mut lp = None;
     if p.loop_detect {
         let l = Loop::new(zone, ctx.on_loop.clone());
@@ -132,6 +158,9 @@ fn block_chain(block: &ServerBlock, zone: &str, ctx: &BuildContext) -> (Chain, O
     }
     if let Some(c) = &p.forward {
         plugins.push(Arc::new(Forward::new(c.clone(), m)));
+    }
+    if p.whoami {
+        plugins.push(Arc::new(super::whoami::Whoami));
     }
     (Chain::new(plugins), lp)
 }

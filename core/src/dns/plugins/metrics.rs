@@ -50,6 +50,24 @@ pub struct PluginMetrics {
     pub hosts_entries: Gauge,
     /// `coredns_reload_failed_total`.
     pub reload_failed: Counter,
+    /// `coredns_acl_blocked_requests_total{zone}`.
+    pub acl_blocked: Family<Labels, Counter>,
+    /// `coredns_acl_filtered_requests_total{zone}`.
+    pub acl_filtered: Family<Labels, Counter>,
+    /// `coredns_acl_dropped_requests_total{zone}`.
+    pub acl_dropped: Family<Labels, Counter>,
+    /// `coredns_acl_allowed_requests_total`.
+    pub acl_allowed: Counter,
+    /// `coredns_template_matches_total{zone,class,type}`.
+    pub template_matches: Family<Labels, Counter>,
+    /// `coredns_template_template_failures_total{zone,class,type,section,template}`.
+    pub template_failures: Family<Labels, Counter>,
+    /// `coredns_template_rr_failures_total{zone,class,type,section,template}`.
+    pub template_rr_failures: Family<Labels, Counter>,
+    /// `coredns_local_localhost_requests_total`.
+    pub local_localhost_requests: Counter,
+    /// `coredns_file_entries{dns_name}`: records of each zone served by `file`.
+    pub file_entries: Family<Labels, Gauge>,
 }
 
 impl Default for PluginMetrics {
@@ -69,6 +87,15 @@ impl Default for PluginMetrics {
             cache_served_stale: Counter::default(),
             hosts_entries: Gauge::default(),
             reload_failed: Counter::default(),
+            acl_blocked: Family::default(),
+            acl_filtered: Family::default(),
+            acl_dropped: Family::default(),
+            acl_allowed: Counter::default(),
+            template_matches: Family::default(),
+            template_failures: Family::default(),
+            template_rr_failures: Family::default(),
+            local_localhost_requests: Counter::default(),
+            file_entries: Family::default(),
         }
     }
 }
@@ -146,6 +173,55 @@ impl PluginMetrics {
             "coredns_reload_failed",
             "Corefile reloads that failed (the previous configuration kept serving).",
             m.reload_failed.clone(),
+        );
+        for (name, help, family) in [
+            (
+                "coredns_acl_blocked_requests",
+                "Counter of DNS requests being blocked.",
+                &m.acl_blocked,
+            ),
+            (
+                "coredns_acl_filtered_requests",
+                "Counter of DNS requests being filtered.",
+                &m.acl_filtered,
+            ),
+            (
+                "coredns_acl_dropped_requests",
+                "Counter of DNS requests being dropped.",
+                &m.acl_dropped,
+            ),
+            (
+                "coredns_template_matches",
+                "Counter of template regex matches.",
+                &m.template_matches,
+            ),
+            (
+                "coredns_template_template_failures",
+                "Counter of go template failures.",
+                &m.template_failures,
+            ),
+            (
+                "coredns_template_rr_failures",
+                "Counter of mis-templated RRs.",
+                &m.template_rr_failures,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
+        registry.register(
+            "coredns_acl_allowed_requests",
+            "Counter of DNS requests being allowed.",
+            m.acl_allowed.clone(),
+        );
+        registry.register(
+            "coredns_local_localhost_requests",
+            "Counter of localhost.<domain> requests.",
+            m.local_localhost_requests.clone(),
+        );
+        registry.register(
+            "coredns_file_entries",
+            "The number of records in each zone served by the file plugin.",
+            m.file_entries.clone(),
         );
         m
     }

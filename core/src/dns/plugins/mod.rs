@@ -1,15 +1,23 @@
 //! The plugins of a Corefile beyond the cluster zone: forward, cache, loadbalance, loop,
-//! hosts, rewrite, errors and log, each a [`Plugin`](crate::dns::handler::Plugin) of the request chain.
+//! hosts, rewrite, template, acl, whoami, any, minimal, local, file, errors and log, each a [`Plugin`](crate::dns::handler::Plugin) of the request chain.
 
+pub mod acl;
+pub mod any;
 pub mod build;
 pub mod cache;
+pub mod file;
 pub mod forward;
 pub mod hosts;
 pub mod loadbalance;
+pub mod local;
 pub mod loop_detect;
 pub mod metrics;
+pub mod minimal;
 pub mod observe;
 pub mod rewrite;
 pub mod router;
 pub mod serve;
+pub mod template;
 pub mod upstream;
+pub mod whoami;
+pub(crate) mod zonetext;

@@ -1,6 +1,9 @@
 //! Typed configuration of each plugin, parsed from its directive with CoreDNS's defaults.
 
+pub mod acl;
 pub mod cache;
+pub mod file;
+pub mod flags;
 pub mod forward;
 pub mod hosts;
 pub mod kubernetes;
@@ -8,6 +11,7 @@ pub mod observe;
 pub mod rewrite;
 pub mod rrl;
 pub mod simple;
+pub mod template;
 
 use std::str::FromStr;
 use std::time::Duration;
