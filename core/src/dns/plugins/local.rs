@@ -146,7 +146,11 @@ impl Plugin for Local {
 
     fn handle(&self, req: &Request, next: Next) -> Reply {
         let lower = req.lower_name();
-        if !lower.starts_with("localhost.") && !lower.ends_with(".arpa.") {
+        // A cheap pre-check keeps other names off the zone matching.
+        if !lower.starts_with("localhost.")
+            && !lower.ends_with(".localhost.")
+            && !lower.ends_with(".arpa.")
+        {
             return next.run(req);
         }
         match answer(req) {
@@ -252,5 +256,18 @@ mod tests {
         assert_eq!(a.answers[0].to_string(), "localhost. 604800 IN A 127.0.0.1");
         assert!(answer(&Request::new(name("example.org."), A)).is_none());
         assert!(answer(&Request::new(name("1.0.0.10.in-addr.arpa."), PTR)).is_none());
+        // Through the plugin: names under localhost. are answered, others pass on.
+        let chain = crate::dns::handler::Chain::new(vec![std::sync::Arc::new(Local::new(None))]);
+        for (q, rcode) in [
+            ("a.localhost.", ResponseCode::NXDomain),
+            ("localhost.", ResponseCode::NoError),
+            ("2.0.0.127.in-addr.arpa.", ResponseCode::NXDomain),
+            ("example.org.", ResponseCode::Refused),
+        ] {
+            match chain.handle(&Request::new(name(q), A)) {
+                Reply::Ready(r) => assert_eq!(r.rcode, rcode, "{q}"),
+                Reply::Pending(_) => panic!("local answers at once"),
+            }
+        }
     }
 }
