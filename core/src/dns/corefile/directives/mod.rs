@@ -8,6 +8,7 @@ pub mod observe;
 pub mod rewrite;
 pub mod rrl;
 pub mod simple;
+pub mod tls;
 
 use std::str::FromStr;
 use std::time::Duration;
