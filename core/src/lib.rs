@@ -15,6 +15,7 @@ pub mod model;
 pub mod resolv;
 pub mod source;
 pub mod telemetry;
+pub mod tls;
 
 pub use cache::{CacheReader, CacheWriter, Change, Snapshot, new_cache};
 pub use model::{ClusterObject, Kind, ObjectKey};

@@ -53,9 +53,11 @@ pub enum TelemetryError {
     Install(String),
 }
 
-/// The filter: `RUST_LOG` if set and valid, else `default_level` (`info`, `warn`).
+/// The filter: `RUST_LOG` if set and valid, else `default_level` (`info`, `warn`) with
+/// hickory-server at `warn` (it logs every DoT/DoH response at `info`).
 fn filter(default_level: &str) -> EnvFilter {
-    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level))
+    EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},hickory_server=warn")))
 }
 
 /// A subscriber writing `format` to `writer`; `ansi` colours text output.

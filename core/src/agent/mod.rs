@@ -130,6 +130,8 @@ pub async fn run_with(
     stop: impl Future<Output = ()>,
     on_started: impl FnOnce(Started),
 ) -> Result<(), AgentError> {
+    // One rustls provider for the process (kube's client and the DoT/DoH code share it).
+    crate::tls::install_crypto_provider();
     let src = source::start_for_node(
         &options.source,
         &options.kinds,

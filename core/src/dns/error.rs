@@ -16,6 +16,14 @@ pub enum DnsError {
         /// The socket error.
         source: std::io::Error,
     },
+    /// The TLS settings of a DoT/DoH listener cannot be used.
+    #[error("TLS of the DNS listener on {addr}: {message}")]
+    Tls {
+        /// The listener's address.
+        addr: SocketAddr,
+        /// What is wrong.
+        message: String,
+    },
     /// An HTTP endpoint (health, ready, metrics) could not be bound.
     #[error("binding the {what} endpoint on {addr}: {source}")]
     HttpBind {

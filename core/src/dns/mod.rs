@@ -5,13 +5,14 @@
 //! - [`handler`]: the request path, a chain of [`handler::Plugin`]s (CoreDNS style).
 //! - [`cluster`]: the `kubernetes` plugin serving the live zone, and its updater task.
 //! - [`wire`]: parsing requests and encoding responses.
-//! - [`server`]: UDP/TCP listeners; [`http`]: health, ready, metrics; [`metrics`]: CoreDNS
+//! - [`server`]: UDP/TCP listeners; `encrypted`: DoT/DoH listeners (hickory-server); [`http`]: health, ready, metrics; [`metrics`]: CoreDNS
 //!   metric names.
 //! - [`zonefile`]: RFC 1035 export of the zone; [`rrl`]: rate limit of large UDP answers.
 //! - [`run`] / [`run_with_source`] / [`serve`]: the whole server with lameduck.
 
 pub mod cluster;
 pub mod corefile;
+pub(crate) mod encrypted;
 pub mod error;
 pub mod handler;
 pub mod http;

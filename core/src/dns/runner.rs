@@ -92,6 +92,8 @@ pub fn needed_kinds(zone: &ZoneOptions) -> Vec<Kind> {
 /// Starts the source (`--manifests`/`--kubeconfig`) and serves DNS from it until SIGTERM or
 /// SIGINT (then lameduck).
 pub async fn run_with_source(config: &SourceConfig, options: DnsOptions) -> Result<(), DnsError> {
+    // One rustls provider for the process (the API client's TLS uses it).
+    crate::tls::install_crypto_provider();
     options.validate()?;
     let source = source::start(config, &needed_kinds(&options.zone)).await?;
     let result = run(source.reader(), options).await;

@@ -105,7 +105,7 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
-fn tcp_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub(crate) fn tcp_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
@@ -188,7 +188,7 @@ impl DnsServer {
 }
 
 /// Runs the chain on `req`, turning a panic into SERVFAIL.
-fn run_chain(chain: &Chain, req: &Request, metrics: &DnsMetrics) -> Reply {
+pub(crate) fn run_chain(chain: &Chain, req: &Request, metrics: &DnsMetrics) -> Reply {
     match std::panic::catch_unwind(AssertUnwindSafe(|| chain.handle(req))) {
         Ok(reply) => reply,
         Err(_) => {

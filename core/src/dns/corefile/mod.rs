@@ -32,7 +32,7 @@ pub use directives::Fallthrough;
 pub use directives::acl::{AclAction, AclPolicy, AclRule};
 pub use directives::cache::{CacheConfig, CacheTier, Prefetch, ServeStale};
 pub use directives::file::FileConfig;
-pub use directives::forward::{ForwardConfig, Policy, SourcePortMode};
+pub use directives::forward::{ForwardConfig, ForwardTls, Policy, SourcePortMode};
 pub use directives::hosts::{HostEntry, HostsConfig};
 pub use directives::kubernetes::{KubernetesConfig, PodsMode};
 pub use directives::observe::{
@@ -43,6 +43,7 @@ pub use directives::rewrite::{
 };
 pub use directives::simple::ReloadConfig;
 pub use directives::template::TemplateConfig;
+pub use directives::tls::{PemFile, TlsConfig};
 pub use error::{CorefileError, Diagnostic, Position};
 pub use files::{FileSource, MemoryFiles, RealFiles};
 
@@ -52,6 +53,39 @@ use syntax::{Directive, ServerBlockSyntax, SyntaxContext};
 
 /// The DNS port used when a key names none.
 pub const DEFAULT_PORT: u16 = 53;
+
+/// The transport a server block key serves (its `scheme://`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum ServerTransport {
+    /// `dns://` (or no scheme): UDP and TCP, default port 53.
+    #[default]
+    Dns,
+    /// `tls://`: DNS over TLS (RFC 7858), default port 853; needs the `tls` directive.
+    Tls,
+    /// `https://`: DNS over HTTPS (RFC 8484, HTTP/2 POST on `/dns-query`), default port 443;
+    /// needs the `tls` directive.
+    Https,
+}
+
+impl ServerTransport {
+    /// The scheme as written in a key.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            ServerTransport::Dns => "dns",
+            ServerTransport::Tls => "tls",
+            ServerTransport::Https => "https",
+        }
+    }
+
+    /// The port used when a key names none.
+    pub fn default_port(self) -> u16 {
+        match self {
+            ServerTransport::Dns => DEFAULT_PORT,
+            ServerTransport::Tls => 853,
+            ServerTransport::Https => 443,
+        }
+    }
+}
 
 /// Plugins that are accepted and have no effect here (each noted with a warning).
 pub const NOOP_PLUGINS: &[&str] = &["debug", "pprof", "cancel", "bufsize", "timeouts", "trace"];
@@ -82,10 +116,12 @@ pub struct Corefile {
 pub struct ServerKey {
     /// The zone, lower case and fully qualified (`.` for the root).
     pub zone: String,
-    /// The port (default 53).
+    /// The port (default 53, 853 for `tls://`, 443 for `https://`).
     pub port: u16,
     /// Where the key is written.
     pub at: Position,
+    /// Its transport (`dns://`, `tls://`, `https://`).
+    pub transport: ServerTransport,
 }
 
 /// A server block: the zones it serves and its plugins.
@@ -114,6 +150,17 @@ impl ServerBlock {
     /// The socket addresses the block listens on: each key's port on each `bind` address
     /// (all IPv4 addresses without `bind`).
     pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        let mut out = Vec::new();
+        for (sa, _) in self.listeners() {
+            if !out.contains(&sa) {
+                out.push(sa);
+            }
+        }
+        out
+    }
+
+    /// The socket addresses the block listens on, each with its transport.
+    pub fn listeners(&self) -> Vec<(SocketAddr, ServerTransport)> {
         let ips = if self.plugins.bind.is_empty() {
             vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)]
         } else {
@@ -122,9 +169,9 @@ impl ServerBlock {
         let mut out = Vec::new();
         for k in &self.keys {
             for ip in &ips {
-                let sa = SocketAddr::new(*ip, k.port);
-                if !out.contains(&sa) {
-                    out.push(sa);
+                let l = (SocketAddr::new(*ip, k.port), k.transport);
+                if !out.contains(&l) {
+                    out.push(l);
                 }
             }
         }
@@ -165,6 +212,8 @@ pub struct PluginSet {
     pub rrl: Option<crate::dns::rrl::LargeAnswerLimit>,
     /// `bind` addresses (empty: all).
     pub bind: Vec<IpAddr>,
+    /// `tls`: the certificate of the block's `tls://` and `https://` listeners.
+    pub tls: Option<TlsConfig>,
     /// Accepted plugins without effect here, by name.
     pub noops: Vec<String>,
     /// `acl` rules, in the order written (empty: not used).
@@ -225,10 +274,29 @@ pub fn load_from(
         });
     }
     check_duplicate_keys(&servers)?;
+    // Certificate files are watched like imports: a change reloads (and applies) them.
+    let mut files = tree.files;
+    for s in &servers {
+        let server_pems = s.plugins.tls.iter().flat_map(|t| {
+            [Some(&t.cert), Some(&t.key), t.ca.as_ref()]
+                .into_iter()
+                .flatten()
+        });
+        let forward_pems = s.plugins.forward.iter().map(|f| &f.tls).flat_map(|t| {
+            [t.cert.as_ref(), t.key.as_ref(), t.ca.as_ref()]
+                .into_iter()
+                .flatten()
+        });
+        for pem in server_pems.chain(forward_pems) {
+            if !files.contains(&pem.path) {
+                files.push(pem.path.clone());
+            }
+        }
+    }
     Ok(Corefile {
         servers,
         warnings,
-        files: tree.files,
+        files,
     })
 }
 
@@ -258,13 +326,19 @@ fn server_keys(tok: &Token) -> Result<Vec<ServerKey>, CorefileError> {
         message: m,
     };
     let mut text = tok.text.as_str();
+    let mut transport = ServerTransport::Dns;
     if let Some((scheme, rest)) = text.split_once("://") {
-        if scheme != "dns" {
-            return Err(bad(format!(
-                "server block key {:?}: transport {scheme}:// is not supported (only dns://)",
-                tok.text
-            )));
-        }
+        transport = match scheme {
+            "dns" => ServerTransport::Dns,
+            "tls" => ServerTransport::Tls,
+            "https" => ServerTransport::Https,
+            _ => {
+                return Err(bad(format!(
+                    "server block key {:?}: transport {scheme}:// is not supported (dns://, tls:// or https://)",
+                    tok.text
+                )));
+            }
+        };
         text = rest;
     }
     // `zone:port`; in a CIDR key the port can only follow the prefix length.
@@ -279,7 +353,7 @@ fn server_keys(tok: &Token) -> Result<Vec<ServerKey>, CorefileError> {
         },
     };
     let port = match port {
-        None => DEFAULT_PORT,
+        None => transport.default_port(),
         Some(p) => p.parse::<u16>().map_err(|_| {
             bad(format!(
                 "server block key {:?}: {p:?} is not a port",
@@ -299,6 +373,7 @@ fn server_keys(tok: &Token) -> Result<Vec<ServerKey>, CorefileError> {
             zone,
             port,
             at: tok.at.clone(),
+            transport,
         })
         .collect())
 }
@@ -347,6 +422,30 @@ fn server_block(
         seen.push(name.to_string());
         apply_directive(d, &mut p, &mut ctx)?;
     }
+    let encrypted = keys.iter().find(|k| k.transport != ServerTransport::Dns);
+    match (encrypted, &p.tls) {
+        (Some(k), None) => {
+            return Err(CorefileError::Syntax {
+                at: k.at.clone(),
+                message: format!(
+                    "a {}:// server block needs a `tls CERT KEY [CA]` directive",
+                    k.transport.scheme()
+                ),
+            });
+        }
+        (None, Some(_)) => {
+            let at = block
+                .directives
+                .iter()
+                .find(|d| d.name.text == "tls")
+                .map_or(at.clone(), |d| d.name.at.clone());
+            ctx.warn(
+                &at,
+                "plugin/tls: has no effect in a block without tls:// or https:// keys",
+            );
+        }
+        _ => {}
+    }
     Ok(ServerBlock {
         keys,
         plugins: p,
@@ -359,7 +458,7 @@ fn apply_directive(
     p: &mut PluginSet,
     ctx: &mut SetupContext<'_>,
 ) -> Result<(), CorefileError> {
-    use directives::{cache, forward, hosts, kubernetes, observe, rewrite, rrl, simple};
+    use directives::{cache, forward, hosts, kubernetes, observe, rewrite, rrl, simple, tls};
     match d.name.text.as_str() {
         "errors" => p.errors = Some(observe::parse_errors(d, ctx)?),
         "log" => p.log = Some(observe::parse_log(d, ctx)?),
@@ -395,6 +494,7 @@ fn apply_directive(
                 _ => &mut p.local,
             } = true;
         }
+        "tls" => p.tls = Some(tls::parse(d, ctx)?),
         name if NOOP_PLUGINS.contains(&name) => {
             ctx.warn(
                 &d.name.at,
@@ -418,3 +518,5 @@ fn apply_directive(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_tests;

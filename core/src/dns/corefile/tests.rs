@@ -157,8 +157,16 @@ fn keys_with_ports_transports_and_cidrs() {
             ("0.0.10.in-addr.arpa.", 1055)
         ]
     );
+    let (e, line, col) = err_at("grpc://.:853 {\n}\n");
+    assert!(e.to_string().contains("grpc:// is not supported"), "{e}");
+    assert_eq!((line, col), (1, 1));
+    // tls:// is served, but only with a certificate.
     let (e, line, col) = err_at("tls://.:853 {\n}\n");
-    assert!(e.to_string().contains("tls:// is not supported"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("needs a `tls CERT KEY [CA]` directive"),
+        "{e}"
+    );
     assert_eq!((line, col), (1, 1));
     let (e, _, _) = err_at(".:http {\n}\n");
     assert!(e.to_string().contains("not a port"), "{e}");
@@ -211,7 +219,7 @@ fn allow_unknown_downgrades_to_warnings() {
         allow_unknown: true,
     };
     let cf = load_text(
-        ".:53 {\n  whoami2\n  cache 30 {\n    succes 100\n  }\n  forward . tls://1.1.1.1 127.0.0.1 { tls_servername x }\n}\n",
+        ".:53 {\n  whoami2\n  cache 30 {\n    succes 100\n  }\n  forward . 127.0.0.1 { tls_servername x }\n  loadbalance weighted\n}\n",
         &opts,
     )
     .unwrap();
@@ -225,7 +233,15 @@ fn allow_unknown_downgrades_to_warnings() {
         msgs[1].starts_with("Corefile:4:5: plugin/cache: unknown option \"succes\""),
         "{msgs:?}"
     );
-    assert!(msgs[2].contains("tls://1.1.1.1"), "{msgs:?}");
+    assert!(
+        msgs[2].starts_with("Corefile:6:3: plugin/forward: tls options have no effect"),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs[3]
+            .starts_with("Corefile:7:15: plugin/loadbalance: policy \"weighted\" is not supported"),
+        "{msgs:?}"
+    );
     assert_eq!(
         cf.servers[0].plugins.forward.as_ref().unwrap().to,
         vec!["127.0.0.1:53".parse().unwrap()]
@@ -233,10 +249,22 @@ fn allow_unknown_downgrades_to_warnings() {
 }
 
 #[test]
-fn tls_upstream_is_an_error_by_default() {
-    let (e, line, col) = err_at(".:53 {\n  forward . tls://1.1.1.1\n}\n");
+fn tls_upstreams_default_to_port_853_and_bad_ones_name_the_token() {
+    let cf = load(".:53 {\n  forward . tls://1.1.1.1 tls://[2606:4700::1111]:8853 9.9.9.9\n}\n")
+        .unwrap();
+    let f = cf.servers[0].plugins.forward.as_ref().unwrap();
+    assert_eq!(
+        f.to,
+        vec![
+            "1.1.1.1:853".parse().unwrap(),
+            "[2606:4700::1111]:8853".parse().unwrap(),
+            "9.9.9.9:53".parse().unwrap()
+        ]
+    );
+    assert_eq!(f.to_tls, vec![true, true, false]);
+    let (e, line, col) = err_at(".:53 {\n  forward . tls://dns.google\n}\n");
     assert_eq!((line, col), (2, 13));
-    assert!(e.to_string().contains("--allow-unknown"), "{e}");
+    assert!(e.to_string().contains("not tls://IP"), "{e}");
 }
 
 #[test]

@@ -18,7 +18,9 @@ use super::metrics::PluginMetrics;
 use super::observe::{Errors, Log};
 use super::rewrite::Rewrite;
 use super::router::ZoneRouter;
-use crate::dns::corefile::{Corefile, FileSource, KubernetesConfig, ServerBlock};
+use crate::dns::corefile::{
+    Corefile, FileSource, KubernetesConfig, ServerBlock, ServerTransport, TlsConfig,
+};
 use crate::dns::handler::{Chain, Plugin};
 use crate::dns::zone::{PodMode, ZoneOptions};
 
@@ -37,7 +39,8 @@ pub struct BuildContext {
     pub files: Arc<dyn FileSource>,
     /// Called when `loop` finds a loop.
     pub on_loop: LoopHandler,
-    /// Listen on this address instead of the Corefile's (e.g. `--listen` for tests).
+    /// Listen on this address instead of the Corefile's (e.g. `--listen` for tests); applies
+    /// to `dns://` blocks, `tls://` and `https://` blocks keep their own addresses.
     pub listen_override: Option<SocketAddr>,
 }
 
@@ -52,6 +55,10 @@ pub struct Listener {
     pub loops: Vec<Arc<Loop>>,
     /// The large-answer rate limit (`rrl` of the first block on this address that has one).
     pub rrl: Option<crate::dns::rrl::LargeAnswerLimit>,
+    /// What the address serves: `dns://` (UDP+TCP), `tls://` or `https://`.
+    pub transport: ServerTransport,
+    /// The certificate of a `tls://`/`https://` address (`tls` of its first block).
+    pub tls: Option<TlsConfig>,
 }
 
 /// Why a Corefile cannot be served.
@@ -67,6 +74,22 @@ pub enum BuildError {
         addr: SocketAddr,
         /// Where the first block is.
         first: String,
+        /// Where the second block is.
+        second: String,
+    },
+    /// Two server blocks want different transports on the same address.
+    #[error(
+        "{addr} is used for {first_transport}:// (block at {first}) and {second_transport}:// (block at {second})"
+    )]
+    TransportConflict {
+        /// The address.
+        addr: SocketAddr,
+        /// The first block's transport scheme.
+        first_transport: &'static str,
+        /// Where the first block is.
+        first: String,
+        /// The second block's transport scheme.
+        second_transport: &'static str,
         /// Where the second block is.
         second: String,
     },
@@ -165,11 +188,14 @@ fn block_chain(block: &ServerBlock, zone: &str, ctx: &BuildContext) -> (Chain, O
     (Chain::new(plugins), lp)
 }
 
-/// Routes (zone, chain, where the block is), loop detectors and `rrl` of one address.
+/// Routes (zone, chain, where the block is), loop detectors, `rrl`, transport (with the
+/// block that set it) and `tls` of one address.
 type AddrPlan = (
     Vec<(String, Chain, String)>,
     Vec<Arc<Loop>>,
     Option<crate::dns::rrl::LargeAnswerLimit>,
+    Option<(ServerTransport, String)>,
+    Option<TlsConfig>,
 );
 
 /// Builds the listeners of `corefile`.
@@ -179,12 +205,34 @@ pub fn build(corefile: &Corefile, ctx: &BuildContext) -> Result<Vec<Listener>, B
         // One chain per block (shared by its zones), as CoreDNS builds one plugin stack per block.
         let first_zone = block.keys.first().map_or(".", |k| k.zone.as_str());
         let (chain, lp) = block_chain(block, first_zone, ctx);
-        let addrs: Vec<SocketAddr> = match ctx.listen_override {
-            Some(a) => vec![a],
-            None => block.listen_addrs(),
-        };
-        for addr in addrs {
+        let mut addrs: Vec<(SocketAddr, ServerTransport)> = Vec::new();
+        for (sa, t) in block.listeners() {
+            let sa = match (ctx.listen_override, t) {
+                (Some(a), ServerTransport::Dns) => a,
+                _ => sa,
+            };
+            if !addrs.contains(&(sa, t)) {
+                addrs.push((sa, t));
+            }
+        }
+        for (addr, transport) in addrs {
             let entry = by_addr.entry(addr).or_default();
+            match &entry.3 {
+                Some((t, first)) if *t != transport => {
+                    return Err(BuildError::TransportConflict {
+                        addr,
+                        first_transport: t.scheme(),
+                        first: first.clone(),
+                        second_transport: transport.scheme(),
+                        second: block.at.to_string(),
+                    });
+                }
+                Some(_) => {}
+                None => entry.3 = Some((transport, block.at.to_string())),
+            }
+            if entry.4.is_none() && transport != ServerTransport::Dns {
+                entry.4 = block.plugins.tls.clone();
+            }
             for zone in block.zones() {
                 if let Some((_, _, first)) = entry.0.iter().find(|(z, _, _)| *z == zone) {
                     return Err(BuildError::DuplicateZone {
@@ -206,11 +254,13 @@ pub fn build(corefile: &Corefile, ctx: &BuildContext) -> Result<Vec<Listener>, B
     }
     Ok(by_addr
         .into_iter()
-        .map(|(addr, (routes, loops, rrl))| Listener {
+        .map(|(addr, (routes, loops, rrl, transport, tls))| Listener {
             addr,
             router: ZoneRouter::new(routes.into_iter().map(|(z, c, _)| (z, c)).collect()),
             loops,
             rrl,
+            transport: transport.map_or(ServerTransport::Dns, |(t, _)| t),
+            tls,
         })
         .collect())
 }

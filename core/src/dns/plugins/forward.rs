@@ -23,7 +23,9 @@ use hickory_proto::rr::{Name, Record};
 use tokio::sync::oneshot;
 
 use super::metrics::PluginMetrics;
-use super::upstream::{ExchangeError, ProbeSettings, Proto, SentQuery, SourcePort, Upstream};
+use super::upstream::{
+    ExchangeError, ProbeSettings, Proto, SentQuery, SourcePort, TlsTarget, Upstream,
+};
 use crate::dns::corefile::names::in_zone;
 use crate::dns::corefile::{ForwardConfig, Policy, SourcePortMode};
 use crate::dns::handler::{Next, Plugin, Reply, Request, Response, Transport};
@@ -178,10 +180,34 @@ impl Limiter {
 impl Forward {
     /// A forwarder for `cfg`.
     pub fn new(cfg: ForwardConfig, metrics: Option<PluginMetrics>) -> Self {
+        // One client configuration for all `tls://` upstreams, built only when there are any.
+        let tls_config = cfg.to_tls.contains(&true).then(|| {
+            let t = &cfg.tls;
+            let identity = match (&t.cert, &t.key) {
+                (Some(c), Some(k)) => Some((c.pair(), k.pair())),
+                _ => None,
+            };
+            crate::tls::client_config(crate::tls::ClientPem {
+                identity,
+                ca: t.ca.as_ref().map(|c| c.pair()),
+            })
+            .map_err(|e| {
+                tracing::error!(error = %e, "plugin/forward: DNS over TLS client settings");
+                e.to_string()
+            })
+        });
         let upstreams = cfg
             .to
             .iter()
-            .map(|a| {
+            .enumerate()
+            .map(|(i, a)| {
+                if cfg.to_tls.get(i).copied().unwrap_or(false)
+                    && let Some(config) = &tls_config
+                {
+                    let name = crate::tls::upstream_name(cfg.tls.servername.as_deref(), a.ip());
+                    let target = TlsTarget::new(config.clone(), name);
+                    return Upstream::with_tls(*a, target, metrics.clone());
+                }
                 let source_port = match cfg.source_port {
                     SourcePortMode::Random => SourcePort::Random,
                     SourcePortMode::Pooled => SourcePort::Pooled,
@@ -361,6 +387,8 @@ impl Inner {
                 break;
             }
             let up = &self.upstreams[i];
+            // A DoT upstream is a stream: no UDP, no truncation retry.
+            let proto = if up.is_tls() { Proto::Tls } else { proto };
             let sent = match SentQuery::new(
                 req.query.clone(),
                 req.recursion_desired,

@@ -28,7 +28,10 @@ use super::metrics::PluginMetrics;
 use super::router::ZoneRouter;
 use crate::cache::CacheReader;
 use crate::dns::cluster::ClusterPlugin;
-use crate::dns::corefile::{self, Corefile, CorefileError, LoadOptions, RealFiles, ReloadConfig};
+use crate::dns::corefile::{
+    self, Corefile, CorefileError, LoadOptions, RealFiles, ReloadConfig, ServerTransport,
+};
+use crate::dns::encrypted::EncryptedServer;
 use crate::dns::error::DnsError;
 use crate::dns::handler::{Chain, Next, Plugin, Reply, Request};
 use crate::dns::http;
@@ -37,6 +40,7 @@ use crate::dns::server::{DnsServer, ServerConfig};
 use crate::dns::zone::{PodMode, ZoneOptions};
 use crate::model::Kind;
 use crate::source::{self, SourceConfig};
+use crate::tls::ServerTls;
 
 /// How to serve a Corefile.
 #[derive(Debug, Clone)]
@@ -214,7 +218,29 @@ fn reload_config(cf: &Corefile) -> Option<ReloadConfig> {
 struct Running {
     swap: Arc<SwapRouter>,
     task: JoinHandle<()>,
-    limiter: Arc<crate::dns::rrl::LargeAnswerLimiter>,
+    /// The large-answer limiter of a `dns://` listener.
+    limiter: Option<Arc<crate::dns::rrl::LargeAnswerLimiter>>,
+    transport: ServerTransport,
+    /// The certificate of a `tls://`/`https://` listener.
+    tls: Option<Arc<ServerTls>>,
+}
+
+/// A listener bound by [`State::apply`] and not yet serving.
+enum Bound {
+    Dns(DnsServer),
+    Encrypted(EncryptedServer, Arc<ServerTls>),
+}
+
+/// The TLS settings of an encrypted listener, checked (certificate, key, CA).
+fn listener_tls(l: &Listener) -> Result<Arc<ServerTls>, DnsError> {
+    let cfg = l.tls.as_ref().ok_or_else(|| DnsError::Tls {
+        addr: l.addr,
+        message: "no `tls` directive for this listener".to_string(),
+    })?;
+    ServerTls::new(cfg.pem()).map_err(|e| DnsError::Tls {
+        addr: l.addr,
+        message: e.to_string(),
+    })
 }
 
 struct State {
@@ -239,19 +265,44 @@ impl State {
         }
     }
 
-    /// Binds new addresses, swaps routers, stops listeners no longer used.
+    /// Binds new addresses, swaps routers and certificates, stops listeners no longer used.
+    /// Nothing changes unless every new address binds and every certificate loads.
     fn apply(&mut self, listeners: Vec<Listener>) -> Result<(), DnsError> {
         let mut fresh = Vec::new();
+        let mut new_tls: HashMap<SocketAddr, Arc<ServerTls>> = HashMap::new();
         for l in &listeners {
-            if !self.listeners.contains_key(&l.addr) {
-                let server = DnsServer::bind(ServerConfig {
+            let encrypted = l.transport != ServerTransport::Dns;
+            if let Some(r) = self.listeners.get(&l.addr) {
+                if r.transport != l.transport {
+                    return Err(DnsError::Tls {
+                        addr: l.addr,
+                        message: format!(
+                            "the address changes from {}:// to {}://, which needs a restart",
+                            r.transport.scheme(),
+                            l.transport.scheme()
+                        ),
+                    });
+                }
+                if encrypted {
+                    new_tls.insert(l.addr, listener_tls(l)?);
+                }
+                continue;
+            }
+            let bound = if encrypted {
+                let tls = listener_tls(l)?;
+                Bound::Encrypted(
+                    EncryptedServer::bind(l.addr, l.transport, tls.clone())?,
+                    tls,
+                )
+            } else {
+                Bound::Dns(DnsServer::bind(ServerConfig {
                     listen: l.addr,
                     udp_workers: self.options.udp_workers,
                     large_answers: l.rrl,
                     ..ServerConfig::default()
-                })?;
-                fresh.push((l.addr, server));
-            }
+                })?)
+            };
+            fresh.push((l.addr, bound));
         }
         let mut names: Vec<&'static str> = Vec::new();
         for l in &listeners {
@@ -262,35 +313,64 @@ impl State {
             }
         }
         self.dns_metrics.set_plugins(&names);
-        let mut fresh: HashMap<SocketAddr, DnsServer> = fresh.into_iter().collect();
+        let mut fresh: HashMap<SocketAddr, Bound> = fresh.into_iter().collect();
         let mut keep = Vec::new();
         for l in listeners {
             keep.push(l.addr);
             match self.listeners.get(&l.addr) {
                 Some(r) => {
                     r.swap.store(l.router.clone());
-                    r.limiter.set(l.rrl);
+                    if let Some(limiter) = &r.limiter {
+                        limiter.set(l.rrl);
+                    }
+                    if let (Some(current), Some(next)) = (&r.tls, new_tls.get(&l.addr)) {
+                        current.replace_from(next);
+                    }
                 }
                 None => {
-                    let server = fresh.remove(&l.addr).expect("bound above");
+                    let bound = fresh.remove(&l.addr).expect("bound above");
                     let swap = SwapRouter::new(l.router.clone());
                     let chain = Chain::new(vec![swap.clone() as Arc<dyn Plugin>]);
-                    let local = server.local_addr();
-                    tracing::info!(listen = %local, zones = ?l.router.zones(), "DNS server listening");
-                    let limiter = server.limiter();
-                    let task = tokio::spawn(server.serve(chain, self.dns_metrics.clone()));
+                    let metrics = self.dns_metrics.clone();
+                    let (task, limiter, tls) = match bound {
+                        Bound::Dns(server) => {
+                            let local = server.local_addr();
+                            tracing::info!(listen = %local, zones = ?l.router.zones(), "DNS server listening");
+                            let limiter = server.limiter();
+                            (
+                                tokio::spawn(server.serve(chain, metrics)),
+                                Some(limiter),
+                                None,
+                            )
+                        }
+                        Bound::Encrypted(server, tls) => {
+                            let local = server.local_addr();
+                            tracing::info!(
+                                listen = %local,
+                                transport = l.transport.scheme(),
+                                zones = ?l.router.zones(),
+                                "encrypted DNS server listening"
+                            );
+                            (tokio::spawn(server.serve(chain, metrics)), None, Some(tls))
+                        }
+                    };
                     self.listeners.insert(
                         l.addr,
                         Running {
                             swap,
                             task,
                             limiter,
+                            transport: l.transport,
+                            tls,
                         },
                     );
                 }
             }
-            for lp in l.loops {
-                tokio::spawn(lp.probe(l.addr));
+            // The loop probe is a UDP query: only plain DNS listeners can receive it.
+            if l.transport == ServerTransport::Dns {
+                for lp in l.loops {
+                    tokio::spawn(lp.probe(l.addr));
+                }
             }
         }
         self.listeners.retain(|addr, r| {
@@ -412,6 +492,7 @@ pub async fn run_corefile_with_source(
     source: &SourceConfig,
     options: CorefileOptions,
 ) -> Result<(), CorefileRunError> {
+    crate::tls::install_crypto_provider();
     let cf = load_logged(&options)?;
     let src = source::start(source, &needed_kinds(&cf))
         .await
@@ -428,6 +509,7 @@ pub async fn run_corefile(
     options: CorefileOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), CorefileRunError> {
+    crate::tls::install_crypto_provider();
     let cf = load_logged(&options)?;
     let first = cf
         .servers

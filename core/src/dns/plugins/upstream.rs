@@ -1,5 +1,10 @@
-//! One upstream DNS server: UDP and TCP exchanges, failure counting and a background health
-//! probe with backoff while it fails.
+//! One upstream DNS server: UDP, TCP or DNS over TLS exchanges, failure counting and a
+//! background health probe with backoff while it fails.
+//!
+//! TCP and TLS connections are kept in a pool per upstream (up to 64 idle ones, closed after
+//! `expire` unused) and reused: a query takes an idle connection, or opens one, and gives it
+//! back after its answer. A DoT upstream is always reached over TLS (its health probe too), so
+//! one TLS handshake serves many queries.
 //!
 //! Anti-spoofing (an off-path attacker must guess everything an answer has to echo):
 //! - query ids come from a cryptographically secure generator ([`rand::rng`], ChaCha12
@@ -21,8 +26,9 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{DNSClass, Name, RecordType};
 use rand::RngExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
+use tokio_rustls::client::TlsStream;
 
 use super::metrics::PluginMetrics;
 
@@ -63,6 +69,8 @@ pub enum Proto {
     Udp,
     /// TCP.
     Tcp,
+    /// DNS over TLS.
+    Tls,
 }
 
 /// Why a datagram or TCP message from an upstream was not taken as the answer.
@@ -224,9 +232,39 @@ struct MismatchLog {
     last: Mutex<(Option<Instant>, u64)>,
 }
 
+/// How a DNS over TLS upstream is reached: the client settings and the name its certificate
+/// must carry (an error, reported at each exchange, when they could not be built).
+#[derive(Clone)]
+pub(crate) struct TlsTarget {
+    connector: Result<
+        (
+            tokio_rustls::TlsConnector,
+            rustls::pki_types::ServerName<'static>,
+        ),
+        String,
+    >,
+}
+
+impl TlsTarget {
+    /// A target from built settings.
+    pub(crate) fn new(
+        config: Result<Arc<rustls::ClientConfig>, String>,
+        name: Result<rustls::pki_types::ServerName<'static>, String>,
+    ) -> Self {
+        Self {
+            connector: config.and_then(|c| Ok((tokio_rustls::TlsConnector::from(c), name?))),
+        }
+    }
+}
+
 /// An upstream server and its state.
 pub struct Upstream {
     addr: SocketAddr,
+    /// Set for a DNS over TLS upstream.
+    tls: Option<TlsTarget>,
+    tls_pool: Mutex<Vec<(TlsStream<TcpStream>, Instant)>>,
+    /// TLS handshakes completed (connections opened to a DoT upstream).
+    tls_handshakes: AtomicU64,
     source_port: SourcePort,
     fails: AtomicU32,
     probing: AtomicBool,
@@ -279,8 +317,29 @@ impl Upstream {
         source_port: SourcePort,
         metrics: Option<PluginMetrics>,
     ) -> Arc<Self> {
+        Self::build(addr, source_port, None, metrics)
+    }
+
+    /// A new DNS over TLS upstream, healthy.
+    pub(crate) fn with_tls(
+        addr: SocketAddr,
+        target: TlsTarget,
+        metrics: Option<PluginMetrics>,
+    ) -> Arc<Self> {
+        Self::build(addr, SourcePort::Pooled, Some(target), metrics)
+    }
+
+    fn build(
+        addr: SocketAddr,
+        source_port: SourcePort,
+        tls: Option<TlsTarget>,
+        metrics: Option<PluginMetrics>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             addr,
+            tls,
+            tls_pool: Mutex::new(Vec::new()),
+            tls_handshakes: AtomicU64::new(0),
             source_port,
             fails: AtomicU32::new(0),
             probing: AtomicBool::new(false),
@@ -297,6 +356,17 @@ impl Upstream {
     /// Its address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Whether it is reached over TLS (`tls://`).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// TLS connections opened to it so far (each a full handshake); the rest of its queries
+    /// reused them.
+    pub fn tls_handshakes(&self) -> u64 {
+        self.tls_handshakes.load(Ordering::Relaxed)
     }
 
     /// How its UDP sockets are used.
@@ -344,9 +414,12 @@ impl Upstream {
         expire: Duration,
     ) -> Result<Message, ExchangeError> {
         let deadline = tokio::time::Instant::now() + timeout;
+        if let Some(target) = &self.tls {
+            return self.exchange_tls(target, query, deadline, expire).await;
+        }
         match proto {
             Proto::Udp => self.exchange_udp(query, deadline, expire).await,
-            Proto::Tcp => self.exchange_tcp(query, deadline, expire).await,
+            Proto::Tcp | Proto::Tls => self.exchange_tcp(query, deadline, expire).await,
         }
     }
 
@@ -473,23 +546,71 @@ impl Upstream {
         }
     }
 
+    async fn exchange_tls(
+        &self,
+        target: &TlsTarget,
+        query: &SentQuery,
+        deadline: tokio::time::Instant,
+        expire: Duration,
+    ) -> Result<Message, ExchangeError> {
+        let (connector, name) = target
+            .connector
+            .as_ref()
+            .map_err(|e| ExchangeError::Io(io::Error::other(e.clone())))?;
+        // A pooled connection may have been closed by the upstream: one retry on a fresh one.
+        if let Some(stream) = Self::take(&self.tls_pool, expire)
+            && let Ok(Ok((msg, stream))) =
+                tokio::time::timeout_at(deadline, self.stream_roundtrip(stream, query, Proto::Tls))
+                    .await
+        {
+            Self::give(&self.tls_pool, stream);
+            return Ok(msg);
+        }
+        let fut = async {
+            let tcp = TcpStream::connect(self.addr).await?;
+            tcp.set_nodelay(true)?;
+            let stream = connector.connect(name.clone(), tcp).await?;
+            self.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+            self.stream_roundtrip(stream, query, Proto::Tls).await
+        };
+        match tokio::time::timeout_at(deadline, fut).await {
+            Ok(Ok((msg, stream))) => {
+                Self::give(&self.tls_pool, stream);
+                Ok(msg)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ExchangeError::Timeout),
+        }
+    }
+
     async fn tcp_roundtrip(
         &self,
-        mut stream: TcpStream,
+        stream: TcpStream,
         query: &SentQuery,
     ) -> Result<(Message, TcpStream), ExchangeError> {
+        self.stream_roundtrip(stream, query, Proto::Tcp).await
+    }
+
+    /// One length-prefixed exchange on a TCP or TLS stream.
+    async fn stream_roundtrip<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        mut stream: S,
+        query: &SentQuery,
+        proto: Proto,
+    ) -> Result<(Message, S), ExchangeError> {
         let bytes = query.bytes();
         let mut framed = Vec::with_capacity(bytes.len() + 2);
         framed.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
         framed.extend_from_slice(bytes);
         stream.write_all(&framed).await?;
+        stream.flush().await?;
         loop {
             let len = stream.read_u16().await? as usize;
             let mut buf = vec![0u8; len];
             stream.read_exact(&mut buf).await?;
             match query.check(&buf) {
                 Ok(msg) => return Ok((msg, stream)),
-                Err(why) => self.mismatch(query, why, Proto::Tcp),
+                Err(why) => self.mismatch(query, why, proto),
             }
         }
     }

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use super::tls::{PemFile, check_certs, check_pair, read_pem};
 use super::{SetupContext, arg_count, duration, no_block, number, options, plugin_error, zones};
 use crate::dns::corefile::error::CorefileError;
 use crate::dns::corefile::names::parse_upstream;
@@ -38,6 +39,20 @@ pub enum SourcePortMode {
     Pooled,
 }
 
+/// DNS over TLS settings of `forward`: `tls_servername NAME` and `tls [CERT KEY] [CA]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ForwardTls {
+    /// The name the upstreams' certificates must carry and the SNI sent (`tls_servername`);
+    /// without it the certificate must carry the upstream's IP address.
+    pub servername: Option<String>,
+    /// Client certificate for client authentication (with `key`).
+    pub cert: Option<PemFile>,
+    /// Its private key.
+    pub key: Option<PemFile>,
+    /// The CA verifying the upstreams' certificates (the system's CAs without it).
+    pub ca: Option<PemFile>,
+}
+
 /// The forward plugin's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForwardConfig {
@@ -45,6 +60,10 @@ pub struct ForwardConfig {
     pub from: String,
     /// Upstream servers, in the written order (a resolv.conf expands to its name servers).
     pub to: Vec<SocketAddr>,
+    /// For each entry of `to`, whether it is reached over TLS (`tls://IP[:853]`).
+    pub to_tls: Vec<bool>,
+    /// DNS over TLS settings for the `tls://` upstreams.
+    pub tls: ForwardTls,
     /// Zones not forwarded (passed to the next plugin).
     pub except: Vec<String>,
     /// Always use TCP.
@@ -85,6 +104,8 @@ impl ForwardConfig {
     pub fn new(from: String, to: Vec<SocketAddr>) -> Self {
         Self {
             from,
+            to_tls: vec![false; to.len()],
+            tls: ForwardTls::default(),
             to,
             except: Vec::new(),
             force_tcp: false,
@@ -151,18 +172,24 @@ pub(crate) fn parse(
         ));
     }
     let mut to = Vec::new();
+    let mut to_tls = Vec::new();
     for t in &d.args[1..] {
         let text = t.text.as_str();
         if let Some(rest) = text.strip_prefix("tls://") {
-            ctx.unsupported(
-                PLUGIN,
-                &t.at,
-                &format!("DNS over TLS upstream tls://{rest}"),
-            )?;
+            let sa = parse_upstream(rest, 853).ok_or_else(|| {
+                plugin_error(
+                    PLUGIN,
+                    &t.at,
+                    format!("{text:?} is not tls://IP or tls://IP:port"),
+                )
+            })?;
+            to.push(sa);
+            to_tls.push(true);
             continue;
         }
         if let Some(sa) = parse_upstream(text, 53) {
             to.push(sa);
+            to_tls.push(false);
             continue;
         }
         if text.contains('/') {
@@ -181,6 +208,7 @@ pub(crate) fn parse(
                     format!("no nameserver lines in {text}"),
                 ));
             }
+            to_tls.extend(servers.iter().map(|_| false));
             to.extend(servers);
             continue;
         }
@@ -201,6 +229,7 @@ pub(crate) fn parse(
         ));
     }
     let mut cfg = ForwardConfig::new(from.into_iter().next().unwrap_or_default(), to);
+    cfg.to_tls = to_tls;
     for opt in options(d) {
         let name = opt.name.text.as_str();
         match name {
@@ -320,15 +349,48 @@ pub(crate) fn parse(
                     cfg.failover = codes;
                 }
             }
-            "tls" | "tls_servername" => {
-                ctx.unsupported(
-                    PLUGIN,
-                    &opt.name.at,
-                    &format!("option {name:?} (DNS over TLS)"),
-                )?;
+            "tls_servername" => {
+                arg_count(PLUGIN, opt, 1, 1)?;
+                no_block(PLUGIN, opt)?;
+                let n = &opt.args[0];
+                crate::tls::upstream_name(Some(&n.text), std::net::Ipv4Addr::LOCALHOST.into())
+                    .map_err(|e| plugin_error(PLUGIN, &n.at, e))?;
+                cfg.tls.servername = Some(n.text.clone());
+            }
+            "tls" => {
+                // CoreDNS: no argument (system CAs), CA, CERT KEY, or CERT KEY CA.
+                arg_count(PLUGIN, opt, 0, 3)?;
+                no_block(PLUGIN, opt)?;
+                let a = &opt.args;
+                let (pair, ca) = match a.len() {
+                    0 => (None, None),
+                    1 => (None, Some(&a[0])),
+                    2 => (Some((&a[0], &a[1])), None),
+                    _ => (Some((&a[0], &a[1])), Some(&a[2])),
+                };
+                if let Some((c, k)) = pair {
+                    let cert = read_pem(PLUGIN, c, "client certificate", ctx)?;
+                    let key = read_pem(PLUGIN, k, "client key", ctx)?;
+                    check_certs(PLUGIN, c, &cert)?;
+                    check_pair(PLUGIN, k, &cert, &key)?;
+                    cfg.tls.cert = Some(cert);
+                    cfg.tls.key = Some(key);
+                }
+                if let Some(t) = ca {
+                    let ca: PemFile = read_pem(PLUGIN, t, "CA", ctx)?;
+                    check_certs(PLUGIN, t, &ca)?;
+                    cfg.tls.ca = Some(ca);
+                }
             }
             _ => ctx.unknown_option(PLUGIN, opt)?,
         }
+    }
+    let tls_options = cfg.tls != ForwardTls::default();
+    if tls_options && !cfg.to_tls.contains(&true) {
+        ctx.warn(
+            &d.name.at,
+            "plugin/forward: tls options have no effect without tls:// upstreams",
+        );
     }
     if cfg.force_tcp && cfg.prefer_udp {
         return Err(plugin_error(

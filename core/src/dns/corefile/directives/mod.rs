@@ -12,6 +12,7 @@ pub mod rewrite;
 pub mod rrl;
 pub mod simple;
 pub mod template;
+pub mod tls;
 
 use std::str::FromStr;
 use std::time::Duration;
