@@ -270,6 +270,7 @@ mod tests {
             external_name: None,
             publish_not_ready_addresses: false,
             selector: None,
+            labels: Default::default(),
             service_proxy_name: None,
             traffic_distribution: None,
             topology_mode: None,

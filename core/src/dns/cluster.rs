@@ -302,6 +302,12 @@ impl Plugin for ClusterPlugin {
     fn ready(&self) -> bool {
         self.is_synced()
     }
+
+    fn cluster_zone(&self) -> Option<Arc<ClusterZone>> {
+        self.serving
+            .load(Ordering::Acquire)
+            .then(|| self.zone.load_full())
+    }
 }
 
 /// A serial that grows on every rebuild and tracks the clock (seconds since the epoch) so it

@@ -343,6 +343,13 @@ pub trait Plugin: Send + Sync + 'static {
     fn ready(&self) -> bool {
         true
     }
+
+    /// The cluster zone this plugin answers from, for plugins that build on it (`k8s_external`,
+    /// `autopath @kubernetes`; CoreDNS's `Externaler`/`AutoPather` interfaces): `Some` only for
+    /// the `kubernetes` plugin, once it serves. Default: `None`.
+    fn cluster_zone(&self) -> Option<Arc<super::zone::ClusterZone>> {
+        None
+    }
 }
 
 /// The rest of the chain after the current plugin. Cheap to clone; `'static`, so an async

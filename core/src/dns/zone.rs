@@ -29,6 +29,7 @@ use imbl::GenericHashMap;
 use imbl::shared_ptr::DefaultSharedPtr;
 
 use crate::cache::{Change, Snapshot};
+use crate::model::selector::LabelSelector;
 use crate::model::{Endpoint, EndpointSlice, ObjectKey, Pod, Protocol, Service, ServiceType};
 
 #[path = "zone_reverse.rs"]
@@ -38,6 +39,10 @@ use reverse::{CLUSTER_IP, PtrEntry, ReverseIndex};
 #[cfg(test)]
 #[path = "zone_props.rs"]
 mod props;
+
+#[path = "zone_external.rs"]
+mod external;
+pub use external::{ExternalAnswer, ExternalOptions};
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
@@ -93,6 +98,9 @@ pub struct ZoneOptions {
     pub ignore_empty_service: bool,
     /// Only these namespaces are served (empty: all).
     pub namespaces: BTreeSet<String>,
+    /// `labels`: only services whose labels match are served (`None`: all). Their
+    /// EndpointSlices follow them.
+    pub labels: Option<LabelSelector>,
     /// Pod records mode.
     pub pods: PodMode,
     /// `fallthrough [zones]`: `None` off; `Some(empty)` every zone; else names under these zones
@@ -117,6 +125,7 @@ impl Default for ZoneOptions {
             noendpoints: false,
             ignore_empty_service: false,
             namespaces: BTreeSet::new(),
+            labels: None,
             pods: PodMode::Disabled,
             fallthrough: None,
             dns_service: ObjectKey::new("kube-system", "kube-dns"),
@@ -141,6 +150,12 @@ impl ZoneOptions {
     /// Whether `namespace` is served (the `namespaces` option).
     pub fn namespace_exposed(&self, namespace: &str) -> bool {
         self.namespaces.is_empty() || self.namespaces.contains(namespace)
+    }
+
+    /// Whether `svc` is served: its namespace is exposed and its labels match `labels`.
+    pub fn service_exposed(&self, svc: &Service) -> bool {
+        self.namespace_exposed(&svc.key.namespace)
+            && self.labels.as_ref().is_none_or(|l| l.matches(&svc.labels))
     }
 }
 
@@ -341,6 +356,9 @@ impl ServiceEntry {
     }
 }
 
+/// The lower-case namespaces of the pods sharing one address, with how many pods each.
+type PodsAtAddress = Arc<[(Arc<str>, u32)]>;
+
 /// How many services and pods of one (lower-case) namespace the zone holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct NsCount {
@@ -473,7 +491,15 @@ pub struct ClusterZone {
     pods: PMap<ObjectKey, Arc<Pod>>,
     /// `(lower-case namespace, ip)` of pods with how many pods hold it, for `pods verified`.
     pod_ips: PMap<(Arc<str>, IpAddr), u32>,
+    /// The lower-case namespaces of the pods at each address, with how many pods each, for
+    /// `autopath` (`pods verified` only; host-network pods share their node's address).
+    pods_by_ip: PMap<IpAddr, PodsAtAddress>,
+    /// Services by their external addresses (`externalIPs`, load-balancer ingress IPs), in key
+    /// order, for `k8s_external` PTR answers.
+    external_ptr: PMap<IpAddr, Arc<[ObjectKey]>>,
     ns_addrs: Arc<[IpAddr]>,
+    /// External addresses of `dns_service` (`k8s_external`'s name server), else `ns_addrs`.
+    ns_external: Arc<[IpAddr]>,
     service_count: usize,
     serial: u32,
     generation: u64,
@@ -575,7 +601,10 @@ impl ClusterZone {
             namespaces: PMap::default(),
             pods: PMap::default(),
             pod_ips: PMap::default(),
+            pods_by_ip: PMap::default(),
+            external_ptr: PMap::default(),
             ns_addrs: Arc::from(Vec::new()),
+            ns_external: Arc::from(Vec::new()),
             service_count: 0,
             serial,
             generation: 0,
@@ -597,8 +626,18 @@ impl ClusterZone {
         if ns_addrs.is_empty() {
             ns_addrs = self.options.ns_fallback.clone();
         }
+        let mut ns_external: Vec<IpAddr> = snapshot
+            .service(&self.options.dns_service)
+            .map(|dns| external_addresses(dns))
+            .unwrap_or_default();
+        if ns_external.is_empty() {
+            ns_external = ns_addrs.clone();
+        }
         if *self.ns_addrs != *ns_addrs {
             self.ns_addrs = Arc::from(ns_addrs);
+        }
+        if *self.ns_external != *ns_external {
+            self.ns_external = Arc::from(ns_external);
         }
     }
 
@@ -612,6 +651,7 @@ impl ClusterZone {
         self.names
             .insert(entry.relative.clone(), Node::Service(entry.clone()));
         self.service_count += 1;
+        self.index_external(svc, true);
         if self.has_reverse {
             for ip in entry.cluster_ips() {
                 batch.add(*ip, &entry, CLUSTER_IP, 0);
@@ -634,6 +674,7 @@ impl ClusterZone {
         };
         self.names.remove(relative.as_str());
         self.service_count -= 1;
+        self.index_external(&entry.service, false);
         self.adjust_namespace(&key.namespace, -1, 0);
         if self.has_reverse {
             batch.removed.insert(key.clone());
@@ -657,6 +698,7 @@ impl ClusterZone {
             let ns: Arc<str> = Arc::from(pod.key.namespace.to_ascii_lowercase());
             for ip in &pod.ips {
                 *self.pod_ips.entry((ns.clone(), *ip)).or_insert(0) += 1;
+                self.count_pod_at(*ip, &ns, 1);
             }
         }
     }
@@ -670,6 +712,7 @@ impl ClusterZone {
         if self.options.pods == PodMode::Verified {
             let ns: Arc<str> = Arc::from(key.namespace.to_ascii_lowercase());
             for ip in &pod.ips {
+                self.count_pod_at(*ip, &ns, -1);
                 let k = (ns.clone(), *ip);
                 match self.pod_ips.get(&k).copied() {
                     Some(n) if n > 1 => {
@@ -679,6 +722,83 @@ impl ClusterZone {
                         self.pod_ips.remove(&k);
                     }
                 }
+            }
+        }
+    }
+
+    /// Adds `delta` to the pods of namespace `ns` (lower case) at `ip`.
+    fn count_pod_at(&mut self, ip: IpAddr, ns: &Arc<str>, delta: i32) {
+        let mut entries: Vec<(Arc<str>, u32)> = self
+            .pods_by_ip
+            .get(&ip)
+            .map(|e| e.to_vec())
+            .unwrap_or_default();
+        match entries.iter().position(|(n, _)| n == ns) {
+            Some(i) => entries[i].1 = entries[i].1.saturating_add_signed(delta),
+            None if delta > 0 => entries.push((ns.clone(), delta as u32)),
+            None => {}
+        }
+        entries.retain(|(_, n)| *n > 0);
+        entries.sort();
+        if entries.is_empty() {
+            self.pods_by_ip.remove(&ip);
+        } else {
+            self.pods_by_ip.insert(ip, Arc::from(entries));
+        }
+    }
+
+    /// Adds (`add`) or removes `key` as a holder of each external address of `svc`.
+    fn index_external(&mut self, svc: &Service, add: bool) {
+        for ip in external_addresses(svc) {
+            let mut keys: Vec<ObjectKey> = self
+                .external_ptr
+                .get(&ip)
+                .map(|k| k.to_vec())
+                .unwrap_or_default();
+            keys.retain(|k| *k != svc.key);
+            if add {
+                keys.push(svc.key.clone());
+                keys.sort();
+            }
+            if keys.is_empty() {
+                self.external_ptr.remove(&ip);
+            } else {
+                self.external_ptr.insert(ip, Arc::from(keys));
+            }
+        }
+    }
+
+    /// The namespace whose search path `autopath` uses for a query `lower_name` (lower case,
+    /// trailing dot, in forward origin `origin`) from `client`, as CoreDNS's kubernetes plugin
+    /// picks it: the namespace of the pod with that address when there is one; when several
+    /// pods have it (host-network pods share their node's address), the one the query names
+    /// as `<...>.<ns>.svc.<origin>`; `None` for an unknown address, when nothing matches, or
+    /// without `pods verified`.
+    pub fn client_namespace(
+        &self,
+        client: IpAddr,
+        lower_name: &str,
+        origin: usize,
+    ) -> Option<&str> {
+        if self.options.pods != PodMode::Verified {
+            return None;
+        }
+        let pods = self.pods_by_ip.get(&client)?;
+        match &pods[..] {
+            [] => None,
+            [(ns, _)] => Some(ns),
+            several => {
+                let o = self.origins.get(origin)?;
+                if o.reverse.is_some() {
+                    return None;
+                }
+                let rel = self.relative(lower_name, origin);
+                let rest = rel.strip_suffix("svc")?.strip_suffix('.')?;
+                let asked = rest.rsplit('.').next()?;
+                several
+                    .iter()
+                    .find(|(ns, _)| &**ns == asked)
+                    .map(|(ns, _)| &**ns)
             }
         }
     }
@@ -1341,7 +1461,7 @@ fn service_entry(
     svc: &Arc<Service>,
     opts: &ZoneOptions,
 ) -> Option<ServiceEntry> {
-    if !opts.namespace_exposed(&svc.key.namespace)
+    if !opts.service_exposed(svc)
         || !is_dns_label(&svc.key.name)
         || !is_dns_label(&svc.key.namespace)
     {
@@ -1386,6 +1506,23 @@ fn service_entry(
         ServiceKind::External(_) => true,
     };
     Some(entry)
+}
+
+/// The external addresses of `svc` that `k8s_external` serves: `spec.externalIPs`, then the
+/// load-balancer ingress IPs (either `ipMode`), without repeats.
+fn external_addresses(svc: &Service) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = Vec::new();
+    for ip in svc
+        .external_ips
+        .iter()
+        .chain(&svc.load_balancer_ips)
+        .chain(&svc.load_balancer_proxy_ips)
+    {
+        if !out.contains(ip) {
+            out.push(*ip);
+        }
+    }
+    out
 }
 
 /// The label of an endpoint in its service: hostname, else (with `endpoint_pod_names`) the pod
@@ -2252,6 +2389,164 @@ status: {podIP: 10.244.1.10, podIPs: [{ip: 10.244.1.10}]}
             ask(&no_reverse, "11.10.96.10.in-addr.arpa.", RecordType::PTR).0,
             ResponseCode::Refused
         );
+    }
+
+    #[test]
+    fn labels_option_exposes_only_matching_services_and_their_endpoints() {
+        const LABELLED: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: front, namespace: shop, labels: {app: web, tier: front}}
+spec: {clusterIP: 10.96.50.1, ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: back, namespace: shop, labels: {app: web, tier: back}}
+spec: {clusterIP: 10.96.50.2, ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: plain, namespace: shop}
+spec: {clusterIP: 10.96.50.3, ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: shop, labels: {app: web, tier: db}}
+spec: {clusterIP: None, ports: [{name: sql, port: 5432}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: db-1, namespace: shop, labels: {kubernetes.io/service-name: db}}
+addressType: IPv4
+ports: [{name: sql, port: 5432, protocol: TCP}]
+endpoints:
+  - {addresses: [10.244.5.1], hostname: db-0, conditions: {ready: true}}
+"#;
+        let snap = snapshot(LABELLED);
+        let with = |sel: &str| {
+            ClusterZone::build(
+                &snap,
+                &ZoneOptions {
+                    labels: Some(sel.parse().unwrap()),
+                    ..Default::default()
+                },
+            )
+        };
+        let a = |z: &ClusterZone, name: &str| ask(z, name, RecordType::A);
+        // (selector, [front, back, plain, db] exposed)
+        for (sel, want) in [
+            ("app=web", [true, true, false, true]),
+            ("tier in (front, db)", [true, false, false, true]),
+            ("tier notin (front)", [false, true, true, true]),
+            ("!tier", [false, false, true, false]),
+            ("app,tier!=back", [true, false, false, true]),
+        ] {
+            let z = with(sel);
+            for (svc, exposed) in ["front", "back", "plain", "db"].iter().zip(want) {
+                let (rc, ans, _) = a(&z, &format!("{svc}.shop.svc.cluster.local."));
+                assert_eq!(rc == OK && !ans.is_empty(), exposed, "{sel}: {svc}");
+            }
+        }
+        let z = with("tier=db");
+        // The selected headless service's endpoints, SRV and PTR come along; the others' PTR not.
+        assert_eq!(
+            a(&z, "db-0.db.shop.svc.cluster.local.").1,
+            vec!["10.244.5.1"]
+        );
+        assert_eq!(
+            ask(&z, "1.5.244.10.in-addr.arpa.", RecordType::PTR).1,
+            vec!["db-0.db.shop.svc.cluster.local."]
+        );
+        assert_eq!(ask(&z, "1.50.96.10.in-addr.arpa.", RecordType::PTR).0, NX);
+        assert_eq!(
+            ask(&z, "_sql._tcp.db.shop.svc.cluster.local.", RecordType::SRV)
+                .1
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn client_namespace_picks_the_asking_pod_s_namespace_as_coredns() {
+        const PODS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: demo}
+spec: {containers: [{name: c, image: x}]}
+status: {podIP: 10.244.9.1, podIPs: [{ip: 10.244.9.1}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: agent-a, namespace: ns-a}
+spec: {hostNetwork: true, containers: [{name: c, image: x}]}
+status: {podIP: 192.168.1.1, podIPs: [{ip: 192.168.1.1}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: agent-b, namespace: ns-b}
+spec: {hostNetwork: true, containers: [{name: c, image: x}]}
+status: {podIP: 192.168.1.1, podIPs: [{ip: 192.168.1.1}]}
+"#;
+        let snap = snapshot(PODS);
+        let verified = ClusterZone::build(
+            &snap,
+            &ZoneOptions {
+                pods: PodMode::Verified,
+                ..Default::default()
+            },
+        );
+        let ns = |z: &ClusterZone, ip: &str, q: &str| {
+            z.client_namespace(ip.parse().unwrap(), q, z.origin_of(q).unwrap())
+                .map(str::to_string)
+        };
+        let q = "web.default.demo.svc.cluster.local.";
+        assert_eq!(ns(&verified, "10.244.9.1", q).as_deref(), Some("demo"));
+        assert_eq!(ns(&verified, "10.244.9.2", q), None);
+        // Several pods at one address: the one the query names, else none.
+        let host = "192.168.1.1";
+        assert_eq!(
+            ns(&verified, host, "web.ns-b.svc.cluster.local.").as_deref(),
+            Some("ns-b")
+        );
+        assert_eq!(
+            ns(&verified, host, "x.y.ns-a.svc.cluster.local.").as_deref(),
+            Some("ns-a")
+        );
+        assert_eq!(ns(&verified, host, q), None);
+        assert_eq!(ns(&verified, host, "cluster.local."), None);
+        // Only with `pods verified`.
+        let insecure = ClusterZone::build(
+            &snap,
+            &ZoneOptions {
+                pods: PodMode::Insecure,
+                ..Default::default()
+            },
+        );
+        assert_eq!(ns(&insecure, "10.244.9.1", q), None);
+        // The index follows pod changes incrementally.
+        let (mut writer, reader) = new_cache([Kind::Service, Kind::EndpointSlice, Kind::Pod]);
+        for kind in [Kind::Service, Kind::EndpointSlice] {
+            writer.replace_kind(kind, Vec::new());
+        }
+        writer.replace_kind(
+            Kind::Pod,
+            snap.pods()
+                .map(|p| ClusterObject::Pod((**p).clone()))
+                .collect(),
+        );
+        let first = reader.snapshot();
+        let opts = ZoneOptions {
+            pods: PodMode::Verified,
+            ..Default::default()
+        };
+        let z0 = ClusterZone::build(&first, &opts);
+        writer.delete(Kind::Pod, &ObjectKey::new("ns-b", "agent-b"));
+        writer.delete(Kind::Pod, &ObjectKey::new("demo", "client"));
+        let next = reader.snapshot();
+        let z1 = z0.update(&next, &next.changes_since(first.generation()).unwrap(), 9);
+        assert_eq!(ns(&z1, host, q).as_deref(), Some("ns-a"));
+        assert_eq!(ns(&z1, "10.244.9.1", q), None);
+        assert_eq!(ns(&z0, "10.244.9.1", q).as_deref(), Some("demo"));
     }
 
     #[test]

@@ -106,8 +106,12 @@ impl Gen {
         if self.rng.u8(..4) == 0 {
             spec["publishNotReadyAddresses"] = json!(true);
         }
-        json!({"apiVersion": "v1", "kind": "Service",
-               "metadata": {"name": name, "namespace": ns}, "spec": spec})
+        let mut metadata = json!({"name": name, "namespace": ns});
+        // Labels for the `labels` option: some services have none, some a tier.
+        if self.rng.bool() {
+            metadata["labels"] = json!({"tier": *self.pick(&["front", "back", "db"])});
+        }
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": spec})
     }
 
     fn slice(&mut self) -> Value {
@@ -392,6 +396,18 @@ fn incremental_updates_match_full_builds_with_ignore_empty_and_namespaces() {
         ZoneOptions {
             ignore_empty_service: true,
             namespaces: ["demo".to_string(), "default".to_string()].into(),
+            ..ZoneOptions::default()
+        },
+    );
+}
+
+#[test]
+fn incremental_updates_match_full_builds_with_a_label_selector() {
+    check(
+        16,
+        40,
+        ZoneOptions {
+            labels: Some("tier in (front,db),tier!=db".parse().unwrap()),
             ..ZoneOptions::default()
         },
     );

@@ -43,6 +43,7 @@ pub fn service(
         external_name: None,
         publish_not_ready_addresses: false,
         selector: None,
+        labels: Default::default(),
         service_proxy_name: None,
         traffic_distribution: None,
         topology_mode: None,

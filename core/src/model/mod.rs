@@ -3,6 +3,7 @@
 
 pub mod intern;
 pub mod project;
+pub mod selector;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -271,6 +272,8 @@ pub struct Service {
     pub publish_not_ready_addresses: bool,
     /// `spec.selector`; `None` when the service has no selector.
     pub selector: Option<Labels>,
+    /// `metadata.labels` (the DNS `labels` option selects services by them).
+    pub labels: Labels,
     /// Label `service.kubernetes.io/service-proxy-name`: set means another proxy owns it.
     pub service_proxy_name: Option<Arc<str>>,
     /// `spec.trafficDistribution` (`PreferClose`, `PreferSameZone`, `PreferSameNode`).

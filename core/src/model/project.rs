@@ -404,6 +404,12 @@ pub fn service(svc: &core_v1::Service) -> Result<Service, ProjectionError> {
             .as_ref()
             .filter(|s| !s.is_empty())
             .map(|s| Labels::from_pairs(s.iter().map(|(k, v)| (k.as_str(), v.as_str())))),
+        labels: svc
+            .metadata
+            .labels
+            .as_ref()
+            .map(|l| Labels::from_pairs(l.iter().map(|(k, v)| (k.as_str(), v.as_str()))))
+            .unwrap_or_default(),
         service_proxy_name: label(&svc.metadata, SERVICE_PROXY_NAME_LABEL),
         traffic_distribution: spec
             .traffic_distribution

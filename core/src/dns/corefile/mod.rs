@@ -30,10 +30,12 @@ use std::path::{Path, PathBuf};
 
 pub use directives::Fallthrough;
 pub use directives::acl::{AclAction, AclPolicy, AclRule};
+pub use directives::autopath::{AutopathConfig, SearchSource};
 pub use directives::cache::{CacheConfig, CacheTier, Prefetch, ServeStale};
 pub use directives::file::FileConfig;
 pub use directives::forward::{ForwardConfig, ForwardTls, Policy, SourcePortMode};
 pub use directives::hosts::{HostEntry, HostsConfig};
+pub use directives::k8s_external::K8sExternalConfig;
 pub use directives::kubernetes::{KubernetesConfig, PodsMode};
 pub use directives::observe::{
     ErrorsConfig, HealthConfig, LogClasses, LogConfig, PrometheusConfig, ReadyConfig,
@@ -202,6 +204,10 @@ pub struct PluginSet {
     pub hosts: Option<HostsConfig>,
     /// `rewrite` rules, in the order written (empty: not used).
     pub rewrite: Vec<RewriteRule>,
+    /// `autopath`.
+    pub autopath: Option<AutopathConfig>,
+    /// `k8s_external`.
+    pub k8s_external: Option<K8sExternalConfig>,
     /// `loadbalance` (round robin of A/AAAA answers).
     pub loadbalance: bool,
     /// `loop` (forwarding loop detection at start-up).
@@ -446,6 +452,7 @@ fn server_block(
         }
         _ => {}
     }
+    check_cluster_users(&p, &mut ctx)?;
     Ok(ServerBlock {
         keys,
         plugins: p,
@@ -458,7 +465,9 @@ fn apply_directive(
     p: &mut PluginSet,
     ctx: &mut SetupContext<'_>,
 ) -> Result<(), CorefileError> {
-    use directives::{cache, forward, hosts, kubernetes, observe, rewrite, rrl, simple, tls};
+    use directives::{
+        autopath, cache, forward, hosts, k8s_external, kubernetes, observe, rewrite, rrl, simple, tls,
+    };
     match d.name.text.as_str() {
         "errors" => p.errors = Some(observe::parse_errors(d, ctx)?),
         "log" => p.log = Some(observe::parse_log(d, ctx)?),
@@ -470,6 +479,8 @@ fn apply_directive(
         "cache" => p.cache = Some(cache::parse(d, ctx)?),
         "hosts" => p.hosts = Some(hosts::parse(d, ctx)?),
         "rewrite" => p.rewrite.extend(rewrite::parse(d, ctx)?),
+        "autopath" => p.autopath = Some(autopath::parse(d, ctx)?),
+        "k8s_external" => p.k8s_external = Some(k8s_external::parse(d, ctx)?),
         "loadbalance" => {
             simple::parse_loadbalance(d, ctx)?;
             p.loadbalance = true;
@@ -512,6 +523,41 @@ fn apply_directive(
                 });
             }
         }
+    }
+    Ok(())
+}
+
+/// `k8s_external` and `autopath @kubernetes` answer from the `kubernetes` plugin of their own
+/// server block: without one they are an error at their position.
+/// `autopath @kubernetes` without `pods verified` has no effect (a warning).
+fn check_cluster_users(p: &PluginSet, ctx: &mut SetupContext<'_>) -> Result<(), CorefileError> {
+    if let Some(k) = &p.kubernetes {
+        if let Some(a) = &p.autopath
+            && matches!(a.source, SearchSource::Kubernetes { .. })
+            && k.pods != PodsMode::Verified
+        {
+            ctx.warn(
+                &a.at,
+                "plugin/autopath: @kubernetes has no effect unless the kubernetes plugin has `pods verified`",
+            );
+        }
+        return Ok(());
+    }
+    if let Some(e) = &p.k8s_external {
+        return Err(plugin_error(
+            "k8s_external",
+            &e.at,
+            "needs the kubernetes plugin in the same server block",
+        ));
+    }
+    if let Some(a) = &p.autopath
+        && matches!(a.source, SearchSource::Kubernetes { .. })
+    {
+        return Err(plugin_error(
+            "autopath",
+            &a.at,
+            "@kubernetes needs the kubernetes plugin in the same server block",
+        ));
     }
     Ok(())
 }

@@ -497,9 +497,36 @@ fn kubernetes_options_and_ignored_ones() {
             .to_string()
             .starts_with("Corefile:7:3: plugin/kubernetes: kubeconfig is ignored")
     );
-    let (e, line, _) = err_at(".:53 {\n kubernetes {\n  labels app=x\n }\n}\n");
+    let (e, line, _) = err_at(".:53 {\n kubernetes {\n  namespace_labels env=prod\n }\n}\n");
     assert!(e.to_string().contains("not supported"), "{e}");
     assert_eq!(line, 3);
+}
+
+#[test]
+fn kubernetes_labels_joins_its_arguments_as_coredns_does() {
+    let cf = load(
+        ".:53 {\n kubernetes cluster.local {\n  labels environment in (staging, qa),application=nginx\n }\n}\n",
+    )
+    .unwrap();
+    let k = cf.servers[0].plugins.kubernetes.clone().unwrap();
+    assert_eq!(
+        k.labels.as_ref().map(|l| l.to_string()).as_deref(),
+        Some("environment in (qa,staging),application=nginx")
+    );
+    assert_eq!(
+        crate::dns::plugins::build::zone_options(&k).labels,
+        k.labels
+    );
+    for bad in [
+        "labels app in ()",
+        "labels app > 3",
+        "labels -bad=1",
+        "labels",
+    ] {
+        let (e, line, _) = err_at(&format!(".:53 {{\n kubernetes {{\n  {bad}\n }}\n}}\n"));
+        assert_eq!(line, 3, "{bad}: {e}");
+        assert!(e.to_string().contains("plugin/kubernetes"), "{bad}: {e}");
+    }
 }
 
 #[test]
@@ -650,5 +677,120 @@ fn rrl_limits_large_answers_with_defaults_and_options() {
         let err = load(text).unwrap_err().to_string();
         assert!(err.contains(needle), "{text:?}: {err}");
         assert!(err.contains("Corefile:"), "names the place: {err}");
+    }
+}
+
+#[test]
+fn autopath_and_k8s_external_parse_with_coredns_defaults() {
+    let cf = load(
+        ".:53 {\n autopath @kubernetes\n k8s_external example.org 10.0.0.0/24 {\n  apex ns\n  ttl 30\n  headless\n }\n kubernetes cluster.local {\n  pods verified\n }\n}\n",
+    )
+    .unwrap();
+    assert!(cf.warnings.is_empty(), "{:?}", cf.warnings);
+    let p = &cf.servers[0].plugins;
+    let a = p.autopath.as_ref().unwrap();
+    assert_eq!(a.zones, vec!["."]);
+    // The host search domains come from /etc/resolv.conf (the test's in-memory one).
+    assert_eq!(
+        a.source,
+        SearchSource::Kubernetes {
+            host_search: vec!["example.internal.".into()]
+        }
+    );
+    let e = p.k8s_external.as_ref().unwrap();
+    assert_eq!(e.zones, vec!["example.org.", "0.0.10.in-addr.arpa."]);
+    assert_eq!((e.apex.as_str(), e.ttl, e.headless), ("ns", 30, true));
+    let cf = load(".:53 {\n k8s_external\n kubernetes\n}\n").unwrap();
+    let e = cf.servers[0].plugins.k8s_external.clone().unwrap();
+    assert_eq!(
+        (e.zones, e.apex.as_str(), e.ttl, e.headless),
+        (vec![".".to_string()], "dns", 5, false)
+    );
+
+    // A resolv.conf file gives one search path for every client.
+    let mut f = files();
+    f.insert(
+        "/etc/my-resolv.conf",
+        "domain ignored.example\nsearch A.example b.example.\n",
+    );
+    let cf = load_from(
+        "Corefile",
+        "example:53 {\n autopath example /etc/my-resolv.conf\n}\n",
+        &f,
+        &|_| None,
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let a = cf.servers[0].plugins.autopath.clone().unwrap();
+    assert_eq!(a.zones, vec!["example."]);
+    assert_eq!(
+        a.source,
+        SearchSource::Fixed(vec!["a.example.".into(), "b.example.".into()])
+    );
+
+    // Without pods verified, autopath @kubernetes does nothing: a warning.
+    let cf = load(".:53 {\n autopath @kubernetes\n kubernetes\n}\n").unwrap();
+    assert_eq!(cf.warnings.len(), 1);
+    assert!(
+        cf.warnings[0]
+            .to_string()
+            .starts_with("Corefile:2:2: plugin/autopath"),
+        "{}",
+        cf.warnings[0]
+    );
+}
+
+#[test]
+fn autopath_and_k8s_external_errors_name_their_position() {
+    for (text, line, needle) in [
+        (
+            ".:53 {\n k8s_external example.org\n}\n",
+            2,
+            "needs the kubernetes plugin",
+        ),
+        (
+            ".:53 {\n autopath @kubernetes\n}\n",
+            2,
+            "needs the kubernetes plugin",
+        ),
+        (
+            ".:53 {\n kubernetes\n autopath @etcd\n}\n",
+            3,
+            "only @kubernetes",
+        ),
+        (
+            ".:53 {\n kubernetes\n autopath\n}\n",
+            3,
+            "needs at least 1 argument",
+        ),
+        (
+            ".:53 {\n kubernetes\n autopath /nonexistent/resolv.conf\n}\n",
+            3,
+            "failed to read",
+        ),
+        (
+            ".:53 {\n kubernetes\n k8s_external {\n  ttl 4000\n }\n}\n",
+            4,
+            "out of range",
+        ),
+        (
+            ".:53 {\n kubernetes\n k8s_external {\n  apex a..b\n }\n}\n",
+            4,
+            "not a domain name label",
+        ),
+        (
+            ".:53 {\n kubernetes\n k8s_external {\n  fallthrough\n }\n}\n",
+            4,
+            "fallthrough",
+        ),
+        (
+            ".:53 {\n kubernetes\n k8s_external {\n  headless yes\n }\n}\n",
+            4,
+            "headless",
+        ),
+    ] {
+        let (e, l, _) = err_at(text);
+        assert_eq!(l, line, "{text}: {e}");
+        assert!(e.to_string().contains(needle), "{text}: {e}");
     }
 }

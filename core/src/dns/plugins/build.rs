@@ -1,17 +1,19 @@
 //! Turning a loaded [`Corefile`] into plugin chains, one [`ZoneRouter`] per listen address.
 //!
 //! Plugins run in CoreDNS's fixed order (not the order written): errors, log, local, acl,
-//! any, loadbalance, cache, rewrite, minimal, template, hosts, kubernetes, file, loop, forward,
-//! whoami. So the cache sees (and keeps) the answers of
+//! any, loadbalance, cache, rewrite, autopath, minimal, template, hosts, k8s_external,
+//! kubernetes, file, loop, forward, whoami. So the cache sees (and keeps) the answers of
 //! hosts, the cluster zone and forward, and loadbalance rotates even cached answers.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use super::autopath::AutoPath;
 use super::cache::Cache;
 use super::forward::Forward;
 use super::hosts::Hosts;
+use super::k8s_external::K8sExternal;
 use super::loadbalance::LoadBalance;
 use super::loop_detect::{Loop, LoopHandler};
 use super::metrics::PluginMetrics;
@@ -108,6 +110,7 @@ pub fn zone_options(k: &KubernetesConfig) -> ZoneOptions {
         noendpoints: k.noendpoints,
         ignore_empty_service: k.ignore_empty_service,
         namespaces: k.namespaces.iter().cloned().collect(),
+        labels: k.labels.clone(),
         pods: match k.pods {
             crate::dns::corefile::PodsMode::Disabled => PodMode::Disabled,
             crate::dns::corefile::PodsMode::Insecure => PodMode::Insecure,
@@ -147,6 +150,15 @@ fn block_chain(block: &ServerBlock, zone: &str, ctx: &BuildContext) -> (Chain, O
     if !p.rewrite.is_empty() {
         plugins.push(Arc::new(Rewrite::new(p.rewrite.clone())));
     }
+    // The cluster plugin first: autopath and k8s_external answer from its zone.
+    let cluster = p
+        .kubernetes
+        .as_ref()
+        .map(|k| (ctx.cluster)(&zone_options(k)));
+    if let Some(c) = &p.autopath {
+        let success = m.as_ref().map(|m| m.autopath_success.clone());
+        plugins.push(Arc::new(AutoPath::new(c, cluster.clone(), success)));
+    }
     if p.minimal {
         plugins.push(Arc::new(super::minimal::Minimal));
     }
@@ -163,8 +175,11 @@ fn block_chain(block: &ServerBlock, zone: &str, ctx: &BuildContext) -> (Chain, O
             m.clone(),
         )));
     }
-    if let Some(k) = &p.kubernetes {
-        plugins.push((ctx.cluster)(&zone_options(k)));
+    if let (Some(c), Some(k)) = (&p.k8s_external, &cluster) {
+        plugins.push(Arc::new(K8sExternal::new(c, k.clone())));
+    }
+    if let Some(k) = cluster {
+        plugins.push(k);
     }
     if let Some(c) = &p.file {
         plugins.push(Arc::new(super::file::File::new(
@@ -316,7 +331,7 @@ mod tests {
     #[test]
     fn order_and_routing() {
         let cf = corefile(
-            ".:1053 {\n forward . 127.0.0.1:9\n loop\n rewrite name a.example b.example\n kubernetes cluster.local\n cache\n errors\n rewrite type ANY HINFO\n loadbalance\n}\nexample.org:1053 {\n hosts {\n  10.0.0.1 a.example.org\n }\n}\nexample.net:1054 {\n log\n}\n",
+            ".:1053 {\n forward . 127.0.0.1:9\n loop\n rewrite name a.example b.example\n k8s_external example.com\n kubernetes cluster.local\n cache\n errors\n autopath @kubernetes\n rewrite type ANY HINFO\n loadbalance\n}\nexample.org:1053 {\n hosts {\n  10.0.0.1 a.example.org\n }\n}\nexample.net:1054 {\n log\n}\n",
         );
         let ls = build(&cf, &ctx(None)).unwrap();
         assert_eq!(ls.len(), 2);
@@ -330,6 +345,8 @@ mod tests {
                 "loadbalance",
                 "cache",
                 "rewrite",
+                "autopath",
+                "k8s_external",
                 "kubernetes",
                 "loop",
                 "forward"

@@ -48,6 +48,8 @@ pub struct PluginMetrics {
     pub cache_served_stale: Counter,
     /// `coredns_hosts_entries`.
     pub hosts_entries: Gauge,
+    /// `coredns_autopath_success_total`: queries answered from another name of the search path.
+    pub autopath_success: Counter,
     /// `coredns_reload_failed_total`.
     pub reload_failed: Counter,
     /// `coredns_acl_blocked_requests_total{zone}`.
@@ -86,6 +88,7 @@ impl Default for PluginMetrics {
             cache_prefetch: Counter::default(),
             cache_served_stale: Counter::default(),
             hosts_entries: Gauge::default(),
+            autopath_success: Counter::default(),
             reload_failed: Counter::default(),
             acl_blocked: Family::default(),
             acl_filtered: Family::default(),
@@ -168,6 +171,11 @@ impl PluginMetrics {
             "coredns_hosts_entries",
             "Entries of the hosts plugin.",
             m.hosts_entries.clone(),
+        );
+        registry.register(
+            "coredns_autopath_success",
+            "Queries answered from another element of the client's search path.",
+            m.autopath_success.clone(),
         );
         registry.register(
             "coredns_reload_failed",

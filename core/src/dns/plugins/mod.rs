@@ -3,11 +3,13 @@
 
 pub mod acl;
 pub mod any;
+pub mod autopath;
 pub mod build;
 pub mod cache;
 pub mod file;
 pub mod forward;
 pub mod hosts;
+pub mod k8s_external;
 pub mod loadbalance;
 pub mod local;
 pub mod loop_detect;

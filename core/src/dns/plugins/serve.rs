@@ -91,6 +91,15 @@ pub enum CorefileRunError {
     /// `loop` found a forwarding loop.
     #[error("{0}")]
     LoopDetected(String),
+    /// A reloaded Corefile needs cluster objects the running source does not watch (the
+    /// source's kinds are chosen at start: `pods verified` turned on needs a restart).
+    #[error(
+        "the Corefile needs {kinds} objects, which the running source does not watch: restart to apply it"
+    )]
+    KindsNotWatched {
+        /// The missing kinds.
+        kinds: String,
+    },
 }
 
 /// The chain of a listener: the current router, swapped on reload.
@@ -393,6 +402,17 @@ impl State {
         let started = Instant::now();
         let result = async {
             let cf = load_logged(&self.options)?;
+            let watched = self.pool.reader.snapshot().expected_kinds().clone();
+            let missing: Vec<String> = needed_kinds(&cf)
+                .into_iter()
+                .filter(|k| !watched.contains(k))
+                .map(|k| format!("{k:?}"))
+                .collect();
+            if !missing.is_empty() {
+                return Err(CorefileRunError::KindsNotWatched {
+                    kinds: missing.join(", "),
+                });
+            }
             let listeners = self.build(&cf).await?;
             self.apply(listeners)?;
             Ok::<Corefile, CorefileRunError>(cf)

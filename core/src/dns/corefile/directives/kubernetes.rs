@@ -7,6 +7,7 @@ use super::{
 };
 use crate::dns::corefile::error::CorefileError;
 use crate::dns::corefile::syntax::Directive;
+use crate::model::selector::LabelSelector;
 
 const PLUGIN: &str = "kubernetes";
 
@@ -39,6 +40,8 @@ pub struct KubernetesConfig {
     pub ignore_empty_service: bool,
     /// Only these namespaces are exposed (empty: all).
     pub namespaces: Vec<String>,
+    /// `labels EXPRESSION`: only services matching this label selector are exposed.
+    pub labels: Option<LabelSelector>,
     /// Queries it cannot answer in these zones go to the next plugin.
     pub fallthrough: Option<Fallthrough>,
     /// `kubeconfig FILE [CONTEXT]` as written (the data source is chosen by command-line flags).
@@ -58,6 +61,7 @@ impl KubernetesConfig {
             noendpoints: false,
             ignore_empty_service: false,
             namespaces: Vec::new(),
+            labels: None,
             fallthrough: None,
             kubeconfig: None,
             endpoint: Vec::new(),
@@ -145,7 +149,18 @@ pub(crate) fn parse(
                 &opt.name.at,
                 format!("plugin/kubernetes: {} is ignored (API client tuning)", opt.name.text),
             ),
-            "labels" | "namespace_labels" | "multicluster" => {
+            "labels" => {
+                arg_count(PLUGIN, opt, 1, usize::MAX)?;
+                no_block(PLUGIN, opt)?;
+                // CoreDNS joins the arguments with spaces: `labels env in (a, b),app=x`.
+                let text: Vec<&str> = opt.args.iter().map(|t| t.text.as_str()).collect();
+                let selector = text
+                    .join(" ")
+                    .parse::<LabelSelector>()
+                    .map_err(|e| plugin_error(PLUGIN, &opt.args[0].at, e.to_string()))?;
+                cfg.labels = Some(selector);
+            }
+            "namespace_labels" | "multicluster" => {
                 ctx.unsupported(PLUGIN, &opt.name.at, &format!("option {:?}", opt.name.text))?;
             }
             _ => ctx.unknown_option(PLUGIN, opt)?,

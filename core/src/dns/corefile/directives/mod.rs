@@ -1,11 +1,13 @@
 //! Typed configuration of each plugin, parsed from its directive with CoreDNS's defaults.
 
 pub mod acl;
+pub mod autopath;
 pub mod cache;
 pub mod file;
 pub mod flags;
 pub mod forward;
 pub mod hosts;
+pub mod k8s_external;
 pub mod kubernetes;
 pub mod observe;
 pub mod rewrite;
