@@ -54,7 +54,7 @@ impl ChainHandler {
     }
 
     /// The answer to the raw query `bytes` from `client`, encoded; `None` to send nothing.
-    /// Also returns what the metrics record: question type and response code.
+    /// Also returns what the metrics record: question type, response code and the plugin that answered.
     async fn answer(
         &self,
         bytes: &[u8],
@@ -63,18 +63,29 @@ impl ChainHandler {
         Vec<u8>,
         Option<hickory_proto::rr::RecordType>,
         hickory_proto::op::ResponseCode,
+        &'static str,
     )> {
         let mut encoder = Encoder::new();
         match parse_request(bytes, client, Transport::Tcp) {
             Parsed::Drop => None,
             Parsed::Reject(rej) => {
                 let qtype = rej.question.as_ref().map(|q| q.query_type());
-                Some((encoder.encode_rejection(&rej).to_vec(), qtype, rej.rcode))
+                Some((
+                    encoder.encode_rejection(&rej).to_vec(),
+                    qtype,
+                    rej.rcode,
+                    "",
+                ))
             }
             Parsed::Query(req) => {
                 let resp = run_chain(&self.chain, &req, &self.metrics).resolve().await;
                 let (out, _) = encoder.encode(&req, &resp);
-                Some((out.to_vec(), Some(req.record_type()), resp.rcode))
+                Some((
+                    out.to_vec(),
+                    Some(req.record_type()),
+                    resp.rcode,
+                    resp.plugin.unwrap_or(""),
+                ))
             }
         }
     }
@@ -103,7 +114,7 @@ impl RequestHandler for ChainHandler {
     ) -> ResponseInfo {
         let started = Instant::now();
         let raw = request.as_slice();
-        let Some((bytes, qtype, rcode)) = self.answer(raw, request.src()).await else {
+        let Some((bytes, qtype, rcode, plugin)) = self.answer(raw, request.src()).await else {
             return nothing_sent(request);
         };
         // hickory writes responses from records: decode the answer encoded above (our own
@@ -145,6 +156,7 @@ impl RequestHandler for ChainHandler {
             duration: started.elapsed(),
             request_size: raw.len(),
             response_size: bytes.len(),
+            plugin,
         });
         info
     }

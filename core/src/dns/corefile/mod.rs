@@ -466,7 +466,8 @@ fn apply_directive(
     ctx: &mut SetupContext<'_>,
 ) -> Result<(), CorefileError> {
     use directives::{
-        autopath, cache, forward, hosts, k8s_external, kubernetes, observe, rewrite, rrl, simple, tls,
+        autopath, cache, forward, hosts, k8s_external, kubernetes, observe, rewrite, rrl, simple,
+        tls,
     };
     match d.name.text.as_str() {
         "errors" => p.errors = Some(observe::parse_errors(d, ctx)?),
