@@ -319,6 +319,264 @@ fn phase_reconcile(specs: &[ServiceSpec]) -> anyhow::Result<Value> {
     }))
 }
 
+/// The benchmark service `spec` with topology-aware routing on (`trafficDistribution: PreferClose`): its endpoints
+/// alternate between zone-a (this node's zone) and zone-b, each with the zone hint kube's controller would give it;
+/// `udp` makes its port UDP (for the stale-conntrack cleanup).
+fn topology_yaml(spec: &ServiceSpec, udp: bool) -> String {
+    let proto = if udp { "UDP" } else { "TCP" };
+    let mut y = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  type: ClusterIP\n  \
+         clusterIP: {ip}\n  clusterIPs: [{ip}]\n  trafficDistribution: PreferClose\n  ports:\n    - name: p\n      \
+         port: {port}\n      protocol: {proto}\n      targetPort: {tp}\n---\napiVersion: discovery.k8s.io/v1\n\
+         kind: EndpointSlice\nmetadata:\n  name: {name}-abcde\n  namespace: {ns}\n  labels:\n    \
+         kubernetes.io/service-name: {name}\naddressType: IPv4\nports:\n  - name: p\n    port: {tp}\n    \
+         protocol: {proto}\nendpoints:\n",
+        name = spec.name,
+        ns = spec.namespace,
+        ip = spec.cluster_ip,
+        port = spec.port,
+        tp = spec.target_port,
+    );
+    for (j, ep) in spec.endpoints.iter().enumerate() {
+        let zone = if j % 2 == 0 { "zone-a" } else { "zone-b" };
+        let node = &spec.nodes[j % spec.nodes.len()];
+        let _ = write!(
+            y,
+            "  - addresses: [{ep}]\n    conditions: {{ready: true, serving: true, terminating: false}}\n    \
+             nodeName: {node}\n    zone: {zone}\n    hints: {{forZones: [{{name: {zone}}}]}}\n"
+        );
+    }
+    y
+}
+
+/// Every tenth benchmark service is UDP in the topology phase.
+fn topology_udp(i: usize) -> bool {
+    i.is_multiple_of(10)
+}
+
+/// Phase `topology`: the benchmark table with topology hints on every service (this node in zone-a, so each
+/// virtual server gets the zone-a half of its endpoints) and every tenth service UDP, programmed by the reconciler;
+/// then single endpoint changes of TCP services (IPVS only) and of UDP services (IPVS, then the stale-conntrack
+/// cleanup over ctnetlink, as the proxy's loop does), each with the round trips of IPVS and ctnetlink counted apart.
+/// The conntrack table holds 2,000 unrelated UDP flows to port 53 (other addresses) and, before each UDP change,
+/// one entry of a flow answered by the endpoint about to go (made with `conntrack -I`).
+fn phase_topology(specs: &[ServiceSpec]) -> anyhow::Result<Value> {
+    use svcnet_core::ipvs::conntrack::{ConntrackBackend, StaleTracker};
+    use svcnet_core::ipvs::netlink::ctnetlink::NetlinkConntrack;
+    let config = ProxyConfig::default();
+    let node = NodeInfo {
+        node_name: Some("node-a".into()),
+        local_addresses: vec![],
+    };
+    let (mut writer, _reader) = new_cache([Kind::Service, Kind::EndpointSlice, Kind::Node]);
+    let node_yaml = "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-a\n  labels:\n    \
+                     topology.kubernetes.io/zone: zone-a\n";
+    for object in parse_manifest(Path::new("node-a.yaml"), node_yaml)? {
+        writer.apply(object);
+    }
+    let apply = |writer: &mut svcnet_core::CacheWriter,
+                 i: usize,
+                 spec: &ServiceSpec|
+     -> anyhow::Result<()> {
+        for object in parse_manifest(
+            Path::new(&spec.file_name()),
+            &topology_yaml(spec, topology_udp(i)),
+        )? {
+            writer.apply(object);
+        }
+        Ok(())
+    };
+    for (i, spec) in specs.iter().enumerate() {
+        apply(&mut writer, i, spec)?;
+    }
+    let started = Instant::now();
+    let mut desired = build(&writer.snapshot(), &config, &node);
+    let built = started.elapsed();
+    // Topology is on: each virtual server has the zone-a half of its endpoints.
+    let proto = |i: usize| {
+        if topology_udp(i) {
+            Protocol::Udp
+        } else {
+            Protocol::Tcp
+        }
+    };
+    let id_of = |i: usize| ServiceId::new(proto(i), specs[i].cluster_ip.into(), specs[i].port);
+    let want = specs[1].endpoints.len().div_ceil(2);
+    let got = desired.server(&id_of(1)).map(|vs| vs.dests.len());
+    ensure!(
+        got == Some(want),
+        "topology hints not applied: {got:?} real servers, want {want}"
+    );
+    let mut rec = Reconciler::new(
+        Box::new(NetlinkIpvs::open()?),
+        Box::new(MemoryAddresses::new(vec![])),
+    );
+    let first = rec.full_sync(&desired, &config)?;
+    let full_elapsed = started.elapsed();
+    ensure!(first.failures == 0, "first sync: {first:?}");
+
+    // Conntrack as the proxy has it (IPVS keeps conntrack entries), with unrelated UDP flows in the table.
+    std::fs::write("/proc/sys/net/ipv4/vs/conntrack", "1")?;
+    // Conntrack hooks are registered in a namespace only once something uses them (the proxy's iptables rules do).
+    run(
+        "iptables-legacy",
+        &[
+            "-A",
+            "OUTPUT",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "NEW",
+            "-j",
+            "ACCEPT",
+        ],
+    )?;
+    run("ip", &["link", "add", "bg0", "type", "dummy"])?;
+    run("ip", &["addr", "add", "10.199.0.1/16", "dev", "bg0"])?;
+    run("ip", &["link", "set", "bg0", "up"])?;
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    for k in 0..2000u32 {
+        let to = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 199, 1, 0)) + k);
+        sock.send_to(b"q", (to, 53))?;
+    }
+    let background: u64 = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count")?
+        .trim()
+        .parse()?;
+    ensure!(
+        background >= 2000,
+        "{background} conntrack entries after 2000 UDP flows"
+    );
+    let mut ct = NetlinkConntrack::open()?;
+    let mut tracker = StaleTracker::new();
+    ensure!(
+        tracker.observe(&desired, None).is_empty(),
+        "the first look only records"
+    );
+
+    let mut current: BTreeMap<usize, ServiceSpec> = BTreeMap::new();
+    let mut tcp_ms = Vec::new();
+    let mut tcp_rt = Vec::new();
+    let mut udp_ipvs_ms = Vec::new();
+    let mut udp_ipvs_rt = Vec::new();
+    let mut udp_ct_ms = Vec::new();
+    let mut udp_ct_rt = Vec::new();
+    let mut udp_ct_scanned = Vec::new();
+    let mut udp_ct_deleted = 0;
+    let udp_count = specs.len().div_ceil(10);
+    for round in 0..50u32 {
+        for udp in [false, true] {
+            let i = if udp {
+                ((round as usize * 13) % udp_count) * 10
+            } else {
+                let i = (round as usize * 197) % specs.len();
+                if topology_udp(i) {
+                    (i + 1) % specs.len()
+                } else {
+                    i
+                }
+            };
+            let mut spec = current.get(&i).cloned().unwrap_or_else(|| specs[i].clone());
+            // Endpoint 0 (zone-a, so programmed here) moves to a new address, hinted for zone-a too.
+            let old = spec.endpoints[0];
+            spec.endpoints[0] = Ipv4Addr::from(
+                u32::from(Ipv4Addr::new(10, 250, 0, 1)) + round * 2 + u32::from(udp),
+            );
+            if udp {
+                // A client flow answered by the endpoint about to go.
+                let sport = (40000 + round).to_string();
+                run(
+                    "conntrack",
+                    &[
+                        "-I",
+                        "-p",
+                        "udp",
+                        "-s",
+                        "10.244.250.1",
+                        "-d",
+                        &spec.cluster_ip.to_string(),
+                        "--sport",
+                        &sport,
+                        "--dport",
+                        &spec.port.to_string(),
+                        "-r",
+                        &old.to_string(),
+                        "-q",
+                        "10.244.250.1",
+                        "--reply-port-src",
+                        &spec.target_port.to_string(),
+                        "--reply-port-dst",
+                        &sport,
+                        "-t",
+                        "120",
+                    ],
+                )?;
+            }
+            apply(&mut writer, i, &spec)?;
+            current.insert(i, spec);
+            let t = Instant::now();
+            let delta = desired.update(&writer.snapshot(), &config, &node);
+            let report = rec.sync_delta(&desired, &delta, &config)?;
+            let ipvs = t.elapsed();
+            ensure!(
+                !report.full && report.failures == 0 && report.operations() == 2,
+                "change {round} (udp {udp}): {report:?}"
+            );
+            if !udp {
+                tcp_ms.push(ms(ipvs));
+                tcp_rt.push(report.round_trips);
+                ensure!(
+                    tracker.observe(&desired, Some(&delta.services)).is_empty(),
+                    "a TCP change needs no cleanup"
+                );
+                continue;
+            }
+            udp_ipvs_ms.push(ms(ipvs));
+            udp_ipvs_rt.push(report.round_trips);
+            let t = Instant::now();
+            let filters = tracker.observe(&desired, Some(&delta.services));
+            ensure!(filters.len() == 1, "one stale endpoint: {filters:?}");
+            let cleaned = ct.delete_matching(&filters)?;
+            udp_ct_ms.push(ms(t.elapsed()));
+            udp_ct_rt.push(cleaned.round_trips);
+            udp_ct_scanned.push(cleaned.scanned);
+            udp_ct_deleted += cleaned.deleted;
+        }
+    }
+    ensure!(
+        udp_ct_deleted == 50,
+        "each UDP change deleted its stale entry: {udp_ct_deleted}"
+    );
+    let sorted = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let (tcp_ms, udp_ipvs_ms, udp_ct_ms) = (sorted(tcp_ms), sorted(udp_ipvs_ms), sorted(udp_ct_ms));
+    let stats = ct.socket_stats();
+    Ok(json!({
+        "services": specs.len(),
+        "udp_services": udp_count,
+        "desired_build_ms": ms(built),
+        "full_sync_ms": ms(full_elapsed),
+        "dests_per_service": want,
+        "tcp_median_ms": tcp_ms[tcp_ms.len() / 2],
+        "tcp_max_ms": tcp_ms[tcp_ms.len() - 1],
+        "tcp_rt_min": tcp_rt.iter().min(),
+        "tcp_rt_max": tcp_rt.iter().max(),
+        "udp_ipvs_median_ms": udp_ipvs_ms[udp_ipvs_ms.len() / 2],
+        "udp_ipvs_max_ms": udp_ipvs_ms[udp_ipvs_ms.len() - 1],
+        "udp_ipvs_rt_min": udp_ipvs_rt.iter().min(),
+        "udp_ipvs_rt_max": udp_ipvs_rt.iter().max(),
+        "udp_ct_median_ms": udp_ct_ms[udp_ct_ms.len() / 2],
+        "udp_ct_max_ms": udp_ct_ms[udp_ct_ms.len() - 1],
+        "udp_ct_rt_min": udp_ct_rt.iter().min(),
+        "udp_ct_rt_max": udp_ct_rt.iter().max(),
+        "udp_ct_scanned_max": udp_ct_scanned.iter().max(),
+        "ct_sends": stats.sends,
+        "ct_recvs": stats.recvs,
+        "conntrack_table": background,
+    }))
+}
+
 /// Phase `with-addresses`: the reconciler's first full sync with the real rtnetlink address backend (binding every
 /// cluster IP to `kube-ipvs0`), then a restart's dump-and-diff of IPVS and addresses.
 fn phase_with_addresses(specs: &[ServiceSpec]) -> anyhow::Result<Value> {
@@ -531,6 +789,12 @@ fn benchmark() -> anyhow::Result<()> {
         skipped()
     };
     println!("  reconciler: {rec}");
+    let topo = if wanted("topology") {
+        run_phase("topology", "bench-topo", false)?.0
+    } else {
+        skipped()
+    };
+    println!("  topology: {topo}");
     let mut addr = skipped();
     let mut ip_batch_time = Duration::ZERO;
     if wanted("addresses") {
@@ -653,6 +917,31 @@ fn benchmark() -> anyhow::Result<()> {
     );
     let _ = writeln!(
         t,
+        "| svcnet, topology hints on every service (this node's zone gets {} of {endpoints} endpoints; full sync {:.0} ms): one endpoint change of a TCP service (median / max of 50) | {:.2} / {:.2} ms | IPVS {}–{} | | |",
+        topo["dests_per_service"],
+        f(&topo, "full_sync_ms"),
+        f(&topo, "tcp_median_ms"),
+        f(&topo, "tcp_max_ms"),
+        topo["tcp_rt_min"],
+        topo["tcp_rt_max"]
+    );
+    let _ = writeln!(
+        t,
+        "| svcnet, topology on, one endpoint change of a UDP service ({} of them): IPVS change, then the stale-conntrack cleanup (conntrack table of {} entries; the kernel-filtered dump returned at most {}) (median / max of 50) | IPVS {:.2} / {:.2} ms, then cleanup {:.2} / {:.2} ms | IPVS {}–{}, then ctnetlink {}–{} | | |",
+        topo["udp_services"],
+        topo["conntrack_table"],
+        topo["udp_ct_scanned_max"],
+        f(&topo, "udp_ipvs_median_ms"),
+        f(&topo, "udp_ipvs_max_ms"),
+        f(&topo, "udp_ct_median_ms"),
+        f(&topo, "udp_ct_max_ms"),
+        topo["udp_ipvs_rt_min"],
+        topo["udp_ipvs_rt_max"],
+        topo["udp_ct_rt_min"],
+        topo["udp_ct_rt_max"]
+    );
+    let _ = writeln!(
+        t,
         "| svcnet: startup dump-and-diff of the programmed IPVS table (restart; desired state {:.0} ms of it; {} page faults, {} of them in the desired state) | {:.0} ms | | | ({} operations) |",
         f(&rec, "restart_build_ms"),
         rec["restart_faults"],
@@ -714,6 +1003,7 @@ fn ipvs_benchmark() {
             "raw" => phase_raw(&specs),
             "reconcile" => phase_reconcile(&specs),
             "with-addresses" => phase_with_addresses(&specs),
+            "topology" => phase_topology(&specs),
             other => panic!("unknown benchmark phase {other}"),
         }
         .unwrap_or_else(|e| panic!("phase {phase}: {e:#}"));

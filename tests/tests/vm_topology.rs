@@ -3,7 +3,9 @@
 //! zone-b, and the proxy's Node (`node-a`, in a `--manifests` directory) labelled with its zone. Checked with traffic
 //! from the node through the cluster IP: only same-zone backends answer; relabelling the Node moves traffic to the
 //! other zone live; a zone no hint names, a Node without a zone label and an endpoint without hints all fall back to
-//! every endpoint (kube-proxy's behaviour) with a log line naming why, and the proxy never crashes.
+//! every endpoint (kube-proxy's behaviour) with a log line naming why, and the proxy never crashes. An EndpointSlice
+//! with both hint kinds uses this node's endpoint (node hints first, then zone hints, as kube-proxy); a malformed
+//! slice is refused with a log line naming the file and the last good table stays.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -45,6 +47,18 @@ fn write_node(zone: Option<&str>) -> anyhow::Result<()> {
 
 /// Writes the `zonal` Service (PreferClose) and its EndpointSlice; `unhinted` names a pod whose endpoint has no hint.
 fn write_service(unhinted: Option<&str>) -> anyhow::Result<()> {
+    write_service_hinted(|pod, _, zone| {
+        if unhinted == Some(pod) {
+            String::new()
+        } else {
+            format!("    hints: {{forZones: [{{name: {zone}}}]}}\n")
+        }
+    })
+}
+
+/// Writes the `zonal` Service (PreferClose) and its EndpointSlice, with `hints(pod, node, zone)` as the hints lines
+/// of each endpoint.
+fn write_service_hinted(hints: impl Fn(&str, &str, &str) -> String) -> anyhow::Result<()> {
     let mut y = String::from(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: zonal\n  namespace: default\nspec:\n  type: ClusterIP\n  \
          clusterIP: 10.96.20.10\n  clusterIPs: [10.96.20.10]\n  trafficDistribution: PreferClose\n  ports:\n    \
@@ -54,16 +68,14 @@ fn write_service(unhinted: Option<&str>) -> anyhow::Result<()> {
          protocol: TCP\nendpoints:\n",
     );
     for (i, (pod, last, zone)) in BACKENDS.iter().enumerate() {
+        let node = format!("node-{}", ["a", "b", "c"][i]);
         let _ = write!(
             y,
             "  - addresses: [{}]\n    conditions: {{ready: true, serving: true, terminating: false}}\n    \
-             nodeName: node-{}\n    zone: {zone}\n",
+             nodeName: {node}\n    zone: {zone}\n{}",
             pod_ip(*last),
-            ["a", "b", "c"][i]
+            hints(pod, &node, zone)
         );
-        if unhinted != Some(pod) {
-            let _ = writeln!(y, "    hints: {{forZones: [{{name: {zone}}}]}}");
-        }
     }
     write_atomically("default-zonal.yaml", &y)
 }
@@ -241,6 +253,54 @@ fn fallbacks_use_every_endpoint_with_a_reason() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An EndpointSlice with both hint kinds (`forNodes` and `forZones`, as the controller writes them for
+/// `PreferSameNode`): this node's endpoint only, as kube-proxy prefers the node hint; with no endpoint hinted for
+/// this node, the zone hints. Then a malformed version of the slice (`forZones` not a list): refused with a log
+/// line naming the file, the last good table stays, the proxy keeps running; the fixed version applies again.
+fn both_hint_kinds_and_a_malformed_slice() -> anyhow::Result<()> {
+    let mut guard = fixture()?;
+    write_service_hinted(|_, node, zone| {
+        format!("    hints: {{forZones: [{{name: {zone}}}], forNodes: [{{name: {node}}}]}}\n")
+    })?;
+    wait_for_pods(&["pod-a"], Duration::from_secs(20)).map_err(|e| e.context(proxy_log(&guard)))?;
+    let hits = answers(20)?;
+    ensure!(
+        hits.keys().map(String::as_str).collect::<Vec<_>>() == ["pod-a"],
+        "node hints: only this node's endpoint answers: {hits:?}"
+    );
+    // No endpoint hinted for node-a: the zone hints decide.
+    write_service_hinted(|_, node, zone| {
+        let other = if node == "node-a" { "node-b" } else { node };
+        format!("    hints: {{forZones: [{{name: {zone}}}], forNodes: [{{name: {other}}}]}}\n")
+    })?;
+    wait_for_pods(&["pod-a", "pod-c"], Duration::from_secs(20))
+        .map_err(|e| e.context(proxy_log(&guard)))?;
+
+    write_service_hinted(|_, _, zone| format!("    hints: {{forZones: {zone}}}\n"))?;
+    wait_for_log(&guard, "manifest rejected; keeping its last good version")?;
+    let log = proxy_log(&guard);
+    let line = log
+        .lines()
+        .rfind(|l| l.contains("manifest rejected"))
+        .unwrap_or_default();
+    ensure!(
+        line.contains("default-zonal.yaml"),
+        "the log line names the file: {line}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    wait_for_pods(&["pod-a", "pod-c"], Duration::from_millis(50))
+        .map_err(|e| e.context(format!("the last good table stays: {:?}", real_servers())))?;
+    write_service(None)?;
+    wait_for_pods(&["pod-a", "pod-c"], Duration::from_secs(20))?;
+    let running = guard
+        .as_mut()
+        .and_then(|f| f.proxy.as_mut())
+        .is_some_and(Background::is_running);
+    ensure!(running, "the proxy exited:\n{}", proxy_log(&guard));
+    println!("  refused: {line}");
+    Ok(())
+}
+
 fn teardown() -> anyhow::Result<()> {
     let fixture = FIXTURE.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(mut f) = fixture
@@ -261,6 +321,10 @@ fn checks() -> Vec<Check> {
         Check::new(
             "fallbacks_use_every_endpoint_with_a_reason",
             fallbacks_use_every_endpoint_with_a_reason,
+        ),
+        Check::new(
+            "both_hint_kinds_and_a_malformed_slice",
+            both_hint_kinds_and_a_malformed_slice,
         ),
         Check::new("teardown", teardown),
     ]

@@ -186,6 +186,8 @@ struct Worker {
     config: ProxyConfig,
     node: NodeInfo,
     stale: StaleTracker,
+    /// Stale conntrack filters waiting for the host setup (ipsets, iptables) to be in place.
+    ct_pending: Vec<super::conntrack::ConntrackFilter>,
 }
 
 impl Worker {
@@ -228,7 +230,7 @@ impl Worker {
         self.desired = build(snapshot, &self.config, &self.node);
         let built = started.elapsed();
         let report = self.rec.full_sync(&self.desired, &self.config)?;
-        self.clean_conntrack(None);
+        self.find_stale_conntrack(None);
         let synced = started.elapsed();
         self.after_sync();
         tracing::debug!(
@@ -256,22 +258,43 @@ impl Worker {
             return Ok(SyncReport::default());
         }
         let report = self.rec.sync_delta(&self.desired, &delta, &self.config)?;
-        self.clean_conntrack((!delta.full).then_some(&delta.services));
+        self.find_stale_conntrack((!delta.full).then_some(&delta.services));
         self.after_sync();
         Ok(report)
     }
 
-    /// Deletes the conntrack entries the sync just applied made stale (UDP/SCTP only; nothing
-    /// to do, and no system call, when no such virtual server lost a real server or got its
-    /// first). `changed`: the virtual servers the sync touched (`None`: all).
-    fn clean_conntrack(&mut self, changed: Option<&std::collections::BTreeSet<super::ServiceId>>) {
-        let Some(ct) = self.host.as_mut().and_then(|h| h.conntrack()) else {
+    /// Records which conntrack entries the sync just applied made stale (UDP/SCTP only; nothing
+    /// when no such virtual server lost a real server or got its first). `changed`: the virtual
+    /// servers the sync touched (`None`: all). They are deleted by [`after_sync`](Self::after_sync)
+    /// once the host setup is in place, as kube-proxy deletes them at the end of its sync: a packet
+    /// that made a new entry before the ipsets and iptables rules were updated (a hairpin flow's
+    /// masquerade, `KUBE-LOOP-BACK`) would leave a stale entry of its own.
+    fn find_stale_conntrack(
+        &mut self,
+        changed: Option<&std::collections::BTreeSet<super::ServiceId>>,
+    ) {
+        if self.host.as_mut().and_then(|h| h.conntrack()).is_none() {
             return;
-        };
+        }
         let filters = self.stale.observe(&self.desired, changed);
         if filters.is_empty() {
             return;
         }
+        self.ct_pending.extend(filters);
+        self.ct_pending.sort_unstable();
+        self.ct_pending.dedup();
+    }
+
+    /// Deletes the pending stale conntrack entries (one call for all of them; the IPVS change and
+    /// the host setup were applied before, so the deletion is off the IPVS critical path).
+    fn clean_conntrack(&mut self) {
+        if self.ct_pending.is_empty() {
+            return;
+        }
+        let Some(ct) = self.host.as_mut().and_then(|h| h.conntrack()) else {
+            return;
+        };
+        let filters = std::mem::take(&mut self.ct_pending);
         let started = Instant::now();
         match ct.delete_matching(&filters) {
             Ok(r) => tracing::info!(
@@ -292,11 +315,16 @@ impl Worker {
         }
     }
 
+    /// The host setup after a sync, then the conntrack cleanup once the host setup is not
+    /// deferred (a deferred update comes back as [`Job::Host`], which calls this again).
     fn after_sync(&mut self) {
         if let Some(h) = self.host.as_mut()
             && let Err(e) = h.after_sync(&self.desired, &self.config, &self.node)
         {
             tracing::warn!(error = %e, "host setup after sync failed");
+        }
+        if !self.host.as_ref().is_some_and(|h| h.has_pending()) {
+            self.clean_conntrack();
         }
     }
 }
@@ -374,6 +402,7 @@ pub async fn run(
         config: initial.clone(),
         node: NodeInfo::default(),
         stale: StaleTracker::new(),
+        ct_pending: Vec::new(),
     };
     let mut job = Job::Config(Box::new(initial));
     let mut pending_since: Option<Instant> = None;

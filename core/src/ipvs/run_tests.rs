@@ -231,6 +231,19 @@ impl crate::ipvs::conntrack::ConntrackBackend for Shared {
 
 struct ConntrackHostSetup {
     shared: Shared,
+    /// After-sync calls still to defer (as a rate-limited host setup does), and what happened, in order.
+    defer: Arc<Mutex<usize>>,
+    events: Option<Arc<Mutex<Vec<String>>>>,
+}
+
+impl ConntrackHostSetup {
+    fn new(shared: Shared) -> Self {
+        Self {
+            shared,
+            defer: Arc::default(),
+            events: None,
+        }
+    }
 }
 
 impl HostSetup for ConntrackHostSetup {
@@ -243,7 +256,28 @@ impl HostSetup for ConntrackHostSetup {
         _config: &ProxyConfig,
         _node: &NodeInfo,
     ) -> Result<(), BackendError> {
+        let mut defer = self.defer.lock().unwrap();
+        let applied = if *defer > 0 {
+            *defer -= 1;
+            "host deferred"
+        } else {
+            "host applied"
+        };
+        if let Some(ev) = &self.events {
+            let calls = self.shared.0.lock().unwrap().calls;
+            ev.lock()
+                .unwrap()
+                .push(format!("{applied} (conntrack calls {calls})"));
+        }
         Ok(())
+    }
+    fn has_pending(&self) -> bool {
+        self.events.as_ref().is_some_and(|ev| {
+            ev.lock()
+                .unwrap()
+                .last()
+                .is_some_and(|e| e.starts_with("host deferred"))
+        })
     }
     fn conntrack(&mut self) -> Option<&mut dyn crate::ipvs::conntrack::ConntrackBackend> {
         Some(&mut self.shared)
@@ -309,9 +343,7 @@ async fn deletes_stale_udp_conntrack_entries_after_the_sync() {
     let task = tokio::spawn(run(
         reader,
         rec,
-        Some(Box::new(ConntrackHostSetup {
-            shared: Shared(host.0.clone()),
-        })),
+        Some(Box::new(ConntrackHostSetup::new(Shared(host.0.clone())))),
         config_rx,
         RunOptions::default(),
         status.clone(),
@@ -346,6 +378,89 @@ async fn deletes_stale_udp_conntrack_entries_after_the_sync() {
     assert_eq!(host.0.lock().unwrap().entries, vec![tcp, live_udp]);
     let udp = ServiceId::new(Protocol::Udp, "10.96.0.10".parse().unwrap(), 53);
     assert_eq!(ipvs.service(&udp).map(|s| s.dests.len()), Some(2));
+    stop_tx.send(true).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+/// The stale entries are deleted only once the host setup (ipsets, iptables) is in place, as
+/// kube-proxy does at the end of its sync: with the host update deferred (rate limit), the
+/// deletion waits for the retry that applies it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conntrack_cleanup_waits_for_a_deferred_host_update() {
+    use crate::ipvs::conntrack::{ConntrackEntry, ConntrackTuple};
+    let (mut writer, reader) = new_cache([Kind::Service, Kind::EndpointSlice]);
+    let rec = Reconciler::new(
+        Box::new(MemoryIpvs::new()),
+        Box::new(MemoryAddresses::new(vec!["192.168.1.5".parse().unwrap()])),
+    );
+    let table = ConntrackHost::default();
+    let stale = ConntrackEntry {
+        protocol: 17,
+        orig: ConntrackTuple {
+            src: "10.244.2.7".parse().unwrap(),
+            dst: "10.96.0.10".parse().unwrap(),
+            src_port: 40053,
+            dst_port: 53,
+        },
+        reply: ConntrackTuple {
+            src: "10.244.1.10".parse().unwrap(),
+            dst: "10.244.2.7".parse().unwrap(),
+            src_port: 53,
+            dst_port: 40053,
+        },
+        zone: 0,
+        id: None,
+    };
+    table.0.lock().unwrap().entries = vec![stale];
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let mut host = ConntrackHostSetup::new(Shared(table.0.clone()));
+    host.events = Some(events.clone());
+    let defer = host.defer.clone();
+    let (_config_tx, config_rx) = watch::channel(ProxyConfig::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let status = StatusHandle::default();
+    let task = tokio::spawn(run(
+        reader,
+        rec,
+        Some(Box::new(host)),
+        config_rx,
+        RunOptions::default(),
+        status.clone(),
+        stop_rx,
+    ));
+    writer.update(|tx| {
+        for o in dns(&["10.244.1.10", "10.244.1.11"]) {
+            tx.apply(o);
+        }
+        tx.mark_synced(Kind::Service);
+        tx.mark_synced(Kind::EndpointSlice);
+    });
+    until("first sync recorded", || status.get().full_syncs >= 1).await;
+    until("first host update", || !events.lock().unwrap().is_empty()).await;
+    assert_eq!(
+        table.0.lock().unwrap().calls,
+        0,
+        "the first sync only records"
+    );
+
+    // The next host update is deferred once: the endpoint removal reaches IPVS, the cleanup
+    // waits; the retry applies the host update, then deletes the entry.
+    *defer.lock().unwrap() = 1;
+    events.lock().unwrap().clear();
+    for o in dns(&["10.244.1.11"]) {
+        writer.apply(o);
+    }
+    until("stale entry deleted", || table.0.lock().unwrap().calls == 1).await;
+    assert!(table.0.lock().unwrap().entries.is_empty());
+    let seen = events.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![
+            "host deferred (conntrack calls 0)".to_owned(),
+            "host applied (conntrack calls 0)".to_owned()
+        ],
+        "the deletion came after the applied host update, not after the deferred one"
+    );
     stop_tx.send(true).unwrap();
     task.await.unwrap().unwrap();
 }

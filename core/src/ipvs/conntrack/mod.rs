@@ -8,8 +8,11 @@
 //! rescheduled); kernels since 5.9 with `expire_nodest_conn=1` (set by the proxy) expire the
 //! connections of a deleted real server and their conntrack entries by themselves (seen in the
 //! 6.1 test kernel, `tests/tests/vm_conntrack.rs`). Deleting the entries here, as kube-proxy does
-//! in IPVS mode too, covers the older kernels and entries IPVS does not own (traffic that reached
-//! a virtual address while it had no real servers).
+//! in IPVS mode too, covers the older kernels and entries IPVS does not own: traffic that reached
+//! a service address before it was programmed has an entry without NAT, which keeps matching the
+//! flow; IPVS still forwards it (it does its own NAT), but netfilter decides NAT only for a new
+//! entry, so a flow that needs masquerading (hairpin, `masqueradeAll`) stays black-holed until
+//! the entry goes (shown with the cleanup switched off in `vm_conntrack`).
 //!
 //! [`StaleTracker`] is the pure part: it remembers the real servers of every UDP/SCTP virtual
 //! server and, from what a sync changed, decides which entries to delete ([`ConntrackFilter`]):
