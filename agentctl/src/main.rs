@@ -147,6 +147,12 @@ struct RunArgs {
     /// Seconds to keep answering DNS after a stop request, while reporting not ready.
     #[arg(long, value_name = "SECONDS", default_value_t = 5)]
     lameduck: u64,
+    /// How often to give memory freed after a burst (of DNS connections, a large manifest)
+    /// back to the system, as svcnet-dns does (glibc builds; the musl image's allocator does
+    /// it by itself); 0s turns it off.
+    #[arg(long, value_name = "DURATION", default_value = "5s",
+          value_parser = svcnet_core::dns::corefile::names::parse_duration)]
+    memory_trim_interval: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -406,6 +412,10 @@ fn main() -> std::process::ExitCode {
     if let Err(e) = svcnet_core::telemetry::init(cli.log_format, "warn") {
         eprintln!("agentctl: {e}");
         return std::process::ExitCode::FAILURE;
+    }
+    if let Command::Run(args) = &cli.command {
+        // Before the runtime starts its threads: the allocator settings are process-wide.
+        svcnet_core::memtrim::start(args.memory_trim_interval);
     }
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
