@@ -97,6 +97,13 @@ Examples:
   agentctl ipvs
   agentctl ipvs --stats")]
     Ipvs(IpvsArgs),
+    /// Set the kernel settings the IPVS proxy needs (IPVS and conntrack sysctls) and exit: for a
+    /// privileged init container, so the agent itself runs without write access to /proc/sys.
+    #[command(after_help = "\
+Examples:
+  agentctl sysctls --proxy-config /etc/svcnet/proxy/config.conf
+  agentctl sysctls")]
+    Sysctls(SysctlsArgs),
     /// Print a shell completion script.
     #[command(after_help = "\
 Examples:
@@ -147,6 +154,20 @@ struct RunArgs {
     /// Seconds to keep answering DNS after a stop request, while reporting not ready.
     #[arg(long, value_name = "SECONDS", default_value_t = 5)]
     lameduck: u64,
+    /// How often to give memory freed after a burst (of DNS connections, a large manifest)
+    /// back to the system, as svcnet-dns does (glibc builds; the musl image's allocator does
+    /// it by itself); 0s turns it off.
+    #[arg(long, value_name = "DURATION", default_value = "5s",
+          value_parser = svcnet_core::dns::corefile::names::parse_duration)]
+    memory_trim_interval: Duration,
+}
+
+#[derive(Args, Debug)]
+struct SysctlsArgs {
+    /// KubeProxyConfiguration file (its `ipvs.strictARP` and `conntrack` fields); without it,
+    /// kube-proxy's defaults.
+    #[arg(long, value_name = "FILE")]
+    proxy_config: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -407,6 +428,10 @@ fn main() -> std::process::ExitCode {
         eprintln!("agentctl: {e}");
         return std::process::ExitCode::FAILURE;
     }
+    if let Command::Run(args) = &cli.command {
+        // Before the runtime starts its threads: the allocator settings are process-wide.
+        svcnet_core::memtrim::start(args.memory_trim_interval);
+    }
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -448,6 +473,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::ResolvConf(args) => resolv_conf(args).await,
         Command::Run(args) => run(args).await,
         Command::Status(args) => status(args).await,
+        Command::Sysctls(args) => sysctls(args),
         Command::Dns(DnsCommand::Query(args)) => dns_query(args).await,
         Command::Dns(DnsCommand::ExportZone(args)) => {
             let snapshot = args
@@ -471,6 +497,44 @@ async fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn sysctls(args: SysctlsArgs) -> Result<()> {
+    use svcnet_core::ipvs::conntrack::sysctl;
+    let config = match &args.proxy_config {
+        Some(path) => svcnet_core::ipvs::config::file::load(path)?.config,
+        None => svcnet_core::ipvs::ProxyConfig::default(),
+    };
+    // net.ipv4.vs.* exist once ip_vs is loaded: resolving the IPVS netlink family loads it
+    // where it is a module (no capability needed for that).
+    let mut failed: Vec<String> = Vec::new();
+    if let Err(e) = svcnet_core::ipvs::netlink::NetlinkIpvs::open() {
+        failed.push(format!("IPVS: {e}"));
+    }
+    failed.extend(
+        svcnet_core::ipvs::host::apply_sysctls(&mut sysctl::FileIo, &config)
+            .into_iter()
+            .map(|(path, reason)| format!("/proc/sys/{path}: {reason}")),
+    );
+    let (written, conntrack_failed) =
+        sysctl::apply(&mut sysctl::FileIo, &config.conntrack, sysctl::cpu_count());
+    for (path, value) in written {
+        println!("{path} = {value}");
+    }
+    failed.extend(
+        conntrack_failed
+            .into_iter()
+            .map(|f| format!("{} = {}: {}", f.path, f.value, f.reason)),
+    );
+    if !failed.is_empty() {
+        bail!(
+            "kernel settings not applied (this needs a privileged container or root on the \
+             node):\n  {}",
+            failed.join("\n  ")
+        );
+    }
+    println!("kernel settings for the IPVS proxy are in place");
+    Ok(())
 }
 
 async fn get(args: GetArgs) -> Result<()> {

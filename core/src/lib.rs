@@ -11,6 +11,7 @@ pub mod cache;
 pub mod dns;
 pub mod env;
 pub mod ipvs;
+pub mod memtrim;
 pub mod model;
 pub mod resolv;
 pub mod source;

@@ -12,8 +12,6 @@ use svcnet_core::dns::zone::{PodMode, ZoneOptions};
 use svcnet_core::dns::{DnsOptions, run_with_source};
 use svcnet_core::source::SourceConfig;
 
-mod trim;
-
 /// Authoritative cluster DNS (`cluster.local`) served from the Kubernetes API or a manifest
 /// directory.
 #[derive(Debug, Parser)]
@@ -117,19 +115,6 @@ struct Args {
     memory_trim_interval: Duration,
 }
 
-/// Allocator setup before the runtime starts: see [`trim`].
-fn setup_allocator(interval: Duration) {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if !interval.is_zero() {
-        trim::Glibc::tune();
-        if let Err(e) = trim::spawn(trim::Glibc, trim::TrimPolicy::every(interval)) {
-            tracing::warn!(error = %e, "cannot start the memory trimming thread");
-        }
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    let _ = interval;
-}
-
 #[derive(Debug, Clone, Copy)]
 struct OptionalAddr(Option<SocketAddr>);
 
@@ -165,7 +150,8 @@ fn main() -> anyhow::Result<()> {
     let matches = <Args as clap::CommandFactory>::command().get_matches();
     let args = <Args as clap::FromArgMatches>::from_arg_matches(&matches)?;
     svcnet_core::telemetry::init(args.log_format, "info")?;
-    setup_allocator(args.memory_trim_interval);
+    // Before the runtime starts its threads: see svcnet_core::memtrim.
+    svcnet_core::memtrim::start(args.memory_trim_interval);
     let source = match (&args.manifests, &args.kubeconfig) {
         (Some(dir), _) => SourceConfig::Manifests(dir.clone()),
         (None, kubeconfig) => SourceConfig::Kubernetes {

@@ -820,6 +820,149 @@ fn check_node_agent(at: &str, template: &PodTemplateSpec) -> Vec<String> {
     errors
 }
 
+/// The capabilities the node agent's code needs (issue 19 item 9; proven in a real kernel by
+/// `tests/tests/vm_privileges.rs`, which reads them from the same manifest).
+const NODE_AGENT_CAPABILITIES: [&str; 2] = ["NET_ADMIN", "NET_RAW"];
+
+/// Least privilege for the node agent, pinned: the agent container is not privileged, drops
+/// every capability and adds back exactly [`NODE_AGENT_CAPABILITIES`], cannot gain privileges,
+/// runs under the runtime's default seccomp filter; the one privileged step is the
+/// `agentctl sysctls` init container, reading the agent's own proxy configuration.
+#[test]
+fn node_agent_runs_with_least_privilege() {
+    let mut errors = Vec::new();
+    let mut agents = 0;
+    for v in &VARIANTS {
+        for obj in load_variant(v) {
+            if obj.kind() != "DaemonSet" {
+                continue;
+            }
+            agents += 1;
+            let at = obj.at();
+            let pod = typed::<DaemonSet>(&obj)
+                .spec
+                .unwrap()
+                .template
+                .spec
+                .unwrap();
+            let mut need = |ok: bool, what: &str| {
+                if !ok {
+                    errors.push(format!("{at}: {what}"));
+                }
+            };
+            let pod_seccomp = pod
+                .security_context
+                .as_ref()
+                .and_then(|s| s.seccomp_profile.as_ref())
+                .map(|p| p.type_.clone());
+            need(pod.containers.len() == 1, "one container (the agent)");
+            let c = &pod.containers[0];
+            let sc = c.security_context.clone().unwrap_or_default();
+            need(sc.privileged == Some(false), "agent: privileged: false");
+            need(
+                sc.allow_privilege_escalation == Some(false),
+                "agent: allowPrivilegeEscalation: false",
+            );
+            need(
+                sc.read_only_root_filesystem == Some(true),
+                "agent: readOnlyRootFilesystem: true",
+            );
+            let caps = sc.capabilities.clone().unwrap_or_default();
+            need(
+                caps.drop.as_deref() == Some(&["ALL".to_string()][..]),
+                "agent: capabilities drop [ALL]",
+            );
+            let added: BTreeSet<String> =
+                caps.add.clone().unwrap_or_default().into_iter().collect();
+            let wanted: BTreeSet<String> = NODE_AGENT_CAPABILITIES
+                .iter()
+                .map(|c| c.to_string())
+                .collect();
+            need(
+                added == wanted,
+                &format!("agent: capabilities add exactly {wanted:?}, not {added:?}"),
+            );
+            let seccomp = sc
+                .seccomp_profile
+                .as_ref()
+                .map(|p| p.type_.clone())
+                .or(pod_seccomp.clone());
+            need(
+                seccomp.as_deref() == Some("RuntimeDefault"),
+                "agent: seccompProfile RuntimeDefault (container or pod)",
+            );
+            need(
+                pod_seccomp.as_deref() == Some("RuntimeDefault"),
+                "pod: seccompProfile RuntimeDefault",
+            );
+            let inits = pod.init_containers.clone().unwrap_or_default();
+            need(inits.len() == 1, "one init container (agentctl sysctls)");
+            let Some(init) = inits.first() else { continue };
+            let args = init.args.clone().unwrap_or_default();
+            need(
+                init.command.is_none() && args.first().map(String::as_str) == Some("sysctls"),
+                "init container: the entrypoint with `sysctls`",
+            );
+            need(init.image == c.image, "init container: the agent's image");
+            need(
+                init.security_context
+                    .as_ref()
+                    .is_some_and(|s| s.privileged == Some(true)),
+                "init container: privileged (it writes /proc/sys)",
+            );
+            let config_of = |c: &Container| flag_value(c, "proxy-config");
+            need(
+                config_of(init).is_some() && config_of(init) == config_of(c),
+                "init container: the agent's --proxy-config",
+            );
+            let mount_of = |c: &Container, path: &str| {
+                c.volume_mounts
+                    .iter()
+                    .flatten()
+                    .find(|m| path.starts_with(&format!("{}/", m.mount_path.trim_end_matches('/'))))
+                    .map(|m| (m.name.clone(), m.mount_path.clone()))
+            };
+            if let Some(path) = config_of(c) {
+                need(
+                    mount_of(init, &path).is_some() && mount_of(init, &path) == mount_of(c, &path),
+                    "init container: the proxy configuration mounted as in the agent",
+                );
+            }
+            // Its flags are ones `agentctl sysctls` has.
+            let bin = std::env::var_os("SVCNET_AGENTCTL")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/agentctl")
+                });
+            match Command::new(&bin).args(["sysctls", "--help"]).output() {
+                Ok(out) if out.status.success() => {
+                    let help = String::from_utf8_lossy(&out.stdout);
+                    for a in args.iter().skip(1) {
+                        let flag = a.split('=').next().unwrap_or(a);
+                        need(
+                            help.contains(flag),
+                            &format!("init container: `agentctl sysctls` has no {flag}"),
+                        );
+                    }
+                }
+                other => panic!(
+                    "{} sysctls --help: {other:?} (cargo build -p agentctl, or set SVCNET_AGENTCTL)",
+                    bin.display()
+                ),
+            }
+        }
+    }
+    assert!(
+        agents >= 2,
+        "the node agent DaemonSet is in svcnet.yaml and svcnet-pods-verified.yaml"
+    );
+    assert!(
+        errors.is_empty(),
+        "node agent privileges:\n{}",
+        errors.join("\n")
+    );
+}
+
 #[test]
 fn every_flag_in_the_manifests_is_one_the_program_has() {
     for v in &VARIANTS {

@@ -33,8 +33,22 @@ pub enum BackendError {
         errno: i32,
     },
     /// The kernel has no generic netlink family `IPVS` (module `ip_vs` missing).
-    #[error("IPVS is not available in this kernel (generic netlink family \"IPVS\" not found)")]
+    #[error(
+        "IPVS is not available in this kernel (generic netlink family \"IPVS\" not found): \
+         load the ip_vs module on the node (modprobe ip_vs)"
+    )]
     NoIpvs,
+    /// This process lacks a capability the kernel requires for the operation.
+    #[error(
+        "this process lacks {capability}, which {needed_for} needs (in Kubernetes: add it to \
+         the container's securityContext.capabilities, as deploy/ does)"
+    )]
+    MissingCapability {
+        /// The capability, e.g. `CAP_NET_ADMIN`.
+        capability: &'static str,
+        /// What needs it.
+        needed_for: &'static str,
+    },
     /// A reply could not be parsed.
     #[error("malformed netlink reply to {what}: {reason}")]
     Malformed {

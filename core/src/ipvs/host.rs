@@ -35,6 +35,26 @@ pub fn sysctls(config: &ProxyConfig) -> Vec<(&'static str, &'static str)> {
     v
 }
 
+/// Writes the [`sysctls`] of `config` whose current value differs (so a setting already made,
+/// e.g. by the DaemonSet's privileged init container `agentctl sysctls`, needs no write access
+/// to `/proc/sys`); returns the failures as (path under /proc/sys, reason).
+pub fn apply_sysctls(
+    io: &mut dyn super::conntrack::sysctl::SysctlIo,
+    config: &ProxyConfig,
+) -> Vec<(&'static str, String)> {
+    let mut failed = Vec::new();
+    for (path, value) in sysctls(config) {
+        let full = format!("/proc/sys/{path}");
+        if io.read(&full).is_ok_and(|current| current.trim() == value) {
+            continue;
+        }
+        if let Err(e) = io.write(&full, value) {
+            failed.push((path, e.to_string()));
+        }
+    }
+    failed
+}
+
 /// One ipset with its entries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IpSet {
@@ -1058,11 +1078,13 @@ impl KernelHost {
 
 impl HostSetup for KernelHost {
     fn apply_config(&mut self, config: &ProxyConfig) -> Result<(), BackendError> {
-        for (path, value) in sysctls(config) {
-            let full = format!("/proc/sys/{path}");
-            if let Err(e) = std::fs::write(&full, value) {
-                tracing::warn!(sysctl = path, error = %e, "setting sysctl failed");
-            }
+        for (path, error) in apply_sysctls(&mut super::conntrack::sysctl::FileIo, config) {
+            tracing::warn!(
+                sysctl = path,
+                %error,
+                "setting sysctl failed (in a container /proc/sys is read-only: set it on the \
+                 node or with `agentctl sysctls` in a privileged init container)"
+            );
         }
         super::conntrack::sysctl::apply_logged(&config.conntrack);
         let secs = |d: Duration| d.as_secs().min(u32::MAX as u64) as u32;

@@ -244,6 +244,38 @@ fn sysctls_follow_strict_arp() {
     assert!(strict.contains(&("net/ipv4/conf/all/arp_announce", "2")));
 }
 
+/// `/proc/sys` as a map; writes fail with EROFS, as in an unprivileged container.
+struct ReadOnlySysctls(BTreeMap<String, String>);
+
+impl crate::ipvs::conntrack::sysctl::SysctlIo for ReadOnlySysctls {
+    fn read(&mut self, path: &str) -> std::io::Result<String> {
+        self.0
+            .get(path)
+            .cloned()
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
+    }
+    fn write(&mut self, _path: &str, _value: &str) -> std::io::Result<()> {
+        Err(std::io::Error::from_raw_os_error(30))
+    }
+}
+
+#[test]
+fn sysctls_already_set_need_no_write_access() {
+    let config = ProxyConfig::default();
+    let mut io = ReadOnlySysctls(
+        sysctls(&config)
+            .into_iter()
+            .map(|(p, v)| (format!("/proc/sys/{p}"), format!("{v}\n")))
+            .collect(),
+    );
+    assert_eq!(apply_sysctls(&mut io, &config), vec![]);
+    io.0.insert("/proc/sys/net/ipv4/ip_forward".into(), "0\n".into());
+    let failed = apply_sysctls(&mut io, &config);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].0, "net/ipv4/ip_forward");
+    assert!(failed[0].1.contains("Read-only"), "{failed:?}");
+}
+
 #[test]
 fn ipset_diff_adds_and_deletes_only_what_changed() {
     let d = desired();

@@ -42,6 +42,7 @@
 
 pub mod app;
 pub mod backend;
+mod caps;
 pub mod config;
 pub mod conntrack;
 pub mod desired;

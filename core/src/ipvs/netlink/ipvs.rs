@@ -633,7 +633,16 @@ pub struct NetlinkIpvs {
 
 impl NetlinkIpvs {
     /// Opens a generic netlink socket and resolves the `IPVS` family (autoloading `ip_vs`).
+    /// Fails with [`BackendError::MissingCapability`] up front when this process lacks
+    /// CAP_NET_ADMIN, which every IPVS command needs.
     pub fn open() -> Result<Self, BackendError> {
+        use crate::ipvs::caps;
+        caps::require(
+            caps::effective(),
+            caps::CAP_NET_ADMIN,
+            "CAP_NET_ADMIN",
+            "programming IPVS (and kube-ipvs0, ipset, iptables)",
+        )?;
         let mut conn = Conn::open(NlFamily::Generic, "IPVS")?;
         let family = resolve_family(&mut conn, "IPVS")?.ok_or(BackendError::NoIpvs)?;
         Ok(Self {

@@ -234,7 +234,10 @@ fn opening_reports_a_clear_error_or_works() {
         Err(e) => assert!(
             matches!(
                 e,
-                BackendError::NoIpvs | BackendError::Kernel { .. } | BackendError::Io { .. }
+                BackendError::NoIpvs
+                    | BackendError::MissingCapability { .. }
+                    | BackendError::Kernel { .. }
+                    | BackendError::Io { .. }
             ),
             "{e}"
         ),

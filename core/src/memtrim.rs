@@ -1,4 +1,6 @@
-//! Giving freed memory back to the system after bursts (issue 19 item 4).
+//! Giving freed memory back to the system after bursts (issue 19 item 4), shared by the
+//! binaries that serve DNS (`svcnet-dns`, `agentctl run`): they call [`start`] before their
+//! runtime starts.
 //!
 //! Measured with the glibc build: nine bursts of 1,024 TCP connections took `svcnet-dns` from
 //! 26 to 98 MB RSS, and the RSS stayed there. Each connection's 64 KiB receive buffer is below
@@ -6,9 +8,9 @@
 //! only gives back the top of a heap, and long-lived allocations sit above the freed ones), and
 //! the next burst on other worker threads spreads over more arenas. Two measures:
 //!
-//! - [`Glibc::tune`] fixes the mmap threshold at 32 KiB, so such buffers are mapped and
+//! - `Glibc::tune` fixes the mmap threshold at 32 KiB, so such buffers are mapped and
 //!   unmapped on their own (and the threshold no longer grows after a large free);
-//! - [`spawn`] starts a thread that checks every few seconds how much the allocator holds free
+//! - `spawn` starts a thread that checks every few seconds how much the allocator holds free
 //!   and calls `malloc_trim` once that passes [`TrimPolicy::min_free`], which returns free pages
 //!   inside every arena (not only at the top), e.g. after a large manifest was replaced.
 //!
@@ -20,6 +22,38 @@
 #![allow(unsafe_code)]
 
 use std::time::Duration;
+
+/// Whether [`start`] set anything up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Trimming {
+    /// The mmap threshold is fixed and the trimming thread runs.
+    Started,
+    /// Turned off (a zero interval).
+    Off,
+    /// This build's allocator is not glibc's malloc: nothing to do (musl's mallocng unmaps
+    /// freed groups by itself; a binary with its own global allocator manages its memory).
+    Unsupported,
+}
+
+/// Sets the allocator up to give memory back after bursts, checking every `interval` (zero
+/// turns it off). Call it once, before any other thread starts (the tokio runtime): the mmap
+/// threshold is a process-wide setting. A thread that cannot start is logged, not fatal.
+pub fn start(interval: Duration) -> Trimming {
+    if interval.is_zero() {
+        return Trimming::Off;
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        Glibc::tune();
+        if let Err(e) = spawn(Glibc, TrimPolicy::every(interval)) {
+            tracing::warn!(error = %e, "cannot start the memory trimming thread");
+        }
+        Trimming::Started
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    Trimming::Unsupported
+}
 
 /// What the trimming thread needs of the allocator: a small seam so the policy is tested
 /// without glibc.
@@ -41,6 +75,7 @@ pub(crate) struct TrimPolicy {
 
 impl TrimPolicy {
     /// Every `interval`, trimming once 4 MiB are free.
+    #[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
     pub(crate) fn every(interval: Duration) -> Self {
         TrimPolicy {
             interval,
@@ -61,6 +96,7 @@ pub(crate) fn check(alloc: &impl Allocator, policy: &TrimPolicy) -> Option<(usiz
 }
 
 /// Starts the trimming thread (it runs until the process exits).
+#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
 pub(crate) fn spawn(alloc: impl Allocator, policy: TrimPolicy) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("svcnet-trim".into())
