@@ -8,9 +8,55 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use super::host::{HostExtras, SourceRanges};
+use ipnetwork::IpNetwork;
+
 use crate::cache::{ServiceChangeTracker, Snapshot};
-use crate::model::{ObjectKey, Service, ServiceType};
+use crate::model::{ObjectKey, Protocol, Service, ServiceType};
+
+/// Inputs of the host rules that are not in the IPVS table: per-service settings kube-proxy keeps
+/// in ipsets of their own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostExtras {
+    /// `healthCheckNodePort`s of `externalTrafficPolicy: Local` LoadBalancer services: accepted in
+    /// filter INPUT (ipset `KUBE-HEALTH-CHECK-NODE-PORT`, chain filter `KUBE-NODE-PORT`).
+    pub health_check_node_ports: BTreeSet<u16>,
+    /// Load-balancer ingress ports restricted by `loadBalancerSourceRanges`.
+    pub source_ranges: Vec<SourceRanges>,
+    /// Addresses of the endpoints on this node: only they can hairpin, so only they go into
+    /// `KUBE-LOOP-BACK` (as kube-proxy does; all endpoints of a large cluster would overflow
+    /// the set's `maxelem`). `None` (node unknown): every endpoint.
+    pub local_endpoints: Option<BTreeSet<IpAddr>>,
+}
+
+/// One load-balancer ingress `ip:port` that only sources in `allowed` may reach (a Service's
+/// `loadBalancerSourceRanges`, for one of its ports and ingress IPs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceRanges {
+    /// Ingress IP (`status.loadBalancer.ingress[].ip`).
+    pub ip: IpAddr,
+    /// Protocol of the port.
+    pub protocol: Protocol,
+    /// Service port.
+    pub port: u16,
+    /// Allowed source networks.
+    pub allowed: Vec<IpNetwork>,
+}
+
+impl SourceRanges {
+    pub(crate) fn ip_port(&self) -> String {
+        format!("{},{}:{}", self.ip, self.protocol.as_lower(), self.port)
+    }
+
+    /// Whether this node may reach the ingress itself: one of its addresses is in an allowed
+    /// range. The node's own packets to the ingress IP (bound to kube-ipvs0) leave with that IP
+    /// as their source, so kube-proxy then allows source = ingress IP (`KUBE-LOAD-BALANCER-SOURCE-IP`)
+    /// and otherwise drops them on the way out (`KUBE-IPVS-OUT-FILTER`).
+    pub(crate) fn allows_node(&self, node_addresses: &[IpAddr]) -> bool {
+        self.allowed
+            .iter()
+            .any(|net| node_addresses.iter().any(|a| net.contains(*a)))
+    }
+}
 
 /// What one Service contributes to the [`HostExtras`].
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,10 +3,19 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+use std::time::{Duration, Instant};
+
+use super::kernel::FILTER_MIN_GAP;
 use super::*;
 use crate::cache::new_cache;
+use crate::ipvs::backend::BackendError;
+use crate::ipvs::config::ProxyConfig;
 use crate::ipvs::desired::build;
+use crate::ipvs::desired::{DesiredState, NodeInfo};
 use crate::ipvs::fixtures::{endpoint, service, slice};
+use crate::ipvs::run::HostSetup;
+use crate::ipvs::table::Family;
+use crate::model::Protocol;
 use crate::model::{ClusterObject, Kind, ServiceType, TrafficPolicy};
 
 fn node() -> NodeInfo {
