@@ -49,10 +49,11 @@ pub trait HostSetup: Send {
     fn has_pending(&self) -> bool {
         false
     }
-    /// Called with every snapshot a sync looks at, before the sync, for the per-service inputs
-    /// that are not in the IPVS table (health-check node ports, load-balancer source ranges).
-    /// A change the table does not see makes [`has_pending`](Self::has_pending) true.
-    fn observe_snapshot(&mut self, _snapshot: &crate::cache::Snapshot, _node: &NodeInfo) {}
+    /// Called with the desired state's per-Service view after every update of it, before the
+    /// sync, for the per-service inputs that are not in the IPVS table (health-check node ports,
+    /// load-balancer source ranges, local endpoints). A change the table does not see makes
+    /// [`has_pending`](Self::has_pending) true.
+    fn observe_view(&mut self, _view: &super::view::ProxyView) {}
     /// Where stale UDP/SCTP conntrack entries are deleted after each sync (see
     /// [`super::conntrack`]); `None` (the default): no cleanup.
     fn conntrack(&mut self) -> Option<&mut dyn ConntrackBackend> {
@@ -220,12 +221,12 @@ impl Worker {
     ) -> Result<SyncReport, BackendError> {
         let started = Instant::now();
         self.node = self.node_info(options);
-        if let Some(h) = self.host.as_mut() {
-            h.observe_snapshot(snapshot, &self.node);
-        }
         // Dropped before the rebuild, so the two never take memory at the same time.
         self.desired = DesiredState::default();
         self.desired = build(snapshot, &self.config, &self.node);
+        if let Some(h) = self.host.as_mut() {
+            h.observe_view(self.desired.view());
+        }
         let built = started.elapsed();
         let report = self.rec.full_sync(&self.desired, &self.config)?;
         self.clean_conntrack(None);
@@ -248,10 +249,10 @@ impl Worker {
         if self.rec.needs_full() {
             return self.full(snapshot, options);
         }
-        if let Some(h) = self.host.as_mut() {
-            h.observe_snapshot(snapshot, &self.node);
-        }
         let delta = self.desired.update(snapshot, &self.config, &self.node);
+        if let Some(h) = self.host.as_mut() {
+            h.observe_view(self.desired.view());
+        }
         if delta.is_empty() {
             return Ok(SyncReport::default());
         }

@@ -295,8 +295,8 @@ impl HostSetup for KernelHost {
         self.pending
     }
 
-    fn observe_snapshot(&mut self, snapshot: &crate::cache::Snapshot, node: &NodeInfo) {
-        if self.services.observe(snapshot, node.node_name.as_deref()) {
+    fn observe_view(&mut self, view: &crate::ipvs::view::ProxyView) {
+        if self.services.observe(view) {
             let extras = self.services.extras();
             self.set_extras(extras);
         }

@@ -714,7 +714,9 @@ fn extras_follow_the_services_of_the_snapshot() {
     svc.external_traffic_policy = TrafficPolicy::Local;
     svc.health_check_node_port = Some(31500);
     w.apply(ClusterObject::Service(svc));
-    host.observe_snapshot(&r.snapshot(), &node());
+    let mut view = crate::ipvs::view::ProxyView::new();
+    view.observe(&r.snapshot(), Some("node-a"));
+    host.observe_view(&view);
     assert!(host.has_pending(), "new extras wait for the next update");
     let before = calls.lock().unwrap().len();
     host.after_sync_at(t0 + FILTER_MIN_GAP, &d, &config, &node())
