@@ -237,8 +237,8 @@ impl super::run::HostSetup for PlanHost {
         self.pending
     }
 
-    fn observe_view(&mut self, view: &super::view::ProxyView) {
-        if self.extras.observe(view) {
+    fn observe_update(&mut self, desired: &DesiredState, _delta: &super::desired::Delta) {
+        if self.extras.observe(desired.view()) {
             self.pending = true;
         }
     }
@@ -334,7 +334,7 @@ mod tests {
             "no plan before the first sync"
         );
         let empty = build(&w.snapshot(), &config, &node());
-        host.observe_view(empty.view());
+        host.observe_update(&empty, &Default::default());
         host.after_sync(&empty, &config, &node()).unwrap();
         assert_eq!(slot.lock().unwrap().as_ref().unwrap().addresses, "");
         assert!(!host.has_pending());
@@ -342,7 +342,7 @@ mod tests {
         // A change inside the gap leaves the old plan and a pending render.
         w.update(|tx| objects().into_iter().for_each(|o| tx.apply(o)));
         let desired = build(&w.snapshot(), &config, &node());
-        host.observe_view(desired.view());
+        host.observe_update(&desired, &Default::default());
         assert!(
             host.has_pending(),
             "new local endpoint: the loopback set changes"

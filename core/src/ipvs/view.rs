@@ -333,6 +333,12 @@ impl ProxyView {
         self.revision
     }
 
+    /// The revision before the last [`observe`](Self::observe) (0: none): a reader that saw it
+    /// can follow the last step.
+    pub fn previous_revision(&self) -> u64 {
+        self.previous
+    }
+
     /// The Services whose view may differ from revision `seen`: none when `seen` is the current
     /// revision, those the last observe read again when `seen` is the one before it; `None`
     /// (read every Service) otherwise.

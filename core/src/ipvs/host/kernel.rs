@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use super::command::{CommandRunner, ProcessRunner};
-use super::ipset::{IpSet, ipsets_with};
+use super::ipset_model::IpsetModel;
 use super::ipset_restore::{ipset_diff, ipset_restore_sized};
 use super::ipset_size::{maxelems_after_restore, parse_maxelems, restore_sizes};
 use super::iptables::{JUMPS, iptables_restore_with, saved_has_rule};
@@ -14,11 +14,11 @@ use super::sysctl::sysctls;
 use super::variant::{IptablesMode, detect_mode};
 use crate::ipvs::backend::{BackendError, IpvsBackend};
 use crate::ipvs::config::ProxyConfig;
-use crate::ipvs::desired::{DesiredState, NodeInfo};
+use crate::ipvs::desired::{Delta, DesiredState, NodeInfo};
 use crate::ipvs::extras::HostExtras;
 use crate::ipvs::netlink::NetlinkIpvs;
 use crate::ipvs::run::HostSetup;
-use crate::ipvs::table::Family;
+use crate::ipvs::table::{Family, ServiceId};
 
 /// Delay before retrying the ipset/iptables update after `failures` consecutive failures:
 /// [`HOST_RETRY_FIRST`] doubling up to [`HOST_RETRY_MAX`].
@@ -39,7 +39,16 @@ pub const HOST_RETRY_MAX: Duration = Duration::from_secs(30);
 pub struct KernelHost {
     runner: Box<dyn CommandRunner>,
     mode: Option<IptablesMode>,
-    last_ipsets: Option<Vec<IpSet>>,
+    /// The ipsets as last applied, with who holds each entry; `None`: unknown (rebuilt and
+    /// swapped in whole, or diffed against nothing, next time).
+    model: Option<IpsetModel>,
+    /// What changed in the desired state since the model was last applied.
+    dirty: Dirty,
+    /// How many times the sets were rebuilt from the whole desired state (not from a delta).
+    pub(super) rebuilds: u64,
+    /// The view revision of the desired state last seen by
+    /// [`observe_update`](HostSetup::observe_update); 0: none.
+    observed: u64,
     /// `maxelem` of our hash sets in the kernel after the last restore; `None`: unknown, read
     /// with `ipset list -t` before the next full restore.
     pub(super) maxelems: Option<BTreeMap<String, usize>>,
@@ -68,6 +77,23 @@ impl Default for KernelHost {
     }
 }
 
+/// The virtual servers and addresses changed since the ipsets were last applied.
+#[derive(Debug, Default)]
+struct Dirty {
+    /// Anything may have changed: rebuild the sets and diff them against the last ones.
+    full: bool,
+    services: BTreeSet<ServiceId>,
+    addresses: BTreeSet<IpAddr>,
+}
+
+impl Dirty {
+    fn everything(&mut self) {
+        self.full = true;
+        self.services.clear();
+        self.addresses.clear();
+    }
+}
+
 /// Minimum gap between two ipset/iptables updates after incremental syncs.
 pub(super) const FILTER_MIN_GAP: Duration = Duration::from_millis(200);
 
@@ -82,7 +108,13 @@ impl KernelHost {
         Self {
             runner,
             mode: None,
-            last_ipsets: None,
+            model: None,
+            dirty: Dirty {
+                full: true,
+                ..Dirty::default()
+            },
+            observed: 0,
+            rebuilds: 0,
             maxelems: None,
             last_rules: None,
             last_apply: None,
@@ -126,53 +158,76 @@ impl KernelHost {
         node: &NodeInfo,
     ) -> Result<(), BackendError> {
         let node_addresses = &node.local_addresses;
-        let families: BTreeSet<Family> = desired
+        let families: Vec<Family> = desired
             .addresses()
             .map(Family::of)
             .chain([Family::V4])
+            .collect::<BTreeSet<_>>()
+            .into_iter()
             .collect();
-        let mut sets = Vec::new();
         let mut rules = String::new();
         let mut per_family = Vec::new();
         for f in &families {
-            sets.extend(ipsets_with(desired, *f, &self.extras, node_addresses));
             let text = iptables_restore_with(config, *f, &self.extras, node_addresses);
             rules.push_str(&text);
             per_family.push((*f, text));
         }
+        // After an incremental sync of the state the host last saw, the sets follow the
+        // sync's delta; otherwise (start, periodic resync, config/node/extras change, a failed
+        // update) they are rebuilt and diffed against the last ones.
+        let dirty = std::mem::take(&mut self.dirty);
+        let follows = !dirty.full && self.observed == desired.view().revision();
+        let rebuilds = &mut self.rebuilds;
+        let mut rebuild = |extras: &HostExtras| {
+            *rebuilds += 1;
+            IpsetModel::build(desired, &families, extras, node_addresses)
+        };
+        let (model, script, previous) = match self.model.take() {
+            Some(mut m) if follows && m.fits(&families, &self.extras, node_addresses) => {
+                match m.update(desired, &dirty.services, &dirty.addresses, &self.extras) {
+                    Some(script) => (m, Some(script), None),
+                    None => (rebuild(&self.extras), None, Some(m)),
+                }
+            }
+            old => (rebuild(&self.extras), None, old),
+        };
+        let sets = model.sets();
         // Entry-by-entry updates, unless a set would outgrow its `maxelem`: then a full swap
         // into a larger set.
         let outgrown = |sizes: &BTreeMap<String, usize>| {
             sets.iter()
                 .any(|s| s.family.is_some() && s.entries.len() > restore_sizes(s, sizes).0)
         };
-        let incremental = match (&self.last_ipsets, &self.maxelems) {
-            (Some(prev), Some(sizes)) if !outgrown(sizes) => Some(ipset_diff(prev, &sets)),
+        let entry_by_entry = match (&self.maxelems, script, &previous) {
+            (Some(sizes), _, _) if outgrown(sizes) => None,
+            (Some(_), Some(delta_script), _) => Some(delta_script),
+            (Some(_), None, Some(prev)) => Some(ipset_diff(prev.sets(), sets)),
             _ => None,
         };
-        let (script, sizes) = match incremental {
+        let (script, sizes) = match entry_by_entry {
             Some(script) => (script, None),
             None => {
                 let existing = match self.maxelems.take() {
                     Some(known) => known,
                     None => self.existing_maxelems(),
                 };
-                let sizes = maxelems_after_restore(&sets, &existing);
-                (ipset_restore_sized(&sets, &existing), Some(sizes))
+                let sizes = maxelems_after_restore(sets, &existing);
+                (ipset_restore_sized(sets, &existing), Some(sizes))
             }
         };
         if !script.is_empty()
             && let Err(e) = self.runner.run("ipset", &["restore"], Some(&script))
         {
             // Next time: read the sets' sizes again and swap in whole.
-            self.last_ipsets = None;
+            self.model = None;
             self.maxelems = None;
+            self.dirty.everything();
             return Err(e);
         }
         if let Some(sizes) = sizes {
             self.maxelems = Some(sizes);
         }
-        self.last_ipsets = Some(sets);
+        self.model = Some(model);
         tracing::debug!("ipsets applied");
         if self.last_rules.as_deref() != Some(rules.as_str()) {
             let mode = self.detected_mode();
@@ -295,7 +350,15 @@ impl HostSetup for KernelHost {
         self.pending
     }
 
-    fn observe_view(&mut self, view: &crate::ipvs::view::ProxyView) {
+    fn observe_update(&mut self, desired: &DesiredState, delta: &Delta) {
+        let view = desired.view();
+        if delta.full || view.previous_revision() != self.observed {
+            self.dirty.everything();
+        } else if !self.dirty.full {
+            self.dirty.services.extend(delta.services.iter().copied());
+            self.dirty.addresses.extend(delta.addresses.iter().copied());
+        }
+        self.observed = view.revision();
         if self.services.observe(view) {
             let extras = self.services.extras();
             self.set_extras(extras);

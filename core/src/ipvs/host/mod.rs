@@ -8,6 +8,8 @@
 //! - `ipset`: the sets as data and their contents from the desired state ([`IpSet`], [`ipsets_with`]).
 //! - `ipset_size`: `maxelem` — ipset's default, what a set needs, what the kernel has.
 //! - `ipset_restore`: `ipset restore` scripts, whole swaps and entry-by-entry diffs.
+//! - `ipset_model`: the sets as applied, each entry counted by the virtual servers that hold it,
+//!   so an incremental sync's delta updates them without a rebuild.
 //! - `iptables`: the rules as a table of (chain, matches, target) rows, rendered by one
 //!   function, and the jumps from the built-in chains ([`JUMPS`]).
 //! - `variant`: legacy or nft ([`detect_mode`]).
@@ -19,6 +21,7 @@
 
 mod command;
 mod ipset;
+mod ipset_model;
 mod ipset_restore;
 mod ipset_size;
 mod iptables;
