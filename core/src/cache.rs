@@ -33,43 +33,6 @@ pub enum Change {
     Node(Arc<str>),
 }
 
-/// Follows cache snapshots for an index of per-Service data that also depends on this node's
-/// name (local endpoints): says which Services to read again at each step.
-#[derive(Debug, Default, Clone)]
-pub struct ServiceChangeTracker {
-    generation: Option<u64>,
-    node: Option<Box<str>>,
-}
-
-impl ServiceChangeTracker {
-    /// Moves to `snapshot` as seen from node `node`. `Some(keys)`: only these Services (added,
-    /// changed or removed, or one of their EndpointSlices) need reading again; `None`: read
-    /// every Service (the first step, the journal no longer reaching back, another node name).
-    pub fn advance(&mut self, snapshot: &Snapshot, node: Option<&str>) -> Option<Vec<ObjectKey>> {
-        let same_node = self.node.as_deref() == node;
-        self.node = node.map(Box::from);
-        let changes = self
-            .generation
-            .filter(|_| same_node)
-            .and_then(|g| snapshot.changes_since(g));
-        self.generation = Some(snapshot.generation());
-        changes.map(|changes| {
-            changes
-                .into_iter()
-                .filter_map(|c| match c {
-                    Change::Service(key) => Some(key),
-                    _ => None,
-                })
-                .collect()
-        })
-    }
-
-    /// The node name of the last [`advance`](Self::advance).
-    pub fn node(&self) -> Option<&str> {
-        self.node.as_deref()
-    }
-}
-
 /// Names of one Service's EndpointSlices, sorted. Almost always one or two, so kept inline: a
 /// tree set per Service cost a tree node each.
 type SliceNames = smallvec::SmallVec<[Arc<str>; 2]>;
@@ -553,27 +516,6 @@ mod tests {
 
     fn key(ns: &str, name: &str) -> ObjectKey {
         ObjectKey::new(ns, name)
-    }
-
-    #[test]
-    fn tracker_names_changed_services_and_rereads_all_for_another_node() {
-        let (mut w, r) = new_cache([Kind::Service, Kind::EndpointSlice]);
-        w.apply(svc("a", "s1", "10.0.0.1"));
-        let mut t = ServiceChangeTracker::default();
-        assert_eq!(
-            t.advance(&r.snapshot(), Some("n1")),
-            None,
-            "first step: read all"
-        );
-        assert_eq!(t.node(), Some("n1"));
-        w.apply(slice("a", "s2-x", "s2", &["10.1.0.1"]));
-        w.apply(svc("a", "s3", "10.0.0.3"));
-        assert_eq!(
-            t.advance(&r.snapshot(), Some("n1")),
-            Some(vec![key("a", "s2"), key("a", "s3")])
-        );
-        assert_eq!(t.advance(&r.snapshot(), Some("n1")), Some(vec![]));
-        assert_eq!(t.advance(&r.snapshot(), Some("n2")), None, "node renamed");
     }
 
     #[test]

@@ -167,11 +167,10 @@ pub async fn dry_run_plan(options: &AppOptions) -> Result<DryRunPlan, AppError> 
     };
     let snapshot = reader.snapshot();
     let desired = build(&snapshot, &config, &node);
-    let mut extras = super::extras::ExtrasIndex::new();
-    extras.observe(&snapshot, node.node_name.as_deref());
+    let extras = super::extras::HostExtras::of_view(desired.view());
     Ok(DryRunPlan {
         table: super::render::desired(&desired),
-        host: super::render::host_plan(&desired, &config, &extras.extras(), &node),
+        host: super::render::host_plan(&desired, &config, &extras, &node),
     })
 }
 

@@ -11,10 +11,8 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
-use crate::cache::{Change, Snapshot};
-use crate::model::{
-    AddressType, EndpointHints, EndpointSlice, ObjectKey, Service, ServiceType, TrafficPolicy,
-};
+use crate::cache::Snapshot;
+use crate::model::{EndpointHints, EndpointSlice, ObjectKey, Service, ServiceType, TrafficPolicy};
 
 use super::config::ProxyConfig;
 use super::table::{
@@ -22,6 +20,8 @@ use super::table::{
     VirtualServer,
 };
 use super::topology::{self, NodeTopology, PortPolicy, TopologyEndpoint};
+pub use super::view::is_proxied;
+use super::view::{ProxyView, ServiceView, load_balancer_vips};
 
 /// What the proxy knows about the node it runs on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -128,6 +128,8 @@ pub struct DesiredState {
     /// This node's Node object addresses when the state was built (`nodePortAddresses:
     /// [primary]` depends on them).
     node_ips: Vec<IpAddr>,
+    /// The per-Service view the contributions are computed from (shared with the host rules).
+    view: ProxyView,
 }
 
 /// This node's `topology.kubernetes.io/zone` label, from its Node object in the snapshot.
@@ -147,20 +149,33 @@ fn node_object_ips(snapshot: &Snapshot, node: &NodeInfo) -> Vec<IpAddr> {
 
 /// Builds the complete desired state from scratch.
 pub fn build(snapshot: &Snapshot, config: &ProxyConfig, node: &NodeInfo) -> DesiredState {
+    let mut view = ProxyView::new();
+    view.observe(snapshot, node.node_name.as_deref());
+    build_from_view(snapshot, view, config, node)
+}
+
+/// Builds the complete desired state from a [`ProxyView`] just brought up to `snapshot`.
+fn build_from_view(
+    snapshot: &Snapshot,
+    view: ProxyView,
+    config: &ProxyConfig,
+    node: &NodeInfo,
+) -> DesiredState {
     let node_ips = node_object_ips(snapshot, node);
     let node_ports = node.node_port_addresses(config, &node_ips);
+    let zone = node_zone(snapshot, node);
     let mut state = DesiredState {
         generation: snapshot.generation(),
-        contributions: HashMap::with_capacity(snapshot.service_count()),
-        zone: node_zone(snapshot, node),
+        contributions: HashMap::with_capacity(view.len()),
         node_ips,
         ..DesiredState::default()
     };
-    for svc in snapshot.services() {
-        if let Some(c) = contribution(snapshot, svc, config, node, &node_ports) {
-            state.insert(svc.key.clone(), c);
-        }
+    for sv in view.services() {
+        let c = contribution_of(sv, config, node, zone.as_deref(), &node_ports);
+        state.insert(sv.service.key.clone(), c);
     }
+    state.zone = zone;
+    state.view = view;
     state
 }
 
@@ -219,6 +234,11 @@ impl DesiredState {
         self.contributions.get(key)
     }
 
+    /// The per-Service view this state was computed from (as of [`generation`](Self::generation)).
+    pub fn view(&self) -> &ProxyView {
+        &self.view
+    }
+
     /// Brings the state up to `snapshot`, rebuilding only the Services that changed since
     /// [`generation`](Self::generation) (everything when the cache's journal no longer reaches
     /// back that far). Config or node changes need [`build`] instead.
@@ -242,28 +262,30 @@ impl DesiredState {
                 "this node's addresses changed (nodePortAddresses: primary): recomputing every service"
             );
         }
-        let changes = snapshot
-            .changes_since(self.generation)
-            .filter(|_| !zone_changed && !primary_changed);
+        let mut view = std::mem::take(&mut self.view);
+        let changes = view
+            .observe(snapshot, node.node_name.as_deref())
+            .filter(|_| !zone_changed && !primary_changed)
+            .map(<[ObjectKey]>::to_vec);
         let Some(changes) = changes else {
-            *self = build(snapshot, config, node);
+            *self = DesiredState::default(); // dropped before the rebuild
+            *self = build_from_view(snapshot, view, config, node);
             return Delta {
                 full: true,
                 rebuilt: self.contributions.len(),
                 ..Delta::default()
             };
         };
+        self.view = view;
         self.node_ips = node_ips;
         let node_ports = node.node_port_addresses(config, &self.node_ips);
         let mut delta = Delta::default();
-        for change in changes {
-            let Change::Service(key) = change else {
-                continue;
-            };
+        for key in changes {
             delta.rebuilt += 1;
-            let new = snapshot
+            let new = self
+                .view
                 .service(&key)
-                .and_then(|svc| contribution(snapshot, svc, config, node, &node_ports));
+                .map(|sv| contribution_of(sv, config, node, zone.as_deref(), &node_ports));
             let old = self.remove(&key);
             if old.as_ref() == new.as_ref() {
                 if let Some(old) = old {
@@ -316,14 +338,6 @@ impl DesiredState {
         }
         Some(c)
     }
-}
-
-/// Whether the proxy handles this Service at all.
-pub fn is_proxied(svc: &Service) -> bool {
-    svc.service_proxy_name.is_none()
-        && !svc.headless
-        && svc.service_type != ServiceType::ExternalName
-        && svc.has_cluster_ip()
 }
 
 /// One endpoint address usable for one service port.
@@ -405,7 +419,7 @@ impl FamilyDests {
 /// The candidates for one service port (`port_name`, `protocol`) from the Service's slices,
 /// sorted by real server, one per real server (`out` is reused between calls).
 fn candidates<'a>(
-    slices: &[&'a Arc<EndpointSlice>],
+    slices: &'a [Arc<EndpointSlice>],
     port: &crate::model::ServicePort,
     node_name: Option<&str>,
     out: &mut Vec<Candidate<'a>>,
@@ -458,18 +472,32 @@ fn candidates<'a>(
 /// What one Service contributes, or `None` when it is not proxied.
 pub fn contribution(
     snapshot: &Snapshot,
-    svc: &Service,
+    svc: &Arc<Service>,
     config: &ProxyConfig,
     node: &NodeInfo,
     node_port_addresses: &[IpAddr],
 ) -> Option<Contribution> {
-    if !is_proxied(svc) {
-        return None;
-    }
-    let slices: SmallVec<[&Arc<EndpointSlice>; 4]> = snapshot
-        .endpoint_slices_for(&svc.key)
-        .filter(|s| s.service_proxy_name.is_none() && s.address_type != AddressType::Fqdn)
-        .collect();
+    let sv = ServiceView::compute(snapshot, svc, node.node_name.as_deref())?;
+    let zone = node_zone(snapshot, node);
+    Some(contribution_of(
+        &sv,
+        config,
+        node,
+        zone.as_deref(),
+        node_port_addresses,
+    ))
+}
+
+/// What one proxied Service contributes, from its [`ServiceView`]; `zone` is this node's zone.
+fn contribution_of(
+    sv: &ServiceView,
+    config: &ProxyConfig,
+    node: &NodeInfo,
+    zone: Option<&str>,
+    node_port_addresses: &[IpAddr],
+) -> Contribution {
+    let svc: &Service = &sv.service;
+    let slices = &sv.slices;
     let (flags, timeout) = match svc.session_affinity {
         crate::model::SessionAffinity::ClientIp { timeout_seconds } => {
             (FLAG_PERSISTENT, timeout_seconds)
@@ -502,15 +530,14 @@ pub fn contribution(
         svc.service_type,
         ServiceType::NodePort | ServiceType::LoadBalancer
     );
-    let zone = node_zone(snapshot, node);
     let topo = NodeTopology {
         name: node.node_name.as_deref(),
-        zone: zone.as_deref(),
+        zone,
     };
     let mut c = Contribution::default();
     let mut cands = Vec::new();
     for port in &svc.ports {
-        candidates(&slices, port, node.node_name.as_deref(), &mut cands);
+        candidates(slices, port, node.node_name.as_deref(), &mut cands);
         let node_port = port.node_port.filter(|_| node_ports);
         // kube-proxy's `UsesClusterEndpoints`, per family: `internalTrafficPolicy: Cluster`, or
         // the port accepts external traffic of that family (needed even with
@@ -590,23 +617,7 @@ pub fn contribution(
             }
         }
     }
-    Some(c)
-}
-
-/// The load-balancer ingress IPs the proxy captures for `svc`: those of a `LoadBalancer`
-/// Service whose `ipMode` is `VIP` (ingress IPs with `ipMode: Proxy` are in
-/// [`Service::load_balancer_proxy_ips`] and never captured, as in kube-proxy). Not filtered by
-/// family; [`contribution`] and the host rules keep the Service's families only.
-pub(crate) fn load_balancer_vips(svc: &Service) -> impl Iterator<Item = &IpAddr> {
-    svc.load_balancer_ips
-        .iter()
-        .filter(move |_| svc.service_type == ServiceType::LoadBalancer)
-}
-
-/// Whether `ip` is of one of the families of `svc`'s cluster IPs (kube-proxy programs nothing
-/// for an address of another family).
-pub(crate) fn of_service_family(svc: &Service, ip: &IpAddr) -> bool {
-    svc.cluster_ips.iter().any(|c| c.is_ipv4() == ip.is_ipv4())
+    c
 }
 
 #[cfg(test)]

@@ -2,85 +2,60 @@
 //! them in ipsets of their own): health-check node ports, `loadBalancerSourceRanges`, and the
 //! endpoints on this node (the only ones that can hairpin).
 //!
-//! [`ExtrasIndex`] follows the cache incrementally (only the services a snapshot's
-//! `changes_since` names are looked at again) and yields the [`HostExtras`] for the host setup.
+//! [`ExtrasIndex`] follows the proxy's per-Service [`ProxyView`] incrementally (only the services
+//! the view read again are looked at) and yields the [`HostExtras`] for the host setup.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use super::host::{HostExtras, SourceRanges};
-use crate::cache::{ServiceChangeTracker, Snapshot};
-use crate::model::{ObjectKey, Service, ServiceType};
+use smallvec::SmallVec;
+
+pub use super::view::SourceRanges;
+use super::view::{ProxyView, ServiceView};
+use crate::model::ObjectKey;
+
+/// Inputs of the host rules that are not in the IPVS table: per-service settings kube-proxy keeps
+/// in ipsets of their own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostExtras {
+    /// `healthCheckNodePort`s of `externalTrafficPolicy: Local` LoadBalancer services: accepted in
+    /// filter INPUT (ipset `KUBE-HEALTH-CHECK-NODE-PORT`, chain filter `KUBE-NODE-PORT`).
+    pub health_check_node_ports: BTreeSet<u16>,
+    /// Load-balancer ingress ports restricted by `loadBalancerSourceRanges`.
+    pub source_ranges: Vec<SourceRanges>,
+    /// Addresses of the endpoints on this node: only they can hairpin, so only they go into
+    /// `KUBE-LOOP-BACK` (as kube-proxy does; all endpoints of a large cluster would overflow
+    /// the set's `maxelem`). `None` (node unknown): every endpoint.
+    pub local_endpoints: Option<BTreeSet<IpAddr>>,
+}
 
 /// What one Service contributes to the [`HostExtras`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ServiceExtras {
     health_check_node_port: Option<u16>,
     source_ranges: Vec<SourceRanges>,
-    local_endpoints: Vec<IpAddr>,
+    local_endpoints: SmallVec<[IpAddr; 2]>,
 }
 
-/// The [`HostExtras`] contribution of `svc`, if any. Services another proxy owns (label
-/// `service.kubernetes.io/service-proxy-name`) contribute nothing, as for the IPVS table.
-fn service_extras(snapshot: &Snapshot, svc: &Service, node: Option<&str>) -> Option<ServiceExtras> {
-    if svc.service_proxy_name.is_some() {
-        return None;
-    }
-    // Only the ports a health-check server listens on (kube-proxy's `NeedsHealthCheck`:
-    // LoadBalancer with `externalTrafficPolicy: Local`), as kube-proxy fills this set.
-    let health_check_node_port = super::healthcheck::health_check_port(svc);
-    let mut source_ranges = Vec::new();
-    if svc.service_type == ServiceType::LoadBalancer && !svc.load_balancer_source_ranges.is_empty()
-    {
-        // The ingress IPs the IPVS table captures: `ipMode: VIP`, of the Service's families.
-        for ip in super::desired::load_balancer_vips(svc)
-            .filter(|ip| super::desired::of_service_family(svc, ip))
-        {
-            // kube-proxy keeps the ranges of the proxier's family only; with none left, the
-            // ingress is not fenced at all (rather than closed to everyone).
-            let allowed: Vec<_> = svc
-                .load_balancer_source_ranges
-                .iter()
-                .filter(|net| net.is_ipv4() == ip.is_ipv4())
-                .copied()
-                .collect();
-            if allowed.is_empty() {
-                continue;
-            }
-            for port in &svc.ports {
-                source_ranges.push(SourceRanges {
-                    ip: *ip,
-                    protocol: port.protocol,
-                    port: port.port,
-                    allowed: allowed.clone(),
-                });
-            }
-        }
-    }
-    let mut local_endpoints = Vec::new();
-    if let Some(me) = node {
-        for slice in snapshot.endpoint_slices_for(&svc.key) {
-            for ep in &slice.endpoints {
-                if ep.node_name.as_deref() == Some(me)
-                    && let Some(addr) = ep.addresses.first()
-                {
-                    local_endpoints.push(*addr);
-                }
-            }
-        }
-    }
-    (health_check_node_port.is_some() || !source_ranges.is_empty() || !local_endpoints.is_empty())
-        .then_some(ServiceExtras {
-            health_check_node_port,
-            source_ranges,
-            local_endpoints,
-        })
+/// The [`HostExtras`] contribution of one Service's view, if any.
+fn service_extras(sv: &ServiceView) -> Option<ServiceExtras> {
+    (sv.health_check_node_port.is_some()
+        || !sv.source_ranges.is_empty()
+        || !sv.local_endpoints.is_empty())
+    .then(|| ServiceExtras {
+        health_check_node_port: sv.health_check_node_port,
+        source_ranges: sv.source_ranges.clone(),
+        local_endpoints: sv.local_endpoints.clone(),
+    })
 }
 
-/// The services that contribute [`HostExtras`], kept in step with cache snapshots.
+/// The services that contribute [`HostExtras`], kept in step with a [`ProxyView`].
 #[derive(Debug, Default)]
 pub struct ExtrasIndex {
-    tracker: ServiceChangeTracker,
+    /// The view revision last observed (0: none).
+    seen: u64,
+    /// Whether the view had a node name then.
+    node_known: bool,
     services: BTreeMap<ObjectKey, ServiceExtras>,
 }
 
@@ -90,41 +65,41 @@ impl ExtrasIndex {
         Self::default()
     }
 
-    /// Brings the index up to `snapshot`: only the services changed since the last observed
-    /// generation are read again (all of them the first time or when the journal no longer
-    /// reaches back). Returns whether the resulting [`HostExtras`] may have changed.
-    /// `node` is this node's name (endpoints on it are local); a new name reads every service.
-    pub fn observe(&mut self, snapshot: &Snapshot, node: Option<&str>) -> bool {
-        let mut changed = false;
-        match self.tracker.advance(snapshot, node) {
+    /// Brings the index up to `view`: only the services the view read again since the revision
+    /// last observed are looked at (all of them the first time, or when the index fell behind
+    /// by more than one step). Returns whether the resulting [`HostExtras`] may have changed.
+    pub fn observe(&mut self, view: &ProxyView) -> bool {
+        let node_known = view.node().is_some();
+        let mut changed = node_known != self.node_known;
+        self.node_known = node_known;
+        match view.changes_since(self.seen) {
             Some(keys) => {
                 for key in keys {
-                    let now = snapshot
-                        .service(&key)
-                        .and_then(|s| service_extras(snapshot, s, node));
+                    let now = view.service(key).and_then(|sv| service_extras(sv));
                     let before = match now.clone() {
-                        Some(e) => self.services.insert(key, e),
-                        None => self.services.remove(&key),
+                        Some(e) => self.services.insert(key.clone(), e),
+                        None => self.services.remove(key),
                     };
                     changed |= before != now;
                 }
             }
             None => {
-                let services: BTreeMap<ObjectKey, ServiceExtras> = snapshot
+                let services: BTreeMap<ObjectKey, ServiceExtras> = view
                     .services()
-                    .filter_map(|s| service_extras(snapshot, s, node).map(|e| (s.key.clone(), e)))
+                    .filter_map(|sv| service_extras(sv).map(|e| (sv.service.key.clone(), e)))
                     .collect();
-                changed = services != self.services;
+                changed |= services != self.services;
                 self.services = services;
             }
         }
+        self.seen = view.revision();
         changed
     }
 
     /// The host rules' inputs for the services observed so far.
     pub fn extras(&self) -> HostExtras {
         let mut extras = HostExtras {
-            local_endpoints: self.tracker.node().map(|_| BTreeSet::new()),
+            local_endpoints: self.node_known.then(BTreeSet::new),
             ..HostExtras::default()
         };
         for e in self.services.values() {
@@ -140,11 +115,33 @@ impl ExtrasIndex {
     }
 }
 
+impl HostExtras {
+    /// The host rules' inputs of every Service in `view`, in one go.
+    pub fn of_view(view: &ProxyView) -> Self {
+        let mut index = ExtrasIndex::new();
+        index.observe(view);
+        index.extras()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::Snapshot;
+    use crate::model::ServiceType;
     use crate::model::{ClusterObject, Kind, Protocol, TrafficPolicy};
     use crate::new_cache;
+    use std::sync::Arc;
+
+    fn step(
+        index: &mut ExtrasIndex,
+        view: &mut ProxyView,
+        snapshot: &Snapshot,
+        node: Option<&str>,
+    ) -> bool {
+        view.observe(snapshot, node);
+        index.observe(view)
+    }
 
     fn lb(name: &str, ranges: &[&str], health: Option<u16>) -> ClusterObject {
         let mut svc = crate::ipvs::fixtures::service(
@@ -168,7 +165,11 @@ mod tests {
         let (mut w, r) = new_cache([Kind::Service]);
         w.apply(lb("open", &[], None));
         let mut index = ExtrasIndex::new();
-        assert!(!index.observe(&r.snapshot(), None), "nothing to contribute");
+        let mut view = ProxyView::new();
+        assert!(
+            !step(&mut index, &mut view, &r.snapshot(), None),
+            "nothing to contribute"
+        );
         assert_eq!(index.extras(), HostExtras::default());
 
         w.apply(lb(
@@ -176,7 +177,7 @@ mod tests {
             &["192.0.2.0/24", "2001:db8::/32"],
             Some(32000),
         ));
-        assert!(index.observe(&r.snapshot(), None));
+        assert!(step(&mut index, &mut view, &r.snapshot(), None));
         let extras = index.extras();
         assert_eq!(
             extras
@@ -197,7 +198,7 @@ mod tests {
 
         // An unrelated change leaves the extras alone.
         w.apply(lb("open", &[], None));
-        assert!(!index.observe(&r.snapshot(), None));
+        assert!(!step(&mut index, &mut view, &r.snapshot(), None));
 
         // A port set on a service without `externalTrafficPolicy: Local` is not served, so it
         // is not opened either.
@@ -206,13 +207,13 @@ mod tests {
         };
         stray.external_traffic_policy = TrafficPolicy::Cluster;
         w.apply(ClusterObject::Service(stray));
-        index.observe(&r.snapshot(), None);
+        step(&mut index, &mut view, &r.snapshot(), None);
         assert!(!index.extras().health_check_node_ports.contains(&31500));
         w.delete(Kind::Service, &ObjectKey::new("default", "stray"));
-        index.observe(&r.snapshot(), None);
+        step(&mut index, &mut view, &r.snapshot(), None);
 
         w.delete(Kind::Service, &ObjectKey::new("default", "fenced"));
-        assert!(index.observe(&r.snapshot(), None));
+        assert!(step(&mut index, &mut view, &r.snapshot(), None));
         assert_eq!(index.extras(), HostExtras::default());
     }
 
@@ -241,7 +242,8 @@ mod tests {
             endpoint("10.244.2.10", true, Some("node-b")),
         ])));
         let mut index = ExtrasIndex::new();
-        assert!(index.observe(&r.snapshot(), Some("node-a")));
+        let mut view = ProxyView::new();
+        assert!(step(&mut index, &mut view, &r.snapshot(), Some("node-a")));
         let local = |i: &ExtrasIndex| -> Vec<String> {
             let e = i.extras();
             e.local_endpoints
@@ -255,13 +257,13 @@ mod tests {
             endpoint("10.244.1.11", true, Some("node-a")),
             endpoint("10.244.2.10", true, Some("node-b")),
         ])));
-        assert!(index.observe(&r.snapshot(), Some("node-a")));
+        assert!(step(&mut index, &mut view, &r.snapshot(), Some("node-a")));
         assert_eq!(local(&index), ["10.244.1.11"]);
         // Another node name: everything read again.
-        assert!(index.observe(&r.snapshot(), Some("node-b")));
+        assert!(step(&mut index, &mut view, &r.snapshot(), Some("node-b")));
         assert_eq!(local(&index), ["10.244.2.10"]);
         // No node name: no restriction.
-        index.observe(&r.snapshot(), None);
+        step(&mut index, &mut view, &r.snapshot(), None);
         assert_eq!(index.extras().local_endpoints, None);
     }
 
@@ -272,6 +274,60 @@ mod tests {
         };
         svc.service_proxy_name = Some("someone-else".into());
         let (_w, r) = new_cache([Kind::Service]);
-        assert_eq!(service_extras(&r.snapshot(), &svc, Some("node-a")), None);
+        assert_eq!(
+            ServiceView::compute(&r.snapshot(), &Arc::new(svc), Some("node-a")),
+            None
+        );
+    }
+
+    /// kube-proxy never reads another proxy's slices (nor FQDN ones), so an endpoint listed there
+    /// as on this node is not local for hairpin purposes. Before the shared view, the host rules
+    /// read every slice and put such an address into `KUBE-LOOP-BACK`.
+    #[test]
+    fn another_proxys_slice_does_not_make_an_endpoint_local() {
+        use crate::ipvs::desired::{NodeInfo, build};
+        use crate::ipvs::fixtures::{endpoint, service, slice};
+        use crate::ipvs::host::ipsets_with;
+        use crate::ipvs::table::Family;
+        let (mut w, r) = new_cache([Kind::Service, Kind::EndpointSlice]);
+        w.apply(ClusterObject::Service(service(
+            "default",
+            "web",
+            "10.96.0.20",
+            &[("http", Protocol::Tcp, 80, 8080)],
+        )));
+        let ports = [("http", Protocol::Tcp, 8080)];
+        w.apply(ClusterObject::EndpointSlice(slice(
+            "default",
+            "web-ours",
+            "web",
+            &ports,
+            vec![endpoint("10.244.1.10", true, Some("node-b"))],
+        )));
+        let mut theirs = slice(
+            "default",
+            "web-theirs",
+            "web",
+            &ports,
+            vec![endpoint("10.244.1.10", true, Some("node-a"))],
+        );
+        theirs.service_proxy_name = Some("someone-else".into());
+        w.apply(ClusterObject::EndpointSlice(theirs));
+        let node = NodeInfo {
+            node_name: Some(Arc::from("node-a")),
+            local_addresses: vec![],
+        };
+        let desired = build(&r.snapshot(), &crate::ipvs::ProxyConfig::default(), &node);
+        let extras = HostExtras::of_view(desired.view());
+        assert_eq!(extras.local_endpoints, Some(BTreeSet::new()));
+        let sets = ipsets_with(&desired, Family::V4, &extras, &[]);
+        let loopback = sets.iter().find(|s| s.name == "KUBE-LOOP-BACK").unwrap();
+        assert!(loopback.entries.is_empty(), "{:?}", loopback.entries);
+        let cluster = sets.iter().find(|s| s.name == "KUBE-CLUSTER-IP").unwrap();
+        assert_eq!(
+            cluster.entries.iter().collect::<Vec<_>>(),
+            ["10.96.0.20,tcp:80"],
+            "the Service itself is still proxied"
+        );
     }
 }

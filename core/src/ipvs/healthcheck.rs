@@ -4,8 +4,8 @@
 //! probe `http://<node>:<spec.healthCheckNodePort>/` on every node and send traffic only to the
 //! nodes that answer 200, i.e. the nodes with a ready endpoint of the Service.
 //!
-//! - Pure part: [`HealthCheckIndex`] follows cache snapshots incrementally (only the Services
-//!   a snapshot's `changes_since` names are read again) and yields the [`HealthCheckTarget`] of
+//! - Pure part: [`HealthCheckIndex`] follows cache snapshots incrementally through its own
+//!   [`ProxyView`] (only the Services a snapshot's `changes_since` names are read again) and yields the [`HealthCheckTarget`] of
 //!   every port ([`targets`] does it in one go); [`listen_addresses`] picks the addresses from
 //!   `nodePortAddresses`; [`answer`] is the HTTP answer for one target.
 //! - IO part: [`HealthCheckServer`] keeps one listener per port (tokio, hyper HTTP/1.1), each
@@ -31,10 +31,11 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::config::ProxyConfig;
-use super::desired::{NodeInfo, is_proxied};
+use super::desired::NodeInfo;
 use super::run::StatusHandle;
-use crate::cache::{CacheReader, ServiceChangeTracker, Snapshot};
-use crate::model::{AddressType, ObjectKey, Service, ServiceType, TrafficPolicy};
+use super::view::{ProxyView, ServiceView};
+use crate::cache::{CacheReader, Snapshot};
+use crate::model::ObjectKey;
 
 /// How long after a failed bind the port is tried again.
 pub const BIND_RETRY: Duration = Duration::from_secs(5);
@@ -52,52 +53,23 @@ pub struct HealthCheckTarget {
     pub local_endpoints: usize,
 }
 
-/// The health-check node port of `svc`, when kube-proxy would serve one: a proxied
-/// `LoadBalancer` Service with `externalTrafficPolicy: Local` and `spec.healthCheckNodePort` set
-/// (kube-proxy's `NeedsHealthCheck`).
-pub fn health_check_port(svc: &Service) -> Option<u16> {
-    if !is_proxied(svc)
-        || svc.service_type != ServiceType::LoadBalancer
-        || svc.external_traffic_policy != TrafficPolicy::Local
-    {
-        return None;
-    }
-    svc.health_check_node_port.filter(|p| *p != 0)
-}
+pub use super::view::health_check_port;
 
-/// Ready endpoints of `service` on `node`, counted by address. Slices are those the IPVS table
-/// uses (not another proxy's, not FQDN); a slice without a usable port carries no endpoints, as
-/// in kube-proxy's endpoint cache. Terminating endpoints are not ready and do not count: a node
-/// whose endpoints all terminate fails the check, so load balancers drain it gracefully. No node
-/// name means no endpoint is local.
+/// Ready endpoints of `service` on `node`, counted by address, as its [`ServiceView`] counts
+/// them: slices are those the proxy reads (not another proxy's, not FQDN, not headless); a slice
+/// without a usable port carries no endpoints, as in kube-proxy's endpoint cache. Terminating
+/// endpoints are not ready and do not count: a node whose endpoints all terminate fails the
+/// check, so load balancers drain it gracefully. No node name, or a Service the proxy does not
+/// handle, means no endpoint is local.
 pub fn local_ready_endpoints(
     snapshot: &Snapshot,
     service: &ObjectKey,
     node: Option<&str>,
 ) -> usize {
-    let Some(me) = node else {
-        return 0;
-    };
-    let mut addresses: Vec<IpAddr> = Vec::new();
-    for slice in snapshot.endpoint_slices_for(service) {
-        if slice.service_proxy_name.is_some()
-            || slice.address_type == AddressType::Fqdn
-            || !slice.ports.iter().any(|p| p.port.is_some_and(|p| p != 0))
-        {
-            continue;
-        }
-        for ep in &slice.endpoints {
-            if ep.ready
-                && ep.node_name.as_deref() == Some(me)
-                && let Some(addr) = ep.addresses.first()
-            {
-                addresses.push(*addr);
-            }
-        }
-    }
-    addresses.sort_unstable();
-    addresses.dedup();
-    addresses.len()
+    snapshot
+        .service(service)
+        .and_then(|svc| ServiceView::compute(snapshot, svc, node))
+        .map_or(0, |v| v.local_ready_endpoints)
 }
 
 /// The addresses health-check ports listen on: the node addresses in `nodePortAddresses` when
@@ -128,11 +100,10 @@ struct Entry {
     local_endpoints: usize,
 }
 
-fn entry(snapshot: &Snapshot, svc: &Service, node: Option<&str>) -> Option<Entry> {
-    let port = health_check_port(svc)?;
+fn entry(sv: &ServiceView) -> Option<Entry> {
     Some(Entry {
-        port,
-        local_endpoints: local_ready_endpoints(snapshot, &svc.key, node),
+        port: sv.health_check_node_port?,
+        local_endpoints: sv.local_ready_endpoints,
     })
 }
 
@@ -142,7 +113,9 @@ fn entry(snapshot: &Snapshot, svc: &Service, node: Option<&str>) -> Option<Entry
 /// namespace and name answers, as if the other's listener had failed to bind.
 #[derive(Debug, Default)]
 pub struct HealthCheckIndex {
-    tracker: ServiceChangeTracker,
+    /// The health-check task's own follower of the cache: it runs beside the control loop, so
+    /// a slow kernel sync never delays an answer.
+    view: ProxyView,
     services: BTreeMap<ObjectKey, Entry>,
     ports: BTreeMap<u16, BTreeSet<ObjectKey>>,
 }
@@ -160,13 +133,12 @@ impl HealthCheckIndex {
     /// differently).
     pub fn observe(&mut self, snapshot: &Snapshot, node: Option<&str>) -> BTreeSet<u16> {
         let mut changed = BTreeSet::new();
-        match self.tracker.advance(snapshot, node) {
+        let mut view = std::mem::take(&mut self.view);
+        match view.observe(snapshot, node).map(<[ObjectKey]>::to_vec) {
             Some(keys) => {
-                for key in keys {
-                    let now = snapshot
-                        .service(&key)
-                        .and_then(|svc| entry(snapshot, svc, node));
-                    let before = self.set(key, now);
+                for key in &keys {
+                    let now = view.service(key).and_then(|sv| entry(sv));
+                    let before = self.set(key.clone(), now);
                     if before != now {
                         changed.extend(before.map(|e| e.port));
                         changed.extend(now.map(|e| e.port));
@@ -177,9 +149,9 @@ impl HealthCheckIndex {
                 let old = self.targets();
                 self.services.clear();
                 self.ports.clear();
-                for svc in snapshot.services() {
-                    if let Some(e) = entry(snapshot, svc, node) {
-                        self.set(svc.key.clone(), Some(e));
+                for sv in view.services() {
+                    if let Some(e) = entry(sv) {
+                        self.set(sv.service.key.clone(), Some(e));
                     }
                 }
                 let new = self.targets();
@@ -187,6 +159,7 @@ impl HealthCheckIndex {
                 changed.retain(|p| old.get(p) != new.get(p));
             }
         }
+        self.view = view;
         changed
     }
 

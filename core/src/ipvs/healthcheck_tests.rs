@@ -3,7 +3,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::*;
 use crate::cache::new_cache;
 use crate::ipvs::fixtures::{endpoint, service, slice, terminating_endpoint};
-use crate::model::{ClusterObject, EndpointSlice, Kind, Protocol};
+use crate::model::{
+    ClusterObject, EndpointSlice, Kind, Protocol, Service, ServiceType, TrafficPolicy,
+};
 
 const NODE: Option<&str> = Some("node-a");
 

@@ -5,7 +5,9 @@
 //! [`backend::IpvsBackend`] + [`backend::AddressBackend`] (netlink, or in-memory for tests).
 //!
 //! - [`table`]: the IPVS table as data (virtual/real servers, schedulers, flags).
-//! - [`desired`]: the desired state from a cache snapshot, pure and incremental.
+//! - [`view`]: the proxy's one view of each Service (usable slices, local endpoints,
+//!   health-check port, source ranges), followed from `changes_since` once per changed Service.
+//! - [`desired`]: the desired state from the view, pure and incremental.
 //! - [`backend`]: the kernel edges as traits, their operations ([`backend::IpvsOp`]) and errors.
 //! - [`netlink`]: the real backends — generic netlink `IPVS` ([`netlink::NetlinkIpvs`], 100
 //!   requests per `sendmsg`) and rtnetlink for `kube-ipvs0` ([`netlink::NetlinkAddresses`]).
@@ -58,6 +60,7 @@ pub mod run;
 pub mod serve;
 pub mod table;
 pub(crate) mod topology;
+pub mod view;
 
 #[cfg(test)]
 mod golden;

@@ -237,8 +237,8 @@ impl super::run::HostSetup for PlanHost {
         self.pending
     }
 
-    fn observe_snapshot(&mut self, snapshot: &crate::cache::Snapshot, node: &super::NodeInfo) {
-        if self.extras.observe(snapshot, node.node_name.as_deref()) {
+    fn observe_update(&mut self, desired: &DesiredState, _delta: &super::desired::Delta) {
+        if self.extras.observe(desired.view()) {
             self.pending = true;
         }
     }
@@ -289,9 +289,8 @@ mod tests {
         w.update(|tx| objects().into_iter().for_each(|o| tx.apply(o)));
         let config = ProxyConfig::default();
         let desired = build(&w.snapshot(), &config, &node());
-        let mut extras = crate::ipvs::extras::ExtrasIndex::new();
-        extras.observe(&w.snapshot(), Some("node-a"));
-        let plan = host_plan(&desired, &config, &extras.extras(), &node());
+        let extras = crate::ipvs::extras::HostExtras::of_view(desired.view());
+        let plan = host_plan(&desired, &config, &extras, &node());
         assert_eq!(
             plan.addresses,
             "10.96.0.20/32 dev kube-ipvs0\nfd00::20/128 dev kube-ipvs0\n"
@@ -335,7 +334,7 @@ mod tests {
             "no plan before the first sync"
         );
         let empty = build(&w.snapshot(), &config, &node());
-        host.observe_snapshot(&w.snapshot(), &node());
+        host.observe_update(&empty, &Default::default());
         host.after_sync(&empty, &config, &node()).unwrap();
         assert_eq!(slot.lock().unwrap().as_ref().unwrap().addresses, "");
         assert!(!host.has_pending());
@@ -343,7 +342,7 @@ mod tests {
         // A change inside the gap leaves the old plan and a pending render.
         w.update(|tx| objects().into_iter().for_each(|o| tx.apply(o)));
         let desired = build(&w.snapshot(), &config, &node());
-        host.observe_snapshot(&w.snapshot(), &node());
+        host.observe_update(&desired, &Default::default());
         assert!(
             host.has_pending(),
             "new local endpoint: the loopback set changes"

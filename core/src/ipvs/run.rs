@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use super::backend::BackendError;
 use super::config::ProxyConfig;
 use super::conntrack::{ConntrackBackend, StaleTracker};
-use super::desired::{DesiredState, NodeInfo, build};
+use super::desired::{Delta, DesiredState, NodeInfo, build};
 use super::reconcile::{Reconciler, SyncReport};
 use crate::cache::CacheReader;
 
@@ -49,10 +49,13 @@ pub trait HostSetup: Send {
     fn has_pending(&self) -> bool {
         false
     }
-    /// Called with every snapshot a sync looks at, before the sync, for the per-service inputs
-    /// that are not in the IPVS table (health-check node ports, load-balancer source ranges).
-    /// A change the table does not see makes [`has_pending`](Self::has_pending) true.
-    fn observe_snapshot(&mut self, _snapshot: &crate::cache::Snapshot, _node: &NodeInfo) {}
+    /// Called after every build or update of the desired state, before the sync, with what
+    /// changed (`delta.full` after a build). The state's [`view`](DesiredState::view) holds the
+    /// per-service inputs that are not in the IPVS table (health-check node ports,
+    /// load-balancer source ranges, local endpoints); a change the table does not see makes
+    /// [`has_pending`](Self::has_pending) true. The deltas let the host update its sets in
+    /// proportion to the change.
+    fn observe_update(&mut self, _desired: &DesiredState, _delta: &Delta) {}
     /// Where stale UDP/SCTP conntrack entries are deleted after each sync (see
     /// [`super::conntrack`]); `None` (the default): no cleanup.
     fn conntrack(&mut self) -> Option<&mut dyn ConntrackBackend> {
@@ -222,12 +225,16 @@ impl Worker {
     ) -> Result<SyncReport, BackendError> {
         let started = Instant::now();
         self.node = self.node_info(options);
-        if let Some(h) = self.host.as_mut() {
-            h.observe_snapshot(snapshot, &self.node);
-        }
         // Dropped before the rebuild, so the two never take memory at the same time.
         self.desired = DesiredState::default();
         self.desired = build(snapshot, &self.config, &self.node);
+        if let Some(h) = self.host.as_mut() {
+            let everything = Delta {
+                full: true,
+                ..Delta::default()
+            };
+            h.observe_update(&self.desired, &everything);
+        }
         let built = started.elapsed();
         let report = self.rec.full_sync(&self.desired, &self.config)?;
         self.find_stale_conntrack(None);
@@ -250,10 +257,10 @@ impl Worker {
         if self.rec.needs_full() {
             return self.full(snapshot, options);
         }
-        if let Some(h) = self.host.as_mut() {
-            h.observe_snapshot(snapshot, &self.node);
-        }
         let delta = self.desired.update(snapshot, &self.config, &self.node);
+        if let Some(h) = self.host.as_mut() {
+            h.observe_update(&self.desired, &delta);
+        }
         if delta.is_empty() {
             return Ok(SyncReport::default());
         }

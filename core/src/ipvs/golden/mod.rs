@@ -25,7 +25,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::desired::{DesiredState, NodeInfo, build};
-use super::extras::ExtrasIndex;
+use super::extras::HostExtras;
 use super::host::ipsets_with;
 use super::table::{FLAG_PERSISTENT, FLAG_SCHED1, FLAG_SCHED2, Family, ServiceId, VirtualServer};
 use super::{ProxyConfig, fixtures};
@@ -155,9 +155,7 @@ impl Case {
             }
         }
         if !self.ipsets.is_empty() {
-            let mut extras = ExtrasIndex::new();
-            extras.observe(&snapshot, self.node.node_name.as_deref());
-            let extras = extras.extras();
+            let extras = HostExtras::of_view(full.view());
             let sets: Vec<_> = [Family::V4, Family::V6]
                 .into_iter()
                 .flat_map(|f| ipsets_with(&full, f, &extras, &self.node.local_addresses))

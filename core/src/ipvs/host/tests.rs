@@ -3,10 +3,19 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+use std::time::{Duration, Instant};
+
+use super::kernel::FILTER_MIN_GAP;
 use super::*;
 use crate::cache::new_cache;
+use crate::ipvs::backend::BackendError;
+use crate::ipvs::config::ProxyConfig;
 use crate::ipvs::desired::build;
+use crate::ipvs::desired::{DesiredState, NodeInfo};
 use crate::ipvs::fixtures::{endpoint, service, slice};
+use crate::ipvs::run::HostSetup;
+use crate::ipvs::table::Family;
+use crate::model::Protocol;
 use crate::model::{ClusterObject, Kind, ServiceType, TrafficPolicy};
 
 fn node() -> NodeInfo {
@@ -737,7 +746,14 @@ fn extras_follow_the_services_of_the_snapshot() {
     svc.external_traffic_policy = TrafficPolicy::Local;
     svc.health_check_node_port = Some(31500);
     w.apply(ClusterObject::Service(svc));
-    host.observe_snapshot(&r.snapshot(), &node());
+    let fenced = build(&r.snapshot(), &config, &node());
+    host.observe_update(
+        &fenced,
+        &crate::ipvs::desired::Delta {
+            full: true,
+            ..Default::default()
+        },
+    );
     assert!(host.has_pending(), "new extras wait for the next update");
     let before = calls.lock().unwrap().len();
     host.after_sync_at(t0 + FILTER_MIN_GAP, &d, &config, &node())
@@ -942,5 +958,117 @@ fn jumps_found_in_the_save_are_not_checked_again() {
     assert!(
         !ran.iter().any(|c| c.contains(" -C ") || c.contains(" -I ")),
         "{ran:#?}"
+    );
+}
+
+/// After an incremental sync of the state the host saw step by step, the sets follow the sync's
+/// delta (only the changed virtual servers' entries are looked at), with the lines a rebuild and
+/// diff would send; deferred deltas add up; a state built anew is rebuilt and diffed.
+#[test]
+fn incremental_syncs_update_the_sets_from_the_delta() {
+    use crate::ipvs::desired::Delta;
+    use crate::ipvs::extras::HostExtras;
+    let config = ProxyConfig::default();
+    let (mut w, _r) = new_cache([Kind::Service, Kind::EndpointSlice]);
+    let mut web = service(
+        "default",
+        "web",
+        "10.96.0.20",
+        &[("http", Protocol::Tcp, 80, 8080)],
+    );
+    web.service_type = ServiceType::NodePort;
+    web.ports[0].node_port = Some(30080);
+    w.apply(ClusterObject::Service(web));
+    let eps = |ips: &[&str]| {
+        ClusterObject::EndpointSlice(slice(
+            "default",
+            "web-1",
+            "web",
+            &[("http", Protocol::Tcp, 8080)],
+            ips.iter()
+                .map(|ip| endpoint(ip, true, Some("node-a")))
+                .collect(),
+        ))
+    };
+    w.apply(eps(&["10.244.1.10"]));
+    let mut d = build(&w.snapshot(), &config, &node());
+    let (mut host, calls) = scripted_host(|_| None);
+    let everything = Delta {
+        full: true,
+        ..Delta::default()
+    };
+    host.observe_update(&d, &everything);
+    let t0 = Instant::now();
+    host.after_sync_at(t0, &d, &config, &node()).unwrap();
+    assert_eq!(host.rebuilds, 1);
+    let sets = |d: &DesiredState| {
+        let extras = HostExtras::of_view(d.view());
+        ipsets_with(d, Family::V4, &extras, &node().local_addresses)
+    };
+    let last_ipset_script = |calls: &Arc<Mutex<Vec<Call>>>| {
+        let calls = calls.lock().unwrap();
+        let c = calls.iter().rev().find(|c| c.0 == "ipset").unwrap();
+        c.2.clone().unwrap()
+    };
+
+    // One endpoint more: one hairpin entry, from the delta.
+    let before = sets(&d);
+    w.apply(eps(&["10.244.1.10", "10.244.1.11"]));
+    let delta = d.update(&w.snapshot(), &config, &node());
+    assert!(!delta.full);
+    host.observe_update(&d, &delta);
+    host.after_sync_at(t0 + FILTER_MIN_GAP, &d, &config, &node())
+        .unwrap();
+    assert_eq!(host.rebuilds, 1, "no rebuild for an incremental sync");
+    let script = last_ipset_script(&calls);
+    assert_eq!(script, ipset_diff(&before, &sets(&d)));
+    assert_eq!(
+        script,
+        "add KUBE-LOOP-BACK 10.244.1.11,tcp:8080,10.244.1.11 -exist\n"
+    );
+
+    // Two syncs inside the rate limit: the second applies both deltas.
+    let before = sets(&d);
+    w.apply(eps(&["10.244.1.11"]));
+    let delta = d.update(&w.snapshot(), &config, &node());
+    host.observe_update(&d, &delta);
+    host.after_sync_at(
+        t0 + FILTER_MIN_GAP + Duration::from_millis(1),
+        &d,
+        &config,
+        &node(),
+    )
+    .unwrap();
+    assert!(host.has_pending(), "rate-limited");
+    w.apply(ClusterObject::Service(service(
+        "default",
+        "api",
+        "10.96.0.30",
+        &[("https", Protocol::Tcp, 443, 8443)],
+    )));
+    let delta = d.update(&w.snapshot(), &config, &node());
+    host.observe_update(&d, &delta);
+    host.after_sync_at(t0 + FILTER_MIN_GAP * 2, &d, &config, &node())
+        .unwrap();
+    assert_eq!(host.rebuilds, 1);
+    let script = last_ipset_script(&calls);
+    assert_eq!(script, ipset_diff(&before, &sets(&d)));
+    assert!(
+        script.contains("del KUBE-LOOP-BACK 10.244.1.10,tcp:8080,10.244.1.10 -exist\n")
+            && script.contains("add KUBE-CLUSTER-IP 10.96.0.30,tcp:443 -exist\n")
+            && script.contains("add KUBE-IPVS-IPS 10.96.0.30 -exist\n"),
+        "{script}"
+    );
+
+    // A state built anew (periodic resync): rebuilt and diffed, nothing to send.
+    let n = calls.lock().unwrap().len();
+    d = build(&w.snapshot(), &config, &node());
+    host.observe_update(&d, &everything);
+    host.after_sync_at(t0 + FILTER_MIN_GAP * 3, &d, &config, &node())
+        .unwrap();
+    assert_eq!(host.rebuilds, 2);
+    assert!(
+        calls.lock().unwrap()[n..].iter().all(|c| c.0 != "ipset"),
+        "an unchanged rebuild sends no ipset restore"
     );
 }

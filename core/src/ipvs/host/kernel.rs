@@ -1,0 +1,382 @@
+//! [`KernelHost`]: applies sysctls, IPVS timeouts, ipsets and iptables rules on the real host,
+//! rate-limited and retried with backoff.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use super::command::{CommandRunner, ProcessRunner};
+use super::ipset_model::IpsetModel;
+use super::ipset_restore::{ipset_diff, ipset_restore_sized};
+use super::ipset_size::{maxelems_after_restore, parse_maxelems, restore_sizes};
+use super::iptables::{JUMPS, iptables_restore_with, saved_has_rule};
+use super::sysctl::apply_sysctls;
+use super::variant::{IptablesMode, detect_mode};
+use crate::ipvs::backend::{BackendError, IpvsBackend};
+use crate::ipvs::config::ProxyConfig;
+use crate::ipvs::desired::{Delta, DesiredState, NodeInfo};
+use crate::ipvs::extras::HostExtras;
+use crate::ipvs::netlink::NetlinkIpvs;
+use crate::ipvs::run::HostSetup;
+use crate::ipvs::table::{Family, ServiceId};
+
+/// Delay before retrying the ipset/iptables update after `failures` consecutive failures:
+/// [`HOST_RETRY_FIRST`] doubling up to [`HOST_RETRY_MAX`].
+pub fn retry_delay(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    (HOST_RETRY_FIRST * (1u32 << doublings)).min(HOST_RETRY_MAX)
+}
+
+/// First retry delay after a failed ipset/iptables update.
+pub const HOST_RETRY_FIRST: Duration = Duration::from_millis(250);
+/// Longest retry delay after repeated failed ipset/iptables updates.
+pub const HOST_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Applies sysctls, timeouts, ipsets and iptables rules on the real host.
+///
+/// A failed ipset/iptables update (e.g. a transient kernel error) is retried with backoff
+/// ([`retry_delay`]) through [`HostSetup::has_pending`], without waiting for the next sync.
+pub struct KernelHost {
+    runner: Box<dyn CommandRunner>,
+    mode: Option<IptablesMode>,
+    /// The ipsets as last applied, with who holds each entry; `None`: unknown (rebuilt and
+    /// swapped in whole, or diffed against nothing, next time).
+    model: Option<IpsetModel>,
+    /// What changed in the desired state since the model was last applied.
+    dirty: Dirty,
+    /// How many times the sets were rebuilt from the whole desired state (not from a delta).
+    pub(super) rebuilds: u64,
+    /// The view revision of the desired state last seen by
+    /// [`observe_update`](HostSetup::observe_update); 0: none.
+    observed: u64,
+    /// `maxelem` of our hash sets in the kernel after the last restore; `None`: unknown, read
+    /// with `ipset list -t` before the next full restore.
+    pub(super) maxelems: Option<BTreeMap<String, usize>>,
+    last_rules: Option<String>,
+    last_apply: Option<Instant>,
+    pending: bool,
+    failures: u32,
+    retry_at: Option<Instant>,
+    extras: HostExtras,
+    services: crate::ipvs::extras::ExtrasIndex,
+    conntrack: crate::ipvs::conntrack::KernelConntrack,
+}
+
+impl std::fmt::Debug for KernelHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelHost")
+            .field("mode", &self.mode)
+            .field("failures", &self.failures)
+            .finish()
+    }
+}
+
+impl Default for KernelHost {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The virtual servers and addresses changed since the ipsets were last applied.
+#[derive(Debug, Default)]
+struct Dirty {
+    /// Anything may have changed: rebuild the sets and diff them against the last ones.
+    full: bool,
+    services: BTreeSet<ServiceId>,
+    addresses: BTreeSet<IpAddr>,
+}
+
+impl Dirty {
+    fn everything(&mut self) {
+        self.full = true;
+        self.services.clear();
+        self.addresses.clear();
+    }
+}
+
+/// Minimum gap between two ipset/iptables updates after incremental syncs.
+pub(super) const FILTER_MIN_GAP: Duration = Duration::from_millis(200);
+
+impl KernelHost {
+    /// A host setup running the real tools; it detects the iptables variant on first use.
+    pub fn new() -> Self {
+        Self::with_runner(Box::new(ProcessRunner))
+    }
+
+    /// A host setup running its ipset/iptables commands through `runner`.
+    pub fn with_runner(runner: Box<dyn CommandRunner>) -> Self {
+        Self {
+            runner,
+            mode: None,
+            model: None,
+            dirty: Dirty {
+                full: true,
+                ..Dirty::default()
+            },
+            observed: 0,
+            rebuilds: 0,
+            maxelems: None,
+            last_rules: None,
+            last_apply: None,
+            pending: false,
+            failures: 0,
+            retry_at: None,
+            extras: HostExtras::default(),
+            services: crate::ipvs::extras::ExtrasIndex::new(),
+            conntrack: crate::ipvs::conntrack::KernelConntrack::from_env(),
+        }
+    }
+
+    /// Sets the [`HostExtras`] (health-check node ports, load-balancer source ranges) the next
+    /// update applies; the update follows with the next sync or pending retry.
+    pub fn set_extras(&mut self, extras: HostExtras) {
+        if self.extras != extras {
+            self.extras = extras;
+            self.pending = true;
+        }
+    }
+
+    /// The iptables variant in use, once detected.
+    pub fn mode(&self) -> Option<IptablesMode> {
+        self.mode
+    }
+
+    fn detected_mode(&mut self) -> IptablesMode {
+        if let Some(m) = self.mode {
+            return m;
+        }
+        let m = detect_mode(self.runner.as_mut());
+        tracing::info!(mode = ?m, "iptables variant");
+        self.mode = Some(m);
+        m
+    }
+
+    fn apply_filters(
+        &mut self,
+        desired: &DesiredState,
+        config: &ProxyConfig,
+        node: &NodeInfo,
+    ) -> Result<(), BackendError> {
+        let node_addresses = &node.local_addresses;
+        let families: Vec<Family> = desired
+            .addresses()
+            .map(Family::of)
+            .chain([Family::V4])
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut rules = String::new();
+        let mut per_family = Vec::new();
+        for f in &families {
+            let text = iptables_restore_with(config, *f, &self.extras, node_addresses);
+            rules.push_str(&text);
+            per_family.push((*f, text));
+        }
+        // After an incremental sync of the state the host last saw, the sets follow the
+        // sync's delta; otherwise (start, periodic resync, config/node/extras change, a failed
+        // update) they are rebuilt and diffed against the last ones.
+        let dirty = std::mem::take(&mut self.dirty);
+        let follows = !dirty.full && self.observed == desired.view().revision();
+        let rebuilds = &mut self.rebuilds;
+        let mut rebuild = |extras: &HostExtras| {
+            *rebuilds += 1;
+            IpsetModel::build(desired, &families, extras, node_addresses)
+        };
+        let (model, script, previous) = match self.model.take() {
+            Some(mut m) if follows && m.fits(&families, &self.extras, node_addresses) => {
+                match m.update(desired, &dirty.services, &dirty.addresses, &self.extras) {
+                    Some(script) => (m, Some(script), None),
+                    None => (rebuild(&self.extras), None, Some(m)),
+                }
+            }
+            old => (rebuild(&self.extras), None, old),
+        };
+        let sets = model.sets();
+        // Entry-by-entry updates, unless a set would outgrow its `maxelem`: then a full swap
+        // into a larger set.
+        let outgrown = |sizes: &BTreeMap<String, usize>| {
+            sets.iter()
+                .any(|s| s.family.is_some() && s.entries.len() > restore_sizes(s, sizes).0)
+        };
+        let entry_by_entry = match (&self.maxelems, script, &previous) {
+            (Some(sizes), _, _) if outgrown(sizes) => None,
+            (Some(_), Some(delta_script), _) => Some(delta_script),
+            (Some(_), None, Some(prev)) => Some(ipset_diff(prev.sets(), sets)),
+            _ => None,
+        };
+        let (script, sizes) = match entry_by_entry {
+            Some(script) => (script, None),
+            None => {
+                let existing = match self.maxelems.take() {
+                    Some(known) => known,
+                    None => self.existing_maxelems(),
+                };
+                let sizes = maxelems_after_restore(sets, &existing);
+                (ipset_restore_sized(sets, &existing), Some(sizes))
+            }
+        };
+        if !script.is_empty()
+            && let Err(e) = self.runner.run("ipset", &["restore"], Some(&script))
+        {
+            // Next time: read the sets' sizes again and swap in whole.
+            self.model = None;
+            self.maxelems = None;
+            self.dirty.everything();
+            return Err(e);
+        }
+        if let Some(sizes) = sizes {
+            self.maxelems = Some(sizes);
+        }
+        self.model = Some(model);
+        tracing::debug!("ipsets applied");
+        if self.last_rules.as_deref() != Some(rules.as_str()) {
+            let mode = self.detected_mode();
+            for (f, text) in &per_family {
+                let restore = mode.command(*f, "-restore");
+                self.runner.run(&restore, &["--noflush"], Some(text))?;
+                tracing::debug!(family = ?f, "iptables chains restored");
+                let bin = mode.command(*f, "");
+                // One save lists the jumps already in place (a restart finds them all); the
+                // others are checked one by one, so a rule saved in another spelling is never
+                // inserted twice.
+                let saved = self
+                    .runner
+                    .run(&mode.command(*f, "-save"), &[], None)
+                    .unwrap_or_default();
+                for (table, chain, rule) in JUMPS {
+                    if saved_has_rule(&saved, table, chain, rule) {
+                        continue;
+                    }
+                    let args: Vec<&str> = rule.split(' ').collect();
+                    let mut check = vec!["-w", "-t", table, "-C", chain];
+                    check.extend(&args);
+                    if self.runner.run(&bin, &check, None).is_err() {
+                        let mut insert = vec!["-w", "-t", table, "-I", chain];
+                        insert.extend(&args);
+                        self.runner.run(&bin, &insert, None)?;
+                    }
+                }
+            }
+            tracing::debug!("iptables jumps ensured");
+            self.last_rules = Some(rules);
+        }
+        Ok(())
+    }
+
+    /// The `maxelem` of the hash sets in the kernel (`ipset list -t`); empty if they cannot be
+    /// listed (the restore then assumes default sizes and reports its own error if wrong).
+    fn existing_maxelems(&mut self) -> BTreeMap<String, usize> {
+        match self.runner.run("ipset", &["list", "-t"], None) {
+            Ok(listing) => parse_maxelems(&listing),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list ipsets; assuming default sizes");
+                BTreeMap::new()
+            }
+        }
+    }
+
+    /// [`HostSetup::after_sync`] at time `now`: applies the filters unless rate-limited or
+    /// waiting to retry a failure (then it stays pending); a failure schedules a retry.
+    pub(super) fn after_sync_at(
+        &mut self,
+        now: Instant,
+        desired: &DesiredState,
+        config: &ProxyConfig,
+        node: &NodeInfo,
+    ) -> Result<(), BackendError> {
+        let rate_limited = self
+            .last_apply
+            .is_some_and(|t| now.saturating_duration_since(t) < FILTER_MIN_GAP);
+        let backing_off = self.retry_at.is_some_and(|t| now < t);
+        if rate_limited || backing_off {
+            self.pending = true;
+            return Ok(());
+        }
+        self.pending = false;
+        self.last_apply = Some(now);
+        match self.apply_filters(desired, config, node) {
+            Ok(()) => {
+                if self.failures > 0 {
+                    tracing::info!(failures = self.failures, "ipset/iptables update recovered");
+                }
+                self.failures = 0;
+                self.retry_at = None;
+                Ok(())
+            }
+            Err(e) => {
+                self.failures = self.failures.saturating_add(1);
+                self.retry_at = Some(now + retry_delay(self.failures));
+                self.pending = true;
+                Err(e)
+            }
+        }
+    }
+}
+
+impl HostSetup for KernelHost {
+    fn apply_config(&mut self, config: &ProxyConfig) -> Result<(), BackendError> {
+        for (path, error) in apply_sysctls(&mut crate::ipvs::conntrack::sysctl::FileIo, config) {
+            tracing::warn!(
+                sysctl = path,
+                %error,
+                "setting sysctl failed (in a container /proc/sys is read-only: set it on the \
+                 node or with `agentctl sysctls` in a privileged init container)"
+            );
+        }
+        crate::ipvs::conntrack::sysctl::apply_logged(&config.conntrack);
+        let secs = |d: Duration| d.as_secs().min(u32::MAX as u64) as u32;
+        if !(config.tcp_timeout.is_zero()
+            && config.tcp_fin_timeout.is_zero()
+            && config.udp_timeout.is_zero())
+        {
+            NetlinkIpvs::open()?.set_timeouts(
+                secs(config.tcp_timeout),
+                secs(config.tcp_fin_timeout),
+                secs(config.udp_timeout),
+            )?;
+        }
+        self.last_rules = None; // rules depend on the config
+        Ok(())
+    }
+
+    fn after_sync(
+        &mut self,
+        desired: &DesiredState,
+        config: &ProxyConfig,
+        node: &NodeInfo,
+    ) -> Result<(), BackendError> {
+        self.after_sync_at(Instant::now(), desired, config, node)
+    }
+
+    fn has_pending(&self) -> bool {
+        self.pending
+    }
+
+    fn observe_update(&mut self, desired: &DesiredState, delta: &Delta) {
+        let view = desired.view();
+        if delta.full || view.previous_revision() != self.observed {
+            self.dirty.everything();
+        } else if !self.dirty.full {
+            self.dirty.services.extend(delta.services.iter().copied());
+            self.dirty.addresses.extend(delta.addresses.iter().copied());
+        }
+        self.observed = view.revision();
+        if self.services.observe(view) {
+            let extras = self.services.extras();
+            self.set_extras(extras);
+        }
+    }
+
+    fn conntrack(&mut self) -> Option<&mut dyn crate::ipvs::conntrack::ConntrackBackend> {
+        self.conntrack.backend()
+    }
+}
+
+/// Addresses in `desired` of `family` (for callers that bind per family).
+pub fn addresses_of(desired: &DesiredState, family: Family) -> Vec<IpAddr> {
+    desired
+        .addresses()
+        .filter(|a| Family::of(a) == family)
+        .copied()
+        .collect()
+}
