@@ -667,6 +667,7 @@ mod tests {
         ];
         let mut rng = fastrand::Rng::with_seed(13);
         let mut compiled = 0;
+        let re = crate::dns::corefile::Pattern(regex::Regex::new("^(?P<a>[^.]*)(.*)$").unwrap());
         for _ in 0..3000 {
             let n = rng.usize(1..14);
             let text: String = (0..n).map(|_| PIECES[rng.usize(..PIECES.len())]).collect();
@@ -682,9 +683,7 @@ mod tests {
                 class: DNSClass::ANY,
                 qtype: RecordType::ANY,
                 zones: vec![".".into()],
-                regexes: vec![crate::dns::corefile::Pattern(
-                    regex::Regex::new("^(?P<a>[^.]*)(.*)$").unwrap(),
-                )],
+                regexes: vec![re.clone()],
                 answer: vec![tpl],
                 additional: Vec::new(),
                 authority: Vec::new(),
