@@ -11,6 +11,11 @@
 //! With `reload`, the file is checked at that interval and a new version replaces the zone when
 //! its SOA serial increased (as CoreDNS); an edit that does not parse is logged and the zone in
 //! force stays.
+//!
+//! Differences from CoreDNS: a CNAME whose target is outside the zone is answered alone (CoreDNS
+//! resolves the target through itself); an SOA query for a name below the apex is NODATA (CoreDNS
+//! answers the apex SOA); a zone file missing at load is an error even with `reload` (CoreDNS
+//! waits for it); DNSSEC records are served as plain data, without NSEC proofs.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
