@@ -370,6 +370,35 @@ mod tests {
     }
 
     #[test]
+    fn standalone_plugins_run_in_coredns_order() {
+        let mut files = MemoryFiles::new();
+        files.insert("/db.example.org", "@ 60 IN SOA ns h 1 2 3 4 5\n");
+        let cf = load_from(
+            "Corefile",
+            ".:1053 {\n whoami\n file /db.example.org example.org\n template ANY AAAA {\n  rcode NOERROR\n }\n minimal\n any\n acl {\n  block type MX\n }\n local\n kubernetes cluster.local\n cache\n}\n",
+            &files,
+            &|_| None,
+            &LoadOptions::default(),
+        )
+        .unwrap();
+        let ls = build(&cf, &ctx(None)).unwrap();
+        assert_eq!(
+            ls[0].router.route("x.").unwrap().names(),
+            vec![
+                "local",
+                "acl",
+                "any",
+                "cache",
+                "minimal",
+                "template",
+                "kubernetes",
+                "file",
+                "whoami"
+            ]
+        );
+    }
+
+    #[test]
     fn listen_override_merges_and_detects_duplicates() {
         let cf = corefile(".:53 {\n log\n}\nexample.org:54 {\n log\n}\n");
         let ls = build(&cf, &ctx(Some("127.0.0.1:5300".parse().unwrap()))).unwrap();

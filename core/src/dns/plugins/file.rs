@@ -11,6 +11,11 @@
 //! With `reload`, the file is checked at that interval and a new version replaces the zone when
 //! its SOA serial increased (as CoreDNS); an edit that does not parse is logged and the zone in
 //! force stays.
+//!
+//! Differences from CoreDNS: a CNAME whose target is outside the zone is answered alone (CoreDNS
+//! resolves the target through itself); an SOA query for a name below the apex is NODATA (CoreDNS
+//! answers the apex SOA); a zone file missing at load is an error even with `reload` (CoreDNS
+//! waits for it); DNSSEC records are served as plain data, without NSEC proofs.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -575,6 +580,67 @@ ns1.child IN A      10.0.0.53
         assert_eq!(
             q(&z, "wild.example.org.", RecordType::A).rcode,
             ResponseCode::NoError
+        );
+    }
+
+    /// CoreDNS's TestLookupDoubleWildcard, TestLookupApexWildcard and TestLookupMultiWildcard.
+    #[test]
+    fn coredns_wildcard_tables() {
+        let origin = Name::from_ascii("example.org.").unwrap();
+        let head = "$TTL 3600\nexample.org. IN SOA sns.dns.icann.org. noc.dns.icann.org. 2015082541 7200 3600 1209600 3600\nexample.org. IN NS b.iana-servers.net.\n";
+        let example_org = format!(
+            "{head}example.org. IN NS a.iana-servers.net.\nexample.org. IN A 127.0.0.1\nexample.org. IN A 127.0.0.2\n*.w.example.org. IN TXT \"Wildcard\"\na.b.c.w.example.org. IN TXT \"Not a wildcard\"\n*.c.example.org. IN TXT \"c Wildcard\"\n*.d.example.org. IN CNAME alias.example.org.\nalias.example.org. IN TXT \"Wildcard CNAME expansion\"\n"
+        );
+        let z = ZoneData::parse(&example_org, &origin).unwrap();
+        let txt = |r: &Response| -> Vec<String> {
+            r.answers
+                .iter()
+                .map(|a| match &a.data {
+                    RData::TXT(t) => format!("{} TXT {t}", a.name),
+                    RData::CNAME(c) => format!("{} CNAME {}", a.name, c.0),
+                    other => format!("{other:?}"),
+                })
+                .collect()
+        };
+        let r = q(&z, "wild.w.example.org.", RecordType::TXT);
+        assert_eq!(txt(&r), vec!["wild.w.example.org. TXT Wildcard"]);
+        assert_eq!(r.authority.len(), 2);
+        let r = q(&z, "wild.c.example.org.", RecordType::TXT);
+        assert_eq!(txt(&r), vec!["wild.c.example.org. TXT c Wildcard"]);
+        let r = q(&z, "wild.d.example.org.", RecordType::TXT);
+        assert_eq!(
+            txt(&r),
+            vec![
+                "wild.d.example.org. CNAME alias.example.org.",
+                "alias.example.org. TXT Wildcard CNAME expansion"
+            ]
+        );
+        let r = q(&z, "alias.example.org.", RecordType::TXT);
+        assert_eq!(
+            txt(&r),
+            vec!["alias.example.org. TXT Wildcard CNAME expansion"]
+        );
+
+        let apex =
+            format!("{head}*.example.org. IN A 127.0.0.53\nfoo.example.org. IN A 127.0.0.54\n");
+        let z = ZoneData::parse(&apex, &origin).unwrap();
+        assert_eq!(
+            strings(&q(&z, "foo.example.org.", RecordType::A).answers),
+            vec!["foo.example.org. 3600 IN A 127.0.0.54"]
+        );
+        assert_eq!(
+            strings(&q(&z, "bar.example.org.", RecordType::A).answers),
+            vec!["bar.example.org. 3600 IN A 127.0.0.53"]
+        );
+        let multi = format!("{apex}*.intern.example.org. IN A 127.0.1.52\n");
+        let z = ZoneData::parse(&multi, &origin).unwrap();
+        assert_eq!(
+            strings(&q(&z, "bar.intern.example.org.", RecordType::A).answers),
+            vec!["bar.intern.example.org. 3600 IN A 127.0.1.52"]
+        );
+        assert_eq!(
+            strings(&q(&z, "bar.example.org.", RecordType::A).answers),
+            vec!["bar.example.org. 3600 IN A 127.0.0.53"]
         );
     }
 

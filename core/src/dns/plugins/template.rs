@@ -322,6 +322,7 @@ impl Plugin for Template {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dns::corefile::directives::template::compile;
     use crate::dns::corefile::{LoadOptions, MemoryFiles, load_from};
     use crate::dns::handler::{Chain, Transport};
     use hickory_proto::op::Query;
@@ -615,6 +616,88 @@ mod tests {
             RData::TXT(t) => assert_eq!(t.to_string(), "192.0.2.7"),
             other => panic!("TXT expected, got {other:?}"),
         }
+    }
+
+    /// Random templates built from the language's pieces: each one compiles or is refused
+    /// with a message, and one that compiles answers NOERROR or SERVFAIL, never panics.
+    #[test]
+    fn random_templates_never_panic() {
+        const PIECES: &[&str] = &[
+            "{{",
+            "}}",
+            "{{-",
+            "-}}",
+            " ",
+            ".Name",
+            ".Zone",
+            ".Class",
+            ".Type",
+            ".Remote",
+            ".Regex",
+            ".Group",
+            ".Group.a",
+            ".Match",
+            "index",
+            "parseInt",
+            "(",
+            ")",
+            "\"a\"",
+            "0",
+            "1",
+            "16",
+            "-1",
+            "99999999999999999999",
+            "8",
+            "`",
+            "\\",
+            "60",
+            "IN",
+            "A",
+            "TXT",
+            "CNAME",
+            "SOA",
+            "10.0.0.",
+            "x.",
+            "$",
+            "|",
+            "\"",
+            ";",
+            "(1 2 3 4 5)",
+            "@",
+        ];
+        let mut rng = fastrand::Rng::with_seed(13);
+        let mut compiled = 0;
+        let re = crate::dns::corefile::Pattern(regex::Regex::new("^(?P<a>[^.]*)(.*)$").unwrap());
+        for _ in 0..3000 {
+            let n = rng.usize(1..14);
+            let text: String = (0..n).map(|_| PIECES[rng.usize(..PIECES.len())]).collect();
+            let tpl = match compile(&text) {
+                Ok(t) => t,
+                Err(e) => {
+                    assert!(!e.is_empty(), "{text:?}");
+                    continue;
+                }
+            };
+            compiled += 1;
+            let cfg = TemplateConfig {
+                class: DNSClass::ANY,
+                qtype: RecordType::ANY,
+                zones: vec![".".into()],
+                regexes: vec![re.clone()],
+                answer: vec![tpl],
+                additional: Vec::new(),
+                authority: Vec::new(),
+                rcode: ResponseCode::NoError,
+                fallthrough: None,
+            };
+            let c = Chain::new(vec![Arc::new(Template::new(vec![cfg], None))]);
+            let r = ask(&c, "ab.example.", IN, RecordType::A);
+            assert!(
+                matches!(r.rcode, ResponseCode::NoError | ResponseCode::ServFail),
+                "{text:?}: {r:?}"
+            );
+        }
+        assert!(compiled > 100, "only {compiled} random templates compiled");
     }
 
     #[test]

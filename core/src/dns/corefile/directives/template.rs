@@ -170,7 +170,18 @@ pub(crate) fn parse(
             format!("invalid RR type {:?}", type_tok.text),
         )
     })?;
-    let zones = zones_or_server(PLUGIN, &d.args[2..], ctx)?;
+    // A quoted argument may hold several zones (`" a.example b.example "`), as in CoreDNS.
+    let zone_toks: Vec<_> = d.args[2..]
+        .iter()
+        .flat_map(|t| {
+            t.text.split_whitespace().map(move |z| {
+                let mut t = t.clone();
+                t.text = z.to_string();
+                t
+            })
+        })
+        .collect();
+    let zones = zones_or_server(PLUGIN, &zone_toks, ctx)?;
     let mut cfg = TemplateConfig {
         class,
         qtype,
@@ -547,6 +558,86 @@ mod tests {
             ]
         );
         assert!(compile("example. 60 IN A 1.2.3.4").unwrap().is_static());
+    }
+
+    fn load(body: &str) -> Result<Vec<TemplateConfig>, CorefileError> {
+        use crate::dns::corefile::{LoadOptions, MemoryFiles, load_from};
+        let text = format!("domain.com.:8053 dynamic.domain.com.:8053 {{\n{body}\n}}\n");
+        load_from(
+            "Corefile",
+            &text,
+            &MemoryFiles::new(),
+            &|_| None,
+            &LoadOptions::default(),
+        )
+        .map(|mut cf| cf.servers.remove(0).plugins.template)
+    }
+
+    /// CoreDNS's TestSetupParse table (server block keys domain.com. and dynamic.domain.com.).
+    #[test]
+    fn coredns_setup_table() {
+        let cases: &[(&str, bool)] = &[
+            ("template", true),
+            ("template X", true),
+            ("template ANY", true),
+            ("template ANY X", true),
+            // CoreDNS's old table failed this for its missing answer; `(?p<x>.` is an odd but
+            // legal zone name, and current CoreDNS accepts templates without answers.
+            ("template ANY ANY (?P<x>", false),
+            ("template ANY ANY .* {\n notavailable\n}", true),
+            ("template ANY ANY {\n answer\n}", true),
+            ("template ANY ANY {\n additional\n}", true),
+            ("template ANY ANY {\n rcode\n}", true),
+            ("template ANY ANY {\n rcode UNDEFINED\n}", true),
+            ("template ANY ANY {\n answer \"{{\"\n}", true),
+            ("template ANY ANY {\n additional \"{{\"\n}", true),
+            ("template ANY ANY {\n authority \"{{\"\n}", true),
+            // CoreDNS accepts the misspelt `.Grup` at load and fails on every query; svcnet
+            // rejects it at load.
+            (
+                "template ANY A example.com {\n match ip-(?P<a>[0-9]*)-(?P<b>[0-9]*)-(?P<c>[0-9]*)-(?P<d>[0-9]*)[.]example[.]com\n answer \"{{ .Name }} A {{ .Group.a }}.{{ .Group.b }}.{{ .Group.c }}.{{ .Grup.d }}.\"\n fallthrough\n}",
+                true,
+            ),
+            (
+                "template ANY AAAA example.com {\n match ip-(?P<a>[0-9]*)-(?P<b>[0-9]*)-(?P<c>[0-9]*)-(?P<d>[0-9]*)[.]example[.]com\n authority \"example.com 60 IN SOA ns.example.com hostmaster.example.com (1 60 60 60 60)\"\n fallthrough\n}",
+                false,
+            ),
+            (
+                "template IN ANY example.com {\n match \"[.](example[.]com[.]dc1[.]example[.]com[.])$\"\n rcode NXDOMAIN\n authority \"{{ index .Match 1 }} 60 IN SOA ns.{{ index .Match 1 }} hostmaster.example.com (1 60 60 60 60)\"\n fallthrough example.com\n}",
+                false,
+            ),
+            (
+                "template IN A example {\n match ^ip-10-(?P<b>[0-9]*)-(?P<c>[0-9]*)-(?P<d>[0-9]*)[.]example[.]$\n answer \"{{ .Name }} 60 IN A 10.{{ .Group.b }}.{{ .Group.c }}.{{ .Group.d }}\"\n}\ntemplate IN MX example. {\n match ^ip-10-(?P<b>[0-9]*)-(?P<c>[0-9]*)-(?P<d>[0-9]*)[.]example[.]$\n answer \"{{ .Name }} 60 IN MX 10 {{ .Name }}\"\n additional \"{{ .Name }} 60 IN A 10.{{ .Group.b }}.{{ .Group.c }}.{{ .Group.d }}\"\n}",
+                false,
+            ),
+            (
+                "template IN MX example {\n match ^ip-10-(?P<b>[0-9]*)-(?P<c>[0-9]*)-(?P<d>[0-9]*)[.]example[.]$\n answer \"{{ .Name }} 60 IN MX 10 {{ .Name }}\"\n additional \"{{ .Name }} 60 IN A 10.{{ .Group.b }}.{{ .Group.c }}.{{ .Group.d }}\"\n authority  \"example. 60 IN NS ns0.example.\"\n authority  \"example. 60 IN NS ns1.example.\"\n additional \"ns0.example. 60 IN A 203.0.113.8\"\n additional \"ns1.example. 60 IN A 198.51.100.8\"\n}",
+                false,
+            ),
+            (
+                "template ANY ANY up.stream.local {\n answer \"up.stream.local 5 IN CNAME up.river.local\"\n upstream\n}",
+                false,
+            ),
+            // Current CoreDNS accepts a template without answers (the "block AAAA" idiom).
+            ("template ANY ANY {\n}", false),
+            ("template ANY AAAA {\n rcode NOERROR\n}", false),
+        ];
+        for (body, should_err) in cases {
+            let r = load(body);
+            assert_eq!(r.is_err(), *should_err, "{body:?}: {r:?}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains("Corefile:"), "{e}");
+            }
+        }
+        // Zones default to the block's; a quoted list of zones splits (TestSetupParseZones).
+        let t = load("template ANY ANY {\n rcode NXDOMAIN\n}").unwrap();
+        assert_eq!(t[0].zones, vec!["domain.com.", "dynamic.domain.com."]);
+        for body in [
+            "template ANY ANY a.example.com b.example.com c.example.com {\n rcode NXDOMAIN\n}",
+            "template ANY ANY \" a.example.com  b.example.com\t c.example.com \" {\n rcode NXDOMAIN\n}",
+        ] {
+            assert_eq!(load(body).unwrap()[0].zones.len(), 3, "{body}");
+        }
     }
 
     #[test]
