@@ -323,11 +323,14 @@ impl ClientCertVerifier for SwapVerifier {
     }
 }
 
+/// A PEM text and the name of its file.
+pub(crate) type Pem<'a> = (&'a str, &'a str);
+
 /// The PEM texts of a DoT upstream's client settings (CoreDNS forward `tls [CERT KEY] [CA]`).
 #[derive(Clone, Copy, Default)]
 pub(crate) struct ClientPem<'a> {
     /// Client certificate and key (PEM, file name) for client authentication.
-    pub identity: Option<((&'a str, &'a str), (&'a str, &'a str))>,
+    pub identity: Option<(Pem<'a>, Pem<'a>)>,
     /// CA (PEM, file name) verifying the server; the system's CAs without it.
     pub ca: Option<(&'a str, &'a str)>,
 }

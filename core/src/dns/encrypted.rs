@@ -486,4 +486,67 @@ mod tests {
         );
         task.abort();
     }
+
+    #[tokio::test]
+    async fn require_and_verify_admits_only_clients_with_a_certificate_from_the_ca() {
+        crate::tls::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let server = generate(dir.path(), "a", "dns.test");
+        let other = generate(dir.path(), "b", "dns.test");
+        let (cert, key, ca) = (
+            pem_file(&server.cert),
+            pem_file(&server.key),
+            pem_file(&server.ca),
+        );
+        let tls = ServerTls::new(ServerPem {
+            cert: cert.pair(),
+            key: key.pair(),
+            ca: Some(ca.pair()),
+            client_auth: ClientAuth::RequireAndVerify,
+        })
+        .unwrap();
+        let bound = EncryptedServer::bind(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            ServerTransport::Tls,
+            tls,
+        )
+        .unwrap();
+        let addr = bound.local_addr();
+        let task = tokio::spawn(bound.serve(
+            Chain::new(vec![Arc::new(Fixed)]),
+            DnsMetrics::new("tls://test", "."),
+        ));
+        let client = |identity: Option<(&PemFile, &PemFile)>| {
+            let mut cfg = ForwardConfig::new(".".into(), vec![addr]);
+            cfg.to_tls = vec![true];
+            cfg.tls.servername = Some("dns.test".into());
+            cfg.tls.ca = Some(ca.clone());
+            if let Some((c, k)) = identity {
+                cfg.tls.cert = Some(c.clone());
+                cfg.tls.key = Some(k.clone());
+            }
+            Chain::new(vec![Arc::new(Forward::new(cfg, None)) as Arc<dyn Plugin>])
+        };
+        // No client certificate: the handshake is refused.
+        assert_eq!(
+            ask(&client(None), "www.example.test.").await.rcode,
+            ResponseCode::ServFail
+        );
+        // A certificate from another CA: refused.
+        let (oc, ok) = (pem_file(&other.cert), pem_file(&other.key));
+        assert_eq!(
+            ask(&client(Some((&oc, &ok))), "www.example.test.")
+                .await
+                .rcode,
+            ResponseCode::ServFail
+        );
+        // A certificate the CA signed: answered.
+        assert_eq!(
+            ask(&client(Some((&cert, &key))), "www.example.test.")
+                .await
+                .rcode,
+            ResponseCode::NoError
+        );
+        task.abort();
+    }
 }
