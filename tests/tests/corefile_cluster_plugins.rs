@@ -190,10 +190,16 @@ fn autopath_k8s_external_and_labels_answer_like_coredns_over_real_sockets() {
     write_cluster(&manifests);
     let port = free_port();
     let path = dir.path().join("Corefile");
-    std::fs::write(&path, corefile(port, "verified", "labels tier notin (back)")).unwrap();
+    std::fs::write(
+        &path,
+        corefile(port, "verified", "labels tier notin (back)"),
+    )
+    .unwrap();
     let _srv = Server::start("dns", &path, &manifests, true);
     wait_for("the cluster zone answers", || {
-        !dig(port, "web.demo.svc.cluster.local", "A").answers.is_empty()
+        !dig(port, "web.demo.svc.cluster.local", "A")
+            .answers
+            .is_empty()
     });
 
     // autopath: the pod in `demo` asks `demoapp-svc.default` with its first search domain
@@ -210,12 +216,21 @@ fn autopath_k8s_external_and_labels_answer_like_coredns_over_real_sockets() {
                 "CNAME",
                 "demoapp-svc.default.svc.cluster.local."
             ),
-            rr("demoapp-svc.default.svc.cluster.local.", 5, "A", "10.96.10.11"),
+            rr(
+                "demoapp-svc.default.svc.cluster.local.",
+                5,
+                "A",
+                "10.96.10.11"
+            ),
         ]
     );
     // The same query from an address that is no pod's: answered plainly.
     let d = dig(port, "demoapp-svc.default.demo.svc.cluster.local", "A");
-    assert_eq!((d.status.as_str(), d.answers.len()), ("NXDOMAIN", 0), "{d:?}");
+    assert_eq!(
+        (d.status.as_str(), d.answers.len()),
+        ("NXDOMAIN", 0),
+        "{d:?}"
+    );
     // A name found only as the bare name, by the rest of the chain (hosts).
     let d = dig_from(pod, port, "outside.example.demo.svc.cluster.local", "A");
     assert_eq!(d.status, "NOERROR", "{d:?}");
@@ -262,7 +277,9 @@ fn autopath_k8s_external_and_labels_answer_like_coredns_over_real_sockets() {
     let d = dig(port, "example.org", "SOA");
     assert_eq!(d.answers[0].2, "SOA");
     assert!(
-        d.answers[0].3.starts_with("ns1.dns.example.org. hostmaster.dns.example.org."),
+        d.answers[0]
+            .3
+            .starts_with("ns1.dns.example.org. hostmaster.dns.example.org."),
         "{d:?}"
     );
     let d = dig(port, "example.org", "NS");
@@ -279,7 +296,10 @@ fn autopath_k8s_external_and_labels_answer_like_coredns_over_real_sockets() {
     assert_eq!(d.authority[0].2, "SOA");
 
     // labels: `tier notin (back)` hides back, keeps front and the unlabelled ones.
-    assert_eq!(dig(port, "back.shop.svc.cluster.local", "A").status, "NXDOMAIN");
+    assert_eq!(
+        dig(port, "back.shop.svc.cluster.local", "A").status,
+        "NXDOMAIN"
+    );
     assert_eq!(
         dig(port, "front.shop.svc.cluster.local", "A").answers[0].3,
         "10.96.30.1"
@@ -297,8 +317,14 @@ fn autopath_k8s_external_and_labels_answer_like_coredns_over_real_sockets() {
             .first()
             .is_some_and(|a| a.3 == "10.96.30.2")
     });
-    assert_eq!(dig(port, "front.shop.svc.cluster.local", "A").status, "NXDOMAIN");
-    assert_eq!(dig(port, "web.demo.svc.cluster.local", "A").status, "NXDOMAIN");
+    assert_eq!(
+        dig(port, "front.shop.svc.cluster.local", "A").status,
+        "NXDOMAIN"
+    );
+    assert_eq!(
+        dig(port, "web.demo.svc.cluster.local", "A").status,
+        "NXDOMAIN"
+    );
     // ... and removing it exposes everything again.
     std::fs::write(&path, corefile(port, "verified", "")).unwrap();
     wait_for("the selector is removed", || {
@@ -321,10 +347,17 @@ fn turning_pods_verified_on_by_reload_is_rejected_until_a_restart() {
     std::fs::write(&path, corefile(port, "disabled", "")).unwrap();
     let mut srv = Server::start("dns", &path, &manifests, true);
     wait_for("the cluster zone answers", || {
-        !dig(port, "web.demo.svc.cluster.local", "A").answers.is_empty()
+        !dig(port, "web.demo.svc.cluster.local", "A")
+            .answers
+            .is_empty()
     });
     // Without pods verified, autopath does nothing (a warning said so at load).
-    let d = dig_from("127.0.0.5", port, "demoapp-svc.default.demo.svc.cluster.local", "A");
+    let d = dig_from(
+        "127.0.0.5",
+        port,
+        "demoapp-svc.default.demo.svc.cluster.local",
+        "A",
+    );
     assert_eq!(d.status, "NXDOMAIN");
 
     std::fs::write(&path, corefile(port, "verified", "")).unwrap();
