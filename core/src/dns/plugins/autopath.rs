@@ -254,7 +254,8 @@ impl AutoPath {
                 if o.reverse.is_some() {
                     return None;
                 }
-                let ns = zone.client_namespace(req.client.ip(), lower, origin)?;
+                // A dual-stack listener sees IPv4 clients as IPv4-mapped IPv6 addresses.
+                let ns = zone.client_namespace(req.client.ip().to_canonical(), lower, origin)?;
                 let search = pod_search_path(ns, &o.name, host_search);
                 expansions(req.name(), lower, &search)
             }
