@@ -50,6 +50,9 @@ struct Args {
     /// Only serve these namespaces (default: all).
     #[arg(long, value_delimiter = ',', value_name = "NS,...")]
     namespaces: Vec<String>,
+    /// Only serve services matching this label selector (`app=web,tier in (a,b),!canary`).
+    #[arg(long, value_name = "SELECTOR")]
+    labels: Option<svcnet_core::model::selector::LabelSelector>,
     /// Pass names not found in these zones to the next plugin (no zones: all). Without a
     /// forwarder the answer is then REFUSED.
     #[arg(long, num_args = 0.., value_delimiter = ',', value_name = "ZONE,...")]
@@ -173,6 +176,7 @@ fn main() -> anyhow::Result<()> {
     zone.noendpoints = args.noendpoints;
     zone.ignore_empty_service = args.ignore_empty_service;
     zone.namespaces = args.namespaces.iter().cloned().collect();
+    zone.labels = args.labels.clone();
     zone.fallthrough = args.fallthrough.clone();
     let options = DnsOptions {
         server: server_config(&args),

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use corefile_support::{Server, free_port};
+use corefile_support::{Server, free_port, http_get};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -153,11 +153,12 @@ fn write_cluster(dir: &Path) {
     std::fs::write(dir.join("cluster.yaml"), CLUSTER).unwrap();
 }
 
-fn corefile(port: u16, pods: &str, labels: &str) -> String {
+fn corefile(port: u16, metrics: u16, pods: &str, labels: &str) -> String {
     format!(
         r#".:{port} {{
     bind 127.0.0.1
     errors
+    prometheus 127.0.0.1:{metrics}
     autopath @kubernetes
     hosts {{
         192.0.2.99 outside.example
@@ -189,10 +190,11 @@ fn autopath_k8s_external_and_labels_answer_like_coredns_over_real_sockets() {
     std::fs::create_dir(&manifests).unwrap();
     write_cluster(&manifests);
     let port = free_port();
+    let metrics = free_port();
     let path = dir.path().join("Corefile");
     std::fs::write(
         &path,
-        corefile(port, "verified", "labels tier notin (back)"),
+        corefile(port, metrics, "verified", "labels tier notin (back)"),
     )
     .unwrap();
     let _srv = Server::start("dns", &path, &manifests, true);
@@ -257,6 +259,13 @@ fn autopath_k8s_external_and_labels_answer_like_coredns_over_real_sockets() {
         d.answers,
         vec![rr("web.demo.svc.cluster.local.", 5, "A", "10.96.20.1")]
     );
+    // The two answers found under another name were counted.
+    let text = http_get(([127, 0, 0, 1], metrics).into(), "/metrics");
+    assert!(
+        text.lines()
+            .any(|l| l == "coredns_autopath_success_total 2"),
+        "{text}"
+    );
 
     // k8s_external: load-balancer and external IPs under example.org.
     let d = dig(port, "lb.default.example.org", "A");
@@ -310,7 +319,11 @@ fn autopath_k8s_external_and_labels_answer_like_coredns_over_real_sockets() {
     );
 
     // A reload that changes the selector takes effect live.
-    std::fs::write(&path, corefile(port, "verified", "labels tier=back")).unwrap();
+    std::fs::write(
+        &path,
+        corefile(port, metrics, "verified", "labels tier=back"),
+    )
+    .unwrap();
     wait_for("the new selector is applied", || {
         dig(port, "back.shop.svc.cluster.local", "A")
             .answers
@@ -326,7 +339,7 @@ fn autopath_k8s_external_and_labels_answer_like_coredns_over_real_sockets() {
         "NXDOMAIN"
     );
     // ... and removing it exposes everything again.
-    std::fs::write(&path, corefile(port, "verified", "")).unwrap();
+    std::fs::write(&path, corefile(port, metrics, "verified", "")).unwrap();
     wait_for("the selector is removed", || {
         dig(port, "front.shop.svc.cluster.local", "A").status == "NOERROR"
     });
@@ -343,8 +356,9 @@ fn turning_pods_verified_on_by_reload_is_rejected_until_a_restart() {
     std::fs::create_dir(&manifests).unwrap();
     write_cluster(&manifests);
     let port = free_port();
+    let metrics = free_port();
     let path = dir.path().join("Corefile");
-    std::fs::write(&path, corefile(port, "disabled", "")).unwrap();
+    std::fs::write(&path, corefile(port, metrics, "disabled", "")).unwrap();
     let mut srv = Server::start("dns", &path, &manifests, true);
     wait_for("the cluster zone answers", || {
         !dig(port, "web.demo.svc.cluster.local", "A")
@@ -360,7 +374,7 @@ fn turning_pods_verified_on_by_reload_is_rejected_until_a_restart() {
     );
     assert_eq!(d.status, "NXDOMAIN");
 
-    std::fs::write(&path, corefile(port, "verified", "")).unwrap();
+    std::fs::write(&path, corefile(port, metrics, "verified", "")).unwrap();
     let line = srv.wait_log(WAIT, "Corefile rejected");
     assert!(line.contains("Pod") && line.contains("restart"), "{line}");
     // The old configuration keeps serving.

@@ -37,6 +37,9 @@ fn endpoint_ips_v4() -> Vec<String> {
     v
 }
 
+/// External addresses (`externalIPs`, load-balancer ingress) shared by several services.
+const EXTERNAL_IPS: [&str; 3] = ["203.0.113.1", "203.0.113.2", "2001:db8::7"];
+
 fn endpoint_ips_v6() -> Vec<String> {
     (1..=4).map(|i| format!("fd00:244::{i:x}")).collect()
 }
@@ -106,12 +109,31 @@ impl Gen {
         if self.rng.u8(..4) == 0 {
             spec["publishNotReadyAddresses"] = json!(true);
         }
+        // External addresses for k8s_external (any kind may carry externalIPs).
+        let mut status = json!({});
+        if self.rng.u8(..3) == 0 {
+            spec["externalIPs"] = json!([*self.pick(&EXTERNAL_IPS)]);
+        }
+        if self.rng.u8(..4) == 0 {
+            spec["type"] = json!("LoadBalancer");
+            spec.as_object_mut().map(|o| o.remove("externalName"));
+            if spec.get("clusterIP").is_none() {
+                spec["clusterIP"] = json!("None");
+            }
+            let ingress = if self.rng.bool() {
+                json!({"ip": *self.pick(&EXTERNAL_IPS)})
+            } else {
+                json!({"hostname": "lb.example.net"})
+            };
+            status = json!({"loadBalancer": {"ingress": [ingress]}});
+        }
         let mut metadata = json!({"name": name, "namespace": ns});
         // Labels for the `labels` option: some services have none, some a tier.
         if self.rng.bool() {
             metadata["labels"] = json!({"tier": *self.pick(&["front", "back", "db"])});
         }
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": spec})
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": spec,
+               "status": status})
     }
 
     fn slice(&mut self) -> Value {
@@ -302,6 +324,93 @@ fn answer_text(zone: &ClusterZone, name: &str, t: RecordType) -> String {
     }
 }
 
+/// What `k8s_external` answers, as comparable text.
+fn external_text(zone: &ClusterZone, name: &str, t: RecordType, ext_zone: &str) -> String {
+    let qname = Name::from_ascii(name).expect("question name");
+    let opts = ExternalOptions {
+        headless: true,
+        ..ExternalOptions::default()
+    };
+    let a = zone.lookup_external(
+        &qname,
+        &lower_fqdn(&qname),
+        t,
+        ext_zone,
+        "example.org.",
+        &opts,
+    );
+    let text = |v: &[Record]| v.iter().map(|r| r.to_string()).collect::<Vec<_>>();
+    format!(
+        "{:?} {:?} {:?} {:?}",
+        a.rcode,
+        text(&a.answers),
+        text(&a.authority),
+        text(&a.additionals)
+    )
+}
+
+/// The k8s_external questions and the namespaces `autopath` finds, which must agree too.
+/// Returns how many external answers had records and how many client addresses had a namespace.
+fn check_external_and_clients(
+    zone: &ClusterZone,
+    full: &ClusterZone,
+    context: &str,
+) -> (usize, usize) {
+    use RecordType::*;
+    let (mut positive, mut clients) = (0, 0);
+    for ns in NAMESPACES {
+        for svc in SERVICES {
+            for q in [
+                format!("{svc}.{ns}.example.org."),
+                format!("_http._tcp.{svc}.{ns}.example.org."),
+                format!("web-0.{svc}.{ns}.example.org."),
+            ] {
+                for t in [A, AAAA, SRV] {
+                    let got = external_text(zone, &q, t, "example.org.");
+                    assert_eq!(
+                        got,
+                        external_text(full, &q, t, "example.org."),
+                        "{context}: {q} {t}"
+                    );
+                    positive += usize::from(got.starts_with("NoError [\""));
+                }
+            }
+        }
+    }
+    let externals: Vec<IpAddr> = EXTERNAL_IPS.iter().map(|s| s.parse().unwrap()).collect();
+    for ip in externals.iter().chain(all_ips().iter()) {
+        let q = reverse_name(*ip);
+        let ext_zone = if ip.is_ipv4() {
+            "in-addr.arpa."
+        } else {
+            "ip6.arpa."
+        };
+        let got = external_text(zone, &q, PTR, ext_zone);
+        assert_eq!(
+            got,
+            external_text(full, &q, PTR, ext_zone),
+            "{context}: {q}"
+        );
+        positive += usize::from(got.starts_with("NoError [\""));
+    }
+    let origin = zone
+        .origin_of("cluster.local.")
+        .expect("cluster.local is served");
+    for ip in all_ips() {
+        for ns in NAMESPACES {
+            let q = format!("x.{}.svc.cluster.local.", ns.to_ascii_lowercase());
+            let got = zone.client_namespace(ip, &q, origin);
+            assert_eq!(
+                got,
+                full.client_namespace(ip, &q, origin),
+                "{context}: client {ip} asking {q}"
+            );
+            clients += usize::from(got.is_some());
+        }
+    }
+    (positive, clients)
+}
+
 /// Runs `steps` random batches with `options`, checking the incremental zone after each.
 fn check(seed: u64, steps: usize, options: ZoneOptions) {
     let mut generator = Gen {
@@ -315,6 +424,7 @@ fn check(seed: u64, steps: usize, options: ZoneOptions) {
     let mut zone = ClusterZone::build_with_serial(&reader.snapshot(), &options, 1);
     let mut nonempty_answers = 0usize;
     let mut negative = 0usize;
+    let (mut external_positive, mut clients_found) = (0usize, 0usize);
     for step in 0..steps {
         generator.batch(&mut writer);
         // Sometimes let changes pile up over several generations before updating.
@@ -343,6 +453,12 @@ fn check(seed: u64, steps: usize, options: ZoneOptions) {
                 nonempty_answers += 1;
             }
         }
+        if options.zones.iter().any(|z| z == "cluster.local") {
+            let (p, c) =
+                check_external_and_clients(&zone, &full, &format!("seed {seed} step {step}"));
+            external_positive += p;
+            clients_found += c;
+        }
         let export = |z: &ClusterZone| -> Vec<String> {
             z.records().iter().map(|r| r.to_string()).collect()
         };
@@ -354,6 +470,15 @@ fn check(seed: u64, steps: usize, options: ZoneOptions) {
         "only {nonempty_answers} positive answers"
     );
     assert!(negative > steps * 100, "only {negative} NXDOMAIN answers");
+    if options.zones.iter().any(|z| z == "cluster.local") {
+        assert!(
+            external_positive > steps,
+            "only {external_positive} k8s_external answers with records"
+        );
+    }
+    if options.pods == PodMode::Verified {
+        assert!(clients_found > steps, "only {clients_found} clients found");
+    }
 }
 
 #[test]
@@ -407,7 +532,7 @@ fn incremental_updates_match_full_builds_with_a_label_selector() {
         16,
         40,
         ZoneOptions {
-            labels: Some("tier in (front,db),tier!=db".parse().unwrap()),
+            labels: Some("tier notin (back),tier!=db".parse().unwrap()),
             ..ZoneOptions::default()
         },
     );

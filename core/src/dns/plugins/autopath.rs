@@ -125,40 +125,57 @@ fn ends_walk(resp: &Response) -> bool {
 }
 
 /// Asks `names` (from [`expansions`]) in order through `run` and answers with the first reply
-/// that ends the walk, behind a CNAME from the name asked; when none does, with the reply to
-/// the first name (the one asked). Ready replies are handled at once; from the first pending
-/// one on, the rest of the walk runs in the returned future.
+/// that ends the walk — behind a CNAME from the name asked when it came from a later name —;
+/// when none does, with the reply to the first name (the one asked). Ready replies are handled
+/// at once; from the first pending one on, the rest of the walk runs in the returned future.
 pub fn walk<F>(req: &Request, names: Vec<Name>, run: F) -> Reply
 where
     F: Fn(&Request) -> Reply + Send + Sync + 'static,
 {
+    walk_counted(req, names, run, || {})
+}
+
+/// [`walk`], calling `expanded` when the answer came from a name after the first.
+fn walk_counted<F, C>(req: &Request, names: Vec<Name>, run: F, expanded: C) -> Reply
+where
+    F: Fn(&Request) -> Reply + Send + Sync + 'static,
+    C: Fn() + Send + Sync + 'static,
+{
     let original = req.name().clone();
+    // The reply for step `i` when it ends the walk.
+    let found = move |i: usize, resp: Response| -> Response {
+        if i == 0 {
+            return resp;
+        }
+        expanded();
+        cname_to_answer(resp, &original)
+    };
     let mut first: Option<Response> = None;
     for (i, name) in names.iter().enumerate() {
         let step = asking(req, name);
         match run(&step) {
             Reply::Ready(resp) => {
-                if i == 0 {
-                    first = Some(resp.clone());
-                }
                 if ends_walk(&resp) {
-                    return Reply::Ready(cname_to_answer(resp, &original));
+                    return Reply::Ready(found(i, resp));
+                }
+                if i == 0 {
+                    first = Some(resp);
                 }
             }
             Reply::Pending(fut) => {
                 let req = req.clone();
                 return Reply::pending(async move {
                     let resp = fut.await;
-                    if i == 0 {
-                        first = Some(resp.clone());
-                    }
                     if ends_walk(&resp) {
-                        return cname_to_answer(resp, &original);
+                        return found(i, resp);
                     }
-                    for name in &names[i + 1..] {
+                    if i == 0 {
+                        first = Some(resp);
+                    }
+                    for (j, name) in names.iter().enumerate().skip(i + 1) {
                         let resp = run(&asking(&req, name)).resolve().await;
                         if ends_walk(&resp) {
-                            return cname_to_answer(resp, &original);
+                            return found(j, resp);
                         }
                     }
                     first.unwrap_or_else(Response::servfail)
@@ -237,7 +254,8 @@ impl AutoPath {
                 if o.reverse.is_some() {
                     return None;
                 }
-                let ns = zone.client_namespace(req.client.ip(), lower, origin)?;
+                // A dual-stack listener sees IPv4 clients as IPv4-mapped IPv6 addresses.
+                let ns = zone.client_namespace(req.client.ip().to_canonical(), lower, origin)?;
                 let search = pod_search_path(ns, &o.name, host_search);
                 expansions(req.name(), lower, &search)
             }
@@ -258,20 +276,16 @@ impl Plugin for AutoPath {
             return next.run(req);
         };
         let success = self.success.clone();
-        let original = req.name().clone();
-        walk(req, names, move |r| next.clone().run(r)).map(move |resp| {
-            // Counted when the answer came from another name than the one asked.
-            if let Some(c) = &success
-                && resp
-                    .answers
-                    .first()
-                    .is_some_and(|a| a.name == original && matches!(a.data, RData::CNAME(_)))
-                && resp.rcode == ResponseCode::NoError
-            {
-                c.inc();
-            }
-            resp
-        })
+        walk_counted(
+            req,
+            names,
+            move |r| next.clone().run(r),
+            move || {
+                if let Some(c) = &success {
+                    c.inc();
+                }
+            },
+        )
     }
 }
 
@@ -494,5 +508,79 @@ mod tests {
             resp.answers[0].to_string(),
             "host.a.example. 30 IN CNAME host.b.example."
         );
+    }
+
+    #[test]
+    fn with_the_cluster_plugin_the_asking_pod_s_namespace_drives_the_walk() {
+        use crate::dns::cluster::ClusterPlugin;
+        use crate::dns::zone::tests::{FIXTURE, snapshot};
+        use crate::dns::zone::{PodMode, ZoneOptions};
+        let cluster = ClusterPlugin::new(ZoneOptions {
+            pods: PodMode::Verified,
+            ..ZoneOptions::default()
+        });
+        cluster.install(&snapshot(FIXTURE));
+        let cfg = AutopathConfig {
+            zones: vec![".".into()],
+            source: SearchSource::Kubernetes {
+                host_search: vec![],
+            },
+            at: crate::dns::corefile::Position {
+                file: "Corefile".into(),
+                line: 1,
+                column: 1,
+            },
+        };
+        let counter = prometheus_client::metrics::counter::Counter::default();
+        let ap = Arc::new(AutoPath::new(
+            &cfg,
+            Some(cluster.clone() as Arc<dyn Plugin>),
+            Some(counter.clone()),
+        ));
+        let chain = Chain::new(vec![ap, cluster]);
+        // The fixture's pod demoapp-a (default) is at 10.244.1.10.
+        let ask = |q: &str, from: &str| {
+            let mut req = Request::new(name(q), RecordType::A);
+            req.client = std::net::SocketAddr::new(from.parse().unwrap(), 5353);
+            match chain.handle(&req) {
+                Reply::Ready(r) => r,
+                Reply::Pending(_) => panic!("cluster answers are ready"),
+            }
+        };
+        let lines = |r: &Response| r.answers.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        let pod = "10.244.1.10";
+        let r = ask("lonely.default.default.svc.cluster.local.", pod);
+        assert_eq!(
+            lines(&r),
+            vec![
+                "lonely.default.default.svc.cluster.local. 5 IN CNAME lonely.default.svc.cluster.local.",
+                "lonely.default.svc.cluster.local. 5 IN A 10.96.10.20",
+            ]
+        );
+        assert_eq!(counter.get(), 1);
+        // A chain answered for the name asked is left as it is (no second CNAME), uncounted.
+        let r = ask("alias.default.svc.cluster.local.", pod);
+        assert_eq!(
+            lines(&r),
+            vec![
+                "alias.default.svc.cluster.local. 5 IN CNAME demoapp-svc.default.svc.cluster.local.",
+                "demoapp-svc.default.svc.cluster.local. 5 IN A 10.96.10.11",
+            ]
+        );
+        // A chain found later gets one CNAME to the name that answered.
+        let r = ask("alias.default.default.svc.cluster.local.", pod);
+        assert_eq!(
+            lines(&r),
+            vec![
+                "alias.default.default.svc.cluster.local. 5 IN CNAME alias.default.svc.cluster.local.",
+                "alias.default.svc.cluster.local. 5 IN CNAME demoapp-svc.default.svc.cluster.local.",
+                "demoapp-svc.default.svc.cluster.local. 5 IN A 10.96.10.11",
+            ]
+        );
+        assert_eq!(counter.get(), 2);
+        // Another address: plain NXDOMAIN.
+        let r = ask("lonely.default.default.svc.cluster.local.", "10.244.1.99");
+        assert_eq!((r.rcode, r.answers.len()), (ResponseCode::NXDomain, 0));
+        assert_eq!(counter.get(), 2);
     }
 }

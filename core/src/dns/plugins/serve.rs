@@ -402,10 +402,12 @@ impl State {
         let started = Instant::now();
         let result = async {
             let cf = load_logged(&self.options)?;
+            // Kinds the new configuration needs beyond what runs now and is watched.
             let watched = self.pool.reader.snapshot().expected_kinds().clone();
+            let current = needed_kinds(&self.current);
             let missing: Vec<String> = needed_kinds(&cf)
                 .into_iter()
-                .filter(|k| !watched.contains(k))
+                .filter(|k| !watched.contains(k) && !current.contains(k))
                 .map(|k| format!("{k:?}"))
                 .collect();
             if !missing.is_empty() {
