@@ -114,7 +114,8 @@ fn zone_text(origin: &str, lines: &[&str]) -> String {
     z
 }
 
-/// One `dig` check: `[@ADDR] [+tcp] QNAME QTYPE STATUS [ttl=N] [[OWNER/]TYPE=RDATA ...]`.
+/// One `dig` check: `[gap NAME] [@ADDR] [+tcp] QNAME QTYPE STATUS [ttl=N] [[OWNER/]TYPE=RDATA ...]`
+/// (STATUS `NOREPLY`: no answer at all).
 #[derive(Debug, Clone)]
 struct Query {
     line: usize,
@@ -388,6 +389,28 @@ impl Netns {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `svcnet-dns --corefile /etc/coredns/Corefile --validate` in the namespace's file system:
+    /// whether it succeeded, and what it printed.
+    fn validate(&self) -> (bool, String) {
+        let out = Command::new("nsenter")
+            .arg("-t")
+            .arg(self.child.id().to_string())
+            .args(["-m", "-n", "--"])
+            .arg(binary())
+            .args(["--corefile", "/etc/coredns/Corefile", "--validate"])
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .expect("run nsenter");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
     fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
     }
@@ -534,6 +557,11 @@ fn run_entry(name: &str) {
         std::thread::sleep(Duration::from_millis(100));
     }
     let mut failures = Vec::new();
+    // `--validate` agrees, and nothing in the file was accepted with a warning.
+    let (ok, report) = ns.validate();
+    if !ok || !report.contains(": OK,") || !report.contains(" 0 warning(s)") {
+        failures.push(format!("svcnet-dns --validate: {report}"));
+    }
     let mut gaps = Vec::new();
     for q in &expect.queries {
         let mismatch = check(&ns, &expect, q);
@@ -586,7 +614,16 @@ fn run_entry(name: &str) {
 /// Runs one query check; `Some(difference)` when the answer is not the expected one.
 fn check(ns: &Netns, expect: &Expect, q: &Query) -> Option<String> {
     let server = q.server.clone().unwrap_or_else(|| expect.server.clone());
-    let Some(got) = ns.dig(&server, q.tcp, &q.name, &q.qtype) else {
+    let got = ns.dig(&server, q.tcp, &q.name, &q.qtype);
+    if q.status == "NOREPLY" {
+        return got.map(|g| {
+            format!(
+                "line {}: {} {} @{server}: want no reply, got {} {:?}",
+                q.line, q.name, q.qtype, g.status, g.answers
+            )
+        });
+    }
+    let Some(got) = got else {
         return Some(format!(
             "line {}: {} {} @{server}: no reply",
             q.line, q.name, q.qtype
@@ -664,6 +701,7 @@ corpus! {
     docs_upstream_per_domain => "docs-upstream-per-domain",
     docs_rewrite_service => "docs-rewrite-service",
     docs_template => "docs-template",
+    docs_bind => "docs-bind",
 }
 
 /// [`PENDING_PLUGINS`] names only plugins svcnet still rejects.

@@ -54,7 +54,7 @@ pub const DEFAULT_PORT: u16 = 53;
 pub const NOOP_PLUGINS: &[&str] = &["debug", "pprof", "cancel", "bufsize", "timeouts", "trace"];
 
 /// Plugins that may appear more than once in a server block (each use adds a rule).
-pub const REPEATABLE_PLUGINS: &[&str] = &["rewrite"];
+pub const REPEATABLE_PLUGINS: &[&str] = &["rewrite", "bind"];
 
 /// How to load a Corefile.
 #[derive(Debug, Clone, Default)]
@@ -160,7 +160,7 @@ pub struct PluginSet {
     pub reload: Option<ReloadConfig>,
     /// `rrl`: rate limit of large UDP answers on the block's listeners.
     pub rrl: Option<crate::dns::rrl::LargeAnswerLimit>,
-    /// `bind` addresses (empty: all).
+    /// `bind` addresses, of every `bind` directive together (empty: all).
     pub bind: Vec<IpAddr>,
     /// Accepted plugins without effect here, by name.
     pub noops: Vec<String>,
@@ -364,7 +364,13 @@ fn apply_directive(
         }
         "reload" => p.reload = Some(simple::parse_reload(d)?),
         "rrl" => p.rrl = Some(rrl::parse(d, ctx)?),
-        "bind" => p.bind = simple::parse_bind(d, ctx)?,
+        "bind" => {
+            for ip in simple::parse_bind(d, ctx)? {
+                if !p.bind.contains(&ip) {
+                    p.bind.push(ip);
+                }
+            }
+        }
         name if NOOP_PLUGINS.contains(&name) => {
             ctx.warn(
                 &d.name.at,

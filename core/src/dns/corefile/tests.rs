@@ -624,3 +624,70 @@ fn rrl_limits_large_answers_with_defaults_and_options() {
         assert!(err.contains("Corefile:"), "names the place: {err}");
     }
 }
+
+#[test]
+fn bind_interfaces_except_and_repeated_binds() {
+    // CoreDNS's bind README: interface names, `except`, several `bind` directives consolidated.
+    use std::net::IpAddr;
+    let mut f = files();
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    f.insert_interface("lo", &[ip("127.0.0.1"), ip("::1")]);
+    f.insert_interface(
+        "nodelocaldns",
+        &[ip("169.254.20.10"), ip("10.96.0.10"), ip("fe80::1")],
+    );
+    f.insert_interface("down0", &[]);
+    let env = |_: &str| None;
+    let load = |text: &str| load_from("Corefile", text, &f, &env, &LoadOptions::default());
+    let binds = |text: &str| load(text).unwrap().servers[0].plugins.bind.clone();
+
+    assert_eq!(
+        binds(".:53 {\n bind lo\n}\n"),
+        vec![ip("127.0.0.1"), ip("::1")]
+    );
+    assert_eq!(
+        binds(".:53 {\n bind lo {\n  except 127.0.0.1\n }\n}\n"),
+        vec![ip("::1")]
+    );
+    assert_eq!(
+        binds(".:53 {\n bind 127.0.0.1\n bind ::1\n}\n"),
+        binds(".:53 {\n bind 127.0.0.1 ::1\n}\n")
+    );
+    // The IPv6 link-local address needs a scope: left out.
+    assert_eq!(
+        binds(".:53 {\n bind nodelocaldns 127.0.0.1 {\n  except 10.96.0.10\n }\n}\n"),
+        vec![ip("169.254.20.10"), ip("127.0.0.1")]
+    );
+    // Errors name the token: an unknown interface, nothing left, an empty except, an unknown
+    // option; `except` applies to its own directive only.
+    let err = |text: &str| {
+        let e = load(text).unwrap_err();
+        let at = e.position().cloned().expect("a position");
+        (e.to_string(), at.line, at.column)
+    };
+    let (e, l, c) = err(".:53 {\n bind eth9\n}\n");
+    assert!(e.contains("\"eth9\" is neither an IP address nor"), "{e}");
+    assert_eq!((l, c), (2, 7));
+    let (e, l, _) = err(".:53 {\n bind lo {\n  except lo\n }\n}\n");
+    assert!(e.contains("no address left"), "{e}");
+    assert_eq!(l, 2);
+    let (e, l, _) = err(".:53 {\n bind lo {\n  except\n }\n}\n");
+    assert!(e.contains("except needs at least one"), "{e}");
+    assert_eq!(l, 3);
+    let (e, l, _) = err(".:53 {\n bind lo {\n  only 127.0.0.1\n }\n}\n");
+    assert!(e.contains("unknown option \"only\""), "{e}");
+    assert_eq!(l, 3);
+    let (e, l, _) = err(".:53 {\n bind lo\n bind 127.0.0.1 {\n  except 127.0.0.1\n }\n}\n");
+    assert!(e.contains("no address left"), "{e}");
+    assert_eq!(l, 3);
+    // An interface without addresses is a warning, not an error, when others remain.
+    let cf = load(".:53 {\n bind down0 127.0.0.1\n}\n").unwrap();
+    assert!(
+        cf.warnings
+            .iter()
+            .any(|w| w.message.contains("\"down0\" has no usable address")),
+        "{:?}",
+        cf.warnings
+    );
+    assert_eq!(cf.servers[0].plugins.bind, vec![ip("127.0.0.1")]);
+}
