@@ -34,7 +34,8 @@ pub use directives::forward::{ForwardConfig, Policy, SourcePortMode};
 pub use directives::hosts::{HostEntry, HostsConfig};
 pub use directives::kubernetes::{KubernetesConfig, PodsMode};
 pub use directives::observe::{
-    ErrorsConfig, HealthConfig, LogClasses, LogConfig, PrometheusConfig, ReadyConfig,
+    Consolidate, ConsolidateLevel, ErrorsConfig, HealthConfig, LogClasses, LogConfig,
+    PrometheusConfig, ReadyConfig,
 };
 pub use directives::rewrite::{
     AnswerRewrite, EdnsAction, EdnsData, NameMatch, Pattern, RewriteAction, RewriteRule,

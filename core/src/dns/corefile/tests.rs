@@ -513,8 +513,13 @@ fn observability_plugins() {
             "[::1]:1053".parse().unwrap()
         ]
     );
-    // consolidate and debug are noted.
-    assert_eq!(cf.warnings.len(), 2, "{:?}", cf.warnings);
+    // debug is noted (consolidate is supported).
+    assert_eq!(cf.warnings.len(), 1, "{:?}", cf.warnings);
+    let errors = p.errors.as_ref().unwrap();
+    assert_eq!(errors.consolidate.len(), 1);
+    assert_eq!(errors.consolidate[0].period, Duration::from_secs(300));
+    assert_eq!(errors.consolidate[0].pattern.as_str(), ".* timeout$");
+    assert_eq!(errors.consolidate[0].level, ConsolidateLevel::Error);
     // Defaults.
     let cf = load(".:53 {\n log\n prometheus\n}\n").unwrap();
     let p = &cf.servers[0].plugins;
@@ -690,4 +695,50 @@ fn bind_interfaces_except_and_repeated_binds() {
         cf.warnings
     );
     assert_eq!(cf.servers[0].plugins.bind, vec![ip("127.0.0.1")]);
+}
+
+#[test]
+fn errors_consolidate_options_and_errors() {
+    let cf = load(".:53 {\n errors {\n  consolidate 5m \".* i/o timeout$\" warning\n  consolidate 30s \"^Failed to .+\"\n }\n}\n").unwrap();
+    let c = &cf.servers[0].plugins.errors.as_ref().unwrap().consolidate;
+    assert_eq!(
+        c.iter()
+            .map(|r| (r.period.as_secs(), r.pattern.as_str(), r.level))
+            .collect::<Vec<_>>(),
+        vec![
+            (300, ".* i/o timeout$", ConsolidateLevel::Warning),
+            (30, "^Failed to .+", ConsolidateLevel::Error)
+        ]
+    );
+    assert!(cf.warnings.is_empty(), "{:?}", cf.warnings);
+    for (text, line, col, what) in [
+        (
+            ".:53 {\n errors {\n  consolidate 5m \"(unclosed\"\n }\n}\n",
+            3,
+            18,
+            "bad regular expression",
+        ),
+        (
+            ".:53 {\n errors {\n  consolidate 5m x loud\n }\n}\n",
+            3,
+            20,
+            "unknown level \"loud\"",
+        ),
+        (
+            ".:53 {\n errors {\n  consolidate 0s x\n }\n}\n",
+            3,
+            15,
+            "must be positive",
+        ),
+        (
+            ".:53 {\n errors {\n  consolidate 5m\n }\n}\n",
+            3,
+            15,
+            "consolidate needs at least 2 arguments",
+        ),
+    ] {
+        let (e, l, c) = err_at(text);
+        assert!(e.to_string().contains(what), "{e}");
+        assert_eq!((l, c), (line, col), "{e}");
+    }
 }
