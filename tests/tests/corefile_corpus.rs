@@ -696,6 +696,7 @@ corpus! {
     eks => "eks",
     aks => "aks",
     kubespray => "kubespray",
+    kubespray_options => "kubespray-options",
     nodelocaldns => "nodelocaldns",
     docs_stub_domains => "docs-stub-domains",
     docs_upstream_per_domain => "docs-upstream-per-domain",
