@@ -153,10 +153,15 @@ impl Plugin for Errors {
     fn handle(&self, req: &Request, next: Next) -> Reply {
         let name = req.lower_name().to_string();
         let qtype = req.record_type();
-        let c = self.consolidator.clone();
+        // Only a block with `consolidate` rules pays for sharing them with the answer's closure.
+        let c = (!self.consolidator.rules.is_empty()).then(|| self.consolidator.clone());
         next.run(req).map(move |resp| {
             if resp.rcode == ResponseCode::ServFail {
-                report_error(&c, format!("2 {name} {qtype}: no answer (SERVFAIL)"));
+                let line = format!("2 {name} {qtype}: no answer (SERVFAIL)");
+                match &c {
+                    Some(c) => report_error(c, line),
+                    None => tracing::error!(target: "plugin/errors", "{line}"),
+                }
             }
             resp
         })
