@@ -104,6 +104,10 @@ struct Args {
     /// With --corefile: unknown plugins and options are warnings instead of errors.
     #[arg(long, requires = "corefile")]
     allow_unknown: bool,
+    /// With --corefile: load the Corefile (and what it imports), print its warnings and exit:
+    /// 0 when it loads, 1 with the error (file:line:column) when it does not. Serves nothing.
+    #[arg(long, requires = "corefile")]
+    validate: bool,
     /// Log format: `text` (coloured only on a terminal) or `json` (one object per line).
     #[arg(
         long,
@@ -161,6 +165,11 @@ fn main() -> anyhow::Result<()> {
             kubeconfig: kubeconfig.clone(),
         },
     };
+    if let Some(path) = &args.corefile
+        && args.validate
+    {
+        return validate_corefile(path, args.allow_unknown);
+    }
     if let Some(path) = &args.corefile {
         let listen_given =
             matches.value_source("listen") == Some(clap::parser::ValueSource::CommandLine);
@@ -211,6 +220,30 @@ fn server_config(args: &Args) -> ServerConfig {
         large_answers: (args.large_answer_rate > 0)
             .then(|| LargeAnswerLimit::new(args.large_answer_rate)),
     }
+}
+
+/// `--corefile FILE --validate`: load the Corefile and report, serving nothing.
+fn validate_corefile(path: &std::path::Path, allow_unknown: bool) -> anyhow::Result<()> {
+    use svcnet_core::dns::corefile::{self, LoadOptions};
+    let cf = corefile::load(path, &LoadOptions { allow_unknown })
+        .with_context(|| format!("{} does not load", path.display()))?;
+    for w in &cf.warnings {
+        println!("warning: {}: {}", w.at, w.message);
+    }
+    let zones: Vec<String> = cf
+        .servers
+        .iter()
+        .flat_map(|s| s.keys.iter().map(|k| format!("{}:{}", k.zone, k.port)))
+        .collect();
+    println!(
+        "{}: OK, {} server block(s) ({}), {} file(s) read, {} warning(s)",
+        path.display(),
+        cf.servers.len(),
+        zones.join(" "),
+        cf.files.len(),
+        cf.warnings.len()
+    );
+    Ok(())
 }
 
 /// `--corefile`: serve the Corefile's server blocks (with reload) from `source`.

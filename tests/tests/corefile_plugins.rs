@@ -181,3 +181,53 @@ fn rewrite_rules_answer_like_coredns_and_a_bad_regex_on_reload_keeps_the_old_con
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// `errors { consolidate DURATION REGEXP [LEVEL] }`: matching error lines are counted, not
+/// logged, and summed up once, CoreDNS's words, DURATION after the first; others are logged one
+/// by one.
+#[test]
+fn errors_consolidate_sums_up_matching_errors_once_per_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let path = dir.path().join("Corefile");
+    std::fs::write(
+        &path,
+        format!(
+            r#".:{port} {{
+    bind 127.0.0.1
+    errors {{
+        consolidate 2s "^2 [a-z]+\.bad\.test\. A: .*SERVFAIL" warning
+    }}
+    rewrite name regex (.*)\.bad\.test {{1}}-{long}.bad.test
+    rewrite name regex (.*)\.worse\.test {{1}}-{long}.worse.test
+    kubernetes cluster.local
+}}
+"#,
+            long = "x".repeat(70)
+        ),
+    )
+    .unwrap();
+    let mut srv = Server::start("dns", &path, &example_cluster(), true);
+    for name in ["a.bad.test", "b.bad.test", "c.bad.test", "a.worse.test"] {
+        assert_eq!(dig(port, name, "A").status, "SERVFAIL", "{name}");
+    }
+    let line = srv.wait_log(WAIT, "errors like");
+    assert!(
+        line.contains("WARN")
+            && line.contains(
+                r"3 errors like '^2 [a-z]+\.bad\.test\. A: .*SERVFAIL' occurred in last 2s"
+            ),
+        "{line}"
+    );
+    let lines = srv.lines();
+    let single: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("no answer (SERVFAIL)"))
+        .collect();
+    assert_eq!(
+        single.len(),
+        1,
+        "only the unmatched error alone: {single:?}"
+    );
+    assert!(single[0].contains("a.worse.test."), "{single:?}");
+}

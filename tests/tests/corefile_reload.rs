@@ -1,6 +1,8 @@
 //! `reload`: editing the Corefile changes behaviour without a restart (new TTL, new forward
 //! target, also through a ConfigMap-style `..data` symlink swap); a broken Corefile is
-//! rejected, logged and counted while the old configuration keeps serving.
+//! rejected, logged and counted while the old configuration keeps serving; edits that switch
+//! `rewrite`, `cache` and `hosts` on and off reload live under query load without losing or
+//! changing a single answer.
 //!
 //! Needs `knotd` (Debian package knot) and the binary built: `cargo build --workspace --bins`.
 
@@ -162,4 +164,168 @@ fn a_new_port_is_bound_and_an_old_one_closed() {
     while query(first, SVC, RTYPE_A, Duration::from_millis(200)).is_some() {
         assert!(start.elapsed() < WAIT, "old port still answers");
     }
+}
+
+/// A Corefile with the optional plugins switched on or off: `rewrite` (an alias of the
+/// cluster service), `cache 30` and `hosts` (one pinned name, the rest falls through).
+fn on_off_corefile(
+    port: u16,
+    metrics: u16,
+    upstream: SocketAddr,
+    rewrite: bool,
+    cache: bool,
+    hosts: bool,
+) -> String {
+    let mut extra = String::new();
+    if rewrite {
+        extra.push_str(
+            "    rewrite name alias.example.test demoapp-svc.default.svc.cluster.local\n",
+        );
+    }
+    if cache {
+        extra.push_str("    cache 30\n");
+    }
+    if hosts {
+        extra.push_str(
+            "    hosts {\n        192.0.2.77 pinned.example.test\n        fallthrough\n    }\n",
+        );
+    }
+    format!(
+        ".:{port} {{\n    bind 127.0.0.1\n    errors\n{extra}    kubernetes cluster.local in-addr.arpa ip6.arpa {{\n        fallthrough in-addr.arpa ip6.arpa\n    }}\n    prometheus 127.0.0.1:{metrics}\n    forward . {upstream}\n    reload 2s 1s\n}}\n"
+    )
+}
+
+/// What the load threads saw.
+#[derive(Debug, Default)]
+struct LoadTally {
+    sent: u64,
+    lost: Vec<String>,
+    wrong: Vec<String>,
+}
+
+#[test]
+fn plugins_switched_on_and_off_reload_under_load_without_losing_a_query() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let upstream = Knot::start(&[(
+        "example.test",
+        &zone("example.test", &["www IN A 192.0.2.1"]),
+    )]);
+    let dir = tempfile::tempdir().unwrap();
+    let (port, mport) = (free_port(), free_port());
+    let path = dir.path().join("Corefile");
+    // Each edit replaces the file at once (write and rename), as kubelet and editors do, so the
+    // server never reads a half-written file.
+    let write = |r: bool, c: bool, h: bool| {
+        let tmp = dir.path().join("Corefile.new");
+        std::fs::write(&tmp, on_off_corefile(port, mport, upstream.addr, r, c, h)).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    };
+    write(false, false, false);
+    let mut srv = Server::start("dns", &path, &example_cluster(), true);
+    let dns: SocketAddr = ([127, 0, 0, 1], port).into();
+    let metrics: SocketAddr = ([127, 0, 0, 1], mport).into();
+    wait_answer(dns, SVC, WAIT, |a| a.addrs() == vec!["10.96.10.11"]);
+
+    // Load: names whose answers no configuration changes, one query at a time per thread.
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Mutex::new(LoadTally::default()));
+    let mut threads = Vec::new();
+    for t in 0..3 {
+        let (stop, tally) = (stop.clone(), tally.clone());
+        threads.push(std::thread::spawn(move || {
+            let checks = [(SVC, "10.96.10.11"), ("www.example.test", "192.0.2.1")];
+            let mut i = t;
+            while !stop.load(Ordering::Relaxed) {
+                let (name, want) = checks[i % checks.len()];
+                i += 1;
+                let got = query(dns, name, RTYPE_A, Duration::from_secs(2));
+                let mut tally = tally.lock().unwrap();
+                tally.sent += 1;
+                match got {
+                    None => tally.lost.push(name.to_string()),
+                    Some(a) if a.rcode != 0 || a.addrs() != vec![want.to_string()] => {
+                        tally.wrong.push(format!("{name}: {a:?}"))
+                    }
+                    Some(_) => {}
+                }
+                drop(tally);
+                // Steady load that leaves CPU to the tests running beside this one.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }));
+    }
+
+    // Switch each plugin on and off; wait until each change shows in the answers.
+    let alias = |on: bool| {
+        wait_answer(dns, "alias.example.test", WAIT, move |a| {
+            if on {
+                a.rcode == 0 && a.addrs() == vec!["10.96.10.11"]
+            } else {
+                a.rcode == 3
+            }
+        });
+    };
+    let pinned = |on: bool| {
+        wait_answer(dns, "pinned.example.test", WAIT, move |a| {
+            if on {
+                a.rcode == 0 && a.addrs() == vec!["192.0.2.77"]
+            } else {
+                a.rcode == 3
+            }
+        });
+    };
+    // The upstream's TTL is 300; `cache 30` caps it at 30.
+    let cached = |on: bool| {
+        wait_answer(dns, "www.example.test", WAIT, move |a| {
+            a.records.first().is_some_and(|r| (r.0 <= 30) == on)
+        });
+    };
+    let steps = [
+        (true, false, false),
+        (true, true, false),
+        (false, true, true),
+        (false, false, true),
+        (true, true, true),
+        (false, false, false),
+        (false, true, false),
+        (true, false, true),
+        (false, false, false),
+    ];
+    let mut reloads = 0;
+    for (r, c, h) in steps {
+        write(r, c, h);
+        alias(r);
+        cached(c);
+        pinned(h);
+        reloads += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let tally = tally.lock().unwrap();
+    eprintln!(
+        "{reloads} reloads under load: {} queries, {} lost, {} wrong",
+        tally.sent,
+        tally.lost.len(),
+        tally.wrong.len()
+    );
+    assert!(
+        tally.sent >= 100,
+        "the load ran throughout ({} queries)",
+        tally.sent
+    );
+    assert!(tally.lost.is_empty(), "lost queries: {:?}", tally.lost);
+    assert!(tally.wrong.is_empty(), "wrong answers: {:?}", tally.wrong);
+    assert!(
+        srv.lines()
+            .iter()
+            .filter(|l| l.contains("running configuration replaced"))
+            .count()
+            >= steps.len(),
+        "every edit was a live reload"
+    );
+    assert_eq!(reload_failures(metrics), Some(0));
 }

@@ -38,7 +38,8 @@ pub use directives::hosts::{HostEntry, HostsConfig};
 pub use directives::k8s_external::K8sExternalConfig;
 pub use directives::kubernetes::{KubernetesConfig, PodsMode};
 pub use directives::observe::{
-    ErrorsConfig, HealthConfig, LogClasses, LogConfig, PrometheusConfig, ReadyConfig,
+    Consolidate, ConsolidateLevel, ErrorsConfig, HealthConfig, LogClasses, LogConfig,
+    PrometheusConfig, ReadyConfig,
 };
 pub use directives::rewrite::{
     AnswerRewrite, EdnsAction, EdnsData, NameMatch, Pattern, RewriteAction, RewriteRule,
@@ -93,7 +94,7 @@ impl ServerTransport {
 pub const NOOP_PLUGINS: &[&str] = &["debug", "pprof", "cancel", "bufsize", "timeouts", "trace"];
 
 /// Plugins that may appear more than once in a server block (each use adds a rule).
-pub const REPEATABLE_PLUGINS: &[&str] = &["rewrite", "template", "acl"];
+pub const REPEATABLE_PLUGINS: &[&str] = &["rewrite", "template", "acl", "bind"];
 
 /// How to load a Corefile.
 #[derive(Debug, Clone, Default)]
@@ -216,7 +217,7 @@ pub struct PluginSet {
     pub reload: Option<ReloadConfig>,
     /// `rrl`: rate limit of large UDP answers on the block's listeners.
     pub rrl: Option<crate::dns::rrl::LargeAnswerLimit>,
-    /// `bind` addresses (empty: all).
+    /// `bind` addresses, of every `bind` directive together (empty: all).
     pub bind: Vec<IpAddr>,
     /// `tls`: the certificate of the block's `tls://` and `https://` listeners.
     pub tls: Option<TlsConfig>,
@@ -492,7 +493,13 @@ fn apply_directive(
         }
         "reload" => p.reload = Some(simple::parse_reload(d)?),
         "rrl" => p.rrl = Some(rrl::parse(d, ctx)?),
-        "bind" => p.bind = simple::parse_bind(d, ctx)?,
+        "bind" => {
+            for ip in simple::parse_bind(d, ctx)? {
+                if !p.bind.contains(&ip) {
+                    p.bind.push(ip);
+                }
+            }
+        }
         "acl" => p.acl.push(directives::acl::parse(d, ctx)?),
         "template" => p.template.push(directives::template::parse(d, ctx)?),
         "file" => p.file = Some(directives::file::parse(d, ctx)?),

@@ -568,8 +568,13 @@ fn observability_plugins() {
             "[::1]:1053".parse().unwrap()
         ]
     );
-    // consolidate and debug are noted.
-    assert_eq!(cf.warnings.len(), 2, "{:?}", cf.warnings);
+    // debug is noted (consolidate is supported).
+    assert_eq!(cf.warnings.len(), 1, "{:?}", cf.warnings);
+    let errors = p.errors.as_ref().unwrap();
+    assert_eq!(errors.consolidate.len(), 1);
+    assert_eq!(errors.consolidate[0].period, Duration::from_secs(300));
+    assert_eq!(errors.consolidate[0].pattern.as_str(), ".* timeout$");
+    assert_eq!(errors.consolidate[0].level, ConsolidateLevel::Error);
     // Defaults.
     let cf = load(".:53 {\n log\n prometheus\n}\n").unwrap();
     let p = &cf.servers[0].plugins;
@@ -792,5 +797,118 @@ fn autopath_and_k8s_external_errors_name_their_position() {
         let (e, l, _) = err_at(text);
         assert_eq!(l, line, "{text}: {e}");
         assert!(e.to_string().contains(needle), "{text}: {e}");
+    }
+}
+
+#[test]
+fn bind_interfaces_except_and_repeated_binds() {
+    // CoreDNS's bind README: interface names, `except`, several `bind` directives consolidated.
+    use std::net::IpAddr;
+    let mut f = files();
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    f.insert_interface("lo", &[ip("127.0.0.1"), ip("::1")]);
+    f.insert_interface(
+        "nodelocaldns",
+        &[ip("169.254.20.10"), ip("10.96.0.10"), ip("fe80::1")],
+    );
+    f.insert_interface("down0", &[]);
+    let env = |_: &str| None;
+    let load = |text: &str| load_from("Corefile", text, &f, &env, &LoadOptions::default());
+    let binds = |text: &str| load(text).unwrap().servers[0].plugins.bind.clone();
+
+    assert_eq!(
+        binds(".:53 {\n bind lo\n}\n"),
+        vec![ip("127.0.0.1"), ip("::1")]
+    );
+    assert_eq!(
+        binds(".:53 {\n bind lo {\n  except 127.0.0.1\n }\n}\n"),
+        vec![ip("::1")]
+    );
+    assert_eq!(
+        binds(".:53 {\n bind 127.0.0.1\n bind ::1\n}\n"),
+        binds(".:53 {\n bind 127.0.0.1 ::1\n}\n")
+    );
+    // The IPv6 link-local address needs a scope: left out.
+    assert_eq!(
+        binds(".:53 {\n bind nodelocaldns 127.0.0.1 {\n  except 10.96.0.10\n }\n}\n"),
+        vec![ip("169.254.20.10"), ip("127.0.0.1")]
+    );
+    // Errors name the token: an unknown interface, nothing left, an empty except, an unknown
+    // option; `except` applies to its own directive only.
+    let err = |text: &str| {
+        let e = load(text).unwrap_err();
+        let at = e.position().cloned().expect("a position");
+        (e.to_string(), at.line, at.column)
+    };
+    let (e, l, c) = err(".:53 {\n bind eth9\n}\n");
+    assert!(e.contains("\"eth9\" is neither an IP address nor"), "{e}");
+    assert_eq!((l, c), (2, 7));
+    let (e, l, _) = err(".:53 {\n bind lo {\n  except lo\n }\n}\n");
+    assert!(e.contains("no address left"), "{e}");
+    assert_eq!(l, 2);
+    let (e, l, _) = err(".:53 {\n bind lo {\n  except\n }\n}\n");
+    assert!(e.contains("except needs at least one"), "{e}");
+    assert_eq!(l, 3);
+    let (e, l, _) = err(".:53 {\n bind lo {\n  only 127.0.0.1\n }\n}\n");
+    assert!(e.contains("unknown option \"only\""), "{e}");
+    assert_eq!(l, 3);
+    let (e, l, _) = err(".:53 {\n bind lo\n bind 127.0.0.1 {\n  except 127.0.0.1\n }\n}\n");
+    assert!(e.contains("no address left"), "{e}");
+    assert_eq!(l, 3);
+    // An interface without addresses is a warning, not an error, when others remain.
+    let cf = load(".:53 {\n bind down0 127.0.0.1\n}\n").unwrap();
+    assert!(
+        cf.warnings
+            .iter()
+            .any(|w| w.message.contains("\"down0\" has no usable address")),
+        "{:?}",
+        cf.warnings
+    );
+    assert_eq!(cf.servers[0].plugins.bind, vec![ip("127.0.0.1")]);
+}
+
+#[test]
+fn errors_consolidate_options_and_errors() {
+    let cf = load(".:53 {\n errors {\n  consolidate 5m \".* i/o timeout$\" warning\n  consolidate 30s \"^Failed to .+\"\n }\n}\n").unwrap();
+    let c = &cf.servers[0].plugins.errors.as_ref().unwrap().consolidate;
+    assert_eq!(
+        c.iter()
+            .map(|r| (r.period.as_secs(), r.pattern.as_str(), r.level))
+            .collect::<Vec<_>>(),
+        vec![
+            (300, ".* i/o timeout$", ConsolidateLevel::Warning),
+            (30, "^Failed to .+", ConsolidateLevel::Error)
+        ]
+    );
+    assert!(cf.warnings.is_empty(), "{:?}", cf.warnings);
+    for (text, line, col, what) in [
+        (
+            ".:53 {\n errors {\n  consolidate 5m \"(unclosed\"\n }\n}\n",
+            3,
+            18,
+            "bad regular expression",
+        ),
+        (
+            ".:53 {\n errors {\n  consolidate 5m x loud\n }\n}\n",
+            3,
+            20,
+            "unknown level \"loud\"",
+        ),
+        (
+            ".:53 {\n errors {\n  consolidate 0s x\n }\n}\n",
+            3,
+            15,
+            "must be positive",
+        ),
+        (
+            ".:53 {\n errors {\n  consolidate 5m\n }\n}\n",
+            3,
+            15,
+            "consolidate needs at least 2 arguments",
+        ),
+    ] {
+        let (e, l, c) = err_at(text);
+        assert!(e.to_string().contains(what), "{e}");
+        assert_eq!((l, c), (line, col), "{e}");
     }
 }

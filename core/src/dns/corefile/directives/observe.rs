@@ -12,8 +12,35 @@ use crate::dns::corefile::syntax::Directive;
 /// `errors`: log every error answer (SERVFAIL from a plugin) with the query.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ErrorsConfig {
-    /// `consolidate DURATION REGEXP` rules as written (accepted; errors are logged one by one).
-    pub consolidate: Vec<String>,
+    /// `consolidate DURATION REGEXP [LEVEL]` rules, in the order written.
+    pub consolidate: Vec<Consolidate>,
+}
+
+/// The level of a consolidated `errors` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ConsolidateLevel {
+    /// `error` (the default).
+    #[default]
+    Error,
+    /// `warning`.
+    Warning,
+    /// `info`.
+    Info,
+    /// `debug`.
+    Debug,
+}
+
+/// `consolidate DURATION REGEXP [LEVEL]`: error lines matching REGEXP are counted, not logged;
+/// DURATION after the first one, one line says how many there were.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consolidate {
+    /// How long errors are gathered before the summary line.
+    pub period: Duration,
+    /// Which error lines (svcnet's text: `2 NAME TYPE: no answer (SERVFAIL)`).
+    pub pattern: super::rewrite::Pattern,
+    /// The summary line's level.
+    pub level: ConsolidateLevel,
 }
 
 /// Which answers `log` writes.
@@ -91,18 +118,40 @@ pub(crate) fn parse_errors(
         match opt.name.text.as_str() {
             "consolidate" => {
                 arg_count("errors", opt, 2, 3)?;
-                duration("errors", &opt.args[0])?;
-                cfg.consolidate.push(
-                    opt.args
-                        .iter()
-                        .map(|t| t.text.as_str())
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                );
-                ctx.warn(
-                    &opt.name.at,
-                    "plugin/errors: consolidate is accepted; errors are logged one by one",
-                );
+                no_block("errors", opt)?;
+                let period = duration("errors", &opt.args[0])?;
+                if period.is_zero() {
+                    return Err(plugin_error(
+                        "errors",
+                        &opt.args[0].at,
+                        "the consolidation period must be positive",
+                    ));
+                }
+                let re = regex::Regex::new(&opt.args[1].text).map_err(|e| {
+                    plugin_error(
+                        "errors",
+                        &opt.args[1].at,
+                        format!("bad regular expression {:?}: {e}", opt.args[1].text),
+                    )
+                })?;
+                let level = match opt.args.get(2).map(|t| (t, t.text.as_str())) {
+                    None | Some((_, "error")) => ConsolidateLevel::Error,
+                    Some((_, "warning")) => ConsolidateLevel::Warning,
+                    Some((_, "info")) => ConsolidateLevel::Info,
+                    Some((_, "debug")) => ConsolidateLevel::Debug,
+                    Some((t, other)) => {
+                        return Err(plugin_error(
+                            "errors",
+                            &t.at,
+                            format!("unknown level {other:?} (warning, error, info, debug)"),
+                        ));
+                    }
+                };
+                cfg.consolidate.push(Consolidate {
+                    period,
+                    pattern: super::rewrite::Pattern(re),
+                    level,
+                });
             }
             "stacktrace" => arg_count("errors", opt, 0, 0)?,
             _ => ctx.unknown_option("errors", opt)?,

@@ -75,23 +75,88 @@ pub(crate) fn parse_reload(d: &Directive) -> Result<ReloadConfig, CorefileError>
     Ok(cfg)
 }
 
-/// Parses `bind ADDRESS...` (IP addresses only).
+/// Parses `bind ADDRESS|IFACE... [{ except ADDRESS|IFACE... }]`: IP addresses and the addresses
+/// of the named interfaces (read now, so again at each reload), less those of `except`. IPv6
+/// link-local addresses of an interface are left out (they need a scope to bind).
 pub(crate) fn parse_bind(
     d: &Directive,
     ctx: &mut SetupContext<'_>,
 ) -> Result<Vec<IpAddr>, CorefileError> {
     arg_count("bind", d, 1, usize::MAX)?;
+    let mut out = bind_targets(&d.args, ctx)?;
+    for opt in d.block.as_deref().unwrap_or(&[]) {
+        match opt.name.text.as_str() {
+            "except" => {
+                if opt.args.is_empty() {
+                    return Err(plugin_error(
+                        "bind",
+                        &opt.name.at,
+                        "except needs at least one address or interface name",
+                    ));
+                }
+                if let Some(b) = &opt.block {
+                    let at = b.first().map_or(&opt.name.at, |x| &x.name.at);
+                    return Err(plugin_error("bind", at, "except takes no block"));
+                }
+                let except = bind_targets(&opt.args, ctx)?;
+                out.retain(|ip| !except.contains(ip));
+            }
+            _ => ctx.unknown_option("bind", opt)?,
+        }
+    }
+    if out.is_empty() {
+        return Err(plugin_error(
+            "bind",
+            &d.name.at,
+            "no address left to bind to",
+        ));
+    }
+    Ok(out)
+}
+
+fn bind_targets(
+    toks: &[crate::dns::corefile::lexer::Token],
+    ctx: &mut SetupContext<'_>,
+) -> Result<Vec<IpAddr>, CorefileError> {
     let mut out = Vec::new();
-    for t in &d.args {
-        match t.text.parse::<IpAddr>() {
-            Ok(ip) => out.push(ip),
-            Err(_) => {
-                ctx.unsupported("bind", &t.at, &format!("binding to interface {:?}", t.text))?
+    for t in toks {
+        let found = match t.text.parse::<IpAddr>() {
+            Ok(ip) => vec![ip],
+            Err(_) => match ctx.files.interface_addrs(&t.text) {
+                Some(addrs) => {
+                    let usable: Vec<IpAddr> = addrs
+                        .into_iter()
+                        .filter(|ip| !is_v6_link_local(ip))
+                        .collect();
+                    if usable.is_empty() {
+                        ctx.warn(
+                            &t.at,
+                            format!("plugin/bind: interface {:?} has no usable address", t.text),
+                        );
+                    }
+                    usable
+                }
+                None => {
+                    return Err(plugin_error(
+                        "bind",
+                        &t.at,
+                        format!(
+                            "{:?} is neither an IP address nor the name of an interface of this host",
+                            t.text
+                        ),
+                    ));
+                }
+            },
+        };
+        for ip in found {
+            if !out.contains(&ip) {
+                out.push(ip);
             }
         }
     }
-    for opt in d.block.as_deref().unwrap_or(&[]) {
-        ctx.unsupported("bind", &opt.name.at, &format!("option {:?}", opt.name.text))?;
-    }
     Ok(out)
+}
+
+fn is_v6_link_local(ip: &IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
 }
