@@ -37,17 +37,7 @@ use svcnet_core::dns::corefile::{self, CorefileError, LoadOptions};
 /// Plugins that corpus entries use and svcnet does not accept yet (other work adds them). Take a
 /// plugin off this list when it lands: [`pending_list_is_current`] fails until then, and the
 /// entries that need it then run in full.
-const PENDING_PLUGINS: &[&str] = &[
-    "template",
-    "acl",
-    "whoami",
-    "any",
-    "minimal",
-    "local",
-    "file",
-    "k8s_external",
-    "autopath",
-];
+const PENDING_PLUGINS: &[&str] = &[];
 
 /// Addresses put on the namespace's `lo`: the documentation's upstreams, AKS's cluster DNS
 /// (`10.0.0.10`), NodeLocal DNSCache's link-local address and the cluster DNS service address.
