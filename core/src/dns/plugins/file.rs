@@ -18,9 +18,7 @@
 //! waits for it); DNSSEC records are served as plain data, without NSEC proofs.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
-use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use hickory_proto::op::ResponseCode;
@@ -366,26 +364,6 @@ impl Inner {
     }
 }
 
-fn modified(path: &std::path::Path) -> Option<(SystemTime, u64)> {
-    let md = std::fs::metadata(path).ok()?;
-    Some((md.modified().ok()?, md.len()))
-}
-
-async fn reload_loop(inner: Weak<Inner>, period: Duration, path: PathBuf) {
-    let mut last = modified(&path);
-    loop {
-        tokio::time::sleep(period).await;
-        let Some(inner) = inner.upgrade() else {
-            return;
-        };
-        let now = modified(&path);
-        if now != last {
-            last = now;
-            inner.load(false);
-        }
-    }
-}
-
 /// The file plugin.
 pub struct File {
     inner: Arc<Inner>,
@@ -406,15 +384,9 @@ impl File {
             metrics,
         });
         inner.load(true);
-        if !inner.cfg.reload.is_zero()
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
-            rt.spawn(reload_loop(
-                Arc::downgrade(&inner),
-                inner.cfg.reload,
-                inner.cfg.path.clone(),
-            ));
-        }
+        super::file_poll::spawn_reload(&inner, inner.cfg.reload, inner.cfg.path.clone(), |inner| {
+            inner.load(false)
+        });
         Self { inner }
     }
 
@@ -448,6 +420,8 @@ impl Plugin for File {
 mod tests {
     use super::*;
     use crate::dns::corefile::MemoryFiles;
+    use std::path::PathBuf;
+    use std::time::Duration;
 
     /// CoreDNS's plugin/file test zone (example_org.go, trimmed), plus a wildcard, an empty
     /// non-terminal and a delegation with glue.

@@ -2,8 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Weak};
-use std::time::SystemTime;
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use hickory_proto::op::ResponseCode;
@@ -97,27 +96,6 @@ impl Inner {
     }
 }
 
-fn modified(path: &std::path::Path) -> Option<(SystemTime, u64)> {
-    let md = std::fs::metadata(path).ok()?;
-    Some((md.modified().ok()?, md.len()))
-}
-
-async fn reload_loop(inner: Weak<Inner>, period: std::time::Duration, path: std::path::PathBuf) {
-    let mut last = modified(&path);
-    loop {
-        tokio::time::sleep(period).await;
-        let Some(inner) = inner.upgrade() else {
-            return;
-        };
-        let now = modified(&path);
-        if now != last {
-            last = now;
-            inner.load();
-            tracing::info!(file = %path.display(), "plugin/hosts: reloaded");
-        }
-    }
-}
-
 impl Hosts {
     /// A hosts plugin; reads the file now and (with a `reload` period) re-reads it when it
     /// changes.
@@ -133,15 +111,11 @@ impl Hosts {
             metrics,
         });
         inner.load();
-        if !inner.cfg.reload.is_zero()
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
-            rt.spawn(reload_loop(
-                Arc::downgrade(&inner),
-                inner.cfg.reload,
-                inner.cfg.file.clone(),
-            ));
-        }
+        let file = inner.cfg.file.clone();
+        super::file_poll::spawn_reload(&inner, inner.cfg.reload, file.clone(), move |inner| {
+            inner.load();
+            tracing::info!(file = %file.display(), "plugin/hosts: reloaded");
+        });
         Self { inner }
     }
 

@@ -7,6 +7,7 @@ pub mod autopath;
 pub mod build;
 pub mod cache;
 pub mod file;
+mod file_poll;
 pub mod forward;
 pub mod hosts;
 pub mod k8s_external;

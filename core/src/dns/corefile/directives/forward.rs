@@ -140,23 +140,6 @@ pub fn resolv_conf_nameservers(text: &str) -> Vec<SocketAddr> {
         .collect()
 }
 
-fn rcode(text: &str) -> Option<u16> {
-    Some(match text.to_ascii_uppercase().as_str() {
-        "NOERROR" => 0,
-        "FORMERR" => 1,
-        "SERVFAIL" => 2,
-        "NXDOMAIN" => 3,
-        "NOTIMP" => 4,
-        "REFUSED" => 5,
-        "YXDOMAIN" => 6,
-        "YXRRSET" => 7,
-        "NXRRSET" => 8,
-        "NOTAUTH" => 9,
-        "NOTZONE" => 10,
-        _ => return None,
-    })
-}
-
 /// Parses a `forward` directive.
 pub(crate) fn parse(
     d: &Directive,
@@ -335,7 +318,7 @@ pub(crate) fn parse(
                 arg_count(PLUGIN, opt, 1, usize::MAX)?;
                 let mut codes = Vec::new();
                 for t in &opt.args {
-                    codes.push(rcode(&t.text).ok_or_else(|| {
+                    codes.push(super::parse_rcode(&t.text).map(u16::from).ok_or_else(|| {
                         plugin_error(
                             PLUGIN,
                             &t.at,

@@ -90,6 +90,25 @@ impl SetupContext<'_> {
     }
 }
 
+/// Parses an rcode name as Go's `dns.StringToRcode` (case-insensitive here).
+pub(crate) fn parse_rcode(text: &str) -> Option<hickory_proto::op::ResponseCode> {
+    let code = match text.to_ascii_uppercase().as_str() {
+        "NOERROR" => 0,
+        "FORMERR" => 1,
+        "SERVFAIL" => 2,
+        "NXDOMAIN" => 3,
+        "NOTIMP" => 4,
+        "REFUSED" => 5,
+        "YXDOMAIN" => 6,
+        "YXRRSET" => 7,
+        "NXRRSET" => 8,
+        "NOTAUTH" => 9,
+        "NOTZONE" => 10,
+        _ => return None,
+    };
+    Some(hickory_proto::op::ResponseCode::from_low(code))
+}
+
 /// A plugin error at a token.
 pub(crate) fn plugin_error(
     plugin: &str,

@@ -20,7 +20,9 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{DNSClass, RecordType};
 
 use super::rewrite::Pattern;
-use super::{Fallthrough, SetupContext, arg_count, options, plugin_error, zones_or_server};
+use super::{
+    Fallthrough, SetupContext, arg_count, options, parse_rcode, plugin_error, zones_or_server,
+};
 use crate::dns::corefile::error::CorefileError;
 use crate::dns::corefile::syntax::Directive;
 
@@ -127,25 +129,6 @@ pub struct TemplateConfig {
     pub rcode: ResponseCode,
     /// Queries of the zone that match no regex go on (to the next template, then plugin).
     pub fallthrough: Option<Fallthrough>,
-}
-
-/// Parses an rcode name as Go's `dns.StringToRcode` (case-insensitive here).
-pub(crate) fn parse_rcode(text: &str) -> Option<ResponseCode> {
-    let code = match text.to_ascii_uppercase().as_str() {
-        "NOERROR" => 0,
-        "FORMERR" => 1,
-        "SERVFAIL" => 2,
-        "NXDOMAIN" => 3,
-        "NOTIMP" => 4,
-        "REFUSED" => 5,
-        "YXDOMAIN" => 6,
-        "YXRRSET" => 7,
-        "NXRRSET" => 8,
-        "NOTAUTH" => 9,
-        "NOTZONE" => 10,
-        _ => return None,
-    };
-    Some(ResponseCode::from_low(code))
 }
 
 /// Parses one `template` directive.
