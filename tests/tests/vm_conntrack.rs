@@ -421,8 +421,16 @@ fn udp_flow_survives_backend_replacement() -> anyhow::Result<()> {
         !after.contains(&format!("src={} ", pod_ip(10))),
         "the stale entry to pod-a must be gone: {after}"
     );
-    let log = f.proxy.as_ref().map(Background::log).unwrap_or_default();
-    let log = strip_ansi(&log);
+    // The cleanup runs after the host setup (which may be deferred by its rate limit) and the
+    // proxy's output reaches the captured log a little later: wait for its line.
+    let proxy_log = || strip_ansi(&f.proxy.as_ref().map(Background::log).unwrap_or_default());
+    guest::wait_until(
+        "the proxy's conntrack cleanup line",
+        Duration::from_secs(5),
+        || Ok(proxy_log().contains("deleted stale conntrack entries")),
+    )
+    .map_err(|e| e.context(format!("proxy log:\n{}", proxy_log())))?;
+    let log = proxy_log();
     let cleaned = log
         .lines()
         .find(|l| l.contains("deleted stale conntrack entries"))
