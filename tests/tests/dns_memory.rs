@@ -156,7 +156,28 @@ fn start(mut cmd: Command) -> (Server, u32, SocketAddr) {
             break a;
         }
     };
+    wait_until_answering(addr);
     (server, pid, addr)
+}
+
+/// Asks until the server answers NOERROR: it logs its listen address before its zone has
+/// synced, and answers SERVFAIL until then.
+fn wait_until_answering(addr: SocketAddr) {
+    let start = Instant::now();
+    loop {
+        let mut s = connect_from(Ipv4Addr::LOCALHOST, addr);
+        s.write_all(&query(0)).expect("send query");
+        let mut head = [0u8; 6];
+        if s.read_exact(&mut head).is_ok() && head[5] & 0x0f == 0 {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the server at {addr} never answered NOERROR (last rcode {})",
+            head[5] & 0x0f
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Polls the RSS for up to `wait` until it is at or under `target_mb`; returns the last figure.
