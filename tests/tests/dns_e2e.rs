@@ -244,7 +244,7 @@ fn live_manifest_edit_changes_the_answer() {
         text.replace("clusterIP: 10.96.10.11", "clusterIP: 10.96.10.99"),
     )
     .unwrap();
-    let took = dns.wait_for(Duration::from_secs(5), || {
+    let took = dns.wait_for(Duration::from_secs(20), || {
         dns.dig(&[SVC]).rdata() == ["10.96.10.99"]
     });
     eprintln!("change visible after {took:?}");
@@ -259,7 +259,7 @@ fn live_manifest_edit_changes_the_answer() {
     assert_eq!(dns.dig(&[SVC]).rdata(), vec!["10.96.10.99"]);
     // Removing the file removes its services.
     std::fs::remove_file(&file).unwrap();
-    dns.wait_for(Duration::from_secs(5), || {
+    dns.wait_for(Duration::from_secs(20), || {
         dns.dig(&[SVC]).status == "NXDOMAIN"
     });
 }
