@@ -108,14 +108,14 @@ fn per_op(total: Duration, n: usize) -> f64 {
 /// Projects a Service as the API source does.
 fn project_service(s: &core_v1::Service) -> Projected {
     project::service(s)
-        .map(ClusterObject::Service)
+        .map(ClusterObject::from)
         .map_err(|error| invalid(Kind::Service, &s.metadata, error))
 }
 
 /// Projects an EndpointSlice as the API source does.
 fn project_slice(s: &discovery_v1::EndpointSlice) -> Projected {
     project::endpoint_slice(s)
-        .map(ClusterObject::EndpointSlice)
+        .map(ClusterObject::from)
         .map_err(|error| invalid(Kind::EndpointSlice, &s.metadata, error))
 }
 
@@ -142,12 +142,12 @@ fn main() {
     let t = Instant::now();
     let services: Vec<ClusterObject> = api_services
         .iter()
-        .map(|s| ClusterObject::Service(project::service(s).unwrap()))
+        .map(|s| ClusterObject::from(project::service(s).unwrap()))
         .collect();
     let services_bytes = LIVE.load(Ordering::Relaxed) - live_before;
     let slices: Vec<ClusterObject> = api_slices
         .iter()
-        .map(|s| ClusterObject::EndpointSlice(project::endpoint_slice(s).unwrap()))
+        .map(|s| ClusterObject::from(project::endpoint_slice(s).unwrap()))
         .collect();
     let projected = t.elapsed();
     let objects_bytes = LIVE.load(Ordering::Relaxed) - live_before;
@@ -168,7 +168,7 @@ fn main() {
     let changes: Vec<ClusterObject> = flipped
         .iter()
         .chain(unflipped.iter())
-        .map(|s| ClusterObject::EndpointSlice(project::endpoint_slice(s).unwrap()))
+        .map(|s| ClusterObject::from(project::endpoint_slice(s).unwrap()))
         .collect();
     let mut seen = reader.snapshot().generation();
     let t = Instant::now();
@@ -199,7 +199,7 @@ fn main() {
             unreachable!()
         };
         let mut next = (*reference).clone();
-        next.insert(s.key.clone(), Arc::new(s.clone()));
+        next.insert(s.key.clone(), Arc::new((**s).clone()));
         reference = Arc::new(next);
         black_box(&reference);
     }

@@ -14,9 +14,7 @@ use imbl::{HashMap as PMap, Vector};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::model::{
-    ClusterObject, EndpointSlice, Kind, Node, ObjectKey, Pod, Service, SharedObject,
-};
+use crate::model::{ClusterObject, EndpointSlice, Kind, Node, ObjectKey, Pod, Service};
 
 /// How many changes a snapshot remembers; older generations get `None` from
 /// [`Snapshot::changes_since`] and must rebuild from the full snapshot.
@@ -114,6 +112,11 @@ impl Snapshot {
         self.slices.values()
     }
 
+    /// An EndpointSlice by key.
+    pub fn endpoint_slice(&self, key: &ObjectKey) -> Option<&Arc<EndpointSlice>> {
+        self.slices.get(key)
+    }
+
     /// Number of EndpointSlices.
     pub fn endpoint_slice_count(&self) -> usize {
         self.slices.len()
@@ -152,6 +155,21 @@ impl Snapshot {
     /// All nodes, in no particular order.
     pub fn nodes(&self) -> impl Iterator<Item = &Arc<Node>> {
         self.nodes.values()
+    }
+
+    /// The object of `kind` with `key` (nodes: empty namespace), sharing the snapshot's `Arc`:
+    /// one map lookup, no copy.
+    pub(crate) fn object(&self, kind: Kind, key: &ObjectKey) -> Option<ClusterObject> {
+        match kind {
+            Kind::Service => self.services.get(key).cloned().map(ClusterObject::Service),
+            Kind::EndpointSlice => self
+                .slices
+                .get(key)
+                .cloned()
+                .map(ClusterObject::EndpointSlice),
+            Kind::Pod => self.pods.get(key).cloned().map(ClusterObject::Pod),
+            Kind::Node => self.nodes.get(&key.name).cloned().map(ClusterObject::Node),
+        }
     }
 
     /// The set of changes after generation `since` up to this snapshot, or `None` when the
@@ -277,7 +295,7 @@ impl CacheWriter {
     }
 
     /// Adds or replaces one object and publishes.
-    pub fn apply(&mut self, object: impl Into<SharedObject>) -> u64 {
+    pub fn apply(&mut self, object: impl Into<ClusterObject>) -> u64 {
         self.update(|tx| tx.apply(object))
     }
 
@@ -314,19 +332,19 @@ pub struct Transaction {
 
 impl Transaction {
     /// Adds or replaces an object. An identical object is a no-op.
-    pub fn apply(&mut self, object: impl Into<SharedObject>) {
+    pub fn apply(&mut self, object: impl Into<ClusterObject>) {
         fn same<T: PartialEq>(old: Option<&Arc<T>>, new: &Arc<T>) -> bool {
             old.is_some_and(|old| Arc::ptr_eq(old, new) || **old == **new)
         }
         match object.into() {
-            SharedObject::Service(s) => {
+            ClusterObject::Service(s) => {
                 if same(self.snap.services.get(&s.key), &s) {
                     return;
                 }
                 self.changes.insert(Change::Service(s.key.clone()));
                 self.snap.services.insert(s.key.clone(), s);
             }
-            SharedObject::EndpointSlice(s) => {
+            ClusterObject::EndpointSlice(s) => {
                 if same(self.snap.slices.get(&s.key), &s) {
                     return;
                 }
@@ -338,14 +356,14 @@ impl Transaction {
                 }
                 self.snap.slices.insert(s.key.clone(), s);
             }
-            SharedObject::Pod(p) => {
+            ClusterObject::Pod(p) => {
                 if same(self.snap.pods.get(&p.key), &p) {
                     return;
                 }
                 self.changes.insert(Change::Pod(p.key.clone()));
                 self.snap.pods.insert(p.key.clone(), p);
             }
-            SharedObject::Node(n) => {
+            ClusterObject::Node(n) => {
                 if same(self.snap.nodes.get(&n.name), &n) {
                     return;
                 }
@@ -402,15 +420,12 @@ impl Transaction {
         }
     }
 
-    /// Replaces every object of `kind` (a relist) and marks the kind synced.
+    /// Replaces every object of `kind` (a relist) and marks the kind synced. The objects' `Arc`s
+    /// are stored as they are (no copies); one equal to the stored version is no change.
     pub fn replace_kind(&mut self, kind: Kind, objects: Vec<ClusterObject>) {
-        self.replace_kind_shared(kind, objects.into_iter().map(SharedObject::from).collect());
-    }
-
-    /// [`replace_kind`](Self::replace_kind) for objects already behind `Arc`s (no copies made).
-    pub fn replace_kind_shared(&mut self, kind: Kind, objects: Vec<SharedObject>) {
-        let objects: Vec<SharedObject> = objects.into_iter().filter(|o| o.kind() == kind).collect();
-        let keep: HashSet<ObjectKey> = objects.iter().map(SharedObject::key).collect();
+        let objects: Vec<ClusterObject> =
+            objects.into_iter().filter(|o| o.kind() == kind).collect();
+        let keep: HashSet<ObjectKey> = objects.iter().map(ClusterObject::key).collect();
         let stale: Vec<ObjectKey> = match kind {
             Kind::Service => self
                 .snap

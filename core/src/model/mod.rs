@@ -446,18 +446,22 @@ pub struct Node {
     pub zone: Option<Arc<str>>,
 }
 
-/// Any object the cache can hold.
+/// Any object the cache can hold, behind an `Arc`: projected once, then shared without copying
+/// by the source that made it (a relist buffer, the manifest directory's last good files), the
+/// cache's snapshots and every reader, as kube-rs's reflector stores `Arc<K>`.
+///
+/// Build one from a model object with `ClusterObject::from(service)` (or `.into()`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind")]
 pub enum ClusterObject {
     /// A Service.
-    Service(Service),
+    Service(Arc<Service>),
     /// An EndpointSlice.
-    EndpointSlice(EndpointSlice),
+    EndpointSlice(Arc<EndpointSlice>),
     /// A Pod.
-    Pod(Pod),
+    Pod(Arc<Pod>),
     /// A Node.
-    Node(Node),
+    Node(Arc<Node>),
 }
 
 impl ClusterObject {
@@ -482,49 +486,21 @@ impl ClusterObject {
     }
 }
 
-/// A cluster object behind an `Arc`, as the cache stores it: a source that keeps its own copy
-/// (the manifest directory's last good files) shares it with the cache instead of duplicating it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SharedObject {
-    /// A Service.
-    Service(Arc<Service>),
-    /// An EndpointSlice.
-    EndpointSlice(Arc<EndpointSlice>),
-    /// A Pod.
-    Pod(Arc<Pod>),
-    /// A Node.
-    Node(Arc<Node>),
+/// `From<T>` and `From<Arc<T>>` for each kind's variant.
+macro_rules! cluster_object_from {
+    ($($variant:ident),*) => {$(
+        impl From<$variant> for ClusterObject {
+            fn from(o: $variant) -> Self {
+                ClusterObject::$variant(Arc::new(o))
+            }
+        }
+
+        impl From<Arc<$variant>> for ClusterObject {
+            fn from(o: Arc<$variant>) -> Self {
+                ClusterObject::$variant(o)
+            }
+        }
+    )*};
 }
 
-impl SharedObject {
-    /// The object's kind.
-    pub fn kind(&self) -> Kind {
-        match self {
-            SharedObject::Service(_) => Kind::Service,
-            SharedObject::EndpointSlice(_) => Kind::EndpointSlice,
-            SharedObject::Pod(_) => Kind::Pod,
-            SharedObject::Node(_) => Kind::Node,
-        }
-    }
-
-    /// The object's key (nodes have an empty namespace).
-    pub fn key(&self) -> ObjectKey {
-        match self {
-            SharedObject::Service(s) => s.key.clone(),
-            SharedObject::EndpointSlice(s) => s.key.clone(),
-            SharedObject::Pod(p) => p.key.clone(),
-            SharedObject::Node(n) => ObjectKey::new("", n.name.clone()),
-        }
-    }
-}
-
-impl From<ClusterObject> for SharedObject {
-    fn from(o: ClusterObject) -> Self {
-        match o {
-            ClusterObject::Service(s) => SharedObject::Service(Arc::new(s)),
-            ClusterObject::EndpointSlice(s) => SharedObject::EndpointSlice(Arc::new(s)),
-            ClusterObject::Pod(p) => SharedObject::Pod(Arc::new(p)),
-            ClusterObject::Node(n) => SharedObject::Node(Arc::new(n)),
-        }
-    }
-}
+cluster_object_from!(Service, EndpointSlice, Pod, Node);

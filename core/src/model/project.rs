@@ -652,14 +652,12 @@ pub fn from_json(value: serde_json::Value) -> Result<Option<ClusterObject>, Proj
         })
     }
     Ok(Some(match (api_version.as_str(), kind.as_str()) {
-        ("v1", "Service") => {
-            ClusterObject::Service(service(&decode(Kind::Service, &name, value)?)?)
+        ("v1", "Service") => ClusterObject::from(service(&decode(Kind::Service, &name, value)?)?),
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            ClusterObject::from(endpoint_slice(&decode(Kind::EndpointSlice, &name, value)?)?)
         }
-        ("discovery.k8s.io/v1", "EndpointSlice") => ClusterObject::EndpointSlice(endpoint_slice(
-            &decode(Kind::EndpointSlice, &name, value)?,
-        )?),
-        ("v1", "Pod") => ClusterObject::Pod(pod(&decode(Kind::Pod, &name, value)?)?),
-        ("v1", "Node") => ClusterObject::Node(node(&decode(Kind::Node, &name, value)?)?),
+        ("v1", "Pod") => ClusterObject::from(pod(&decode(Kind::Pod, &name, value)?)?),
+        ("v1", "Node") => ClusterObject::from(node(&decode(Kind::Node, &name, value)?)?),
         _ => return Ok(None),
     }))
 }

@@ -188,8 +188,8 @@ mod tests {
             pod("d", "10.0.0.4", true, false, "other", "web"),
             pod("e", "10.0.0.5", true, false, "n", "db"),
         ];
-        let refs: Vec<&Pod> = pods.iter().collect();
-        let slices = derive_endpoint_slices([&svc], &refs, &HashSet::new());
+        let refs: Vec<&Pod> = pods.iter().map(|p| &**p).collect();
+        let slices = derive_endpoint_slices([&*svc], &refs, &HashSet::new());
         assert_eq!(slices.len(), 1);
         let s = &slices[0];
         assert_eq!(s.service_key(), Some(svc.key.clone()));
@@ -216,6 +216,6 @@ mod tests {
         );
         let mut hand = HashSet::new();
         hand.insert(svc.key.clone());
-        assert!(derive_endpoint_slices([&svc], &refs, &hand).is_empty());
+        assert!(derive_endpoint_slices([&*svc], &refs, &hand).is_empty());
     }
 }

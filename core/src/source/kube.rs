@@ -33,7 +33,7 @@ use k8s_openapi::api::discovery::v1 as discovery_v1;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::cache::{CacheWriter, Snapshot};
+use crate::cache::CacheWriter;
 use crate::model::project::{self, ProjectionError};
 use crate::model::{ClusterObject, Kind, ObjectKey};
 
@@ -153,7 +153,7 @@ impl WatchedKind for core_v1::Service {
     const KIND: Kind = Kind::Service;
     const NAMESPACED: bool = true;
     fn project(&self) -> Result<ClusterObject, ProjectionError> {
-        project::service(self).map(ClusterObject::Service)
+        project::service(self).map(ClusterObject::from)
     }
 }
 
@@ -161,7 +161,7 @@ impl WatchedKind for discovery_v1::EndpointSlice {
     const KIND: Kind = Kind::EndpointSlice;
     const NAMESPACED: bool = true;
     fn project(&self) -> Result<ClusterObject, ProjectionError> {
-        project::endpoint_slice(self).map(ClusterObject::EndpointSlice)
+        project::endpoint_slice(self).map(ClusterObject::from)
     }
 }
 
@@ -169,7 +169,7 @@ impl WatchedKind for core_v1::Pod {
     const KIND: Kind = Kind::Pod;
     const NAMESPACED: bool = true;
     fn project(&self) -> Result<ClusterObject, ProjectionError> {
-        project::pod(self).map(ClusterObject::Pod)
+        project::pod(self).map(ClusterObject::from)
     }
 }
 
@@ -177,7 +177,7 @@ impl WatchedKind for core_v1::Node {
     const KIND: Kind = Kind::Node;
     const NAMESPACED: bool = false;
     fn project(&self) -> Result<ClusterObject, ProjectionError> {
-        project::node(self).map(ClusterObject::Node)
+        project::node(self).map(ClusterObject::from)
     }
 }
 
@@ -377,7 +377,8 @@ fn kind_events<K: WatchedKind>(
 /// by [`problems`](Self::problems) until they are fixed, deleted, or gone from a relist.
 #[derive(Debug, Default)]
 pub struct ApiEventApplier {
-    /// Kinds in the middle of a relist, with the objects listed so far.
+    /// Kinds in the middle of a relist, with the objects listed so far (the projected `Arc`s,
+    /// which the cache then stores as they are, as kube-rs's reflector buffers `Arc<K>`).
     buffers: HashMap<Kind, Vec<ClusterObject>>,
     /// Invalid objects seen during the relist in progress, per kind.
     invalid_in_relist: HashMap<Kind, BTreeMap<ObjectKey, String>>,
@@ -427,10 +428,9 @@ impl ApiEventApplier {
                 match projected {
                     Ok(object) => buffer.push(object),
                     Err(invalid) => {
-                        // Keep the last good version through the relist.
-                        if let Some(previous) =
-                            current_object(&writer.snapshot(), kind, &invalid.key)
-                        {
+                        // Keep the last good version through the relist: the stored `Arc`,
+                        // found by key.
+                        if let Some(previous) = writer.snapshot().object(kind, &invalid.key) {
                             buffer.push(previous);
                         }
                         tracing::warn!(
@@ -567,23 +567,6 @@ fn kind_resource(kind: Kind) -> String {
         r.resource.to_string()
     } else {
         format!("{}.{}", r.resource, r.api_group)
-    }
-}
-
-/// The object of `kind` with `key` in `snapshot`, as a [`ClusterObject`].
-fn current_object(snapshot: &Snapshot, kind: Kind, key: &ObjectKey) -> Option<ClusterObject> {
-    match kind {
-        Kind::Service => snapshot
-            .service(key)
-            .map(|s| ClusterObject::Service((**s).clone())),
-        Kind::EndpointSlice => snapshot
-            .endpoint_slices()
-            .find(|s| s.key == *key)
-            .map(|s| ClusterObject::EndpointSlice((**s).clone())),
-        Kind::Pod => snapshot.pod(key).map(|p| ClusterObject::Pod((**p).clone())),
-        Kind::Node => snapshot
-            .node(&key.name)
-            .map(|n| ClusterObject::Node((**n).clone())),
     }
 }
 
@@ -730,6 +713,9 @@ mod tests {
             Some("Node") => {
                 project_object(&serde_json::from_value::<core_v1::Node>(value).unwrap())
             }
+            Some("EndpointSlice") => project_object(
+                &serde_json::from_value::<discovery_v1::EndpointSlice>(value).unwrap(),
+            ),
             other => panic!("unexpected kind {other:?}"),
         }
     }
@@ -900,6 +886,69 @@ mod tests {
         );
         assert_eq!(cluster_ip(&w, "a").as_deref(), Some("10.96.0.9"));
         assert!(a.problems().is_empty(), "{:?}", a.problems());
+    }
+
+    fn slice(name: &str, ip: &str) -> serde_json::Value {
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": "a"}},
+            "addressType": "IPv4", "ports": [{"port": 8080}],
+            "endpoints": [{"addresses": [ip]}]
+        })
+    }
+
+    #[test]
+    fn invalid_slice_in_a_relist_keeps_the_stored_version_itself() {
+        let (mut w, r) = new_cache([Kind::EndpointSlice]);
+        let mut a = ApiEventApplier::new();
+        let slices = |n: usize, bad: usize| {
+            (0..n)
+                .map(|i| {
+                    let ip = if i == bad {
+                        "not-an-ip".to_string()
+                    } else {
+                        format!("10.0.0.{i}")
+                    };
+                    slice(&format!("s{i}"), &ip)
+                })
+                .collect::<Vec<_>>()
+        };
+        list(&mut a, &mut w, Kind::EndpointSlice, slices(50, usize::MAX));
+        let before = r.snapshot();
+        let good = before.endpoint_slice(&key("s7")).unwrap().clone();
+
+        // The same list with s7 now invalid: s7's stored `Arc` itself is buffered (found by
+        // key, not copied), so nothing changes and no generation is published.
+        a.apply(Kind::EndpointSlice, Event::Init, &mut w);
+        let shared = Arc::strong_count(&good);
+        for (i, s) in slices(50, 7).into_iter().enumerate() {
+            a.apply(Kind::EndpointSlice, Event::InitApply(projected(s)), &mut w);
+            if i == 7 {
+                assert_eq!(Arc::strong_count(&good), shared + 1, "the buffer shares it");
+            }
+        }
+        a.apply(Kind::EndpointSlice, Event::InitDone, &mut w);
+        let after = r.snapshot();
+        assert_eq!(after.generation(), before.generation(), "nothing changed");
+        assert!(Arc::ptr_eq(
+            after.endpoint_slice(&key("s7")).unwrap(),
+            &good
+        ));
+        assert_eq!(after.endpoint_slice_count(), 50);
+        let problems = a.problems();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].location, "EndpointSlice default/s7");
+        assert!(problems[0].reason.contains("not-an-ip"), "{problems:?}");
+
+        // A slice that was never good stays out, and is reported too.
+        list(&mut a, &mut w, Kind::EndpointSlice, {
+            let mut l = slices(50, 7);
+            l.push(slice("new", "bad"));
+            l
+        });
+        assert!(r.snapshot().endpoint_slice(&key("new")).is_none());
+        assert_eq!(a.problems().len(), 2);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use super::derive::derive_endpoint_slices;
 use super::{SourceError, SourceProblem, StatusHandle};
 use crate::cache::CacheWriter;
-use crate::model::{ClusterObject, Kind, ObjectKey, Pod, Service, SharedObject, project};
+use crate::model::{ClusterObject, Kind, ObjectKey, Pod, Service, project};
 
 /// How long to wait for a burst of file events to settle before rescanning.
 const DEBOUNCE: Duration = Duration::from_millis(25);
@@ -288,7 +288,7 @@ struct FileState {
     /// stamp has not changed.
     stamp: Option<FileStamp>,
     /// Shared with the cache, not copied.
-    objects: Vec<SharedObject>,
+    objects: Vec<ClusterObject>,
     error: Option<ManifestError>,
 }
 
@@ -367,12 +367,10 @@ impl ManifestSet {
         }
         state.content_hash = Some(h);
         match parse_manifest_limited(file, text, max_objects) {
-            Ok(objects) => {
-                // A fresh vector: collecting in place would keep the (much larger) allocation
-                // sized for `ClusterObject`s for as long as the file is known.
-                let mut shared = Vec::with_capacity(objects.len());
-                shared.extend(objects.into_iter().map(SharedObject::from));
-                state.objects = shared;
+            Ok(mut objects) => {
+                // Kept for as long as the file is known: no spare capacity.
+                objects.shrink_to_fit();
+                state.objects = objects;
                 state.error = None;
             }
             Err(e) => {
@@ -435,36 +433,34 @@ impl ManifestSet {
 
     /// Every object in effect, by kind: the files' objects (later files win on duplicates) plus
     /// EndpointSlices derived from Pods for selector services without hand-written slices.
-    pub fn objects(&self) -> BTreeMap<Kind, Vec<SharedObject>> {
-        let mut by_key: BTreeMap<(Kind, ObjectKey), &SharedObject> = BTreeMap::new();
+    pub fn objects(&self) -> BTreeMap<Kind, Vec<ClusterObject>> {
+        let mut by_key: BTreeMap<(Kind, ObjectKey), &ClusterObject> = BTreeMap::new();
         for state in self.files.values() {
             for o in &state.objects {
                 by_key.insert((o.kind(), o.key()), o);
             }
         }
-        let mut out: BTreeMap<Kind, Vec<SharedObject>> = BTreeMap::new();
+        let mut out: BTreeMap<Kind, Vec<ClusterObject>> = BTreeMap::new();
         let mut services: Vec<&Service> = Vec::new();
         let mut pods: Vec<&Pod> = Vec::new();
         let mut handwritten: HashSet<ObjectKey> = HashSet::new();
         for ((kind, _), o) in &by_key {
             match o {
-                SharedObject::Service(s) => services.push(s),
-                SharedObject::Pod(p) => pods.push(p),
-                SharedObject::EndpointSlice(s) => {
+                ClusterObject::Service(s) => services.push(s),
+                ClusterObject::Pod(p) => pods.push(p),
+                ClusterObject::EndpointSlice(s) => {
                     if let Some(k) = s.service_key() {
                         handwritten.insert(k);
                     }
                 }
-                SharedObject::Node(_) => {}
+                ClusterObject::Node(_) => {}
             }
             out.entry(*kind).or_default().push((*o).clone());
         }
         let derived = derive_endpoint_slices(services, &pods, &handwritten);
-        out.entry(Kind::EndpointSlice).or_default().extend(
-            derived
-                .into_iter()
-                .map(|s| SharedObject::from(ClusterObject::EndpointSlice(s))),
-        );
+        out.entry(Kind::EndpointSlice)
+            .or_default()
+            .extend(derived.into_iter().map(ClusterObject::from));
         out
     }
 
@@ -473,7 +469,7 @@ impl ManifestSet {
         let mut objects = self.objects();
         writer.update(|tx| {
             for kind in kinds {
-                tx.replace_kind_shared(*kind, objects.remove(kind).unwrap_or_default());
+                tx.replace_kind(*kind, objects.remove(kind).unwrap_or_default());
             }
         })
     }
@@ -701,7 +697,7 @@ mod tests {
         let ips: Vec<String> = set.objects()[&Kind::Service]
             .iter()
             .map(|o| match o {
-                SharedObject::Service(s) => s.cluster_ips[0].to_string(),
+                ClusterObject::Service(s) => s.cluster_ips[0].to_string(),
                 _ => unreachable!(),
             })
             .collect();
