@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use imbl::{HashMap as PMap, Vector};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::model::{ClusterObject, EndpointSlice, Kind, Node, ObjectKey, Pod, Service};
@@ -202,7 +202,6 @@ impl Snapshot {
             endpoints: self.slices.values().map(|s| s.endpoints.len()).sum(),
             pods: self.pods.len(),
             nodes: self.nodes.len(),
-            synced: self.is_synced(),
         }
     }
 }
@@ -220,8 +219,9 @@ fn partition_point<T: Clone>(v: &Vector<T>, pred: impl Fn(&T) -> bool) -> usize 
     lo
 }
 
-/// Sizes of a snapshot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// Sizes of a snapshot: the `cache` part of the agent's `/status` document (and of
+/// `agentctl status`), which is why it also deserializes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheCounts {
     /// Generation.
     pub generation: u64,
@@ -235,8 +235,6 @@ pub struct CacheCounts {
     pub pods: usize,
     /// Nodes.
     pub nodes: usize,
-    /// Whether every expected kind has synced.
-    pub synced: bool,
 }
 
 /// Creates a cache that expects the initial lists of `expected` kinds before it reports synced.
@@ -638,6 +636,23 @@ mod tests {
         let recent = snap.changes_since(snap.generation() - 3).unwrap();
         assert_eq!(recent.len(), 3);
         assert!(snap.changes_since(snap.generation()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn counts_serialize_as_the_status_cache_object() {
+        let (mut w, r) = new_cache([Kind::Service, Kind::EndpointSlice]);
+        w.apply(svc("a", "s", "10.0.0.1"));
+        w.apply(slice("a", "x", "s", &["10.1.0.1", "10.1.0.2"]));
+        let counts = r.snapshot().counts();
+        // The `cache` object of `/status` (read by `agentctl status` and the tests): these keys.
+        let json = serde_json::to_value(&counts).unwrap();
+        assert_eq!(
+            json,
+            json!({"generation": 2, "services": 1, "endpoint_slices": 1, "endpoints": 2,
+                   "pods": 0, "nodes": 0})
+        );
+        let back: CacheCounts = serde_json::from_value(json).unwrap();
+        assert_eq!(back, counts);
     }
 
     #[tokio::test]
