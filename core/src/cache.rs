@@ -18,7 +18,7 @@ use crate::model::{ClusterObject, EndpointSlice, Kind, Node, ObjectKey, Pod, Ser
 
 /// How many changes a snapshot remembers; older generations get `None` from
 /// [`Snapshot::changes_since`] and must rebuild from the full snapshot.
-pub const JOURNAL_CAPACITY: usize = 65_536;
+pub(crate) const JOURNAL_CAPACITY: usize = 65_536;
 
 /// One thing that changed between two generations.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -82,13 +82,8 @@ impl Snapshot {
         self.expected.is_subset(&self.synced)
     }
 
-    /// Kinds whose initial list has arrived.
-    pub fn synced_kinds(&self) -> &BTreeSet<Kind> {
-        &self.synced
-    }
-
     /// Kinds the source watches.
-    pub fn expected_kinds(&self) -> &BTreeSet<Kind> {
+    pub(crate) fn expected_kinds(&self) -> &BTreeSet<Kind> {
         &self.expected
     }
 
@@ -108,7 +103,7 @@ impl Snapshot {
     }
 
     /// All EndpointSlices, in no particular order.
-    pub fn endpoint_slices(&self) -> impl Iterator<Item = &Arc<EndpointSlice>> {
+    pub(crate) fn endpoint_slices(&self) -> impl Iterator<Item = &Arc<EndpointSlice>> {
         self.slices.values()
     }
 
@@ -143,7 +138,7 @@ impl Snapshot {
     }
 
     /// All pods, in no particular order.
-    pub fn pods(&self) -> impl Iterator<Item = &Arc<Pod>> {
+    pub(crate) fn pods(&self) -> impl Iterator<Item = &Arc<Pod>> {
         self.pods.values()
     }
 
@@ -464,7 +459,7 @@ impl Transaction {
     }
 
     /// Records that the initial list of `kind` has arrived.
-    pub fn mark_synced(&mut self, kind: Kind) {
+    pub(crate) fn mark_synced(&mut self, kind: Kind) {
         if self.snap.synced.insert(kind) {
             self.synced_changed = true;
         }

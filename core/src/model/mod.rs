@@ -1,7 +1,7 @@
 //! The compact cluster model: only the fields the proxy, DNS and pod environment need,
 //! projected from Kubernetes API objects (see [`project`]). Raw API objects are never kept.
 
-pub mod intern;
+pub(crate) mod intern;
 pub mod project;
 pub mod selector;
 
@@ -42,22 +42,17 @@ impl Labels {
     }
 
     /// Whether there are no pairs.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
-    /// Number of pairs.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
     /// The pairs, sorted by key.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().map(|(k, v)| (&**k, &**v))
     }
 
     /// Whether every pair of `self` (a selector) is present in `labels`.
-    pub fn selects(&self, labels: &Labels) -> bool {
+    pub(crate) fn selects(&self, labels: &Labels) -> bool {
         self.iter().all(|(k, v)| labels.get(k) == Some(v))
     }
 }
@@ -144,7 +139,7 @@ impl Protocol {
     }
 
     /// Lower-case name as DNS SRV labels and Docker links use it (`tcp`).
-    pub fn as_lower(self) -> &'static str {
+    pub(crate) fn as_lower(self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",
             Protocol::Udp => "udp",
@@ -327,7 +322,7 @@ pub struct TargetRef {
 
 /// The addresses of one endpoint: one inline (the common case, no allocation), more on the heap.
 /// Derefs to `&[IpAddr]`; build it with `vec![ip].into()` or `EndpointAddresses::from_slice`.
-pub type EndpointAddresses = smallvec::SmallVec<[IpAddr; 1]>;
+pub(crate) type EndpointAddresses = smallvec::SmallVec<[IpAddr; 1]>;
 
 /// One endpoint of an EndpointSlice.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -364,7 +359,7 @@ pub struct EndpointHints {
 
 impl EndpointHints {
     /// Whether both lists are empty (as good as no hints).
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.for_zones.is_empty() && self.for_nodes.is_empty()
     }
 }
@@ -392,7 +387,7 @@ pub struct EndpointSlice {
 
 impl EndpointSlice {
     /// Key of the owning service, if the slice names one.
-    pub fn service_key(&self) -> Option<ObjectKey> {
+    pub(crate) fn service_key(&self) -> Option<ObjectKey> {
         self.service_name
             .as_ref()
             .map(|name| ObjectKey::new(self.key.namespace.clone(), name.clone()))
@@ -476,7 +471,7 @@ impl ClusterObject {
     }
 
     /// The object's key (nodes have an empty namespace).
-    pub fn key(&self) -> ObjectKey {
+    pub(crate) fn key(&self) -> ObjectKey {
         match self {
             ClusterObject::Service(s) => s.key.clone(),
             ClusterObject::EndpointSlice(s) => s.key.clone(),

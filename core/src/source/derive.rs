@@ -18,7 +18,7 @@ use crate::model::{
 
 /// Builds the EndpointSlices the controller would make for `services` from `pods`, skipping
 /// services in `handwritten` (those that already have slices). Output is sorted by slice key.
-pub fn derive_endpoint_slices<'a>(
+pub(crate) fn derive_endpoint_slices<'a>(
     services: impl IntoIterator<Item = &'a Service>,
     pods: &[&Pod],
     handwritten: &HashSet<ObjectKey>,

@@ -41,20 +41,20 @@ use super::{SourceError, SourceProblem, StatusHandle};
 
 /// How long a watch error stays reported without a new one. A failing watch is retried at
 /// least every [`RETRY_MAX`] (the backoff resets after [`RETRY_RESET_AFTER`] without failures).
-pub const WATCH_ERROR_TTL: Duration = Duration::from_secs(120);
+pub(crate) const WATCH_ERROR_TTL: Duration = Duration::from_secs(120);
 
 /// The first retry delay after a watch failure (as client-go's reflector and kube-runtime).
-pub const RETRY_INITIAL: Duration = Duration::from_millis(800);
+pub(crate) const RETRY_INITIAL: Duration = Duration::from_millis(800);
 /// The longest retry delay (client-go and kube-runtime use 30 s; the probe makes a shorter cap
 /// cheap, and a shorter cap bounds the wait when the probe cannot tell).
-pub const RETRY_MAX: Duration = Duration::from_secs(10);
+pub(crate) const RETRY_MAX: Duration = Duration::from_secs(10);
 /// A failure this long after the previous one starts the backoff again from [`RETRY_INITIAL`].
-pub const RETRY_RESET_AFTER: Duration = Duration::from_secs(120);
+pub(crate) const RETRY_RESET_AFTER: Duration = Duration::from_secs(120);
 /// How often the readiness probe asks the API server while a watch waits to retry (± 25 %).
-pub const PROBE_PERIOD: Duration = Duration::from_secs(2);
+pub(crate) const PROBE_PERIOD: Duration = Duration::from_secs(2);
 
 /// Builds a client from `kubeconfig`, or from the in-cluster / default configuration.
-pub async fn client(kubeconfig: Option<&Path>) -> Result<::kube::Client, SourceError> {
+pub(crate) async fn client(kubeconfig: Option<&Path>) -> Result<::kube::Client, SourceError> {
     let config = match kubeconfig {
         Some(path) => {
             let kc = ::kube::config::Kubeconfig::read_from(path)
@@ -116,12 +116,12 @@ pub struct InvalidObject {
 
 impl InvalidObject {
     /// `Service default/web`, `Node node-a`: where the problem is, for status output.
-    pub fn location(&self) -> String {
+    pub(crate) fn location(&self) -> String {
         location(self.kind, &self.key)
     }
 
     /// What is wrong, without repeating the location.
-    pub fn reason(&self) -> String {
+    pub(crate) fn reason(&self) -> String {
         match &self.error {
             ProjectionError::Missing { field, .. } => format!("missing field {field}"),
             ProjectionError::Invalid { field, reason, .. } => format!("field {field}: {reason}"),
@@ -261,7 +261,7 @@ impl Drop for Waiting {
 }
 
 impl Recovery {
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         Self {
             waiting: Arc::new(tokio::sync::watch::channel(0).0),
             back: Arc::new(tokio::sync::watch::channel(0).0),
@@ -464,7 +464,8 @@ impl ApiEventApplier {
     }
 
     /// Records a failed list or watch of `kind` at `now` (the watcher retries with backoff).
-    pub fn watch_failed(&mut self, kind: Kind, error: &str, now: Instant) {
+    #[cfg(test)]
+    pub(crate) fn watch_failed(&mut self, kind: Kind, error: &str, now: Instant) {
         self.record_watch_failure(kind, error, None, now);
     }
 
@@ -486,7 +487,7 @@ impl ApiEventApplier {
     /// Forgets watch errors older than [`WATCH_ERROR_TTL`] at `now`: the watcher retries at
     /// least that often while failing, so a quiet kind has reconnected (a resumed watch emits
     /// no event until something changes). Returns whether anything was forgotten.
-    pub fn expire_watch_errors(&mut self, now: Instant) -> bool {
+    pub(crate) fn expire_watch_errors(&mut self, now: Instant) -> bool {
         let before = self.watch_errors.len();
         self.watch_errors
             .retain(|_, (_, _, at)| now.saturating_duration_since(*at) < WATCH_ERROR_TTL);
@@ -520,17 +521,17 @@ impl ApiEventApplier {
     }
 
     /// Changes every time the result of [`problems`](Self::problems) may have changed.
-    pub fn problems_version(&self) -> u64 {
+    pub(crate) fn problems_version(&self) -> u64 {
         self.problems_version
     }
 
     /// Events applied so far.
-    pub fn events(&self) -> u64 {
+    pub(crate) fn events(&self) -> u64 {
         self.events
     }
 
     /// Completed (re)lists so far.
-    pub fn resyncs(&self) -> u64 {
+    pub(crate) fn resyncs(&self) -> u64 {
         self.resyncs
     }
 
@@ -585,7 +586,7 @@ pub async fn run(
 }
 
 /// The field selector that narrows the Node watch to the node named `node`.
-pub fn node_field_selector(node: &str) -> String {
+pub(crate) fn node_field_selector(node: &str) -> String {
     format!("metadata.name={node}")
 }
 
