@@ -5,6 +5,10 @@
 //! what changed, and (3) the heap memory the cache holds (counted by a global allocator). As a
 //! reference measured in the same run it applies the same change to a copy-on-write
 //! `std::collections::HashMap` snapshot (what a non-persistent immutable snapshot would cost).
+//! (4) A relist of both kinds through the API source's event applier, as after a watch outage:
+//! every object projected and buffered between `Init` and `InitDone`, 1 % of the slices
+//! invalid (their last good version is kept), then the kind replaced; with the heap the relist
+//! buffers hold just before `InitDone`.
 //!
 //! Run: `cargo bench -p svcnet-core --bench cache`. Targets: one change < 1 ms, cache < 40 MB.
 
@@ -20,9 +24,12 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1 as core_v1;
 use k8s_openapi::api::discovery::v1 as discovery_v1;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::runtime::watcher::Event;
 use serde_json::json;
 use svcnet_core::model::{ClusterObject, EndpointSlice, Kind, ObjectKey, project};
 use svcnet_core::new_cache;
+use svcnet_core::source::kube::{ApiEventApplier, InvalidObject, Projected};
 
 struct Counting;
 static LIVE: AtomicIsize = AtomicIsize::new(0);
@@ -98,6 +105,31 @@ fn per_op(total: Duration, n: usize) -> f64 {
     total.as_secs_f64() * 1e6 / n as f64
 }
 
+/// Projects a Service as the API source does.
+fn project_service(s: &core_v1::Service) -> Projected {
+    project::service(s)
+        .map(ClusterObject::from)
+        .map_err(|error| invalid(Kind::Service, &s.metadata, error))
+}
+
+/// Projects an EndpointSlice as the API source does.
+fn project_slice(s: &discovery_v1::EndpointSlice) -> Projected {
+    project::endpoint_slice(s)
+        .map(ClusterObject::from)
+        .map_err(|error| invalid(Kind::EndpointSlice, &s.metadata, error))
+}
+
+fn invalid(kind: Kind, meta: &ObjectMeta, error: project::ProjectionError) -> InvalidObject {
+    InvalidObject {
+        kind,
+        key: ObjectKey::new(
+            meta.namespace.as_deref().unwrap_or("default"),
+            meta.name.as_deref().unwrap_or_default(),
+        ),
+        error,
+    }
+}
+
 fn main() {
     let api_services: Vec<_> = (0..SERVICES).map(api_service).collect();
     let api_slices: Vec<_> = (0..SERVICES).map(|i| api_slice(i, false)).collect();
@@ -110,12 +142,12 @@ fn main() {
     let t = Instant::now();
     let services: Vec<ClusterObject> = api_services
         .iter()
-        .map(|s| ClusterObject::Service(project::service(s).unwrap()))
+        .map(|s| ClusterObject::from(project::service(s).unwrap()))
         .collect();
     let services_bytes = LIVE.load(Ordering::Relaxed) - live_before;
     let slices: Vec<ClusterObject> = api_slices
         .iter()
-        .map(|s| ClusterObject::EndpointSlice(project::endpoint_slice(s).unwrap()))
+        .map(|s| ClusterObject::from(project::endpoint_slice(s).unwrap()))
         .collect();
     let projected = t.elapsed();
     let objects_bytes = LIVE.load(Ordering::Relaxed) - live_before;
@@ -136,7 +168,7 @@ fn main() {
     let changes: Vec<ClusterObject> = flipped
         .iter()
         .chain(unflipped.iter())
-        .map(|s| ClusterObject::EndpointSlice(project::endpoint_slice(s).unwrap()))
+        .map(|s| ClusterObject::from(project::endpoint_slice(s).unwrap()))
         .collect();
     let mut seen = reader.snapshot().generation();
     let t = Instant::now();
@@ -167,11 +199,59 @@ fn main() {
             unreachable!()
         };
         let mut next = (*reference).clone();
-        next.insert(s.key.clone(), Arc::new(s.clone()));
+        next.insert(s.key.clone(), Arc::new((**s).clone()));
         reference = Arc::new(next);
         black_box(&reference);
     }
     let reference_change = per_op(t.elapsed(), reps);
+
+    // 4. A relist of both kinds through the API event applier (1 % of the slices invalid).
+    let invalid_every = 100;
+    let relist_slices: Vec<discovery_v1::EndpointSlice> = (0..SERVICES)
+        .map(|i| {
+            let mut s = api_slice(i, false);
+            if i % invalid_every == 0 {
+                s.endpoints[0].addresses[0] = "not-an-ip".into();
+            }
+            s
+        })
+        .collect();
+    let mut applier = ApiEventApplier::new();
+    let (mut buffered_bytes, mut relist_buffer, mut relist_done) =
+        (0isize, Duration::ZERO, Duration::ZERO);
+    let relist_reps = 5;
+    for _ in 0..relist_reps {
+        let before = LIVE.load(Ordering::Relaxed);
+        let t = Instant::now();
+        applier.apply(Kind::Service, Event::Init, &mut writer);
+        for s in &api_services {
+            let projected: Projected = project_service(s);
+            applier.apply(Kind::Service, Event::InitApply(projected), &mut writer);
+        }
+        applier.apply(Kind::EndpointSlice, Event::Init, &mut writer);
+        for s in &relist_slices {
+            let projected: Projected = project_slice(s);
+            applier.apply(
+                Kind::EndpointSlice,
+                Event::InitApply(projected),
+                &mut writer,
+            );
+        }
+        relist_buffer += t.elapsed();
+        buffered_bytes = LIVE.load(Ordering::Relaxed) - before;
+        let t = Instant::now();
+        applier.apply(Kind::Service, Event::InitDone, &mut writer);
+        applier.apply(Kind::EndpointSlice, Event::InitDone, &mut writer);
+        relist_done += t.elapsed();
+    }
+    assert_eq!(applier.problems().len(), SERVICES / invalid_every);
+    assert_eq!(
+        reader.snapshot().counts().endpoints,
+        SERVICES * ENDPOINTS_PER_SERVICE,
+        "invalid slices keep their last good version"
+    );
+    let relist_buffer_ms = relist_buffer.as_secs_f64() * 1e3 / relist_reps as f64;
+    let relist_done_ms = relist_done.as_secs_f64() * 1e3 / relist_reps as f64;
 
     println!(
         "svcnet cache benchmark: {SERVICES} services, {} endpoints",
@@ -206,6 +286,16 @@ fn main() {
         services_bytes as f64 / 1e6,
         (objects_bytes - services_bytes) as f64 / 1e6,
         (cache_bytes - objects_bytes) as f64 / 1e6
+    );
+    println!(
+        "  relist 20,000 objects (1% invalid): project+buffer {:.1} ms, InitDone {:.1} ms, total {:.1} ms",
+        relist_buffer_ms,
+        relist_done_ms,
+        relist_buffer_ms + relist_done_ms
+    );
+    println!(
+        "    heap held by the relist buffers before InitDone {:.2} MB",
+        buffered_bytes as f64 / 1e6
     );
     println!(
         "  process RSS growth while building {:>10.1} MB",

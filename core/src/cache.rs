@@ -11,16 +11,14 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use imbl::{HashMap as PMap, Vector};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::model::{
-    ClusterObject, EndpointSlice, Kind, Node, ObjectKey, Pod, Service, SharedObject,
-};
+use crate::model::{ClusterObject, EndpointSlice, Kind, Node, ObjectKey, Pod, Service};
 
 /// How many changes a snapshot remembers; older generations get `None` from
 /// [`Snapshot::changes_since`] and must rebuild from the full snapshot.
-pub const JOURNAL_CAPACITY: usize = 65_536;
+pub(crate) const JOURNAL_CAPACITY: usize = 65_536;
 
 /// One thing that changed between two generations.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -84,13 +82,8 @@ impl Snapshot {
         self.expected.is_subset(&self.synced)
     }
 
-    /// Kinds whose initial list has arrived.
-    pub fn synced_kinds(&self) -> &BTreeSet<Kind> {
-        &self.synced
-    }
-
     /// Kinds the source watches.
-    pub fn expected_kinds(&self) -> &BTreeSet<Kind> {
+    pub(crate) fn expected_kinds(&self) -> &BTreeSet<Kind> {
         &self.expected
     }
 
@@ -110,8 +103,13 @@ impl Snapshot {
     }
 
     /// All EndpointSlices, in no particular order.
-    pub fn endpoint_slices(&self) -> impl Iterator<Item = &Arc<EndpointSlice>> {
+    pub(crate) fn endpoint_slices(&self) -> impl Iterator<Item = &Arc<EndpointSlice>> {
         self.slices.values()
+    }
+
+    /// An EndpointSlice by key.
+    pub fn endpoint_slice(&self, key: &ObjectKey) -> Option<&Arc<EndpointSlice>> {
+        self.slices.get(key)
     }
 
     /// Number of EndpointSlices.
@@ -140,7 +138,7 @@ impl Snapshot {
     }
 
     /// All pods, in no particular order.
-    pub fn pods(&self) -> impl Iterator<Item = &Arc<Pod>> {
+    pub(crate) fn pods(&self) -> impl Iterator<Item = &Arc<Pod>> {
         self.pods.values()
     }
 
@@ -152,6 +150,21 @@ impl Snapshot {
     /// All nodes, in no particular order.
     pub fn nodes(&self) -> impl Iterator<Item = &Arc<Node>> {
         self.nodes.values()
+    }
+
+    /// The object of `kind` with `key` (nodes: empty namespace), sharing the snapshot's `Arc`:
+    /// one map lookup, no copy.
+    pub(crate) fn object(&self, kind: Kind, key: &ObjectKey) -> Option<ClusterObject> {
+        match kind {
+            Kind::Service => self.services.get(key).cloned().map(ClusterObject::Service),
+            Kind::EndpointSlice => self
+                .slices
+                .get(key)
+                .cloned()
+                .map(ClusterObject::EndpointSlice),
+            Kind::Pod => self.pods.get(key).cloned().map(ClusterObject::Pod),
+            Kind::Node => self.nodes.get(&key.name).cloned().map(ClusterObject::Node),
+        }
     }
 
     /// The set of changes after generation `since` up to this snapshot, or `None` when the
@@ -184,7 +197,6 @@ impl Snapshot {
             endpoints: self.slices.values().map(|s| s.endpoints.len()).sum(),
             pods: self.pods.len(),
             nodes: self.nodes.len(),
-            synced: self.is_synced(),
         }
     }
 }
@@ -202,8 +214,9 @@ fn partition_point<T: Clone>(v: &Vector<T>, pred: impl Fn(&T) -> bool) -> usize 
     lo
 }
 
-/// Sizes of a snapshot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// Sizes of a snapshot: the `cache` part of the agent's `/status` document (and of
+/// `agentctl status`), which is why it also deserializes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheCounts {
     /// Generation.
     pub generation: u64,
@@ -217,8 +230,6 @@ pub struct CacheCounts {
     pub pods: usize,
     /// Nodes.
     pub nodes: usize,
-    /// Whether every expected kind has synced.
-    pub synced: bool,
 }
 
 /// Creates a cache that expects the initial lists of `expected` kinds before it reports synced.
@@ -277,7 +288,7 @@ impl CacheWriter {
     }
 
     /// Adds or replaces one object and publishes.
-    pub fn apply(&mut self, object: impl Into<SharedObject>) -> u64 {
+    pub fn apply(&mut self, object: impl Into<ClusterObject>) -> u64 {
         self.update(|tx| tx.apply(object))
     }
 
@@ -314,19 +325,19 @@ pub struct Transaction {
 
 impl Transaction {
     /// Adds or replaces an object. An identical object is a no-op.
-    pub fn apply(&mut self, object: impl Into<SharedObject>) {
+    pub fn apply(&mut self, object: impl Into<ClusterObject>) {
         fn same<T: PartialEq>(old: Option<&Arc<T>>, new: &Arc<T>) -> bool {
             old.is_some_and(|old| Arc::ptr_eq(old, new) || **old == **new)
         }
         match object.into() {
-            SharedObject::Service(s) => {
+            ClusterObject::Service(s) => {
                 if same(self.snap.services.get(&s.key), &s) {
                     return;
                 }
                 self.changes.insert(Change::Service(s.key.clone()));
                 self.snap.services.insert(s.key.clone(), s);
             }
-            SharedObject::EndpointSlice(s) => {
+            ClusterObject::EndpointSlice(s) => {
                 if same(self.snap.slices.get(&s.key), &s) {
                     return;
                 }
@@ -338,14 +349,14 @@ impl Transaction {
                 }
                 self.snap.slices.insert(s.key.clone(), s);
             }
-            SharedObject::Pod(p) => {
+            ClusterObject::Pod(p) => {
                 if same(self.snap.pods.get(&p.key), &p) {
                     return;
                 }
                 self.changes.insert(Change::Pod(p.key.clone()));
                 self.snap.pods.insert(p.key.clone(), p);
             }
-            SharedObject::Node(n) => {
+            ClusterObject::Node(n) => {
                 if same(self.snap.nodes.get(&n.name), &n) {
                     return;
                 }
@@ -402,15 +413,12 @@ impl Transaction {
         }
     }
 
-    /// Replaces every object of `kind` (a relist) and marks the kind synced.
+    /// Replaces every object of `kind` (a relist) and marks the kind synced. The objects' `Arc`s
+    /// are stored as they are (no copies); one equal to the stored version is no change.
     pub fn replace_kind(&mut self, kind: Kind, objects: Vec<ClusterObject>) {
-        self.replace_kind_shared(kind, objects.into_iter().map(SharedObject::from).collect());
-    }
-
-    /// [`replace_kind`](Self::replace_kind) for objects already behind `Arc`s (no copies made).
-    pub fn replace_kind_shared(&mut self, kind: Kind, objects: Vec<SharedObject>) {
-        let objects: Vec<SharedObject> = objects.into_iter().filter(|o| o.kind() == kind).collect();
-        let keep: HashSet<ObjectKey> = objects.iter().map(SharedObject::key).collect();
+        let objects: Vec<ClusterObject> =
+            objects.into_iter().filter(|o| o.kind() == kind).collect();
+        let keep: HashSet<ObjectKey> = objects.iter().map(ClusterObject::key).collect();
         let stale: Vec<ObjectKey> = match kind {
             Kind::Service => self
                 .snap
@@ -451,7 +459,7 @@ impl Transaction {
     }
 
     /// Records that the initial list of `kind` has arrived.
-    pub fn mark_synced(&mut self, kind: Kind) {
+    pub(crate) fn mark_synced(&mut self, kind: Kind) {
         if self.snap.synced.insert(kind) {
             self.synced_changed = true;
         }
@@ -623,6 +631,23 @@ mod tests {
         let recent = snap.changes_since(snap.generation() - 3).unwrap();
         assert_eq!(recent.len(), 3);
         assert!(snap.changes_since(snap.generation()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn counts_serialize_as_the_status_cache_object() {
+        let (mut w, r) = new_cache([Kind::Service, Kind::EndpointSlice]);
+        w.apply(svc("a", "s", "10.0.0.1"));
+        w.apply(slice("a", "x", "s", &["10.1.0.1", "10.1.0.2"]));
+        let counts = r.snapshot().counts();
+        // The `cache` object of `/status` (read by `agentctl status` and the tests): these keys.
+        let json = serde_json::to_value(&counts).unwrap();
+        assert_eq!(
+            json,
+            json!({"generation": 2, "services": 1, "endpoint_slices": 1, "endpoints": 2,
+                   "pods": 0, "nodes": 0})
+        );
+        let back: CacheCounts = serde_json::from_value(json).unwrap();
+        assert_eq!(back, counts);
     }
 
     #[tokio::test]

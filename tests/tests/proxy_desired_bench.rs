@@ -145,7 +145,7 @@ fn desired_state_at_ten_thousand_services() {
     let eps: Vec<_> = (0..ENDPOINTS)
         .map(|e| endpoint(&format!("10.128.{}.{}", 200, e + 1), true, None))
         .collect();
-    w.apply(ClusterObject::EndpointSlice(slice(
+    w.apply(ClusterObject::from(slice(
         "bench",
         "svc-4242-abcde",
         "svc-4242",

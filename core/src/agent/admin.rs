@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::Subsystem;
-use super::status::{AgentStatus, CacheReport, SourceReport};
+use super::status::{AgentStatus, SourceReport};
 use crate::cache::CacheReader;
 use crate::source::StatusHandle;
 
@@ -85,7 +85,6 @@ impl AdminState {
     /// The current `/status` document.
     pub fn status(&self) -> AgentStatus {
         let snap = self.reader.snapshot();
-        let counts = snap.counts();
         let src = self.source.get();
         AgentStatus {
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -94,7 +93,7 @@ impl AdminState {
             stopping: self.stopping.load(Ordering::SeqCst),
             source: SourceReport {
                 description: src.description,
-                synced: counts.synced,
+                synced: snap.is_synced(),
                 initial_sync_seconds: self.initial_sync.get().copied(),
                 resyncs: src.resyncs,
                 events: src.events,
@@ -104,14 +103,7 @@ impl AdminState {
                     .map(|p| format!("{}: {}", p.location, p.reason))
                     .collect(),
             },
-            cache: CacheReport {
-                generation: counts.generation,
-                services: counts.services,
-                endpoint_slices: counts.endpoint_slices,
-                endpoints: counts.endpoints,
-                pods: counts.pods,
-                nodes: counts.nodes,
-            },
+            cache: snap.counts(),
             subsystems: self
                 .subsystems
                 .iter()

@@ -638,8 +638,8 @@ mod topology_tests {
         };
         let (mut w, _r) = new_cache([Kind::Service, Kind::EndpointSlice]);
         w.update(|tx| {
-            tx.apply(ClusterObject::Service(svc));
-            tx.apply(ClusterObject::EndpointSlice(slice(
+            tx.apply(ClusterObject::from(svc));
+            tx.apply(ClusterObject::from(slice(
                 "default",
                 "web-1",
                 "web",

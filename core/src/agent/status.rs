@@ -19,7 +19,7 @@ pub struct AgentStatus {
     /// The source feeding the cache.
     pub source: SourceReport,
     /// The shared cache.
-    pub cache: CacheReport,
+    pub cache: crate::cache::CacheCounts,
     /// One entry per running subsystem (`dns`, `proxy`), by name.
     pub subsystems: BTreeMap<String, SubsystemStatus>,
 }
@@ -39,23 +39,6 @@ pub struct SourceReport {
     pub events: u64,
     /// Current problems (`location: reason`); the last good state stays in effect.
     pub problems: Vec<String>,
-}
-
-/// The cache part of [`AgentStatus`].
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct CacheReport {
-    /// Snapshot generation.
-    pub generation: u64,
-    /// Services.
-    pub services: usize,
-    /// EndpointSlices.
-    pub endpoint_slices: usize,
-    /// Endpoints over all slices.
-    pub endpoints: usize,
-    /// Pods.
-    pub pods: usize,
-    /// Nodes.
-    pub nodes: usize,
 }
 
 /// What one subsystem reports.

@@ -424,7 +424,7 @@ mod tests {
             let objects: Vec<crate::model::ClusterObject> = match kind {
                 Kind::Service => snap
                     .services()
-                    .map(|s| crate::model::ClusterObject::Service((**s).clone()))
+                    .map(|s| crate::model::ClusterObject::Service(s.clone()))
                     .collect(),
                 _ => Vec::new(),
             };
@@ -448,7 +448,7 @@ mod tests {
         let before = plugin.rebuilds();
         let pod = snap.pods().next().map(|p| (**p).clone());
         if let Some(pod) = pod {
-            let g = writer.apply(crate::model::ClusterObject::Pod(pod));
+            let g = writer.apply(crate::model::ClusterObject::from(pod));
             wait_gen(g).await;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -461,7 +461,7 @@ mod tests {
         let svc = snap.services().next().map(|s| (**s).clone()).unwrap();
         let mut changed = svc.clone();
         changed.publish_not_ready_addresses = !svc.publish_not_ready_addresses;
-        writer.apply(crate::model::ClusterObject::Service(changed));
+        writer.apply(crate::model::ClusterObject::from(changed));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while plugin.rebuilds() == before {
             assert!(
@@ -476,17 +476,17 @@ mod tests {
     fn fixture_cache() -> (crate::cache::CacheWriter, CacheReader) {
         let snap = snapshot(FIXTURE);
         let (mut writer, reader) = new_cache([Kind::Service, Kind::EndpointSlice]);
-        let services: Vec<crate::model::SharedObject> = snap
+        let services: Vec<crate::model::ClusterObject> = snap
             .services()
-            .map(|s| crate::model::SharedObject::Service(s.clone()))
+            .map(|s| crate::model::ClusterObject::Service(s.clone()))
             .collect();
-        let slices: Vec<crate::model::SharedObject> = snap
+        let slices: Vec<crate::model::ClusterObject> = snap
             .endpoint_slices()
-            .map(|s| crate::model::SharedObject::EndpointSlice(s.clone()))
+            .map(|s| crate::model::ClusterObject::EndpointSlice(s.clone()))
             .collect();
         writer.update(|tx| {
-            tx.replace_kind_shared(Kind::Service, services);
-            tx.replace_kind_shared(Kind::EndpointSlice, slices);
+            tx.replace_kind(Kind::Service, services);
+            tx.replace_kind(Kind::EndpointSlice, slices);
         });
         (writer, reader)
     }
@@ -507,7 +507,7 @@ mod tests {
         .clone();
         svc.key = crate::model::ObjectKey::new("default", "newcomer");
         svc.cluster_ips = vec!["10.96.99.1".parse().unwrap()];
-        writer.apply(crate::model::ClusterObject::Service(svc));
+        writer.apply(crate::model::ClusterObject::from(svc));
         let next = reader.snapshot();
         assert_eq!(
             plugin.refresh(&next, Some(first.generation())),
@@ -574,7 +574,7 @@ mod tests {
         writer.replace_kind(
             Kind::Service,
             snap.services()
-                .map(|s| crate::model::ClusterObject::Service((**s).clone()))
+                .map(|s| crate::model::ClusterObject::Service(s.clone()))
                 .collect(),
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -582,7 +582,7 @@ mod tests {
         writer.replace_kind(
             Kind::EndpointSlice,
             snap.endpoint_slices()
-                .map(|s| crate::model::ClusterObject::EndpointSlice((**s).clone()))
+                .map(|s| crate::model::ClusterObject::EndpointSlice(s.clone()))
                 .collect(),
         );
         settle(&plugin).await;
@@ -590,7 +590,7 @@ mod tests {
         // Later changes are incremental.
         let mut svc = (**snap.services().next().unwrap()).clone();
         svc.publish_not_ready_addresses = !svc.publish_not_ready_addresses;
-        writer.apply(crate::model::ClusterObject::Service(svc));
+        writer.apply(crate::model::ClusterObject::from(svc));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while plugin.rebuilds() < 2 {
             assert!(tokio::time::Instant::now() < deadline, "change not applied");
@@ -607,7 +607,7 @@ mod tests {
         writer.replace_kind(
             Kind::Service,
             snap.services()
-                .map(|s| crate::model::ClusterObject::Service((**s).clone()))
+                .map(|s| crate::model::ClusterObject::Service(s.clone()))
                 .collect(),
         );
         let plugin = ClusterPlugin::new(ZoneOptions::default());
@@ -639,7 +639,7 @@ mod tests {
         let snap = snapshot(FIXTURE);
         let services: Vec<_> = snap
             .services()
-            .map(|s| crate::model::ClusterObject::Service((**s).clone()))
+            .map(|s| crate::model::ClusterObject::Service(s.clone()))
             .collect();
         writer.replace_kind(Kind::Service, services);
         writer.replace_kind(

@@ -687,10 +687,10 @@ spec: {clusterIP: 10.96.0.10, externalIPs: [192.0.2.53], ports: [{name: dns, pro
         // svc11 loses its load balancer; svc1 moves to another external IP.
         let mut svc11 = (**first.service(&ObjectKey::new("testns", "svc11")).unwrap()).clone();
         svc11.load_balancer_ips.clear();
-        writer.apply(ClusterObject::Service(svc11));
+        writer.apply(ClusterObject::from(svc11));
         let mut svc1 = (**first.service(&ObjectKey::new("testns", "svc1")).unwrap()).clone();
         svc1.external_ips = vec!["9.9.9.9".parse().unwrap()];
-        writer.apply(ClusterObject::Service(svc1));
+        writer.apply(ClusterObject::from(svc1));
         let next = reader.snapshot();
         let changes = next.changes_since(first.generation()).unwrap();
         let z1 = z0.update(&next, &changes, 8);

@@ -87,10 +87,7 @@ fn cluster_ip_gets_one_virtual_server_per_port_with_ready_endpoints_and_a_bound_
         port: Some(5353),
     });
     let st = state_of(
-        vec![
-            ClusterObject::Service(svc),
-            ClusterObject::EndpointSlice(sl),
-        ],
+        vec![ClusterObject::from(svc), ClusterObject::from(sl)],
         &ProxyConfig::default(),
     );
     assert_eq!(st.len(), 2);
@@ -127,9 +124,9 @@ fn dual_stack_cluster_ips_get_a_virtual_server_each_with_same_family_endpoints()
     );
     let st = state_of(
         vec![
-            ClusterObject::Service(svc),
-            ClusterObject::EndpointSlice(sl),
-            ClusterObject::EndpointSlice(sl6),
+            ClusterObject::from(svc),
+            ClusterObject::from(sl),
+            ClusterObject::from(sl6),
         ],
         &ProxyConfig::default(),
     );
@@ -148,10 +145,7 @@ fn external_and_load_balancer_ips_get_virtual_servers_and_are_bound_unless_local
     svc.external_ips = vec![ip("1.2.3.4"), ip("192.168.1.5")];
     svc.load_balancer_ips = vec![ip("203.0.113.10")];
     let st = state_of(
-        vec![
-            ClusterObject::Service(svc),
-            ClusterObject::EndpointSlice(sl),
-        ],
+        vec![ClusterObject::from(svc), ClusterObject::from(sl)],
         &ProxyConfig::default(),
     );
     for addr in ["1.2.3.4", "192.168.1.5", "203.0.113.10"] {
@@ -174,10 +168,7 @@ fn node_port_has_a_virtual_server_per_node_address_never_bound() {
     let (mut svc, sl) = web();
     svc.service_type = ServiceType::NodePort;
     svc.ports[0].node_port = Some(30080);
-    let objects = vec![
-        ClusterObject::Service(svc),
-        ClusterObject::EndpointSlice(sl),
-    ];
+    let objects = vec![ClusterObject::from(svc), ClusterObject::from(sl)];
     let st = state_of(objects.clone(), &ProxyConfig::default());
     // Loopback and IPv6 link-local addresses are not node-port addresses.
     let np: Vec<ServiceId> = st
@@ -230,12 +221,12 @@ fn headless_external_name_and_foreign_proxy_services_are_skipped() {
     foreign_slice.endpoints = vec![endpoint("10.244.9.9", true, None)];
     let st = state_of(
         vec![
-            ClusterObject::Service(svc),
-            ClusterObject::EndpointSlice(sl),
-            ClusterObject::Service(headless),
-            ClusterObject::Service(external),
-            ClusterObject::Service(foreign),
-            ClusterObject::EndpointSlice(foreign_slice),
+            ClusterObject::from(svc),
+            ClusterObject::from(sl),
+            ClusterObject::from(headless),
+            ClusterObject::from(external),
+            ClusterObject::from(foreign),
+            ClusterObject::from(foreign_slice),
         ],
         &ProxyConfig::default(),
     );
@@ -254,10 +245,7 @@ fn without_ready_endpoints_serving_terminating_ones_are_used() {
         terminating_endpoint("10.244.2.11", Some("node-b")),
     ];
     let st = state_of(
-        vec![
-            ClusterObject::Service(svc),
-            ClusterObject::EndpointSlice(sl),
-        ],
+        vec![ClusterObject::from(svc), ClusterObject::from(sl)],
         &ProxyConfig::default(),
     );
     assert_eq!(dests(&st, &tcp("10.96.0.20", 80)), ["10.244.2.11:8080"]);
@@ -272,8 +260,8 @@ fn local_traffic_policies_restrict_their_entry_points_to_this_node() {
     svc.external_traffic_policy = TrafficPolicy::Local;
     let st = state_of(
         vec![
-            ClusterObject::Service(svc.clone()),
-            ClusterObject::EndpointSlice(sl.clone()),
+            ClusterObject::from(svc.clone()),
+            ClusterObject::from(sl.clone()),
         ],
         &ProxyConfig::default(),
     );
@@ -289,10 +277,7 @@ fn local_traffic_policies_restrict_their_entry_points_to_this_node() {
     svc.external_traffic_policy = TrafficPolicy::Cluster;
     svc.internal_traffic_policy = TrafficPolicy::Local;
     let st = state_of(
-        vec![
-            ClusterObject::Service(svc),
-            ClusterObject::EndpointSlice(sl),
-        ],
+        vec![ClusterObject::from(svc), ClusterObject::from(sl)],
         &ProxyConfig::default(),
     );
     assert_eq!(dests(&st, &tcp("10.96.0.20", 80)), ["10.244.1.10:8080"]);
@@ -305,10 +290,7 @@ fn scheduler_session_affinity_and_maglev_flags_come_through() {
     svc.session_affinity = SessionAffinity::ClientIp {
         timeout_seconds: 10800,
     };
-    let objects = vec![
-        ClusterObject::Service(svc),
-        ClusterObject::EndpointSlice(sl),
-    ];
+    let objects = vec![ClusterObject::from(svc), ClusterObject::from(sl)];
     let config = ProxyConfig {
         scheduler: Scheduler::Wrr,
         ..ProxyConfig::default()
@@ -364,10 +346,10 @@ fn target_ports_come_from_the_slice_port_with_the_service_port_name() {
     );
     let st = state_of(
         vec![
-            ClusterObject::Service(svc),
-            ClusterObject::EndpointSlice(a),
-            ClusterObject::EndpointSlice(b),
-            ClusterObject::EndpointSlice(no_port),
+            ClusterObject::from(svc),
+            ClusterObject::from(a),
+            ClusterObject::from(b),
+            ClusterObject::from(no_port),
         ],
         &ProxyConfig::default(),
     );
@@ -387,9 +369,9 @@ fn update_rebuilds_only_changed_services_and_reports_the_delta() {
         "10.96.0.40",
         &[("", Protocol::Tcp, 443, 8443)],
     );
-    w.apply(ClusterObject::Service(svc.clone()));
-    w.apply(ClusterObject::EndpointSlice(sl.clone()));
-    w.apply(ClusterObject::Service(other));
+    w.apply(ClusterObject::from(svc.clone()));
+    w.apply(ClusterObject::from(sl.clone()));
+    w.apply(ClusterObject::from(other));
     let config = ProxyConfig::default();
     let mut st = build(&w.snapshot(), &config, &node());
     assert_eq!(st.len(), 2);
@@ -398,7 +380,7 @@ fn update_rebuilds_only_changed_services_and_reports_the_delta() {
     let mut sl2 = sl.clone();
     sl2.endpoints[2].ready = true;
     sl2.endpoints[2].serving = true;
-    w.apply(ClusterObject::EndpointSlice(sl2));
+    w.apply(ClusterObject::from(sl2));
     let delta = st.update(&w.snapshot(), &config, &node());
     assert!(!delta.full);
     assert_eq!(delta.rebuilt, 1);
@@ -436,8 +418,8 @@ fn two_services_claiming_one_virtual_server_keep_it_until_both_are_gone() {
     let mut b = service("default", "b", "10.96.0.51", &[("", Protocol::Tcp, 80, 80)]);
     b.external_ips = vec![ip("1.2.3.4")];
     let (mut w, _r) = new_cache([Kind::Service]);
-    w.apply(ClusterObject::Service(a.clone()));
-    w.apply(ClusterObject::Service(b));
+    w.apply(ClusterObject::from(a.clone()));
+    w.apply(ClusterObject::from(b));
     let config = ProxyConfig::default();
     let mut st = build(&w.snapshot(), &config, &node());
     assert_eq!(st.owners(&tcp("1.2.3.4", 80)).len(), 2);

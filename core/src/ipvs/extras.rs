@@ -157,7 +157,7 @@ mod tests {
         if health.is_some() {
             svc.external_traffic_policy = TrafficPolicy::Local;
         }
-        ClusterObject::Service(svc)
+        ClusterObject::from(svc)
     }
 
     #[test]
@@ -205,8 +205,8 @@ mod tests {
         let ClusterObject::Service(mut stray) = lb("stray", &[], Some(31500)) else {
             unreachable!()
         };
-        stray.external_traffic_policy = TrafficPolicy::Cluster;
-        w.apply(ClusterObject::Service(stray));
+        Arc::make_mut(&mut stray).external_traffic_policy = TrafficPolicy::Cluster;
+        w.apply(ClusterObject::from(stray));
         step(&mut index, &mut view, &r.snapshot(), None);
         assert!(!index.extras().health_check_node_ports.contains(&31500));
         w.delete(Kind::Service, &ObjectKey::new("default", "stray"));
@@ -237,7 +237,7 @@ mod tests {
             headless: false,
             resource_version: None,
         };
-        w.apply(ClusterObject::EndpointSlice(slice(vec![
+        w.apply(ClusterObject::from(slice(vec![
             endpoint("10.244.1.10", true, Some("node-a")),
             endpoint("10.244.2.10", true, Some("node-b")),
         ])));
@@ -253,7 +253,7 @@ mod tests {
                 .collect()
         };
         assert_eq!(local(&index), ["10.244.1.10"]);
-        w.apply(ClusterObject::EndpointSlice(slice(vec![
+        w.apply(ClusterObject::from(slice(vec![
             endpoint("10.244.1.11", true, Some("node-a")),
             endpoint("10.244.2.10", true, Some("node-b")),
         ])));
@@ -272,10 +272,10 @@ mod tests {
         let ClusterObject::Service(mut svc) = lb("other", &["192.0.2.0/24"], Some(32001)) else {
             unreachable!()
         };
-        svc.service_proxy_name = Some("someone-else".into());
+        Arc::make_mut(&mut svc).service_proxy_name = Some("someone-else".into());
         let (_w, r) = new_cache([Kind::Service]);
         assert_eq!(
-            ServiceView::compute(&r.snapshot(), &Arc::new(svc), Some("node-a")),
+            ServiceView::compute(&r.snapshot(), &svc, Some("node-a")),
             None
         );
     }
@@ -290,14 +290,14 @@ mod tests {
         use crate::ipvs::host::ipsets_with;
         use crate::ipvs::table::Family;
         let (mut w, r) = new_cache([Kind::Service, Kind::EndpointSlice]);
-        w.apply(ClusterObject::Service(service(
+        w.apply(ClusterObject::from(service(
             "default",
             "web",
             "10.96.0.20",
             &[("http", Protocol::Tcp, 80, 8080)],
         )));
         let ports = [("http", Protocol::Tcp, 8080)];
-        w.apply(ClusterObject::EndpointSlice(slice(
+        w.apply(ClusterObject::from(slice(
             "default",
             "web-ours",
             "web",
@@ -312,7 +312,7 @@ mod tests {
             vec![endpoint("10.244.1.10", true, Some("node-a"))],
         );
         theirs.service_proxy_name = Some("someone-else".into());
-        w.apply(ClusterObject::EndpointSlice(theirs));
+        w.apply(ClusterObject::from(theirs));
         let node = NodeInfo {
             node_name: Some(Arc::from("node-a")),
             local_addresses: vec![],

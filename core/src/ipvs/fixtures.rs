@@ -126,7 +126,7 @@ pub fn synthetic_cluster(services: u32, endpoints: u32) -> Vec<ClusterObject> {
     for s in 0..services {
         let name = format!("svc-{s}");
         let ip = nth_v4(cluster_base, s).to_string();
-        out.push(ClusterObject::Service(service(
+        out.push(ClusterObject::from(service(
             "bench",
             &name,
             &ip,
@@ -135,7 +135,7 @@ pub fn synthetic_cluster(services: u32, endpoints: u32) -> Vec<ClusterObject> {
         let eps = (0..endpoints)
             .map(|e| endpoint(&nth_v4(pod_base, s * endpoints + e).to_string(), true, None))
             .collect();
-        out.push(ClusterObject::EndpointSlice(slice(
+        out.push(ClusterObject::from(slice(
             "bench",
             &format!("{name}-abcde"),
             &name,

@@ -72,8 +72,8 @@ fn only_local_load_balancers_get_a_port() {
 #[test]
 fn counts_ready_endpoints_on_this_node_by_address() {
     let (mut w, r) = new_cache([Kind::Service, Kind::EndpointSlice]);
-    w.apply(ClusterObject::Service(lb("web", 32000)));
-    w.apply(ClusterObject::EndpointSlice(eps(
+    w.apply(ClusterObject::from(lb("web", 32000)));
+    w.apply(ClusterObject::from(eps(
         "web",
         vec![
             endpoint("10.244.1.10", true, Some("node-a")),
@@ -87,17 +87,17 @@ fn counts_ready_endpoints_on_this_node_by_address() {
     // The same pod in a second slice (both ports) counts once.
     let mut second = eps("web", vec![endpoint("10.244.1.10", true, Some("node-a"))]);
     second.key = key("web-2");
-    w.apply(ClusterObject::EndpointSlice(second));
+    w.apply(ClusterObject::from(second));
     // A slice without a usable port carries no endpoints (kube-proxy skips such ports).
     let mut portless = eps("web", vec![endpoint("10.244.1.20", true, Some("node-a"))]);
     portless.key = key("web-3");
     portless.ports.iter_mut().for_each(|p| p.port = None);
-    w.apply(ClusterObject::EndpointSlice(portless));
+    w.apply(ClusterObject::from(portless));
     // Another proxy's slice is not ours.
     let mut foreign = eps("web", vec![endpoint("10.244.1.30", true, Some("node-a"))]);
     foreign.key = key("web-4");
     foreign.service_proxy_name = Some("someone-else".into());
-    w.apply(ClusterObject::EndpointSlice(foreign));
+    w.apply(ClusterObject::from(foreign));
 
     let snap = r.snapshot();
     assert_eq!(local_ready_endpoints(&snap, &key("web"), NODE), 2);
@@ -114,8 +114,8 @@ fn counts_ready_endpoints_on_this_node_by_address() {
 #[test]
 fn follows_the_cache_incrementally() {
     let (mut w, r) = new_cache([Kind::Service, Kind::EndpointSlice]);
-    w.apply(ClusterObject::Service(lb("web", 32000)));
-    w.apply(ClusterObject::EndpointSlice(eps(
+    w.apply(ClusterObject::from(lb("web", 32000)));
+    w.apply(ClusterObject::from(eps(
         "web",
         vec![endpoint("10.244.1.10", true, Some("node-a"))],
     )));
@@ -125,7 +125,7 @@ fn follows_the_cache_incrementally() {
         "10.96.0.11",
         &[("http", Protocol::Tcp, 80, 80)],
     );
-    w.apply(ClusterObject::Service(plain.clone()));
+    w.apply(ClusterObject::from(plain.clone()));
     let mut index = HealthCheckIndex::new();
     assert_eq!(index.observe(&r.snapshot(), NODE), [32000].into());
     assert_eq!(index.targets(), [(32000, target("web", 1))].into());
@@ -134,11 +134,11 @@ fn follows_the_cache_incrementally() {
     assert_eq!(index.observe(&r.snapshot(), NODE), BTreeSet::new());
     let mut plain2 = plain;
     plain2.cluster_ips = vec!["10.96.0.12".parse().unwrap()];
-    w.apply(ClusterObject::Service(plain2));
+    w.apply(ClusterObject::from(plain2));
     assert_eq!(index.observe(&r.snapshot(), NODE), BTreeSet::new());
 
     // The endpoint moves to another node: the answer changes.
-    w.apply(ClusterObject::EndpointSlice(eps(
+    w.apply(ClusterObject::from(eps(
         "web",
         vec![endpoint("10.244.2.10", true, Some("node-b"))],
     )));
@@ -146,7 +146,7 @@ fn follows_the_cache_incrementally() {
     assert_eq!(index.target(32000), Some(target("web", 0)));
 
     // A new port for the service: the old one goes, the new one comes.
-    w.apply(ClusterObject::Service(lb("web", 32001)));
+    w.apply(ClusterObject::from(lb("web", 32001)));
     assert_eq!(index.observe(&r.snapshot(), NODE), [32000, 32001].into());
     assert_eq!(index.target(32000), None);
     assert_eq!(index.target(32001), Some(target("web", 0)));
@@ -166,12 +166,12 @@ fn follows_the_cache_incrementally() {
 #[test]
 fn a_shared_port_answers_for_the_first_service() {
     let (mut w, r) = new_cache([Kind::Service, Kind::EndpointSlice]);
-    w.apply(ClusterObject::Service(lb("b", 32000)));
-    w.apply(ClusterObject::EndpointSlice(eps(
+    w.apply(ClusterObject::from(lb("b", 32000)));
+    w.apply(ClusterObject::from(eps(
         "b",
         vec![endpoint("10.244.1.10", true, Some("node-a"))],
     )));
-    w.apply(ClusterObject::Service(lb("a", 32000)));
+    w.apply(ClusterObject::from(lb("a", 32000)));
     let mut index = HealthCheckIndex::new();
     index.observe(&r.snapshot(), NODE);
     assert_eq!(index.target(32000), Some(target("a", 0)));
@@ -275,8 +275,8 @@ async fn serves_ports_on_real_sockets_and_follows_changes() {
     let port = free_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let (mut w, r) = new_cache([Kind::Service, Kind::EndpointSlice]);
-    w.apply(ClusterObject::Service(lb("web", port)));
-    w.apply(ClusterObject::EndpointSlice(eps(
+    w.apply(ClusterObject::from(lb("web", port)));
+    w.apply(ClusterObject::from(eps(
         "web",
         vec![endpoint("10.244.1.10", true, Some("node-a"))],
     )));
@@ -305,7 +305,7 @@ async fn serves_ports_on_real_sockets_and_follows_changes() {
     healthy.store(true, Ordering::Relaxed);
 
     // The endpoint leaves the node: 503 on the same listener, no rebinding.
-    w.apply(ClusterObject::EndpointSlice(eps(
+    w.apply(ClusterObject::from(eps(
         "web",
         vec![endpoint("10.244.2.10", true, Some("node-b"))],
     )));
@@ -330,13 +330,13 @@ async fn a_port_in_use_is_reported_and_retried() {
     let blocker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = blocker.local_addr().unwrap().port();
     let (mut w, r) = new_cache([Kind::Service, Kind::EndpointSlice]);
-    w.apply(ClusterObject::Service(lb("web", port)));
-    w.apply(ClusterObject::EndpointSlice(eps(
+    w.apply(ClusterObject::from(lb("web", port)));
+    w.apply(ClusterObject::from(eps(
         "web",
         vec![endpoint("10.244.1.10", true, Some("node-a"))],
     )));
     let other = free_port();
-    w.apply(ClusterObject::Service(lb("other", other)));
+    w.apply(ClusterObject::from(lb("other", other)));
     let mut server = HealthCheckServer::new(Arc::new(|| true));
     let mut index = HealthCheckIndex::new();
     let changed = index.observe(&r.snapshot(), NODE);
@@ -367,7 +367,7 @@ async fn a_port_in_use_is_reported_and_retried() {
     // A failed port whose service goes is forgotten.
     let blocker = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
     let busy = blocker.local_addr().unwrap().port();
-    w.apply(ClusterObject::Service(lb("busy", busy)));
+    w.apply(ClusterObject::from(lb("busy", busy)));
     let changed = index.observe(&r.snapshot(), NODE);
     server.update(&index, &changed, &LOOPBACK);
     assert!(server.failed().contains_key(&busy));
@@ -407,14 +407,14 @@ async fn the_driver_follows_the_cache_and_config() {
         }
         panic!("{addr} never answered {want:?}; last: {last}");
     }
-    w.apply(ClusterObject::Service(lb("web", port)));
-    w.apply(ClusterObject::EndpointSlice(eps(
+    w.apply(ClusterObject::from(lb("web", port)));
+    w.apply(ClusterObject::from(eps(
         "web",
         vec![endpoint("10.244.1.10", true, Some("node-a"))],
     )));
     let body = until_status(addr, Some(200)).await;
     assert!(body.contains("\"localEndpoints\": 1"), "{body}");
-    w.apply(ClusterObject::EndpointSlice(eps(
+    w.apply(ClusterObject::from(eps(
         "web",
         vec![endpoint("10.244.1.10", true, Some("node-b"))],
     )));
@@ -431,7 +431,7 @@ async fn the_driver_follows_the_cache_and_config() {
 async fn the_unspecified_address_serves_ipv4_too() {
     let port = free_port();
     let (mut w, r) = new_cache([Kind::Service, Kind::EndpointSlice]);
-    w.apply(ClusterObject::Service(lb("web", port)));
+    w.apply(ClusterObject::from(lb("web", port)));
     let mut server = HealthCheckServer::new(Arc::new(|| true));
     let mut index = HealthCheckIndex::new();
     let changed = index.observe(&r.snapshot(), NODE);

@@ -86,13 +86,13 @@ impl World {
 
 fn web(eps: &[&str]) -> Vec<ClusterObject> {
     vec![
-        ClusterObject::Service(service(
+        ClusterObject::from(service(
             "default",
             "web",
             "10.96.0.20",
             &[("http", Protocol::Tcp, 80, 8080)],
         )),
-        ClusterObject::EndpointSlice(slice(
+        ClusterObject::from(slice(
             "default",
             "web-1",
             "web",
@@ -204,7 +204,7 @@ fn incremental_sync_touches_only_what_changed() {
         w.apply(o);
     }
     for i in 0..50 {
-        w.apply(ClusterObject::Service(service(
+        w.apply(ClusterObject::from(service(
             "default",
             &format!("s{i}"),
             &format!("10.96.1.{i}"),
@@ -325,13 +325,10 @@ fn removed_udp_real_server_is_deleted_at_once() {
             eps.iter().map(|a| endpoint(a, true, None)).collect(),
         )
     };
-    w.apply(ClusterObject::Service(svc));
-    w.apply(ClusterObject::EndpointSlice(mk(&[
-        "10.244.0.5",
-        "10.244.0.6",
-    ])));
+    w.apply(ClusterObject::from(svc));
+    w.apply(ClusterObject::from(mk(&["10.244.0.5", "10.244.0.6"])));
     w.full();
-    w.apply(ClusterObject::EndpointSlice(mk(&["10.244.0.5"])));
+    w.apply(ClusterObject::from(mk(&["10.244.0.5"])));
     let r = w.incremental();
     assert_eq!(r.dests_deleted, 1);
     assert_eq!(w.rec.draining_count(), 0);
@@ -370,7 +367,7 @@ fn scheduler_change_updates_every_virtual_server_in_place() {
     for o in web(&["10.244.1.10"]) {
         w.apply(o);
     }
-    w.apply(ClusterObject::Service(service(
+    w.apply(ClusterObject::from(service(
         "default",
         "other",
         "10.96.0.40",

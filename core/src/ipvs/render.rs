@@ -270,10 +270,7 @@ mod tests {
             &[("http", Protocol::Tcp, 8080)],
             vec![endpoint("10.244.1.10", true, Some("node-a"))],
         );
-        vec![
-            ClusterObject::Service(svc),
-            ClusterObject::EndpointSlice(sl),
-        ]
+        vec![ClusterObject::from(svc), ClusterObject::from(sl)]
     }
 
     fn node() -> NodeInfo {

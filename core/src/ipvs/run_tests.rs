@@ -36,13 +36,13 @@ impl HostSetup for RecordingHost {
 
 fn web(eps: &[&str]) -> [ClusterObject; 2] {
     [
-        ClusterObject::Service(service(
+        ClusterObject::from(service(
             "default",
             "web",
             "10.96.0.20",
             &[("http", Protocol::Tcp, 80, 8080)],
         )),
-        ClusterObject::EndpointSlice(slice(
+        ClusterObject::from(slice(
             "default",
             "web-1",
             "web",
@@ -286,7 +286,7 @@ impl HostSetup for ConntrackHostSetup {
 
 fn dns(eps: &[&str]) -> [ClusterObject; 2] {
     [
-        ClusterObject::Service(service(
+        ClusterObject::from(service(
             "kube-system",
             "kube-dns",
             "10.96.0.10",
@@ -295,7 +295,7 @@ fn dns(eps: &[&str]) -> [ClusterObject; 2] {
                 ("dns-tcp", Protocol::Tcp, 53, 53),
             ],
         )),
-        ClusterObject::EndpointSlice(slice(
+        ClusterObject::from(slice(
             "kube-system",
             "kube-dns-1",
             "kube-dns",

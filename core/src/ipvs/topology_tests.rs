@@ -765,7 +765,7 @@ mod desired_state {
     }
 
     fn node_object(zone: Option<&str>) -> ClusterObject {
-        ClusterObject::Node(Node {
+        ClusterObject::from(Node {
             name: Arc::from("node-a"),
             addresses: vec![],
             zone: zone.map(Arc::from),
@@ -794,8 +794,8 @@ mod desired_state {
         svc.external_traffic_policy = TrafficPolicy::Local;
         let (mut w, _r) = new_cache([Kind::Service, Kind::EndpointSlice, Kind::Node]);
         w.update(|tx| {
-            tx.apply(ClusterObject::Service(svc));
-            tx.apply(ClusterObject::EndpointSlice(slice(
+            tx.apply(ClusterObject::from(svc));
+            tx.apply(ClusterObject::from(slice(
                 "default",
                 "web-1",
                 "web",
@@ -877,7 +877,7 @@ mod desired_state {
         };
         let mut w = cluster(both, Some("zone-a"));
         w.update(|tx| {
-            tx.apply(ClusterObject::Node(Node {
+            tx.apply(ClusterObject::from(Node {
                 name: Arc::from("node-z"),
                 addresses: vec![],
                 zone: Some(Arc::from("zone-a")),
@@ -902,7 +902,7 @@ mod desired_state {
         assert_eq!(dests(&state, "10.96.0.10", 80), ["10.0.2.1"]);
 
         w.update(|tx| {
-            tx.apply(ClusterObject::EndpointSlice(slice(
+            tx.apply(ClusterObject::from(slice(
                 "default",
                 "web-1",
                 "web",

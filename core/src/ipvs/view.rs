@@ -367,7 +367,7 @@ mod tests {
     #[test]
     fn tracker_names_changed_services_and_rereads_all_for_another_node() {
         let (mut w, r) = new_cache([Kind::Service, Kind::EndpointSlice]);
-        w.apply(ClusterObject::Service(service(
+        w.apply(ClusterObject::from(service(
             "default",
             "s1",
             "10.0.0.1",
@@ -380,14 +380,14 @@ mod tests {
             "first step: read all"
         );
         assert_eq!(t.node(), Some("n1"));
-        w.apply(ClusterObject::EndpointSlice(slice(
+        w.apply(ClusterObject::from(slice(
             "default",
             "s2-x",
             "s2",
             &[("http", Protocol::Tcp, 8080)],
             vec![endpoint("10.1.0.1", true, None)],
         )));
-        w.apply(ClusterObject::Service(service(
+        w.apply(ClusterObject::from(service(
             "default",
             "s3",
             "10.0.0.3",
@@ -407,14 +407,14 @@ mod tests {
     #[test]
     fn one_filter_drops_fqdn_other_proxy_and_headless_slices() {
         let (mut w, r) = new_cache([Kind::Service, Kind::EndpointSlice]);
-        w.apply(ClusterObject::Service(service(
+        w.apply(ClusterObject::from(service(
             "default",
             "web",
             "10.96.0.20",
             &[("http", Protocol::Tcp, 80, 8080)],
         )));
         let ports = [("http", Protocol::Tcp, 8080)];
-        w.apply(ClusterObject::EndpointSlice(slice(
+        w.apply(ClusterObject::from(slice(
             "default",
             "web-ok",
             "web",
@@ -429,7 +429,7 @@ mod tests {
             vec![endpoint("10.244.1.11", true, Some("node-a"))],
         );
         other.service_proxy_name = Some("someone-else".into());
-        w.apply(ClusterObject::EndpointSlice(other));
+        w.apply(ClusterObject::from(other));
         let mut fqdn = slice(
             "default",
             "web-fqdn",
@@ -438,7 +438,7 @@ mod tests {
             vec![endpoint("10.244.1.12", true, Some("node-a"))],
         );
         fqdn.address_type = AddressType::Fqdn;
-        w.apply(ClusterObject::EndpointSlice(fqdn));
+        w.apply(ClusterObject::from(fqdn));
         let mut headless = slice(
             "default",
             "web-headless",
@@ -447,7 +447,7 @@ mod tests {
             vec![endpoint("10.244.1.13", true, Some("node-a"))],
         );
         headless.headless = true;
-        w.apply(ClusterObject::EndpointSlice(headless));
+        w.apply(ClusterObject::from(headless));
 
         let mut view = ProxyView::new();
         assert_eq!(view.observe(&r.snapshot(), Some("node-a")), None);
@@ -470,7 +470,7 @@ mod tests {
     fn follows_changes_and_tells_readers_what_changed() {
         let (mut w, r) = new_cache([Kind::Service, Kind::EndpointSlice]);
         let svc = |name: &str, ip: &str| {
-            ClusterObject::Service(service(
+            ClusterObject::from(service(
                 "default",
                 name,
                 ip,
@@ -480,7 +480,7 @@ mod tests {
         w.apply(svc("a", "10.96.0.1"));
         let mut headless = service("default", "h", "10.96.0.2", &[]);
         headless.headless = true;
-        w.apply(ClusterObject::Service(headless));
+        w.apply(ClusterObject::from(headless));
         let mut view = ProxyView::new();
         view.observe(&r.snapshot(), None);
         assert_eq!(view.len(), 1, "headless Services are not the proxy's");

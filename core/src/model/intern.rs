@@ -24,7 +24,7 @@ fn table() -> &'static Mutex<Table> {
 }
 
 /// Returns the shared `Arc<str>` equal to `s`, creating it on first use.
-pub fn intern(s: &str) -> Arc<str> {
+pub(crate) fn intern(s: &str) -> Arc<str> {
     let Ok(mut t) = table().lock() else {
         return Arc::from(s);
     };

@@ -1,7 +1,7 @@
 //! The compact cluster model: only the fields the proxy, DNS and pod environment need,
 //! projected from Kubernetes API objects (see [`project`]). Raw API objects are never kept.
 
-pub mod intern;
+pub(crate) mod intern;
 pub mod project;
 pub mod selector;
 
@@ -42,22 +42,17 @@ impl Labels {
     }
 
     /// Whether there are no pairs.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
-    /// Number of pairs.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
     /// The pairs, sorted by key.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().map(|(k, v)| (&**k, &**v))
     }
 
     /// Whether every pair of `self` (a selector) is present in `labels`.
-    pub fn selects(&self, labels: &Labels) -> bool {
+    pub(crate) fn selects(&self, labels: &Labels) -> bool {
         self.iter().all(|(k, v)| labels.get(k) == Some(v))
     }
 }
@@ -144,7 +139,7 @@ impl Protocol {
     }
 
     /// Lower-case name as DNS SRV labels and Docker links use it (`tcp`).
-    pub fn as_lower(self) -> &'static str {
+    pub(crate) fn as_lower(self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",
             Protocol::Udp => "udp",
@@ -327,7 +322,7 @@ pub struct TargetRef {
 
 /// The addresses of one endpoint: one inline (the common case, no allocation), more on the heap.
 /// Derefs to `&[IpAddr]`; build it with `vec![ip].into()` or `EndpointAddresses::from_slice`.
-pub type EndpointAddresses = smallvec::SmallVec<[IpAddr; 1]>;
+pub(crate) type EndpointAddresses = smallvec::SmallVec<[IpAddr; 1]>;
 
 /// One endpoint of an EndpointSlice.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -364,7 +359,7 @@ pub struct EndpointHints {
 
 impl EndpointHints {
     /// Whether both lists are empty (as good as no hints).
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.for_zones.is_empty() && self.for_nodes.is_empty()
     }
 }
@@ -392,7 +387,7 @@ pub struct EndpointSlice {
 
 impl EndpointSlice {
     /// Key of the owning service, if the slice names one.
-    pub fn service_key(&self) -> Option<ObjectKey> {
+    pub(crate) fn service_key(&self) -> Option<ObjectKey> {
         self.service_name
             .as_ref()
             .map(|name| ObjectKey::new(self.key.namespace.clone(), name.clone()))
@@ -446,18 +441,22 @@ pub struct Node {
     pub zone: Option<Arc<str>>,
 }
 
-/// Any object the cache can hold.
+/// Any object the cache can hold, behind an `Arc`: projected once, then shared without copying
+/// by the source that made it (a relist buffer, the manifest directory's last good files), the
+/// cache's snapshots and every reader, as kube-rs's reflector stores `Arc<K>`.
+///
+/// Build one from a model object with `ClusterObject::from(service)` (or `.into()`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind")]
 pub enum ClusterObject {
     /// A Service.
-    Service(Service),
+    Service(Arc<Service>),
     /// An EndpointSlice.
-    EndpointSlice(EndpointSlice),
+    EndpointSlice(Arc<EndpointSlice>),
     /// A Pod.
-    Pod(Pod),
+    Pod(Arc<Pod>),
     /// A Node.
-    Node(Node),
+    Node(Arc<Node>),
 }
 
 impl ClusterObject {
@@ -472,7 +471,7 @@ impl ClusterObject {
     }
 
     /// The object's key (nodes have an empty namespace).
-    pub fn key(&self) -> ObjectKey {
+    pub(crate) fn key(&self) -> ObjectKey {
         match self {
             ClusterObject::Service(s) => s.key.clone(),
             ClusterObject::EndpointSlice(s) => s.key.clone(),
@@ -482,49 +481,21 @@ impl ClusterObject {
     }
 }
 
-/// A cluster object behind an `Arc`, as the cache stores it: a source that keeps its own copy
-/// (the manifest directory's last good files) shares it with the cache instead of duplicating it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SharedObject {
-    /// A Service.
-    Service(Arc<Service>),
-    /// An EndpointSlice.
-    EndpointSlice(Arc<EndpointSlice>),
-    /// A Pod.
-    Pod(Arc<Pod>),
-    /// A Node.
-    Node(Arc<Node>),
+/// `From<T>` and `From<Arc<T>>` for each kind's variant.
+macro_rules! cluster_object_from {
+    ($($variant:ident),*) => {$(
+        impl From<$variant> for ClusterObject {
+            fn from(o: $variant) -> Self {
+                ClusterObject::$variant(Arc::new(o))
+            }
+        }
+
+        impl From<Arc<$variant>> for ClusterObject {
+            fn from(o: Arc<$variant>) -> Self {
+                ClusterObject::$variant(o)
+            }
+        }
+    )*};
 }
 
-impl SharedObject {
-    /// The object's kind.
-    pub fn kind(&self) -> Kind {
-        match self {
-            SharedObject::Service(_) => Kind::Service,
-            SharedObject::EndpointSlice(_) => Kind::EndpointSlice,
-            SharedObject::Pod(_) => Kind::Pod,
-            SharedObject::Node(_) => Kind::Node,
-        }
-    }
-
-    /// The object's key (nodes have an empty namespace).
-    pub fn key(&self) -> ObjectKey {
-        match self {
-            SharedObject::Service(s) => s.key.clone(),
-            SharedObject::EndpointSlice(s) => s.key.clone(),
-            SharedObject::Pod(p) => p.key.clone(),
-            SharedObject::Node(n) => ObjectKey::new("", n.name.clone()),
-        }
-    }
-}
-
-impl From<ClusterObject> for SharedObject {
-    fn from(o: ClusterObject) -> Self {
-        match o {
-            ClusterObject::Service(s) => SharedObject::Service(Arc::new(s)),
-            ClusterObject::EndpointSlice(s) => SharedObject::EndpointSlice(Arc::new(s)),
-            ClusterObject::Pod(p) => SharedObject::Pod(Arc::new(p)),
-            ClusterObject::Node(n) => SharedObject::Node(Arc::new(n)),
-        }
-    }
-}
+cluster_object_from!(Service, EndpointSlice, Pod, Node);

@@ -16,17 +16,18 @@ use super::intern::intern;
 use super::*;
 
 /// Label naming the Service an EndpointSlice belongs to.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Label that hands a Service (or slice) to another proxy.
-pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+pub(crate) const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 /// Label the EndpointSlice controller puts on slices of headless services.
-pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+pub(crate) const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 /// Service annotation that asks for topology-aware routing (`Auto`).
-pub const TOPOLOGY_MODE_ANNOTATION: &str = "service.kubernetes.io/topology-mode";
+pub(crate) const TOPOLOGY_MODE_ANNOTATION: &str = "service.kubernetes.io/topology-mode";
 /// The older spelling of [`TOPOLOGY_MODE_ANNOTATION`] (`auto`), read when the newer is absent.
-pub const TOPOLOGY_AWARE_HINTS_ANNOTATION: &str = "service.kubernetes.io/topology-aware-hints";
+pub(crate) const TOPOLOGY_AWARE_HINTS_ANNOTATION: &str =
+    "service.kubernetes.io/topology-aware-hints";
 /// Default `sessionAffinityConfig.clientIP.timeoutSeconds`.
-pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
+pub(crate) const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
 
 /// Why an API object could not be projected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -652,20 +653,18 @@ pub fn from_json(value: serde_json::Value) -> Result<Option<ClusterObject>, Proj
         })
     }
     Ok(Some(match (api_version.as_str(), kind.as_str()) {
-        ("v1", "Service") => {
-            ClusterObject::Service(service(&decode(Kind::Service, &name, value)?)?)
+        ("v1", "Service") => ClusterObject::from(service(&decode(Kind::Service, &name, value)?)?),
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            ClusterObject::from(endpoint_slice(&decode(Kind::EndpointSlice, &name, value)?)?)
         }
-        ("discovery.k8s.io/v1", "EndpointSlice") => ClusterObject::EndpointSlice(endpoint_slice(
-            &decode(Kind::EndpointSlice, &name, value)?,
-        )?),
-        ("v1", "Pod") => ClusterObject::Pod(pod(&decode(Kind::Pod, &name, value)?)?),
-        ("v1", "Node") => ClusterObject::Node(node(&decode(Kind::Node, &name, value)?)?),
+        ("v1", "Pod") => ClusterObject::from(pod(&decode(Kind::Pod, &name, value)?)?),
+        ("v1", "Node") => ClusterObject::from(node(&decode(Kind::Node, &name, value)?)?),
         _ => return Ok(None),
     }))
 }
 
 /// Whether `labels` satisfy an equality-based `selector` (every pair present).
-pub fn selector_matches(selector: &Labels, labels: &Labels) -> bool {
+pub(crate) fn selector_matches(selector: &Labels, labels: &Labels) -> bool {
     selector.selects(labels)
 }
 

@@ -18,7 +18,7 @@ use super::Labels;
 
 /// One requirement of a selector.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Requirement {
+pub(crate) enum Requirement {
     /// `key=value` / `key==value`: the key is present with this value.
     Equals(String, String),
     /// `key!=value`: the key is absent or has another value.
@@ -35,7 +35,7 @@ pub enum Requirement {
 
 impl Requirement {
     /// Whether `labels` satisfy the requirement.
-    pub fn matches(&self, labels: &Labels) -> bool {
+    pub(crate) fn matches(&self, labels: &Labels) -> bool {
         match self {
             Requirement::Equals(k, v) => labels.get(k) == Some(v.as_str()),
             Requirement::NotEquals(k, v) => labels.get(k) != Some(v.as_str()),
@@ -74,7 +74,8 @@ impl LabelSelector {
     }
 
     /// The requirements, in the order written.
-    pub fn requirements(&self) -> &[Requirement] {
+    #[cfg(test)]
+    pub(crate) fn requirements(&self) -> &[Requirement] {
         &self.requirements
     }
 }

@@ -18,7 +18,7 @@ use crate::model::{
 
 /// Builds the EndpointSlices the controller would make for `services` from `pods`, skipping
 /// services in `handwritten` (those that already have slices). Output is sorted by slice key.
-pub fn derive_endpoint_slices<'a>(
+pub(crate) fn derive_endpoint_slices<'a>(
     services: impl IntoIterator<Item = &'a Service>,
     pods: &[&Pod],
     handwritten: &HashSet<ObjectKey>,
@@ -188,8 +188,8 @@ mod tests {
             pod("d", "10.0.0.4", true, false, "other", "web"),
             pod("e", "10.0.0.5", true, false, "n", "db"),
         ];
-        let refs: Vec<&Pod> = pods.iter().collect();
-        let slices = derive_endpoint_slices([&svc], &refs, &HashSet::new());
+        let refs: Vec<&Pod> = pods.iter().map(|p| &**p).collect();
+        let slices = derive_endpoint_slices([&*svc], &refs, &HashSet::new());
         assert_eq!(slices.len(), 1);
         let s = &slices[0];
         assert_eq!(s.service_key(), Some(svc.key.clone()));
@@ -216,6 +216,6 @@ mod tests {
         );
         let mut hand = HashSet::new();
         hand.insert(svc.key.clone());
-        assert!(derive_endpoint_slices([&svc], &refs, &hand).is_empty());
+        assert!(derive_endpoint_slices([&*svc], &refs, &hand).is_empty());
     }
 }

@@ -33,7 +33,7 @@ use k8s_openapi::api::discovery::v1 as discovery_v1;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::cache::{CacheWriter, Snapshot};
+use crate::cache::CacheWriter;
 use crate::model::project::{self, ProjectionError};
 use crate::model::{ClusterObject, Kind, ObjectKey};
 
@@ -41,20 +41,20 @@ use super::{SourceError, SourceProblem, StatusHandle};
 
 /// How long a watch error stays reported without a new one. A failing watch is retried at
 /// least every [`RETRY_MAX`] (the backoff resets after [`RETRY_RESET_AFTER`] without failures).
-pub const WATCH_ERROR_TTL: Duration = Duration::from_secs(120);
+pub(crate) const WATCH_ERROR_TTL: Duration = Duration::from_secs(120);
 
 /// The first retry delay after a watch failure (as client-go's reflector and kube-runtime).
-pub const RETRY_INITIAL: Duration = Duration::from_millis(800);
+pub(crate) const RETRY_INITIAL: Duration = Duration::from_millis(800);
 /// The longest retry delay (client-go and kube-runtime use 30 s; the probe makes a shorter cap
 /// cheap, and a shorter cap bounds the wait when the probe cannot tell).
-pub const RETRY_MAX: Duration = Duration::from_secs(10);
+pub(crate) const RETRY_MAX: Duration = Duration::from_secs(10);
 /// A failure this long after the previous one starts the backoff again from [`RETRY_INITIAL`].
-pub const RETRY_RESET_AFTER: Duration = Duration::from_secs(120);
+pub(crate) const RETRY_RESET_AFTER: Duration = Duration::from_secs(120);
 /// How often the readiness probe asks the API server while a watch waits to retry (± 25 %).
-pub const PROBE_PERIOD: Duration = Duration::from_secs(2);
+pub(crate) const PROBE_PERIOD: Duration = Duration::from_secs(2);
 
 /// Builds a client from `kubeconfig`, or from the in-cluster / default configuration.
-pub async fn client(kubeconfig: Option<&Path>) -> Result<::kube::Client, SourceError> {
+pub(crate) async fn client(kubeconfig: Option<&Path>) -> Result<::kube::Client, SourceError> {
     let config = match kubeconfig {
         Some(path) => {
             let kc = ::kube::config::Kubeconfig::read_from(path)
@@ -116,12 +116,12 @@ pub struct InvalidObject {
 
 impl InvalidObject {
     /// `Service default/web`, `Node node-a`: where the problem is, for status output.
-    pub fn location(&self) -> String {
+    pub(crate) fn location(&self) -> String {
         location(self.kind, &self.key)
     }
 
     /// What is wrong, without repeating the location.
-    pub fn reason(&self) -> String {
+    pub(crate) fn reason(&self) -> String {
         match &self.error {
             ProjectionError::Missing { field, .. } => format!("missing field {field}"),
             ProjectionError::Invalid { field, reason, .. } => format!("field {field}: {reason}"),
@@ -153,7 +153,7 @@ impl WatchedKind for core_v1::Service {
     const KIND: Kind = Kind::Service;
     const NAMESPACED: bool = true;
     fn project(&self) -> Result<ClusterObject, ProjectionError> {
-        project::service(self).map(ClusterObject::Service)
+        project::service(self).map(ClusterObject::from)
     }
 }
 
@@ -161,7 +161,7 @@ impl WatchedKind for discovery_v1::EndpointSlice {
     const KIND: Kind = Kind::EndpointSlice;
     const NAMESPACED: bool = true;
     fn project(&self) -> Result<ClusterObject, ProjectionError> {
-        project::endpoint_slice(self).map(ClusterObject::EndpointSlice)
+        project::endpoint_slice(self).map(ClusterObject::from)
     }
 }
 
@@ -169,7 +169,7 @@ impl WatchedKind for core_v1::Pod {
     const KIND: Kind = Kind::Pod;
     const NAMESPACED: bool = true;
     fn project(&self) -> Result<ClusterObject, ProjectionError> {
-        project::pod(self).map(ClusterObject::Pod)
+        project::pod(self).map(ClusterObject::from)
     }
 }
 
@@ -177,7 +177,7 @@ impl WatchedKind for core_v1::Node {
     const KIND: Kind = Kind::Node;
     const NAMESPACED: bool = false;
     fn project(&self) -> Result<ClusterObject, ProjectionError> {
-        project::node(self).map(ClusterObject::Node)
+        project::node(self).map(ClusterObject::from)
     }
 }
 
@@ -261,7 +261,7 @@ impl Drop for Waiting {
 }
 
 impl Recovery {
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         Self {
             waiting: Arc::new(tokio::sync::watch::channel(0).0),
             back: Arc::new(tokio::sync::watch::channel(0).0),
@@ -377,7 +377,8 @@ fn kind_events<K: WatchedKind>(
 /// by [`problems`](Self::problems) until they are fixed, deleted, or gone from a relist.
 #[derive(Debug, Default)]
 pub struct ApiEventApplier {
-    /// Kinds in the middle of a relist, with the objects listed so far.
+    /// Kinds in the middle of a relist, with the objects listed so far (the projected `Arc`s,
+    /// which the cache then stores as they are, as kube-rs's reflector buffers `Arc<K>`).
     buffers: HashMap<Kind, Vec<ClusterObject>>,
     /// Invalid objects seen during the relist in progress, per kind.
     invalid_in_relist: HashMap<Kind, BTreeMap<ObjectKey, String>>,
@@ -427,10 +428,9 @@ impl ApiEventApplier {
                 match projected {
                     Ok(object) => buffer.push(object),
                     Err(invalid) => {
-                        // Keep the last good version through the relist.
-                        if let Some(previous) =
-                            current_object(&writer.snapshot(), kind, &invalid.key)
-                        {
+                        // Keep the last good version through the relist: the stored `Arc`,
+                        // found by key.
+                        if let Some(previous) = writer.snapshot().object(kind, &invalid.key) {
                             buffer.push(previous);
                         }
                         tracing::warn!(
@@ -464,7 +464,8 @@ impl ApiEventApplier {
     }
 
     /// Records a failed list or watch of `kind` at `now` (the watcher retries with backoff).
-    pub fn watch_failed(&mut self, kind: Kind, error: &str, now: Instant) {
+    #[cfg(test)]
+    pub(crate) fn watch_failed(&mut self, kind: Kind, error: &str, now: Instant) {
         self.record_watch_failure(kind, error, None, now);
     }
 
@@ -486,7 +487,7 @@ impl ApiEventApplier {
     /// Forgets watch errors older than [`WATCH_ERROR_TTL`] at `now`: the watcher retries at
     /// least that often while failing, so a quiet kind has reconnected (a resumed watch emits
     /// no event until something changes). Returns whether anything was forgotten.
-    pub fn expire_watch_errors(&mut self, now: Instant) -> bool {
+    pub(crate) fn expire_watch_errors(&mut self, now: Instant) -> bool {
         let before = self.watch_errors.len();
         self.watch_errors
             .retain(|_, (_, _, at)| now.saturating_duration_since(*at) < WATCH_ERROR_TTL);
@@ -520,17 +521,17 @@ impl ApiEventApplier {
     }
 
     /// Changes every time the result of [`problems`](Self::problems) may have changed.
-    pub fn problems_version(&self) -> u64 {
+    pub(crate) fn problems_version(&self) -> u64 {
         self.problems_version
     }
 
     /// Events applied so far.
-    pub fn events(&self) -> u64 {
+    pub(crate) fn events(&self) -> u64 {
         self.events
     }
 
     /// Completed (re)lists so far.
-    pub fn resyncs(&self) -> u64 {
+    pub(crate) fn resyncs(&self) -> u64 {
         self.resyncs
     }
 
@@ -570,23 +571,6 @@ fn kind_resource(kind: Kind) -> String {
     }
 }
 
-/// The object of `kind` with `key` in `snapshot`, as a [`ClusterObject`].
-fn current_object(snapshot: &Snapshot, kind: Kind, key: &ObjectKey) -> Option<ClusterObject> {
-    match kind {
-        Kind::Service => snapshot
-            .service(key)
-            .map(|s| ClusterObject::Service((**s).clone())),
-        Kind::EndpointSlice => snapshot
-            .endpoint_slices()
-            .find(|s| s.key == *key)
-            .map(|s| ClusterObject::EndpointSlice((**s).clone())),
-        Kind::Pod => snapshot.pod(key).map(|p| ClusterObject::Pod((**p).clone())),
-        Kind::Node => snapshot
-            .node(&key.name)
-            .map(|n| ClusterObject::Node((**n).clone())),
-    }
-}
-
 /// Watches `kinds` through `client` and applies every event to `writer` until cancelled.
 ///
 /// Never returns while at least one kind is watched: errors are reported in `status` and
@@ -602,7 +586,7 @@ pub async fn run(
 }
 
 /// The field selector that narrows the Node watch to the node named `node`.
-pub fn node_field_selector(node: &str) -> String {
+pub(crate) fn node_field_selector(node: &str) -> String {
     format!("metadata.name={node}")
 }
 
@@ -730,6 +714,9 @@ mod tests {
             Some("Node") => {
                 project_object(&serde_json::from_value::<core_v1::Node>(value).unwrap())
             }
+            Some("EndpointSlice") => project_object(
+                &serde_json::from_value::<discovery_v1::EndpointSlice>(value).unwrap(),
+            ),
             other => panic!("unexpected kind {other:?}"),
         }
     }
@@ -900,6 +887,69 @@ mod tests {
         );
         assert_eq!(cluster_ip(&w, "a").as_deref(), Some("10.96.0.9"));
         assert!(a.problems().is_empty(), "{:?}", a.problems());
+    }
+
+    fn slice(name: &str, ip: &str) -> serde_json::Value {
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": "a"}},
+            "addressType": "IPv4", "ports": [{"port": 8080}],
+            "endpoints": [{"addresses": [ip]}]
+        })
+    }
+
+    #[test]
+    fn invalid_slice_in_a_relist_keeps_the_stored_version_itself() {
+        let (mut w, r) = new_cache([Kind::EndpointSlice]);
+        let mut a = ApiEventApplier::new();
+        let slices = |n: usize, bad: usize| {
+            (0..n)
+                .map(|i| {
+                    let ip = if i == bad {
+                        "not-an-ip".to_string()
+                    } else {
+                        format!("10.0.0.{i}")
+                    };
+                    slice(&format!("s{i}"), &ip)
+                })
+                .collect::<Vec<_>>()
+        };
+        list(&mut a, &mut w, Kind::EndpointSlice, slices(50, usize::MAX));
+        let before = r.snapshot();
+        let good = before.endpoint_slice(&key("s7")).unwrap().clone();
+
+        // The same list with s7 now invalid: s7's stored `Arc` itself is buffered (found by
+        // key, not copied), so nothing changes and no generation is published.
+        a.apply(Kind::EndpointSlice, Event::Init, &mut w);
+        let shared = Arc::strong_count(&good);
+        for (i, s) in slices(50, 7).into_iter().enumerate() {
+            a.apply(Kind::EndpointSlice, Event::InitApply(projected(s)), &mut w);
+            if i == 7 {
+                assert_eq!(Arc::strong_count(&good), shared + 1, "the buffer shares it");
+            }
+        }
+        a.apply(Kind::EndpointSlice, Event::InitDone, &mut w);
+        let after = r.snapshot();
+        assert_eq!(after.generation(), before.generation(), "nothing changed");
+        assert!(Arc::ptr_eq(
+            after.endpoint_slice(&key("s7")).unwrap(),
+            &good
+        ));
+        assert_eq!(after.endpoint_slice_count(), 50);
+        let problems = a.problems();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].location, "EndpointSlice default/s7");
+        assert!(problems[0].reason.contains("not-an-ip"), "{problems:?}");
+
+        // A slice that was never good stays out, and is reported too.
+        list(&mut a, &mut w, Kind::EndpointSlice, {
+            let mut l = slices(50, 7);
+            l.push(slice("new", "bad"));
+            l
+        });
+        assert!(r.snapshot().endpoint_slice(&key("new")).is_none());
+        assert_eq!(a.problems().len(), 2);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use super::derive::derive_endpoint_slices;
 use super::{SourceError, SourceProblem, StatusHandle};
 use crate::cache::CacheWriter;
-use crate::model::{ClusterObject, Kind, ObjectKey, Pod, Service, SharedObject, project};
+use crate::model::{ClusterObject, Kind, ObjectKey, Pod, Service, project};
 
 /// How long to wait for a burst of file events to settle before rescanning.
 const DEBOUNCE: Duration = Duration::from_millis(25);
@@ -67,13 +67,13 @@ impl ManifestError {
 }
 
 /// Environment variable overriding [`ManifestLimits::max_file_bytes`].
-pub const MAX_BYTES_ENV: &str = "SVCNET_MANIFEST_MAX_BYTES";
+pub(crate) const MAX_BYTES_ENV: &str = "SVCNET_MANIFEST_MAX_BYTES";
 /// Environment variable overriding [`ManifestLimits::max_objects`].
-pub const MAX_OBJECTS_ENV: &str = "SVCNET_MANIFEST_MAX_OBJECTS";
+pub(crate) const MAX_OBJECTS_ENV: &str = "SVCNET_MANIFEST_MAX_OBJECTS";
 
 /// Caps on one manifest file, so one oversized file cannot take the agent's memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ManifestLimits {
+pub(crate) struct ManifestLimits {
     /// Largest file read, in bytes (checked before reading it).
     pub max_file_bytes: u64,
     /// Most objects (documents and `List` items, of any kind) in one file.
@@ -95,7 +95,7 @@ impl ManifestLimits {
     /// The defaults, overridden by [`MAX_BYTES_ENV`] and [`MAX_OBJECTS_ENV`] as `lookup` (the
     /// environment) gives them. A value that is not a positive whole number is an error naming
     /// the variable.
-    pub fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, SourceError> {
+    pub(crate) fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, SourceError> {
         fn parse(
             variable: &'static str,
             value: Option<String>,
@@ -188,7 +188,7 @@ pub fn parse_manifest(file: &Path, text: &str) -> Result<Vec<ClusterObject>, Man
 
 /// [`parse_manifest`], refusing the file once it holds more than `max_objects` objects
 /// (documents and `List` items, of any kind).
-pub fn parse_manifest_limited(
+pub(crate) fn parse_manifest_limited(
     file: &Path,
     text: &str,
     max_objects: usize,
@@ -288,14 +288,14 @@ struct FileState {
     /// stamp has not changed.
     stamp: Option<FileStamp>,
     /// Shared with the cache, not copied.
-    objects: Vec<SharedObject>,
+    objects: Vec<ClusterObject>,
     error: Option<ManifestError>,
 }
 
 /// The parsed contents of a manifest directory: a pure model that [`spawn`] keeps in step with
 /// the files and tests drive directly.
 #[derive(Debug, Default)]
-pub struct ManifestSet {
+pub(crate) struct ManifestSet {
     files: BTreeMap<PathBuf, FileState>,
     limits: ManifestLimits,
 }
@@ -330,7 +330,7 @@ impl FileStamp {
 
 impl ManifestSet {
     /// An empty set whose files are held to `limits`.
-    pub fn with_limits(limits: ManifestLimits) -> Self {
+    pub(crate) fn with_limits(limits: ManifestLimits) -> Self {
         ManifestSet {
             files: BTreeMap::new(),
             limits,
@@ -355,7 +355,7 @@ impl ManifestSet {
     /// Records the current content of `file`. Returns whether anything changed. A bad version
     /// (or one over the [`ManifestLimits`]) keeps the previous objects of that file and records
     /// the error.
-    pub fn update_file(&mut self, file: &Path, text: &str) -> bool {
+    pub(crate) fn update_file(&mut self, file: &Path, text: &str) -> bool {
         if text.len() as u64 > self.limits.max_file_bytes {
             return self.refuse_oversized(file, text.len() as u64);
         }
@@ -367,12 +367,10 @@ impl ManifestSet {
         }
         state.content_hash = Some(h);
         match parse_manifest_limited(file, text, max_objects) {
-            Ok(objects) => {
-                // A fresh vector: collecting in place would keep the (much larger) allocation
-                // sized for `ClusterObject`s for as long as the file is known.
-                let mut shared = Vec::with_capacity(objects.len());
-                shared.extend(objects.into_iter().map(SharedObject::from));
-                state.objects = shared;
+            Ok(mut objects) => {
+                // Kept for as long as the file is known: no spare capacity.
+                objects.shrink_to_fit();
+                state.objects = objects;
                 state.error = None;
             }
             Err(e) => {
@@ -398,12 +396,12 @@ impl ManifestSet {
     }
 
     /// Forgets a deleted file and its objects. Returns whether it was known.
-    pub fn remove_file(&mut self, file: &Path) -> bool {
+    pub(crate) fn remove_file(&mut self, file: &Path) -> bool {
         self.files.remove(file).is_some()
     }
 
     /// Files currently known.
-    pub fn files(&self) -> impl Iterator<Item = &Path> {
+    pub(crate) fn files(&self) -> impl Iterator<Item = &Path> {
         self.files.keys().map(PathBuf::as_path)
     }
 
@@ -435,45 +433,43 @@ impl ManifestSet {
 
     /// Every object in effect, by kind: the files' objects (later files win on duplicates) plus
     /// EndpointSlices derived from Pods for selector services without hand-written slices.
-    pub fn objects(&self) -> BTreeMap<Kind, Vec<SharedObject>> {
-        let mut by_key: BTreeMap<(Kind, ObjectKey), &SharedObject> = BTreeMap::new();
+    pub(crate) fn objects(&self) -> BTreeMap<Kind, Vec<ClusterObject>> {
+        let mut by_key: BTreeMap<(Kind, ObjectKey), &ClusterObject> = BTreeMap::new();
         for state in self.files.values() {
             for o in &state.objects {
                 by_key.insert((o.kind(), o.key()), o);
             }
         }
-        let mut out: BTreeMap<Kind, Vec<SharedObject>> = BTreeMap::new();
+        let mut out: BTreeMap<Kind, Vec<ClusterObject>> = BTreeMap::new();
         let mut services: Vec<&Service> = Vec::new();
         let mut pods: Vec<&Pod> = Vec::new();
         let mut handwritten: HashSet<ObjectKey> = HashSet::new();
         for ((kind, _), o) in &by_key {
             match o {
-                SharedObject::Service(s) => services.push(s),
-                SharedObject::Pod(p) => pods.push(p),
-                SharedObject::EndpointSlice(s) => {
+                ClusterObject::Service(s) => services.push(s),
+                ClusterObject::Pod(p) => pods.push(p),
+                ClusterObject::EndpointSlice(s) => {
                     if let Some(k) = s.service_key() {
                         handwritten.insert(k);
                     }
                 }
-                SharedObject::Node(_) => {}
+                ClusterObject::Node(_) => {}
             }
             out.entry(*kind).or_default().push((*o).clone());
         }
         let derived = derive_endpoint_slices(services, &pods, &handwritten);
-        out.entry(Kind::EndpointSlice).or_default().extend(
-            derived
-                .into_iter()
-                .map(|s| SharedObject::from(ClusterObject::EndpointSlice(s))),
-        );
+        out.entry(Kind::EndpointSlice)
+            .or_default()
+            .extend(derived.into_iter().map(ClusterObject::from));
         out
     }
 
     /// Publishes the objects of the watched `kinds` to the cache as one generation.
-    pub fn publish(&self, kinds: &[Kind], writer: &mut CacheWriter) -> u64 {
+    pub(crate) fn publish(&self, kinds: &[Kind], writer: &mut CacheWriter) -> u64 {
         let mut objects = self.objects();
         writer.update(|tx| {
             for kind in kinds {
-                tx.replace_kind_shared(*kind, objects.remove(kind).unwrap_or_default());
+                tx.replace_kind(*kind, objects.remove(kind).unwrap_or_default());
             }
         })
     }
@@ -550,7 +546,7 @@ impl Drop for StopOnDrop {
 /// Loads `dir` once (publishing synced), then watches it on a dedicated thread: adding,
 /// editing or deleting a file, or a ConfigMap-style `..data` symlink swap, republishes.
 /// The returned task stops the watcher when aborted.
-pub fn spawn(
+pub(crate) fn spawn(
     dir: PathBuf,
     kinds: Vec<Kind>,
     mut writer: CacheWriter,
@@ -701,7 +697,7 @@ mod tests {
         let ips: Vec<String> = set.objects()[&Kind::Service]
             .iter()
             .map(|o| match o {
-                SharedObject::Service(s) => s.cluster_ips[0].to_string(),
+                ClusterObject::Service(s) => s.cluster_ips[0].to_string(),
                 _ => unreachable!(),
             })
             .collect();

@@ -6,7 +6,7 @@
 //! [`start`] spawns the chosen source on the current tokio runtime and returns a [`Source`]
 //! handle; dropping the handle stops it.
 
-pub mod derive;
+pub(crate) mod derive;
 pub mod kube;
 pub mod manifests;
 
@@ -140,7 +140,7 @@ impl Source {
     }
 
     /// The shared status handle (for serving it).
-    pub fn status_handle(&self) -> StatusHandle {
+    pub(crate) fn status_handle(&self) -> StatusHandle {
         self.status.clone()
     }
 }
@@ -159,7 +159,7 @@ pub async fn start(config: &SourceConfig, kinds: &[Kind]) -> Result<Source, Sour
 
 /// Like [`start`]; with `node` set, the Kubernetes API source watches only that Node
 /// (field selector `metadata.name`). A manifest directory keeps every Node it holds.
-pub async fn start_for_node(
+pub(crate) async fn start_for_node(
     config: &SourceConfig,
     kinds: &[Kind],
     node: Option<&str>,

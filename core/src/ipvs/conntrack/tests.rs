@@ -79,7 +79,7 @@ fn slice_of(service: &str, protocols: &[Protocol], eps: Vec<Endpoint>) -> Cluste
             (name, *p, TARGET)
         })
         .collect();
-    ClusterObject::EndpointSlice(slice("test", &format!("{service}-0"), service, &ports, eps))
+    ClusterObject::from(slice("test", &format!("{service}-0"), service, &ports, eps))
 }
 
 fn ready(addrs: &[&str]) -> Vec<Endpoint> {
@@ -91,7 +91,7 @@ const TCP_UDP: &[Protocol] = &[Protocol::Tcp, Protocol::Udp];
 /// The Service with ready endpoints `eps` on TCP and UDP.
 fn cleanup_test(eps: &[&str]) -> Vec<ClusterObject> {
     vec![
-        ClusterObject::Service(cleanup_test_service(TCP_UDP)),
+        ClusterObject::from(cleanup_test_service(TCP_UDP)),
         slice_of("cleanup-test", TCP_UDP, ready(eps)),
     ]
 }
@@ -186,7 +186,7 @@ struct Scenario {
 fn scenarios() -> Vec<Scenario> {
     let v6_service = |eps: &[&str]| {
         vec![
-            ClusterObject::Service(service(
+            ClusterObject::from(service(
                 "test",
                 "v6",
                 "fd00:96::10",
@@ -197,7 +197,7 @@ fn scenarios() -> Vec<Scenario> {
     };
     let sctp = |eps: &[&str]| {
         vec![
-            ClusterObject::Service(cleanup_test_service(&[Protocol::Sctp])),
+            ClusterObject::from(cleanup_test_service(&[Protocol::Sctp])),
             slice_of("cleanup-test", &[Protocol::Sctp], ready(eps)),
         ]
     };
@@ -210,7 +210,7 @@ fn scenarios() -> Vec<Scenario> {
     };
     let deleted_service = {
         let mut objs = cleanup_test(&[EP]);
-        objs.push(ClusterObject::Service(service(
+        objs.push(ClusterObject::from(service(
             "test",
             "gone",
             "172.30.99.99",
@@ -223,7 +223,7 @@ fn scenarios() -> Vec<Scenario> {
         let mut svc = cleanup_test_service(&[Protocol::Udp]);
         svc.external_traffic_policy = TrafficPolicy::Local;
         vec![
-            ClusterObject::Service(svc),
+            ClusterObject::from(svc),
             slice_of("cleanup-test", &[Protocol::Udp], eps),
         ]
     };
@@ -293,11 +293,11 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "TCP ports are never cleaned",
             before: vec![
-                ClusterObject::Service(cleanup_test_service(&[Protocol::Tcp])),
+                ClusterObject::from(cleanup_test_service(&[Protocol::Tcp])),
                 slice_of("cleanup-test", &[Protocol::Tcp], ready(&[EP])),
             ],
             after: vec![
-                ClusterObject::Service(cleanup_test_service(&[Protocol::Tcp])),
+                ClusterObject::from(cleanup_test_service(&[Protocol::Tcp])),
                 slice_of("cleanup-test", &[Protocol::Tcp], ready(&[EP2])),
             ],
             want: vec![],
@@ -306,8 +306,8 @@ fn scenarios() -> Vec<Scenario> {
             name: "an endpoint changing only its port is a deleted endpoint (its address is cleaned)",
             before: cleanup_test(&[EP]),
             after: vec![
-                ClusterObject::Service(cleanup_test_service(TCP_UDP)),
-                ClusterObject::EndpointSlice(slice(
+                ClusterObject::from(cleanup_test_service(TCP_UDP)),
+                ClusterObject::from(slice(
                     "test",
                     "cleanup-test-0",
                     "cleanup-test",
@@ -326,7 +326,7 @@ fn scenarios() -> Vec<Scenario> {
             name: "an endpoint that stops being ready is deleted from the service",
             before: cleanup_test(&[EP, EP2]),
             after: vec![
-                ClusterObject::Service(cleanup_test_service(TCP_UDP)),
+                ClusterObject::from(cleanup_test_service(TCP_UDP)),
                 slice_of(
                     "cleanup-test",
                     TCP_UDP,
@@ -455,7 +455,7 @@ fn kube_proxy_entry_matrix() {
         let mut e = ready(eps);
         e.push(endpoint(NOT_SERVING, false, None));
         vec![
-            ClusterObject::Service(cleanup_test_service(all)),
+            ClusterObject::from(cleanup_test_service(all)),
             slice_of("cleanup-test", all, e),
         ]
     };

@@ -71,19 +71,19 @@ impl Case {
     }
 
     pub(super) fn service(mut self, svc: Service) -> Self {
-        self.objects.push(ClusterObject::Service(svc));
+        self.objects.push(ClusterObject::from(svc));
         self
     }
 
     pub(super) fn slice(mut self, slice: EndpointSlice) -> Self {
-        self.objects.push(ClusterObject::EndpointSlice(slice));
+        self.objects.push(ClusterObject::from(slice));
         self
     }
 
     /// This node's Node object (named [`HOST`]) with `status.addresses` `ips` (InternalIP
     /// first, as the projection orders them).
     pub(super) fn node_object(mut self, ips: &[&str]) -> Self {
-        self.objects.push(ClusterObject::Node(crate::model::Node {
+        self.objects.push(ClusterObject::from(crate::model::Node {
             name: Arc::from(HOST),
             addresses: ips.iter().map(|a| a.parse().expect("node IP")).collect(),
             zone: None,

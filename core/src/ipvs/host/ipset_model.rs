@@ -250,10 +250,10 @@ mod tests {
             let mut s = service("default", name, ip, &[("http", Protocol::Tcp, 80, 8080)]);
             s.service_type = ServiceType::NodePort;
             s.ports[0].node_port = Some(np);
-            ClusterObject::Service(s)
+            ClusterObject::from(s)
         };
         let eps = |name: &str, ips: &[&str]| {
-            ClusterObject::EndpointSlice(slice(
+            ClusterObject::from(slice(
                 "default",
                 &format!("{name}-1"),
                 name,
@@ -287,7 +287,7 @@ mod tests {
             Box::new(|w| {
                 let mut s = service("default", "c", "fd00::c", &[("dns", Protocol::Udp, 53, 53)]);
                 s.cluster_ips.push("10.96.0.3".parse().unwrap());
-                w.apply(ClusterObject::Service(s));
+                w.apply(ClusterObject::from(s));
             }),
             Box::new(|w| {
                 w.delete(Kind::Service, &crate::model::ObjectKey::new("default", "b"));
@@ -321,7 +321,7 @@ mod tests {
         let (mut w, _r) = new_cache([Kind::Service, Kind::EndpointSlice]);
         let mut desired = build(&w.snapshot(), &config, &node());
         let mut model = IpsetModel::build(&desired, &[Family::V4], &HostExtras::default(), &[]);
-        w.apply(ClusterObject::Service(service(
+        w.apply(ClusterObject::from(service(
             "default",
             "v6",
             "fd00::1",

@@ -37,8 +37,8 @@ fn desired() -> DesiredState {
     web.ports[0].node_port = Some(30080);
     web.external_ips = vec!["1.2.3.4".parse().unwrap()];
     web.external_traffic_policy = TrafficPolicy::Local;
-    w.apply(ClusterObject::Service(web));
-    w.apply(ClusterObject::EndpointSlice(slice(
+    w.apply(ClusterObject::from(web));
+    w.apply(ClusterObject::from(slice(
         "default",
         "web-1",
         "web",
@@ -52,7 +52,7 @@ fn desired() -> DesiredState {
         &[("dns", Protocol::Udp, 53, 53)],
     );
     dns.cluster_ips.push("fd00::a".parse().unwrap());
-    w.apply(ClusterObject::Service(dns));
+    w.apply(ClusterObject::from(dns));
     let node = NodeInfo {
         node_name: Some(Arc::from("node-a")),
         local_addresses: vec!["192.168.1.5".parse().unwrap()],
@@ -745,7 +745,7 @@ fn extras_follow_the_services_of_the_snapshot() {
     svc.load_balancer_source_ranges = vec!["192.0.2.0/24".parse().unwrap()];
     svc.external_traffic_policy = TrafficPolicy::Local;
     svc.health_check_node_port = Some(31500);
-    w.apply(ClusterObject::Service(svc));
+    w.apply(ClusterObject::from(svc));
     let fenced = build(&r.snapshot(), &config, &node());
     host.observe_update(
         &fenced,
@@ -978,9 +978,9 @@ fn incremental_syncs_update_the_sets_from_the_delta() {
     );
     web.service_type = ServiceType::NodePort;
     web.ports[0].node_port = Some(30080);
-    w.apply(ClusterObject::Service(web));
+    w.apply(ClusterObject::from(web));
     let eps = |ips: &[&str]| {
-        ClusterObject::EndpointSlice(slice(
+        ClusterObject::from(slice(
             "default",
             "web-1",
             "web",
@@ -1040,7 +1040,7 @@ fn incremental_syncs_update_the_sets_from_the_delta() {
     )
     .unwrap();
     assert!(host.has_pending(), "rate-limited");
-    w.apply(ClusterObject::Service(service(
+    w.apply(ClusterObject::from(service(
         "default",
         "api",
         "10.96.0.30",
