@@ -65,7 +65,7 @@ run() {
   out=$(dnsperf -s 127.0.0.1 -d queries -l "$DURATION" -c "$CLIENTS" -q "$INFLIGHT" "$@" 2>&1)
   local qps lat lost
   qps=$(awk '/Queries per second/ {print $4}' <<<"$out")
-  lat=$(awk '/Average Latency/ {print $4}' <<<"$out")
+  lat=$(awk '/Average Latency/ {print $4; exit}' <<<"$out")
   lost=$(awk '/Queries lost/ {print $3}' <<<"$out")
   printf '%-11s %10s QPS  avg latency %s s  lost %s\n' "$name" "$qps" "$lat" "$lost"
 }
