@@ -9,8 +9,18 @@
 # how long a cache change (an endpoint change, a service added, a service deleted) takes to show
 # in the served zone (incremental update) next to a full rebuild of the zone, in the same run.
 #
+# CONFIGS chooses how svcnet-dns is configured; each listed configuration runs as its own
+# svcnet-dns on the same cluster, measured in the same rounds as Knot (svcnet configurations
+# and Knot alternating), each with its own ratio:
+#   plain       flags only (no Corefile): the cluster zone alone (default)
+#   kubeadm     kubeadm's default Corefile (errors, health, ready, kubernetes with ttl 30 and
+#               pods insecure, prometheus, forward, cache 30, loop, reload, loadbalance)
+#   kubeadm-rt  the same plus a `rewrite name` regex rule and a `template` block for names the
+#               query mix never asks, so both are evaluated and skipped on every query
+#
 # Usage: bench/dns/run.sh [seconds-per-run (default 10)]
-# Env: SERVICES (10000), ENDPOINTS (100000), INFLIGHT (dnsperf -q, 100), NO_BUILD=1.
+# Env: SERVICES (10000), ENDPOINTS (100000), INFLIGHT (dnsperf -q, 100), NO_BUILD=1,
+#      CONFIGS ("plain"; e.g. "plain kubeadm kubeadm-rt").
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -22,6 +32,7 @@ INFLIGHT=${INFLIGHT:-100}
 # Each kind is measured ROUNDS times, svcnet and Knot alternating, and the median of the paired
 # ratios is reported: single runs swing 2-3x on a shared VM.
 ROUNDS=${ROUNDS:-3}
+CONFIGS=${CONFIGS:-plain}
 LAT_DURATION=3
 RESULTS="$REPO/bench/dns/RESULTS.md"
 
@@ -37,8 +48,9 @@ BIN="$REPO/target/release"
 WORK=$(mktemp -d /tmp/svcnet-dns-bench.XXXXXX)
 SVCNET_PID=""
 KNOT_PID=""
+declare -A CFG_PID=() CFG_PORT=()
 cleanup() {
-  [ -n "$SVCNET_PID" ] && kill "$SVCNET_PID" 2>/dev/null || true
+  for pid in "${CFG_PID[@]}"; do kill "$pid" 2>/dev/null || true; done
   [ -n "$KNOT_PID" ] && kill "$KNOT_PID" 2>/dev/null || true
   wait 2>/dev/null || true
   rm -rf "$WORK"
@@ -65,23 +77,81 @@ $(upd_row service_add)
 $(upd_row service_delete)"
 ZONE_RECORDS=$(grep -vc '^[;$]' "$WORK"/zones/*.zone | awk -F: '{s+=$2} END {print s}')
 
-SVCNET_PORT=$(free_port)
-READY_PORT=$(free_port)
 KNOT_PORT=$(free_port)
+LAST_SVC="svc-$((SERVICES-1)).ns-$(((SERVICES-1)%100)).svc.cluster.local"
 
-echo "== starting svcnet-dns on 127.0.0.1:$SVCNET_PORT"
-START_NS=$(date +%s%N)
-"$BIN/svcnet-dns" --listen "127.0.0.1:$SVCNET_PORT" --manifests "$WORK/cluster" \
-  --health off --metrics off --ready "127.0.0.1:$READY_PORT" --lameduck 0s \
-  2>"$WORK/svcnet.log" &
-SVCNET_PID=$!
-until curl -sf "http://127.0.0.1:$READY_PORT/ready" >/dev/null; do
-  kill -0 "$SVCNET_PID" || { cat "$WORK/svcnet.log"; exit 1; }
-  sleep 0.05
+# corefile CONFIG READY_PORT -> a Corefile for that configuration (listen address from --listen)
+corefile() {
+  local cfg=$1 ready=$2
+  local extra=""
+  if [ "$cfg" = kubeadm-rt ]; then
+    extra='    rewrite stop {
+        name regex (.*)\.db\.corp\.example\. {1}.default.svc.cluster.local.
+        answer name (.*)\.default\.svc\.cluster\.local\. {1}.db.corp.example.
+    }
+    template IN A legacy.corp.example {
+        match ^(?P<host>[a-z0-9-]+)\.legacy\.corp\.example\.$
+        answer "{{ .Name }} 60 IN A 10.20.30.40"
+        fallthrough
+    }'
+  fi
+  cat <<EOF
+.:53 {
+    errors
+    health 127.0.0.1:$(free_port) {
+       lameduck 5s
+    }
+    ready 127.0.0.1:$ready
+$extra
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+       pods insecure
+       fallthrough in-addr.arpa ip6.arpa
+       ttl 30
+    }
+    prometheus 127.0.0.1:$(free_port)
+    forward . /etc/resolv.conf {
+       max_concurrent 1000
+    }
+    cache 30
+    loop
+    reload
+    loadbalance
+}
+EOF
+}
+
+for cfg in $CONFIGS; do
+  port=$(free_port)
+  ready=$(free_port)
+  echo "== starting svcnet-dns ($cfg) on 127.0.0.1:$port"
+  START_NS=$(date +%s%N)
+  case "$cfg" in
+    plain)
+      "$BIN/svcnet-dns" --listen "127.0.0.1:$port" --manifests "$WORK/cluster" \
+        --health off --metrics off --ready "127.0.0.1:$ready" --lameduck 0s \
+        2>"$WORK/svcnet-$cfg.log" &
+      ;;
+    kubeadm | kubeadm-rt)
+      corefile "$cfg" "$ready" > "$WORK/Corefile.$cfg"
+      "$BIN/svcnet-dns" --corefile "$WORK/Corefile.$cfg" --listen "127.0.0.1:$port" \
+        --manifests "$WORK/cluster" 2>"$WORK/svcnet-$cfg.log" &
+      ;;
+    *) echo "unknown configuration $cfg (plain, kubeadm, kubeadm-rt)" >&2; exit 1 ;;
+  esac
+  CFG_PID[$cfg]=$!
+  CFG_PORT[$cfg]=$port
+  until curl -sf "http://127.0.0.1:$ready/ready" >/dev/null; do
+    kill -0 "${CFG_PID[$cfg]}" || { cat "$WORK/svcnet-$cfg.log"; exit 1; }
+    sleep 0.05
+  done
+  # (dig prints its errors on stdout too: wait for an address.)
+  until dig +short -p "$port" @127.0.0.1 "$LAST_SVC" | grep -q '^10\.'; do sleep 0.05; done
+  STARTUP_MS=$(( ($(date +%s%N) - START_NS) / 1000000 ))
+  if [ -z "$SVCNET_PID" ]; then
+    SVCNET_PID=${CFG_PID[$cfg]}; SVCNET_PORT=$port; SVCNET_STARTUP_MS=$STARTUP_MS
+  fi
 done
-# (dig prints its errors on stdout too: wait for an address.)
-until dig +short -p "$SVCNET_PORT" @127.0.0.1 "svc-$((SERVICES-1)).ns-$(((SERVICES-1)%100)).svc.cluster.local" | grep -q '^10\.'; do sleep 0.05; done
-SVCNET_STARTUP_MS=$(( ($(date +%s%N) - START_NS) / 1000000 ))
+FIRST_CFG=${CONFIGS%% *}
 
 echo "== starting knotd on 127.0.0.1:$KNOT_PORT"
 mkdir -p "$WORK/knot/db"
@@ -150,25 +220,45 @@ median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR]=$1} END {print v[int((NR
 
 declare -A LABEL=([mix]="mix 70/10/10/10" [a]="A (services)" [srv]="SRV" [ptr]="PTR" [nx]="NXDOMAIN")
 ROWS=""
-printf '\n%-18s %12s %9s %9s %12s %9s %9s %7s\n' "queries" "svcnet QPS" "p50 ms" "p99 ms" "Knot QPS" "p50 ms" "p99 ms" "ratio"
+printf '\n%-18s %-11s %12s %9s %9s %12s %9s %9s %7s\n' "queries" "svcnet" "svcnet QPS" "p50 ms" "p99 ms" "Knot QPS" "p50 ms" "p99 ms" "ratio"
 for kind in mix a srv ptr nx; do
-  read -r s_qps s_avg s_p50 s_p99 s_lost <<<"$(run_dnsperf "$SVCNET_PORT" "$WORK/queries/$kind.txt")"
-  read -r k_qps k_avg k_p50 k_p99 k_lost <<<"$(run_dnsperf "$KNOT_PORT" "$WORK/queries/$kind.txt")"
-  s_all="$s_qps"; k_all="$k_qps"
-  ratios=$(awk -v a="$s_qps" -v b="$k_qps" 'BEGIN {printf "%.2f", a/b}')
-  for _ in $(seq 2 "$ROUNDS"); do
-    s=$(qps_only "$SVCNET_PORT" "$WORK/queries/$kind.txt")
-    k=$(qps_only "$KNOT_PORT" "$WORK/queries/$kind.txt")
-    s_all+=" $s"; k_all+=" $k"
-    ratios+=" $(awk -v a="$s" -v b="$k" 'BEGIN {printf "%.2f", a/b}')"
+  file="$WORK/queries/$kind.txt"
+  declare -A S_ALL=() RATIOS=() S_FIRST=() S_NOW=()
+  k_all=""
+  for round in $(seq 1 "$ROUNDS"); do
+    for cfg in $CONFIGS; do
+      if [ "$round" = 1 ]; then
+        S_FIRST[$cfg]=$(run_dnsperf "${CFG_PORT[$cfg]}" "$file")
+        S_NOW[$cfg]=${S_FIRST[$cfg]%% *}
+      else
+        S_NOW[$cfg]=$(qps_only "${CFG_PORT[$cfg]}" "$file")
+      fi
+    done
+    if [ "$round" = 1 ]; then
+      read -r k_qps k_avg k_p50 k_p99 k_lost <<<"$(run_dnsperf "$KNOT_PORT" "$file")"
+      k=$k_qps
+    else
+      k=$(qps_only "$KNOT_PORT" "$file")
+    fi
+    k_all+=" $k"
+    for cfg in $CONFIGS; do
+      S_ALL[$cfg]+=" ${S_NOW[$cfg]}"
+      RATIOS[$cfg]+=" $(awk -v a="${S_NOW[$cfg]}" -v b="$k" 'BEGIN {printf "%.2f", a/b}')"
+    done
   done
-  s_qps=$(median <<<"$s_all"); k_qps=$(median <<<"$k_all")
-  ratio=$(median <<<"$ratios")
-  echo "  $kind rounds: svcnet [$s_all] knot [$k_all] ratios [$ratios]"
-  printf '%-18s %12.0f %9s %9s %12.0f %9s %9s %7s\n' "${LABEL[$kind]}" "$s_qps" "$s_p50" "$s_p99" "$k_qps" "$k_p50" "$k_p99" "$ratio"
-  ROWS+=$(printf '| %s | %.0f | %s / %s | %s | %.0f | %s / %s | %s | %s |' \
-    "${LABEL[$kind]}" "$s_qps" "$s_p50" "$s_p99" "$s_lost" "$k_qps" "$k_p50" "$k_p99" "$k_lost" "$ratio (${ratios// /, })")
-  ROWS+=$'\n'
+  k_qps=$(median <<<"$k_all")
+  for cfg in $CONFIGS; do
+    read -r _ s_avg s_p50 s_p99 s_lost <<<"${S_FIRST[$cfg]}"
+    s_qps=$(median <<<"${S_ALL[$cfg]}")
+    ratios=${RATIOS[$cfg]# }
+    ratio=$(median <<<"$ratios")
+    echo "  $kind $cfg rounds: svcnet [${S_ALL[$cfg]# }] knot [${k_all# }] ratios [$ratios]"
+    printf '%-18s %-11s %12.0f %9s %9s %12.0f %9s %9s %7s\n' "${LABEL[$kind]}" "$cfg" "$s_qps" "$s_p50" "$s_p99" "$k_qps" "$k_p50" "$k_p99" "$ratio"
+    ROWS+=$(printf '| %s | %s | %.0f | %s / %s | %s | %.0f | %s / %s | %s | %s |' \
+      "${LABEL[$kind]}" "$cfg" "$s_qps" "$s_p50" "$s_p99" "$s_lost" "$k_qps" "$k_p50" "$k_p99" "$k_lost" "$ratio (${ratios// /, })")
+    ROWS+=$'\n'
+  done
+  unset S_ALL RATIOS S_FIRST S_NOW
 done
 
 S_RSS=$(rss_kb "$SVCNET_PID"); S_HWM=$(hwm_kb "$SVCNET_PID")
@@ -192,12 +282,12 @@ QPS columns are medians, the ratio is the median of the paired per-round ratios,
 brackets; p50/p99 and losses from the first round, latency from a separate ${LAT_DURATION} s \`-v\` run),
 Knot DNS $(knotd --version | awk '{print $NF}') serving the zone exported by svcnet
 (${ZONE_RECORDS} records). Cluster: ${SERVICES} services (2 named ports each),
-${ENDPOINTS} ready endpoints.
+${ENDPOINTS} ready endpoints. svcnet configurations (\`CONFIGS\`, see the script): ${CONFIGS}.
 
-| queries | svcnet-dns QPS | p50 / p99 ms | lost | Knot QPS | p50 / p99 ms | lost | svcnet/Knot |
-|---|---|---|---|---|---|---|---|
+| queries | svcnet config | svcnet-dns QPS | p50 / p99 ms | lost | Knot QPS | p50 / p99 ms | lost | svcnet/Knot |
+|---|---|---|---|---|---|---|---|---|
 ${ROWS}
-RSS after the runs: svcnet-dns $((S_RSS/1024)) MB (peak $((S_HWM/1024)) MB, includes the cluster
+RSS after the runs: svcnet-dns (${FIRST_CFG}) $((S_RSS/1024)) MB (peak $((S_HWM/1024)) MB, includes the cluster
 cache of ${SERVICES} services and ${ENDPOINTS} endpoints), knotd $((K_RSS/1024)) MB (peak
 $((K_HWM/1024)) MB).
 

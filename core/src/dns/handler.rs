@@ -84,6 +84,9 @@ pub struct Request {
     pub client: SocketAddr,
     /// UDP or TCP.
     pub transport: Transport,
+    /// How many times this query re-entered the server's own chain (an ExternalName target
+    /// resolved through it); bounds such re-entry as CoreDNS's upstream does.
+    pub(crate) hops: u8,
 }
 
 impl Request {
@@ -112,6 +115,7 @@ impl Request {
             edns: None,
             client,
             transport,
+            hops: 0,
         }
     }
 
@@ -393,6 +397,18 @@ pub struct Chain {
     plugins: Arc<[Arc<dyn Plugin>]>,
 }
 
+/// A [`Chain`] held without keeping it alive, for a plugin that re-enters its own server
+/// (a strong reference from a plugin to its chain would be a cycle that is never freed).
+#[derive(Clone)]
+pub(crate) struct WeakChain(std::sync::Weak<[Arc<dyn Plugin>]>);
+
+impl WeakChain {
+    /// The chain, while it is still served.
+    pub(crate) fn upgrade(&self) -> Option<Chain> {
+        self.0.upgrade().map(|plugins| Chain { plugins })
+    }
+}
+
 impl Chain {
     /// A chain of `plugins`, in order.
     pub fn new(plugins: Vec<Arc<dyn Plugin>>) -> Self {
@@ -408,6 +424,11 @@ impl Chain {
             index: 0,
         }
         .run(req)
+    }
+
+    /// A weak handle on this chain.
+    pub(crate) fn downgrade(&self) -> WeakChain {
+        WeakChain(Arc::downgrade(&self.plugins))
     }
 
     /// Whether every plugin reports ready.

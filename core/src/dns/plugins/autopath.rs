@@ -105,6 +105,7 @@ fn asking(req: &Request, name: &Name) -> Request {
     let mut q = req.query.clone();
     q.set_name(name.clone());
     let mut out = Request::from_query(req.id, q, req.client, req.transport);
+    out.hops = req.hops;
     out.recursion_desired = req.recursion_desired;
     out.checking_disabled = req.checking_disabled;
     out.edns = req.edns.clone();

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use super::autopath::AutoPath;
 use super::cache::Cache;
+use super::external_name::ExternalNameUpstream;
 use super::forward::Forward;
 use super::hosts::Hosts;
 use super::k8s_external::K8sExternal;
@@ -121,8 +122,13 @@ pub fn zone_options(k: &KubernetesConfig) -> ZoneOptions {
     }
 }
 
-/// The chain of one server block for `zone` (loop detectors are per zone).
-fn block_chain(block: &ServerBlock, zone: &str, ctx: &BuildContext) -> (Chain, Option<Arc<Loop>>) {
+/// The chain of one server block for `zone` (loop detectors are per zone), and its
+/// `kubernetes` plugin's ExternalName completion (to be given the block's router).
+fn block_chain(
+    block: &ServerBlock,
+    zone: &str,
+    ctx: &BuildContext,
+) -> (Chain, Option<Arc<Loop>>, Option<Arc<ExternalNameUpstream>>) {
     let p = &block.plugins;
     let m = ctx.metrics.clone();
     let mut plugins: Vec<Arc<dyn Plugin>> = Vec::new();
@@ -178,8 +184,11 @@ fn block_chain(block: &ServerBlock, zone: &str, ctx: &BuildContext) -> (Chain, O
     if let (Some(c), Some(k)) = (&p.k8s_external, &cluster) {
         plugins.push(Arc::new(K8sExternal::new(c, k.clone())));
     }
+    let mut external_name = None;
     if let Some(k) = cluster {
-        plugins.push(k);
+        let wrapped = Arc::new(ExternalNameUpstream::new(k));
+        plugins.push(wrapped.clone());
+        external_name = Some(wrapped);
     }
     if let Some(c) = &p.file {
         plugins.push(Arc::new(super::file::File::new(
@@ -200,7 +209,7 @@ fn block_chain(block: &ServerBlock, zone: &str, ctx: &BuildContext) -> (Chain, O
     if p.whoami {
         plugins.push(Arc::new(super::whoami::Whoami));
     }
-    (Chain::new(plugins), lp)
+    (Chain::new(plugins), lp, external_name)
 }
 
 /// Routes (zone, chain, where the block is), loop detectors, `rrl`, transport (with the
@@ -216,10 +225,12 @@ type AddrPlan = (
 /// Builds the listeners of `corefile`.
 pub fn build(corefile: &Corefile, ctx: &BuildContext) -> Result<Vec<Listener>, BuildError> {
     let mut by_addr: BTreeMap<SocketAddr, AddrPlan> = BTreeMap::new();
+    // ExternalName completions and the address whose router they ask.
+    let mut completions: Vec<(Arc<ExternalNameUpstream>, SocketAddr)> = Vec::new();
     for block in &corefile.servers {
         // One chain per block (shared by its zones), as CoreDNS builds one plugin stack per block.
         let first_zone = block.keys.first().map_or(".", |k| k.zone.as_str());
-        let (chain, lp) = block_chain(block, first_zone, ctx);
+        let (chain, lp, external_name) = block_chain(block, first_zone, ctx);
         let mut addrs: Vec<(SocketAddr, ServerTransport)> = Vec::new();
         for (sa, t) in block.listeners() {
             let sa = match (ctx.listen_override, t) {
@@ -229,6 +240,9 @@ pub fn build(corefile: &Corefile, ctx: &BuildContext) -> Result<Vec<Listener>, B
             if !addrs.contains(&(sa, t)) {
                 addrs.push((sa, t));
             }
+        }
+        if let (Some(e), Some((addr, _))) = (external_name, addrs.first()) {
+            completions.push((e, *addr));
         }
         for (addr, transport) in addrs {
             let entry = by_addr.entry(addr).or_default();
@@ -267,7 +281,7 @@ pub fn build(corefile: &Corefile, ctx: &BuildContext) -> Result<Vec<Listener>, B
             }
         }
     }
-    Ok(by_addr
+    let listeners: Vec<Listener> = by_addr
         .into_iter()
         .map(|(addr, (routes, loops, rrl, transport, tls))| Listener {
             addr,
@@ -277,7 +291,15 @@ pub fn build(corefile: &Corefile, ctx: &BuildContext) -> Result<Vec<Listener>, B
             transport: transport.map_or(ServerTransport::Dns, |(t, _)| t),
             tls,
         })
-        .collect())
+        .collect();
+    // A block's ExternalName targets are asked through the server of its (first) address, as
+    // CoreDNS's upstream asks the server that received the query.
+    for (completion, addr) in completions {
+        if let Some(l) = listeners.iter().find(|l| l.addr == addr) {
+            completion.set_upstream(l.router.downgrade());
+        }
+    }
+    Ok(listeners)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod any;
 pub mod autopath;
 pub mod build;
 pub mod cache;
+pub(crate) mod external_name;
 pub mod file;
 mod file_poll;
 pub mod forward;

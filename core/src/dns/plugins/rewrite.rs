@@ -109,6 +109,7 @@ fn parse_name(s: &str) -> Option<Name> {
 /// A copy of `req` with `query` changed (everything else kept).
 fn with_query(req: &Request, query: hickory_proto::op::Query) -> Request {
     let mut out = Request::from_query(req.id, query, req.client, req.transport);
+    out.hops = req.hops;
     out.recursion_desired = req.recursion_desired;
     out.checking_disabled = req.checking_disabled;
     out.edns = req.edns.clone();

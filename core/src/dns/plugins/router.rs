@@ -2,7 +2,7 @@
 //! handles it (CoreDNS's rule); names outside every zone are REFUSED.
 
 use crate::dns::corefile::names::in_zone;
-use crate::dns::handler::{Chain, Next, Plugin, Reply, Request, Response};
+use crate::dns::handler::{Chain, Next, Plugin, Reply, Request, Response, WeakChain};
 
 /// The server blocks sharing one listen address, by zone.
 #[derive(Clone, Debug)]
@@ -47,6 +47,35 @@ impl ZoneRouter {
     /// Whether every chain is ready.
     pub fn ready(&self) -> bool {
         self.routes.iter().all(|(_, c)| c.ready())
+    }
+
+    /// A handle that routes like this router without keeping its chains alive (for plugins
+    /// inside them that ask their own server, see [`super::external_name`]).
+    pub(crate) fn downgrade(&self) -> WeakRouter {
+        WeakRouter {
+            routes: self
+                .routes
+                .iter()
+                .map(|(z, c)| (z.clone(), c.downgrade()))
+                .collect(),
+        }
+    }
+}
+
+/// A [`ZoneRouter`] held weakly: the chains are reached while they are still served.
+#[derive(Clone)]
+pub(crate) struct WeakRouter {
+    /// (zone, chain), longest zone first.
+    routes: Vec<(String, WeakChain)>,
+}
+
+impl WeakRouter {
+    /// The chain for a lower-case fully qualified name, if one serves it and is still alive.
+    pub(crate) fn route(&self, lower_name: &str) -> Option<Chain> {
+        self.routes
+            .iter()
+            .find(|(z, _)| in_zone(lower_name, z))
+            .and_then(|(_, c)| c.upgrade())
     }
 }
 
