@@ -709,6 +709,6 @@ async fn run(args: RunArgs) -> Result<()> {
         subsystems,
         lameduck: Duration::from_secs(args.lameduck),
     };
-    agent::run(options, svcnet_core::dns::runner::shutdown_signal()).await?;
+    agent::run(options, svcnet_core::runtime::signal::shutdown_signal()).await?;
     Ok(())
 }

@@ -14,6 +14,7 @@ pub mod ipvs;
 pub mod memtrim;
 pub mod model;
 pub mod resolv;
+pub mod runtime;
 pub mod source;
 pub mod telemetry;
 pub mod tls;

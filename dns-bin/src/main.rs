@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use svcnet_core::dns::DnsOptions;
 use svcnet_core::dns::rrl::LargeAnswerLimit;
 use svcnet_core::dns::server::ServerConfig;
 use svcnet_core::dns::zone::{PodMode, ZoneOptions};
-use svcnet_core::dns::{DnsOptions, run_with_source};
 use svcnet_core::source::SourceConfig;
 
 /// Authoritative cluster DNS (`cluster.local`) served from the Kubernetes API or a manifest
@@ -201,7 +201,7 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     let result = runtime
-        .block_on(run_with_source(&source, options))
+        .block_on(svcnet_core::agent::programs::dns(&source, options))
         .with_context(|| format!("svcnet-dns ({})", source.describe()));
     // Do not wait for blocking helper threads (file watcher) beyond a moment.
     runtime.shutdown_timeout(Duration::from_millis(200));
@@ -254,7 +254,7 @@ fn corefile_main(
     source: &SourceConfig,
 ) -> anyhow::Result<()> {
     use svcnet_core::dns::corefile::LoadOptions;
-    use svcnet_core::dns::plugins::serve::{CorefileOptions, run_corefile_with_source};
+    use svcnet_core::dns::plugins::serve::CorefileOptions;
     let options = CorefileOptions {
         path: path.to_path_buf(),
         load: LoadOptions {
@@ -270,7 +270,7 @@ fn corefile_main(
         .build()
         .context("starting the tokio runtime")?;
     let result = runtime
-        .block_on(run_corefile_with_source(source, options))
+        .block_on(svcnet_core::agent::programs::corefile(source, options))
         .with_context(|| format!("svcnet-dns --corefile {}", path.display()));
     runtime.shutdown_timeout(Duration::from_millis(200));
     result

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use svcnet_core::ipvs::app::{AppOptions, dry_run_plan, run_proxy};
+use svcnet_core::agent::programs;
+use svcnet_core::ipvs::app::AppOptions;
 use svcnet_core::source::SourceConfig;
 
 /// mimalloc instead of glibc's malloc: glibc keeps memory freed by the worker threads in its
@@ -86,19 +87,23 @@ async fn real_main() -> anyhow::Result<()> {
             kubeconfig: args.kubeconfig,
         },
     };
-    let mut options = AppOptions::new(source);
+    let mut options = AppOptions::new();
     options.config_file = args.config;
     options.node_name = args.node_name;
     options.node_addresses = (!args.node_ips.is_empty()).then_some(args.node_ips);
     options.once = args.once;
     options.sync_timeout = Duration::from_secs(args.sync_timeout);
     if args.dry_run {
-        let plan = dry_run_plan(&options).await.context("dry run")?;
+        let plan = programs::proxy_dry_run(&source, &options)
+            .await
+            .context("dry run")?;
         match args.show {
             Show::Table => print!("{}", plan.table),
             Show::All => print!("{}", plan.all()),
         }
         return Ok(());
     }
-    run_proxy(options).await.context("running the proxy")
+    programs::proxy(&source, options)
+        .await
+        .context("running the proxy")
 }

@@ -12,6 +12,7 @@
 //! - [`client`]: reading a running agent's admin endpoint.
 //! - [`admin`]: the admin endpoint itself.
 //! - [`dig`]: a small DNS client (`agentctl dns query`).
+//! - [`programs`]: the stand-alone `svcnet-dns` and `svcnet-proxy` programs, composed here.
 //! - [`proxy`]: the IPVS proxy subsystem (kernel or dry run).
 //! - [`dns`]: the cluster DNS subsystem.
 
@@ -20,6 +21,7 @@ pub mod client;
 pub mod dig;
 pub mod dns;
 pub mod inspect;
+pub mod programs;
 pub mod proxy;
 pub mod status;
 

@@ -6,7 +6,8 @@
 //!
 //! With a kernel, host setup (sysctls, ipsets, iptables) is the IPVS helper's
 //! [`KernelHost`](crate::ipvs::host::KernelHost). The `KubeProxyConfiguration` file is re-read
-//! when it changes (checked every second, following symlinks, so ConfigMap `..data` swaps count);
+//! when it changes (the shared [`FileWatch`](crate::runtime::watch::FileWatch): notifications plus
+//! a check every second, following symlinks, so ConfigMap `..data` swaps count);
 //! an invalid file keeps the running configuration and is reported as the last reload error.
 //! Metrics are the IPVS helper's [`ProxyMetrics`](crate::ipvs::serve::ProxyMetrics), merged into
 //! the admin endpoint's `/metrics`; with a kernel, the configuration's `healthzBindAddress`
@@ -21,9 +22,9 @@
 //! flowing across an agent restart (the next start adopts them).
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -32,7 +33,7 @@ use super::{AgentError, RunningSubsystem, Subsystem, SubsystemLauncher};
 use crate::cache::CacheReader;
 use crate::ipvs::backend::IpvsBackend as _;
 use crate::ipvs::config::ProxyConfig;
-use crate::ipvs::config::watch::{Reload, reload};
+use crate::ipvs::config::watch::watch_config;
 use crate::ipvs::host::KernelHost;
 use crate::ipvs::memory::{MemoryAddresses, MemoryIpvs};
 use crate::ipvs::netlink::{NetlinkAddresses, NetlinkIpvs};
@@ -64,7 +65,7 @@ struct ProxySubsystem {
     host_plan: Option<HostPlanSlot>,
     config_file: Option<String>,
     ignored_fields: Vec<String>,
-    reload_error: Arc<Mutex<Option<String>>>,
+    reload_error: watch::Receiver<Option<String>>,
     exit_error: Arc<Mutex<Option<String>>>,
 }
 
@@ -99,7 +100,7 @@ impl Subsystem for ProxySubsystem {
             last_sync_seconds: s.last_sync.map(|_| s.last_duration.as_secs_f64()),
             query_rate_per_second: None,
             config_files: self.config_file.iter().cloned().collect(),
-            last_reload_error: self.reload_error.lock().ok().and_then(|e| e.clone()),
+            last_reload_error: self.reload_error.borrow().clone(),
             last_error: exit_error.or(s.last_error),
             details,
         }
@@ -192,11 +193,11 @@ async fn start(
     let metrics = Arc::new(ProxyMetrics::new());
     let status = status_with_metrics(metrics.clone());
     let (config_tx, config_rx) = watch::channel(config);
-    let reload_error = Arc::new(Mutex::new(None));
+    let (reload_tx, reload_error) = watch::channel(None);
     let watcher = options
         .config_file
         .clone()
-        .map(|path| tokio::spawn(watch_file(path, config_tx.clone(), reload_error.clone())));
+        .map(|path| watch_config(path, config_tx.clone(), Some(reload_tx)));
     let run_options = RunOptions {
         node_name: options.node_name.as_deref().map(Arc::from),
         node_addresses,
@@ -251,9 +252,7 @@ async fn start(
             shutdown,
         )
         .await;
-        if let Some(w) = watcher {
-            w.abort();
-        }
+        drop(watcher);
         if let Some(h) = health_checks {
             h.abort();
         }
@@ -268,38 +267,4 @@ async fn start(
         }
     });
     Ok(RunningSubsystem { handle, task })
-}
-
-/// Modification time and size of `path` (following symlinks), to notice changes.
-fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
-}
-
-/// Re-reads the config file whenever it changes; records the outcome in `last_error`.
-async fn watch_file(
-    path: PathBuf,
-    tx: watch::Sender<ProxyConfig>,
-    last_error: Arc<Mutex<Option<String>>>,
-) {
-    let mut seen = file_stamp(&path);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        let now = file_stamp(&path);
-        if now == seen {
-            continue;
-        }
-        seen = now;
-        let (p, t) = (path.clone(), tx.clone());
-        let outcome = tokio::task::spawn_blocking(move || reload(&p, &t)).await;
-        let error = match outcome {
-            Ok(Reload::Rejected(e)) => Some(e.to_string()),
-            Ok(Reload::Applied | Reload::Unchanged) => None,
-            Err(e) => Some(format!("reload task failed: {e}")),
-        };
-        if let Ok(mut slot) = last_error.lock() {
-            *slot = error;
-        }
-    }
 }
