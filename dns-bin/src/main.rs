@@ -264,6 +264,7 @@ fn corefile_main(
         startup_timeout: args.startup_timeout,
         udp_workers: args.udp_workers,
         reload_outcome: None,
+        readiness: None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -58,6 +58,35 @@ pub struct CorefileOptions {
     /// the error when it was rejected (the previous configuration keeps serving). The agent's
     /// `/status` shows it as `last_reload_error`.
     pub reload_outcome: Option<tokio::sync::watch::Sender<Option<String>>>,
+    /// Filled once the listeners serve: what `/ready` answers, read in memory (the agent's
+    /// `/status` uses it instead of polling the endpoint).
+    pub readiness: Option<CorefileReadiness>,
+}
+
+/// The readiness of a served Corefile, in memory: what its `ready` endpoint answers.
+#[derive(Clone, Default)]
+pub struct CorefileReadiness(Arc<std::sync::OnceLock<(Stopping, Arc<Vec<Arc<SwapRouter>>>)>>);
+
+impl std::fmt::Debug for CorefileReadiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("CorefileReadiness")
+            .field(&self.ready())
+            .finish()
+    }
+}
+
+impl CorefileReadiness {
+    /// A readiness not yet serving.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `None` before the listeners serve; then `Some(true)` while every listener's plugins
+    /// are ready and no stop was requested (the `ready` plugin's 200).
+    pub fn ready(&self) -> Option<bool> {
+        let (stopping, swaps) = self.0.get()?;
+        Some(!stopping.is_set() && swaps.iter().all(|s| s.ready()))
+    }
 }
 
 impl CorefileOptions {
@@ -70,6 +99,7 @@ impl CorefileOptions {
             startup_timeout: Duration::from_secs(5),
             udp_workers: 0,
             reload_outcome: None,
+            readiness: None,
         }
     }
 }
@@ -533,6 +563,9 @@ pub async fn run_corefile(
     let mut http_tasks = tokio::task::JoinSet::new();
     let (health, ready, prometheus) = http_addrs(&cf);
     let ready_swaps = swaps.clone();
+    if let Some(r) = &state.options.readiness {
+        let _ = r.0.set((stopping.clone(), swaps.clone()));
+    }
     let endpoints = [
         (health, "health", runner::health_routes(&dns_metrics)),
         (
