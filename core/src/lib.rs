@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod cache;
+pub mod cli;
 pub mod dns;
 pub mod env;
 pub mod ipvs;
