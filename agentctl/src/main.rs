@@ -645,8 +645,8 @@ async fn run(args: RunArgs) -> Result<()> {
         (false, false) => (true, true),
         chosen => chosen,
     };
+    // Each subsystem declares the cache kinds it needs; the agent's source watches their union.
     let mut subsystems = Vec::new();
-    let mut kinds = vec![Kind::Service, Kind::EndpointSlice];
     if dns {
         match &args.corefile {
             Some(path) => {
@@ -656,12 +656,7 @@ async fn run(args: RunArgs) -> Result<()> {
                     startup_timeout: Duration::from_secs(5),
                     allow_unknown: false,
                 };
-                for k in agent::dns::corefile_kinds(&options)? {
-                    if !kinds.contains(&k) {
-                        kinds.push(k);
-                    }
-                }
-                subsystems.push(agent::dns::corefile_launcher(options));
+                subsystems.push(agent::dns::corefile_launcher(options)?);
             }
             None => subsystems.push(agent::dns::launcher(agent::dns::DnsSubsystemOptions {
                 listen: args
@@ -673,11 +668,6 @@ async fn run(args: RunArgs) -> Result<()> {
         }
     }
     if proxy {
-        for k in svcnet_core::ipvs::app::kinds_for(args.node_name.as_deref()) {
-            if !kinds.contains(&k) {
-                kinds.push(k);
-            }
-        }
         subsystems.push(agent::proxy::launcher(agent::proxy::ProxyOptions {
             dry_run: args.dry_run,
             config_file: args.proxy_config.clone(),
@@ -688,7 +678,7 @@ async fn run(args: RunArgs) -> Result<()> {
     }
     let options = AgentOptions {
         source: args.source.config(),
-        kinds,
+        kinds: Vec::new(),
         node_name: args.node_name.clone().filter(|_| proxy),
         admin: Some(args.admin),
         subsystems,

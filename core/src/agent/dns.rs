@@ -137,11 +137,17 @@ impl Subsystem for DnsSubsystem {
 }
 
 /// A launcher of the DNS subsystem for [`AgentOptions::subsystems`](super::AgentOptions).
+/// It needs Services and EndpointSlices, and Pods for `pods verified`.
 pub fn launcher(options: DnsSubsystemOptions) -> SubsystemLauncher {
-    Box::new(
-        move |reader: CacheReader, shutdown: watch::Receiver<bool>| {
-            Box::pin(async move { start(options, reader, shutdown).await })
-        },
+    let kinds = crate::dns::runner::needed_kinds(&options.zone);
+    SubsystemLauncher::new(
+        "dns",
+        kinds,
+        Box::new(
+            move |reader: CacheReader, shutdown: watch::Receiver<bool>| {
+                Box::pin(async move { start(options, reader, shutdown).await })
+            },
+        ),
     )
 }
 
@@ -315,56 +321,66 @@ impl Subsystem for CorefileDns {
 /// in force, readiness as the Corefile's `ready` endpoint answers (read in memory), and the outcome of the last reload
 /// the server ran (`reload` plugin): the error of a rejected Corefile — unparsable, deleted, or
 /// failing to apply (a listen port in use) — until a later reload succeeds.
-pub fn corefile_launcher(options: CorefileSubsystemOptions) -> SubsystemLauncher {
-    Box::new(
-        move |reader: CacheReader, mut shutdown: watch::Receiver<bool>| {
-            Box::pin(async move {
-                let cf = load_corefile(&options)?;
-                let listen: Vec<SocketAddr> = match options.listen_override {
-                    Some(a) => vec![a],
-                    None => cf.servers.iter().flat_map(|s| s.listen_addrs()).collect(),
-                };
-                let has_ready_endpoint = cf.servers.iter().any(|s| s.plugins.ready.is_some());
-                let readiness = crate::dns::plugins::serve::CorefileReadiness::new();
-                let (reload_tx, reload_error) = watch::channel(None);
-                let exit_error = Arc::new(Mutex::new(None));
-                let handle = Arc::new(CorefileDns {
-                    path: options.path.display().to_string(),
-                    listen,
-                    readiness: readiness.clone(),
-                    has_ready_endpoint,
-                    reload_error,
-                    exit_error: exit_error.clone(),
-                });
-                let serve_options = crate::dns::plugins::serve::CorefileOptions {
-                    path: options.path.clone(),
-                    load: crate::dns::corefile::LoadOptions {
-                        allow_unknown: options.allow_unknown,
-                    },
-                    listen_override: options.listen_override,
-                    startup_timeout: options.startup_timeout,
-                    udp_workers: 0,
-                    reload_outcome: Some(reload_tx),
-                    readiness: Some(readiness),
-                };
-                let task = tokio::spawn(async move {
-                    let stop = async move {
-                        let _ = shutdown.wait_for(|s| *s).await;
+/// The Corefile is read here for the kinds it needs (`pods verified` adds Pods): a Corefile
+/// that does not load is an error before anything starts.
+pub fn corefile_launcher(
+    options: CorefileSubsystemOptions,
+) -> Result<SubsystemLauncher, AgentError> {
+    let kinds = corefile_kinds(&options)?;
+    Ok(SubsystemLauncher::new(
+        "dns",
+        kinds,
+        Box::new(
+            move |reader: CacheReader, mut shutdown: watch::Receiver<bool>| {
+                Box::pin(async move {
+                    let cf = load_corefile(&options)?;
+                    let listen: Vec<SocketAddr> = match options.listen_override {
+                        Some(a) => vec![a],
+                        None => cf.servers.iter().flat_map(|s| s.listen_addrs()).collect(),
                     };
-                    let result =
-                        crate::dns::plugins::serve::run_corefile(reader, serve_options, stop).await;
-                    if let Err(e) = result {
-                        tracing::error!(error = %e, "DNS (Corefile) stopped");
-                        if let Ok(mut slot) = exit_error.lock() {
-                            *slot = Some(e.to_string());
+                    let has_ready_endpoint = cf.servers.iter().any(|s| s.plugins.ready.is_some());
+                    let readiness = crate::dns::plugins::serve::CorefileReadiness::new();
+                    let (reload_tx, reload_error) = watch::channel(None);
+                    let exit_error = Arc::new(Mutex::new(None));
+                    let handle = Arc::new(CorefileDns {
+                        path: options.path.display().to_string(),
+                        listen,
+                        readiness: readiness.clone(),
+                        has_ready_endpoint,
+                        reload_error,
+                        exit_error: exit_error.clone(),
+                    });
+                    let serve_options = crate::dns::plugins::serve::CorefileOptions {
+                        path: options.path.clone(),
+                        load: crate::dns::corefile::LoadOptions {
+                            allow_unknown: options.allow_unknown,
+                        },
+                        listen_override: options.listen_override,
+                        startup_timeout: options.startup_timeout,
+                        udp_workers: 0,
+                        reload_outcome: Some(reload_tx),
+                        readiness: Some(readiness),
+                    };
+                    let task = tokio::spawn(async move {
+                        let stop = async move {
+                            let _ = shutdown.wait_for(|s| *s).await;
+                        };
+                        let result =
+                            crate::dns::plugins::serve::run_corefile(reader, serve_options, stop)
+                                .await;
+                        if let Err(e) = result {
+                            tracing::error!(error = %e, "DNS (Corefile) stopped");
+                            if let Ok(mut slot) = exit_error.lock() {
+                                *slot = Some(e.to_string());
+                            }
                         }
-                    }
-                });
-                Ok(RunningSubsystem {
-                    handle: handle as Arc<dyn Subsystem>,
-                    task,
+                    });
+                    Ok(RunningSubsystem {
+                        handle: handle as Arc<dyn Subsystem>,
+                        task,
+                    })
                 })
-            })
-        },
-    )
+            },
+        ),
+    ))
 }

@@ -140,11 +140,17 @@ impl Subsystem for ProxySubsystem {
 type HostPlanSlot = Arc<Mutex<Option<crate::ipvs::render::HostPlan>>>;
 
 /// A launcher of the proxy subsystem for [`AgentOptions::subsystems`](super::AgentOptions).
+/// It needs Services and EndpointSlices, and with a node name its own Node (topology hints).
 pub fn launcher(options: ProxyOptions) -> SubsystemLauncher {
-    Box::new(
-        move |reader: CacheReader, shutdown: watch::Receiver<bool>| {
-            Box::pin(async move { start(options, reader, shutdown).await })
-        },
+    let kinds = crate::ipvs::app::kinds_for(options.node_name.as_deref());
+    SubsystemLauncher::new(
+        "proxy",
+        kinds,
+        Box::new(
+            move |reader: CacheReader, shutdown: watch::Receiver<bool>| {
+                Box::pin(async move { start(options, reader, shutdown).await })
+            },
+        ),
     )
 }
 
