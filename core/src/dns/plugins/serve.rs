@@ -65,7 +65,10 @@ pub struct CorefileOptions {
 
 /// The readiness of a served Corefile, in memory: what its `ready` endpoint answers.
 #[derive(Clone, Default)]
-pub struct CorefileReadiness(Arc<std::sync::OnceLock<(Stopping, Arc<Vec<Arc<SwapRouter>>>)>>);
+pub struct CorefileReadiness(Arc<std::sync::OnceLock<ServingRouters>>);
+
+/// The stop flag of a served Corefile and the routers of its listeners.
+type ServingRouters = (Stopping, Arc<Vec<Arc<SwapRouter>>>);
 
 impl std::fmt::Debug for CorefileReadiness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
