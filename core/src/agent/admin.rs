@@ -188,7 +188,11 @@ fn strip_eof(text: &str) -> &str {
 
 /// The admin endpoint's route table over `state`.
 pub fn routes(state: Arc<AdminState>) -> Routes {
-    let (st, ready, metrics, sub) = (state.clone(), state.clone(), state.clone(), state);
+    let subsystem_routes = state
+        .subsystems
+        .iter()
+        .fold(Routes::new(), |routes, s| routes.merge(s.routes()));
+    let (st, ready, metrics) = (state.clone(), state.clone(), state);
     let ok = |_: &str| Reply::text(StatusCode::OK, "OK\n");
     let ready_reply = move |_: &str| match ready.not_ready_reason() {
         None => Reply::text(StatusCode::OK, "OK\n"),
@@ -196,7 +200,7 @@ pub fn routes(state: Arc<AdminState>) -> Routes {
     };
     let ready_reply = Arc::new(ready_reply);
     let readyz = ready_reply.clone();
-    Routes::new()
+    subsystem_routes
         .only_get()
         .route("/status", move |_| {
             let body = serde_json::to_string_pretty(&st.status()).unwrap_or_default();
@@ -208,13 +212,6 @@ pub fn routes(state: Arc<AdminState>) -> Routes {
         .route("/ready", move |p| ready_reply(p))
         .route("/readyz", move |p| readyz(p))
         .route("/metrics", move |_| Reply::openmetrics(metrics.metrics()))
-        .fallback(move |path| {
-            sub.subsystems.iter().find_map(|s| {
-                let rest = path.strip_prefix(&format!("/{}/", s.name()))?;
-                let (content_type, body) = s.admin_get(rest)?;
-                Some(Reply::new(StatusCode::OK, content_type, body))
-            })
-        })
         .not_found(|other| {
             Reply::text(
                 StatusCode::NOT_FOUND,

@@ -46,10 +46,10 @@ pub trait Subsystem: Send + Sync {
     fn status(&self) -> SubsystemStatus;
     /// Appends the subsystem's metrics in OpenMetrics text (a trailing `# EOF` is removed).
     fn encode_metrics(&self, _out: &mut String) {}
-    /// Answers a subsystem-specific admin path under `/<name>/` (e.g. `/proxy/plan`):
-    /// `Some((content type, body))`, or `None` for 404.
-    fn admin_get(&self, _path: &str) -> Option<(&'static str, String)> {
-        None
+    /// The subsystem's own admin routes, full paths under `/<name>/` (e.g. `/proxy/plan`),
+    /// merged into the admin endpoint's route table.
+    fn routes(&self) -> crate::runtime::http::Routes {
+        crate::runtime::http::Routes::new()
     }
 }
 

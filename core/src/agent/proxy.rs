@@ -40,6 +40,8 @@ use crate::ipvs::netlink::{NetlinkAddresses, NetlinkIpvs};
 use crate::ipvs::reconcile::Reconciler;
 use crate::ipvs::run::{HostSetup, RunOptions, StatusHandle};
 use crate::ipvs::serve::{ProxyMetrics, status_with_metrics};
+use crate::runtime::http::{Reply, Routes};
+use hyper::StatusCode;
 
 /// Options of the proxy subsystem.
 #[derive(Debug, Clone, Default)]
@@ -110,18 +112,25 @@ impl Subsystem for ProxySubsystem {
         out.push_str(&self.metrics.encode());
     }
 
-    fn admin_get(&self, path: &str) -> Option<(&'static str, String)> {
-        match (path, &self.dry_run) {
-            ("plan", Some(memory)) => {
-                let mut table = memory.clone();
-                let text = match table.dump() {
-                    Ok(dump) => crate::ipvs::render::dump(&dump, false),
-                    Err(e) => format!("error: {e}\n"),
-                };
-                Some(("text/plain; charset=utf-8", text))
-            }
-            (view @ ("addresses" | "ipsets" | "iptables"), Some(_)) => {
-                let plan = self.host_plan.as_ref()?.lock().ok()?.clone();
+    /// A dry run serves its plan: `/proxy/plan` (the in-memory IPVS table) and
+    /// `/proxy/addresses`, `/proxy/ipsets`, `/proxy/iptables` (the host side).
+    fn routes(&self) -> Routes {
+        let (Some(memory), Some(slot)) = (self.dry_run.clone(), self.host_plan.clone()) else {
+            return Routes::new();
+        };
+        const TEXT: &str = "text/plain; charset=utf-8";
+        let mut routes = Routes::new().route("/proxy/plan", move |_| {
+            let mut table = memory.clone();
+            let text = match table.dump() {
+                Ok(dump) => crate::ipvs::render::dump(&dump, false),
+                Err(e) => format!("error: {e}\n"),
+            };
+            Reply::new(StatusCode::OK, TEXT, text)
+        });
+        for view in ["addresses", "ipsets", "iptables"] {
+            let slot = slot.clone();
+            routes = routes.route(format!("/proxy/{view}"), move |_| {
+                let plan = slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 let text = match plan {
                     None => "no sync yet\n".to_string(),
                     Some(p) => match view {
@@ -130,10 +139,10 @@ impl Subsystem for ProxySubsystem {
                         _ => p.iptables,
                     },
                 };
-                Some(("text/plain; charset=utf-8", text))
-            }
-            _ => None,
+                Reply::new(StatusCode::OK, TEXT, text)
+            });
         }
+        routes
     }
 }
 
