@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use svcnet_core::agent::inspect::{self, NamespaceFilter, OutputFormat, Resource};
 use svcnet_core::agent::{self, AgentOptions, client, dig};
+use svcnet_core::cli::{LogFlags, SourceFlags};
 use svcnet_core::model::Kind;
 use svcnet_core::resolv::{self, DnsPolicy, KubeletDns, PodDnsConfig, PodDnsSpec};
 use svcnet_core::source::{self, SourceConfig};
@@ -32,15 +33,8 @@ Examples:
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Log format: `text` (coloured only on a terminal) or `json` (one object per line).
-    #[arg(
-        long,
-        global = true,
-        value_name = "FORMAT",
-        default_value = "text",
-        env = "SVCNET_LOG_FORMAT"
-    )]
-    log_format: svcnet_core::telemetry::LogFormat,
+    #[command(flatten)]
+    log: LogFlags,
 }
 
 #[derive(Subcommand, Debug)]
@@ -254,12 +248,8 @@ struct IpvsArgs {
 /// Where cluster state comes from.
 #[derive(Args, Debug, Clone)]
 struct SourceArgs {
-    /// Read manifests from this directory (every *.yaml, *.yml, *.json).
-    #[arg(long, value_name = "DIR", conflicts_with = "kubeconfig")]
-    manifests: Option<PathBuf>,
-    /// Watch the Kubernetes API with this kubeconfig (default: in-cluster / $KUBECONFIG).
-    #[arg(long, value_name = "FILE")]
-    kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    flags: SourceFlags,
     /// How long to wait for the initial sync of the source.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     sync_timeout: u64,
@@ -267,16 +257,11 @@ struct SourceArgs {
 
 impl SourceArgs {
     fn config(&self) -> SourceConfig {
-        match &self.manifests {
-            Some(dir) => SourceConfig::Manifests(dir.clone()),
-            None => SourceConfig::Kubernetes {
-                kubeconfig: self.kubeconfig.clone(),
-            },
-        }
+        self.flags.config()
     }
 
     fn given(&self) -> bool {
-        self.manifests.is_some() || self.kubeconfig.is_some()
+        self.flags.given()
     }
 
     /// Starts the source, waits for its initial sync and returns one snapshot.
@@ -424,7 +409,7 @@ impl From<PolicyArg> for DnsPolicy {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = svcnet_core::telemetry::init(cli.log_format, "warn") {
+    if let Err(e) = cli.log.init("warn") {
         eprintln!("agentctl: {e}");
         return std::process::ExitCode::FAILURE;
     }
@@ -660,8 +645,8 @@ async fn run(args: RunArgs) -> Result<()> {
         (false, false) => (true, true),
         chosen => chosen,
     };
+    // Each subsystem declares the cache kinds it needs; the agent's source watches their union.
     let mut subsystems = Vec::new();
-    let mut kinds = vec![Kind::Service, Kind::EndpointSlice];
     if dns {
         match &args.corefile {
             Some(path) => {
@@ -671,12 +656,7 @@ async fn run(args: RunArgs) -> Result<()> {
                     startup_timeout: Duration::from_secs(5),
                     allow_unknown: false,
                 };
-                for k in agent::dns::corefile_kinds(&options)? {
-                    if !kinds.contains(&k) {
-                        kinds.push(k);
-                    }
-                }
-                subsystems.push(agent::dns::corefile_launcher(options));
+                subsystems.push(agent::dns::corefile_launcher(options)?);
             }
             None => subsystems.push(agent::dns::launcher(agent::dns::DnsSubsystemOptions {
                 listen: args
@@ -688,11 +668,6 @@ async fn run(args: RunArgs) -> Result<()> {
         }
     }
     if proxy {
-        for k in svcnet_core::ipvs::app::kinds_for(args.node_name.as_deref()) {
-            if !kinds.contains(&k) {
-                kinds.push(k);
-            }
-        }
         subsystems.push(agent::proxy::launcher(agent::proxy::ProxyOptions {
             dry_run: args.dry_run,
             config_file: args.proxy_config.clone(),
@@ -703,12 +678,12 @@ async fn run(args: RunArgs) -> Result<()> {
     }
     let options = AgentOptions {
         source: args.source.config(),
-        kinds,
+        kinds: Vec::new(),
         node_name: args.node_name.clone().filter(|_| proxy),
         admin: Some(args.admin),
         subsystems,
         lameduck: Duration::from_secs(args.lameduck),
     };
-    agent::run(options, svcnet_core::dns::runner::shutdown_signal()).await?;
+    agent::run(options, svcnet_core::runtime::signal::shutdown_signal()).await?;
     Ok(())
 }

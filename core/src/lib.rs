@@ -8,12 +8,14 @@
 
 pub mod agent;
 pub mod cache;
+pub mod cli;
 pub mod dns;
 pub mod env;
 pub mod ipvs;
 pub mod memtrim;
 pub mod model;
 pub mod resolv;
+pub mod runtime;
 pub mod source;
 pub mod telemetry;
 pub mod tls;

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use svcnet_core::cli::{LogFlags, SourceFlags};
+use svcnet_core::dns::DnsOptions;
 use svcnet_core::dns::rrl::LargeAnswerLimit;
 use svcnet_core::dns::server::ServerConfig;
 use svcnet_core::dns::zone::{PodMode, ZoneOptions};
-use svcnet_core::dns::{DnsOptions, run_with_source};
 use svcnet_core::source::SourceConfig;
 
 /// Authoritative cluster DNS (`cluster.local`) served from the Kubernetes API or a manifest
@@ -20,12 +21,8 @@ struct Args {
     /// DNS listen address, UDP and TCP.
     #[arg(long, default_value = "0.0.0.0:53")]
     listen: SocketAddr,
-    /// Serve a directory of YAML/JSON manifests (watched live) instead of the Kubernetes API.
-    #[arg(long, value_name = "DIR", conflicts_with = "kubeconfig")]
-    manifests: Option<PathBuf>,
-    /// Kubeconfig for the Kubernetes API (default: in-cluster configuration).
-    #[arg(long, value_name = "FILE")]
-    kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    source: SourceFlags,
     /// The cluster domain.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
@@ -108,14 +105,8 @@ struct Args {
     /// 0 when it loads, 1 with the error (file:line:column) when it does not. Serves nothing.
     #[arg(long, requires = "corefile")]
     validate: bool,
-    /// Log format: `text` (coloured only on a terminal) or `json` (one object per line).
-    #[arg(
-        long,
-        value_name = "FORMAT",
-        default_value = "text",
-        env = "SVCNET_LOG_FORMAT"
-    )]
-    log_format: svcnet_core::telemetry::LogFormat,
+    #[command(flatten)]
+    log: LogFlags,
     /// How often to give memory freed after a burst back to the system (glibc builds; the
     /// musl image's allocator does it by itself); 0s turns it off.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
@@ -156,15 +147,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn main() -> anyhow::Result<()> {
     let matches = <Args as clap::CommandFactory>::command().get_matches();
     let args = <Args as clap::FromArgMatches>::from_arg_matches(&matches)?;
-    svcnet_core::telemetry::init(args.log_format, "info")?;
+    args.log.init("info")?;
     // Before the runtime starts its threads: see svcnet_core::memtrim.
     svcnet_core::memtrim::start(args.memory_trim_interval);
-    let source = match (&args.manifests, &args.kubeconfig) {
-        (Some(dir), _) => SourceConfig::Manifests(dir.clone()),
-        (None, kubeconfig) => SourceConfig::Kubernetes {
-            kubeconfig: kubeconfig.clone(),
-        },
-    };
+    let source = args.source.config();
     if let Some(path) = &args.corefile
         && args.validate
     {
@@ -201,7 +187,7 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     let result = runtime
-        .block_on(run_with_source(&source, options))
+        .block_on(svcnet_core::agent::programs::dns(&source, options))
         .with_context(|| format!("svcnet-dns ({})", source.describe()));
     // Do not wait for blocking helper threads (file watcher) beyond a moment.
     runtime.shutdown_timeout(Duration::from_millis(200));
@@ -254,7 +240,7 @@ fn corefile_main(
     source: &SourceConfig,
 ) -> anyhow::Result<()> {
     use svcnet_core::dns::corefile::LoadOptions;
-    use svcnet_core::dns::plugins::serve::{CorefileOptions, run_corefile_with_source};
+    use svcnet_core::dns::plugins::serve::CorefileOptions;
     let options = CorefileOptions {
         path: path.to_path_buf(),
         load: LoadOptions {
@@ -264,13 +250,14 @@ fn corefile_main(
         startup_timeout: args.startup_timeout,
         udp_workers: args.udp_workers,
         reload_outcome: None,
+        readiness: None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
     let result = runtime
-        .block_on(run_corefile_with_source(source, options))
+        .block_on(svcnet_core::agent::programs::corefile(source, options))
         .with_context(|| format!("svcnet-dns --corefile {}", path.display()));
     runtime.shutdown_timeout(Duration::from_millis(200));
     result

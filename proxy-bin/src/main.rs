@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use svcnet_core::ipvs::app::{AppOptions, dry_run_plan, run_proxy};
-use svcnet_core::source::SourceConfig;
+use svcnet_core::agent::programs;
+use svcnet_core::cli::{LogFlags, SourceFlags};
+use svcnet_core::ipvs::app::AppOptions;
 
 /// mimalloc instead of glibc's malloc: glibc keeps memory freed by the worker threads in its
 /// per-thread arenas, so the transient peaks of a full sync (tables rendered for ipset and
@@ -22,12 +23,8 @@ struct Args {
     /// A KubeProxyConfiguration file (kubeproxy.config.k8s.io/v1alpha1), watched live.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Read cluster state from a directory of manifests instead of the API server.
-    #[arg(long, value_name = "DIR", conflicts_with = "kubeconfig")]
-    manifests: Option<PathBuf>,
-    /// Kubeconfig for the API server (default: in-cluster, then ~/.kube/config).
-    #[arg(long, value_name = "FILE")]
-    kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    source: SourceFlags,
     /// This node's name, for Local traffic policies.
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
@@ -47,14 +44,8 @@ struct Args {
     /// Seconds to wait for the initial cluster state.
     #[arg(long, default_value_t = 60)]
     sync_timeout: u64,
-    /// Log format: `text` (coloured only on a terminal) or `json` (one object per line).
-    #[arg(
-        long,
-        value_name = "FORMAT",
-        default_value = "text",
-        env = "SVCNET_LOG_FORMAT"
-    )]
-    log_format: svcnet_core::telemetry::LogFormat,
+    #[command(flatten)]
+    log: LogFlags,
 }
 
 /// What `--dry-run` prints.
@@ -79,26 +70,25 @@ async fn main() -> std::process::ExitCode {
 
 async fn real_main() -> anyhow::Result<()> {
     let args = Args::parse();
-    svcnet_core::telemetry::init(args.log_format, "info")?;
-    let source = match args.manifests {
-        Some(dir) => SourceConfig::Manifests(dir),
-        None => SourceConfig::Kubernetes {
-            kubeconfig: args.kubeconfig,
-        },
-    };
-    let mut options = AppOptions::new(source);
+    args.log.init("info")?;
+    let source = args.source.config();
+    let mut options = AppOptions::new();
     options.config_file = args.config;
     options.node_name = args.node_name;
     options.node_addresses = (!args.node_ips.is_empty()).then_some(args.node_ips);
     options.once = args.once;
     options.sync_timeout = Duration::from_secs(args.sync_timeout);
     if args.dry_run {
-        let plan = dry_run_plan(&options).await.context("dry run")?;
+        let plan = programs::proxy_dry_run(&source, &options)
+            .await
+            .context("dry run")?;
         match args.show {
             Show::Table => print!("{}", plan.table),
             Show::All => print!("{}", plan.all()),
         }
         return Ok(());
     }
-    run_proxy(options).await.context("running the proxy")
+    programs::proxy(&source, options)
+        .await
+        .context("running the proxy")
 }

@@ -1,19 +1,12 @@
 //! The agent's one admin endpoint: `/status` (JSON), `/health`, `/ready` and `/metrics` (the
 //! agent's own metrics merged with every subsystem's).
 
-use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::StatusCode;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -22,6 +15,7 @@ use tokio::sync::watch;
 use super::Subsystem;
 use super::status::{AgentStatus, SourceReport};
 use crate::cache::CacheReader;
+use crate::runtime::http::{self, Reply, Routes};
 use crate::source::StatusHandle;
 
 /// Everything the admin endpoint reads.
@@ -184,55 +178,38 @@ fn strip_eof(text: &str) -> &str {
         .unwrap_or(text)
 }
 
-fn reply(code: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = code;
-    if let Ok(v) = content_type.parse() {
-        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
-    }
-    resp
-}
-
-fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "only GET\n".into(),
-        );
-    }
-    match req.uri().path() {
-        "/status" => {
-            let body = serde_json::to_string_pretty(&state.status()).unwrap_or_default();
-            reply(StatusCode::OK, "application/json", body + "\n")
-        }
-        "/health" | "/healthz" | "/livez" => reply(StatusCode::OK, "text/plain", "OK\n".into()),
-        "/ready" | "/readyz" => match state.not_ready_reason() {
-            None => reply(StatusCode::OK, "text/plain", "OK\n".into()),
-            Some(why) => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", why + "\n"),
-        },
-        "/metrics" => reply(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            state.metrics(),
-        ),
-        other => {
-            for sub in &state.subsystems {
-                let prefix = format!("/{}/", sub.name());
-                if let Some(rest) = other.strip_prefix(&prefix)
-                    && let Some((content_type, body)) = sub.admin_get(rest)
-                {
-                    return reply(StatusCode::OK, content_type, body);
-                }
-            }
-            let mut body = String::new();
-            let _ = writeln!(
-                body,
-                "no such endpoint {other}; try /status, /health, /ready, /metrics"
-            );
-            reply(StatusCode::NOT_FOUND, "text/plain", body)
-        }
-    }
+/// The admin endpoint's route table over `state`.
+pub fn routes(state: Arc<AdminState>) -> Routes {
+    let subsystem_routes = state
+        .subsystems
+        .iter()
+        .fold(Routes::new(), |routes, s| routes.merge(s.routes()));
+    let (st, ready, metrics) = (state.clone(), state.clone(), state);
+    let ok = |_: &str| Reply::text(StatusCode::OK, "OK\n");
+    let ready_reply = move |_: &str| match ready.not_ready_reason() {
+        None => Reply::text(StatusCode::OK, "OK\n"),
+        Some(why) => Reply::text(StatusCode::SERVICE_UNAVAILABLE, why + "\n"),
+    };
+    let ready_reply = Arc::new(ready_reply);
+    let readyz = ready_reply.clone();
+    subsystem_routes
+        .only_get()
+        .route("/status", move |_| {
+            let body = serde_json::to_string_pretty(&st.status()).unwrap_or_default();
+            Reply::new(StatusCode::OK, "application/json", body + "\n")
+        })
+        .route("/health", ok)
+        .route("/healthz", ok)
+        .route("/livez", ok)
+        .route("/ready", move |p| ready_reply(p))
+        .route("/readyz", move |p| readyz(p))
+        .route("/metrics", move |_| Reply::openmetrics(metrics.metrics()))
+        .not_found(|other| {
+            Reply::text(
+                StatusCode::NOT_FOUND,
+                format!("no such endpoint {other}; try /status, /health, /ready, /metrics\n"),
+            )
+        })
 }
 
 /// Binds the admin endpoint on `addr`.
@@ -246,31 +223,8 @@ pub async fn serve(
     state: Arc<AdminState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = shutdown.wait_for(|s| *s) => return,
-        };
-        let (stream, _) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "admin endpoint: accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let resp = route(&state, &req);
-                async move { Ok::<_, Infallible>(resp) }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!(error = %e, "admin endpoint: connection ended");
-            }
-        });
-    }
+    http::serve(listener, routes(state), async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    })
+    .await;
 }

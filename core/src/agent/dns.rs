@@ -137,11 +137,17 @@ impl Subsystem for DnsSubsystem {
 }
 
 /// A launcher of the DNS subsystem for [`AgentOptions::subsystems`](super::AgentOptions).
+/// It needs Services and EndpointSlices, and Pods for `pods verified`.
 pub fn launcher(options: DnsSubsystemOptions) -> SubsystemLauncher {
-    Box::new(
-        move |reader: CacheReader, shutdown: watch::Receiver<bool>| {
-            Box::pin(async move { start(options, reader, shutdown).await })
-        },
+    let kinds = crate::dns::runner::needed_kinds(&options.zone);
+    SubsystemLauncher::new(
+        "dns",
+        kinds,
+        Box::new(
+            move |reader: CacheReader, shutdown: watch::Receiver<bool>| {
+                Box::pin(async move { start(options, reader, shutdown).await })
+            },
+        ),
     )
 }
 
@@ -256,7 +262,8 @@ fn load_corefile(
 struct CorefileDns {
     path: String,
     listen: Vec<SocketAddr>,
-    ready: Arc<std::sync::atomic::AtomicBool>,
+    /// What the Corefile's `ready` endpoint answers, in memory.
+    readiness: crate::dns::plugins::serve::CorefileReadiness,
     has_ready_endpoint: bool,
     /// The outcome of the last reload the server ran (`None`: none failed since).
     reload_error: watch::Receiver<Option<String>>,
@@ -289,7 +296,12 @@ impl Subsystem for CorefileDns {
             },
         );
         SubsystemStatus {
-            ready: exit_error.is_none() && self.ready.load(Ordering::Relaxed),
+            // Without a `ready` plugin: ready once serving.
+            ready: exit_error.is_none()
+                && match self.readiness.ready() {
+                    Some(ready) => ready || !self.has_ready_endpoint,
+                    None => false,
+                },
             summary: format!("DNS serving Corefile {}", self.path),
             applied_generation: None,
             syncs: 0,
@@ -306,82 +318,69 @@ impl Subsystem for CorefileDns {
 /// A launcher of the DNS subsystem serving a Corefile with the DNS helper's
 /// [`run_corefile`](crate::dns::plugins::serve::run_corefile) (its own health/ready/metrics
 /// endpoints as the Corefile configures them, reload included). The agent reports the Corefile
-/// in force, readiness from the Corefile's `ready` endpoint, and the outcome of the last reload
+/// in force, readiness as the Corefile's `ready` endpoint answers (read in memory), and the outcome of the last reload
 /// the server ran (`reload` plugin): the error of a rejected Corefile — unparsable, deleted, or
 /// failing to apply (a listen port in use) — until a later reload succeeds.
-pub fn corefile_launcher(options: CorefileSubsystemOptions) -> SubsystemLauncher {
-    Box::new(
-        move |reader: CacheReader, mut shutdown: watch::Receiver<bool>| {
-            Box::pin(async move {
-                let cf = load_corefile(&options)?;
-                let listen: Vec<SocketAddr> = match options.listen_override {
-                    Some(a) => vec![a],
-                    None => cf.servers.iter().flat_map(|s| s.listen_addrs()).collect(),
-                };
-                let ready_addr = cf
-                    .servers
-                    .iter()
-                    .find_map(|s| s.plugins.ready.as_ref().map(|r| r.addr))
-                    .map(|a| {
-                        if a.ip().is_unspecified() {
-                            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), a.port())
-                        } else {
-                            a
+/// The Corefile is read here for the kinds it needs (`pods verified` adds Pods): a Corefile
+/// that does not load is an error before anything starts.
+pub fn corefile_launcher(
+    options: CorefileSubsystemOptions,
+) -> Result<SubsystemLauncher, AgentError> {
+    let kinds = corefile_kinds(&options)?;
+    Ok(SubsystemLauncher::new(
+        "dns",
+        kinds,
+        Box::new(
+            move |reader: CacheReader, mut shutdown: watch::Receiver<bool>| {
+                Box::pin(async move {
+                    let cf = load_corefile(&options)?;
+                    let listen: Vec<SocketAddr> = match options.listen_override {
+                        Some(a) => vec![a],
+                        None => cf.servers.iter().flat_map(|s| s.listen_addrs()).collect(),
+                    };
+                    let has_ready_endpoint = cf.servers.iter().any(|s| s.plugins.ready.is_some());
+                    let readiness = crate::dns::plugins::serve::CorefileReadiness::new();
+                    let (reload_tx, reload_error) = watch::channel(None);
+                    let exit_error = Arc::new(Mutex::new(None));
+                    let handle = Arc::new(CorefileDns {
+                        path: options.path.display().to_string(),
+                        listen,
+                        readiness: readiness.clone(),
+                        has_ready_endpoint,
+                        reload_error,
+                        exit_error: exit_error.clone(),
+                    });
+                    let serve_options = crate::dns::plugins::serve::CorefileOptions {
+                        path: options.path.clone(),
+                        load: crate::dns::corefile::LoadOptions {
+                            allow_unknown: options.allow_unknown,
+                        },
+                        listen_override: options.listen_override,
+                        startup_timeout: options.startup_timeout,
+                        udp_workers: 0,
+                        reload_outcome: Some(reload_tx),
+                        readiness: Some(readiness),
+                    };
+                    let task = tokio::spawn(async move {
+                        let stop = async move {
+                            let _ = shutdown.wait_for(|s| *s).await;
+                        };
+                        let result =
+                            crate::dns::plugins::serve::run_corefile(reader, serve_options, stop)
+                                .await;
+                        if let Err(e) = result {
+                            tracing::error!(error = %e, "DNS (Corefile) stopped");
+                            if let Ok(mut slot) = exit_error.lock() {
+                                *slot = Some(e.to_string());
+                            }
                         }
                     });
-                let ready = Arc::new(std::sync::atomic::AtomicBool::new(ready_addr.is_none()));
-                let (reload_tx, reload_error) = watch::channel(None);
-                let exit_error = Arc::new(Mutex::new(None));
-                let handle = Arc::new(CorefileDns {
-                    path: options.path.display().to_string(),
-                    listen,
-                    ready: ready.clone(),
-                    has_ready_endpoint: ready_addr.is_some(),
-                    reload_error,
-                    exit_error: exit_error.clone(),
-                });
-                // Readiness from the Corefile's `ready` endpoint, checked every second.
-                let checker = tokio::spawn(async move {
-                    let Some(addr) = ready_addr else { return };
-                    let mut tick = tokio::time::interval(Duration::from_secs(1));
-                    loop {
-                        tick.tick().await;
-                        let ok = matches!(
-                            super::client::get(addr, "/ready", Duration::from_secs(1)).await,
-                            Ok((200, _))
-                        );
-                        ready.store(ok, Ordering::Relaxed);
-                    }
-                });
-                let serve_options = crate::dns::plugins::serve::CorefileOptions {
-                    path: options.path.clone(),
-                    load: crate::dns::corefile::LoadOptions {
-                        allow_unknown: options.allow_unknown,
-                    },
-                    listen_override: options.listen_override,
-                    startup_timeout: options.startup_timeout,
-                    udp_workers: 0,
-                    reload_outcome: Some(reload_tx),
-                };
-                let task = tokio::spawn(async move {
-                    let stop = async move {
-                        let _ = shutdown.wait_for(|s| *s).await;
-                    };
-                    let result =
-                        crate::dns::plugins::serve::run_corefile(reader, serve_options, stop).await;
-                    checker.abort();
-                    if let Err(e) = result {
-                        tracing::error!(error = %e, "DNS (Corefile) stopped");
-                        if let Ok(mut slot) = exit_error.lock() {
-                            *slot = Some(e.to_string());
-                        }
-                    }
-                });
-                Ok(RunningSubsystem {
-                    handle: handle as Arc<dyn Subsystem>,
-                    task,
+                    Ok(RunningSubsystem {
+                        handle: handle as Arc<dyn Subsystem>,
+                        task,
+                    })
                 })
-            })
-        },
-    )
+            },
+        ),
+    ))
 }

@@ -12,6 +12,7 @@
 //! - [`client`]: reading a running agent's admin endpoint.
 //! - [`admin`]: the admin endpoint itself.
 //! - [`dig`]: a small DNS client (`agentctl dns query`).
+//! - [`programs`]: the stand-alone `svcnet-dns` and `svcnet-proxy` programs, composed here.
 //! - [`proxy`]: the IPVS proxy subsystem (kernel or dry run).
 //! - [`dns`]: the cluster DNS subsystem.
 
@@ -20,6 +21,7 @@ pub mod client;
 pub mod dig;
 pub mod dns;
 pub mod inspect;
+pub mod programs;
 pub mod proxy;
 pub mod status;
 
@@ -44,10 +46,10 @@ pub trait Subsystem: Send + Sync {
     fn status(&self) -> SubsystemStatus;
     /// Appends the subsystem's metrics in OpenMetrics text (a trailing `# EOF` is removed).
     fn encode_metrics(&self, _out: &mut String) {}
-    /// Answers a subsystem-specific admin path under `/<name>/` (e.g. `/proxy/plan`):
-    /// `Some((content type, body))`, or `None` for 404.
-    fn admin_get(&self, _path: &str) -> Option<(&'static str, String)> {
-        None
+    /// The subsystem's own admin routes, full paths under `/<name>/` (e.g. `/proxy/plan`),
+    /// merged into the admin endpoint's route table.
+    fn routes(&self) -> crate::runtime::http::Routes {
+        crate::runtime::http::Routes::new()
     }
 }
 
@@ -60,7 +62,7 @@ pub struct RunningSubsystem {
 }
 
 /// Starts a subsystem on a cache reader; it must stop when the shutdown flag turns true.
-pub type SubsystemLauncher = Box<
+pub type LaunchFn = Box<
     dyn FnOnce(
             CacheReader,
             watch::Receiver<bool>,
@@ -69,11 +71,54 @@ pub type SubsystemLauncher = Box<
         > + Send,
 >;
 
+/// A subsystem before it starts: its name, the cache kinds it needs (the agent's source
+/// watches their union) and how to start it.
+pub struct SubsystemLauncher {
+    name: &'static str,
+    kinds: Vec<Kind>,
+    launch: LaunchFn,
+}
+
+impl SubsystemLauncher {
+    /// A launcher of subsystem `name` needing `kinds` from the cache.
+    pub fn new(name: &'static str, kinds: Vec<Kind>, launch: LaunchFn) -> Self {
+        Self {
+            name,
+            kinds,
+            launch,
+        }
+    }
+
+    /// The subsystem's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The cache kinds it needs.
+    pub fn kinds(&self) -> &[Kind] {
+        &self.kinds
+    }
+}
+
+/// The union of `extra` and every launcher's kinds, in first-seen order.
+fn union_of_kinds(extra: &[Kind], launchers: &[SubsystemLauncher]) -> Vec<Kind> {
+    let mut kinds: Vec<Kind> = Vec::new();
+    for k in extra
+        .iter()
+        .chain(launchers.iter().flat_map(|l| l.kinds.iter()))
+    {
+        if !kinds.contains(k) {
+            kinds.push(*k);
+        }
+    }
+    kinds
+}
+
 /// What `agentctl run` starts.
 pub struct AgentOptions {
     /// The one source of cluster state.
     pub source: SourceConfig,
-    /// Kinds the source watches (the union of what the subsystems need).
+    /// Kinds the source watches besides those the subsystems declare.
     pub kinds: Vec<Kind>,
     /// This node's name: when `kinds` has [`Kind::Node`], the API source watches only this
     /// Node (field selector `metadata.name`), for its zone label (topology hints).
@@ -132,18 +177,14 @@ pub async fn run_with(
 ) -> Result<(), AgentError> {
     // One rustls provider for the process (kube's client and the DoT/DoH code share it).
     crate::tls::install_crypto_provider();
-    let src = source::start_for_node(
-        &options.source,
-        &options.kinds,
-        options.node_name.as_deref(),
-    )
-    .await?;
+    let kinds = union_of_kinds(&options.kinds, &options.subsystems);
+    let src = source::start_for_node(&options.source, &kinds, options.node_name.as_deref()).await?;
     let reader = src.reader();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let mut running = Vec::new();
     for launch in options.subsystems {
-        running.push(launch(reader.clone(), shutdown_rx.clone()).await?);
+        running.push((launch.launch)(reader.clone(), shutdown_rx.clone()).await?);
     }
     let handles: Vec<Arc<dyn Subsystem>> = running.iter().map(|r| r.handle.clone()).collect();
     let state = Arc::new(admin::AdminState::new(
@@ -218,12 +259,36 @@ pub async fn run_with(
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_source_watches_the_union_of_what_subsystems_declare() {
+        let launcher = |name, kinds| {
+            SubsystemLauncher::new(
+                name,
+                kinds,
+                Box::new(|_, _| Box::pin(async { unreachable!("not started") })),
+            )
+        };
+        let launchers = [
+            launcher("dns", vec![Kind::Service, Kind::EndpointSlice, Kind::Pod]),
+            launcher(
+                "proxy",
+                vec![Kind::Service, Kind::EndpointSlice, Kind::Node],
+            ),
+        ];
+        assert_eq!(launchers[1].name(), "proxy");
+        assert_eq!(launchers[0].kinds().len(), 3);
+        assert_eq!(
+            union_of_kinds(&[Kind::Service], &launchers),
+            vec![Kind::Service, Kind::EndpointSlice, Kind::Pod, Kind::Node]
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn run_with_reports_the_admin_address_and_stops_on_request() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/cluster");
         let options = AgentOptions {
             source: SourceConfig::Manifests(dir),
-            kinds: vec![Kind::Service, Kind::EndpointSlice],
+            kinds: Vec::new(),
             node_name: None,
             admin: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             subsystems: vec![proxy::launcher(proxy::ProxyOptions {

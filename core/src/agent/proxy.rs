@@ -6,7 +6,8 @@
 //!
 //! With a kernel, host setup (sysctls, ipsets, iptables) is the IPVS helper's
 //! [`KernelHost`](crate::ipvs::host::KernelHost). The `KubeProxyConfiguration` file is re-read
-//! when it changes (checked every second, following symlinks, so ConfigMap `..data` swaps count);
+//! when it changes (the shared [`FileWatch`](crate::runtime::watch::FileWatch): notifications plus
+//! a check every second, following symlinks, so ConfigMap `..data` swaps count);
 //! an invalid file keeps the running configuration and is reported as the last reload error.
 //! Metrics are the IPVS helper's [`ProxyMetrics`](crate::ipvs::serve::ProxyMetrics), merged into
 //! the admin endpoint's `/metrics`; with a kernel, the configuration's `healthzBindAddress`
@@ -21,9 +22,9 @@
 //! flowing across an agent restart (the next start adopts them).
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -32,13 +33,15 @@ use super::{AgentError, RunningSubsystem, Subsystem, SubsystemLauncher};
 use crate::cache::CacheReader;
 use crate::ipvs::backend::IpvsBackend as _;
 use crate::ipvs::config::ProxyConfig;
-use crate::ipvs::config::watch::{Reload, reload};
+use crate::ipvs::config::watch::watch_config;
 use crate::ipvs::host::KernelHost;
 use crate::ipvs::memory::{MemoryAddresses, MemoryIpvs};
 use crate::ipvs::netlink::{NetlinkAddresses, NetlinkIpvs};
 use crate::ipvs::reconcile::Reconciler;
 use crate::ipvs::run::{HostSetup, RunOptions, StatusHandle};
 use crate::ipvs::serve::{ProxyMetrics, status_with_metrics};
+use crate::runtime::http::{Reply, Routes};
+use hyper::StatusCode;
 
 /// Options of the proxy subsystem.
 #[derive(Debug, Clone, Default)]
@@ -64,7 +67,7 @@ struct ProxySubsystem {
     host_plan: Option<HostPlanSlot>,
     config_file: Option<String>,
     ignored_fields: Vec<String>,
-    reload_error: Arc<Mutex<Option<String>>>,
+    reload_error: watch::Receiver<Option<String>>,
     exit_error: Arc<Mutex<Option<String>>>,
 }
 
@@ -99,7 +102,7 @@ impl Subsystem for ProxySubsystem {
             last_sync_seconds: s.last_sync.map(|_| s.last_duration.as_secs_f64()),
             query_rate_per_second: None,
             config_files: self.config_file.iter().cloned().collect(),
-            last_reload_error: self.reload_error.lock().ok().and_then(|e| e.clone()),
+            last_reload_error: self.reload_error.borrow().clone(),
             last_error: exit_error.or(s.last_error),
             details,
         }
@@ -109,18 +112,25 @@ impl Subsystem for ProxySubsystem {
         out.push_str(&self.metrics.encode());
     }
 
-    fn admin_get(&self, path: &str) -> Option<(&'static str, String)> {
-        match (path, &self.dry_run) {
-            ("plan", Some(memory)) => {
-                let mut table = memory.clone();
-                let text = match table.dump() {
-                    Ok(dump) => crate::ipvs::render::dump(&dump, false),
-                    Err(e) => format!("error: {e}\n"),
-                };
-                Some(("text/plain; charset=utf-8", text))
-            }
-            (view @ ("addresses" | "ipsets" | "iptables"), Some(_)) => {
-                let plan = self.host_plan.as_ref()?.lock().ok()?.clone();
+    /// A dry run serves its plan: `/proxy/plan` (the in-memory IPVS table) and
+    /// `/proxy/addresses`, `/proxy/ipsets`, `/proxy/iptables` (the host side).
+    fn routes(&self) -> Routes {
+        let (Some(memory), Some(slot)) = (self.dry_run.clone(), self.host_plan.clone()) else {
+            return Routes::new();
+        };
+        const TEXT: &str = "text/plain; charset=utf-8";
+        let mut routes = Routes::new().route("/proxy/plan", move |_| {
+            let mut table = memory.clone();
+            let text = match table.dump() {
+                Ok(dump) => crate::ipvs::render::dump(&dump, false),
+                Err(e) => format!("error: {e}\n"),
+            };
+            Reply::new(StatusCode::OK, TEXT, text)
+        });
+        for view in ["addresses", "ipsets", "iptables"] {
+            let slot = slot.clone();
+            routes = routes.route(format!("/proxy/{view}"), move |_| {
+                let plan = slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 let text = match plan {
                     None => "no sync yet\n".to_string(),
                     Some(p) => match view {
@@ -129,21 +139,27 @@ impl Subsystem for ProxySubsystem {
                         _ => p.iptables,
                     },
                 };
-                Some(("text/plain; charset=utf-8", text))
-            }
-            _ => None,
+                Reply::new(StatusCode::OK, TEXT, text)
+            });
         }
+        routes
     }
 }
 
 type HostPlanSlot = Arc<Mutex<Option<crate::ipvs::render::HostPlan>>>;
 
 /// A launcher of the proxy subsystem for [`AgentOptions::subsystems`](super::AgentOptions).
+/// It needs Services and EndpointSlices, and with a node name its own Node (topology hints).
 pub fn launcher(options: ProxyOptions) -> SubsystemLauncher {
-    Box::new(
-        move |reader: CacheReader, shutdown: watch::Receiver<bool>| {
-            Box::pin(async move { start(options, reader, shutdown).await })
-        },
+    let kinds = crate::ipvs::app::kinds_for(options.node_name.as_deref());
+    SubsystemLauncher::new(
+        "proxy",
+        kinds,
+        Box::new(
+            move |reader: CacheReader, shutdown: watch::Receiver<bool>| {
+                Box::pin(async move { start(options, reader, shutdown).await })
+            },
+        ),
     )
 }
 
@@ -192,11 +208,11 @@ async fn start(
     let metrics = Arc::new(ProxyMetrics::new());
     let status = status_with_metrics(metrics.clone());
     let (config_tx, config_rx) = watch::channel(config);
-    let reload_error = Arc::new(Mutex::new(None));
+    let (reload_tx, reload_error) = watch::channel(None);
     let watcher = options
         .config_file
         .clone()
-        .map(|path| tokio::spawn(watch_file(path, config_tx.clone(), reload_error.clone())));
+        .map(|path| watch_config(path, config_tx.clone(), Some(reload_tx)));
     let run_options = RunOptions {
         node_name: options.node_name.as_deref().map(Arc::from),
         node_addresses,
@@ -251,9 +267,7 @@ async fn start(
             shutdown,
         )
         .await;
-        if let Some(w) = watcher {
-            w.abort();
-        }
+        drop(watcher);
         if let Some(h) = health_checks {
             h.abort();
         }
@@ -268,38 +282,4 @@ async fn start(
         }
     });
     Ok(RunningSubsystem { handle, task })
-}
-
-/// Modification time and size of `path` (following symlinks), to notice changes.
-fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
-}
-
-/// Re-reads the config file whenever it changes; records the outcome in `last_error`.
-async fn watch_file(
-    path: PathBuf,
-    tx: watch::Sender<ProxyConfig>,
-    last_error: Arc<Mutex<Option<String>>>,
-) {
-    let mut seen = file_stamp(&path);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        let now = file_stamp(&path);
-        if now == seen {
-            continue;
-        }
-        seen = now;
-        let (p, t) = (path.clone(), tx.clone());
-        let outcome = tokio::task::spawn_blocking(move || reload(&p, &t)).await;
-        let error = match outcome {
-            Ok(Reload::Rejected(e)) => Some(e.to_string()),
-            Ok(Reload::Applied | Reload::Unchanged) => None,
-            Err(e) => Some(format!("reload task failed: {e}")),
-        };
-        if let Ok(mut slot) = last_error.lock() {
-            *slot = error;
-        }
-    }
 }

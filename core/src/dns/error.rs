@@ -2,8 +2,6 @@
 
 use std::net::SocketAddr;
 
-use crate::source::SourceError;
-
 /// Why the DNS server could not start or keep running.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -34,9 +32,6 @@ pub enum DnsError {
         /// The socket error.
         source: std::io::Error,
     },
-    /// The cluster state source could not start.
-    #[error("starting the cluster state source: {0}")]
-    Source(#[from] SourceError),
     /// An option has a value that cannot work.
     #[error("invalid DNS option {option}: {reason}")]
     InvalidOption {

@@ -8,14 +8,14 @@
 //! - [`server`]: UDP/TCP listeners; `encrypted`: DoT/DoH listeners (hickory-server); [`http`]: health, ready, metrics; [`metrics`]: CoreDNS
 //!   metric names.
 //! - [`zonefile`]: RFC 1035 export of the zone; [`rrl`]: rate limit of large UDP answers.
-//! - [`run`] / [`run_with_source`] / [`serve`]: the whole server with lameduck.
+//! - [`run`] / [`serve`]: the whole server on a cache reader, with lameduck (the source is
+//!   started by [`crate::agent::programs`]).
 
 pub mod cluster;
 pub mod corefile;
 pub(crate) mod encrypted;
 pub mod error;
 pub mod handler;
-pub mod http;
 pub mod metrics;
 pub mod plugins;
 pub mod rrl;
@@ -26,4 +26,4 @@ pub mod zone;
 pub mod zonefile;
 
 pub use error::DnsError;
-pub use runner::{DnsOptions, run, run_until, run_with_source, serve};
+pub use runner::{DnsOptions, run, run_until, serve};

@@ -3,7 +3,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hyper::StatusCode;
@@ -11,13 +10,13 @@ use hyper::StatusCode;
 use super::cluster::ClusterPlugin;
 use super::error::DnsError;
 use super::handler::{Chain, Plugin};
-use super::http;
 use super::metrics::DnsMetrics;
 use super::server::{DnsServer, ServerConfig};
 use super::zone::ZoneOptions;
 use crate::cache::CacheReader;
 use crate::model::Kind;
-use crate::source::{self, SourceConfig};
+use crate::runtime::http::{self, Reply, Routes};
+use crate::runtime::signal::{Stopping, shutdown_signal, stop_after_lameduck};
 
 /// Everything `svcnet-dns` (and the DNS part of `agentctl run`) can be told.
 #[derive(Debug, Clone)]
@@ -89,18 +88,6 @@ pub fn needed_kinds(zone: &ZoneOptions) -> Vec<Kind> {
     kinds
 }
 
-/// Starts the source (`--manifests`/`--kubeconfig`) and serves DNS from it until SIGTERM or
-/// SIGINT (then lameduck).
-pub async fn run_with_source(config: &SourceConfig, options: DnsOptions) -> Result<(), DnsError> {
-    // One rustls provider for the process (the API client's TLS uses it).
-    crate::tls::install_crypto_provider();
-    options.validate()?;
-    let source = source::start(config, &needed_kinds(&options.zone)).await?;
-    let result = run(source.reader(), options).await;
-    drop(source);
-    result
-}
-
 /// Serves the cluster zone of `reader` until SIGTERM or SIGINT, then lameducks and returns.
 pub async fn run(reader: CacheReader, options: DnsOptions) -> Result<(), DnsError> {
     run_until(reader, options, shutdown_signal()).await
@@ -135,122 +122,107 @@ pub async fn serve(
     let local = server.local_addr();
     let metrics = DnsMetrics::new(&format!("dns://{local}"), ".");
     metrics.set_plugins(&chain.names());
+    let serving = chain.clone();
     if let Some(c) = &cluster {
         c.set_metrics(metrics.clone());
     }
-    let lameduck = Arc::new(AtomicBool::new(false));
+    let stopping = Stopping::new();
     let mut tasks = tokio::task::JoinSet::new();
     let mut bound: [String; 3] = ["off".into(), "off".into(), "off".into()];
-
-    if let Some(addr) = options.health {
-        let listener = http::bind("health", addr).await?;
-        bound[0] = listener.local_addr().map_or(addr, |a| a).to_string();
-        let m = metrics.clone();
-        tasks.spawn(http::serve(
-            listener,
-            Arc::new(move |path: &str| {
-                let started = Instant::now();
-                let reply = match path {
-                    "/health" => Some((StatusCode::OK, "text/plain", "OK".to_string())),
-                    _ => None,
-                };
-                if reply.is_some() {
-                    m.health_checked(started.elapsed(), true);
-                }
-                reply
+    let endpoints = [
+        (options.health, "health", health_routes(&metrics)),
+        (
+            options.ready,
+            "ready",
+            ready_routes(stopping.clone(), move || {
+                let not_ready = chain.not_ready();
+                (!not_ready.is_empty()).then(|| not_ready.join(", "))
             }),
-        ));
-    }
-    if let Some(addr) = options.ready {
-        let listener = http::bind("ready", addr).await?;
-        bound[1] = listener.local_addr().map_or(addr, |a| a).to_string();
-        let chain = chain.clone();
-        let lameduck = lameduck.clone();
-        tasks.spawn(http::serve(
-            listener,
-            Arc::new(move |path: &str| {
-                if path != "/ready" {
-                    return None;
-                }
-                if lameduck.load(Ordering::Acquire) {
-                    return Some((
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "text/plain",
-                        "shutting down".into(),
-                    ));
-                }
-                let not_ready: Vec<&str> = chain.not_ready();
-                Some(if not_ready.is_empty() {
-                    (StatusCode::OK, "text/plain", "OK".into())
-                } else {
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "text/plain",
-                        not_ready.join(", "),
-                    )
-                })
-            }),
-        ));
-    }
-    if let Some(addr) = options.metrics {
-        let listener = http::bind("metrics", addr).await?;
-        bound[2] = listener.local_addr().map_or(addr, |a| a).to_string();
-        let m = metrics.clone();
-        tasks.spawn(http::serve(
-            listener,
-            Arc::new(move |path: &str| match path {
-                "/metrics" => Some((
-                    StatusCode::OK,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    m.encode(),
-                )),
-                _ => None,
-            }),
-        ));
+        ),
+        (options.metrics, "metrics", metrics_routes(&metrics, None)),
+    ];
+    for (i, (addr, what, routes)) in endpoints.into_iter().enumerate() {
+        if let Some(addr) = addr {
+            let listener = bind_http(what, addr).await?;
+            bound[i] = listener.local_addr().map_or(addr, |a| a).to_string();
+            tasks.spawn(http::serve(listener, routes, std::future::pending()));
+        }
     }
     tracing::info!(
         listen = %local,
         health = %bound[0],
         ready = %bound[1],
         metrics = %bound[2],
-        plugins = ?chain.names(),
+        plugins = ?serving.names(),
         "DNS server listening"
     );
-    tasks.spawn(server.serve(chain, metrics));
+    tasks.spawn(server.serve(serving, metrics));
 
-    shutdown.await;
-    lameduck.store(true, Ordering::Release);
-    if !options.lameduck.is_zero() {
-        tracing::info!(lameduck = ?options.lameduck, "shutting down: lameduck, still answering");
-        tokio::time::sleep(options.lameduck).await;
-    }
+    stop_after_lameduck(
+        shutdown,
+        &stopping,
+        options.lameduck,
+        "shutting down: lameduck, still answering",
+    )
+    .await;
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
     Ok(())
 }
 
-/// Completes on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+/// Binds `addr` for the HTTP endpoint called `what` (for error messages).
+pub(crate) async fn bind_http(
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<tokio::net::TcpListener, DnsError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| DnsError::HttpBind { what, addr, source })
+}
+
+/// CoreDNS's `health` endpoint: `/health` answers `OK`, timed in the metrics.
+pub(crate) fn health_routes(metrics: &Arc<DnsMetrics>) -> Routes {
+    let m = metrics.clone();
+    Routes::new().route("/health", move |_| {
+        let started = Instant::now();
+        let reply = Reply::text(StatusCode::OK, "OK");
+        m.health_checked(started.elapsed(), true);
+        reply
+    })
+}
+
+/// CoreDNS's `ready` endpoint: `/ready` answers 503 while stopping or while `not_ready`
+/// names what is not ready yet, else `OK`.
+pub(crate) fn ready_routes(
+    stopping: Stopping,
+    not_ready: impl Fn() -> Option<String> + Send + Sync + 'static,
+) -> Routes {
+    Routes::new().route("/ready", move |_| {
+        if stopping.is_set() {
+            return Reply::text(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+        match not_ready() {
+            None => Reply::text(StatusCode::OK, "OK"),
+            Some(why) => Reply::text(StatusCode::SERVICE_UNAVAILABLE, why),
+        }
+    })
+}
+
+/// CoreDNS's `prometheus` endpoint: `/metrics` with the DNS metrics, and those of `extra`
+/// (the plugins' registry) appended.
+pub(crate) fn metrics_routes(
+    metrics: &Arc<DnsMetrics>,
+    extra: Option<Arc<prometheus_client::registry::Registry>>,
+) -> Routes {
+    let m = metrics.clone();
+    Routes::new().route("/metrics", move |_| {
+        let mut text = m.encode();
+        if let Some(registry) = &extra {
+            if let Some(stripped) = text.strip_suffix("# EOF\n") {
+                text.truncate(stripped.len());
+            }
+            let _ = prometheus_client::encoding::text::encode(&mut text, registry);
+        }
+        Reply::openmetrics(text)
+    })
 }

@@ -1,6 +1,9 @@
-//! The `svcnet-proxy` program as a library call: source, config file, kernel backends,
-//! control loop; and `--dry-run`, which prints the plan without touching the kernel.
+//! The `svcnet-proxy` program on a cache reader: config file, kernel backends, control loop;
+//! and `--dry-run`, which computes the plan without touching the kernel. Starting the cluster
+//! source and waiting for the stop signal is the composition root's job
+//! ([`crate::agent::programs`]).
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,8 +19,8 @@ use super::desired::{NodeInfo, build};
 use super::netlink::{NetlinkAddresses, NetlinkIpvs};
 use super::reconcile::Reconciler;
 use super::run::{ProxyError, RunOptions, run};
+use crate::cache::CacheReader;
 use crate::model::Kind;
-use crate::source::{SourceConfig, SourceError, start_for_node};
 
 /// Kinds the proxy needs from the source without a node name.
 pub const KINDS: [Kind; 2] = [Kind::Service, Kind::EndpointSlice];
@@ -44,9 +47,6 @@ pub enum AppError {
     /// The configuration file is bad.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The source could not start.
-    #[error(transparent)]
-    Source(#[from] SourceError),
     /// The cache did not sync.
     #[error("the cluster source did not sync within {0:?}")]
     NotSynced(Duration),
@@ -61,8 +61,6 @@ pub enum AppError {
 /// What `svcnet-proxy` was asked to do.
 #[derive(Debug, Clone)]
 pub struct AppOptions {
-    /// Where cluster state comes from.
-    pub source: SourceConfig,
     /// `--config FILE`: a KubeProxyConfiguration, watched live.
     pub config_file: Option<PathBuf>,
     /// `--node-name`.
@@ -76,10 +74,9 @@ pub struct AppOptions {
 }
 
 impl AppOptions {
-    /// Options for a source with defaults for the rest.
-    pub fn new(source: SourceConfig) -> Self {
+    /// Default options: no configuration file, node name or addresses; 60 s sync timeout.
+    pub fn new() -> Self {
         Self {
-            source,
             config_file: None,
             node_name: None,
             node_addresses: None,
@@ -88,7 +85,9 @@ impl AppOptions {
         }
     }
 
-    fn initial_config(&self) -> Result<ProxyConfig, AppError> {
+    /// The configuration to start with: the `--config` file (its ignored fields logged) or
+    /// the defaults.
+    pub fn load_config(&self) -> Result<ProxyConfig, AppError> {
         match &self.config_file {
             None => Ok(ProxyConfig::default()),
             Some(p) => {
@@ -99,6 +98,21 @@ impl AppOptions {
                 Ok(loaded.config)
             }
         }
+    }
+
+    /// The node name the source watches: the configuration's `hostnameOverride`, else
+    /// `--node-name`.
+    pub fn source_node_name(&self, config: &ProxyConfig) -> Option<String> {
+        config
+            .hostname_override
+            .clone()
+            .or_else(|| self.node_name.clone())
+    }
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -114,10 +128,15 @@ pub fn kernel_node_addresses() -> Vec<IpAddr> {
     }
 }
 
-/// Computes the IPVS table for the cluster and renders it as `ipvsadm -Ln` would print it once
-/// programmed; touches nothing (node addresses are read, unprivileged, unless given).
-pub async fn dry_run(options: &AppOptions) -> Result<String, AppError> {
-    Ok(dry_run_plan(options).await?.table)
+/// Computes the IPVS table for the cluster of `reader` and renders it as `ipvsadm -Ln` would
+/// print it once programmed; touches nothing (node addresses are read, unprivileged, unless
+/// given).
+pub async fn dry_run(
+    reader: CacheReader,
+    config: ProxyConfig,
+    options: &AppOptions,
+) -> Result<String, AppError> {
+    Ok(dry_run_plan(reader, config, options).await?.table)
 }
 
 /// Everything a run would program, rendered: the IPVS table and the host side.
@@ -141,19 +160,12 @@ impl DryRunPlan {
 
 /// [`dry_run`] with the host side too: computes the table and the `kube-ipvs0` addresses,
 /// ipset contents and iptables rules a run would program; touches nothing.
-pub async fn dry_run_plan(options: &AppOptions) -> Result<DryRunPlan, AppError> {
-    let config = options.initial_config()?;
-    let node_name = config
-        .hostname_override
-        .clone()
-        .or_else(|| options.node_name.clone());
-    let source = start_for_node(
-        &options.source,
-        &kinds_for(node_name.as_deref()),
-        node_name.as_deref(),
-    )
-    .await?;
-    let mut reader = source.reader();
+pub async fn dry_run_plan(
+    mut reader: CacheReader,
+    config: ProxyConfig,
+    options: &AppOptions,
+) -> Result<DryRunPlan, AppError> {
+    let node_name = options.source_node_name(&config);
     if !reader.wait_synced(options.sync_timeout).await {
         return Err(AppError::NotSynced(options.sync_timeout));
     }
@@ -174,21 +186,16 @@ pub async fn dry_run_plan(options: &AppOptions) -> Result<DryRunPlan, AppError> 
     })
 }
 
-/// Runs the proxy against the kernel until Ctrl-C/SIGTERM (or once, with `once`).
-pub async fn run_proxy(options: AppOptions) -> Result<(), AppError> {
+/// Runs the proxy on `reader` against the kernel until `stop` completes (or once, with
+/// `once`), starting from `config` and following the `--config` file.
+pub async fn run_proxy(
+    reader: CacheReader,
+    config: ProxyConfig,
+    options: AppOptions,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AppError> {
     let metrics = Arc::new(super::serve::ProxyMetrics::new());
     let status = super::serve::status_with_metrics(metrics.clone());
-    let config = options.initial_config()?;
-    let node_name = config
-        .hostname_override
-        .clone()
-        .or_else(|| options.node_name.clone());
-    let source = start_for_node(
-        &options.source,
-        &kinds_for(node_name.as_deref()),
-        node_name.as_deref(),
-    )
-    .await?;
     let ipvs = NetlinkIpvs::open()?;
     let addresses = NetlinkAddresses::open()?;
     let reconciler = Reconciler::new(Box::new(ipvs), Box::new(addresses));
@@ -197,19 +204,19 @@ pub async fn run_proxy(options: AppOptions) -> Result<(), AppError> {
     let _watcher = options
         .config_file
         .clone()
-        .map(|p| watch_config(p, config_tx.clone()));
+        .map(|p| watch_config(p, config_tx.clone(), None));
     // Health and metrics servers follow the config live: a changed bind address rebinds.
     let servers = super::serve::follow_config(config_rx.clone(), status.clone(), metrics);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {
-        wait_for_signal().await;
+        stop.await;
         tracing::info!("shutting down; IPVS rules stay in place");
         let _ = shutdown_tx.send(true);
     });
     // Health-check node ports of `externalTrafficPolicy: Local` load balancers.
     let health_checks = (!options.once).then(|| {
         super::healthcheck::spawn(
-            source.reader(),
+            reader.clone(),
             config_rx.clone(),
             super::healthcheck::HealthCheckOptions {
                 node_name: options.node_name.as_deref().map(Arc::from),
@@ -226,7 +233,7 @@ pub async fn run_proxy(options: AppOptions) -> Result<(), AppError> {
         once: options.once,
     };
     let result = run(
-        source.reader(),
+        reader,
         reconciler,
         Some(Box::new(host)),
         config_rx,
@@ -240,19 +247,4 @@ pub async fn run_proxy(options: AppOptions) -> Result<(), AppError> {
         h.abort();
     }
     result.map_err(AppError::from)
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }

@@ -15,20 +15,15 @@
 //! - Driver: [`spawn`] runs both against a [`CacheReader`] and the live [`ProxyConfig`].
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::StatusCode;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 
 use super::config::ProxyConfig;
 use super::desired::NodeInfo;
@@ -36,12 +31,10 @@ use super::run::StatusHandle;
 use super::view::{ProxyView, ServiceView};
 use crate::cache::{CacheReader, Snapshot};
 use crate::model::ObjectKey;
+use crate::runtime::http::{self, Reply, Routes};
 
 /// How long after a failed bind the port is tried again.
 pub const BIND_RETRY: Duration = Duration::from_secs(5);
-
-/// How long a client may take to send its request headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What one health-check node port answers for: the Service and its ready endpoints on this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -385,7 +378,7 @@ impl HealthCheckServer {
         );
         let tasks = listeners
             .into_iter()
-            .map(|l| tokio::spawn(serve(l, slot.clone(), self.healthy.clone())))
+            .map(|l| http::spawn(l, routes(slot.clone(), self.healthy.clone())))
             .collect();
         self.open.insert(
             port,
@@ -451,53 +444,21 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     }
 }
 
-fn respond(slot: &ArcSwap<HealthCheckTarget>, healthy: &ProxyHealth) -> Response<Full<Bytes>> {
-    let a = answer(Some(&slot.load()), healthy());
-    let mut r = Response::new(Full::new(Bytes::from(a.body)));
-    *r.status_mut() = StatusCode::from_u16(a.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-    let h = r.headers_mut();
-    h.insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    h.insert(
-        hyper::header::X_CONTENT_TYPE_OPTIONS,
-        hyper::header::HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        "x-load-balancing-endpoint-weight",
-        hyper::header::HeaderValue::from(a.weight),
-    );
-    r
-}
-
-/// Accepts connections until aborted; dropping the task drops its connections too.
-async fn serve(listener: TcpListener, slot: Arc<ArcSwap<HealthCheckTarget>>, healthy: ProxyHealth) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                let (slot, healthy) = (slot.clone(), healthy.clone());
-                connections.spawn(async move {
-                    let svc = service_fn(move |_req: Request<Incoming>| {
-                        let resp = respond(&slot, &healthy);
-                        async move { Ok::<_, Infallible>(resp) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(HEADER_TIMEOUT)
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
+/// The route table of one health-check port: every path gets the Service's answer.
+fn routes(slot: Arc<ArcSwap<HealthCheckTarget>>, healthy: ProxyHealth) -> Routes {
+    Routes::new().any(move |_| {
+        let a = answer(Some(&slot.load()), healthy());
+        let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        Reply::new(status, "application/json", a.body)
+            .with_header(
+                hyper::header::X_CONTENT_TYPE_OPTIONS,
+                hyper::header::HeaderValue::from_static("nosniff"),
+            )
+            .with_header(
+                hyper::header::HeaderName::from_static("x-load-balancing-endpoint-weight"),
+                hyper::header::HeaderValue::from(a.weight),
+            )
+    })
 }
 
 /// Options of [`spawn`].

@@ -1,17 +1,11 @@
 //! `/healthz` and `/livez` (default `:10256`) and `/metrics` (default `127.0.0.1:10249`) with
 //! kube-proxy's metric names, from a prometheus-client [`Registry`] owned by the proxy.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::Duration;
 
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::StatusCode;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -21,6 +15,7 @@ use tokio::net::TcpListener;
 
 use super::config::ProxyConfig;
 use super::run::{StatusHandle, SyncEvent};
+use crate::runtime::http::{self, Reply, Routes};
 
 /// The proxy's metrics, registered in their own [`Registry`].
 pub struct ProxyMetrics {
@@ -131,31 +126,9 @@ pub fn status_with_metrics(metrics: Arc<ProxyMetrics>) -> StatusHandle {
     StatusHandle::with_observer(Arc::new(move |e| metrics.observe(e)))
 }
 
-type Router = Arc<dyn Fn(&str) -> Response<Full<Bytes>> + Send + Sync>;
-
-fn reply(code: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = code;
-    r
-}
-
-async fn serve(listener: TcpListener, route: Router) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let route = route.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let resp = route(req.uri().path());
-                async move { Ok::<_, Infallible>(resp) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+/// An empty table answering unknown paths as kube-proxy's servers do (no content type).
+fn kube_proxy_routes() -> Routes {
+    Routes::new().not_found(|_| Reply::bare(StatusCode::NOT_FOUND, "not found\n"))
 }
 
 /// Running servers; dropping stops them.
@@ -190,24 +163,26 @@ pub async fn start_with(
             Ok(l) => {
                 servers.healthz = l.local_addr().ok();
                 let st = status.clone();
-                let route = Arc::new(move |path: &str| match path {
-                    "/healthz" | "/livez" => {
-                        let s = st.get();
-                        let body = format!(
-                            "{{\"lastUpdated\": {:?}, \"syncs\": {}, \"lastError\": {:?}}}",
-                            s.last_sync_unix.unwrap_or_default(),
-                            s.syncs,
-                            s.last_error.unwrap_or_default()
-                        );
-                        if st.healthy(period) {
-                            reply(StatusCode::OK, body)
-                        } else {
-                            reply(StatusCode::SERVICE_UNAVAILABLE, body)
-                        }
+                let healthz = move |_: &str| {
+                    let s = st.get();
+                    let body = format!(
+                        "{{\"lastUpdated\": {:?}, \"syncs\": {}, \"lastError\": {:?}}}",
+                        s.last_sync_unix.unwrap_or_default(),
+                        s.syncs,
+                        s.last_error.unwrap_or_default()
+                    );
+                    if st.healthy(period) {
+                        Reply::bare(StatusCode::OK, body)
+                    } else {
+                        Reply::bare(StatusCode::SERVICE_UNAVAILABLE, body)
                     }
-                    _ => reply(StatusCode::NOT_FOUND, "not found\n".into()),
-                });
-                servers.tasks.push(tokio::spawn(serve(l, route)));
+                };
+                let healthz = Arc::new(healthz);
+                let livez = healthz.clone();
+                let routes = kube_proxy_routes()
+                    .route("/healthz", move |p| healthz(p))
+                    .route("/livez", move |p| livez(p));
+                servers.tasks.push(http::spawn(l, routes));
             }
             Err(e) => tracing::warn!(%addr, error = %e, "cannot serve /healthz"),
         }
@@ -216,11 +191,10 @@ pub async fn start_with(
         match TcpListener::bind(addr).await {
             Ok(l) => {
                 servers.metrics = l.local_addr().ok();
-                let route = Arc::new(move |path: &str| match path {
-                    "/metrics" => reply(StatusCode::OK, metrics.encode()),
-                    _ => reply(StatusCode::NOT_FOUND, "not found\n".into()),
+                let routes = kube_proxy_routes().route("/metrics", move |_| {
+                    Reply::bare(StatusCode::OK, metrics.encode())
                 });
-                servers.tasks.push(tokio::spawn(serve(l, route)));
+                servers.tasks.push(http::spawn(l, routes));
             }
             Err(e) => tracing::warn!(%addr, error = %e, "cannot serve /metrics"),
         }
@@ -261,6 +235,7 @@ pub fn follow_config(
 mod tests {
     use super::*;
     use crate::ipvs::reconcile::SyncReport;
+    use std::time::Duration;
 
     #[test]
     fn metrics_use_kube_proxy_names_and_record_syncs() {

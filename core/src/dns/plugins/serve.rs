@@ -10,15 +10,12 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use hyper::StatusCode;
-use notify::Watcher;
 use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -34,12 +31,14 @@ use crate::dns::corefile::{
 use crate::dns::encrypted::EncryptedServer;
 use crate::dns::error::DnsError;
 use crate::dns::handler::{Chain, Next, Plugin, Reply, Request};
-use crate::dns::http;
 use crate::dns::metrics::DnsMetrics;
+use crate::dns::runner;
 use crate::dns::server::{DnsServer, ServerConfig};
 use crate::dns::zone::{PodMode, ZoneOptions};
 use crate::model::Kind;
-use crate::source::{self, SourceConfig};
+use crate::runtime::http;
+use crate::runtime::signal::{Stopping, lameduck_now};
+use crate::runtime::watch::{FileWatch, fingerprint};
 use crate::tls::ServerTls;
 
 /// How to serve a Corefile.
@@ -59,6 +58,38 @@ pub struct CorefileOptions {
     /// the error when it was rejected (the previous configuration keeps serving). The agent's
     /// `/status` shows it as `last_reload_error`.
     pub reload_outcome: Option<tokio::sync::watch::Sender<Option<String>>>,
+    /// Filled once the listeners serve: what `/ready` answers, read in memory (the agent's
+    /// `/status` uses it instead of polling the endpoint).
+    pub readiness: Option<CorefileReadiness>,
+}
+
+/// The readiness of a served Corefile, in memory: what its `ready` endpoint answers.
+#[derive(Clone, Default)]
+pub struct CorefileReadiness(Arc<std::sync::OnceLock<ServingRouters>>);
+
+/// The stop flag of a served Corefile and the routers of its listeners.
+type ServingRouters = (Stopping, Arc<Vec<Arc<SwapRouter>>>);
+
+impl std::fmt::Debug for CorefileReadiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("CorefileReadiness")
+            .field(&self.ready())
+            .finish()
+    }
+}
+
+impl CorefileReadiness {
+    /// A readiness not yet serving.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `None` before the listeners serve; then `Some(true)` while every listener's plugins
+    /// are ready and no stop was requested (the `ready` plugin's 200).
+    pub fn ready(&self) -> Option<bool> {
+        let (stopping, swaps) = self.0.get()?;
+        Some(!stopping.is_set() && swaps.iter().all(|s| s.ready()))
+    }
 }
 
 impl CorefileOptions {
@@ -71,6 +102,7 @@ impl CorefileOptions {
             startup_timeout: Duration::from_secs(5),
             udp_workers: 0,
             reload_outcome: None,
+            readiness: None,
         }
     }
 }
@@ -85,7 +117,7 @@ pub enum CorefileRunError {
     /// The Corefile cannot be served as written.
     #[error("{0}")]
     Build(#[from] BuildError),
-    /// A listener or endpoint could not be bound, or the source did not start.
+    /// A listener or endpoint could not be bound.
     #[error("{0}")]
     Dns(#[from] DnsError),
     /// `loop` found a forwarding loop.
@@ -205,19 +237,6 @@ pub fn load_logged(options: &CorefileOptions) -> Result<Corefile, CorefileError>
         tracing::warn!("{w}");
     }
     Ok(cf)
-}
-
-/// A fingerprint of the Corefile and every file it imports (reload only acts on changes).
-fn fingerprint(files: &[PathBuf]) -> u64 {
-    let mut h = foldhash::fast::FixedState::with_seed(7).build_hasher();
-    for f in files {
-        h.write(f.as_os_str().as_encoded_bytes());
-        match std::fs::read(f) {
-            Ok(bytes) => h.write(&bytes),
-            Err(_) => h.write_u8(0),
-        }
-    }
-    h.finish()
 }
 
 fn reload_config(cf: &Corefile) -> Option<ReloadConfig> {
@@ -472,29 +491,10 @@ fn lameduck(cf: &Corefile) -> Duration {
         .unwrap_or_default()
 }
 
-/// Watches the directories of the Corefile and its imports; each event nudges `tx`.
-fn watch(files: &[PathBuf], tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
-    let mut watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
-        let _ = tx.try_send(());
-    })
-    .map_err(|e| {
-        tracing::warn!("plugin/reload: cannot watch files ({e}); checking periodically only")
-    })
-    .ok()?;
-    let mut dirs: Vec<&Path> = files.iter().filter_map(|f| f.parent()).collect();
-    dirs.sort();
-    dirs.dedup();
-    for d in dirs {
-        let d = if d.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            d
-        };
-        if let Err(e) = watcher.watch(d, notify::RecursiveMode::NonRecursive) {
-            tracing::warn!(dir = %d.display(), "plugin/reload: cannot watch: {e}");
-        }
-    }
-    Some(watcher)
+/// Follows the Corefile and its imports with the process's one [`FileWatch`] (the `reload`
+/// plugin's own timer does the periodic checks).
+fn watch(files: &[PathBuf]) -> FileWatch {
+    FileWatch::new(files.to_vec(), None, "plugin/reload")
 }
 
 /// The `server` label of the DNS metrics: CoreDNS's `dns://:PORT` for the Corefile's first
@@ -506,22 +506,6 @@ fn metrics_server_label(listen_override: Option<SocketAddr>, corefile_port: u16)
         Some(a) => format!("dns://{a}"),
         None => format!("dns://:{corefile_port}"),
     }
-}
-
-/// Starts the cluster state source for the Corefile's needs and serves it until SIGTERM or
-/// SIGINT (then lameduck).
-pub async fn run_corefile_with_source(
-    source: &SourceConfig,
-    options: CorefileOptions,
-) -> Result<(), CorefileRunError> {
-    crate::tls::install_crypto_provider();
-    let cf = load_logged(&options)?;
-    let src = source::start(source, &needed_kinds(&cf))
-        .await
-        .map_err(DnsError::from)?;
-    let result = run_corefile(src.reader(), options, crate::dns::runner::shutdown_signal()).await;
-    drop(src);
-    result
 }
 
 /// Serves the Corefile of `options` from `reader` until `shutdown` completes (then lameduck),
@@ -578,77 +562,37 @@ pub async fn run_corefile(
         Arc::new(state.listeners.values().map(|r| r.swap.clone()).collect());
 
     // HTTP endpoints, from the first block that configures each.
-    let lameduck_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopping = Stopping::new();
     let mut http_tasks = tokio::task::JoinSet::new();
     let (health, ready, prometheus) = http_addrs(&cf);
-    if let Some(addr) = health {
-        let listener = http::bind("health", addr).await?;
-        let m = dns_metrics.clone();
-        http_tasks.spawn(http::serve(
-            listener,
-            Arc::new(move |path: &str| {
-                let started = Instant::now();
-                (path == "/health").then(|| {
-                    m.health_checked(started.elapsed(), true);
-                    (StatusCode::OK, "text/plain", "OK".to_string())
-                })
-            }),
-        ));
+    let ready_swaps = swaps.clone();
+    if let Some(r) = &state.options.readiness {
+        let _ = r.0.set((stopping.clone(), swaps.clone()));
     }
-    if let Some(addr) = ready {
-        let listener = http::bind("ready", addr).await?;
-        let flag = lameduck_flag.clone();
-        let swaps = swaps.clone();
-        http_tasks.spawn(http::serve(
-            listener,
-            Arc::new(move |path: &str| {
-                (path == "/ready").then(|| {
-                    if flag.load(std::sync::atomic::Ordering::Acquire) {
-                        (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "text/plain",
-                            "shutting down".to_string(),
-                        )
-                    } else if swaps.iter().all(|s| s.ready()) {
-                        (StatusCode::OK, "text/plain", "OK".to_string())
-                    } else {
-                        (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "text/plain",
-                            "not ready".to_string(),
-                        )
-                    }
-                })
+    let endpoints = [
+        (health, "health", runner::health_routes(&dns_metrics)),
+        (
+            ready,
+            "ready",
+            runner::ready_routes(stopping.clone(), move || {
+                (!ready_swaps.iter().all(|s| s.ready())).then(|| "not ready".to_string())
             }),
-        ));
-    }
-    if let Some(addr) = prometheus {
-        let listener = http::bind("metrics", addr).await?;
-        let m = dns_metrics.clone();
-        let registry = registry.clone();
-        http_tasks.spawn(http::serve(
-            listener,
-            Arc::new(move |path: &str| {
-                (path == "/metrics").then(|| {
-                    let mut text = m.encode();
-                    if let Some(stripped) = text.strip_suffix("# EOF\n") {
-                        text.truncate(stripped.len());
-                    }
-                    let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
-                    (
-                        StatusCode::OK,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        text,
-                    )
-                })
-            }),
-        ));
+        ),
+        (
+            prometheus,
+            "metrics",
+            runner::metrics_routes(&dns_metrics, Some(registry.clone())),
+        ),
+    ];
+    for (addr, what, routes) in endpoints {
+        if let Some(addr) = addr {
+            let listener = runner::bind_http(what, addr).await?;
+            http_tasks.spawn(http::serve(listener, routes, std::future::pending()));
+        }
     }
 
     // Reload: periodic checks with jitter, and file notifications.
-    let (notify_tx, mut notify_rx) = mpsc::channel::<()>(1);
-    let mut watcher =
-        reload_config(&state.current).and_then(|_| watch(&state.current.files, notify_tx.clone()));
+    let mut watcher = reload_config(&state.current).map(|_| watch(&state.current.files));
     let next_check = |cf: &Corefile| {
         reload_config(cf).map(|r| {
             let jitter = r.jitter.as_secs_f64() * (fastrand::f64() * 2.0 - 1.0);
@@ -672,11 +616,12 @@ pub async fn run_corefile(
                 }
             }
             _ = sleep => {}
-            Some(()) = notify_rx.recv() => {
-                // Let a burst of events (ConfigMap swaps write several) settle.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                while notify_rx.try_recv().is_ok() {}
-            }
+            () = async {
+                match watcher.as_mut() {
+                    Some(w) => w.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {}
         }
         if reload_config(&state.current).is_none() {
             timer_for = None;
@@ -686,18 +631,18 @@ pub async fn run_corefile(
         let files_before = state.current.files.clone();
         state.reload().await;
         if state.current.files != files_before || watcher.is_none() {
-            watcher = watch(&state.current.files, notify_tx.clone());
+            watcher = Some(watch(&state.current.files));
         }
         timer_for = next_check(&state.current);
     };
     drop(watcher);
     if result.is_ok() {
-        lameduck_flag.store(true, std::sync::atomic::Ordering::Release);
-        let ld = lameduck(&state.current);
-        if !ld.is_zero() {
-            tracing::info!(lameduck = ?ld, "shutting down: lameduck, still answering");
-            tokio::time::sleep(ld).await;
-        }
+        lameduck_now(
+            &stopping,
+            lameduck(&state.current),
+            "shutting down: lameduck, still answering",
+        )
+        .await;
     }
     for (_, r) in state.listeners.drain() {
         r.task.abort();

@@ -5,20 +5,17 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use notify::Watcher;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::ProxyConfig;
 use super::file::{ConfigError, load};
+use crate::runtime::watch::FileWatch;
 
-/// Settle time after a burst of file events before re-reading.
-const DEBOUNCE: Duration = Duration::from_millis(100);
-/// Re-read period when no event arrives (file systems without inotify).
-const POLL: Duration = Duration::from_secs(10);
+/// Re-read period besides file notifications (file systems without inotify).
+const POLL: Duration = Duration::from_secs(1);
 
 /// A running watcher; dropping it stops watching.
 pub struct ConfigWatcher {
-    _watcher: Option<notify::RecommendedWatcher>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -71,49 +68,31 @@ pub fn reload(path: &Path, tx: &watch::Sender<ProxyConfig>) -> Reload {
     }
 }
 
-/// Starts watching `path`, publishing changes on `tx`. Must run inside a tokio runtime.
-pub fn watch_config(path: PathBuf, tx: watch::Sender<ProxyConfig>) -> ConfigWatcher {
-    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<()>();
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
-            let _ = ev_tx.send(());
-        }
-    })
-    .and_then(|mut w| {
-        w.watch(&dir, notify::RecursiveMode::NonRecursive)
-            .map(|_| w)
-    });
-    let watcher = match watcher {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch config directory; polling");
-            None
-        }
-    };
+/// Starts watching `path` (with the process's one [`FileWatch`]), publishing changes on `tx`
+/// and the outcome of every re-read on `outcome` (`None`: in force, or the rejection).
+/// Must run inside a tokio runtime.
+pub fn watch_config(
+    path: PathBuf,
+    tx: watch::Sender<ProxyConfig>,
+    outcome: Option<watch::Sender<Option<String>>>,
+) -> ConfigWatcher {
+    let mut files = FileWatch::new(vec![path.clone()], Some(POLL), "configuration");
     let task = tokio::spawn(async move {
         loop {
-            let event = tokio::time::timeout(POLL, ev_rx.recv()).await;
-            if let Ok(None) = event {
-                // The watcher is gone: keep polling.
-                tokio::time::sleep(POLL).await;
+            files.changed().await;
+            let (p, t) = (path.clone(), tx.clone());
+            let result = tokio::task::spawn_blocking(move || reload(&p, &t)).await;
+            let error = match result {
+                Ok(Reload::Rejected(e)) => Some(e.to_string()),
+                Ok(Reload::Applied | Reload::Unchanged) => None,
+                Err(e) => Some(format!("reload task failed: {e}")),
+            };
+            if let Some(o) = &outcome {
+                o.send_replace(error);
             }
-            // Debounce: drain the burst.
-            tokio::time::sleep(DEBOUNCE).await;
-            while ev_rx.try_recv().is_ok() {}
-            let p = path.clone();
-            let tx2 = tx.clone();
-            let _ = tokio::task::spawn_blocking(move || reload(&p, &tx2)).await;
         }
     });
-    ConfigWatcher {
-        _watcher: watcher,
-        task,
-    }
+    ConfigWatcher { task }
 }
 
 #[cfg(test)]
@@ -133,7 +112,8 @@ mod tests {
         )
         .unwrap();
         let (tx, mut rx) = watch::channel(load(&path).unwrap().config);
-        let _w = watch_config(path.clone(), tx.clone());
+        let (outcome_tx, outcome) = watch::channel(None);
+        let _w = watch_config(path.clone(), tx.clone(), Some(outcome_tx));
         tokio::time::sleep(Duration::from_millis(200)).await;
 
         std::fs::write(
@@ -147,8 +127,19 @@ mod tests {
             .unwrap();
         assert_eq!(rx.borrow_and_update().scheduler, Scheduler::Wrr);
 
-        // Invalid: rejected, running config kept.
+        // Invalid: rejected, running config kept, the rejection reported.
+        let mut outcome = outcome;
         std::fs::write(&path, "ipvs:\n  scheduler: fastest\n").unwrap();
+        let reported =
+            tokio::time::timeout(Duration::from_secs(5), outcome.wait_for(|o| o.is_some()))
+                .await
+                .expect("rejection reported within 5 s")
+                .unwrap()
+                .clone();
+        assert!(
+            reported.as_deref().is_some_and(|e| e.contains("scheduler")),
+            "{reported:?}"
+        );
         assert!(matches!(reload(&path, &tx), Reload::Rejected(_)));
         assert_eq!(rx.borrow().scheduler, Scheduler::Wrr);
 
