@@ -7,7 +7,7 @@
 //! - [`wire`]: parsing requests and encoding responses.
 //! - [`server`]: UDP/TCP listeners; `encrypted`: DoT/DoH listeners (hickory-server); [`http`]: health, ready, metrics; [`metrics`]: CoreDNS
 //!   metric names.
-//! - [`zonefile`]: RFC 1035 export of the zone; [`rrl`]: rate limit of large UDP answers.
+//! - [`zone::export`]: RFC 1035 export of the zone; [`rrl`]: rate limit of large UDP answers.
 //! - [`run`] / [`run_with_source`] / [`serve`]: the whole server with lameduck.
 
 pub mod cluster;
@@ -23,7 +23,6 @@ pub mod runner;
 pub mod server;
 pub mod wire;
 pub mod zone;
-pub mod zonefile;
 
 pub use error::DnsError;
 pub use runner::{DnsOptions, run, run_until, run_with_source, serve};
