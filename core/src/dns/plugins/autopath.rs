@@ -96,7 +96,6 @@ pub fn cname_to_answer(mut resp: Response, original: &Name) -> Response {
     answers.push(cname);
     answers.extend(resp.answers.iter().cloned());
     resp.answers = answers.into();
-    resp.prepared = None;
     resp
 }
 
