@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod cache;
 pub mod dns;
+pub(crate) mod duration;
 pub mod env;
 pub mod ipvs;
 pub mod memtrim;
