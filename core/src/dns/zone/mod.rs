@@ -26,8 +26,9 @@
 //!   [`ClusterZone::client_namespace`]; `srv`: SRV names and answers; `reverse`: PTR lookups
 //!   and reverse-name parsing over `reverse_index` (the PTR index in buckets of 256 addresses);
 //! - `names` / `records`: name text helpers and address records;
-//! - `external`: the `k8s_external` view of the same zone; [`export`]: RFC 1035 zone files (`agentctl dns export-zone`,
-//!   the benchmark's Knot DNS); not the `file` plugin's zones (`plugins::zonetext`).
+//! - `external`: the `k8s_external` view of the same zone; [`export`]: RFC 1035 zone files
+//!   (what the benchmark's Knot DNS serves); not the `file` plugin's zones
+//!   (`plugins::zonetext`).
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
