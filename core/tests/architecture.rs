@@ -37,17 +37,12 @@ const SOURCE_ALLOWED: &[&str] = &[
 /// Import edges (`area/from`, `area/to`) that close a cycle which exists today and is not
 /// broken yet; the cycle check leaves them out of the graph. Each entry names who should break
 /// it; an entry whose edge no longer exists fails the test.
-/// - `dns/corefile -> dns/plugins`: the `file` directive validates the zone file at Corefile
-///   load with `plugins::file::ZoneData::parse` (corefile/directives/file.rs); it closes the
-///   cycles corefile -> plugins -> corefile and corefile -> plugins -> encrypted -> corefile.
-///   Fix: move the pure zone-file model (`plugins::zonetext`, `ZoneData`) out of `plugins/`.
 /// - `ipvs/config -> ipvs/conntrack` (`ConntrackConfig` lives in `conntrack::sysctl` but is
 ///   part of `ProxyConfig`; cycle config -> conntrack -> desired -> config) and
 ///   `ipvs/netlink -> ipvs/conntrack` (`netlink::ctnetlink` implements conntrack's backend
 ///   trait while conntrack opens it). Fix in the proxy (its owner): `ConntrackConfig` into
 ///   `config`, `ctnetlink` under `conntrack/`.
 const KNOWN_CYCLE_EDGES: &[(&str, &str)] = &[
-    ("dns/corefile", "dns/plugins"),
     ("ipvs/config", "ipvs/conntrack"),
     ("ipvs/netlink", "ipvs/conntrack"),
 ];

@@ -23,6 +23,7 @@ pub mod runner;
 pub mod server;
 pub mod wire;
 pub mod zone;
+pub(crate) mod zonetext;
 
 pub use error::DnsError;
 pub use runner::{DnsOptions, run, run_until, run_with_source, serve};
