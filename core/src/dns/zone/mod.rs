@@ -28,7 +28,7 @@
 //! - `names` / `records`: name text helpers and address records;
 //! - `external`: the `k8s_external` view of the same zone; [`export`]: RFC 1035 zone files
 //!   (what the benchmark's Knot DNS serves); not the `file` plugin's zones
-//!   (`plugins::zonetext`).
+//!   (`dns::zonetext`).
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
