@@ -4,7 +4,7 @@
 # query file (mix, A records), with the ratio B/A per round, and each server's RSS at the end.
 # Used to compare the deployed image's static musl build with the glibc build, or allocators.
 #
-#   cargo build --release -p svcnet-dns --bins                                # A and the generator
+#   cargo build --release -p svcnet-dns -p svcnet-dns-bench                   # A and the generator
 #   cargo build --release --target x86_64-unknown-linux-musl -p svcnet-dns    # B
 #   bench/dns/compare-binaries.sh target/release/svcnet-dns \
 #       target/x86_64-unknown-linux-musl/release/svcnet-dns
@@ -16,7 +16,7 @@ A=$(realpath "$1"); B=$(realpath "$2")
 ROUNDS=${ROUNDS:-3}; DURATION=${DURATION:-8}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 GEN="$REPO/target/release/svcnet-dns-bench"
-[ -x "$GEN" ] || { echo "build the generator first: cargo build --release -p svcnet-dns --bins" >&2; exit 1; }
+[ -x "$GEN" ] || { echo "build the generator first: cargo build --release -p svcnet-dns -p svcnet-dns-bench" >&2; exit 1; }
 W=$(mktemp -d /tmp/svcnet-dns-compare.XXXXXX)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$W"; }

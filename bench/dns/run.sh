@@ -41,7 +41,7 @@ for tool in dnsperf knotd knotc dig curl; do
 done
 
 if [ -z "${NO_BUILD:-}" ]; then
-  cargo build --release -p svcnet-dns --bins
+  cargo build --release -p svcnet-dns -p svcnet-dns-bench
 fi
 BIN="$REPO/target/release"
 

@@ -10,6 +10,7 @@ pub mod agent;
 pub mod cache;
 pub mod cli;
 pub mod dns;
+pub(crate) mod duration;
 pub mod env;
 pub mod ipvs;
 pub mod memtrim;

@@ -325,7 +325,7 @@ mod tests {
     use super::*;
     use crate::cache::new_cache;
     use crate::dns::handler::Chain;
-    use crate::dns::zone::tests::{FIXTURE, snapshot};
+    use crate::dns::zone::fixtures::{FIXTURE, snapshot};
     use crate::model::Kind;
     use hickory_proto::rr::Name;
 

@@ -42,6 +42,10 @@ use std::sync::Arc;
 use hickory_proto::op::{Edns, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
 
+/// The UDP payload size this server advertises in its OPT record (DNS flag day 2020), and the
+/// cap of [`Request::max_payload`] (re-exported as `wire::ADVERTISED_PAYLOAD`).
+pub const ADVERTISED_PAYLOAD: u16 = 1232;
+
 /// A boxed, sendable future (what [`Reply::Pending`] carries).
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -146,14 +150,15 @@ impl Request {
 
     /// The largest answer sent to the client: 65535 over TCP; over UDP the client's EDNS
     /// buffer size kept within 512 and the size this server advertises
-    /// ([`super::wire::ADVERTISED_PAYLOAD`], 1232), or 512 without EDNS. Capping at the
+    /// ([`ADVERTISED_PAYLOAD`], 1232), or 512 without EDNS. Capping at the
     /// advertised size keeps a small spoofed query from drawing a many times larger answer.
     pub fn max_payload(&self) -> u16 {
         match self.transport {
             Transport::Tcp => u16::MAX,
-            Transport::Udp => self.edns.as_ref().map_or(512, |e| {
-                e.max_payload().clamp(512, super::wire::ADVERTISED_PAYLOAD)
-            }),
+            Transport::Udp => self
+                .edns
+                .as_ref()
+                .map_or(512, |e| e.max_payload().clamp(512, ADVERTISED_PAYLOAD)),
         }
     }
 
@@ -196,10 +201,6 @@ pub struct Response {
     pub authority: Records,
     /// Additional section (without OPT: the server adds it).
     pub additionals: Records,
-    /// Pre-encoded sections, valid only while the three sections above are the same `Arc`s.
-    /// Reserved for answers cached in wire form; plugins that build responses set `None`.
-    #[allow(dead_code)]
-    pub(in crate::dns) prepared: Option<Arc<super::wire::PreparedSections>>,
     /// The plugin that wrote the answer, for `coredns_dns_responses_total{plugin}`: `None`
     /// until a plugin returns it ([`Next::run`] then names that plugin), `Some("")` for
     /// answers no plugin wrote (REFUSED at the end of the chain or outside every zone).
@@ -218,7 +219,6 @@ impl Response {
             answers: empty_records(),
             authority: empty_records(),
             additionals: empty_records(),
-            prepared: None,
             plugin: None,
             no_reply: false,
         }

@@ -7,7 +7,7 @@
 //! - [`wire`]: parsing requests and encoding responses.
 //! - [`server`]: UDP/TCP listeners; `encrypted`: DoT/DoH listeners (hickory-server); [`http`]: health, ready, metrics; [`metrics`]: CoreDNS
 //!   metric names.
-//! - [`zonefile`]: RFC 1035 export of the zone; [`rrl`]: rate limit of large UDP answers.
+//! - [`zone::export`]: RFC 1035 export of the zone; [`rrl`]: rate limit of large UDP answers.
 //! - [`run`] / [`serve`]: the whole server on a cache reader, with lameduck (the source is
 //!   started by [`crate::agent::programs`]).
 
@@ -23,7 +23,7 @@ pub mod runner;
 pub mod server;
 pub mod wire;
 pub mod zone;
-pub mod zonefile;
+pub(crate) mod zonetext;
 
 pub use error::DnsError;
 pub use runner::{DnsOptions, run, run_until, serve};

@@ -17,21 +17,11 @@ use hickory_proto::serialize::binary::{
     BinDecodable, BinDecoder, BinEncodable, BinEncoder, NameEncoding,
 };
 
+pub use super::handler::ADVERTISED_PAYLOAD;
 use super::handler::{Request, Response, Transport};
-
-/// The UDP payload size this server advertises in its OPT record (DNS flag day 2020).
-pub const ADVERTISED_PAYLOAD: u16 = 1232;
 
 /// Largest DNS message (TCP).
 pub const MAX_MESSAGE: usize = 65535;
-
-/// Pre-encoded answer/authority/additional sections of a prepared zone answer (reserved for
-/// answers cached in wire form; responses built by plugins are encoded record by record).
-#[derive(Debug)]
-pub struct PreparedSections {
-    /// The encoded records.
-    pub bytes: Vec<u8>,
-}
 
 /// What to do with a received packet.
 #[derive(Debug)]

@@ -125,42 +125,10 @@ pub fn longest_zone<'z>(name: &str, zones: impl IntoIterator<Item = &'z str>) ->
 /// Parses a Go duration (`500ms`, `5s`, `1m30s`, `1.5h`, `0`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || format!("{text:?} is not a duration (such as 500ms, 5s, 1m)");
-    if text == "0" {
-        return Ok(Duration::ZERO);
+    match crate::duration::parse_go_duration(text) {
+        Ok(d) if d.as_secs_f64() <= 1e9 => Ok(d),
+        _ => Err(bad()),
     }
-    let mut rest = text;
-    let mut total = 0f64;
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        if num_len == 0 {
-            return Err(bad());
-        }
-        let value: f64 = rest[..num_len].parse().map_err(|_| bad())?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(bad()),
-        };
-        rest = &rest[unit_len..];
-        total += value * scale;
-    }
-    if !total.is_finite() || total > 1e9 {
-        return Err(bad());
-    }
-    Ok(Duration::from_secs_f64(total))
 }
 
 /// Parses a listen address as plugins write them: `:8080` (all addresses), `localhost:9153`,

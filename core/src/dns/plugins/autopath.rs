@@ -96,7 +96,6 @@ pub fn cname_to_answer(mut resp: Response, original: &Name) -> Response {
     answers.push(cname);
     answers.extend(resp.answers.iter().cloned());
     resp.answers = answers.into();
-    resp.prepared = None;
     resp
 }
 
@@ -514,7 +513,7 @@ mod tests {
     #[test]
     fn with_the_cluster_plugin_the_asking_pod_s_namespace_drives_the_walk() {
         use crate::dns::cluster::ClusterPlugin;
-        use crate::dns::zone::tests::{FIXTURE, snapshot};
+        use crate::dns::zone::fixtures::{FIXTURE, snapshot};
         use crate::dns::zone::{PodMode, ZoneOptions};
         let cluster = ClusterPlugin::new(ZoneOptions {
             pods: PodMode::Verified,

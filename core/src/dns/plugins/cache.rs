@@ -151,7 +151,6 @@ fn response_with_ttl(resp: &Response, ttl: u32) -> Response {
         answers: with_ttl(&resp.answers, ttl),
         authority: with_ttl(&resp.authority, ttl),
         additionals: with_ttl(&resp.additionals, ttl),
-        prepared: None,
         ..resp.clone()
     }
 }

@@ -89,7 +89,6 @@ fn append(mut resp: Response, found: &Response) -> Response {
     answers.extend(resp.answers.iter().cloned());
     answers.extend(found.answers.iter().cloned());
     resp.answers = answers.into();
-    resp.prepared = None;
     resp
 }
 

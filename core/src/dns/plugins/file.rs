@@ -25,10 +25,10 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use super::metrics::PluginMetrics;
-use super::zonetext::parse_zone;
 use crate::dns::corefile::names::{in_zone, longest_zone};
 use crate::dns::corefile::{FileConfig, FileSource};
 use crate::dns::handler::{Next, Plugin, Records, Reply, Request, Response, empty_records};
+use crate::dns::zonetext::parse_zone;
 
 /// Records by type at one name.
 type Node = HashMap<RecordType, Vec<Record>>;

@@ -27,7 +27,7 @@ fn is_address(r: &Record) -> bool {
 pub fn rotate(resp: Response, turn: usize) -> Response {
     let n = resp.answers.iter().filter(|r| is_address(r)).count();
     if n < 2 {
-        return resp; // unchanged: keeps prepared bytes valid
+        return resp; // unchanged
     }
     let mut others: Vec<Record> = Vec::with_capacity(resp.answers.len());
     let mut addrs: Vec<Record> = Vec::with_capacity(n);
@@ -42,7 +42,6 @@ pub fn rotate(resp: Response, turn: usize) -> Response {
     others.extend(addrs);
     Response {
         answers: others.into(),
-        prepared: None,
         ..resp
     }
 }

@@ -19,7 +19,6 @@ pub(crate) fn minimize(mut resp: Response) -> Response {
     {
         resp.authority = empty_records();
         resp.additionals = empty_records();
-        resp.prepared = None;
     }
     resp
 }

@@ -24,4 +24,3 @@ pub mod serve;
 pub mod template;
 pub mod upstream;
 pub mod whoami;
-pub(crate) mod zonetext;

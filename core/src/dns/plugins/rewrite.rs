@@ -328,7 +328,6 @@ fn rewrite_response(mut resp: Response, post: &[Post]) -> Response {
     resp.answers = rewrite_section(post, &resp.answers, ttl);
     resp.authority = rewrite_section(post, &resp.authority, None);
     resp.additionals = rewrite_section(post, &resp.additionals, None);
-    resp.prepared = None;
     resp
 }
 

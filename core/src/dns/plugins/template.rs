@@ -15,11 +15,11 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{DNSClass, Record, RecordType};
 
 use super::metrics::PluginMetrics;
-use super::zonetext::parse_rr;
 use crate::dns::corefile::TemplateConfig;
 use crate::dns::corefile::directives::template::{Expr, Field, RrTemplate, Segment, render_static};
 use crate::dns::corefile::names::longest_zone;
 use crate::dns::handler::{Next, Plugin, Records, Reply, Request, Response};
+use crate::dns::zonetext::parse_rr;
 
 /// A template with its constant records parsed once.
 struct Compiled {

@@ -128,50 +128,21 @@ const KNOWN_IGNORED: &[&str] = &[
 
 /// Parses a Go duration (`30s`, `1m0s`, `1h30m`, `500ms`, `1.5s`, `0`).
 pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
+    use crate::duration::GoDurationError as E;
     let s = s.trim();
-    if s == "0" || s.is_empty() {
+    if s.is_empty() {
         return Ok(Duration::ZERO);
     }
-    if s.starts_with('-') {
-        return Err(format!("{s:?}: a negative duration is not allowed"));
-    }
-    let mut total = 0f64;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("{s:?}: missing unit (e.g. 30s)"))?;
-        let (num, tail) = rest.split_at(num_end);
-        if num.is_empty() {
-            return Err(format!(
-                "{s:?}: expected a number before {:?} (e.g. 30s, 1m30s, 500ms)",
-                tail.chars().next().unwrap_or_default()
-            ));
+    crate::duration::parse_go_duration(s).map_err(|e| match e {
+        E::Negative => format!("{s:?}: a negative duration is not allowed"),
+        E::MissingUnit => format!("{s:?}: missing unit (e.g. 30s)"),
+        E::MissingNumber(c) => {
+            format!("{s:?}: expected a number before {c:?} (e.g. 30s, 1m30s, 500ms)")
         }
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("{s:?}: bad number {num:?}"))?;
-        let unit_end = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, next) = tail.split_at(unit_end);
-        let scale = match unit {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => {
-                return Err(format!(
-                    "{s:?}: unknown unit {unit:?} (ns, us, ms, s, m, h)"
-                ));
-            }
-        };
-        total += value * scale;
-        rest = next;
-    }
-    Ok(Duration::from_secs_f64(total))
+        E::BadNumber(num) => format!("{s:?}: bad number {num:?}"),
+        E::UnknownUnit(unit) => format!("{s:?}: unknown unit {unit:?} (ns, us, ms, s, m, h)"),
+        other => format!("{s:?}: {other}"),
+    })
 }
 
 struct Reader<'a> {

@@ -62,7 +62,7 @@ pub(crate) fn parse(
     for z in &cfg.zones {
         let origin =
             Name::from_ascii(z).map_err(|e| plugin_error(PLUGIN, &d.name.at, e.to_string()))?;
-        crate::dns::plugins::file::ZoneData::parse(&text, &origin).map_err(|e| {
+        crate::dns::zonetext::validate_zone(&text, &origin).map_err(|e| {
             plugin_error(
                 PLUGIN,
                 &d.args[0].at,

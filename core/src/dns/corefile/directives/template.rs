@@ -203,8 +203,7 @@ pub(crate) fn parse(
                         )
                     })?;
                     if tpl.is_static()
-                        && let Err(e) =
-                            crate::dns::plugins::zonetext::parse_rr(&render_static(&tpl))
+                        && let Err(e) = crate::dns::zonetext::parse_rr(&render_static(&tpl))
                     {
                         return Err(plugin_error(PLUGIN, &t.at, format!("{name}: {e}")));
                     }

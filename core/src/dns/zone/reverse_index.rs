@@ -14,7 +14,10 @@ use std::sync::Arc;
 
 use imbl::OrdMap;
 
-use super::{FastMap, FastSet, ServiceEntry};
+use std::net::IpAddr;
+
+use super::entry::ServiceEntry;
+use super::{FastMap, FastSet};
 use crate::model::ObjectKey;
 
 /// `slice` value of a target that is a service's cluster IP rather than an endpoint.
@@ -123,6 +126,60 @@ impl<P: Ord + Clone + Copy + std::hash::Hash> ReverseIndex<P> {
             } else {
                 entries.sort_by(PtrEntry::order);
                 self.buckets.insert(prefix, Arc::from(entries));
+            }
+        }
+    }
+}
+
+/// PTR index changes collected while applying a batch, written once per touched bucket.
+#[derive(Default)]
+pub(super) struct ReverseBatch {
+    pub(super) removed: FastSet<ObjectKey>,
+    pub(super) touched_v4: BTreeSet<u32>,
+    pub(super) touched_v6: BTreeSet<u128>,
+    pub(super) added_v4: FastMap<u32, Vec<PtrEntry>>,
+    pub(super) added_v6: FastMap<u128, Vec<PtrEntry>>,
+}
+
+impl ReverseBatch {
+    pub(super) fn touch(&mut self, ip: IpAddr) {
+        match ip {
+            IpAddr::V4(a) => {
+                self.touched_v4.insert(u32::from(a) >> 8);
+            }
+            IpAddr::V6(a) => {
+                self.touched_v6.insert(u128::from(a) >> 8);
+            }
+        }
+    }
+
+    pub(super) fn add(
+        &mut self,
+        ip: IpAddr,
+        service: &Arc<ServiceEntry>,
+        slice: u16,
+        endpoint: u32,
+    ) {
+        let entry = |low: u8| PtrEntry {
+            service: service.clone(),
+            endpoint,
+            slice,
+            low,
+        };
+        match ip {
+            IpAddr::V4(a) => {
+                let a = u32::from(a);
+                self.added_v4
+                    .entry(a >> 8)
+                    .or_default()
+                    .push(entry(a as u8));
+            }
+            IpAddr::V6(a) => {
+                let a = u128::from(a);
+                self.added_v6
+                    .entry(a >> 8)
+                    .or_default()
+                    .push(entry(a as u8));
             }
         }
     }

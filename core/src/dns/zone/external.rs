@@ -12,10 +12,11 @@
 //! empty non-terminal. Other types at existing names are NODATA; the `namespaces` and `labels`
 //! options of the cluster zone apply.
 
-use super::{
-    ClusterZone, Node, ObjectKey, ReverseFamily, ReverseName, ServiceKind, external_addresses,
-    name_in, parse_reverse,
-};
+use super::entry::{Node, ServiceKind, external_addresses};
+use super::names::name_in;
+use super::reverse::{ReverseName, parse_reverse};
+use super::{ClusterZone, ReverseFamily};
+use crate::model::ObjectKey;
 use std::collections::HashSet;
 use std::net::IpAddr;
 
@@ -363,7 +364,7 @@ fn address(owner: Name, ttl: u32, ip: IpAddr) -> Record {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dns::zone::tests::snapshot;
+    use crate::dns::zone::fixtures::snapshot;
     use crate::dns::zone::{ZoneOptions, lower_fqdn};
 
     /// CoreDNS's k8s_external test cluster (plugin/k8s_external/external_test.go), as manifests.

@@ -1,10 +1,11 @@
 //! RFC 1035 text records: one record from a line (the `template` plugin's output) and whole
 //! zone files (the `file` plugin), parsed with hickory-proto's zone-file parser. A zone file
-//! error names the line where the faulty record starts.
+//! error names the line where the faulty record starts. Used by the plugins and by the Corefile
+//! loader's checks, so it sits beside both rather than under `plugins/`.
 
 use std::collections::BTreeMap;
 
-use hickory_proto::rr::{Name, Record, RecordSet, RrKey};
+use hickory_proto::rr::{Name, Record, RecordSet, RecordType, RrKey};
 use hickory_proto::serialize::txt::Parser;
 
 /// The TTL of a record written without one (as Go's `dns.NewRR` assumes).
@@ -118,6 +119,37 @@ pub(crate) fn parse_zone(text: &str, origin: &Name) -> Result<ParsedZone, String
     }
 }
 
+/// Checks a zone file for `origin` as the `file` plugin will load it, at Corefile load before
+/// any plugin exists: it parses, every record is inside the origin, and the apex has an SOA.
+/// The messages are those of `plugins::file::ZoneData::parse` (a test keeps them equal).
+pub(crate) fn validate_zone(text: &str, origin: &Name) -> Result<(), String> {
+    let (_, sets) = parse_zone(text, origin)?;
+    let lower = |n: &Name| {
+        let mut s = n.to_lowercase().to_ascii();
+        if !s.ends_with('.') {
+            s.push('.');
+        }
+        s
+    };
+    let origin_l = lower(origin);
+    let mut apex_soa = false;
+    for set in sets.values() {
+        for r in set.records_without_rrsigs() {
+            if !origin.zone_of(&r.name) {
+                return Err(format!(
+                    "out of zone data: {} is not in {origin_l}",
+                    lower(&r.name)
+                ));
+            }
+            apex_soa |= r.record_type() == RecordType::SOA && lower(&r.name) == origin_l;
+        }
+    }
+    if !apex_soa {
+        return Err(format!("no SOA record at the apex {origin_l}"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,5 +213,30 @@ mod tests {
         assert!(e.starts_with("line 7:"), "{e}");
         let e = parse_zone("$INCLUDE /etc/passwd\n", &origin).unwrap_err();
         assert!(e.contains("line 1: $INCLUDE"), "{e}");
+    }
+
+    /// The Corefile loader's check accepts and rejects exactly what the plugin's loader does,
+    /// with the same message.
+    #[test]
+    fn validate_zone_agrees_with_the_file_plugin() {
+        let soa = "@ 3600 IN SOA ns.example.org. admin.example.org. 1 7200 3600 1209600 3600\n";
+        let cases = [
+            format!("{soa}www 60 IN A 10.0.0.1\nsub.deep 60 IN TXT \"x\"\n"),
+            format!("{soa}www.other.org. 60 IN A 10.0.0.1\n"),
+            "www 60 IN A 10.0.0.1\n".to_string(),
+            "sub 60 IN SOA ns.example.org. a.example.org. 1 2 3 4 5\n".to_string(),
+            format!("{soa}www 60 IN A 999.0.0.1\n"),
+            format!("{soa}$INCLUDE other.zone\n"),
+            format!("{soa}WWW.Example.ORG. 60 IN A 10.0.0.2\n"),
+        ];
+        let origin = Name::from_ascii("example.org.").unwrap();
+        for text in &cases {
+            let plugin = crate::dns::plugins::file::ZoneData::parse(text, &origin).map(|_| ());
+            assert_eq!(validate_zone(text, &origin), plugin, "{text}");
+        }
+        let root = Name::root();
+        let text = format!("{soa}www.example.org. 60 IN A 10.0.0.1\n");
+        let plugin = crate::dns::plugins::file::ZoneData::parse(&text, &root).map(|_| ());
+        assert_eq!(validate_zone(&text, &root), plugin);
     }
 }

@@ -13,9 +13,12 @@ use std::net::IpAddr;
 use hickory_proto::rr::{Name, RecordType};
 use serde_json::{Value, json};
 
+use super::entry::ServiceEntry;
+use super::reverse_index::PtrEntry;
 use super::*;
 use crate::cache::{CacheWriter, new_cache};
 use crate::model::{Kind, project};
+use hickory_proto::rr::Record;
 
 const NAMESPACES: [&str; 5] = ["default", "demo", "kube-system", "other", "Bad_NS"];
 const SERVICES: [&str; 5] = ["svc-0", "web", "kube-dns", "Upper", "x"];

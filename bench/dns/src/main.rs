@@ -22,8 +22,8 @@ use hickory_proto::rr::{Name, RecordType};
 use serde_json::json;
 use svcnet_core::cache::new_cache;
 use svcnet_core::dns::cluster::ClusterPlugin;
+use svcnet_core::dns::zone::export as zonefile;
 use svcnet_core::dns::zone::{ClusterZone, Lookup, ZoneOptions, lower_fqdn, reverse_name};
-use svcnet_core::dns::zonefile;
 use svcnet_core::model::{ClusterObject, Kind, ObjectKey, project};
 use svcnet_core::source::manifests::parse_manifest;
 
