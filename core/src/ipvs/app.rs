@@ -207,12 +207,12 @@ pub async fn run_proxy(options: AppOptions) -> Result<(), AppError> {
         let _ = shutdown_tx.send(true);
     });
     // Health-check node ports of `externalTrafficPolicy: Local` load balancers.
+    let (view_feed, views) = super::view::view_feed();
     let health_checks = (!options.once).then(|| {
         super::healthcheck::spawn(
-            source.reader(),
+            views,
             config_rx.clone(),
             super::healthcheck::HealthCheckOptions {
-                node_name: options.node_name.as_deref().map(Arc::from),
                 node_addresses: options.node_addresses.clone(),
                 listen: None,
                 proxy_healthy: super::healthcheck::proxy_health(status.clone(), config_rx.clone()),
@@ -224,6 +224,7 @@ pub async fn run_proxy(options: AppOptions) -> Result<(), AppError> {
         node_addresses: options.node_addresses.clone(),
         sync_timeout: options.sync_timeout,
         once: options.once,
+        view_feed: Some(view_feed),
     };
     let result = run(
         source.reader(),
