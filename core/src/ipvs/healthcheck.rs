@@ -4,7 +4,7 @@
 //! probe `http://<node>:<spec.healthCheckNodePort>/` on every node and send traffic only to the
 //! nodes that answer 200, i.e. the nodes with a ready endpoint of the Service.
 //!
-//! - Pure part: [`HealthCheckIndex`] follows the control loop's [`ProxyView`] (the one view
+//! - Pure part: [`HealthCheckIndex`] follows the control loop's [`ProxyView`](super::view::ProxyView) (the one view
 //!   of each Service, computed once per change; only the Services that changed are looked at)
 //!   and yields the [`HealthCheckTarget`] of every port ([`targets`] does it in one go); [`listen_addresses`] picks the addresses from
 //!   `nodePortAddresses`; [`answer`] is the HTTP answer for one target.
@@ -34,7 +34,9 @@ use tokio::task::{JoinHandle, JoinSet};
 use super::config::ProxyConfig;
 use super::desired::NodeInfo;
 use super::run::StatusHandle;
-use super::view::{ProxyView, ServiceView, ViewStep, ViewSubscriber};
+#[cfg(test)]
+use super::view::ProxyView;
+use super::view::{ServiceView, ViewStep, ViewSubscriber};
 use crate::model::ObjectKey;
 
 /// How long after a failed bind the port is tried again.
@@ -53,8 +55,6 @@ pub struct HealthCheckTarget {
     pub local_endpoints: usize,
 }
 
-pub use super::view::health_check_port;
-
 /// The addresses health-check ports listen on: the node addresses in `nodePortAddresses` when
 /// it is set (none when no address matches, as kube-proxy), else the unspecified address `::`,
 /// which [`HealthCheckServer`] binds dual-stack (falling back to `0.0.0.0` without IPv6).
@@ -70,7 +70,8 @@ pub fn listen_addresses(config: &ProxyConfig, local_addresses: &[IpAddr]) -> Vec
 }
 
 /// The health-check targets of `view`, by port.
-pub fn targets(view: &ProxyView) -> BTreeMap<u16, HealthCheckTarget> {
+#[cfg(test)]
+pub(crate) fn targets(view: &ProxyView) -> BTreeMap<u16, HealthCheckTarget> {
     let mut index = HealthCheckIndex::new();
     index.observe(view);
     index.targets()
@@ -90,7 +91,7 @@ fn entry(sv: &ServiceView) -> Option<Entry> {
     })
 }
 
-/// The Services with health-check node ports, kept in step with the proxy's [`ProxyView`]
+/// The Services with health-check node ports, kept in step with the proxy's [`ProxyView`](super::view::ProxyView)
 /// (read directly, or through the steps a [`ViewSubscriber`] receives): it never computes a
 /// Service's view itself.
 ///
@@ -99,6 +100,7 @@ fn entry(sv: &ServiceView) -> Option<Entry> {
 #[derive(Debug, Default)]
 pub struct HealthCheckIndex {
     /// The view revision last observed (0: none).
+    #[cfg(test)]
     seen: u64,
     services: BTreeMap<ObjectKey, Entry>,
     ports: BTreeMap<u16, BTreeSet<ObjectKey>>,
@@ -113,8 +115,10 @@ impl HealthCheckIndex {
     /// Brings the index up to `view`: only the Services the view read again since the revision
     /// last observed are looked at (all of them the first time, or when the index fell behind
     /// by more than one step). Returns the ports whose [`target`](Self::target) may have
-    /// changed (appeared, went or answers differently).
-    pub fn observe(&mut self, view: &ProxyView) -> BTreeSet<u16> {
+    /// changed (appeared, went or answers differently). The health-check task receives the
+    /// view's steps instead ([`apply`](Self::apply)); tests follow a view directly.
+    #[cfg(test)]
+    pub(crate) fn observe(&mut self, view: &ProxyView) -> BTreeSet<u16> {
         let changed = match view.changes_since(self.seen) {
             Some(keys) => self.apply_changes(
                 keys.iter()
@@ -282,6 +286,7 @@ pub fn proxy_health(status: StatusHandle, config: watch::Receiver<ProxyConfig>) 
 /// One open port: its listeners and the target they answer for.
 struct Listener {
     slot: Arc<ArcSwap<HealthCheckTarget>>,
+    #[cfg(test)]
     addresses: Vec<SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -403,6 +408,7 @@ impl HealthCheckServer {
             port,
             Listener {
                 slot,
+                #[cfg(test)]
                 addresses,
                 tasks,
             },
@@ -415,12 +421,14 @@ impl HealthCheckServer {
     }
 
     /// Ports that could not be bound, with the last error.
-    pub fn failed(&self) -> &BTreeMap<u16, String> {
+    #[cfg(test)]
+    pub(crate) fn failed(&self) -> &BTreeMap<u16, String> {
         &self.failed
     }
 
     /// The addresses `port` is being served on (empty when it is not open).
-    pub fn bound(&self, port: u16) -> &[SocketAddr] {
+    #[cfg(test)]
+    pub(crate) fn bound(&self, port: u16) -> &[SocketAddr] {
         self.open
             .get(&port)
             .map(|l| l.addresses.as_slice())
@@ -428,7 +436,8 @@ impl HealthCheckServer {
     }
 
     /// Ports open, ascending.
-    pub fn open_ports(&self) -> impl Iterator<Item = u16> + '_ {
+    #[cfg(test)]
+    pub(crate) fn open_ports(&self) -> impl Iterator<Item = u16> + '_ {
         self.open.keys().copied()
     }
 }

@@ -3,6 +3,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::*;
 use crate::cache::{Snapshot, new_cache};
 use crate::ipvs::fixtures::{endpoint, service, slice, terminating_endpoint};
+use crate::ipvs::view::health_check_port;
 use crate::model::{
     ClusterObject, EndpointSlice, Kind, Protocol, Service, ServiceType, TrafficPolicy,
 };

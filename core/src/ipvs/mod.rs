@@ -49,10 +49,10 @@ mod caps;
 pub mod config;
 pub mod conntrack;
 pub mod desired;
-pub mod extras;
+pub(crate) mod extras;
 #[cfg(any(test, feature = "test-support"))]
 pub mod fixtures;
-pub mod healthcheck;
+pub(crate) mod healthcheck;
 pub mod host;
 pub mod memory;
 pub mod netlink;
