@@ -213,11 +213,14 @@ async fn start(
         .config_file
         .clone()
         .map(|path| watch_config(path, config_tx.clone(), Some(reload_tx)));
+    // The control loop hands each step of its per-Service view to the health-check task.
+    let (view_feed, views) = crate::ipvs::view::view_feed();
     let run_options = RunOptions {
         node_name: options.node_name.as_deref().map(Arc::from),
         node_addresses,
         sync_timeout: options.sync_timeout,
         once: false,
+        view_feed: Some(view_feed),
     };
     let exit_error = Arc::new(Mutex::new(None));
     let handle = Arc::new(ProxySubsystem {
@@ -237,10 +240,9 @@ async fn start(
     // run, which must not take ports from a kube-proxy running beside it).
     let health_checks = (!options.dry_run).then(|| {
         crate::ipvs::healthcheck::spawn(
-            reader.clone(),
+            views,
             config_rx.clone(),
             crate::ipvs::healthcheck::HealthCheckOptions {
-                node_name: options.node_name.as_deref().map(Arc::from),
                 node_addresses: options.node_addresses.clone(),
                 listen: None,
                 proxy_healthy: crate::ipvs::healthcheck::proxy_health(

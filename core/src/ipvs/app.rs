@@ -214,12 +214,12 @@ pub async fn run_proxy(
         let _ = shutdown_tx.send(true);
     });
     // Health-check node ports of `externalTrafficPolicy: Local` load balancers.
+    let (view_feed, views) = super::view::view_feed();
     let health_checks = (!options.once).then(|| {
         super::healthcheck::spawn(
-            reader.clone(),
+            views,
             config_rx.clone(),
             super::healthcheck::HealthCheckOptions {
-                node_name: options.node_name.as_deref().map(Arc::from),
                 node_addresses: options.node_addresses.clone(),
                 listen: None,
                 proxy_healthy: super::healthcheck::proxy_health(status.clone(), config_rx.clone()),
@@ -231,6 +231,7 @@ pub async fn run_proxy(
         node_addresses: options.node_addresses.clone(),
         sync_timeout: options.sync_timeout,
         once: options.once,
+        view_feed: Some(view_feed),
     };
     let result = run(
         reader,

@@ -4,15 +4,16 @@
 //! probe `http://<node>:<spec.healthCheckNodePort>/` on every node and send traffic only to the
 //! nodes that answer 200, i.e. the nodes with a ready endpoint of the Service.
 //!
-//! - Pure part: [`HealthCheckIndex`] follows cache snapshots incrementally through its own
-//!   [`ProxyView`] (only the Services a snapshot's `changes_since` names are read again) and yields the [`HealthCheckTarget`] of
-//!   every port ([`targets`] does it in one go); [`listen_addresses`] picks the addresses from
+//! - Pure part: [`HealthCheckIndex`] follows the control loop's [`ProxyView`](super::view::ProxyView) (the one view
+//!   of each Service, computed once per change; only the Services that changed are looked at)
+//!   and yields the [`HealthCheckTarget`] of every port ([`targets`] does it in one go); [`listen_addresses`] picks the addresses from
 //!   `nodePortAddresses`; [`answer`] is the HTTP answer for one target.
 //! - IO part: [`HealthCheckServer`] keeps one listener per port (tokio, hyper HTTP/1.1), each
 //!   reading its current target from an [`ArcSwap`] slot, so an endpoint change changes the
 //!   answer at once without touching the socket. A port that cannot be bound is logged and
 //!   retried; it never stops the proxy.
-//! - Driver: [`spawn`] runs both against a [`CacheReader`] and the live [`ProxyConfig`].
+//! - Driver: [`spawn`] runs both from the steps of the control loop's view (a
+//!   [`ViewSubscriber`], see [`super::view::view_feed`]) and the live [`ProxyConfig`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -28,8 +29,9 @@ use tokio::task::JoinHandle;
 use super::config::ProxyConfig;
 use super::desired::NodeInfo;
 use super::run::StatusHandle;
-use super::view::{ProxyView, ServiceView};
-use crate::cache::{CacheReader, Snapshot};
+#[cfg(test)]
+use super::view::ProxyView;
+use super::view::{ServiceView, ViewStep, ViewSubscriber};
 use crate::model::ObjectKey;
 use crate::runtime::http::{self, Reply, Routes};
 
@@ -46,25 +48,6 @@ pub struct HealthCheckTarget {
     pub local_endpoints: usize,
 }
 
-pub use super::view::health_check_port;
-
-/// Ready endpoints of `service` on `node`, counted by address, as its [`ServiceView`] counts
-/// them: slices are those the proxy reads (not another proxy's, not FQDN, not headless); a slice
-/// without a usable port carries no endpoints, as in kube-proxy's endpoint cache. Terminating
-/// endpoints are not ready and do not count: a node whose endpoints all terminate fails the
-/// check, so load balancers drain it gracefully. No node name, or a Service the proxy does not
-/// handle, means no endpoint is local.
-pub fn local_ready_endpoints(
-    snapshot: &Snapshot,
-    service: &ObjectKey,
-    node: Option<&str>,
-) -> usize {
-    snapshot
-        .service(service)
-        .and_then(|svc| ServiceView::compute(snapshot, svc, node))
-        .map_or(0, |v| v.local_ready_endpoints)
-}
-
 /// The addresses health-check ports listen on: the node addresses in `nodePortAddresses` when
 /// it is set (none when no address matches, as kube-proxy), else the unspecified address `::`,
 /// which [`HealthCheckServer`] binds dual-stack (falling back to `0.0.0.0` without IPv6).
@@ -79,10 +62,11 @@ pub fn listen_addresses(config: &ProxyConfig, local_addresses: &[IpAddr]) -> Vec
     .node_port_addresses(config, &[])
 }
 
-/// The health-check targets of a snapshot, by port, for a node named `node`.
-pub fn targets(snapshot: &Snapshot, node: Option<&str>) -> BTreeMap<u16, HealthCheckTarget> {
+/// The health-check targets of `view`, by port.
+#[cfg(test)]
+pub(crate) fn targets(view: &ProxyView) -> BTreeMap<u16, HealthCheckTarget> {
     let mut index = HealthCheckIndex::new();
-    index.observe(snapshot, node);
+    index.observe(view);
     index.targets()
 }
 
@@ -100,15 +84,17 @@ fn entry(sv: &ServiceView) -> Option<Entry> {
     })
 }
 
-/// The Services with health-check node ports, kept in step with cache snapshots.
+/// The Services with health-check node ports, kept in step with the proxy's [`ProxyView`](super::view::ProxyView)
+/// (read directly, or through the steps a [`ViewSubscriber`] receives): it never computes a
+/// Service's view itself.
 ///
 /// Two Services claiming one port (the API server prevents it) share it: the first by
 /// namespace and name answers, as if the other's listener had failed to bind.
 #[derive(Debug, Default)]
 pub struct HealthCheckIndex {
-    /// The health-check task's own follower of the cache: it runs beside the control loop, so
-    /// a slow kernel sync never delays an answer.
-    view: ProxyView,
+    /// The view revision last observed (0: none).
+    #[cfg(test)]
+    seen: u64,
     services: BTreeMap<ObjectKey, Entry>,
     ports: BTreeMap<u16, BTreeSet<ObjectKey>>,
 }
@@ -119,40 +105,70 @@ impl HealthCheckIndex {
         Self::default()
     }
 
-    /// Brings the index up to `snapshot` for a node named `node`: only the Services changed
-    /// since the last observed generation are read again (every Service the first time, when
-    /// the cache's journal no longer reaches back, or when the node name changed). Returns the
-    /// ports whose [`target`](Self::target) may have changed (appeared, went or answers
-    /// differently).
-    pub fn observe(&mut self, snapshot: &Snapshot, node: Option<&str>) -> BTreeSet<u16> {
-        let mut changed = BTreeSet::new();
-        let mut view = std::mem::take(&mut self.view);
-        match view.observe(snapshot, node).map(<[ObjectKey]>::to_vec) {
-            Some(keys) => {
-                for key in &keys {
-                    let now = view.service(key).and_then(|sv| entry(sv));
-                    let before = self.set(key.clone(), now);
-                    if before != now {
-                        changed.extend(before.map(|e| e.port));
-                        changed.extend(now.map(|e| e.port));
-                    }
-                }
-            }
-            None => {
-                let old = self.targets();
-                self.services.clear();
-                self.ports.clear();
-                for sv in view.services() {
-                    if let Some(e) = entry(sv) {
-                        self.set(sv.service.key.clone(), Some(e));
-                    }
-                }
-                let new = self.targets();
-                changed.extend(old.keys().chain(new.keys()).copied());
-                changed.retain(|p| old.get(p) != new.get(p));
+    /// Brings the index up to `view`: only the Services the view read again since the revision
+    /// last observed are looked at (all of them the first time, or when the index fell behind
+    /// by more than one step). Returns the ports whose [`target`](Self::target) may have
+    /// changed (appeared, went or answers differently). The health-check task receives the
+    /// view's steps instead ([`apply`](Self::apply)); tests follow a view directly.
+    #[cfg(test)]
+    pub(crate) fn observe(&mut self, view: &ProxyView) -> BTreeSet<u16> {
+        let changed = match view.changes_since(self.seen) {
+            Some(keys) => self.apply_changes(
+                keys.iter()
+                    .map(|k| (k.clone(), view.service(k).and_then(|sv| entry(sv)))),
+            ),
+            None => self.apply_all(
+                view.services()
+                    .filter_map(|sv| Some((sv.service.key.clone(), entry(sv)?))),
+            ),
+        };
+        self.seen = view.revision();
+        changed
+    }
+
+    /// Applies one step received from the control loop's view (see [`observe`](Self::observe)
+    /// for what is returned).
+    pub(crate) fn apply(&mut self, step: ViewStep) -> BTreeSet<u16> {
+        match step {
+            ViewStep::Changes(changes) => self.apply_changes(
+                changes
+                    .into_iter()
+                    .map(|(k, sv)| (k, sv.and_then(|sv| entry(&sv)))),
+            ),
+            ViewStep::All(all) => {
+                self.apply_all(all.into_iter().filter_map(|(k, sv)| Some((k, entry(&sv)?))))
             }
         }
-        self.view = view;
+    }
+
+    /// Sets the entries of the Services that changed; returns the ports that may answer
+    /// differently.
+    fn apply_changes(
+        &mut self,
+        changes: impl Iterator<Item = (ObjectKey, Option<Entry>)>,
+    ) -> BTreeSet<u16> {
+        let mut changed = BTreeSet::new();
+        for (key, now) in changes {
+            let before = self.set(key, now);
+            if before != now {
+                changed.extend(before.map(|e| e.port));
+                changed.extend(now.map(|e| e.port));
+            }
+        }
+        changed
+    }
+
+    /// Replaces every entry; returns the ports whose target changed.
+    fn apply_all(&mut self, entries: impl Iterator<Item = (ObjectKey, Entry)>) -> BTreeSet<u16> {
+        let old = self.targets();
+        self.services.clear();
+        self.ports.clear();
+        for (key, e) in entries {
+            self.set(key, Some(e));
+        }
+        let new = self.targets();
+        let mut changed: BTreeSet<u16> = old.keys().chain(new.keys()).copied().collect();
+        changed.retain(|p| old.get(p) != new.get(p));
         changed
     }
 
@@ -263,6 +279,7 @@ pub fn proxy_health(status: StatusHandle, config: watch::Receiver<ProxyConfig>) 
 /// One open port: its listeners and the target they answer for.
 struct Listener {
     slot: Arc<ArcSwap<HealthCheckTarget>>,
+    #[cfg(test)]
     addresses: Vec<SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -384,6 +401,7 @@ impl HealthCheckServer {
             port,
             Listener {
                 slot,
+                #[cfg(test)]
                 addresses,
                 tasks,
             },
@@ -396,12 +414,14 @@ impl HealthCheckServer {
     }
 
     /// Ports that could not be bound, with the last error.
-    pub fn failed(&self) -> &BTreeMap<u16, String> {
+    #[cfg(test)]
+    pub(crate) fn failed(&self) -> &BTreeMap<u16, String> {
         &self.failed
     }
 
     /// The addresses `port` is being served on (empty when it is not open).
-    pub fn bound(&self, port: u16) -> &[SocketAddr] {
+    #[cfg(test)]
+    pub(crate) fn bound(&self, port: u16) -> &[SocketAddr] {
         self.open
             .get(&port)
             .map(|l| l.addresses.as_slice())
@@ -409,7 +429,8 @@ impl HealthCheckServer {
     }
 
     /// Ports open, ascending.
-    pub fn open_ports(&self) -> impl Iterator<Item = u16> + '_ {
+    #[cfg(test)]
+    pub(crate) fn open_ports(&self) -> impl Iterator<Item = u16> + '_ {
         self.open.keys().copied()
     }
 }
@@ -464,8 +485,6 @@ fn routes(slot: Arc<ArcSwap<HealthCheckTarget>>, healthy: ProxyHealth) -> Routes
 /// Options of [`spawn`].
 #[derive(Clone)]
 pub struct HealthCheckOptions {
-    /// This node's name (`--node-name`; `hostnameOverride` in the config wins).
-    pub node_name: Option<Arc<str>>,
     /// Node addresses instead of the kernel's (`--node-ip`), for `nodePortAddresses`.
     pub node_addresses: Option<Vec<IpAddr>>,
     /// Listen on these addresses instead of [`listen_addresses`] (tests: `127.0.0.1`).
@@ -477,7 +496,6 @@ pub struct HealthCheckOptions {
 impl std::fmt::Debug for HealthCheckOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HealthCheckOptions")
-            .field("node_name", &self.node_name)
             .field("node_addresses", &self.node_addresses)
             .field("listen", &self.listen)
             .finish_non_exhaustive()
@@ -507,45 +525,42 @@ async fn node_addresses(options: &HealthCheckOptions) -> Option<Vec<IpAddr>> {
     }
 }
 
-/// Serves health-check node ports for the cache behind `reader` until the task is aborted
-/// (the listeners close with it). Follows every snapshot and every configuration change
-/// (`hostnameOverride`, `nodePortAddresses`; node addresses are read again every sync period
-/// while `nodePortAddresses` is set).
+/// Serves health-check node ports for the Services of the control loop's view (`views`, the
+/// subscriber end of [`super::view::view_feed`] whose publisher is in
+/// [`RunOptions::view_feed`](super::run::RunOptions::view_feed)) until the task is aborted
+/// (the listeners close with it). Follows every step of the view (the control loop resolves
+/// the node name, `hostnameOverride` included) and every configuration change
+/// (`nodePortAddresses`; node addresses are read again every sync period while
+/// `nodePortAddresses` is set).
 pub fn spawn(
-    reader: CacheReader,
+    views: ViewSubscriber,
     config: watch::Receiver<ProxyConfig>,
     options: HealthCheckOptions,
 ) -> JoinHandle<()> {
-    tokio::spawn(run(reader, config, options))
+    tokio::spawn(run(views, config, options))
 }
 
 async fn run(
-    mut reader: CacheReader,
+    mut views: ViewSubscriber,
     mut config: watch::Receiver<ProxyConfig>,
     options: HealthCheckOptions,
 ) {
-    // Ports open once every Service has been listed (a partial list would answer wrongly).
-    while !reader.snapshot().is_synced() {
-        if reader.changed().await.is_none() {
-            return;
-        }
-    }
+    // Ports open once the control loop has seen every Service (its first view follows the
+    // cache's first complete list; a partial list would answer wrongly).
+    let Some(mut step) = views.next().await.map(Some) else {
+        return;
+    };
     let mut index = HealthCheckIndex::new();
     let mut server = HealthCheckServer::new(options.proxy_healthy.clone());
     let mut config_open = true;
-    let mut source_open = true;
+    let mut views_open = true;
     let mut addresses: Option<Vec<IpAddr>> = None;
     let mut read_addresses = true;
     loop {
-        let (node, needs_addresses, period) = {
+        let (needs_addresses, period) = {
             let c = config.borrow_and_update();
-            let node = c
-                .hostname_override
-                .as_deref()
-                .map(Arc::from)
-                .or_else(|| options.node_name.clone());
             let needs = options.listen.is_none() && !c.node_port_addresses.is_empty();
-            (node, needs, c.sync_period.max(Duration::from_secs(1)))
+            (needs, c.sync_period.max(Duration::from_secs(1)))
         };
         if needs_addresses && read_addresses {
             addresses = node_addresses(&options).await;
@@ -556,16 +571,16 @@ async fn run(
             (None, Some(a)) if needs_addresses => listen_addresses(&config.borrow(), a),
             (None, _) => listen_addresses(&ProxyConfig::default(), &[]),
         };
-        let snapshot = reader.snapshot();
-        let changed = index.observe(&snapshot, node.as_deref());
+        let changed = step.take().map(|s| index.apply(s)).unwrap_or_default();
         for (port, svc) in index.conflicts().filter(|(p, _)| changed.contains(p)) {
             tracing::warn!(service = %svc, port, "health-check node port already used by another service");
         }
         server.update(&index, &changed, &listen);
         tokio::select! {
-            snap = reader.changed(), if source_open => {
-                // The source gone: keep answering from the last state until aborted.
-                source_open = snap.is_some();
+            next = views.next(), if views_open => {
+                // The control loop gone: keep answering from the last state until aborted.
+                views_open = next.is_some();
+                step = next;
             }
             r = config.changed(), if config_open => {
                 config_open = r.is_ok();

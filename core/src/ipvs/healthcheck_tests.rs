@@ -1,8 +1,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::*;
-use crate::cache::new_cache;
+use crate::cache::{Snapshot, new_cache};
 use crate::ipvs::fixtures::{endpoint, service, slice, terminating_endpoint};
+use crate::ipvs::view::health_check_port;
 use crate::model::{
     ClusterObject, EndpointSlice, Kind, Protocol, Service, ServiceType, TrafficPolicy,
 };
@@ -43,6 +44,32 @@ fn eps(name: &str, endpoints: Vec<crate::model::Endpoint>) -> EndpointSlice {
 
 fn key(name: &str) -> ObjectKey {
     ObjectKey::new("default", name)
+}
+
+/// The control loop's step: its one view brought up to `snapshot`, then the index follows it.
+fn observe(
+    index: &mut HealthCheckIndex,
+    view: &mut ProxyView,
+    snapshot: &Snapshot,
+    node: Option<&str>,
+) -> BTreeSet<u16> {
+    view.observe(snapshot, node);
+    index.observe(view)
+}
+
+/// The targets of a fresh view of `snapshot`.
+fn targets_of(snapshot: &Snapshot, node: Option<&str>) -> BTreeMap<u16, HealthCheckTarget> {
+    let mut view = ProxyView::new();
+    view.observe(snapshot, node);
+    targets(&view)
+}
+
+/// Ready endpoints of `service` on `node`, as its view counts them (0 when not proxied).
+fn local_ready_endpoints(snapshot: &Snapshot, service: &ObjectKey, node: Option<&str>) -> usize {
+    snapshot
+        .service(service)
+        .and_then(|svc| ServiceView::compute(snapshot, svc, node))
+        .map_or(0, |v| v.local_ready_endpoints)
 }
 
 fn target(name: &str, local_endpoints: usize) -> HealthCheckTarget {
@@ -108,7 +135,7 @@ fn counts_ready_endpoints_on_this_node_by_address() {
         0,
         "without a node name nothing is local"
     );
-    assert_eq!(targets(&snap, NODE), [(32000, target("web", 2))].into());
+    assert_eq!(targets_of(&snap, NODE), [(32000, target("web", 2))].into());
 }
 
 #[test]
@@ -127,39 +154,61 @@ fn follows_the_cache_incrementally() {
     );
     w.apply(ClusterObject::from(plain.clone()));
     let mut index = HealthCheckIndex::new();
-    assert_eq!(index.observe(&r.snapshot(), NODE), [32000].into());
+    let mut view = ProxyView::new();
+    assert_eq!(
+        observe(&mut index, &mut view, &r.snapshot(), NODE),
+        [32000].into()
+    );
     assert_eq!(index.targets(), [(32000, target("web", 1))].into());
 
     // Nothing changed, or only a service without a port: no port to touch.
-    assert_eq!(index.observe(&r.snapshot(), NODE), BTreeSet::new());
+    assert_eq!(
+        observe(&mut index, &mut view, &r.snapshot(), NODE),
+        BTreeSet::new()
+    );
     let mut plain2 = plain;
     plain2.cluster_ips = vec!["10.96.0.12".parse().unwrap()];
     w.apply(ClusterObject::from(plain2));
-    assert_eq!(index.observe(&r.snapshot(), NODE), BTreeSet::new());
+    assert_eq!(
+        observe(&mut index, &mut view, &r.snapshot(), NODE),
+        BTreeSet::new()
+    );
 
     // The endpoint moves to another node: the answer changes.
     w.apply(ClusterObject::from(eps(
         "web",
         vec![endpoint("10.244.2.10", true, Some("node-b"))],
     )));
-    assert_eq!(index.observe(&r.snapshot(), NODE), [32000].into());
+    assert_eq!(
+        observe(&mut index, &mut view, &r.snapshot(), NODE),
+        [32000].into()
+    );
     assert_eq!(index.target(32000), Some(target("web", 0)));
 
     // A new port for the service: the old one goes, the new one comes.
     w.apply(ClusterObject::from(lb("web", 32001)));
-    assert_eq!(index.observe(&r.snapshot(), NODE), [32000, 32001].into());
+    assert_eq!(
+        observe(&mut index, &mut view, &r.snapshot(), NODE),
+        [32000, 32001].into()
+    );
     assert_eq!(index.target(32000), None);
     assert_eq!(index.target(32001), Some(target("web", 0)));
 
     // The node name changes: everything is read again.
-    assert_eq!(index.observe(&r.snapshot(), Some("node-b")), [32001].into());
+    assert_eq!(
+        observe(&mut index, &mut view, &r.snapshot(), Some("node-b")),
+        [32001].into()
+    );
     assert_eq!(index.target(32001), Some(target("web", 1)));
 
     // The incremental result equals a fresh build.
-    assert_eq!(index.targets(), targets(&r.snapshot(), Some("node-b")));
+    assert_eq!(index.targets(), targets_of(&r.snapshot(), Some("node-b")));
 
     w.delete(Kind::Service, &key("web"));
-    assert_eq!(index.observe(&r.snapshot(), Some("node-b")), [32001].into());
+    assert_eq!(
+        observe(&mut index, &mut view, &r.snapshot(), Some("node-b")),
+        [32001].into()
+    );
     assert!(index.targets().is_empty());
 }
 
@@ -173,11 +222,15 @@ fn a_shared_port_answers_for_the_first_service() {
     )));
     w.apply(ClusterObject::from(lb("a", 32000)));
     let mut index = HealthCheckIndex::new();
-    index.observe(&r.snapshot(), NODE);
+    let mut view = ProxyView::new();
+    observe(&mut index, &mut view, &r.snapshot(), NODE);
     assert_eq!(index.target(32000), Some(target("a", 0)));
     assert_eq!(index.conflicts().collect::<Vec<_>>(), [(32000, &key("b"))]);
     w.delete(Kind::Service, &key("a"));
-    assert_eq!(index.observe(&r.snapshot(), NODE), [32000].into());
+    assert_eq!(
+        observe(&mut index, &mut view, &r.snapshot(), NODE),
+        [32000].into()
+    );
     assert_eq!(index.target(32000), Some(target("b", 1)));
     assert_eq!(index.conflicts().count(), 0);
 }
@@ -284,7 +337,8 @@ async fn serves_ports_on_real_sockets_and_follows_changes() {
     let h = healthy.clone();
     let mut server = HealthCheckServer::new(Arc::new(move || h.load(Ordering::Relaxed)));
     let mut index = HealthCheckIndex::new();
-    let changed = index.observe(&r.snapshot(), NODE);
+    let mut view = ProxyView::new();
+    let changed = observe(&mut index, &mut view, &r.snapshot(), NODE);
     server.update(&index, &changed, &LOOPBACK);
     assert_eq!(server.bound(port), [addr]);
 
@@ -309,7 +363,7 @@ async fn serves_ports_on_real_sockets_and_follows_changes() {
         "web",
         vec![endpoint("10.244.2.10", true, Some("node-b"))],
     )));
-    let changed = index.observe(&r.snapshot(), NODE);
+    let changed = observe(&mut index, &mut view, &r.snapshot(), NODE);
     server.update(&index, &changed, &LOOPBACK);
     let (status, headers, body) = get(addr, "/").await.unwrap();
     assert_eq!(status, 503, "{body}");
@@ -318,7 +372,7 @@ async fn serves_ports_on_real_sockets_and_follows_changes() {
 
     // The service goes: the port closes.
     w.delete(Kind::Service, &key("web"));
-    let changed = index.observe(&r.snapshot(), NODE);
+    let changed = observe(&mut index, &mut view, &r.snapshot(), NODE);
     server.update(&index, &changed, &LOOPBACK);
     assert_eq!(server.open_ports().count(), 0);
     let refused = tokio::net::TcpStream::connect(addr).await;
@@ -339,7 +393,8 @@ async fn a_port_in_use_is_reported_and_retried() {
     w.apply(ClusterObject::from(lb("other", other)));
     let mut server = HealthCheckServer::new(Arc::new(|| true));
     let mut index = HealthCheckIndex::new();
-    let changed = index.observe(&r.snapshot(), NODE);
+    let mut view = ProxyView::new();
+    let changed = observe(&mut index, &mut view, &r.snapshot(), NODE);
     server.update(&index, &changed, &LOOPBACK);
     assert!(server.has_failed());
     assert!(
@@ -368,28 +423,28 @@ async fn a_port_in_use_is_reported_and_retried() {
     let blocker = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
     let busy = blocker.local_addr().unwrap().port();
     w.apply(ClusterObject::from(lb("busy", busy)));
-    let changed = index.observe(&r.snapshot(), NODE);
+    let changed = observe(&mut index, &mut view, &r.snapshot(), NODE);
     server.update(&index, &changed, &LOOPBACK);
     assert!(server.failed().contains_key(&busy));
     w.delete(Kind::Service, &key("busy"));
-    let changed = index.observe(&r.snapshot(), NODE);
+    let changed = observe(&mut index, &mut view, &r.snapshot(), NODE);
     server.update(&index, &changed, &LOOPBACK);
     assert!(!server.has_failed());
 }
 
 #[tokio::test]
-async fn the_driver_follows_the_cache_and_config() {
+async fn the_driver_follows_the_control_loops_view_and_config() {
     let port = free_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let (mut w, r) = new_cache([Kind::Service, Kind::EndpointSlice]);
     w.replace_kind(Kind::Service, vec![]);
     w.replace_kind(Kind::EndpointSlice, vec![]);
-    let (config_tx, config_rx) = watch::channel(ProxyConfig::default());
+    let (_config_tx, config_rx) = watch::channel(ProxyConfig::default());
+    let (feed, views) = crate::ipvs::view::view_feed();
     let task = spawn(
-        r,
+        views,
         config_rx,
         HealthCheckOptions {
-            node_name: Some("node-a".into()),
             node_addresses: None,
             listen: Some(LOOPBACK.to_vec()),
             proxy_healthy: Arc::new(|| true),
@@ -407,24 +462,73 @@ async fn the_driver_follows_the_cache_and_config() {
         }
         panic!("{addr} never answered {want:?}; last: {last}");
     }
+    // The control loop's side: its one view, published after every step.
+    let mut view = ProxyView::new();
+    let mut step = |node: Option<&str>| {
+        view.observe(&r.snapshot(), node);
+        feed.publish(&view);
+    };
     w.apply(ClusterObject::from(lb("web", port)));
     w.apply(ClusterObject::from(eps(
         "web",
         vec![endpoint("10.244.1.10", true, Some("node-a"))],
     )));
+    step(NODE);
     let body = until_status(addr, Some(200)).await;
     assert!(body.contains("\"localEndpoints\": 1"), "{body}");
     w.apply(ClusterObject::from(eps(
         "web",
         vec![endpoint("10.244.1.10", true, Some("node-b"))],
     )));
+    step(NODE);
     until_status(addr, Some(503)).await;
-    // hostnameOverride names the node the endpoint is on.
-    config_tx.send_modify(|c| c.hostname_override = Some("node-b".into()));
+    // The control loop's node name changes (hostnameOverride names the node the endpoint is on).
+    step(Some("node-b"));
     until_status(addr, Some(200)).await;
     w.delete(Kind::Service, &key("web"));
+    step(Some("node-b"));
     until_status(addr, None).await;
     task.abort();
+}
+
+#[test]
+fn steps_from_the_feed_fold_and_match_following_the_view() {
+    let (mut w, r) = new_cache([Kind::Service, Kind::EndpointSlice]);
+    w.apply(ClusterObject::from(lb("web", 32000)));
+    w.apply(ClusterObject::from(lb("api", 32001)));
+    let (feed, mut views) = crate::ipvs::view::view_feed();
+    let mut view = ProxyView::new();
+    let mut direct = HealthCheckIndex::new();
+    let mut fed = HealthCheckIndex::new();
+    assert!(views.try_next().is_none(), "nothing published yet");
+    view.observe(&r.snapshot(), NODE);
+    feed.publish(&view);
+    direct.observe(&view);
+    assert_eq!(
+        fed.apply(views.try_next().expect("first step")),
+        [32000, 32001].into()
+    );
+    assert_eq!(fed.targets(), direct.targets());
+    // Nothing moved: nothing to take.
+    view.observe(&r.snapshot(), NODE);
+    feed.publish(&view);
+    assert!(views.try_next().is_none());
+    // Two steps taken at once fold into one: the endpoint arrives, then `api` goes.
+    w.apply(ClusterObject::from(eps(
+        "web",
+        vec![endpoint("10.244.1.10", true, Some("node-a"))],
+    )));
+    view.observe(&r.snapshot(), NODE);
+    feed.publish(&view);
+    w.delete(Kind::Service, &key("api"));
+    view.observe(&r.snapshot(), NODE);
+    feed.publish(&view);
+    assert_eq!(
+        fed.apply(views.try_next().expect("folded step")),
+        [32000, 32001].into()
+    );
+    assert_eq!(fed.targets(), [(32000, target("web", 1))].into());
+    assert_eq!(fed.targets(), targets_of(&r.snapshot(), NODE));
 }
 
 #[tokio::test]
@@ -434,7 +538,8 @@ async fn the_unspecified_address_serves_ipv4_too() {
     w.apply(ClusterObject::from(lb("web", port)));
     let mut server = HealthCheckServer::new(Arc::new(|| true));
     let mut index = HealthCheckIndex::new();
-    let changed = index.observe(&r.snapshot(), NODE);
+    let mut view = ProxyView::new();
+    let changed = observe(&mut index, &mut view, &r.snapshot(), NODE);
     let everywhere = listen_addresses(&ProxyConfig::default(), &[]);
     server.update(&index, &changed, &everywhere);
     assert!(!server.has_failed(), "{:?}", server.failed());
@@ -445,20 +550,19 @@ async fn the_unspecified_address_serves_ipv4_too() {
 }
 
 #[tokio::test]
-async fn the_driver_ends_when_the_source_goes_before_syncing() {
-    let (w, r) = new_cache([Kind::Service, Kind::EndpointSlice]);
+async fn the_driver_ends_when_the_control_loop_goes_before_its_first_view() {
     let (_config_tx, config_rx) = watch::channel(ProxyConfig::default());
+    let (feed, views) = crate::ipvs::view::view_feed();
     let task = spawn(
-        r,
+        views,
         config_rx,
         HealthCheckOptions {
-            node_name: None,
             node_addresses: None,
             listen: Some(LOOPBACK.to_vec()),
             proxy_healthy: Arc::new(|| true),
         },
     );
-    drop(w);
+    drop(feed);
     tokio::time::timeout(Duration::from_secs(5), task)
         .await
         .expect("the driver must end, not wait or spin")

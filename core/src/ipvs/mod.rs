@@ -23,7 +23,8 @@
 //! - [`healthcheck`]: per-Service health-check node ports for `externalTrafficPolicy: Local`
 //!   load balancers (kube-proxy's service health server).
 //! - [`render`]: `ipvsadm -Ln`-style text of a desired state or a kernel dump.
-//! - [`fixtures`]: Services/EndpointSlices builders and a synthetic large cluster.
+//! - `fixtures`: Services/EndpointSlices builders and a synthetic large cluster (tests, and the
+//!   `test-support` feature for the `svcnet-tests` crate; not in the product).
 //!
 //! Programming a table directly (as the kernel tests and benchmarks do):
 //!
@@ -48,9 +49,10 @@ mod caps;
 pub mod config;
 pub mod conntrack;
 pub mod desired;
-pub mod extras;
+pub(crate) mod extras;
+#[cfg(any(test, feature = "test-support"))]
 pub mod fixtures;
-pub mod healthcheck;
+pub(crate) mod healthcheck;
 pub mod host;
 pub mod memory;
 pub mod netlink;

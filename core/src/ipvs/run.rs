@@ -12,6 +12,7 @@ use super::config::ProxyConfig;
 use super::conntrack::{ConntrackBackend, StaleTracker};
 use super::desired::{Delta, DesiredState, NodeInfo, build};
 use super::reconcile::{Reconciler, SyncReport};
+use super::view::ViewPublisher;
 use crate::cache::CacheReader;
 
 /// How often draining real servers are checked for remaining connections.
@@ -77,6 +78,9 @@ pub struct RunOptions {
     pub sync_timeout: Duration,
     /// Program once and return (tests).
     pub once: bool,
+    /// Where each step of the proxy's one per-Service view goes (the health-check task's
+    /// feed, see [`view_feed`](super::view::view_feed)); `None`: nowhere.
+    pub view_feed: Option<ViewPublisher>,
 }
 
 impl Default for RunOptions {
@@ -86,6 +90,7 @@ impl Default for RunOptions {
             node_addresses: None,
             sync_timeout: Duration::from_secs(300),
             once: false,
+            view_feed: None,
         }
     }
 }
@@ -228,6 +233,9 @@ impl Worker {
         // Dropped before the rebuild, so the two never take memory at the same time.
         self.desired = DesiredState::default();
         self.desired = build(snapshot, &self.config, &self.node);
+        if let Some(feed) = &options.view_feed {
+            feed.publish(self.desired.view());
+        }
         if let Some(h) = self.host.as_mut() {
             let everything = Delta {
                 full: true,
@@ -258,6 +266,9 @@ impl Worker {
             return self.full(snapshot, options);
         }
         let delta = self.desired.update(snapshot, &self.config, &self.node);
+        if let Some(feed) = &options.view_feed {
+            feed.publish(self.desired.view());
+        }
         if let Some(h) = self.host.as_mut() {
             h.observe_update(&self.desired, &delta);
         }

@@ -464,3 +464,119 @@ async fn conntrack_cleanup_waits_for_a_deferred_host_update() {
     stop_tx.send(true).unwrap();
     task.await.unwrap().unwrap();
 }
+
+/// A host that follows the desired state's view for its rules' inputs, as `KernelHost` does.
+#[derive(Clone, Default)]
+struct ExtrasHost(Arc<Mutex<crate::ipvs::extras::ExtrasIndex>>);
+
+impl HostSetup for ExtrasHost {
+    fn apply_config(&mut self, _config: &ProxyConfig) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn after_sync(
+        &mut self,
+        _desired: &DesiredState,
+        _config: &ProxyConfig,
+        _node: &NodeInfo,
+    ) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn observe_update(&mut self, desired: &DesiredState, _delta: &Delta) {
+        self.0.lock().unwrap().observe(desired.view());
+    }
+}
+
+/// The control loop computes each changed Service's view once, and the desired state, the host
+/// rules' inputs and the health checks all read that one computation.
+#[test]
+fn each_changed_service_view_is_computed_once_for_all_readers() {
+    use crate::ipvs::healthcheck::{HealthCheckIndex, HealthCheckTarget};
+    use crate::model::{ServiceType, TrafficPolicy};
+
+    let (mut writer, reader) = new_cache([Kind::Service, Kind::EndpointSlice]);
+    let mut lb = service(
+        "default",
+        "lb",
+        "10.96.0.30",
+        &[("http", Protocol::Tcp, 80, 8080)],
+    );
+    lb.service_type = ServiceType::LoadBalancer;
+    lb.external_traffic_policy = TrafficPolicy::Local;
+    lb.health_check_node_port = Some(32000);
+    let lb_slice = |node: &str| {
+        ClusterObject::from(slice(
+            "default",
+            "lb-1",
+            "lb",
+            &[("http", Protocol::Tcp, 8080)],
+            vec![endpoint("10.244.1.30", true, Some(node))],
+        ))
+    };
+    writer.update(|tx| {
+        for o in web(&["10.244.1.10"]) {
+            tx.apply(o);
+        }
+        tx.apply(ClusterObject::from(lb.clone()));
+        tx.apply(lb_slice("node-b"));
+        tx.mark_synced(Kind::Service);
+        tx.mark_synced(Kind::EndpointSlice);
+    });
+    let (feed, mut views) = crate::ipvs::view::view_feed();
+    let options = RunOptions {
+        node_name: Some("node-a".into()),
+        node_addresses: Some(vec!["192.168.1.5".parse().unwrap()]),
+        view_feed: Some(feed),
+        ..RunOptions::default()
+    };
+    let host = ExtrasHost::default();
+    let mut worker = Worker {
+        rec: Reconciler::new(
+            Box::new(MemoryIpvs::new()),
+            Box::new(MemoryAddresses::new(vec!["192.168.1.5".parse().unwrap()])),
+        ),
+        host: Some(Box::new(host.clone())),
+        desired: DesiredState::default(),
+        config: ProxyConfig::default(),
+        node: NodeInfo::default(),
+        stale: StaleTracker::new(),
+        ct_pending: Vec::new(),
+    };
+    let mut health = HealthCheckIndex::new();
+    let lb_target = |local_endpoints| HealthCheckTarget {
+        service: ObjectKey::new("default", "lb"),
+        local_endpoints,
+    };
+
+    worker.full(&reader.snapshot(), &options).unwrap();
+    assert_eq!(worker.desired.view().computed, 2, "one per Service");
+    assert_eq!(
+        health.apply(views.try_next().expect("the first view")),
+        [32000].into()
+    );
+    assert_eq!(health.target(32000), Some(lb_target(0)));
+
+    // The load balancer's endpoint moves to this node: its view is computed once more, and
+    // all three readers see the change.
+    writer.apply(lb_slice("node-a"));
+    worker.incremental(&reader.snapshot(), &options).unwrap();
+    assert_eq!(
+        worker.desired.view().computed,
+        3,
+        "only the changed Service"
+    );
+    let extras = host.0.lock().unwrap().extras();
+    assert_eq!(
+        extras.local_endpoints,
+        Some(["10.244.1.30".parse().unwrap()].into())
+    );
+    assert_eq!(
+        health.apply(views.try_next().expect("the step")),
+        [32000].into()
+    );
+    assert_eq!(health.target(32000), Some(lb_target(1)));
+
+    // Nothing changed: nothing computed, nothing handed on.
+    worker.incremental(&reader.snapshot(), &options).unwrap();
+    assert_eq!(worker.desired.view().computed, 3);
+    assert!(views.try_next().is_none());
+}

@@ -13,11 +13,15 @@
 //! snapshot's journal names (all of them the first time, when the journal no longer reaches back,
 //! or for another node name) and remembers which they were, so a reader that saw the previous
 //! [`revision`](ProxyView::revision) can follow the change ([`ProxyView::changes_since`]).
+//!
+//! There is one follower per proxy: the control loop's desired state owns it, the host rules'
+//! inputs read it in the same step, and [`ViewPublisher`] hands each step's changed views to the
+//! health-check task ([`ViewSubscriber`]), which never computes a view itself.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use ipnetwork::IpNetwork;
 use smallvec::SmallVec;
@@ -257,6 +261,9 @@ pub struct ProxyView {
     previous: u64,
     /// The Services the last observe read again; `None`: all of them.
     last: Option<Vec<ObjectKey>>,
+    /// How many [`ServiceView`]s this view computed (tests count computations per change).
+    #[cfg(test)]
+    pub(crate) computed: usize,
 }
 
 impl ProxyView {
@@ -273,6 +280,10 @@ impl ProxyView {
         self.revision = NEXT_REVISION.fetch_add(1, Ordering::Relaxed);
         match self.tracker.advance(snapshot, node) {
             Some(keys) => {
+                #[cfg(test)]
+                {
+                    self.computed += keys.len();
+                }
                 for key in &keys {
                     let view = snapshot
                         .service(key)
@@ -289,6 +300,10 @@ impl ProxyView {
                 self.last = Some(keys);
             }
             None => {
+                #[cfg(test)]
+                {
+                    self.computed += snapshot.service_count();
+                }
                 self.services = snapshot
                     .services()
                     .filter_map(|svc| {
@@ -350,6 +365,138 @@ impl ProxyView {
             return self.last.as_deref();
         }
         None
+    }
+}
+
+/// One step of the [`ProxyView`] as a [`ViewSubscriber`] receives it: the views of the Services
+/// that changed since the subscriber's last step, or all of them.
+#[derive(Debug, Clone)]
+pub(crate) enum ViewStep {
+    /// These Services changed: their new view, or `None` when the proxy no longer handles them.
+    Changes(HashMap<ObjectKey, Option<Arc<ServiceView>>>),
+    /// Every proxied Service's view (the subscriber forgets what it had).
+    All(HashMap<ObjectKey, Arc<ServiceView>>),
+}
+
+impl ViewStep {
+    /// Folds the later step `next` into this one.
+    fn merge(&mut self, next: ViewStep) {
+        match (self, next) {
+            (this, next @ ViewStep::All(_)) => *this = next,
+            (ViewStep::Changes(c), ViewStep::Changes(n)) => c.extend(n),
+            (ViewStep::All(all), ViewStep::Changes(n)) => {
+                for (key, view) in n {
+                    match view {
+                        Some(v) => all.insert(key, v),
+                        None => all.remove(&key),
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// The state shared by a [`ViewPublisher`] and its [`ViewSubscriber`].
+#[derive(Debug, Default)]
+struct Feed {
+    /// The steps not taken yet, folded into one (a slow subscriber costs at most one view per
+    /// Service).
+    step: Option<ViewStep>,
+    /// The revision of the view last published (0: none).
+    published: u64,
+}
+
+#[derive(Debug, Default)]
+struct Pending(Mutex<Feed>);
+
+impl Pending {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Feed> {
+        // A panic while holding the lock leaves a complete step or none: still usable.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The control loop's end of the view feed: hands each step of its [`ProxyView`] to the
+/// health-check task without computing anything again (the views are shared `Arc`s). Clones
+/// are handles to the same feed.
+#[derive(Debug, Clone)]
+pub struct ViewPublisher {
+    pending: Arc<Pending>,
+    notify: tokio::sync::watch::Sender<()>,
+}
+
+/// The health-check task's end of the view feed (see [`view_feed`]).
+#[derive(Debug)]
+pub struct ViewSubscriber {
+    pending: Arc<Pending>,
+    notify: tokio::sync::watch::Receiver<()>,
+}
+
+/// A feed of [`ProxyView`] steps from the control loop (which owns the one view) to the
+/// health-check task.
+pub fn view_feed() -> (ViewPublisher, ViewSubscriber) {
+    let pending = Arc::new(Pending::default());
+    let (tx, rx) = tokio::sync::watch::channel(());
+    (
+        ViewPublisher {
+            pending: pending.clone(),
+            notify: tx,
+        },
+        ViewSubscriber {
+            pending,
+            notify: rx,
+        },
+    )
+}
+
+impl ViewPublisher {
+    /// Hands what changed in `view` since the last publish to the subscriber: the changed
+    /// Services' views when `view` is one step on from it, else every view. Nothing when the
+    /// view did not move or the subscriber is gone.
+    pub(crate) fn publish(&self, view: &ProxyView) {
+        if self.notify.is_closed() {
+            return; // nobody listens (a dry run without health checks)
+        }
+        let mut feed = self.pending.lock();
+        let step = match view.changes_since(feed.published) {
+            Some([]) => return,
+            Some(keys) => ViewStep::Changes(
+                keys.iter()
+                    .map(|k| (k.clone(), view.service(k).cloned()))
+                    .collect(),
+            ),
+            None => ViewStep::All(
+                view.services()
+                    .map(|v| (v.service.key.clone(), v.clone()))
+                    .collect(),
+            ),
+        };
+        feed.published = view.revision();
+        match feed.step.as_mut() {
+            Some(p) => p.merge(step),
+            None => feed.step = Some(step),
+        }
+        drop(feed);
+        self.notify.send_replace(());
+    }
+}
+
+impl ViewSubscriber {
+    /// The steps published since the last call, folded into one; waits for one. `None` once
+    /// the publisher is gone and everything it published was taken.
+    pub(crate) async fn next(&mut self) -> Option<ViewStep> {
+        loop {
+            if let Some(step) = self.try_next() {
+                return Some(step);
+            }
+            self.notify.changed().await.ok()?;
+        }
+    }
+
+    /// The steps published since the last call, folded into one, if any.
+    pub(crate) fn try_next(&mut self) -> Option<ViewStep> {
+        self.notify.mark_unchanged();
+        self.pending.lock().step.take()
     }
 }
 

@@ -152,7 +152,7 @@ mod tests {
     use crate::dns::handler::Chain;
     use crate::dns::plugins::router::ZoneRouter;
     use crate::dns::zone::ZoneOptions;
-    use crate::dns::zone::tests::{FIXTURE, snapshot};
+    use crate::dns::zone::fixtures::{FIXTURE, snapshot};
     use hickory_proto::rr::rdata::{A, CNAME};
     use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -117,14 +117,6 @@ fn attr(ty: u16, payload: &[u8]) -> Result<Attr, BackendError> {
         .map_err(enc_err)
 }
 
-fn nest(ty: u16, children: &[Attr]) -> Result<Attr, BackendError> {
-    let mut a = attr(ty, &[])?;
-    for c in children {
-        a = a.nest(c).map_err(enc_err)?;
-    }
-    Ok(a)
-}
-
 /// `union nf_inet_addr`: 16 bytes, IPv4 in the first four.
 fn inet_addr(addr: &IpAddr) -> [u8; 16] {
     let mut out = [0u8; 16];
@@ -142,49 +134,6 @@ pub fn protocol_number(p: Protocol) -> u16 {
         Protocol::Udp => 17,
         Protocol::Sctp => 132,
     }
-}
-
-fn service_ident(id: &ServiceId) -> Result<Vec<Attr>, BackendError> {
-    Ok(vec![
-        attr(svc::AF, &id.family().af().to_ne_bytes())?,
-        attr(svc::PROTOCOL, &protocol_number(id.protocol).to_ne_bytes())?,
-        attr(svc::ADDR, &inet_addr(&id.addr))?,
-        attr(svc::PORT, &id.port.to_be_bytes())?,
-    ])
-}
-
-fn service_full(id: &ServiceId, p: &ServiceParams) -> Result<Attr, BackendError> {
-    let mut attrs = service_ident(id)?;
-    let mut sched = p.scheduler.as_str().as_bytes().to_vec();
-    sched.push(0);
-    let mut flags = p.flags.to_ne_bytes().to_vec();
-    flags.extend_from_slice(&u32::MAX.to_ne_bytes());
-    attrs.push(attr(svc::SCHED_NAME, &sched)?);
-    attrs.push(attr(svc::FLAGS, &flags)?);
-    attrs.push(attr(svc::TIMEOUT, &p.timeout.to_ne_bytes())?);
-    attrs.push(attr(
-        svc::NETMASK,
-        &id.family().full_netmask().to_ne_bytes(),
-    )?);
-    nest(top::SERVICE, &attrs)
-}
-
-fn dest_attrs(d: &DestId, p: Option<&DestParams>) -> Result<Attr, BackendError> {
-    let mut attrs = vec![
-        attr(dst::ADDR, &inet_addr(&d.addr))?,
-        attr(dst::PORT, &d.port.to_be_bytes())?,
-    ];
-    if let Some(p) = p {
-        attrs.push(attr(dst::FWD_METHOD, &p.forward.code().to_ne_bytes())?);
-        attrs.push(attr(dst::WEIGHT, &p.weight.to_ne_bytes())?);
-        attrs.push(attr(dst::U_THRESH, &0u32.to_ne_bytes())?);
-        attrs.push(attr(dst::L_THRESH, &0u32.to_ne_bytes())?);
-    }
-    attrs.push(attr(
-        dst::ADDR_FAMILY,
-        &Family::of(&d.addr).af().to_ne_bytes(),
-    )?);
-    nest(top::DEST, &attrs)
 }
 
 /// Appends one generic netlink request to `out`.
@@ -216,52 +165,6 @@ pub fn encode_message(
     msg.to_bytes(&mut cur).map_err(enc_err)?;
     *out = cur.into_inner();
     Ok(())
-}
-
-/// Appends the request for one operation to `out`, built with neli's message types. This is the
-/// reference for [`encode_op`] (same bytes; tests compare them), kept because neli's builders
-/// allocate per attribute: ~26 µs per operation in a debug build, too slow for 110,000.
-pub fn encode_op_neli(
-    out: &mut Vec<u8>,
-    family_id: u16,
-    seq: u32,
-    op: &IpvsOp,
-    ack: bool,
-) -> Result<(), BackendError> {
-    let mut flags = NlmF::REQUEST;
-    if ack {
-        flags |= NlmF::ACK;
-    }
-    let (command, attrs) = match op {
-        IpvsOp::AddService(id, p) => (cmd::NEW_SERVICE, vec![service_full(id, p)?]),
-        IpvsOp::UpdateService(id, p) => (cmd::SET_SERVICE, vec![service_full(id, p)?]),
-        IpvsOp::DeleteService(id) => (
-            cmd::DEL_SERVICE,
-            vec![nest(top::SERVICE, &service_ident(id)?)?],
-        ),
-        IpvsOp::AddDest(id, d, p) => (
-            cmd::NEW_DEST,
-            vec![
-                nest(top::SERVICE, &service_ident(id)?)?,
-                dest_attrs(d, Some(p))?,
-            ],
-        ),
-        IpvsOp::UpdateDest(id, d, p) => (
-            cmd::SET_DEST,
-            vec![
-                nest(top::SERVICE, &service_ident(id)?)?,
-                dest_attrs(d, Some(p))?,
-            ],
-        ),
-        IpvsOp::DeleteDest(id, d) => (
-            cmd::DEL_DEST,
-            vec![
-                nest(top::SERVICE, &service_ident(id)?)?,
-                dest_attrs(d, None)?,
-            ],
-        ),
-    };
-    encode_message(out, family_id, command, flags, seq, attrs)
 }
 
 /// A minimal netlink attribute writer for the hot path.
@@ -338,7 +241,8 @@ impl Writer<'_> {
 }
 
 /// Appends the request for one operation to `out` (`ack`: ask for an acknowledgement).
-/// Writes the same bytes as [`encode_op_neli`] without allocating per attribute.
+/// Writes the same bytes as neli's builders would (a test compares them with a reference built
+/// with neli's types) without allocating per attribute.
 pub fn encode_op(
     out: &mut Vec<u8>,
     family_id: u16,
@@ -834,6 +738,111 @@ impl IpvsBackend for NetlinkIpvs {
             attrs,
         )?;
         self.conn.request(&buf, seq, |_| Ok(()))
+    }
+}
+
+/// neli's message builders for IPVS requests: the reference [`encode_op`] is tested against
+/// (same bytes), test-only because neli allocates per attribute (~26 µs per operation in a
+/// debug build, too slow for 110,000).
+#[cfg(test)]
+mod neli_reference {
+    use super::*;
+
+    pub(super) fn nest(ty: u16, children: &[Attr]) -> Result<Attr, BackendError> {
+        let mut a = attr(ty, &[])?;
+        for c in children {
+            a = a.nest(c).map_err(enc_err)?;
+        }
+        Ok(a)
+    }
+
+    pub(super) fn service_ident(id: &ServiceId) -> Result<Vec<Attr>, BackendError> {
+        Ok(vec![
+            attr(svc::AF, &id.family().af().to_ne_bytes())?,
+            attr(svc::PROTOCOL, &protocol_number(id.protocol).to_ne_bytes())?,
+            attr(svc::ADDR, &inet_addr(&id.addr))?,
+            attr(svc::PORT, &id.port.to_be_bytes())?,
+        ])
+    }
+
+    pub(super) fn service_full(id: &ServiceId, p: &ServiceParams) -> Result<Attr, BackendError> {
+        let mut attrs = service_ident(id)?;
+        let mut sched = p.scheduler.as_str().as_bytes().to_vec();
+        sched.push(0);
+        let mut flags = p.flags.to_ne_bytes().to_vec();
+        flags.extend_from_slice(&u32::MAX.to_ne_bytes());
+        attrs.push(attr(svc::SCHED_NAME, &sched)?);
+        attrs.push(attr(svc::FLAGS, &flags)?);
+        attrs.push(attr(svc::TIMEOUT, &p.timeout.to_ne_bytes())?);
+        attrs.push(attr(
+            svc::NETMASK,
+            &id.family().full_netmask().to_ne_bytes(),
+        )?);
+        nest(top::SERVICE, &attrs)
+    }
+
+    pub(super) fn dest_attrs(d: &DestId, p: Option<&DestParams>) -> Result<Attr, BackendError> {
+        let mut attrs = vec![
+            attr(dst::ADDR, &inet_addr(&d.addr))?,
+            attr(dst::PORT, &d.port.to_be_bytes())?,
+        ];
+        if let Some(p) = p {
+            attrs.push(attr(dst::FWD_METHOD, &p.forward.code().to_ne_bytes())?);
+            attrs.push(attr(dst::WEIGHT, &p.weight.to_ne_bytes())?);
+            attrs.push(attr(dst::U_THRESH, &0u32.to_ne_bytes())?);
+            attrs.push(attr(dst::L_THRESH, &0u32.to_ne_bytes())?);
+        }
+        attrs.push(attr(
+            dst::ADDR_FAMILY,
+            &Family::of(&d.addr).af().to_ne_bytes(),
+        )?);
+        nest(top::DEST, &attrs)
+    }
+
+    /// Appends the request for one operation to `out`, built with neli's message types. This is the
+    /// reference for [`encode_op`] (same bytes; tests compare them), kept because neli's builders
+    /// allocate per attribute: ~26 µs per operation in a debug build, too slow for 110,000.
+    pub(super) fn encode_op_neli(
+        out: &mut Vec<u8>,
+        family_id: u16,
+        seq: u32,
+        op: &IpvsOp,
+        ack: bool,
+    ) -> Result<(), BackendError> {
+        let mut flags = NlmF::REQUEST;
+        if ack {
+            flags |= NlmF::ACK;
+        }
+        let (command, attrs) = match op {
+            IpvsOp::AddService(id, p) => (cmd::NEW_SERVICE, vec![service_full(id, p)?]),
+            IpvsOp::UpdateService(id, p) => (cmd::SET_SERVICE, vec![service_full(id, p)?]),
+            IpvsOp::DeleteService(id) => (
+                cmd::DEL_SERVICE,
+                vec![nest(top::SERVICE, &service_ident(id)?)?],
+            ),
+            IpvsOp::AddDest(id, d, p) => (
+                cmd::NEW_DEST,
+                vec![
+                    nest(top::SERVICE, &service_ident(id)?)?,
+                    dest_attrs(d, Some(p))?,
+                ],
+            ),
+            IpvsOp::UpdateDest(id, d, p) => (
+                cmd::SET_DEST,
+                vec![
+                    nest(top::SERVICE, &service_ident(id)?)?,
+                    dest_attrs(d, Some(p))?,
+                ],
+            ),
+            IpvsOp::DeleteDest(id, d) => (
+                cmd::DEL_DEST,
+                vec![
+                    nest(top::SERVICE, &service_ident(id)?)?,
+                    dest_attrs(d, None)?,
+                ],
+            ),
+        };
+        encode_message(out, family_id, command, flags, seq, attrs)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Golden bytes of the IPVS requests, written out by hand from the kernel's UAPI
 //! (`include/uapi/linux/ip_vs.h`) for a little-endian host.
 
+use super::neli_reference::{encode_op_neli, nest, service_ident};
 use super::*;
 use crate::ipvs::table::{FLAG_PERSISTENT, FLAG_SCHED1, FLAG_SCHED2};
 
