@@ -657,9 +657,7 @@ status: {podIP: 192.168.1.1, podIPs: [{ip: 192.168.1.1}]}
         }
         writer.replace_kind(
             Kind::Pod,
-            snap.pods()
-                .map(|p| ClusterObject::Pod(p.clone()))
-                .collect(),
+            snap.pods().map(|p| ClusterObject::Pod(p.clone())).collect(),
         );
         let first = reader.snapshot();
         let opts = ZoneOptions {
