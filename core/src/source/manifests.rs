@@ -498,6 +498,23 @@ fn rescan(dir: &Path, set: &mut ManifestSet) -> Result<bool, std::io::Error> {
             continue;
         }
         match std::fs::read(&path) {
+            // An empty file that had content is taken as a write in progress (an in-place save
+            // truncates first), as kubelet's file source treats an empty manifest as an error:
+            // its last good version is kept until the file has content again or is deleted.
+            Ok(bytes) if bytes.is_empty() && set.files.contains_key(&path) => {
+                tracing::warn!(
+                    file = %path.display(),
+                    "manifest file is empty; keeping its last good version (delete the file to remove its objects)"
+                );
+                let settled = stamp
+                    .modified
+                    .and_then(|m| m.elapsed().ok())
+                    .is_some_and(|age| age > RACY_WINDOW);
+                if settled {
+                    set.set_stamp(&path, stamp);
+                }
+                present.push(path);
+            }
             Ok(bytes) => {
                 let text = match String::from_utf8(bytes) {
                     Ok(text) => text,
@@ -662,6 +679,35 @@ mod tests {
         assert!(err.reason.contains("invalid YAML"), "{err}");
         let err = parse_manifest(Path::new("bad.yaml"), "just a string\n").unwrap_err();
         assert!(err.reason.contains("expected a mapping"), "{err}");
+    }
+
+    #[test]
+    fn an_emptied_file_keeps_its_last_good_version_until_it_has_content_or_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("svc.yaml");
+        let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: ns}\nspec: {clusterIP: 10.0.0.1}\n";
+        std::fs::write(&path, svc).unwrap();
+        let mut set = ManifestSet::default();
+        assert!(rescan(dir.path(), &mut set).unwrap());
+        let objects = |set: &ManifestSet| set.files[&path].objects.len();
+        assert_eq!(objects(&set), 1);
+        // Truncated by an in-place save, not yet written: nothing changes.
+        std::fs::write(&path, "").unwrap();
+        assert!(!rescan(dir.path(), &mut set).unwrap());
+        assert_eq!(objects(&set), 1);
+        // Written with broken content: rejected, last good version kept.
+        std::fs::write(&path, "apiVersion: v1\nkind: Service\nmetadata: [oops\n").unwrap();
+        rescan(dir.path(), &mut set).unwrap();
+        assert_eq!(objects(&set), 1);
+        assert_eq!(set.problems().len(), 1);
+        // Deleted: its objects go.
+        std::fs::remove_file(&path).unwrap();
+        assert!(rescan(dir.path(), &mut set).unwrap());
+        assert!(!set.files.contains_key(&path));
+        // A new file that starts empty is just an empty file.
+        std::fs::write(&path, "").unwrap();
+        rescan(dir.path(), &mut set).unwrap();
+        assert_eq!(objects(&set), 0);
     }
 
     #[test]
