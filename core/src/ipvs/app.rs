@@ -56,6 +56,9 @@ pub enum AppError {
     /// The control loop stopped with an error.
     #[error(transparent)]
     Proxy(#[from] ProxyError),
+    /// The proxy's task ended without a result (it panicked).
+    #[error("the proxy task ended without a result")]
+    Stopped,
 }
 
 /// What `svcnet-proxy` was asked to do.
@@ -196,6 +199,20 @@ pub async fn run_proxy(
 ) -> Result<(), AppError> {
     let metrics = Arc::new(super::serve::ProxyMetrics::new());
     let status = super::serve::status_with_metrics(metrics.clone());
+    run_proxy_reporting(reader, config, options, stop, status, metrics).await
+}
+
+/// [`run_proxy`] reporting its syncs to `status` and `metrics` (built by
+/// [`status_with_metrics`](super::serve::status_with_metrics)), so that the composition root
+/// can show them as a subsystem's status.
+pub(crate) async fn run_proxy_reporting(
+    reader: CacheReader,
+    config: ProxyConfig,
+    options: AppOptions,
+    stop: impl Future<Output = ()> + Send + 'static,
+    status: super::run::StatusHandle,
+    metrics: Arc<super::serve::ProxyMetrics>,
+) -> Result<(), AppError> {
     let ipvs = NetlinkIpvs::open()?;
     let addresses = NetlinkAddresses::open()?;
     let reconciler = Reconciler::new(Box::new(ipvs), Box::new(addresses));
