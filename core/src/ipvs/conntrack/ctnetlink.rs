@@ -21,12 +21,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use neli::consts::socket::NlFamily;
 
-use super::socket::{Conn, SocketStats};
-use crate::ipvs::backend::BackendError;
-use crate::ipvs::conntrack::{
+use super::{
     ConntrackBackend, ConntrackEntry, ConntrackFilter, ConntrackReport, ConntrackTuple,
     protocol_number,
 };
+use crate::ipvs::backend::BackendError;
+use crate::ipvs::netlink::socket::{Conn, SocketStats};
 use crate::ipvs::table::Family;
 
 /// `NFNL_SUBSYS_CTNETLINK`.
