@@ -31,10 +31,10 @@ use crate::cache::Snapshot;
 use crate::model::Service;
 
 /// The namespace of kubelet's master services.
-pub const MASTER_SERVICE_NAMESPACE: &str = "default";
+pub(crate) const MASTER_SERVICE_NAMESPACE: &str = "default";
 
 /// Services whose variables every pod gets (kubelet's `masterServices`).
-pub const MASTER_SERVICES: &[&str] = &["kubernetes"];
+pub(crate) const MASTER_SERVICES: &[&str] = &["kubernetes"];
 
 /// One environment variable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -57,7 +57,7 @@ impl EnvVar {
 /// Which services a pod sees, as kubelet decides it (see the module docs).
 ///
 /// Returns the services sorted by name.
-pub fn services_for_pod<'a>(
+pub(crate) fn services_for_pod<'a>(
     services: impl IntoIterator<Item = &'a Service>,
     namespace: &str,
     enable_service_links: bool,
@@ -84,7 +84,7 @@ pub fn services_for_pod<'a>(
 
 /// The variables of `services` in kubelet's `FromServices` order (services without a cluster IP
 /// are skipped). Duplicated names keep their first position and the last value.
-pub fn from_services<'a>(services: impl IntoIterator<Item = &'a Service>) -> Vec<EnvVar> {
+pub(crate) fn from_services<'a>(services: impl IntoIterator<Item = &'a Service>) -> Vec<EnvVar> {
     let mut out: Vec<EnvVar> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut push = |var: EnvVar| match index.get(&var.name) {
@@ -112,7 +112,7 @@ pub fn pod_env(snapshot: &Snapshot, namespace: &str, enable_service_links: bool)
 }
 
 /// The variables of one service (empty without a cluster IP).
-pub fn service_vars(service: &Service) -> Vec<EnvVar> {
+pub(crate) fn service_vars(service: &Service) -> Vec<EnvVar> {
     let Some(ip) = service.cluster_ips.first() else {
         return Vec::new();
     };
@@ -148,7 +148,7 @@ pub fn service_vars(service: &Service) -> Vec<EnvVar> {
 }
 
 /// kubelet's `makeEnvVariableName`: upper case, `-` → `_`.
-pub fn env_name(name: &str) -> String {
+pub(crate) fn env_name(name: &str) -> String {
     name.replace('-', "_").to_uppercase()
 }
 

@@ -36,17 +36,17 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 /// kubelet's default options for cluster DNS pods.
-pub const DEFAULT_DNS_OPTIONS: &[&str] = &["ndots:5"];
+pub(crate) const DEFAULT_DNS_OPTIONS: &[&str] = &["ndots:5"];
 /// At most this many nameservers (`validation.MaxDNSNameservers`).
-pub const MAX_NAMESERVERS: usize = 3;
+pub(crate) const MAX_NAMESERVERS: usize = 3;
 /// At most this many search domains (`validation.MaxDNSSearchPaths`).
-pub const MAX_SEARCH_PATHS: usize = 32;
+pub(crate) const MAX_SEARCH_PATHS: usize = 32;
 /// At most this many characters in the joined search line (`validation.MaxDNSSearchListChars`).
-pub const MAX_SEARCH_LIST_CHARS: usize = 2048;
+pub(crate) const MAX_SEARCH_LIST_CHARS: usize = 2048;
 /// Longer search domains are dropped (`DNS1123SubdomainMaxLength`).
-pub const MAX_SEARCH_DOMAIN_CHARS: usize = 253;
+pub(crate) const MAX_SEARCH_DOMAIN_CHARS: usize = 253;
 /// kubelet reads at most this much of the host's resolv.conf.
-pub const MAX_RESOLV_CONF_BYTES: u64 = 10 << 20;
+pub(crate) const MAX_RESOLV_CONF_BYTES: u64 = 10 << 20;
 
 /// `spec.dnsPolicy` of a pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]

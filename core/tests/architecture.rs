@@ -29,17 +29,11 @@ use std::path::{Path, PathBuf};
 const SOURCE_ALLOWED: &[&str] = &[];
 
 /// Import edges (`area/from`, `area/to`) that close a cycle which exists today and is not
-/// broken yet; the cycle check leaves them out of the graph. Each entry names who should break
-/// it; an entry whose edge no longer exists fails the test.
-/// - `ipvs/config -> ipvs/conntrack` (`ConntrackConfig` lives in `conntrack::sysctl` but is
-///   part of `ProxyConfig`; cycle config -> conntrack -> desired -> config) and
-///   `ipvs/netlink -> ipvs/conntrack` (`netlink::ctnetlink` implements conntrack's backend
-///   trait while conntrack opens it). Fix in the proxy (its owner): `ConntrackConfig` into
-///   `config`, `ctnetlink` under `conntrack/`.
-const KNOWN_CYCLE_EDGES: &[(&str, &str)] = &[
-    ("ipvs/config", "ipvs/conntrack"),
-    ("ipvs/netlink", "ipvs/conntrack"),
-];
+/// broken yet; the cycle check leaves them out of the graph. Each entry must name who should
+/// break it; an entry whose edge no longer exists fails the test. Empty: the last two
+/// (`ipvs/config -> ipvs/conntrack`, `ipvs/netlink -> ipvs/conntrack`) went when
+/// `ConntrackConfig` moved into `ipvs::config` and `ctnetlink` under `ipvs::conntrack`.
+const KNOWN_CYCLE_EDGES: &[(&str, &str)] = &[];
 
 /// The areas whose top-level modules must form no cycle.
 const AREAS: &[&str] = &["dns", "ipvs"];

@@ -648,8 +648,8 @@ fn first_endpoint_without_cleanup_is_black_holed() -> anyhow::Result<()> {
 /// filter on the virtual address, port and answering pod (one batch), and nothing else is; the flow keeps working (IPVS still has its
 /// connection; the next packet makes a new entry).
 fn ctnetlink_deletes_matching_entries() -> anyhow::Result<()> {
+    use svcnet_core::ipvs::conntrack::ctnetlink::NetlinkConntrack;
     use svcnet_core::ipvs::conntrack::{ConntrackBackend, ConntrackFilter};
-    use svcnet_core::ipvs::netlink::ctnetlink::NetlinkConntrack;
     use svcnet_core::ipvs::table::Family;
     use svcnet_core::model::Protocol;
     let mut guard = fixture()?;

@@ -361,8 +361,8 @@ fn topology_udp(i: usize) -> bool {
 /// The conntrack table holds 2,000 unrelated UDP flows to port 53 (other addresses) and, before each UDP change,
 /// one entry of a flow answered by the endpoint about to go (made with `conntrack -I`).
 fn phase_topology(specs: &[ServiceSpec]) -> anyhow::Result<Value> {
+    use svcnet_core::ipvs::conntrack::ctnetlink::NetlinkConntrack;
     use svcnet_core::ipvs::conntrack::{ConntrackBackend, StaleTracker};
-    use svcnet_core::ipvs::netlink::ctnetlink::NetlinkConntrack;
     let config = ProxyConfig::default();
     let node = NodeInfo {
         node_name: Some("node-a".into()),

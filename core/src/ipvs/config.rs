@@ -53,7 +53,7 @@ pub struct ProxyConfig {
     /// Node name override (`hostnameOverride`).
     pub hostname_override: Option<String>,
     /// The `conntrack` section: kernel conntrack table size and timeouts.
-    pub conntrack: super::conntrack::sysctl::ConntrackConfig,
+    pub conntrack: ConntrackConfig,
 }
 
 impl Default for ProxyConfig {
@@ -111,5 +111,40 @@ impl ProxyConfig {
     /// Whether `addr` lies in one of the `excludeCIDRs`.
     pub fn is_excluded(&self, addr: std::net::IpAddr) -> bool {
         self.exclude_cidrs.iter().any(|n| n.contains(addr))
+    }
+}
+
+/// The `conntrack` section, validated. Defaults are kube-proxy's (`maxPerCore` 32768, `min`
+/// 131072, `tcpEstablishedTimeout` 24h, `tcpCloseWaitTimeout` 1h, the UDP timeouts and
+/// `tcpBeLiberal` left to the kernel).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConntrackConfig {
+    /// `conntrack.maxPerCore`: entries per CPU (0 leaves `nf_conntrack_max` alone).
+    pub max_per_core: u32,
+    /// `conntrack.min`: the lowest `nf_conntrack_max` set from `maxPerCore`.
+    pub min: u32,
+    /// `conntrack.tcpEstablishedTimeout` (zero: leave the kernel's).
+    pub tcp_established_timeout: Duration,
+    /// `conntrack.tcpCloseWaitTimeout` (zero: leave the kernel's).
+    pub tcp_close_wait_timeout: Duration,
+    /// `conntrack.tcpBeLiberal`: set `nf_conntrack_tcp_be_liberal` to 1 (false: leave it).
+    pub tcp_be_liberal: bool,
+    /// `conntrack.udpTimeout` (zero: leave the kernel's).
+    pub udp_timeout: Duration,
+    /// `conntrack.udpStreamTimeout` (zero: leave the kernel's).
+    pub udp_stream_timeout: Duration,
+}
+
+impl Default for ConntrackConfig {
+    fn default() -> Self {
+        Self {
+            max_per_core: 32 * 1024,
+            min: 128 * 1024,
+            tcp_established_timeout: Duration::from_secs(24 * 3600),
+            tcp_close_wait_timeout: Duration::from_secs(3600),
+            tcp_be_liberal: false,
+            udp_timeout: Duration::ZERO,
+            udp_stream_timeout: Duration::ZERO,
+        }
     }
 }

@@ -20,7 +20,6 @@ use super::table::{
     VirtualServer,
 };
 use super::topology::{self, NodeTopology, PortPolicy, TopologyEndpoint};
-pub use super::view::is_proxied;
 use super::view::{ProxyView, ServiceView, load_balancer_vips};
 
 /// What the proxy knows about the node it runs on.

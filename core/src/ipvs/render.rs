@@ -15,7 +15,7 @@ Prot LocalAddress:Port Scheduler Flags\n  \
 -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n";
 
 /// The header `ipvsadm -Ln --stats` prints.
-pub const STATS_HEADER: &str = "IP Virtual Server version 1.2.1 (size=4096)\n\
+pub(crate) const STATS_HEADER: &str = "IP Virtual Server version 1.2.1 (size=4096)\n\
 Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes\n  \
 -> RemoteAddress:Port\n";
 

@@ -74,7 +74,7 @@ impl ServiceChangeTracker {
 
 /// Whether the proxy handles this Service at all: not another proxy's, not headless, not
 /// ExternalName, with a cluster IP (kube-proxy's informer filter and `ShouldSkipService`).
-pub fn is_proxied(svc: &Service) -> bool {
+pub(crate) fn is_proxied(svc: &Service) -> bool {
     svc.service_proxy_name.is_none()
         && !svc.headless
         && svc.service_type != ServiceType::ExternalName
@@ -84,14 +84,14 @@ pub fn is_proxied(svc: &Service) -> bool {
 /// Whether the proxy reads this EndpointSlice: not another proxy's, not labelled headless, not
 /// of address type FQDN (kube-proxy's informer label selector and its endpoint cache's
 /// supported address types).
-pub fn is_usable_slice(slice: &EndpointSlice) -> bool {
+pub(crate) fn is_usable_slice(slice: &EndpointSlice) -> bool {
     slice.service_proxy_name.is_none() && !slice.headless && slice.address_type != AddressType::Fqdn
 }
 
 /// The health-check node port of `svc`, when kube-proxy would serve one: a proxied
 /// `LoadBalancer` Service with `externalTrafficPolicy: Local` and `spec.healthCheckNodePort` set
 /// (kube-proxy's `NeedsHealthCheck`).
-pub fn health_check_port(svc: &Service) -> Option<u16> {
+pub(crate) fn health_check_port(svc: &Service) -> Option<u16> {
     if !is_proxied(svc)
         || svc.service_type != ServiceType::LoadBalancer
         || svc.external_traffic_policy != TrafficPolicy::Local

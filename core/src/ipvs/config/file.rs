@@ -395,11 +395,11 @@ pub fn parse(text: &str, path: &str) -> Result<LoadedConfig, ConfigError> {
 }
 
 /// The `conntrack` section: absent or `null` fields keep kube-proxy's defaults (see
-/// [`ConntrackConfig`](crate::ipvs::conntrack::sysctl::ConntrackConfig)).
+/// [`ConntrackConfig`](crate::ipvs::config::ConntrackConfig)).
 fn read_conntrack(
     r: &Reader<'_>,
     v: &Value,
-    c: &mut crate::ipvs::conntrack::sysctl::ConntrackConfig,
+    c: &mut crate::ipvs::config::ConntrackConfig,
 ) -> Result<(), ConfigError> {
     for (field, slot) in [
         ("conntrack.maxPerCore", &mut c.max_per_core),

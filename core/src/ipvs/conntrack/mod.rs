@@ -26,8 +26,9 @@
 //!   `DeletedUDPClusterIPs`).
 //!
 //! [`ConntrackBackend`] deletes the matching entries: over ctnetlink
-//! ([`crate::ipvs::netlink::ctnetlink::NetlinkConntrack`]) or in memory ([`MemoryConntrack`]).
+//! ([`ctnetlink::NetlinkConntrack`]) or in memory ([`MemoryConntrack`]).
 
+pub mod ctnetlink;
 pub mod sysctl;
 
 use std::collections::{BTreeSet, HashMap};
@@ -205,7 +206,7 @@ pub const CLEANUP_ENV: &str = "SVCNET_CONNTRACK_CLEANUP";
 #[derive(Debug)]
 pub struct KernelConntrack {
     enabled: bool,
-    backend: Option<crate::ipvs::netlink::ctnetlink::NetlinkConntrack>,
+    backend: Option<ctnetlink::NetlinkConntrack>,
     warned: bool,
 }
 
@@ -233,7 +234,7 @@ impl KernelConntrack {
             return None;
         }
         if self.backend.is_none() {
-            match crate::ipvs::netlink::ctnetlink::NetlinkConntrack::open() {
+            match ctnetlink::NetlinkConntrack::open() {
                 Ok(b) => self.backend = Some(b),
                 Err(e) => {
                     if !self.warned {

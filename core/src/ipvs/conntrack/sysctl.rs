@@ -8,50 +8,17 @@
 
 use std::time::Duration;
 
+use crate::ipvs::config::ConntrackConfig;
+
 /// `/proc/sys` path of `nf_conntrack_max`.
-pub const MAX_PATH: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
+pub(crate) const MAX_PATH: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
 /// The conntrack hash table size (a module parameter).
-pub const HASHSIZE_PATH: &str = "/sys/module/nf_conntrack/parameters/hashsize";
+pub(crate) const HASHSIZE_PATH: &str = "/sys/module/nf_conntrack/parameters/hashsize";
 /// kube-proxy caps the scaled maximum at 1M entries.
-pub const MAX_LIMIT: u64 = 1_048_576;
-
-/// The `conntrack` section, validated. Defaults are kube-proxy's (`maxPerCore` 32768, `min`
-/// 131072, `tcpEstablishedTimeout` 24h, `tcpCloseWaitTimeout` 1h, the UDP timeouts and
-/// `tcpBeLiberal` left to the kernel).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConntrackConfig {
-    /// `conntrack.maxPerCore`: entries per CPU (0 leaves `nf_conntrack_max` alone).
-    pub max_per_core: u32,
-    /// `conntrack.min`: the lowest `nf_conntrack_max` set from `maxPerCore`.
-    pub min: u32,
-    /// `conntrack.tcpEstablishedTimeout` (zero: leave the kernel's).
-    pub tcp_established_timeout: Duration,
-    /// `conntrack.tcpCloseWaitTimeout` (zero: leave the kernel's).
-    pub tcp_close_wait_timeout: Duration,
-    /// `conntrack.tcpBeLiberal`: set `nf_conntrack_tcp_be_liberal` to 1 (false: leave it).
-    pub tcp_be_liberal: bool,
-    /// `conntrack.udpTimeout` (zero: leave the kernel's).
-    pub udp_timeout: Duration,
-    /// `conntrack.udpStreamTimeout` (zero: leave the kernel's).
-    pub udp_stream_timeout: Duration,
-}
-
-impl Default for ConntrackConfig {
-    fn default() -> Self {
-        Self {
-            max_per_core: 32 * 1024,
-            min: 128 * 1024,
-            tcp_established_timeout: Duration::from_secs(24 * 3600),
-            tcp_close_wait_timeout: Duration::from_secs(3600),
-            tcp_be_liberal: false,
-            udp_timeout: Duration::ZERO,
-            udp_stream_timeout: Duration::ZERO,
-        }
-    }
-}
+pub(crate) const MAX_LIMIT: u64 = 1_048_576;
 
 /// `nf_conntrack_max` for `cpus` CPUs, or `None` to leave it (kube-proxy's `getConntrackMax`).
-pub fn conntrack_max(config: &ConntrackConfig, cpus: usize) -> Option<u64> {
+pub(crate) fn conntrack_max(config: &ConntrackConfig, cpus: usize) -> Option<u64> {
     if config.max_per_core == 0 {
         return None;
     }
@@ -64,13 +31,13 @@ pub fn conntrack_max(config: &ConntrackConfig, cpus: usize) -> Option<u64> {
 
 /// The hash table size to write for `max` when the current one is `current`: a quarter of
 /// `max` when the table is smaller than that, else `None`.
-pub fn hashsize_for(max: u64, current: u64) -> Option<u64> {
+pub(crate) fn hashsize_for(max: u64, current: u64) -> Option<u64> {
     (current < max / 4).then_some(max / 4)
 }
 
 /// The settings to write, as (path, value), in order: `nf_conntrack_max` first (the hash table
 /// size follows it in [`apply`]), then the timeouts (whole seconds) and `tcp_be_liberal`.
-pub fn plan(config: &ConntrackConfig, cpus: usize) -> Vec<(&'static str, u64)> {
+pub(crate) fn plan(config: &ConntrackConfig, cpus: usize) -> Vec<(&'static str, u64)> {
     let mut out = Vec::new();
     if let Some(max) = conntrack_max(config, cpus) {
         out.push((MAX_PATH, max));
@@ -202,7 +169,7 @@ pub fn apply(
 /// [`apply`] to the real files with this machine's CPU count, logging what was written (info)
 /// and what failed (warning: e.g. `nf_conntrack_max` is read-only outside the initial network
 /// namespace). Never fails: the proxy works without these settings.
-pub fn apply_logged(config: &ConntrackConfig) {
+pub(crate) fn apply_logged(config: &ConntrackConfig) {
     let cpus = cpu_count();
     let (written, failed) = apply(&mut FileIo, config, cpus);
     for (path, value) in written {
@@ -214,7 +181,7 @@ pub fn apply_logged(config: &ConntrackConfig) {
 }
 
 /// Parses a CPU list as in `/sys/devices/system/cpu/online` (`0-3,6,8-9`) into a count.
-pub fn parse_cpu_list(text: &str) -> Option<usize> {
+pub(crate) fn parse_cpu_list(text: &str) -> Option<usize> {
     let mut n = 0usize;
     for part in text.trim().split(',').filter(|p| !p.is_empty()) {
         match part.split_once('-') {

@@ -534,6 +534,7 @@ mod sysctls {
     use std::time::Duration;
 
     use super::super::sysctl::*;
+    use crate::ipvs::config::ConntrackConfig;
 
     #[derive(Default)]
     struct FakeIo {

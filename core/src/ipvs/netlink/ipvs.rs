@@ -472,7 +472,7 @@ pub fn decode_dest(body: &[u8], service_af: u16) -> Result<DestEntry, BackendErr
 }
 
 /// Resolves a generic netlink family id by name (`CTRL_CMD_GETFAMILY`).
-pub fn resolve_family(conn: &mut Conn, name: &str) -> Result<Option<u16>, BackendError> {
+pub(crate) fn resolve_family(conn: &mut Conn, name: &str) -> Result<Option<u16>, BackendError> {
     const GENL_ID_CTRL: u16 = 0x10;
     const CTRL_CMD_GETFAMILY: u8 = 3;
     const CTRL_ATTR_FAMILY_ID: u16 = 1;

@@ -1,9 +1,8 @@
 //! The kernel backends over netlink, with neli: the generic netlink family `IPVS`
 //! ([`ipvs::NetlinkIpvs`]) and rtnetlink for the `kube-ipvs0` dummy link and its addresses
-//! ([`rtnl::NetlinkAddresses`]), and ctnetlink for stale conntrack entries
-//! ([`ctnetlink::NetlinkConntrack`]). All batch many requests per `sendmsg` ([`socket::Conn`]).
+//! ([`rtnl::NetlinkAddresses`]); ctnetlink for stale conntrack entries lives in
+//! [`crate::ipvs::conntrack::ctnetlink`] on top of this module's [`socket::Conn`]. All batch many requests per `sendmsg` ([`socket::Conn`]).
 
-pub mod ctnetlink;
 pub mod ipvs;
 pub mod procfs;
 pub mod rtnl;

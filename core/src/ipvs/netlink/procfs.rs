@@ -30,12 +30,12 @@ use crate::ipvs::table::{DestConns, DestEntry, DestId, DestParams, Forward, Serv
 use crate::model::Protocol;
 
 /// Where the listing of the calling thread's network namespace is.
-pub const IP_VS_LISTING: &str = "/proc/thread-self/net/ip_vs";
+pub(crate) const IP_VS_LISTING: &str = "/proc/thread-self/net/ip_vs";
 
 /// A line of the listing that could not be understood.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("/proc/net/ip_vs line {line}: {reason}: {text:?}")]
-pub struct ListingError {
+pub(crate) struct ListingError {
     /// 1-based line number.
     pub line: usize,
     /// The line.
@@ -132,7 +132,7 @@ fn parse_line(line: &str) -> Result<Line, &'static str> {
 /// Reads a listing and calls `each` with every virtual server of ours (TCP/UDP/SCTP, not
 /// fwmark) and its real servers, in the kernel's order. The header lines are recognised by
 /// their text, so a listing without them parses too.
-pub fn read_listing(
+pub(crate) fn read_listing(
     source: impl Read,
     mut each: impl FnMut(ServiceId, &[DestEntry]),
 ) -> Result<(), ListingError> {
@@ -197,7 +197,7 @@ pub fn read_listing(
 }
 
 /// Opens the listing of the calling thread's network namespace ([`IP_VS_LISTING`]).
-pub fn open_listing() -> std::io::Result<std::fs::File> {
+pub(crate) fn open_listing() -> std::io::Result<std::fs::File> {
     std::fs::File::open(IP_VS_LISTING)
 }
 

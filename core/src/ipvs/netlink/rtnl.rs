@@ -60,7 +60,7 @@ fn octets(addr: &IpAddr) -> Vec<u8> {
 }
 
 /// The `ifaddrmsg` for binding or unbinding `addr` (full-length prefix) on link `index`.
-pub fn address_message(addr: &IpAddr, index: u32) -> Result<Ifaddrmsg, BackendError> {
+pub(crate) fn address_message(addr: &IpAddr, index: u32) -> Result<Ifaddrmsg, BackendError> {
     let (family, prefix) = match addr {
         IpAddr::V4(_) => (RtAddrFamily::Inet, 32),
         IpAddr::V6(_) => (RtAddrFamily::Inet6, 128),
@@ -107,7 +107,7 @@ impl NetlinkAddresses {
     }
 
     /// Opens a rtnetlink socket for a dummy link with another name (tests).
-    pub fn open_link(name: &str) -> Result<Self, BackendError> {
+    pub(crate) fn open_link(name: &str) -> Result<Self, BackendError> {
         Ok(Self {
             conn: Conn::open(NlFamily::Route, "rtnetlink")?,
             link: name.to_string(),
@@ -117,7 +117,7 @@ impl NetlinkAddresses {
     }
 
     /// The link's index, if it exists.
-    pub fn link_index(&mut self) -> Result<Option<u32>, BackendError> {
+    pub(crate) fn link_index(&mut self) -> Result<Option<u32>, BackendError> {
         let seq = self.conn.next_seq();
         let mut attrs = RtBuffer::new();
         attrs.push(
@@ -201,7 +201,7 @@ impl NetlinkAddresses {
     }
 
     /// Every address on every link, as (link index, address).
-    pub fn all_addresses(&mut self) -> Result<Vec<(u32, IpAddr)>, BackendError> {
+    pub(crate) fn all_addresses(&mut self) -> Result<Vec<(u32, IpAddr)>, BackendError> {
         let seq = self.conn.next_seq();
         let msg = IfaddrmsgBuilder::default()
             .ifa_family(RtAddrFamily::Unspecified)

@@ -18,7 +18,7 @@ const NLMSG_DONE: u16 = 3;
 /// `NLMSG_OVERRUN`.
 const NLMSG_OVERRUN: u16 = 4;
 /// Size of `struct nlmsghdr`.
-pub const NLMSG_HDRLEN: usize = 16;
+pub(crate) const NLMSG_HDRLEN: usize = 16;
 /// Receive buffer: large enough for any single netlink datagram the kernel builds for IPVS and
 /// address dumps (it sizes dump datagrams to at most 32 KiB; a bigger one is reported as an
 /// error, never truncated silently).
@@ -26,10 +26,11 @@ const RECV_BUF: usize = 64 * 1024;
 
 /// One received netlink message (header fields plus body after the header).
 #[derive(Debug, Clone, Copy)]
-pub struct Message<'a> {
+pub(crate) struct Message<'a> {
     /// `nlmsg_type`.
     pub kind: u16,
-    /// `nlmsg_flags`.
+    /// `nlmsg_flags` (only the tests read it: the receive path needs kind, sequence and body).
+    #[cfg(test)]
     pub flags: u16,
     /// `nlmsg_seq`.
     pub seq: u32,
@@ -38,7 +39,7 @@ pub struct Message<'a> {
 }
 
 /// Splits a datagram into netlink messages.
-pub fn messages(buf: &[u8]) -> Result<Vec<Message<'_>>, String> {
+pub(crate) fn messages(buf: &[u8]) -> Result<Vec<Message<'_>>, String> {
     let mut out = Vec::new();
     let mut off = 0;
     while off + NLMSG_HDRLEN <= buf.len() {
@@ -50,10 +51,12 @@ pub fn messages(buf: &[u8]) -> Result<Vec<Message<'_>>, String> {
             ));
         }
         let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+        #[cfg(test)]
         let flags = u16::from_ne_bytes([buf[off + 6], buf[off + 7]]);
         let seq = u32::from_ne_bytes(buf[off + 8..off + 12].try_into().unwrap_or_default());
         out.push(Message {
             kind,
+            #[cfg(test)]
             flags,
             seq,
             body: &buf[off + NLMSG_HDRLEN..off + len],
@@ -82,7 +85,7 @@ pub struct SocketStats {
 }
 
 /// A blocking netlink socket with sequence numbers and a reusable receive buffer.
-pub struct Conn {
+pub(crate) struct Conn {
     sock: NlSocket,
     seq: u32,
     rbuf: Vec<u8>,
@@ -102,7 +105,7 @@ impl std::fmt::Debug for Conn {
 
 impl Conn {
     /// Opens and binds a socket of `proto`; `what` names it in errors.
-    pub fn open(proto: NlFamily, what: &'static str) -> Result<Self, BackendError> {
+    pub(crate) fn open(proto: NlFamily, what: &'static str) -> Result<Self, BackendError> {
         let sock =
             NlSocket::connect(proto, None, Groups::empty()).map_err(|source| BackendError::Io {
                 what: format!("opening {what} netlink socket"),
@@ -121,13 +124,13 @@ impl Conn {
     }
 
     /// The next sequence number.
-    pub fn next_seq(&mut self) -> u32 {
+    pub(crate) fn next_seq(&mut self) -> u32 {
         self.seq = self.seq.wrapping_add(1).max(1);
         self.seq
     }
 
     /// Socket call counters so far.
-    pub fn stats(&self) -> SocketStats {
+    pub(crate) fn stats(&self) -> SocketStats {
         self.stats
     }
 
@@ -212,7 +215,7 @@ impl Conn {
 
     /// Sends a batch of requests with sequence numbers `first..=last` (only `last` asks for an
     /// ACK) and returns the errors the kernel reported, as (sequence, positive errno).
-    pub fn send_batch(
+    pub(crate) fn send_batch(
         &mut self,
         buf: &[u8],
         first: u32,
@@ -253,7 +256,7 @@ impl Conn {
 
     /// Sends one request (a dump, or a request with `NLM_F_ACK`) with sequence number `seq` and
     /// calls `on_message` with every reply message until `NLMSG_DONE` or the ACK.
-    pub fn request(
+    pub(crate) fn request(
         &mut self,
         buf: &[u8],
         seq: u32,

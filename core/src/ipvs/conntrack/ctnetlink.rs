@@ -21,12 +21,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use neli::consts::socket::NlFamily;
 
-use super::socket::{Conn, SocketStats};
-use crate::ipvs::backend::BackendError;
-use crate::ipvs::conntrack::{
+use super::{
     ConntrackBackend, ConntrackEntry, ConntrackFilter, ConntrackReport, ConntrackTuple,
     protocol_number,
 };
+use crate::ipvs::backend::BackendError;
+use crate::ipvs::netlink::socket::{Conn, SocketStats};
 use crate::ipvs::table::Family;
 
 /// `NFNL_SUBSYS_CTNETLINK`.
@@ -67,7 +67,7 @@ const AF_INET6: u8 = 10;
 const ENOENT: i32 = 2;
 
 /// Deletes per `sendmsg`.
-pub const BATCH: usize = 100;
+pub(crate) const BATCH: usize = 100;
 
 fn attrs(payload: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     let mut off = 0;
@@ -133,7 +133,7 @@ fn decode_tuple(payload: &[u8]) -> Option<(u8, ConntrackTuple)> {
 
 /// Decodes one `IPCTNL_MSG_CT_NEW` message body of a dump (after the netlink header). `None`
 /// for an entry without both tuples (nothing cleanup could match).
-pub fn decode_entry(body: &[u8]) -> Option<ConntrackEntry> {
+pub(crate) fn decode_entry(body: &[u8]) -> Option<ConntrackEntry> {
     let rest = body.get(4..)?;
     let (protocol, orig) = decode_tuple(find(rest, CTA_TUPLE_ORIG)?)?;
     let (_, reply) = decode_tuple(find(rest, CTA_TUPLE_REPLY)?)?;
@@ -193,8 +193,10 @@ const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_DUMP: u16 = 0x300;
 
-/// Appends a dump request of every entry of every family.
-pub fn encode_dump(out: &mut Vec<u8>, seq: u32) {
+/// Appends a dump request of every entry of every family (the tests' reference for the
+/// unfiltered request; the cleanup sends only kernel-filtered dumps).
+#[cfg(test)]
+fn encode_dump(out: &mut Vec<u8>, seq: u32) {
     let mut w = Writer(out);
     let start = w.header(MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, seq, 0);
     w.finish(start);
@@ -203,7 +205,7 @@ pub fn encode_dump(out: &mut Vec<u8>, seq: u32) {
 /// What one kernel-filtered dump asks for: the entries of one family and protocol, narrowed by
 /// the fields every filter of the group agrees on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DumpFilter {
+pub(crate) struct DumpFilter {
     /// Address family of the entries.
     pub family: Family,
     /// IANA protocol number.
@@ -219,7 +221,7 @@ pub struct DumpFilter {
 /// The dumps that find every entry `filters` match: one per address family and protocol, each
 /// narrowed by the address, port and replying address when all filters of the group name the
 /// same one. The entries they return are still matched against `filters` one by one.
-pub fn dump_filters(filters: &[ConntrackFilter]) -> Vec<DumpFilter> {
+pub(crate) fn dump_filters(filters: &[ConntrackFilter]) -> Vec<DumpFilter> {
     fn common<T: Copy + PartialEq>(mut it: impl Iterator<Item = Option<T>>) -> Option<T> {
         let first = it.next()??;
         it.all(|v| v == Some(first)).then_some(first)
@@ -251,7 +253,7 @@ pub fn dump_filters(filters: &[ConntrackFilter]) -> Vec<DumpFilter> {
 }
 
 /// Appends a dump request of the entries `filter` describes, filtered in the kernel.
-pub fn encode_filtered_dump(out: &mut Vec<u8>, seq: u32, filter: &DumpFilter) {
+pub(crate) fn encode_filtered_dump(out: &mut Vec<u8>, seq: u32, filter: &DumpFilter) {
     let family = match filter.family {
         Family::V4 => AF_INET,
         Family::V6 => AF_INET6,
@@ -291,7 +293,7 @@ pub fn encode_filtered_dump(out: &mut Vec<u8>, seq: u32, filter: &DumpFilter) {
 }
 
 /// Appends the request deleting exactly `entry` (by original tuple, zone and id).
-pub fn encode_delete(out: &mut Vec<u8>, seq: u32, entry: &ConntrackEntry, ack: bool) {
+pub(crate) fn encode_delete(out: &mut Vec<u8>, seq: u32, entry: &ConntrackEntry, ack: bool) {
     let family = match entry.orig.src {
         IpAddr::V4(_) => AF_INET,
         IpAddr::V6(_) => AF_INET6,
