@@ -86,7 +86,7 @@ impl ClusterPlugin {
     }
 
     /// Reports zone rebuilds to `metrics` (`svcnet_dns_zone_*`).
-    pub fn set_metrics(&self, metrics: Arc<DnsMetrics>) {
+    pub(crate) fn set_metrics(&self, metrics: Arc<DnsMetrics>) {
         metrics.zone_state(self.rebuilds(), self.zone.load().service_count());
         let _ = self.metrics.set(metrics);
     }
@@ -101,8 +101,9 @@ impl ClusterPlugin {
         self.rebuilds.load(Ordering::Relaxed)
     }
 
+    #[cfg(test)]
     /// How many of the installed zones were built whole.
-    pub fn full_builds(&self) -> u64 {
+    pub(crate) fn full_builds(&self) -> u64 {
         self.full_builds.load(Ordering::Relaxed)
     }
 
@@ -178,7 +179,7 @@ impl ClusterPlugin {
 
     /// Marks the startup timeout as passed: answer from the cache even if it has not synced
     /// (names not found then still answer SERVFAIL, as CoreDNS does).
-    pub fn start_serving(&self) {
+    pub(crate) fn start_serving(&self) {
         self.serving.store(true, Ordering::Release);
     }
 

@@ -47,7 +47,7 @@ use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
 pub const ADVERTISED_PAYLOAD: u16 = 1232;
 
 /// A boxed, sendable future (what [`Reply::Pending`] carries).
-pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// The transport a request arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -108,7 +108,12 @@ impl Request {
     }
 
     /// Builds a request from a parsed question (used by the server).
-    pub fn from_query(id: u16, query: Query, client: SocketAddr, transport: Transport) -> Self {
+    pub(crate) fn from_query(
+        id: u16,
+        query: Query,
+        client: SocketAddr,
+        transport: Transport,
+    ) -> Self {
         let lower_name = lower_fqdn(query.name());
         Self {
             id,
@@ -144,7 +149,7 @@ impl Request {
     }
 
     /// The DO bit of the client's EDNS record.
-    pub fn dnssec_ok(&self) -> bool {
+    pub(crate) fn dnssec_ok(&self) -> bool {
         self.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok)
     }
 
@@ -164,7 +169,7 @@ impl Request {
 
     /// The UDP buffer size the client advertised (512 without EDNS, 65535 over TCP), before
     /// the server's own cap; for logs.
-    pub fn client_payload(&self) -> u16 {
+    pub(crate) fn client_payload(&self) -> u16 {
         match self.transport {
             Transport::Tcp => u16::MAX,
             Transport::Udp => self.edns.as_ref().map_or(512, |e| e.max_payload().max(512)),
@@ -246,12 +251,12 @@ impl Response {
     }
 
     /// SERVFAIL.
-    pub fn servfail() -> Self {
+    pub(crate) fn servfail() -> Self {
         Self::new(ResponseCode::ServFail)
     }
 
     /// A response with the given sections.
-    pub fn with_records(
+    pub(crate) fn with_records(
         rcode: ResponseCode,
         answers: Records,
         authority: Records,
@@ -288,7 +293,7 @@ impl fmt::Debug for Response {
 }
 
 /// An empty record list (shared, no allocation per call).
-pub fn empty_records() -> Records {
+pub(crate) fn empty_records() -> Records {
     static EMPTY: std::sync::OnceLock<Records> = std::sync::OnceLock::new();
     EMPTY.get_or_init(|| Arc::from(Vec::new())).clone()
 }
@@ -386,7 +391,7 @@ impl Next {
     }
 
     /// Whether any plugin follows (e.g. for `fallthrough` to know whether passing on is useful).
-    pub fn is_end(&self) -> bool {
+    pub(crate) fn is_end(&self) -> bool {
         self.index >= self.plugins.len()
     }
 }

@@ -90,7 +90,7 @@ impl AppOptions {
 
     /// The configuration to start with: the `--config` file (its ignored fields logged) or
     /// the defaults.
-    pub fn load_config(&self) -> Result<ProxyConfig, AppError> {
+    pub(crate) fn load_config(&self) -> Result<ProxyConfig, AppError> {
         match &self.config_file {
             None => Ok(ProxyConfig::default()),
             Some(p) => {
@@ -105,7 +105,7 @@ impl AppOptions {
 
     /// The node name the source watches: the configuration's `hostnameOverride`, else
     /// `--node-name`.
-    pub fn source_node_name(&self, config: &ProxyConfig) -> Option<String> {
+    pub(crate) fn source_node_name(&self, config: &ProxyConfig) -> Option<String> {
         config
             .hostname_override
             .clone()
@@ -121,7 +121,7 @@ impl Default for AppOptions {
 
 /// The kernel's local addresses (read over rtnetlink, no privileges needed) as node addresses
 /// for node ports in a dry run; none if they cannot be read (logged).
-pub fn kernel_node_addresses() -> Vec<IpAddr> {
+pub(crate) fn kernel_node_addresses() -> Vec<IpAddr> {
     match NetlinkAddresses::open().and_then(|mut a| a.local_addresses()) {
         Ok(addresses) => addresses,
         Err(e) => {
@@ -163,7 +163,7 @@ impl DryRunPlan {
 
 /// [`dry_run`] with the host side too: computes the table and the `kube-ipvs0` addresses,
 /// ipset contents and iptables rules a run would program; touches nothing.
-pub async fn dry_run_plan(
+pub(crate) async fn dry_run_plan(
     mut reader: CacheReader,
     config: ProxyConfig,
     options: &AppOptions,

@@ -206,7 +206,7 @@ pub async fn start_with(
 /// [`start_with`]) and follows it live: a changed `healthzBindAddress`, `metricsBindAddress` or
 /// `syncPeriod` rebinds. Used by `svcnet-proxy` and by the proxy subsystem of `agentctl run`.
 /// The task ends when the configuration's sender is dropped; aborting it stops the servers.
-pub fn follow_config(
+pub(crate) fn follow_config(
     mut config: tokio::sync::watch::Receiver<ProxyConfig>,
     status: StatusHandle,
     metrics: Arc<ProxyMetrics>,

@@ -190,7 +190,7 @@ fn class_of(resp: &Response) -> u8 {
 }
 
 /// Fills CoreDNS log placeholders for one exchange.
-pub fn format_line(format: &str, req: &Request, resp: &Response, took_secs: f64) -> String {
+pub(crate) fn format_line(format: &str, req: &Request, resp: &Response, took_secs: f64) -> String {
     let mut out = String::with_capacity(format.len() + 64);
     let mut rest = format;
     while let Some(open) = rest.find('{') {

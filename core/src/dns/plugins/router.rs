@@ -32,7 +32,7 @@ impl ZoneRouter {
     }
 
     /// Names of the plugins of every chain.
-    pub fn plugin_names(&self) -> Vec<&'static str> {
+    pub(crate) fn plugin_names(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
         for (_, c) in &self.routes {
             for n in c.names() {

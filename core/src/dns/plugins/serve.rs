@@ -231,7 +231,7 @@ pub fn needed_kinds(cf: &Corefile) -> Vec<Kind> {
 }
 
 /// Loads the Corefile, logging its warnings.
-pub fn load_logged(options: &CorefileOptions) -> Result<Corefile, CorefileError> {
+pub(crate) fn load_logged(options: &CorefileOptions) -> Result<Corefile, CorefileError> {
     let cf = corefile::load(&options.path, &options.load)?;
     for w in &cf.warnings {
         tracing::warn!("{w}");
