@@ -25,7 +25,7 @@ use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureS
 /// Why TLS material could not be used.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum TlsError {
+pub(crate) enum TlsError {
     /// A certificate file holds no PEM certificate, or one that does not parse.
     #[error("{what}: no usable PEM certificate ({detail})")]
     Certificate {
