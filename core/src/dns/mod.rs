@@ -21,6 +21,7 @@ pub mod plugins;
 pub mod rrl;
 pub mod runner;
 pub mod server;
+mod udp_mmsg;
 pub mod wire;
 pub mod zone;
 pub(crate) mod zonetext;
