@@ -12,7 +12,7 @@ use crate::ipvs::run::StatusHandle;
 use crate::ipvs::serve::{ProxyMetrics, status_with_metrics};
 use crate::runtime::http::Endpoint;
 use crate::runtime::signal::shutdown_signal;
-use crate::source::{self, SourceConfig, SourceError};
+use crate::source::{SourceConfig, SourceError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -161,7 +161,7 @@ pub async fn corefile(config: &SourceConfig, options: CorefileOptions) -> Result
 
 /// How a program's one subsystem starts: its handle and its task, whose result is the
 /// program's.
-type StartOne<E> = Box<
+type StartOne<T, E> = Box<
     dyn FnOnce(
             crate::cache::CacheReader,
             tokio::sync::watch::Receiver<bool>,
@@ -169,7 +169,7 @@ type StartOne<E> = Box<
             Box<
                 dyn std::future::Future<
                         Output = Result<
-                            (Arc<dyn Subsystem>, tokio::task::JoinHandle<Result<(), E>>),
+                            (Arc<dyn Subsystem>, tokio::task::JoinHandle<Result<T, E>>),
                             E,
                         >,
                     > + Send,
@@ -180,7 +180,7 @@ type StartOne<E> = Box<
 /// Runs a stand-alone program: the agent of [`super::run_with`] with the one subsystem `start`
 /// makes and no admin endpoint, until SIGTERM or SIGINT or until the subsystem ends by itself
 /// (after `--once`, or an error). Its start error or its task's result is the program's.
-async fn run_one<E>(
+async fn run_one<T, E>(
     config: &SourceConfig,
     kinds: Vec<crate::model::Kind>,
     node_name: Option<String>,
@@ -192,20 +192,21 @@ async fn run_one<E>(
         Box<
             dyn std::future::Future<
                     Output = Result<
-                        (Arc<dyn Subsystem>, tokio::task::JoinHandle<Result<(), E>>),
+                        (Arc<dyn Subsystem>, tokio::task::JoinHandle<Result<T, E>>),
                         E,
                     >,
                 > + Send,
         >,
     > + Send
     + 'static,
-) -> Result<(), ProgramError>
+) -> Result<T, ProgramError>
 where
+    T: Send + 'static,
     E: std::fmt::Display + Send + 'static,
     ProgramError: From<E>,
 {
-    let start: StartOne<E> = Box::new(start);
-    let outcome: Arc<Mutex<Option<Result<(), E>>>> = Arc::new(Mutex::new(None));
+    let start: StartOne<T, E> = Box::new(start);
+    let outcome: Arc<Mutex<Option<Result<T, E>>>> = Arc::new(Mutex::new(None));
     let ended = Arc::new(tokio::sync::Notify::new());
     let launcher = {
         let (outcome, ended) = (outcome.clone(), ended.clone());
@@ -251,7 +252,7 @@ where
             () = ended.notified() => {}
         }
     };
-    let taken = |outcome: &Mutex<Option<Result<(), E>>>| {
+    let taken = |outcome: &Mutex<Option<Result<T, E>>>| {
         outcome.lock().unwrap_or_else(|e| e.into_inner()).take()
     };
     match super::run_with(agent, stop, |_| {}).await {
@@ -270,31 +271,56 @@ where
     }
 }
 
-/// Starts the source the proxy needs (its own Node when it has a node name).
-async fn proxy_source(
-    config: &SourceConfig,
-    options: &AppOptions,
-) -> Result<(source::Source, crate::ipvs::config::ProxyConfig), ProgramError> {
-    let proxy_config = options.load_config()?;
-    let node_name = options.source_node_name(&proxy_config);
-    let src = source::start_for_node(
-        config,
-        &kinds_for(node_name.as_deref()),
-        node_name.as_deref(),
-    )
-    .await?;
-    Ok((src, proxy_config))
-}
-
-/// `svcnet-proxy --dry-run`: the plan a run would program for the cluster of `config`.
+/// `svcnet-proxy --dry-run`: the plan a run would program for the cluster of `config`. Like
+/// [`proxy`], it is the agent with one subsystem (which computes the plan once the source has
+/// synced and then ends, ending the agent) and no admin endpoint; it touches nothing and
+/// serves nothing.
 pub async fn proxy_dry_run(
     config: &SourceConfig,
     options: &AppOptions,
 ) -> Result<DryRunPlan, ProgramError> {
-    let (src, proxy_config) = proxy_source(config, options).await?;
-    let plan = crate::ipvs::app::dry_run_plan(src.reader(), proxy_config, options).await;
-    drop(src);
-    Ok(plan?)
+    let proxy_config = options.load_config()?;
+    let node_name = options.source_node_name(&proxy_config);
+    let kinds = kinds_for(node_name.as_deref());
+    let options = options.clone();
+    run_one(config, kinds, node_name, "proxy", move |reader, mut shutdown| {
+        Box::pin(async move {
+            let handle: Arc<dyn Subsystem> = Arc::new(DryRunProxy);
+            let task = tokio::spawn(async move {
+                tokio::select! {
+                    plan = crate::ipvs::app::dry_run_plan(reader, proxy_config, &options) => plan,
+                    _ = shutdown.wait_for(|s| *s) => Err(AppError::Stopped),
+                }
+            });
+            Ok::<_, AppError>((handle, task))
+        })
+    })
+    .await
+}
+
+/// The dry run as the one subsystem of `svcnet-proxy --dry-run`: nothing to report but that it
+/// runs.
+struct DryRunProxy;
+
+impl Subsystem for DryRunProxy {
+    fn name(&self) -> &'static str {
+        "proxy"
+    }
+
+    fn status(&self) -> SubsystemStatus {
+        SubsystemStatus {
+            ready: false,
+            summary: "IPVS proxy dry run".into(),
+            applied_generation: None,
+            syncs: 0,
+            last_sync_seconds: None,
+            query_rate_per_second: None,
+            config_files: Vec::new(),
+            last_reload_error: None,
+            last_error: None,
+            details: Default::default(),
+        }
+    }
 }
 
 /// `svcnet-proxy`: programs the kernel from the cluster of `config` until SIGTERM or SIGINT
