@@ -166,6 +166,28 @@ fn a_new_port_is_bound_and_an_old_one_closed() {
     }
 }
 
+/// Issue 18: the `prometheus` address moved by a reload is re-bound by the agent (no restart):
+/// the new address serves `/metrics`, the old one is closed, and DNS keeps answering.
+#[test]
+fn a_moved_metrics_address_is_rebound() {
+    let (one, _two) = two_upstreams();
+    let dir = tempfile::tempdir().unwrap();
+    let (port, m1, m2) = (free_port(), free_port(), free_port());
+    let path = dir.path().join("Corefile");
+    std::fs::write(&path, corefile(port, m1, 30, one.addr)).unwrap();
+    let mut srv = Server::start("dns", &path, &example_cluster(), true);
+    let dns: SocketAddr = ([127, 0, 0, 1], port).into();
+    let (old, new): (SocketAddr, SocketAddr) =
+        (([127, 0, 0, 1], m1).into(), ([127, 0, 0, 1], m2).into());
+    wait_answer(dns, SVC, WAIT, |a| a.rcode == 0);
+    assert_eq!(reload_failures(old), Some(0));
+    std::fs::write(&path, corefile(port, m2, 30, one.addr)).unwrap();
+    srv.wait_log(WAIT, "HTTP endpoints now served");
+    assert_eq!(reload_failures(new), Some(0), "the new address serves /metrics");
+    assert!(http_get(old, "/metrics").is_empty(), "the old address is closed");
+    wait_answer(dns, SVC, WAIT, |a| a.rcode == 0);
+}
+
 /// A Corefile with the optional plugins switched on or off: `rewrite` (an alias of the
 /// cluster service), `cache 30` and `hosts` (one pinned name, the rest falls through).
 fn on_off_corefile(
