@@ -21,10 +21,10 @@ use crate::cache::CacheReader;
 use crate::dns::cluster::ClusterPlugin;
 use crate::dns::handler::{Chain, Next, Plugin, Reply, Request};
 use crate::dns::metrics::DnsMetrics;
-use crate::dns::server::{DnsServer, ServerConfig};
 use crate::dns::plugins::serve::{
     CorefileControl, CorefileOptions, CorefileReadiness, CorefileRunError, load_logged,
 };
+use crate::dns::server::{DnsServer, ServerConfig};
 use crate::dns::zone::ZoneOptions;
 use crate::runtime::http::Endpoint;
 
@@ -350,13 +350,7 @@ pub(crate) async fn start_corefile(
     mut options: CorefileOptions,
     reader: CacheReader,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<
-    (
-        Arc<CorefileDns>,
-        JoinHandle<Result<(), CorefileRunError>>,
-    ),
-    CorefileRunError,
-> {
+) -> Result<(Arc<CorefileDns>, JoinHandle<Result<(), CorefileRunError>>), CorefileRunError> {
     let cf = load_logged(&options)?;
     let listen: Vec<SocketAddr> = match options.listen_override {
         Some(a) => vec![a],

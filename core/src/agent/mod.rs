@@ -444,9 +444,11 @@ mod tests {
     async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .ok()?;
         let mut out = String::new();
         s.read_to_string(&mut out).await.ok()?;
         out.get(9..12)?.parse().ok()
@@ -492,25 +494,38 @@ mod tests {
         let stopped = std::time::Instant::now();
         stop_tx.send(()).unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(handle.stopping.is_set(), "told to stop before the lameduck ends");
+        assert!(
+            handle.stopping.is_set(),
+            "told to stop before the lameduck ends"
+        );
         assert_eq!(
             http_status(ready_at, "/ready").await,
             Some(503),
             "still served, not ready, during the lameduck"
         );
-        assert!(seen.lock().unwrap().is_none(), "not shut down during the lameduck");
+        assert!(
+            seen.lock().unwrap().is_none(),
+            "not shut down during the lameduck"
+        );
         tokio::time::timeout(Duration::from_secs(10), agent)
             .await
             .expect("stops")
             .unwrap()
             .unwrap();
-        let shut = seen.lock().unwrap().expect("the subsystem saw the shutdown");
+        let shut = seen
+            .lock()
+            .unwrap()
+            .expect("the subsystem saw the shutdown");
         assert!(
             shut.duration_since(stopped) >= lameduck,
             "shut down {:?} after the stop request, before the lameduck ended",
             shut.duration_since(stopped)
         );
-        assert_eq!(http_status(ready_at, "/ready").await, None, "listener closed");
+        assert_eq!(
+            http_status(ready_at, "/ready").await,
+            None,
+            "listener closed"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -527,15 +542,22 @@ mod tests {
             subsystems: vec![ducking(addr, Duration::ZERO, Default::default(), handle_tx)],
             lameduck: Duration::ZERO,
         };
-        let err = tokio::time::timeout(Duration::from_secs(10), run(options, std::future::pending()))
-            .await
-            .expect("fails at once")
-            .unwrap_err();
+        let err = tokio::time::timeout(
+            Duration::from_secs(10),
+            run(options, std::future::pending()),
+        )
+        .await
+        .expect("fails at once")
+        .unwrap_err();
         assert!(
             matches!(&err, AgentError::HttpBind(b) if b.addr == addr && b.what == "ready"),
             "{err}"
         );
-        assert!(err.to_string().starts_with(&format!("binding the ready endpoint on {addr}")), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("binding the ready endpoint on {addr}")),
+            "{err}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -144,18 +144,12 @@ pub async fn corefile(config: &SourceConfig, options: CorefileOptions) -> Result
     crate::tls::install_crypto_provider();
     let cf = load_logged(&options).map_err(CorefileRunError::from)?;
     let kinds = needed_kinds(&cf);
-    run_one(
-        config,
-        kinds,
-        None,
-        "dns",
-        move |reader, shutdown| {
-            Box::pin(async move {
-                let (handle, task) = super::dns::start_corefile(options, reader, shutdown).await?;
-                Ok((handle as Arc<dyn Subsystem>, task))
-            })
-        },
-    )
+    run_one(config, kinds, None, "dns", move |reader, shutdown| {
+        Box::pin(async move {
+            let (handle, task) = super::dns::start_corefile(options, reader, shutdown).await?;
+            Ok((handle as Arc<dyn Subsystem>, task))
+        })
+    })
     .await
 }
 
@@ -191,10 +185,7 @@ async fn run_one<T, E>(
     ) -> std::pin::Pin<
         Box<
             dyn std::future::Future<
-                    Output = Result<
-                        (Arc<dyn Subsystem>, tokio::task::JoinHandle<Result<T, E>>),
-                        E,
-                    >,
+                    Output = Result<(Arc<dyn Subsystem>, tokio::task::JoinHandle<Result<T, E>>), E>,
                 > + Send,
         >,
     > + Send
@@ -336,12 +327,18 @@ pub async fn proxy(config: &SourceConfig, options: AppOptions) -> Result<(), Pro
     let proxy_config = options.load_config()?;
     let node_name = options.source_node_name(&proxy_config);
     let kinds = kinds_for(node_name.as_deref());
-    run_one(config, kinds, node_name, "proxy", move |reader, shutdown| {
-        Box::pin(async move {
-            let (handle, task) = start_proxy(reader, proxy_config, options, shutdown);
-            Ok::<_, AppError>((handle, task))
-        })
-    })
+    run_one(
+        config,
+        kinds,
+        node_name,
+        "proxy",
+        move |reader, shutdown| {
+            Box::pin(async move {
+                let (handle, task) = start_proxy(reader, proxy_config, options, shutdown);
+                Ok::<_, AppError>((handle, task))
+            })
+        },
+    )
     .await
 }
 

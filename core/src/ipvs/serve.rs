@@ -170,8 +170,9 @@ pub fn endpoints(
         out.push(Endpoint {
             what: "metrics",
             addr,
-            routes: kube_proxy_routes()
-                .route("/metrics", move |_| Reply::bare(StatusCode::OK, metrics.encode())),
+            routes: kube_proxy_routes().route("/metrics", move |_| {
+                Reply::bare(StatusCode::OK, metrics.encode())
+            }),
             required: false,
         });
     }
@@ -260,7 +261,10 @@ mod tests {
         let metrics = Arc::new(ProxyMetrics::new());
         let status = status_with_metrics(metrics.clone());
         let declared = endpoints(&config, status, metrics);
-        assert!(declared.iter().all(|e| !e.required), "bind failures are not fatal");
+        assert!(
+            declared.iter().all(|e| !e.required),
+            "bind failures are not fatal"
+        );
         let mut set = crate::runtime::http::EndpointSet::new();
         set.apply(&declared).await.unwrap();
         let bound = set.bound();

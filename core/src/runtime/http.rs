@@ -444,15 +444,22 @@ mod tests {
     async fn get(addr: SocketAddr, path: &str) -> Option<String> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .ok()?;
         let mut out = String::new();
         s.read_to_string(&mut out).await.ok()?;
         Some(out)
     }
 
-    fn endpoint(what: &'static str, addr: SocketAddr, body: &'static str, required: bool) -> Endpoint {
+    fn endpoint(
+        what: &'static str,
+        addr: SocketAddr,
+        body: &'static str,
+        required: bool,
+    ) -> Endpoint {
         Endpoint {
             what,
             addr,
@@ -464,24 +471,39 @@ mod tests {
     #[tokio::test]
     async fn an_endpoint_set_keeps_rebinds_and_closes_as_declared() {
         // A free port to move to, found by binding and releasing it.
-        let free = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        let free = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let mut set = EndpointSet::new();
-        set.apply(&[endpoint("health", any, "one", true)]).await.unwrap();
-        let [(what, first)] = set.bound()[..] else { panic!("{set:?}") };
+        set.apply(&[endpoint("health", any, "one", true)])
+            .await
+            .unwrap();
+        let [(what, first)] = set.bound()[..] else {
+            panic!("{set:?}")
+        };
         assert_eq!(what, "health");
         assert_ne!(first.port(), 0);
         assert!(get(first, "/x").await.unwrap().ends_with("one"));
         // Same name and address: the socket stays, the routes change.
-        set.apply(&[endpoint("health", any, "two", true)]).await.unwrap();
+        set.apply(&[endpoint("health", any, "two", true)])
+            .await
+            .unwrap();
         assert_eq!(set.bound(), vec![("health", first)]);
         assert!(get(first, "/x").await.unwrap().ends_with("two"));
         // A new address: bound, and the old one closed.
-        set.apply(&[endpoint("health", free, "three", true)]).await.unwrap();
+        set.apply(&[endpoint("health", free, "three", true)])
+            .await
+            .unwrap();
         assert_eq!(set.bound(), vec![("health", free)]);
         assert!(get(free, "/x").await.unwrap().ends_with("three"));
         tokio::task::yield_now().await;
-        assert!(get(first, "/x").await.is_none(), "the old listener is closed");
+        assert!(
+            get(first, "/x").await.is_none(),
+            "the old listener is closed"
+        );
         // A required endpoint on a taken address: an error naming it, nothing changes.
         let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let taken_addr = taken.local_addr().unwrap();
@@ -490,10 +512,15 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!((err.what, err.addr), ("ready", taken_addr));
-        assert!(err.to_string().starts_with("binding the ready endpoint on"), "{err}");
+        assert!(
+            err.to_string().starts_with("binding the ready endpoint on"),
+            "{err}"
+        );
         assert_eq!(set.bound(), vec![("health", free)]);
         // An optional one is left out and the rest applies.
-        set.apply(&[endpoint("healthz", taken_addr, "no", false)]).await.unwrap();
+        set.apply(&[endpoint("healthz", taken_addr, "no", false)])
+            .await
+            .unwrap();
         assert!(set.bound().is_empty());
         drop(set);
     }

@@ -635,9 +635,10 @@ pub async fn start_corefile(
         current: cf.clone(),
     };
     let built = state.build(&cf).await;
-    if let Err(e) = built.map_err(CorefileRunError::from).and_then(|listeners| {
-        state.apply(listeners).map_err(CorefileRunError::from)
-    }) {
+    if let Err(e) = built
+        .map_err(CorefileRunError::from)
+        .and_then(|listeners| state.apply(listeners).map_err(CorefileRunError::from))
+    {
         for (_, r) in state.listeners.drain() {
             r.task.abort();
         }
