@@ -2,10 +2,13 @@
 //!
 //! [`run`] starts one [`source`](crate::source), hence one shared cache, then the subsystems
 //! chosen in [`AgentOptions`] (cluster DNS, IPVS proxy) on readers of that cache, and one admin
-//! endpoint ([`admin`]) with `/status`, `/health`, `/ready` and merged `/metrics`. A stop
-//! request (SIGTERM in `agentctl run`) marks the agent not ready, lets DNS answer through its
-//! lameduck period, stops every subsystem and returns; the proxy leaves the kernel rules in
-//! place so traffic keeps flowing across a restart.
+//! endpoint ([`admin`]) with `/status`, `/health`, `/ready` and merged `/metrics`. It binds and
+//! serves the HTTP endpoints each [`Subsystem`] declares ([`Subsystem::listeners`]), re-binding
+//! them when a subsystem declares a new set. A stop request (SIGTERM in `agentctl run`) marks
+//! the agent and its subsystems not ready, serves through the longest lameduck period (the
+//! agent's, or a subsystem's [`Subsystem::lameduck`] read at that moment), then stops every
+//! subsystem (10 s each, counted after the lameduck) and returns; the proxy leaves the kernel
+//! rules in place so traffic keeps flowing across a restart.
 //!
 //! - [`inspect`]: kubectl-like tables of the shared cache (`agentctl get`).
 //! - [`status`]: the `/status` document and its text form (`agentctl status`).

@@ -1,8 +1,14 @@
-//! The stand-alone programs (`svcnet-dns`, `svcnet-dns --corefile`, `svcnet-proxy`) composed
-//! here. `svcnet-proxy` is the agent of [`super::run_with`] with one subsystem and no admin
-//! endpoint. `svcnet-dns` (both modes) and `svcnet-proxy --dry-run` still start the one cluster
-//! source for their kinds here and hand its reader to the DNS server or the plan, which stops on
-//! the process's stop signal ([`shutdown_signal`]). `dns/` and `ipvs/` never start a source.
+//! The stand-alone programs (`svcnet-dns`, `svcnet-dns --corefile`, `svcnet-proxy`,
+//! `svcnet-proxy --dry-run`), each the agent of [`super::run_with`] with one subsystem and no
+//! admin endpoint (`run_one`): the agent starts the one cluster source for the kinds the
+//! subsystem needs, binds and serves the HTTP endpoints it declares (CoreDNS's health, ready
+//! and metrics; kube-proxy's healthz and metrics), and on SIGTERM or SIGINT
+//! ([`shutdown_signal`]) marks it not ready, waits its lameduck and stops it. A subsystem that
+//! ends by itself (`--once`, a dry run's plan, an error) ends the program; its start error or
+//! result is the program's. `dns/` and `ipvs/` never start a source.
+//!
+//! Flag mode of `svcnet-dns` still runs its own server path ([`crate::dns::runner::start`]), not
+//! a synthesised Corefile.
 
 use crate::dns::DnsOptions;
 use crate::dns::error::DnsError;

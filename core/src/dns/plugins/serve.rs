@@ -1,4 +1,5 @@
-//! Serving a Corefile: listeners per address, the HTTP endpoints, and `reload`.
+//! Serving a Corefile: listeners per address, the HTTP endpoints it declares (bound and served
+//! by the composition root, which re-binds them when a reload moves them), and `reload`.
 //!
 //! Each listen address has one DNS listener whose chain is a [`SwapRouter`]: the current
 //! configuration's [`ZoneRouter`] behind an atomically swapped `Arc`. A reload builds the new
