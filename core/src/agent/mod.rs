@@ -166,8 +166,8 @@ pub enum AgentError {
         source: std::io::Error,
     },
     /// A subsystem's HTTP listener could not be bound.
-    #[error("{0}")]
-    HttpBind(#[source] BindError),
+    #[error(transparent)]
+    HttpBind(BindError),
     /// A subsystem failed to start.
     #[error("{subsystem}: {reason}")]
     Subsystem {
