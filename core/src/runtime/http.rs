@@ -343,13 +343,15 @@ impl EndpointSet {
                 }
             }
         }
-        self.serving.retain(|s| {
-            let kept = endpoints.iter().any(|e| same(s, e));
-            if !kept {
-                s.task.abort();
-            }
-            kept
-        });
+        let (kept, dropped): (Vec<Serving>, Vec<Serving>) = std::mem::take(&mut self.serving)
+            .into_iter()
+            .partition(|s| endpoints.iter().any(|e| same(s, e)));
+        self.serving = kept;
+        for s in dropped {
+            // Closed (listener and connections dropped) before this returns.
+            s.task.abort();
+            let _ = s.task.await;
+        }
         for s in &self.serving {
             if let Some(e) = endpoints.iter().find(|e| same(s, e)) {
                 s.routes.store(Arc::new(e.routes.clone()));

@@ -281,6 +281,8 @@ struct State {
     listeners: HashMap<SocketAddr, Running>,
     current: Corefile,
     fingerprint: u64,
+    /// Stop flag and lameduck, shared with the composition root.
+    control: CorefileControl,
 }
 
 impl State {
@@ -443,6 +445,8 @@ impl State {
         .await;
         match result {
             Ok(cf) => {
+                // In force before the reload is reported: a SIGTERM right after sees it.
+                self.control.set_lameduck(lameduck(&cf));
                 self.fingerprint = fingerprint(&cf.files);
                 self.pool.retain(&used_zone_options(&cf));
                 self.current = cf;
@@ -634,6 +638,7 @@ pub async fn start_corefile(
         listeners: HashMap::new(),
         fingerprint: fingerprint(&cf.files),
         current: cf.clone(),
+        control: CorefileControl::default(),
     };
     let built = state.build(&cf).await;
     if let Err(e) = built
@@ -646,7 +651,7 @@ pub async fn start_corefile(
         state.pool.retain(&[]);
         return Err(e);
     }
-    let control = CorefileControl::default();
+    let control = state.control.clone();
     control.set_lameduck(lameduck(&cf));
     let swaps: Arc<Vec<Arc<SwapRouter>>> =
         Arc::new(state.listeners.values().map(|r| r.swap.clone()).collect());
@@ -730,19 +735,20 @@ impl CorefileServer {
             let files_before = state.current.files.clone();
             let old_http = http_addrs(&state.current);
             if state.reload().await {
-                control.set_lameduck(lameduck(&state.current));
                 if http_addrs(&state.current) != old_http {
-                    let swaps: Arc<Vec<Arc<SwapRouter>>> =
-                        Arc::new(state.listeners.values().map(|r| r.swap.clone()).collect());
                     tracing::info!("health/ready/prometheus addresses changed: re-binding");
-                    http_tx.send_replace(http_endpoints(
-                        &state.current,
-                        &dns_metrics,
-                        &registry,
-                        &control.stopping,
-                        swaps,
-                    ));
                 }
+                // Declared after every applied reload: `/ready` then covers the listeners in
+                // force, and a set that could not be bound last time is tried again.
+                let swaps: Arc<Vec<Arc<SwapRouter>>> =
+                    Arc::new(state.listeners.values().map(|r| r.swap.clone()).collect());
+                http_tx.send_replace(http_endpoints(
+                    &state.current,
+                    &dns_metrics,
+                    &registry,
+                    &control.stopping,
+                    swaps,
+                ));
             }
             if state.current.files != files_before || watcher.is_none() {
                 watcher = Some(watch(&state.current.files));
