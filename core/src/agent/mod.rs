@@ -308,7 +308,11 @@ async fn serve_listeners(
     let mut set = EndpointSet::new();
     let initial = declared.borrow_and_update().clone();
     set.apply(&initial).await.map_err(AgentError::HttpBind)?;
-    subsystem.listening(&set.bound());
+    let bound = set.bound();
+    if !bound.is_empty() {
+        tracing::info!(subsystem = subsystem.name(), endpoints = ?bound, "HTTP endpoints served");
+    }
+    subsystem.listening(&bound);
     Ok(tokio::spawn(async move {
         while declared.changed().await.is_ok() {
             let next = declared.borrow_and_update().clone();
