@@ -45,6 +45,9 @@ pub struct BuildContext {
     /// Listen on this address instead of the Corefile's (e.g. `--listen` for tests); applies
     /// to `dns://` blocks, `tls://` and `https://` blocks keep their own addresses.
     pub listen_override: Option<SocketAddr>,
+    /// Node-local DNS addresses each `dns://` block also listens on, port 53, unless its
+    /// addresses (after `listen_override`) cover them.
+    pub node_local: Vec<std::net::IpAddr>,
 }
 
 /// The chains of one listen address and the loop detectors to start on it.
@@ -222,6 +225,27 @@ type AddrPlan = (
     Option<TlsConfig>,
 );
 
+/// The port node-local DNS answers on (pods' `resolv.conf` names no port).
+pub const NODE_LOCAL_PORT: u16 = 53;
+
+/// The node-local listen addresses (port 53) that `listening` does not already cover: an
+/// address is covered by itself or by the unspecified address of its family, on port 53.
+pub fn node_local_listeners(
+    listening: &[SocketAddr],
+    addrs: &[std::net::IpAddr],
+) -> Vec<SocketAddr> {
+    addrs
+        .iter()
+        .filter(|a| {
+            !listening.iter().any(|l| {
+                l.port() == NODE_LOCAL_PORT
+                    && (l.ip() == **a || (l.ip().is_unspecified() && l.is_ipv4() == a.is_ipv4()))
+            })
+        })
+        .map(|a| SocketAddr::new(*a, NODE_LOCAL_PORT))
+        .collect()
+}
+
 /// Builds the listeners of `corefile`.
 pub fn build(corefile: &Corefile, ctx: &BuildContext) -> Result<Vec<Listener>, BuildError> {
     let mut by_addr: BTreeMap<SocketAddr, AddrPlan> = BTreeMap::new();
@@ -239,6 +263,18 @@ pub fn build(corefile: &Corefile, ctx: &BuildContext) -> Result<Vec<Listener>, B
             };
             if !addrs.contains(&(sa, t)) {
                 addrs.push((sa, t));
+            }
+        }
+        if !ctx.node_local.is_empty() {
+            let plain: Vec<SocketAddr> = addrs
+                .iter()
+                .filter(|(_, t)| *t == ServerTransport::Dns)
+                .map(|(a, _)| *a)
+                .collect();
+            if !plain.is_empty() {
+                for a in node_local_listeners(&plain, &ctx.node_local) {
+                    addrs.push((a, ServerTransport::Dns));
+                }
             }
         }
         if let (Some(e), Some((addr, _))) = (external_name, addrs.first()) {
@@ -336,6 +372,7 @@ mod tests {
             files: Arc::new(MemoryFiles::new()),
             on_loop: Arc::new(|_| {}),
             listen_override: listen,
+            node_local: Vec::new(),
         }
     }
 
