@@ -6,7 +6,9 @@
 //! a pod answers on 169.254.20.10 (UDP and TCP); 1,000 lookups from the pod through the kube-dns ClusterIP (IPVS)
 //! leave one conntrack entry each, the same 1,000 lookups to 169.254.20.10 leave none (both counts and both
 //! latency distributions printed); a clean stop removes the rules, the address and the link; bad input (the
-//! address already bound elsewhere, iptables missing) is an error at start naming it, leaving nothing behind.
+//! address already bound elsewhere, iptables missing) is an error at start naming it, leaving nothing behind; with a
+//! Corefile, the blocks bound to the node address also answer on 169.254.20.10, cluster names from the agent's own
+//! zone and other names forwarded as the Corefile says.
 //!
 //! Skipped (passes trivially, says so) where user-mode-linux is not installed, like the other `vm_*` tests.
 
@@ -413,6 +415,133 @@ fn bad_input_is_an_error_at_start_and_leaves_nothing() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A stand-in upstream resolver on `addr`: answers every A question with `UPSTREAM_ANSWER` (no EDNS), until dropped.
+struct Upstream {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+const UPSTREAM_ANSWER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+
+impl Upstream {
+    fn start(addr: SocketAddr) -> anyhow::Result<Self> {
+        let sock = UdpSocket::bind(addr)?;
+        sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((n, peer)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                // Header and question only (the question ends 4 bytes after the name's root label).
+                let Some(root) = buf[12..n].iter().position(|b| *b == 0) else {
+                    continue;
+                };
+                let end = 12 + root + 5;
+                if end > n {
+                    continue;
+                }
+                let mut reply = buf[..end].to_vec();
+                reply[2] |= 0x80; // QR
+                reply[3] = 0x80; // RA, NOERROR
+                reply[6..12].copy_from_slice(&[0, 1, 0, 0, 0, 0]);
+                reply.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+                reply.extend_from_slice(&UPSTREAM_ANSWER.octets());
+                let _ = sock.send_to(&reply, peer);
+            }
+        });
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `dig +short` from the pod to 169.254.20.10.
+fn dig_from_pod(name: &str) -> anyhow::Result<String> {
+    Ok(guest::run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            POD,
+            "dig",
+            "+short",
+            "+time=2",
+            "+tries=1",
+            "@169.254.20.10",
+            name,
+        ],
+    )?
+    .trim()
+    .to_owned())
+}
+
+/// Node-local mode with a Corefile (the deployed form): blocks bound to the node address also answer on
+/// 169.254.20.10; cluster names come from the agent's own zone, other names are forwarded as the Corefile says.
+fn corefile_mode_serves_the_cluster_zone_and_forwards_the_rest() -> anyhow::Result<()> {
+    let _guard = fixture()?;
+    let _upstream = Upstream::start("127.0.0.1:5399".parse()?)?;
+    let corefile = "/tmp/svcnet-nodelocal-Corefile";
+    std::fs::write(
+        corefile,
+        format!(
+            "cluster.local:53 {{\n    bind {NODE_IP}\n    errors\n    kubernetes cluster.local\n}}\n\
+             .:53 {{\n    bind {NODE_IP}\n    errors\n    forward . 127.0.0.1:5399\n    cache 30\n}}\n"
+        ),
+    )?;
+    let mut agent = Background::spawn(
+        "agentctl-nodelocal-corefile",
+        &bin()?,
+        &[
+            "run",
+            "--manifests",
+            MANIFESTS,
+            "--dns",
+            "--corefile",
+            corefile,
+            "--admin",
+            "127.0.0.1:9902",
+            "--node-local-dns",
+            "--lameduck",
+            "0",
+        ],
+    )?;
+    guest::wait_http("127.0.0.1:9902".parse()?, "/ready", Duration::from_secs(30)).map_err(
+        |e| {
+            let alive = agent.is_running();
+            e.context(format!("agent running: {alive}; log:\n{}", agent.log()))
+        },
+    )?;
+    let cluster = dig_from_pod("web.default.svc.cluster.local")?;
+    let external = dig_from_pod("example.com")?;
+    let log = agent.stop(Duration::from_secs(15));
+    ensure!(
+        cluster == WEB_IP.to_string(),
+        "cluster name on 169.254.20.10: {cluster:?}\n{log}"
+    );
+    ensure!(
+        external == UPSTREAM_ANSWER.to_string(),
+        "forwarded name on 169.254.20.10: {external:?}\n{log}"
+    );
+    ensure!(
+        log.contains("node-local DNS removed") && !iptables_save()?.contains("NODELOCAL"),
+        "not removed on stop:\n{log}"
+    );
+    Ok(())
+}
+
 #[test]
 fn node_local_dns_kernel() {
     let mut machine = Vm::new().timeout(Duration::from_secs(240));
@@ -445,6 +574,10 @@ fn node_local_dns_kernel() {
             Check::new(
                 "clean_stop_removes_rules_address_and_link",
                 clean_stop_removes_rules_address_and_link,
+            ),
+            Check::new(
+                "corefile_mode_serves_the_cluster_zone_and_forwards_the_rest",
+                corefile_mode_serves_the_cluster_zone_and_forwards_the_rest,
             ),
         ],
     );

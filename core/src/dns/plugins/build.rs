@@ -469,4 +469,39 @@ mod tests {
             .unwrap();
         assert!(e.to_string().contains("served twice"), "{e}");
     }
+
+    #[test]
+    fn node_local_addresses_join_blocks_that_do_not_cover_them() {
+        let mut c = ctx(None);
+        c.node_local = vec!["169.254.20.10".parse().unwrap()];
+        let addrs = |text: &str, c: &BuildContext| {
+            let mut v: Vec<String> = build(&corefile(text), c)
+                .unwrap()
+                .iter()
+                .map(|l| l.addr.to_string())
+                .collect();
+            v.sort();
+            v
+        };
+        // A block bound to the node address also answers on the node-local one, same chain.
+        let text = "cluster.local:53 {\n bind 10.0.0.1\n log\n}\n.:53 {\n bind 10.0.0.1\n log\n}\n";
+        assert_eq!(addrs(text, &c), vec!["10.0.0.1:53", "169.254.20.10:53"]);
+        let ls = build(&corefile(text), &c).unwrap();
+        let nl = ls
+            .iter()
+            .find(|l| {
+                l.addr.port() == 53
+                    && l.addr.ip() != "10.0.0.1".parse::<std::net::IpAddr>().unwrap()
+            })
+            .unwrap();
+        assert_eq!(nl.router.zones(), vec!["cluster.local.", "."]);
+        // The wildcard covers it: no second socket on the same port.
+        assert_eq!(addrs(".:53 {\n log\n}\n", &c), vec!["0.0.0.0:53"]);
+        // A test override on another port: the node-local address still answers on 53.
+        c.listen_override = Some("127.0.0.1:5300".parse().unwrap());
+        assert_eq!(
+            addrs(".:53 {\n log\n}\n", &c),
+            vec!["127.0.0.1:5300", "169.254.20.10:53"]
+        );
+    }
 }
