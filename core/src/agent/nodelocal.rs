@@ -21,7 +21,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use tokio::sync::watch;
 
-use super::{AgentError, RunningSubsystem, SubsystemLauncher};
+use super::{AgentError, SubsystemLauncher};
 use crate::cache::CacheReader;
 use crate::ipvs::backend::{AddressBackend, BackendError};
 use crate::ipvs::host::{CommandRunner, IptablesMode, ProcessRunner, detect_mode};
@@ -472,60 +472,54 @@ pub use crate::dns::plugins::build::node_local_listeners as extra_listen_addrs;
 /// (all or nothing; an error stops the agent's start with what and why); when the DNS
 /// subsystem has stopped (after its lameduck), the rules, addresses and link are removed.
 /// The DNS subsystem itself must listen on the addresses (its `node_local` option).
-pub fn launcher(inner: SubsystemLauncher, options: NodeLocalOptions) -> SubsystemLauncher {
-    let SubsystemLauncher {
-        name,
-        kinds,
-        launch,
-    } = inner;
-    SubsystemLauncher::new(
-        name,
-        kinds,
-        Box::new(
-            move |reader: CacheReader, shutdown: watch::Receiver<bool>| {
-                Box::pin(async move {
-                    let opts = options.clone();
-                    let setup =
-                        tokio::task::spawn_blocking(move || NodeLocal::setup_host(&opts)).await;
-                    let nodelocal = match setup {
-                        Ok(Ok(n)) => n,
-                        Ok(Err(e)) => {
-                            return Err(AgentError::Subsystem {
-                                subsystem: name,
-                                reason: e.to_string(),
-                            });
-                        }
-                        Err(e) => std::panic::resume_unwind(e.into_panic()),
-                    };
-                    let teardown = |n: NodeLocal| async move {
-                        let errors = tokio::task::spawn_blocking(move || n.teardown_host())
-                            .await
-                            .unwrap_or_default();
-                        if errors.is_empty() {
-                            tracing::info!("node-local DNS removed: rules, addresses and link");
-                        }
-                        for e in errors {
-                            tracing::warn!(error = %e, "removing node-local DNS");
-                        }
-                    };
-                    match launch(reader, shutdown).await {
-                        Ok(running) => {
-                            let RunningSubsystem { handle, task } = running;
-                            let task = tokio::spawn(async move {
-                                let _ = task.await;
-                                teardown(nodelocal).await;
-                            });
-                            Ok(RunningSubsystem { handle, task })
-                        }
-                        Err(e) => {
-                            teardown(nodelocal).await;
-                            Err(e)
-                        }
+pub fn launcher(mut inner: SubsystemLauncher, options: NodeLocalOptions) -> SubsystemLauncher {
+    let name = inner.name;
+    // Only the start function is wrapped; the launcher keeps everything else it declares.
+    let launch = inner.launch;
+    inner.launch = Box::new(
+        move |reader: CacheReader, shutdown: watch::Receiver<bool>| {
+            Box::pin(async move {
+                let opts = options.clone();
+                let setup = tokio::task::spawn_blocking(move || NodeLocal::setup_host(&opts)).await;
+                let nodelocal = match setup {
+                    Ok(Ok(n)) => n,
+                    Ok(Err(e)) => {
+                        return Err(AgentError::Subsystem {
+                            subsystem: name,
+                            reason: e.to_string(),
+                        });
                     }
-                })
-            },
-        ),
-    )
+                    Err(e) => std::panic::resume_unwind(e.into_panic()),
+                };
+                let teardown = |n: NodeLocal| async move {
+                    let errors = tokio::task::spawn_blocking(move || n.teardown_host())
+                        .await
+                        .unwrap_or_default();
+                    if errors.is_empty() {
+                        tracing::info!("node-local DNS removed: rules, addresses and link");
+                    }
+                    for e in errors {
+                        tracing::warn!(error = %e, "removing node-local DNS");
+                    }
+                };
+                match launch(reader, shutdown).await {
+                    Ok(mut running) => {
+                        let task = running.task;
+                        running.task = tokio::spawn(async move {
+                            let _ = task.await;
+                            teardown(nodelocal).await;
+                        });
+                        Ok(running)
+                    }
+                    Err(e) => {
+                        teardown(nodelocal).await;
+                        Err(e)
+                    }
+                }
+            })
+        },
+    );
+    inner
 }
 
 #[cfg(test)]
