@@ -153,7 +153,7 @@ pub(crate) fn env_name(name: &str) -> String {
 }
 
 /// Go's `net.JoinHostPort`: IPv6 hosts in brackets.
-pub fn join_host_port(ip: &IpAddr, port: u16) -> String {
+pub(crate) fn join_host_port(ip: &IpAddr, port: u16) -> String {
     match ip {
         IpAddr::V4(v4) => format!("{v4}:{port}"),
         IpAddr::V6(v6) => format!("[{v6}]:{port}"),

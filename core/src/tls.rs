@@ -6,7 +6,7 @@
 //! rustls panics at the first TLS connection when more than one crypto provider is compiled in
 //! and none is installed. svcnet builds rustls with `ring` only (kube's choice too) and
 //! [`install_crypto_provider`] installs it as the process default once, from the library
-//! entry points (`dns::runner`, `run_corefile`, `agent::run`); every configuration here is
+//! entry points (`dns::plugins::serve::start_corefile`, `agent::run`); every configuration here is
 //! built from that default, never from a provider made per connection.
 
 use std::fmt;
@@ -25,7 +25,7 @@ use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureS
 /// Why TLS material could not be used.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum TlsError {
+pub(crate) enum TlsError {
     /// A certificate file holds no PEM certificate, or one that does not parse.
     #[error("{what}: no usable PEM certificate ({detail})")]
     Certificate {

@@ -68,6 +68,9 @@ ip link set lo up
 mount --bind {d}/resolv.conf /etc/resolv.conf
 knotd -c {d}/knot.conf &
 KNOT=$!
+# The upstream must answer before svcnet-dns starts: its loop probe and the first forwarded
+# queries go there, and a refused probe would be logged as an error.
+for i in $(seq 1 200); do dig +short +time=1 +tries=1 @::1 www.example.test | grep -q . && break; sleep 0.05; done
 {bin} --corefile {d}/Corefile --manifests {m} 2>{d}/dns.log &
 DNS=$!
 for i in $(seq 1 200); do curl -sf 127.0.0.1:8181/ready >/dev/null 2>&1 && break; sleep 0.05; done

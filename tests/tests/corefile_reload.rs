@@ -166,6 +166,94 @@ fn a_new_port_is_bound_and_an_old_one_closed() {
     }
 }
 
+/// Issue 18: the `prometheus` address moved by a reload is re-bound by the agent (no restart):
+/// the new address serves `/metrics`, the old one is closed, and DNS keeps answering.
+#[test]
+fn a_moved_metrics_address_is_rebound() {
+    let (one, _two) = two_upstreams();
+    let dir = tempfile::tempdir().unwrap();
+    let (port, m1, m2) = (free_port(), free_port(), free_port());
+    let path = dir.path().join("Corefile");
+    std::fs::write(&path, corefile(port, m1, 30, one.addr)).unwrap();
+    let mut srv = Server::start("dns", &path, &example_cluster(), true);
+    let dns: SocketAddr = ([127, 0, 0, 1], port).into();
+    let (old, new): (SocketAddr, SocketAddr) =
+        (([127, 0, 0, 1], m1).into(), ([127, 0, 0, 1], m2).into());
+    wait_answer(dns, SVC, WAIT, |a| a.rcode == 0);
+    let start = std::time::Instant::now();
+    while reload_failures(old) != Some(0) {
+        assert!(
+            start.elapsed() < WAIT,
+            "the first address never served /metrics"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::write(&path, corefile(port, m2, 30, one.addr)).unwrap();
+    srv.wait_log(WAIT, "HTTP endpoints now served");
+    assert_eq!(
+        reload_failures(new),
+        Some(0),
+        "the new address serves /metrics"
+    );
+    assert!(
+        http_get(old, "/metrics").is_empty(),
+        "the old address is closed"
+    );
+    wait_answer(dns, SVC, WAIT, |a| a.rcode == 0);
+}
+
+/// Issue 18: the `health` plugin's lameduck is read when SIGTERM arrives (here raised by a
+/// reload to 12 s, longer than the agent's 10 s limit for a subsystem to stop): `/ready` turns
+/// 503 at once, DNS keeps answering past 10 s, and the process exits cleanly after the period.
+#[test]
+fn a_reloaded_lameduck_longer_than_ten_seconds_is_served_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, health, ready) = (free_port(), free_port(), free_port());
+    let text = |lameduck: &str| {
+        format!(
+            ".:{port} {{\n    bind 127.0.0.1\n    health 127.0.0.1:{health} {{\n        lameduck {lameduck}\n    }}\n    ready 127.0.0.1:{ready}\n    kubernetes cluster.local in-addr.arpa ip6.arpa\n    reload 2s 1s\n}}\n"
+        )
+    };
+    let path = dir.path().join("Corefile");
+    std::fs::write(&path, text("1s")).unwrap();
+    let mut srv = Server::start("dns", &path, &example_cluster(), true);
+    let dns: SocketAddr = ([127, 0, 0, 1], port).into();
+    let ready: SocketAddr = ([127, 0, 0, 1], ready).into();
+    wait_answer(dns, SVC, WAIT, |a| a.rcode == 0);
+    std::fs::write(&path, text("12s")).unwrap();
+    srv.wait_log(WAIT, "running configuration replaced");
+    let start = std::time::Instant::now();
+    while !http_get(ready, "/ready").starts_with("HTTP/1.1 200") {
+        assert!(start.elapsed() < WAIT, "never ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let terminated = std::time::Instant::now();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &srv.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        http_get(ready, "/ready").starts_with("HTTP/1.1 503"),
+        "not ready during the lameduck"
+    );
+    std::thread::sleep(Duration::from_secs(11).saturating_sub(terminated.elapsed()));
+    assert!(
+        query(dns, SVC, RTYPE_A, Duration::from_secs(1)).is_some_and(|a| a.rcode == 0),
+        "still answering 11 s after SIGTERM"
+    );
+    let status = srv
+        .wait_exit(Duration::from_secs(8))
+        .expect("exits after the lameduck");
+    let took = terminated.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        took >= Duration::from_secs(12),
+        "exited {took:?} after SIGTERM, before the 12 s lameduck ended"
+    );
+}
+
 /// A Corefile with the optional plugins switched on or off: `rewrite` (an alias of the
 /// cluster service), `cache 30` and `hosts` (one pinned name, the rest falls through).
 fn on_off_corefile(

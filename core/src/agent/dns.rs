@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use super::status::SubsystemStatus;
 use super::{AgentError, RunningSubsystem, Subsystem, SubsystemLauncher};
@@ -20,8 +21,12 @@ use crate::cache::CacheReader;
 use crate::dns::cluster::ClusterPlugin;
 use crate::dns::handler::{Chain, Next, Plugin, Reply, Request};
 use crate::dns::metrics::DnsMetrics;
+use crate::dns::plugins::serve::{
+    CorefileControl, CorefileOptions, CorefileReadiness, CorefileRunError, load_logged,
+};
 use crate::dns::server::{DnsServer, ServerConfig};
 use crate::dns::zone::ZoneOptions;
+use crate::runtime::http::Endpoint;
 
 /// Options of the DNS subsystem.
 #[derive(Debug, Clone)]
@@ -286,15 +291,21 @@ fn load_corefile(
     })
 }
 
-struct CorefileDns {
+/// The DNS subsystem serving a Corefile: status from memory, the Corefile's HTTP endpoints
+/// declared to the agent, its lameduck read at stop time.
+pub(crate) struct CorefileDns {
     path: String,
     listen: Vec<SocketAddr>,
     /// What the Corefile's `ready` endpoint answers, in memory.
-    readiness: crate::dns::plugins::serve::CorefileReadiness,
+    readiness: CorefileReadiness,
     has_ready_endpoint: bool,
     /// The outcome of the last reload the server ran (`None`: none failed since).
     reload_error: watch::Receiver<Option<String>>,
     exit_error: Arc<Mutex<Option<String>>>,
+    /// Stop request and lameduck of the running server (`None` when it did not start).
+    control: Option<CorefileControl>,
+    /// The Corefile's health/ready/metrics endpoints.
+    http: Option<watch::Receiver<Vec<Endpoint>>>,
 }
 
 impl Subsystem for CorefileDns {
@@ -340,14 +351,84 @@ impl Subsystem for CorefileDns {
             details,
         }
     }
+
+    fn listeners(&self) -> Option<watch::Receiver<Vec<Endpoint>>> {
+        self.http.clone()
+    }
+
+    fn lameduck(&self) -> Duration {
+        self.control
+            .as_ref()
+            .map(CorefileControl::lameduck)
+            .unwrap_or_default()
+    }
+
+    fn stopping(&self) {
+        if let Some(c) = &self.control {
+            c.set_stopping();
+        }
+    }
+}
+
+/// Starts serving the Corefile of `options` on `reader` until `shutdown` turns true: the
+/// subsystem handle, and the server's task (its result is the serving's outcome). A start
+/// that fails (Corefile, listener) is returned as is, nothing serving.
+pub(crate) async fn start_corefile(
+    mut options: CorefileOptions,
+    reader: CacheReader,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(Arc<CorefileDns>, JoinHandle<Result<(), CorefileRunError>>), CorefileRunError> {
+    let cf = load_logged(&options)?;
+    let listen: Vec<SocketAddr> = match options.listen_override {
+        Some(a) => vec![a],
+        None => cf.servers.iter().flat_map(|s| s.listen_addrs()).collect(),
+    };
+    let mut listen = listen;
+    let extra = super::nodelocal::extra_listen_addrs(&listen, &options.node_local);
+    listen.extend(extra);
+    let has_ready_endpoint = cf.servers.iter().any(|s| s.plugins.ready.is_some());
+    let readiness = CorefileReadiness::new();
+    let (reload_tx, reload_error) = watch::channel(None);
+    options.readiness = Some(readiness.clone());
+    options.reload_outcome = Some(reload_tx);
+    let path = options.path.display().to_string();
+    let server = crate::dns::plugins::serve::start_corefile(reader, options).await?;
+    let handle = Arc::new(CorefileDns {
+        path,
+        listen,
+        readiness,
+        has_ready_endpoint,
+        reload_error,
+        exit_error: Arc::new(Mutex::new(None)),
+        control: Some(server.control()),
+        http: Some(server.listeners()),
+    });
+    let exit_error = handle.exit_error.clone();
+    let task = tokio::spawn(async move {
+        let stop = async move {
+            // An error means the agent is gone: stop as well.
+            let _ = shutdown.wait_for(|s| *s).await;
+        };
+        let result = server.run(stop).await;
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "DNS (Corefile) stopped");
+            if let Ok(mut slot) = exit_error.lock() {
+                *slot = Some(e.to_string());
+            }
+        }
+        result
+    });
+    Ok((handle, task))
 }
 
 /// A launcher of the DNS subsystem serving a Corefile with the DNS helper's
-/// [`run_corefile`](crate::dns::plugins::serve::run_corefile) (its own health/ready/metrics
-/// endpoints as the Corefile configures them, reload included). The agent reports the Corefile
-/// in force, readiness as the Corefile's `ready` endpoint answers (read in memory), and the outcome of the last reload
-/// the server ran (`reload` plugin): the error of a rejected Corefile — unparsable, deleted, or
-/// failing to apply (a listen port in use) — until a later reload succeeds.
+/// [`CorefileServer`](crate::dns::plugins::serve::CorefileServer): the health/ready/metrics
+/// endpoints the Corefile configures are declared to the agent, which serves them (and
+/// re-binds them when a reload moves them); reload included. The agent reports the Corefile
+/// in force, readiness as the Corefile's `ready` endpoint answers (read in memory), and the
+/// outcome of the last reload the server ran (`reload` plugin): the error of a rejected
+/// Corefile — unparsable, deleted, or failing to apply (a listen port in use) — until a later
+/// reload succeeds. A server that cannot start is reported as the subsystem's `last_error`.
 /// The Corefile is read here for the kinds it needs (`pods verified` adds Pods): a Corefile
 /// that does not load is an error before anything starts.
 pub fn corefile_launcher(
@@ -358,29 +439,9 @@ pub fn corefile_launcher(
         "dns",
         kinds,
         Box::new(
-            move |reader: CacheReader, mut shutdown: watch::Receiver<bool>| {
+            move |reader: CacheReader, shutdown: watch::Receiver<bool>| {
                 Box::pin(async move {
-                    let cf = load_corefile(&options)?;
-                    let listen: Vec<SocketAddr> = match options.listen_override {
-                        Some(a) => vec![a],
-                        None => cf.servers.iter().flat_map(|s| s.listen_addrs()).collect(),
-                    };
-                    let mut listen = listen;
-                    let extra = super::nodelocal::extra_listen_addrs(&listen, &options.node_local);
-                    listen.extend(extra);
-                    let has_ready_endpoint = cf.servers.iter().any(|s| s.plugins.ready.is_some());
-                    let readiness = crate::dns::plugins::serve::CorefileReadiness::new();
-                    let (reload_tx, reload_error) = watch::channel(None);
-                    let exit_error = Arc::new(Mutex::new(None));
-                    let handle = Arc::new(CorefileDns {
-                        path: options.path.display().to_string(),
-                        listen,
-                        readiness: readiness.clone(),
-                        has_ready_endpoint,
-                        reload_error,
-                        exit_error: exit_error.clone(),
-                    });
-                    let serve_options = crate::dns::plugins::serve::CorefileOptions {
+                    let serve_options = CorefileOptions {
                         path: options.path.clone(),
                         load: crate::dns::corefile::LoadOptions {
                             allow_unknown: options.allow_unknown,
@@ -388,28 +449,36 @@ pub fn corefile_launcher(
                         listen_override: options.listen_override,
                         startup_timeout: options.startup_timeout,
                         udp_workers: 0,
-                        reload_outcome: Some(reload_tx),
-                        readiness: Some(readiness),
+                        reload_outcome: None,
+                        readiness: None,
                         node_local: options.node_local.clone(),
                     };
-                    let task = tokio::spawn(async move {
-                        let stop = async move {
-                            let _ = shutdown.wait_for(|s| *s).await;
-                        };
-                        let result =
-                            crate::dns::plugins::serve::run_corefile(reader, serve_options, stop)
-                                .await;
-                        if let Err(e) = result {
+                    match start_corefile(serve_options, reader, shutdown).await {
+                        Ok((handle, task)) => Ok(RunningSubsystem {
+                            handle: handle as Arc<dyn Subsystem>,
+                            task: tokio::spawn(async move {
+                                let _ = task.await;
+                            }),
+                        }),
+                        Err(e) => {
                             tracing::error!(error = %e, "DNS (Corefile) stopped");
-                            if let Ok(mut slot) = exit_error.lock() {
-                                *slot = Some(e.to_string());
-                            }
+                            let (_, reload_error) = watch::channel(None);
+                            let handle = Arc::new(CorefileDns {
+                                path: options.path.display().to_string(),
+                                listen: Vec::new(),
+                                readiness: CorefileReadiness::new(),
+                                has_ready_endpoint: false,
+                                reload_error,
+                                exit_error: Arc::new(Mutex::new(Some(e.to_string()))),
+                                control: None,
+                                http: None,
+                            });
+                            Ok(RunningSubsystem {
+                                handle: handle as Arc<dyn Subsystem>,
+                                task: tokio::spawn(async {}),
+                            })
                         }
-                    });
-                    Ok(RunningSubsystem {
-                        handle: handle as Arc<dyn Subsystem>,
-                        task,
-                    })
+                    }
                 })
             },
         ),

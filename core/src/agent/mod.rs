@@ -2,10 +2,13 @@
 //!
 //! [`run`] starts one [`source`](crate::source), hence one shared cache, then the subsystems
 //! chosen in [`AgentOptions`] (cluster DNS, IPVS proxy) on readers of that cache, and one admin
-//! endpoint ([`admin`]) with `/status`, `/health`, `/ready` and merged `/metrics`. A stop
-//! request (SIGTERM in `agentctl run`) marks the agent not ready, lets DNS answer through its
-//! lameduck period, stops every subsystem and returns; the proxy leaves the kernel rules in
-//! place so traffic keeps flowing across a restart.
+//! endpoint ([`admin`]) with `/status`, `/health`, `/ready` and merged `/metrics`. It binds and
+//! serves the HTTP endpoints each [`Subsystem`] declares ([`Subsystem::listeners`]), re-binding
+//! them when a subsystem declares a new set. A stop request (SIGTERM in `agentctl run`) marks
+//! the agent and its subsystems not ready, serves through the longest lameduck period (the
+//! agent's, or a subsystem's [`Subsystem::lameduck`] read at that moment), then stops every
+//! subsystem (10 s each, counted after the lameduck) and returns; the proxy leaves the kernel
+//! rules in place so traffic keeps flowing across a restart.
 //!
 //! - [`inspect`]: kubectl-like tables of the shared cache (`agentctl get`).
 //! - [`status`]: the `/status` document and its text form (`agentctl status`).
@@ -37,6 +40,7 @@ use tokio::task::JoinHandle;
 
 use crate::cache::CacheReader;
 use crate::model::Kind;
+use crate::runtime::http::{BindError, Endpoint, EndpointSet};
 use crate::source::{self, SourceConfig, SourceError};
 use status::SubsystemStatus;
 
@@ -53,6 +57,21 @@ pub trait Subsystem: Send + Sync {
     fn routes(&self) -> crate::runtime::http::Routes {
         crate::runtime::http::Routes::new()
     }
+    /// The subsystem's own HTTP listeners (CoreDNS's health/ready/metrics, kube-proxy's
+    /// healthz/metrics), which the agent binds and serves; a new value (a reload moved them)
+    /// re-binds the changed ones. `None`: only the admin endpoint.
+    fn listeners(&self) -> Option<watch::Receiver<Vec<Endpoint>>> {
+        None
+    }
+    /// Told once the agent serves the initial listeners, with their bound addresses.
+    fn listening(&self, _bound: &[(&'static str, SocketAddr)]) {}
+    /// How long to keep serving after a stop request (read at stop time: a reload may change
+    /// it). The agent waits the longest of its subsystems' before stopping them.
+    fn lameduck(&self) -> Duration {
+        Duration::ZERO
+    }
+    /// Told when a stop was requested, before the lameduck period: readiness turns false.
+    fn stopping(&self) {}
 }
 
 /// A started subsystem: its status handle and its task, which ends after shutdown.
@@ -148,6 +167,9 @@ pub enum AgentError {
         /// The IO error.
         source: std::io::Error,
     },
+    /// A subsystem's HTTP listener could not be bound.
+    #[error(transparent)]
+    HttpBind(BindError),
     /// A subsystem failed to start.
     #[error("{subsystem}: {reason}")]
     Subsystem {
@@ -189,6 +211,12 @@ pub async fn run_with(
         running.push((launch.launch)(reader.clone(), shutdown_rx.clone()).await?);
     }
     let handles: Vec<Arc<dyn Subsystem>> = running.iter().map(|r| r.handle.clone()).collect();
+    let mut listener_tasks = Vec::new();
+    for h in &handles {
+        if let Some(declared) = h.listeners() {
+            listener_tasks.push(serve_listeners(h.clone(), declared).await?);
+        }
+    }
     let state = Arc::new(admin::AdminState::new(
         reader.clone(),
         src.status_handle(),
@@ -233,11 +261,23 @@ pub async fn run_with(
     });
 
     stop.await;
-    tracing::info!(lameduck = ?options.lameduck, "stopping: not ready from now on");
+    // Through the longest lameduck of the agent and of the subsystems still running (one that
+    // ended by itself serves nothing any more), read now: a reload may have changed it.
+    let lameduck = running
+        .iter()
+        .filter(|r| !r.task.is_finished())
+        .map(|r| r.handle.lameduck())
+        .fold(options.lameduck, Duration::max);
+    tracing::info!(lameduck = ?lameduck, "stopping: not ready from now on");
     state.set_stopping();
-    if !options.lameduck.is_zero() {
-        tokio::time::sleep(options.lameduck).await;
+    for r in &running {
+        r.handle.stopping();
     }
+    if !lameduck.is_zero() {
+        tracing::info!(lameduck = ?lameduck, "shutting down: lameduck, still answering");
+        tokio::time::sleep(lameduck).await;
+    }
+    // The 10 s limit for each subsystem counts from the end of the lameduck.
     let _ = shutdown_tx.send(true);
     for r in running {
         let name = r.handle.name();
@@ -248,6 +288,9 @@ pub async fn run_with(
             tracing::warn!(subsystem = name, "did not stop within 10 s");
         }
     }
+    for t in listener_tasks {
+        t.abort();
+    }
     if let Some(t) = admin_task {
         let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
     }
@@ -255,6 +298,42 @@ pub async fn run_with(
     drop(src);
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// Binds the listeners `subsystem` declares now (an error stops the start), tells it the
+/// bound addresses, and follows its later declarations in a task: a set that cannot be bound
+/// is logged and the previous one keeps serving. Aborting the task closes the listeners.
+async fn serve_listeners(
+    subsystem: Arc<dyn Subsystem>,
+    mut declared: watch::Receiver<Vec<Endpoint>>,
+) -> Result<JoinHandle<()>, AgentError> {
+    let mut set = EndpointSet::new();
+    let initial = declared.borrow_and_update().clone();
+    set.apply(&initial).await.map_err(AgentError::HttpBind)?;
+    let bound = set.bound();
+    if !bound.is_empty() {
+        tracing::info!(subsystem = subsystem.name(), endpoints = ?bound, "HTTP endpoints served");
+    }
+    subsystem.listening(&bound);
+    Ok(tokio::spawn(async move {
+        while declared.changed().await.is_ok() {
+            let next = declared.borrow_and_update().clone();
+            match set.apply(&next).await {
+                Ok(()) => tracing::info!(
+                    subsystem = subsystem.name(),
+                    endpoints = ?set.bound(),
+                    "HTTP endpoints now served"
+                ),
+                Err(e) => tracing::error!(
+                    subsystem = subsystem.name(),
+                    "{e}: the previous HTTP endpoints keep serving"
+                ),
+            }
+        }
+        // The subsystem is gone: keep serving until the agent aborts this task.
+        std::future::pending::<()>().await;
+        drop(set);
+    }))
 }
 
 #[cfg(test)]
@@ -282,6 +361,211 @@ mod tests {
         assert_eq!(
             union_of_kinds(&[Kind::Service], &launchers),
             vec![Kind::Service, Kind::EndpointSlice, Kind::Pod, Kind::Node]
+        );
+    }
+
+    /// A subsystem with one declared `/ready` endpoint and a lameduck, recording when the
+    /// agent marks it stopping and when its task sees the shutdown.
+    struct Ducking {
+        endpoints: watch::Receiver<Vec<Endpoint>>,
+        stopping: crate::runtime::signal::Stopping,
+        lameduck: Duration,
+        bound: std::sync::Mutex<Vec<(&'static str, SocketAddr)>>,
+    }
+
+    impl Subsystem for Ducking {
+        fn name(&self) -> &'static str {
+            "ducking"
+        }
+        fn status(&self) -> SubsystemStatus {
+            SubsystemStatus {
+                ready: !self.stopping.is_set(),
+                summary: String::new(),
+                applied_generation: None,
+                syncs: 0,
+                last_sync_seconds: None,
+                query_rate_per_second: None,
+                config_files: Vec::new(),
+                last_reload_error: None,
+                last_error: None,
+                details: Default::default(),
+            }
+        }
+        fn listeners(&self) -> Option<watch::Receiver<Vec<Endpoint>>> {
+            Some(self.endpoints.clone())
+        }
+        fn listening(&self, bound: &[(&'static str, SocketAddr)]) {
+            *self.bound.lock().unwrap() = bound.to_vec();
+        }
+        fn lameduck(&self) -> Duration {
+            self.lameduck
+        }
+        fn stopping(&self) {
+            self.stopping.set();
+        }
+    }
+
+    fn ducking(
+        addr: SocketAddr,
+        lameduck: Duration,
+        shutdown_seen: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+        handle_out: tokio::sync::oneshot::Sender<Arc<Ducking>>,
+    ) -> SubsystemLauncher {
+        use crate::runtime::http::{Reply, Routes};
+        SubsystemLauncher::new(
+            "ducking",
+            vec![Kind::Service],
+            Box::new(move |_, mut shutdown| {
+                Box::pin(async move {
+                    let stopping = crate::runtime::signal::Stopping::new();
+                    let s = stopping.clone();
+                    let routes = Routes::new().route("/ready", move |_| {
+                        if s.is_set() {
+                            Reply::text(hyper::StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+                        } else {
+                            Reply::text(hyper::StatusCode::OK, "OK")
+                        }
+                    });
+                    let (declare, endpoints) = watch::channel(vec![Endpoint {
+                        what: "ready",
+                        addr,
+                        routes,
+                        required: true,
+                    }]);
+                    let handle = Arc::new(Ducking {
+                        endpoints,
+                        stopping,
+                        lameduck,
+                        bound: Default::default(),
+                    });
+                    let _ = handle_out.send(handle.clone());
+                    let task = tokio::spawn(async move {
+                        let _declare = declare;
+                        let _ = shutdown.wait_for(|s| *s).await;
+                        *shutdown_seen.lock().unwrap() = Some(std::time::Instant::now());
+                    });
+                    Ok(RunningSubsystem { handle, task })
+                })
+            }),
+        )
+    }
+
+    async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.ok()?;
+        out.get(9..12)?.parse().ok()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_agent_serves_declared_listeners_through_the_longest_lameduck() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/cluster");
+        let lameduck = Duration::from_millis(1500);
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let (handle_tx, handle_rx) = tokio::sync::oneshot::channel();
+        let options = AgentOptions {
+            source: SourceConfig::Manifests(dir),
+            kinds: Vec::new(),
+            node_name: None,
+            admin: None,
+            subsystems: vec![ducking(
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                lameduck,
+                seen.clone(),
+                handle_tx,
+            )],
+            // The subsystem's own lameduck is longer: it wins.
+            lameduck: Duration::from_millis(100),
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let agent = tokio::spawn(run(options, async {
+            let _ = stop_rx.await;
+        }));
+        let handle = handle_rx.await.unwrap();
+        let mut ready_at = None;
+        for _ in 0..100 {
+            if let Some(&(what, addr)) = handle.bound.lock().unwrap().first() {
+                assert_eq!(what, "ready");
+                assert_ne!(addr.port(), 0, "the bound port is reported");
+                ready_at = Some(addr);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let ready_at = ready_at.expect("told the bound address");
+        assert_eq!(http_status(ready_at, "/ready").await, Some(200));
+        let stopped = std::time::Instant::now();
+        stop_tx.send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            handle.stopping.is_set(),
+            "told to stop before the lameduck ends"
+        );
+        assert_eq!(
+            http_status(ready_at, "/ready").await,
+            Some(503),
+            "still served, not ready, during the lameduck"
+        );
+        assert!(
+            seen.lock().unwrap().is_none(),
+            "not shut down during the lameduck"
+        );
+        tokio::time::timeout(Duration::from_secs(10), agent)
+            .await
+            .expect("stops")
+            .unwrap()
+            .unwrap();
+        let shut = seen
+            .lock()
+            .unwrap()
+            .expect("the subsystem saw the shutdown");
+        assert!(
+            shut.duration_since(stopped) >= lameduck,
+            "shut down {:?} after the stop request, before the lameduck ended",
+            shut.duration_since(stopped)
+        );
+        assert_eq!(
+            http_status(ready_at, "/ready").await,
+            None,
+            "listener closed"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_declared_listener_that_cannot_bind_fails_the_start() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/cluster");
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let (handle_tx, _handle_rx) = tokio::sync::oneshot::channel();
+        let options = AgentOptions {
+            source: SourceConfig::Manifests(dir),
+            kinds: Vec::new(),
+            node_name: None,
+            admin: None,
+            subsystems: vec![ducking(addr, Duration::ZERO, Default::default(), handle_tx)],
+            lameduck: Duration::ZERO,
+        };
+        let err = tokio::time::timeout(
+            Duration::from_secs(10),
+            run(options, std::future::pending()),
+        )
+        .await
+        .expect("fails at once")
+        .unwrap_err();
+        assert!(
+            matches!(&err, AgentError::HttpBind(b) if b.addr == addr && b.what == "ready"),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .starts_with(&format!("binding the ready endpoint on {addr}")),
+            "{err}"
         );
     }
 

@@ -69,6 +69,8 @@ struct ProxySubsystem {
     ignored_fields: Vec<String>,
     reload_error: watch::Receiver<Option<String>>,
     exit_error: Arc<Mutex<Option<String>>>,
+    /// `/healthz` and `/metrics` as the configuration says (none in a dry run).
+    endpoints: watch::Receiver<Vec<crate::runtime::http::Endpoint>>,
 }
 
 impl Subsystem for ProxySubsystem {
@@ -114,6 +116,10 @@ impl Subsystem for ProxySubsystem {
 
     /// A dry run serves its plan: `/proxy/plan` (the in-memory IPVS table) and
     /// `/proxy/addresses`, `/proxy/ipsets`, `/proxy/iptables` (the host side).
+    fn listeners(&self) -> Option<watch::Receiver<Vec<crate::runtime::http::Endpoint>>> {
+        Some(self.endpoints.clone())
+    }
+
     fn routes(&self) -> Routes {
         let (Some(memory), Some(slot)) = (self.dry_run.clone(), self.host_plan.clone()) else {
             return Routes::new();
@@ -223,6 +229,7 @@ async fn start(
         view_feed: Some(view_feed),
     };
     let exit_error = Arc::new(Mutex::new(None));
+    let (declare, endpoints) = watch::channel(Vec::new());
     let handle = Arc::new(ProxySubsystem {
         status: status.clone(),
         metrics: metrics.clone(),
@@ -235,6 +242,7 @@ async fn start(
             .map(|p| p.display().to_string()),
         ignored_fields: ignored,
         exit_error: exit_error.clone(),
+        endpoints,
     });
     // Health-check node ports of `externalTrafficPolicy: Local` load balancers (not in a dry
     // run, which must not take ports from a kube-proxy running beside it).
@@ -252,9 +260,15 @@ async fn start(
             },
         )
     });
-    // kube-proxy's /healthz and /metrics ports, as the configuration says (not in a dry run).
+    // kube-proxy's /healthz and /metrics ports, as the configuration says (not in a dry run),
+    // served by the agent.
     let servers = (!options.dry_run).then(|| {
-        crate::ipvs::serve::follow_config(config_rx.clone(), status.clone(), metrics.clone())
+        crate::ipvs::serve::declare_following(
+            config_rx.clone(),
+            status.clone(),
+            metrics.clone(),
+            declare,
+        )
     });
     let task = tokio::spawn(async move {
         // The sender stays alive as long as the loop runs (it ends the loop's config stream).

@@ -86,7 +86,7 @@ impl ClusterPlugin {
     }
 
     /// Reports zone rebuilds to `metrics` (`svcnet_dns_zone_*`).
-    pub fn set_metrics(&self, metrics: Arc<DnsMetrics>) {
+    pub(crate) fn set_metrics(&self, metrics: Arc<DnsMetrics>) {
         metrics.zone_state(self.rebuilds(), self.zone.load().service_count());
         let _ = self.metrics.set(metrics);
     }
@@ -101,8 +101,9 @@ impl ClusterPlugin {
         self.rebuilds.load(Ordering::Relaxed)
     }
 
+    #[cfg(test)]
     /// How many of the installed zones were built whole.
-    pub fn full_builds(&self) -> u64 {
+    pub(crate) fn full_builds(&self) -> u64 {
         self.full_builds.load(Ordering::Relaxed)
     }
 
@@ -148,6 +149,7 @@ impl ClusterPlugin {
         };
         let services = zone.service_count();
         self.zone.store(Arc::new(zone));
+        super::prepared::bump();
         self.rebuilds.fetch_add(1, Ordering::Relaxed);
         if how == ZoneRefresh::Full {
             self.full_builds.fetch_add(1, Ordering::Relaxed);
@@ -165,6 +167,7 @@ impl ClusterPlugin {
         if snapshot.is_synced() {
             self.synced.store(true, Ordering::Release);
             self.serving.store(true, Ordering::Release);
+            super::prepared::bump();
         }
     }
 
@@ -178,8 +181,9 @@ impl ClusterPlugin {
 
     /// Marks the startup timeout as passed: answer from the cache even if it has not synced
     /// (names not found then still answer SERVFAIL, as CoreDNS does).
-    pub fn start_serving(&self) {
+    pub(crate) fn start_serving(&self) {
         self.serving.store(true, Ordering::Release);
+        super::prepared::bump();
     }
 
     /// Spawns the task that keeps the zone current with the cache. The first zone is built
@@ -301,6 +305,30 @@ impl Plugin for ClusterPlugin {
 
     fn ready(&self) -> bool {
         self.is_synced()
+    }
+
+    /// The same decisions as [`handle`](Self::handle): an answer from the zone is pure (a new
+    /// zone bumps the epoch); SERVFAIL before serving is not; what is passed on is as pure as
+    /// the rest of the chain.
+    fn answers_purely(&self, req: &Request, next: &Next) -> bool {
+        if !is_internet_class(req.class()) {
+            return next.answers_purely(req);
+        }
+        let zone = self.zone.load();
+        let answer = match zone.lookup(req.name(), req.lower_name(), req.record_type()) {
+            Lookup::NotServed => return next.answers_purely(req),
+            Lookup::Answer(a) => a,
+        };
+        if !self.serving.load(Ordering::Acquire) {
+            return false;
+        }
+        if answer.rcode == ResponseCode::NXDomain {
+            if self.falls_through(req.lower_name()) && !next.is_end() {
+                return next.answers_purely(req);
+            }
+            return self.synced.load(Ordering::Acquire);
+        }
+        true
     }
 
     fn cluster_zone(&self) -> Option<Arc<ClusterZone>> {

@@ -47,7 +47,7 @@ use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
 pub const ADVERTISED_PAYLOAD: u16 = 1232;
 
 /// A boxed, sendable future (what [`Reply::Pending`] carries).
-pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// The transport a request arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -108,7 +108,12 @@ impl Request {
     }
 
     /// Builds a request from a parsed question (used by the server).
-    pub fn from_query(id: u16, query: Query, client: SocketAddr, transport: Transport) -> Self {
+    pub(crate) fn from_query(
+        id: u16,
+        query: Query,
+        client: SocketAddr,
+        transport: Transport,
+    ) -> Self {
         let lower_name = lower_fqdn(query.name());
         Self {
             id,
@@ -144,7 +149,7 @@ impl Request {
     }
 
     /// The DO bit of the client's EDNS record.
-    pub fn dnssec_ok(&self) -> bool {
+    pub(crate) fn dnssec_ok(&self) -> bool {
         self.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok)
     }
 
@@ -164,7 +169,7 @@ impl Request {
 
     /// The UDP buffer size the client advertised (512 without EDNS, 65535 over TCP), before
     /// the server's own cap; for logs.
-    pub fn client_payload(&self) -> u16 {
+    pub(crate) fn client_payload(&self) -> u16 {
         match self.transport {
             Transport::Tcp => u16::MAX,
             Transport::Udp => self.edns.as_ref().map_or(512, |e| e.max_payload().max(512)),
@@ -246,12 +251,12 @@ impl Response {
     }
 
     /// SERVFAIL.
-    pub fn servfail() -> Self {
+    pub(crate) fn servfail() -> Self {
         Self::new(ResponseCode::ServFail)
     }
 
     /// A response with the given sections.
-    pub fn with_records(
+    pub(crate) fn with_records(
         rcode: ResponseCode,
         answers: Records,
         authority: Records,
@@ -288,7 +293,7 @@ impl fmt::Debug for Response {
 }
 
 /// An empty record list (shared, no allocation per call).
-pub fn empty_records() -> Records {
+pub(crate) fn empty_records() -> Records {
     static EMPTY: std::sync::OnceLock<Records> = std::sync::OnceLock::new();
     EMPTY.get_or_init(|| Arc::from(Vec::new())).clone()
 }
@@ -354,6 +359,15 @@ pub trait Plugin: Send + Sync + 'static {
     fn cluster_zone(&self) -> Option<Arc<super::zone::ClusterZone>> {
         None
     }
+
+    /// Whether the answer this plugin, with `next` after it, gives to `req` depends only on
+    /// the question (name, type, class, EDNS size), the configuration and state whose changes
+    /// bump [`prepared::epoch`](super::prepared) — so the server may keep it in wire form and
+    /// reuse it for the same question ([`super::prepared`]). Pass-through plugins return
+    /// `next.answers_purely(req)`. Default: `false` (never reused).
+    fn answers_purely(&self, _req: &Request, _next: &Next) -> bool {
+        false
+    }
 }
 
 /// The rest of the chain after the current plugin. Cheap to clone; `'static`, so an async
@@ -385,8 +399,23 @@ impl Next {
         }
     }
 
+    /// Whether the rest of the chain answers `req` purely (see [`Plugin::answers_purely`]); the
+    /// end of the chain (REFUSED) does.
+    pub fn answers_purely(&self, req: &Request) -> bool {
+        match self.plugins.get(self.index) {
+            Some(plugin) => plugin.answers_purely(
+                req,
+                &Next {
+                    plugins: self.plugins.clone(),
+                    index: self.index + 1,
+                },
+            ),
+            None => true,
+        }
+    }
+
     /// Whether any plugin follows (e.g. for `fallthrough` to know whether passing on is useful).
-    pub fn is_end(&self) -> bool {
+    pub(crate) fn is_end(&self) -> bool {
         self.index >= self.plugins.len()
     }
 }
@@ -415,6 +444,15 @@ impl Chain {
         Self {
             plugins: plugins.into(),
         }
+    }
+
+    /// Whether the chain answers `req` purely (see [`Plugin::answers_purely`]).
+    pub fn answers_purely(&self, req: &Request) -> bool {
+        Next {
+            plugins: self.plugins.clone(),
+            index: 0,
+        }
+        .answers_purely(req)
     }
 
     /// Runs `req` through the chain.

@@ -247,7 +247,7 @@ impl DnsMetrics {
     }
 
     /// Marks the plugins of the chain as enabled (`coredns_plugin_enabled`).
-    pub fn set_plugins(&self, names: &[&'static str]) {
+    pub(crate) fn set_plugins(&self, names: &[&'static str]) {
         for name in names {
             self.plugins
                 .get_or_create(&PluginLabels {
@@ -266,7 +266,7 @@ impl DnsMetrics {
     }
 
     /// Records one health check.
-    pub fn health_checked(&self, took: Duration, ok: bool) {
+    pub(crate) fn health_checked(&self, took: Duration, ok: bool) {
         self.health_duration.observe(took.as_secs_f64());
         if !ok {
             self.health_failures.inc();
@@ -274,30 +274,30 @@ impl DnsMetrics {
     }
 
     /// Records a zone rebuild with `services` services.
-    pub fn zone_built(&self, services: usize) {
+    pub(crate) fn zone_built(&self, services: usize) {
         self.zone_rebuilds.inc();
         self.zone_services.set(services as i64);
     }
 
     /// Records `rebuilds` earlier zone builds and the current zone size (when the metrics are
     /// attached after the first builds).
-    pub fn zone_state(&self, rebuilds: u64, services: usize) {
+    pub(crate) fn zone_state(&self, rebuilds: u64, services: usize) {
         self.zone_rebuilds.inc_by(rebuilds);
         self.zone_services.set(services as i64);
     }
 
     /// Counts a large UDP answer replaced by a truncated one (rate limit).
-    pub fn large_answer_limited(&self) {
+    pub(crate) fn large_answer_limited(&self) {
         self.large_answers_limited.inc();
     }
 
     /// Counts an idle TCP connection closed to make room.
-    pub fn tcp_evicted(&self) {
+    pub(crate) fn tcp_evicted(&self) {
         self.tcp_evicted.inc();
     }
 
     /// Counts a TCP connection refused at its limit.
-    pub fn tcp_refused(&self) {
+    pub(crate) fn tcp_refused(&self) {
         self.tcp_refused.inc();
     }
 
@@ -443,7 +443,7 @@ fn type_label(t: RecordType) -> &'static str {
 }
 
 /// The `rcode` label value as CoreDNS spells it (`NOERROR`, `NXDOMAIN`, ...).
-pub fn rcode_label(rcode: ResponseCode) -> &'static str {
+pub(crate) fn rcode_label(rcode: ResponseCode) -> &'static str {
     match u16::from(rcode) {
         0 => "NOERROR",
         1 => "FORMERR",

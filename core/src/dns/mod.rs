@@ -8,8 +8,8 @@
 //! - [`server`]: UDP/TCP listeners; `encrypted`: DoT/DoH listeners (hickory-server); [`http`]: health, ready, metrics; [`metrics`]: CoreDNS
 //!   metric names.
 //! - [`zone::export`]: RFC 1035 export of the zone; [`rrl`]: rate limit of large UDP answers.
-//! - [`run`] / [`serve`]: the whole server on a cache reader, with lameduck (the source is
-//!   started by [`crate::agent::programs`]).
+//! - [`runner`]: the flag-mode server on a cache reader ([`runner::start`]); its HTTP endpoints,
+//!   lameduck and source are the composition root's ([`crate::agent::programs`]).
 
 pub mod cluster;
 pub mod corefile;
@@ -18,12 +18,14 @@ pub mod error;
 pub mod handler;
 pub mod metrics;
 pub mod plugins;
+pub(crate) mod prepared;
 pub mod rrl;
 pub mod runner;
 pub mod server;
+mod udp_mmsg;
 pub mod wire;
 pub mod zone;
 pub(crate) mod zonetext;
 
 pub use error::DnsError;
-pub use runner::{DnsOptions, run, run_until, serve};
+pub use runner::DnsOptions;

@@ -1,4 +1,7 @@
-//! Running the DNS server: listeners, the HTTP endpoints, the zone updater and lameduck.
+//! The flag-mode DNS server (`svcnet-dns` without `--corefile`): its options, its listener and
+//! zone updater ([`start`]), and the CoreDNS-compatible health, ready and metrics routes that
+//! Corefile mode uses too. The composition root ([`crate::agent`]) binds and serves the HTTP
+//! endpoints and runs the lameduck period.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,7 +19,7 @@ use super::zone::ZoneOptions;
 use crate::cache::CacheReader;
 use crate::model::Kind;
 use crate::runtime::http::{self, Reply, Routes};
-use crate::runtime::signal::{Stopping, shutdown_signal, stop_after_lameduck};
+use crate::runtime::signal::Stopping;
 
 /// Everything `svcnet-dns` (and the DNS part of `agentctl run`) can be told.
 #[derive(Debug, Clone)]
@@ -88,96 +91,137 @@ pub fn needed_kinds(zone: &ZoneOptions) -> Vec<Kind> {
     kinds
 }
 
-/// Serves the cluster zone of `reader` until SIGTERM or SIGINT, then lameducks and returns.
-pub async fn run(reader: CacheReader, options: DnsOptions) -> Result<(), DnsError> {
-    run_until(reader, options, shutdown_signal()).await
+/// The flag-mode DNS server (`svcnet-dns` without `--corefile`) started by [`start`]: its
+/// UDP/TCP listener answers; its health/ready/metrics endpoints are declared
+/// ([`FlagServer::endpoints`]) for the composition root to bind and serve.
+#[derive(Debug)]
+pub struct FlagServer {
+    local: SocketAddr,
+    plugins: Vec<&'static str>,
+    endpoints: Vec<http::Endpoint>,
+    stopping: Stopping,
+    lameduck: Duration,
+    tasks: tokio::task::JoinSet<()>,
 }
 
-/// Like [`run`], stopping (with lameduck) when `shutdown` completes.
-pub async fn run_until(
-    reader: CacheReader,
-    options: DnsOptions,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), DnsError> {
+/// Serves the cluster zone of `reader` with the listener of `options` (the zone updater and
+/// the DNS server run from now on). An error means nothing serves.
+pub async fn start(reader: CacheReader, options: DnsOptions) -> Result<FlagServer, DnsError> {
     options.validate()?;
     let plugin = ClusterPlugin::new(options.zone.clone());
-    let updater = plugin.spawn_updater(reader, options.startup_timeout);
     let chain = Chain::new(vec![plugin.clone() as Arc<dyn Plugin>]);
-    let result = serve(chain, Some(plugin), &options, shutdown).await;
-    updater.abort();
-    result
-}
-
-/// Serves `chain` with the listeners and endpoints of `options` until `shutdown` completes,
-/// then keeps answering for the lameduck period while `/ready` reports 503. `cluster`, when
-/// given, has its zone rebuilds counted in the metrics. This is the entry point for a chain
-/// built from a Corefile.
-pub async fn serve(
-    chain: Chain,
-    cluster: Option<Arc<ClusterPlugin>>,
-    options: &DnsOptions,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), DnsError> {
     let server = DnsServer::bind(options.server.clone())?;
     let local = server.local_addr();
     let metrics = DnsMetrics::new(&format!("dns://{local}"), ".");
     metrics.set_plugins(&chain.names());
-    let serving = chain.clone();
-    if let Some(c) = &cluster {
-        c.set_metrics(metrics.clone());
-    }
+    plugin.set_metrics(metrics.clone());
     let stopping = Stopping::new();
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut bound: [String; 3] = ["off".into(), "off".into(), "off".into()];
+    let ready_chain = chain.clone();
     let endpoints = [
         (options.health, "health", health_routes(&metrics)),
         (
             options.ready,
             "ready",
             ready_routes(stopping.clone(), move || {
-                let not_ready = chain.not_ready();
+                let not_ready = ready_chain.not_ready();
                 (!not_ready.is_empty()).then(|| not_ready.join(", "))
             }),
         ),
         (options.metrics, "metrics", metrics_routes(&metrics, None)),
-    ];
-    for (i, (addr, what, routes)) in endpoints.into_iter().enumerate() {
-        if let Some(addr) = addr {
-            let listener = bind_http(what, addr).await?;
-            bound[i] = listener.local_addr().map_or(addr, |a| a).to_string();
-            tasks.spawn(http::serve(listener, routes, std::future::pending()));
-        }
-    }
-    tracing::info!(
-        listen = %local,
-        health = %bound[0],
-        ready = %bound[1],
-        metrics = %bound[2],
-        plugins = ?serving.names(),
-        "DNS server listening"
-    );
-    tasks.spawn(server.serve(serving, metrics));
-
-    stop_after_lameduck(
-        shutdown,
-        &stopping,
-        options.lameduck,
-        "shutting down: lameduck, still answering",
-    )
-    .await;
-    tasks.abort_all();
-    while tasks.join_next().await.is_some() {}
-    Ok(())
+    ]
+    .into_iter()
+    .filter_map(|(addr, what, routes)| {
+        addr.map(|addr| http::Endpoint {
+            what,
+            addr,
+            routes,
+            required: true,
+        })
+    })
+    .collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    let updater = plugin.spawn_updater(reader, options.startup_timeout);
+    tasks.spawn(async move {
+        let _ = updater.await;
+    });
+    let plugins = chain.names();
+    tasks.spawn(server.serve(chain, metrics));
+    Ok(FlagServer {
+        local,
+        plugins,
+        endpoints,
+        stopping,
+        lameduck: options.lameduck,
+        tasks,
+    })
 }
 
-/// Binds `addr` for the HTTP endpoint called `what` (for error messages).
-pub(crate) async fn bind_http(
-    what: &'static str,
-    addr: SocketAddr,
-) -> Result<tokio::net::TcpListener, DnsError> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| DnsError::HttpBind { what, addr, source })
+/// The `DNS server listening` line of a [`FlagServer`], logged once its HTTP endpoints are
+/// bound.
+#[derive(Debug, Clone)]
+pub struct ListeningLog {
+    local: SocketAddr,
+    plugins: Vec<&'static str>,
+}
+
+impl ListeningLog {
+    /// Logs the line with the DNS address and the bound HTTP endpoints (`off` for those not
+    /// served).
+    pub fn log(&self, bound: &[(&'static str, SocketAddr)]) {
+        let at = |what: &str| {
+            bound
+                .iter()
+                .find(|(w, _)| *w == what)
+                .map_or_else(|| "off".to_string(), |(_, a)| a.to_string())
+        };
+        tracing::info!(
+            listen = %self.local,
+            health = %at("health"),
+            ready = %at("ready"),
+            metrics = %at("metrics"),
+            plugins = ?self.plugins,
+            "DNS server listening"
+        );
+    }
+}
+
+impl FlagServer {
+    /// The bound DNS address (the real port when `:0` was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The health, ready and metrics endpoints the options ask for (binding them fails the
+    /// start).
+    pub fn endpoints(&self) -> Vec<http::Endpoint> {
+        self.endpoints.clone()
+    }
+
+    /// What the `DNS server listening` line needs besides the bound HTTP endpoints.
+    pub fn clone_log(&self) -> ListeningLog {
+        ListeningLog {
+            local: self.local,
+            plugins: self.plugins.clone(),
+        }
+    }
+
+    /// The `--lameduck` period.
+    pub fn lameduck(&self) -> Duration {
+        self.lameduck
+    }
+
+    /// The stop flag `/ready` reads: once set, it answers 503 while DNS keeps answering.
+    pub fn stopping(&self) -> Stopping {
+        self.stopping.clone()
+    }
+
+    /// Serves until `shutdown` completes, then stops the listener and the zone updater (the
+    /// lameduck period is the caller's, before `shutdown` completes).
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        shutdown.await;
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+    }
 }
 
 /// CoreDNS's `health` endpoint: `/health` answers `OK`, timed in the metrics.

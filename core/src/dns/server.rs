@@ -1,8 +1,11 @@
 //! The DNS listener: UDP and TCP on the same address, feeding a plugin [`Chain`].
 //!
 //! UDP runs one receive loop per worker, each on its own `SO_REUSEPORT` socket, so the kernel
-//! spreads clients over the cores. A request whose answer is ready (the cluster zone) is
-//! answered from the loop itself; a pending one (forwarding) gets a task of its own, so a slow
+//! spreads clients over the cores. A loop takes what is queued with one `recvmmsg` (up to 32
+//! queries, [`super::udp_mmsg`]) and sends the answers that are ready with one `sendmmsg`.
+//! A repeated plain question whose answer is pure (the cluster zone) is answered from the
+//! worker's prepared wire answers ([`super::prepared`]) without parsing or lookup.
+//! A request whose answer is ready (the cluster zone) is answered from the loop itself; a pending one (forwarding) gets a task of its own, so a slow
 //! upstream never stalls the loop. UDP answers are capped at the advertised payload size, and
 //! large ones can be rate-limited per client network ([`super::rrl`]).
 //!
@@ -27,7 +30,8 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use hickory_proto::op::ResponseCode;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::os::fd::AsRawFd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -35,7 +39,9 @@ use tokio::task::JoinSet;
 use super::error::DnsError;
 use super::handler::{BoxFuture, Chain, Reply, Request, Response, Transport};
 use super::metrics::{DnsMetrics, Exchange, Recorder};
+use super::prepared::{self, PreparedAnswers, PreparedMeta};
 use super::rrl::{LARGE_ANSWER, LargeAnswerLimit, LargeAnswerLimiter};
+use super::udp_mmsg::{self, RecvBatch};
 use super::wire::{Encoder, Parsed, parse_request};
 
 /// Listener settings.
@@ -205,96 +211,236 @@ async fn udp_loop(
     metrics: Arc<DnsMetrics>,
     limiter: Arc<LargeAnswerLimiter>,
 ) {
-    let mut buf = vec![0u8; 65535];
+    let fd = socket.as_raw_fd();
+    let mut batch = RecvBatch::new();
     let mut encoder = Encoder::new();
     let mut recorder = metrics.recorder();
+    let mut prepared = PreparedAnswers::new();
+    // Answers of one batch, sent together: the bytes (buffers reused across batches), where
+    // they go, and what the metrics record once they are sent.
+    let mut out_bufs: Vec<Vec<u8>> = (0..udp_mmsg::BATCH).map(|_| Vec::new()).collect();
+    let mut outgoing: Vec<Outgoing> = Vec::with_capacity(udp_mmsg::BATCH);
     loop {
-        let (len, peer) = match socket.recv_from(&mut buf).await {
-            Ok(x) => x,
+        if let Err(e) = socket.readable().await {
+            tracing::debug!(error = %e, "UDP readiness error");
+            continue;
+        }
+        let n = match socket.try_io(Interest::READABLE, || batch.recv(fd)) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => {
                 // ICMP errors of earlier sends surface here; they concern one client only.
                 tracing::debug!(error = %e, "UDP receive error");
                 continue;
             }
         };
-        let started = Instant::now();
-        match parse_request(&buf[..len], peer, Transport::Udp) {
-            Parsed::Drop => {}
-            Parsed::Reject(rej) => {
-                let out = encoder.encode_rejection(&rej);
-                let _ = socket.send_to(out, peer).await;
-                recorder.record(&Exchange {
-                    transport: Transport::Udp,
-                    ipv6: peer.is_ipv6(),
-                    record_type: rej.question.as_ref().map(|q| q.query_type()),
-                    rcode: Some(rej.rcode),
-                    plugin: "",
-                    duration: started.elapsed(),
-                    request_size: len,
-                    response_size: out.len(),
-                });
+        outgoing.clear();
+        for i in 0..n {
+            let got = batch.received()[i];
+            if got.truncated {
+                tracing::debug!(client = %got.peer, "UDP query longer than {} bytes dropped", udp_mmsg::SLOT);
+                continue;
             }
-            Parsed::Query(req) => match run_chain(&chain, &req, &metrics) {
-                Reply::Ready(resp) => {
-                    let out = UdpOut {
-                        socket: &socket,
-                        limiter: &limiter,
-                        metrics: &metrics,
-                    };
-                    out.send(&mut encoder, &mut recorder, &req, &resp, started, len)
-                        .await;
+            let started = Instant::now();
+            let len = got.len;
+            let datagram = batch.datagram(i);
+            let keyed = prepared.key(datagram);
+            if keyed {
+                let slot = outgoing.len();
+                if let Some(meta) = prepared.answer(datagram, &mut out_bufs[slot]) {
+                    outgoing.push(Outgoing {
+                        slot,
+                        to: got.peer,
+                        started,
+                        exchange: Exchange {
+                            transport: Transport::Udp,
+                            ipv6: got.peer.is_ipv6(),
+                            record_type: Some(meta.record_type),
+                            rcode: Some(meta.rcode),
+                            plugin: meta.plugin,
+                            duration: Duration::ZERO,
+                            request_size: len,
+                            response_size: out_bufs[slot].len(),
+                        },
+                    });
+                    continue;
                 }
-                Reply::Pending(fut) => {
-                    let socket = socket.clone();
-                    let metrics = metrics.clone();
-                    let limiter = limiter.clone();
-                    tokio::spawn(async move {
-                        let resp = fut.await;
-                        let mut encoder = Encoder::new();
-                        let mut recorder = metrics.recorder();
+            }
+            // Read before the chain runs: a change during the run makes the answer stale.
+            let epoch = prepared::epoch();
+            match parse_request(datagram, got.peer, Transport::Udp) {
+                Parsed::Drop => {}
+                Parsed::Reject(rej) => {
+                    let bytes = encoder.encode_rejection(&rej);
+                    let slot = outgoing.len();
+                    copy_into(&mut out_bufs[slot], bytes);
+                    outgoing.push(Outgoing {
+                        slot,
+                        to: got.peer,
+                        started,
+                        exchange: Exchange {
+                            transport: Transport::Udp,
+                            ipv6: got.peer.is_ipv6(),
+                            record_type: rej.question.as_ref().map(|q| q.query_type()),
+                            rcode: Some(rej.rcode),
+                            plugin: "",
+                            duration: Duration::ZERO,
+                            request_size: len,
+                            response_size: bytes.len(),
+                        },
+                    });
+                }
+                Parsed::Query(req) => match run_chain(&chain, &req, &metrics) {
+                    Reply::Ready(resp) => {
                         let out = UdpOut {
-                            socket: &socket,
                             limiter: &limiter,
                             metrics: &metrics,
                         };
-                        out.send(&mut encoder, &mut recorder, &req, &resp, started, len)
-                            .await;
-                    });
-                }
-            },
+                        match out.encode(&mut encoder, &req, &resp, len) {
+                            Some((bytes, exchange)) => {
+                                let slot = outgoing.len();
+                                copy_into(&mut out_bufs[slot], bytes);
+                                if keyed
+                                    && prepared::preparable_rcode(resp.rcode)
+                                    && bytes.len() <= LARGE_ANSWER
+                                    && bytes[2] & 0x02 == 0
+                                    && chain.answers_purely(&req)
+                                {
+                                    prepared.insert(
+                                        epoch,
+                                        bytes,
+                                        PreparedMeta {
+                                            record_type: req.record_type(),
+                                            rcode: resp.rcode,
+                                            plugin: exchange.plugin,
+                                        },
+                                    );
+                                }
+                                outgoing.push(Outgoing {
+                                    slot,
+                                    to: req.client,
+                                    started,
+                                    exchange,
+                                });
+                            }
+                            None => recorder.record(&Exchange {
+                                duration: started.elapsed(),
+                                ..out.no_reply(&req, &resp, len)
+                            }),
+                        }
+                    }
+                    Reply::Pending(fut) => {
+                        let socket = socket.clone();
+                        let metrics = metrics.clone();
+                        let limiter = limiter.clone();
+                        tokio::spawn(async move {
+                            let resp = fut.await;
+                            let mut encoder = Encoder::new();
+                            let mut recorder = metrics.recorder();
+                            let out = UdpOut {
+                                limiter: &limiter,
+                                metrics: &metrics,
+                            };
+                            match out.encode(&mut encoder, &req, &resp, len) {
+                                Some((bytes, exchange)) => {
+                                    if let Err(e) = socket.send_to(bytes, req.client).await {
+                                        tracing::debug!(client = %req.client, error = %e, "UDP send failed");
+                                    }
+                                    recorder.record(&Exchange {
+                                        duration: started.elapsed(),
+                                        ..exchange
+                                    });
+                                }
+                                None => recorder.record(&Exchange {
+                                    duration: started.elapsed(),
+                                    ..out.no_reply(&req, &resp, len)
+                                }),
+                            }
+                        });
+                    }
+                },
+            }
+        }
+        send_all(&socket, fd, &out_bufs, &outgoing).await;
+        for o in &outgoing {
+            // Each duration runs from the query's parse to the send of its batch.
+            recorder.record(&Exchange {
+                duration: o.started.elapsed(),
+                ..o.exchange
+            });
         }
     }
 }
 
-/// Where UDP answers go out: the socket, the large-answer limit and the metrics.
+/// An answer of the current batch waiting for `sendmmsg`.
+struct Outgoing {
+    /// Its buffer in the batch's answer buffers.
+    slot: usize,
+    /// The client.
+    to: SocketAddr,
+    /// When its query was taken from the batch.
+    started: Instant,
+    /// What the metrics record once it is sent.
+    exchange: Exchange,
+}
+
+/// Replaces the contents of `buf` with `bytes`, keeping its allocation.
+fn copy_into(buf: &mut Vec<u8>, bytes: &[u8]) {
+    buf.clear();
+    buf.extend_from_slice(bytes);
+}
+
+/// Sends the batch's answers with `sendmmsg`; what the socket buffer does not take at once is
+/// sent one by one as it drains.
+async fn send_all(
+    socket: &UdpSocket,
+    fd: std::os::fd::RawFd,
+    bufs: &[Vec<u8>],
+    outgoing: &[Outgoing],
+) {
+    let mut sent = 0;
+    while sent < outgoing.len() {
+        let msgs: Vec<(&[u8], SocketAddr)> = outgoing[sent..]
+            .iter()
+            .take(udp_mmsg::BATCH)
+            .map(|o| (&bufs[o.slot][..], o.to))
+            .collect();
+        match socket.try_io(Interest::WRITABLE, || udp_mmsg::send_batch(fd, &msgs)) {
+            Ok(n) => sent += n.max(1),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let Outgoing { slot, to, .. } = &outgoing[sent];
+                if let Err(e) = socket.send_to(&bufs[*slot], *to).await {
+                    tracing::debug!(client = %to, error = %e, "UDP send failed");
+                }
+                sent += 1;
+            }
+            Err(e) => {
+                // The first message failed (e.g. an unreachable client): skip it, keep the rest.
+                tracing::debug!(client = %outgoing[sent].to, error = %e, "UDP send failed");
+                sent += 1;
+            }
+        }
+    }
+}
+
+/// The large-answer limit and the metrics of UDP answers.
 struct UdpOut<'a> {
-    socket: &'a UdpSocket,
     limiter: &'a LargeAnswerLimiter,
     metrics: &'a DnsMetrics,
 }
 
 impl UdpOut<'_> {
-    async fn send(
+    /// Encodes the answer (truncated when a large answer is over the rate limit) and what the
+    /// metrics record of it; `None` when the chain chose not to answer.
+    fn encode<'e>(
         &self,
-        encoder: &mut Encoder,
-        recorder: &mut Recorder,
+        encoder: &'e mut Encoder,
         req: &Request,
         resp: &Response,
-        started: Instant,
         request_size: usize,
-    ) {
+    ) -> Option<(&'e [u8], Exchange)> {
         if resp.no_reply {
-            recorder.record(&Exchange {
-                transport: Transport::Udp,
-                ipv6: req.client.is_ipv6(),
-                record_type: Some(req.record_type()),
-                rcode: None,
-                plugin: resp.plugin.unwrap_or(""),
-                duration: started.elapsed(),
-                request_size,
-                response_size: 0,
-            });
-            return;
+            return None;
         }
         let (size, _truncated) = {
             let (out, tc) = encoder.encode(req, resp);
@@ -307,19 +453,31 @@ impl UdpOut<'_> {
         } else {
             encoder.message()
         };
-        if let Err(e) = self.socket.send_to(out, req.client).await {
-            tracing::debug!(client = %req.client, error = %e, "UDP send failed");
-        }
-        recorder.record(&Exchange {
+        let exchange = Exchange {
             transport: Transport::Udp,
             ipv6: req.client.is_ipv6(),
             record_type: Some(req.record_type()),
             rcode: Some(resp.rcode),
             plugin: resp.plugin.unwrap_or(""),
-            duration: started.elapsed(),
+            duration: Duration::ZERO,
             request_size,
             response_size: out.len(),
-        });
+        };
+        Some((out, exchange))
+    }
+
+    /// What the metrics record of a request the chain chose not to answer.
+    fn no_reply(&self, req: &Request, resp: &Response, request_size: usize) -> Exchange {
+        Exchange {
+            transport: Transport::Udp,
+            ipv6: req.client.is_ipv6(),
+            record_type: Some(req.record_type()),
+            rcode: None,
+            plugin: resp.plugin.unwrap_or(""),
+            duration: Duration::ZERO,
+            request_size,
+            response_size: 0,
+        }
     }
 }
 
@@ -865,6 +1023,60 @@ mod tests {
         }
         ids.sort_unstable();
         assert_eq!(ids, vec![1, 3, 4]);
+        task.abort();
+    }
+
+    /// A plain UDP query (no EDNS), as dnsperf sends them.
+    fn udp_query(id: u16, name: &str) -> Vec<u8> {
+        let mut q = tcp_query(id, name);
+        q.drain(..2);
+        q
+    }
+
+    #[tokio::test]
+    async fn repeated_questions_get_prepared_answers_that_follow_zone_changes() {
+        use crate::dns::cluster::ClusterPlugin;
+        use crate::dns::zone::ZoneOptions;
+        use crate::dns::zone::fixtures::{FIXTURE, snapshot};
+        let plugin = ClusterPlugin::new(ZoneOptions::default());
+        plugin.install(&snapshot(FIXTURE));
+        let server = DnsServer::bind(ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            udp_workers: 1,
+            ..ServerConfig::default()
+        })
+        .unwrap();
+        let addr = server.local_addr();
+        let chain = Chain::new(vec![plugin.clone() as Arc<dyn crate::dns::handler::Plugin>]);
+        let task = tokio::spawn(server.serve(chain, DnsMetrics::new("dns://test", ".")));
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let ask = |id: u16, name: &'static str| {
+            let client = &client;
+            async move {
+                client.send_to(&udp_query(id, name), addr).await.unwrap();
+                let mut buf = [0u8; 1500];
+                let (n, _) = client.recv_from(&mut buf).await.unwrap();
+                crate::dns::wire::decode_message(&buf[..n]).unwrap()
+            }
+        };
+        let first = ask(1, "demoapp-svc.default.svc.cluster.local.").await;
+        // The same question again, in other letters: answered from the prepared bytes.
+        let again = ask(2, "DemoApp-Svc.default.svc.cluster.LOCAL.").await;
+        assert_eq!(again.metadata.id, 2);
+        assert_eq!(
+            again.queries[0].name().to_ascii(),
+            "DemoApp-Svc.default.svc.cluster.LOCAL."
+        );
+        assert_eq!(first.metadata.id, 1);
+        assert_eq!(again.answers.len(), 1);
+        assert_eq!(again.answers, first.answers);
+        assert!(again.metadata.authoritative);
+        // The service goes away: the prepared answer is not used any more.
+        plugin.install(&snapshot(
+            &FIXTURE.replace("name: demoapp-svc,", "name: renamed-svc,"),
+        ));
+        let after = ask(3, "demoapp-svc.default.svc.cluster.local.").await;
+        assert_eq!(after.metadata.response_code, ResponseCode::NXDomain);
         task.abort();
     }
 

@@ -21,7 +21,7 @@ pub use super::handler::ADVERTISED_PAYLOAD;
 use super::handler::{Request, Response, Transport};
 
 /// Largest DNS message (TCP).
-pub const MAX_MESSAGE: usize = 65535;
+pub(crate) const MAX_MESSAGE: usize = 65535;
 
 /// What to do with a received packet.
 #[derive(Debug)]
@@ -196,7 +196,7 @@ impl Encoder {
 
     /// Encodes `resp` to `req` as an empty truncated answer (TC=1): the client retries over
     /// TCP. Used when a large UDP answer is over the rate limit.
-    pub fn encode_truncated(&mut self, req: &Request, resp: &Response) -> &[u8] {
+    pub(crate) fn encode_truncated(&mut self, req: &Request, resp: &Response) -> &[u8] {
         self.write_response(req, resp, true);
         &self.buf
     }
@@ -490,7 +490,7 @@ pub fn decode_message(bytes: &[u8]) -> Result<hickory_proto::op::Message, String
 }
 
 /// Whether `class` is one the cluster zone answers (IN; ANY is treated as IN for queries).
-pub fn is_internet_class(class: DNSClass) -> bool {
+pub(crate) fn is_internet_class(class: DNSClass) -> bool {
     matches!(class, DNSClass::IN | DNSClass::ANY)
 }
 

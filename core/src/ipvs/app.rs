@@ -1,4 +1,5 @@
-//! The `svcnet-proxy` program on a cache reader: config file, kernel backends, control loop;
+//! The `svcnet-proxy` program on a cache reader: config file, kernel backends, control loop
+//! (`run_proxy_reporting`, whose health and metrics endpoints the composition root serves);
 //! and `--dry-run`, which computes the plan without touching the kernel. Starting the cluster
 //! source and waiting for the stop signal is the composition root's job
 //! ([`crate::agent::programs`]).
@@ -90,7 +91,7 @@ impl AppOptions {
 
     /// The configuration to start with: the `--config` file (its ignored fields logged) or
     /// the defaults.
-    pub fn load_config(&self) -> Result<ProxyConfig, AppError> {
+    pub(crate) fn load_config(&self) -> Result<ProxyConfig, AppError> {
         match &self.config_file {
             None => Ok(ProxyConfig::default()),
             Some(p) => {
@@ -105,7 +106,7 @@ impl AppOptions {
 
     /// The node name the source watches: the configuration's `hostnameOverride`, else
     /// `--node-name`.
-    pub fn source_node_name(&self, config: &ProxyConfig) -> Option<String> {
+    pub(crate) fn source_node_name(&self, config: &ProxyConfig) -> Option<String> {
         config
             .hostname_override
             .clone()
@@ -121,7 +122,7 @@ impl Default for AppOptions {
 
 /// The kernel's local addresses (read over rtnetlink, no privileges needed) as node addresses
 /// for node ports in a dry run; none if they cannot be read (logged).
-pub fn kernel_node_addresses() -> Vec<IpAddr> {
+pub(crate) fn kernel_node_addresses() -> Vec<IpAddr> {
     match NetlinkAddresses::open().and_then(|mut a| a.local_addresses()) {
         Ok(addresses) => addresses,
         Err(e) => {
@@ -163,7 +164,7 @@ impl DryRunPlan {
 
 /// [`dry_run`] with the host side too: computes the table and the `kube-ipvs0` addresses,
 /// ipset contents and iptables rules a run would program; touches nothing.
-pub async fn dry_run_plan(
+pub(crate) async fn dry_run_plan(
     mut reader: CacheReader,
     config: ProxyConfig,
     options: &AppOptions,
@@ -190,21 +191,10 @@ pub async fn dry_run_plan(
 }
 
 /// Runs the proxy on `reader` against the kernel until `stop` completes (or once, with
-/// `once`), starting from `config` and following the `--config` file.
-pub async fn run_proxy(
-    reader: CacheReader,
-    config: ProxyConfig,
-    options: AppOptions,
-    stop: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), AppError> {
-    let metrics = Arc::new(super::serve::ProxyMetrics::new());
-    let status = super::serve::status_with_metrics(metrics.clone());
-    run_proxy_reporting(reader, config, options, stop, status, metrics).await
-}
-
-/// [`run_proxy`] reporting its syncs to `status` and `metrics` (built by
-/// [`status_with_metrics`](super::serve::status_with_metrics)), so that the composition root
-/// can show them as a subsystem's status.
+/// `once`), starting from `config` and following the `--config` file; reports its syncs to
+/// `status` and `metrics` (built by [`status_with_metrics`](super::serve::status_with_metrics))
+/// and declares its `/healthz` and `/metrics` endpoints to `endpoints`, following the
+/// configuration, for the composition root to serve.
 pub(crate) async fn run_proxy_reporting(
     reader: CacheReader,
     config: ProxyConfig,
@@ -212,6 +202,7 @@ pub(crate) async fn run_proxy_reporting(
     stop: impl Future<Output = ()> + Send + 'static,
     status: super::run::StatusHandle,
     metrics: Arc<super::serve::ProxyMetrics>,
+    endpoints: watch::Sender<Vec<crate::runtime::http::Endpoint>>,
 ) -> Result<(), AppError> {
     let ipvs = NetlinkIpvs::open()?;
     let addresses = NetlinkAddresses::open()?;
@@ -222,8 +213,9 @@ pub(crate) async fn run_proxy_reporting(
         .config_file
         .clone()
         .map(|p| watch_config(p, config_tx.clone(), None));
-    // Health and metrics servers follow the config live: a changed bind address rebinds.
-    let servers = super::serve::follow_config(config_rx.clone(), status.clone(), metrics);
+    // Health and metrics endpoints follow the config live: a changed bind address rebinds.
+    let servers =
+        super::serve::declare_following(config_rx.clone(), status.clone(), metrics, endpoints);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {
         stop.await;

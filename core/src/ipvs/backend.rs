@@ -10,7 +10,7 @@ use super::table::{
 };
 
 /// Name of the dummy link that holds service addresses.
-pub const DUMMY_LINK: &str = "kube-ipvs0";
+pub(crate) const DUMMY_LINK: &str = "kube-ipvs0";
 
 /// Errors of the kernel edges.
 #[derive(Debug, thiserror::Error)]

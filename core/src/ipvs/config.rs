@@ -83,7 +83,7 @@ impl Default for ProxyConfig {
 
 impl ProxyConfig {
     /// The packet mark requesting masquerade (`1 << masquerade_bit`).
-    pub fn masquerade_mark(&self) -> u32 {
+    pub(crate) fn masquerade_mark(&self) -> u32 {
         1u32 << self.masquerade_bit
     }
 
@@ -109,7 +109,7 @@ impl ProxyConfig {
     }
 
     /// Whether `addr` lies in one of the `excludeCIDRs`.
-    pub fn is_excluded(&self, addr: std::net::IpAddr) -> bool {
+    pub(crate) fn is_excluded(&self, addr: std::net::IpAddr) -> bool {
         self.exclude_cidrs.iter().any(|n| n.contains(addr))
     }
 }

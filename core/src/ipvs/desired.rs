@@ -38,7 +38,11 @@ impl NodeInfo {
     /// local address of that family except IPv6 link-local ones. Loopback addresses never.
     /// `node_ips` are this node's Node object addresses (for `primary`, see
     /// [`ProxyConfig::node_port_cidrs`]).
-    pub fn node_port_addresses(&self, config: &ProxyConfig, node_ips: &[IpAddr]) -> Vec<IpAddr> {
+    pub(crate) fn node_port_addresses(
+        &self,
+        config: &ProxyConfig,
+        node_ips: &[IpAddr],
+    ) -> Vec<IpAddr> {
         let cidrs = config.node_port_cidrs(node_ips);
         let mut out: Vec<IpAddr> = self
             .local_addresses
@@ -213,13 +217,14 @@ impl DesiredState {
         })
     }
 
+    #[cfg(test)]
     /// The Services that define a virtual server (more than one means a conflict).
-    pub fn owners(&self, id: &ServiceId) -> &[ObjectKey] {
+    pub(crate) fn owners(&self, id: &ServiceId) -> &[ObjectKey] {
         self.index.get(id).map(|o| o.as_slice()).unwrap_or(&[])
     }
 
     /// Whether `addr` should be bound on `kube-ipvs0`.
-    pub fn is_bound(&self, addr: &IpAddr) -> bool {
+    pub(crate) fn is_bound(&self, addr: &IpAddr) -> bool {
         self.bound.contains_key(addr)
     }
 

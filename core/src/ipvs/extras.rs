@@ -117,7 +117,7 @@ impl ExtrasIndex {
 
 impl HostExtras {
     /// The host rules' inputs of every Service in `view`, in one go.
-    pub fn of_view(view: &ProxyView) -> Self {
+    pub(crate) fn of_view(view: &ProxyView) -> Self {
         let mut index = ExtrasIndex::new();
         index.observe(view);
         index.extras()

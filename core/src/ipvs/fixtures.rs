@@ -66,8 +66,9 @@ pub fn endpoint(addr: &str, ready: bool, node: Option<&str>) -> Endpoint {
     }
 }
 
+#[cfg(test)]
 /// An endpoint that is terminating but still serving.
-pub fn terminating_endpoint(addr: &str, node: Option<&str>) -> Endpoint {
+pub(crate) fn terminating_endpoint(addr: &str, node: Option<&str>) -> Endpoint {
     Endpoint {
         ready: false,
         serving: true,

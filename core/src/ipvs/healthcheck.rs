@@ -36,7 +36,7 @@ use crate::model::ObjectKey;
 use crate::runtime::http::{self, Reply, Routes};
 
 /// How long after a failed bind the port is tried again.
-pub const BIND_RETRY: Duration = Duration::from_secs(5);
+pub(crate) const BIND_RETRY: Duration = Duration::from_secs(5);
 
 /// What one health-check node port answers for: the Service and its ready endpoints on this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,11 +265,14 @@ pub fn answer(target: Option<&HealthCheckTarget>, proxy_healthy: bool) -> Answer
 }
 
 /// Whether the proxy itself is healthy (`serviceProxyHealthy` in answers).
-pub type ProxyHealth = Arc<dyn Fn() -> bool + Send + Sync>;
+pub(crate) type ProxyHealth = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// The proxy's health as kube-proxy reports it to health checks: synced at least once, the
 /// last sync succeeded and is recent (see [`StatusHandle::healthy`]).
-pub fn proxy_health(status: StatusHandle, config: watch::Receiver<ProxyConfig>) -> ProxyHealth {
+pub(crate) fn proxy_health(
+    status: StatusHandle,
+    config: watch::Receiver<ProxyConfig>,
+) -> ProxyHealth {
     Arc::new(move || {
         let period = config.borrow().sync_period;
         status.get().syncs > 0 && status.healthy(period)
@@ -409,7 +412,7 @@ impl HealthCheckServer {
     }
 
     /// Whether some port still waits for a successful bind.
-    pub fn has_failed(&self) -> bool {
+    pub(crate) fn has_failed(&self) -> bool {
         !self.failed.is_empty()
     }
 
@@ -484,7 +487,7 @@ fn routes(slot: Arc<ArcSwap<HealthCheckTarget>>, healthy: ProxyHealth) -> Routes
 
 /// Options of [`spawn`].
 #[derive(Clone)]
-pub struct HealthCheckOptions {
+pub(crate) struct HealthCheckOptions {
     /// Node addresses instead of the kernel's (`--node-ip`), for `nodePortAddresses`.
     pub node_addresses: Option<Vec<IpAddr>>,
     /// Listen on these addresses instead of [`listen_addresses`] (tests: `127.0.0.1`).

@@ -58,8 +58,9 @@ impl MemoryIpvs {
         self.lock().log.clone()
     }
 
+    #[cfg(test)]
     /// Forgets the operation log.
-    pub fn clear_log(&self) {
+    pub(crate) fn clear_log(&self) {
         self.lock().log.clear();
     }
 
@@ -73,8 +74,9 @@ impl MemoryIpvs {
         self.lock().timeouts
     }
 
+    #[cfg(test)]
     /// Sets a real server's connection counters (simulated traffic).
-    pub fn set_conns(&self, id: &ServiceId, dest: &DestId, conns: DestConns) {
+    pub(crate) fn set_conns(&self, id: &ServiceId, dest: &DestId, conns: DestConns) {
         if let Some(d) = self
             .lock()
             .services
@@ -248,23 +250,21 @@ impl MemoryAddresses {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    #[cfg(test)]
     /// Addresses currently bound to the dummy link.
-    pub fn bound_now(&self) -> BTreeSet<IpAddr> {
+    pub(crate) fn bound_now(&self) -> BTreeSet<IpAddr> {
         self.lock().bound.clone()
     }
 
+    #[cfg(test)]
     /// Whether the dummy link exists.
-    pub fn has_link(&self) -> bool {
+    pub(crate) fn has_link(&self) -> bool {
         self.lock().link
     }
 
-    /// Replaces the node's own addresses.
-    pub fn set_local(&self, local: Vec<IpAddr>) {
-        self.lock().local = local;
-    }
-
+    #[cfg(test)]
     /// Binds an address directly (state left by an earlier run).
-    pub fn preset(&self, addrs: &[IpAddr]) {
+    pub(crate) fn preset(&self, addrs: &[IpAddr]) {
         let mut st = self.lock();
         st.link = true;
         st.bound.extend(addrs.iter().copied());

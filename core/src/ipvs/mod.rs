@@ -18,7 +18,7 @@
 //! - [`conntrack`]: stale UDP/SCTP conntrack entries after endpoint changes, and the
 //!   `conntrack` section's kernel settings.
 //! - [`run`]: the control loop ([`run::run`]) taking a [`CacheReader`](crate::CacheReader).
-//! - [`app`]: the `svcnet-proxy` program (`run_proxy`, `dry_run`).
+//! - [`app`]: the `svcnet-proxy` program (its control loop on a cache reader, `dry_run`).
 //! - [`serve`]: `/healthz`, `/livez`, `/metrics` with kube-proxy's metric names.
 //! - [`healthcheck`]: per-Service health-check node ports for `externalTrafficPolicy: Local`
 //!   load balancers (kube-proxy's service health server).

@@ -131,13 +131,8 @@ impl Reconciler {
         }
     }
 
-    /// Whether a full sync has completed.
-    pub fn has_synced(&self) -> bool {
-        self.synced_once
-    }
-
     /// Whether the next sync must re-read the kernel (first sync, or an earlier failure).
-    pub fn needs_full(&self) -> bool {
+    pub(crate) fn needs_full(&self) -> bool {
         self.needs_full
     }
 
@@ -153,13 +148,8 @@ impl Reconciler {
         self.draining.values().map(BTreeSet::len).sum()
     }
 
-    /// The IPVS backend (e.g. to render the live table).
-    pub fn ipvs_mut(&mut self) -> &mut dyn IpvsBackend {
-        self.ipvs.as_mut()
-    }
-
     /// The address backend (e.g. to read local addresses).
-    pub fn addresses_mut(&mut self) -> &mut dyn AddressBackend {
+    pub(crate) fn addresses_mut(&mut self) -> &mut dyn AddressBackend {
         self.addresses.as_mut()
     }
 

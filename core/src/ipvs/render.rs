@@ -10,7 +10,7 @@ use super::table::{
 };
 
 /// The header `ipvsadm -Ln` prints.
-pub const HEADER: &str = "IP Virtual Server version 1.2.1 (size=4096)\n\
+pub(crate) const HEADER: &str = "IP Virtual Server version 1.2.1 (size=4096)\n\
 Prot LocalAddress:Port Scheduler Flags\n  \
 -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n";
 
@@ -127,7 +127,7 @@ pub struct HostPlan {
 
 /// The [`HostPlan`] for `desired` (families: IPv4 plus those of the bound addresses, as the
 /// kernel host programs them).
-pub fn host_plan(
+pub(crate) fn host_plan(
     desired: &DesiredState,
     config: &super::ProxyConfig,
     extras: &super::host::HostExtras,

@@ -16,7 +16,7 @@ use super::view::ViewPublisher;
 use crate::cache::CacheReader;
 
 /// How often draining real servers are checked for remaining connections.
-pub const DRAIN_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+pub(crate) const DRAIN_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Errors that stop the proxy.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +65,7 @@ pub trait HostSetup: Send {
 }
 
 /// How long after a deferred host update the loop retries it.
-pub const HOST_RETRY: Duration = Duration::from_millis(250);
+pub(crate) const HOST_RETRY: Duration = Duration::from_millis(250);
 
 /// Options of [`run`].
 #[derive(Debug, Clone)]
@@ -121,7 +121,7 @@ pub struct ProxyStatus {
 }
 
 /// A callback run after every sync (metrics).
-pub type SyncObserver = Arc<dyn Fn(&SyncEvent) + Send + Sync>;
+pub(crate) type SyncObserver = Arc<dyn Fn(&SyncEvent) + Send + Sync>;
 
 /// A shared [`ProxyStatus`], plus a sync observer for metrics.
 #[derive(Clone, Default)]
@@ -153,7 +153,7 @@ pub struct SyncEvent {
 
 impl StatusHandle {
     /// A handle that also calls `observer` after every sync.
-    pub fn with_observer(observer: SyncObserver) -> Self {
+    pub(crate) fn with_observer(observer: SyncObserver) -> Self {
         Self {
             inner: Arc::default(),
             observer: Some(observer),

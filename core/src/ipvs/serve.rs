@@ -1,7 +1,6 @@
 //! `/healthz` and `/livez` (default `:10256`) and `/metrics` (default `127.0.0.1:10249`) with
 //! kube-proxy's metric names, from a prometheus-client [`Registry`] owned by the proxy.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
@@ -11,11 +10,11 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use super::config::ProxyConfig;
 use super::run::{StatusHandle, SyncEvent};
-use crate::runtime::http::{self, Reply, Routes};
+use crate::runtime::http::{Endpoint, Reply, Routes};
 
 /// The proxy's metrics, registered in their own [`Registry`].
 pub struct ProxyMetrics {
@@ -131,103 +130,79 @@ fn kube_proxy_routes() -> Routes {
     Routes::new().not_found(|_| Reply::bare(StatusCode::NOT_FOUND, "not found\n"))
 }
 
-/// Running servers; dropping stops them.
-#[derive(Debug, Default)]
-pub struct Servers {
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    /// Bound health address, if any.
-    pub healthz: Option<SocketAddr>,
-    /// Bound metrics address, if any.
-    pub metrics: Option<SocketAddr>,
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
-}
-
-/// Starts the health and metrics servers configured in `config` (a bind failure is logged,
-/// not fatal: the proxy's job is the kernel table).
-pub async fn start_with(
+/// The endpoints of `config`: `/healthz` and `/livez` on `healthzBindAddress`, `/metrics` on
+/// `metricsBindAddress`. A bind failure is logged, not fatal (the proxy's job is the kernel
+/// table); the composition root binds and serves them.
+pub fn endpoints(
     config: &ProxyConfig,
     status: StatusHandle,
     metrics: Arc<ProxyMetrics>,
-) -> Servers {
-    let mut servers = Servers::default();
+) -> Vec<Endpoint> {
+    let mut out = Vec::new();
     let period = config.sync_period;
     if let Some(addr) = config.healthz_bind_address {
-        match TcpListener::bind(addr).await {
-            Ok(l) => {
-                servers.healthz = l.local_addr().ok();
-                let st = status.clone();
-                let healthz = move |_: &str| {
-                    let s = st.get();
-                    let body = format!(
-                        "{{\"lastUpdated\": {:?}, \"syncs\": {}, \"lastError\": {:?}}}",
-                        s.last_sync_unix.unwrap_or_default(),
-                        s.syncs,
-                        s.last_error.unwrap_or_default()
-                    );
-                    if st.healthy(period) {
-                        Reply::bare(StatusCode::OK, body)
-                    } else {
-                        Reply::bare(StatusCode::SERVICE_UNAVAILABLE, body)
-                    }
-                };
-                let healthz = Arc::new(healthz);
-                let livez = healthz.clone();
-                let routes = kube_proxy_routes()
-                    .route("/healthz", move |p| healthz(p))
-                    .route("/livez", move |p| livez(p));
-                servers.tasks.push(http::spawn(l, routes));
+        let healthz = move |_: &str| {
+            let s = status.get();
+            let body = format!(
+                "{{\"lastUpdated\": {:?}, \"syncs\": {}, \"lastError\": {:?}}}",
+                s.last_sync_unix.unwrap_or_default(),
+                s.syncs,
+                s.last_error.unwrap_or_default()
+            );
+            if status.healthy(period) {
+                Reply::bare(StatusCode::OK, body)
+            } else {
+                Reply::bare(StatusCode::SERVICE_UNAVAILABLE, body)
             }
-            Err(e) => tracing::warn!(%addr, error = %e, "cannot serve /healthz"),
-        }
+        };
+        let healthz = Arc::new(healthz);
+        let livez = healthz.clone();
+        out.push(Endpoint {
+            what: "healthz",
+            addr,
+            routes: kube_proxy_routes()
+                .route("/healthz", move |p| healthz(p))
+                .route("/livez", move |p| livez(p)),
+            required: false,
+        });
     }
     if let Some(addr) = config.metrics_bind_address {
-        match TcpListener::bind(addr).await {
-            Ok(l) => {
-                servers.metrics = l.local_addr().ok();
-                let routes = kube_proxy_routes().route("/metrics", move |_| {
-                    Reply::bare(StatusCode::OK, metrics.encode())
-                });
-                servers.tasks.push(http::spawn(l, routes));
-            }
-            Err(e) => tracing::warn!(%addr, error = %e, "cannot serve /metrics"),
-        }
+        out.push(Endpoint {
+            what: "metrics",
+            addr,
+            routes: kube_proxy_routes().route("/metrics", move |_| {
+                Reply::bare(StatusCode::OK, metrics.encode())
+            }),
+            required: false,
+        });
     }
-    servers
+    out
 }
 
-/// Serves `/healthz` and `/metrics` on the addresses of the configuration in `config` (as
-/// [`start_with`]) and follows it live: a changed `healthzBindAddress`, `metricsBindAddress` or
-/// `syncPeriod` rebinds. Used by `svcnet-proxy` and by the proxy subsystem of `agentctl run`.
-/// The task ends when the configuration's sender is dropped; aborting it stops the servers.
-pub fn follow_config(
-    mut config: tokio::sync::watch::Receiver<ProxyConfig>,
+/// Declares the [`endpoints`] of the configuration in `config` to `tx` and follows it live: a
+/// changed `healthzBindAddress`, `metricsBindAddress` or `syncPeriod` sends a new set (the
+/// composition root re-binds what moved). The task ends when the configuration's sender is
+/// dropped.
+pub fn declare_following(
+    mut config: watch::Receiver<ProxyConfig>,
     status: StatusHandle,
     metrics: Arc<ProxyMetrics>,
+    tx: watch::Sender<Vec<Endpoint>>,
 ) -> tokio::task::JoinHandle<()> {
+    let mut current = config.borrow_and_update().clone();
+    tx.send_replace(endpoints(&current, status.clone(), metrics.clone()));
     tokio::spawn(async move {
-        let mut current = config.borrow_and_update().clone();
-        let mut running = start_with(&current, status.clone(), metrics.clone()).await;
-        tracing::info!(healthz = ?running.healthz, metrics = ?running.metrics, "proxy health and metrics servers");
         while config.changed().await.is_ok() {
             let next = config.borrow_and_update().clone();
             if next.healthz_bind_address != current.healthz_bind_address
                 || next.metrics_bind_address != current.metrics_bind_address
                 || next.sync_period != current.sync_period
             {
-                drop(running);
-                running = start_with(&next, status.clone(), metrics.clone()).await;
-                tracing::info!(healthz = ?running.healthz, metrics = ?running.metrics, "servers rebound");
+                tracing::info!(healthz = ?next.healthz_bind_address, metrics = ?next.metrics_bind_address, "proxy health and metrics endpoints changed");
+                tx.send_replace(endpoints(&next, status.clone(), metrics.clone()));
             }
             current = next;
         }
-        drop(running);
     })
 }
 
@@ -235,6 +210,7 @@ pub fn follow_config(
 mod tests {
     use super::*;
     use crate::ipvs::reconcile::SyncReport;
+    use std::net::SocketAddr;
     use std::time::Duration;
 
     #[test]
@@ -284,17 +260,55 @@ mod tests {
         };
         let metrics = Arc::new(ProxyMetrics::new());
         let status = status_with_metrics(metrics.clone());
-        let servers = start_with(&config, status, metrics).await;
-        let health = get(servers.healthz.unwrap(), "/healthz").await;
+        let declared = endpoints(&config, status, metrics);
+        assert!(
+            declared.iter().all(|e| !e.required),
+            "bind failures are not fatal"
+        );
+        let mut set = crate::runtime::http::EndpointSet::new();
+        set.apply(&declared).await.unwrap();
+        let bound = set.bound();
+        let at = |what: &str| bound.iter().find(|(w, _)| *w == what).unwrap().1;
+        let health = get(at("healthz"), "/healthz").await;
         assert!(health.starts_with("HTTP/1.1 200"), "{health}");
-        let live = get(servers.healthz.unwrap(), "/livez").await;
+        let live = get(at("healthz"), "/livez").await;
         assert!(live.starts_with("HTTP/1.1 200"), "{live}");
-        let m = get(servers.metrics.unwrap(), "/metrics").await;
+        let m = get(at("metrics"), "/metrics").await;
         assert!(
             m.contains("kubeproxy_sync_proxy_rules_duration_seconds"),
             "{m}"
         );
-        let missing = get(servers.metrics.unwrap(), "/nope").await;
+        let missing = get(at("metrics"), "/nope").await;
         assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+    }
+
+    #[tokio::test]
+    async fn a_changed_bind_address_declares_a_new_set() {
+        let config = ProxyConfig {
+            healthz_bind_address: Some("127.0.0.1:10256".parse().unwrap()),
+            metrics_bind_address: None,
+            ..ProxyConfig::default()
+        };
+        let metrics = Arc::new(ProxyMetrics::new());
+        let status = status_with_metrics(metrics.clone());
+        let (tx, rx) = watch::channel(config.clone());
+        let (declare, mut declared) = watch::channel(Vec::new());
+        let task = declare_following(rx, status, metrics, declare);
+        let addrs = |d: &[Endpoint]| d.iter().map(|e| (e.what, e.addr)).collect::<Vec<_>>();
+        assert_eq!(
+            addrs(&declared.borrow_and_update()),
+            vec![("healthz", "127.0.0.1:10256".parse().unwrap())]
+        );
+        tx.send_replace(ProxyConfig {
+            metrics_bind_address: Some("127.0.0.1:10249".parse().unwrap()),
+            ..config
+        });
+        tokio::time::timeout(Duration::from_secs(5), declared.changed())
+            .await
+            .expect("a new set")
+            .unwrap();
+        assert_eq!(addrs(&declared.borrow()).len(), 2);
+        drop(tx);
+        task.await.unwrap();
     }
 }

@@ -13,13 +13,13 @@ use crate::model::Protocol;
 /// `IP_VS_SVC_F_PERSISTENT`: session affinity by client address.
 pub const FLAG_PERSISTENT: u32 = 0x0001;
 /// `IP_VS_SVC_F_HASHED`: set by the kernel on every service; ignored when comparing.
-pub const FLAG_HASHED: u32 = 0x0002;
+pub(crate) const FLAG_HASHED: u32 = 0x0002;
 /// `IP_VS_SVC_F_SCHED1`: `sh-fallback` / `mh-fallback`.
-pub const FLAG_SCHED1: u32 = 0x0008;
+pub(crate) const FLAG_SCHED1: u32 = 0x0008;
 /// `IP_VS_SVC_F_SCHED2`: `sh-port` / `mh-port` (hash the source port too).
-pub const FLAG_SCHED2: u32 = 0x0010;
+pub(crate) const FLAG_SCHED2: u32 = 0x0010;
 /// Flags the kernel sets by itself and that never count as a difference.
-pub const KERNEL_ONLY_FLAGS: u32 = FLAG_HASHED;
+pub(crate) const KERNEL_ONLY_FLAGS: u32 = FLAG_HASHED;
 
 /// Address family of a virtual or real server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -40,7 +40,7 @@ impl Family {
     }
 
     /// The `AF_*` number the kernel uses.
-    pub fn af(self) -> u16 {
+    pub(crate) fn af(self) -> u16 {
         match self {
             Family::V4 => 2,
             Family::V6 => 10,
@@ -48,7 +48,7 @@ impl Family {
     }
 
     /// The IPVS service netmask for a full-length address (`255.255.255.255` / `128`).
-    pub fn full_netmask(self) -> u32 {
+    pub(crate) fn full_netmask(self) -> u32 {
         match self {
             Family::V4 => 0xffff_ffff,
             Family::V6 => 128,
@@ -192,7 +192,7 @@ impl fmt::Display for ServiceId {
 
 /// Formats `addr:port` with brackets around IPv6 addresses, as `ipvsadm` does.
 #[derive(Debug, Clone, Copy)]
-pub struct SocketText(pub IpAddr, pub u16);
+pub(crate) struct SocketText(pub IpAddr, pub u16);
 
 impl fmt::Display for SocketText {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -252,7 +252,7 @@ impl Forward {
     }
 
     /// From the kernel's value (masked with `IP_VS_CONN_F_FWD_MASK` = 7).
-    pub fn from_code(code: u32) -> Self {
+    pub(crate) fn from_code(code: u32) -> Self {
         match code & 7 {
             1 => Forward::Local,
             2 => Forward::Tunnel,
@@ -392,7 +392,7 @@ impl Dests {
     }
 
     /// From entries already sorted by identity with no duplicates (debug builds check it).
-    pub fn from_sorted(entries: Vec<(DestId, DestParams)>) -> Self {
+    pub(crate) fn from_sorted(entries: Vec<(DestId, DestParams)>) -> Self {
         debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0));
         let mut entries = entries;
         entries.shrink_to_fit();
@@ -446,7 +446,7 @@ impl Dests {
 
     /// Makes this list share `other`'s storage when both hold the same entries (returns whether
     /// they do); this list's own storage is freed unless shared elsewhere.
-    pub fn share_if_equal(&mut self, other: &Dests) -> bool {
+    pub(crate) fn share_if_equal(&mut self, other: &Dests) -> bool {
         if Arc::ptr_eq(&self.0, &other.0) {
             return true;
         }
@@ -472,8 +472,9 @@ impl Dests {
         self.0.iter().map(|(_, p)| p)
     }
 
+    #[cfg(test)]
     /// The entries as a sorted slice.
-    pub fn as_slice(&self) -> &[(DestId, DestParams)] {
+    pub(crate) fn as_slice(&self) -> &[(DestId, DestParams)] {
         &self.0
     }
 }
@@ -537,7 +538,7 @@ pub struct VirtualServer {
 }
 
 /// A kernel table listing: virtual servers with their real servers.
-pub type TableDump = Vec<(ServiceEntry, Vec<DestEntry>)>;
+pub(crate) type TableDump = Vec<(ServiceEntry, Vec<DestEntry>)>;
 
 #[cfg(test)]
 mod tests {

@@ -104,12 +104,12 @@ impl PortPolicy {
     /// Some traffic uses the `Cluster` policy. Externally reachable ports always count, even
     /// with `externalTrafficPolicy: Local` (kube-proxy keeps them for short-circuiting traffic
     /// from this node's own pods).
-    pub fn uses_cluster(&self) -> bool {
+    pub(crate) fn uses_cluster(&self) -> bool {
         !self.internal_local || self.externally_accessible
     }
 
     /// Some traffic uses the `Local` policy.
-    pub fn uses_local(&self) -> bool {
+    pub(crate) fn uses_local(&self) -> bool {
         self.internal_local || (self.externally_accessible && self.external_local)
     }
 }
@@ -132,7 +132,7 @@ pub(crate) struct Categorized {
 impl Categorized {
     /// Every endpoint reachable from this node: the union of the cluster and local ones.
     #[cfg(test)]
-    pub fn all_reachable(&self) -> Vec<usize> {
+    pub(crate) fn all_reachable(&self) -> Vec<usize> {
         let mut all: Vec<usize> = self
             .cluster
             .iter()

@@ -350,7 +350,7 @@ impl ProxyView {
 
     /// The revision before the last [`observe`](Self::observe) (0: none): a reader that saw it
     /// can follow the last step.
-    pub fn previous_revision(&self) -> u64 {
+    pub(crate) fn previous_revision(&self) -> u64 {
         self.previous
     }
 

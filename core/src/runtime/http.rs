@@ -7,9 +7,11 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -209,7 +211,16 @@ impl Routes {
 /// [`std::future::pending`] to serve until the task is aborted). Open connections end with
 /// the task.
 pub async fn serve(listener: TcpListener, routes: Routes, stop: impl Future<Output = ()>) {
-    let routes = Arc::new(routes);
+    serve_swappable(listener, Arc::new(ArcSwap::from_pointee(routes)), stop).await
+}
+
+/// [`serve`] with a route table that can be replaced while serving (each request reads the
+/// table in force when it arrives).
+async fn serve_swappable(
+    listener: TcpListener,
+    routes: Arc<ArcSwap<Routes>>,
+    stop: impl Future<Output = ()>,
+) {
     let mut connections = JoinSet::new();
     tokio::pin!(stop);
     loop {
@@ -227,7 +238,7 @@ pub async fn serve(listener: TcpListener, routes: Routes, stop: impl Future<Outp
                 let routes = routes.clone();
                 connections.spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
-                        let reply = routes.answer(req.method(), req.uri().path());
+                        let reply = routes.load().answer(req.method(), req.uri().path());
                         async move { Ok::<_, Infallible>(reply.into_response()) }
                     });
                     if let Err(e) = hyper::server::conn::http1::Builder::new()
@@ -249,6 +260,134 @@ pub async fn serve(listener: TcpListener, routes: Routes, stop: impl Future<Outp
 /// Serves `routes` on `listener` in a task until it is aborted.
 pub fn spawn(listener: TcpListener, routes: Routes) -> tokio::task::JoinHandle<()> {
     tokio::spawn(serve(listener, routes, std::future::pending()))
+}
+
+/// One HTTP listener a subsystem declares: what it is (for logs and errors), where, its
+/// routes, and whether failing to bind it is an error (CoreDNS's endpoints) or only logged
+/// (kube-proxy's, whose job is the kernel table).
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    /// `health`, `ready`, `metrics`, `healthz`: names the endpoint in logs and errors.
+    pub what: &'static str,
+    /// The address to bind.
+    pub addr: SocketAddr,
+    /// What it answers.
+    pub routes: Routes,
+    /// A bind failure is an error (`true`) or logged and skipped (`false`).
+    pub required: bool,
+}
+
+/// An endpoint that could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+#[error("binding the {what} endpoint on {addr}: {source}")]
+pub struct BindError {
+    /// Which endpoint.
+    pub what: &'static str,
+    /// The address asked for.
+    pub addr: SocketAddr,
+    /// The socket error.
+    pub source: std::io::Error,
+}
+
+/// A bound endpoint: its task and its swappable routes.
+struct Serving {
+    what: &'static str,
+    asked: SocketAddr,
+    bound: SocketAddr,
+    routes: Arc<ArcSwap<Routes>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A set of endpoints served by [`serve`], changed as a whole by [`EndpointSet::apply`]: an
+/// endpoint whose name and address stay keeps its socket (only its routes are replaced), new
+/// ones are bound, dropped ones closed. Dropping the set closes every listener.
+#[derive(Default)]
+pub struct EndpointSet {
+    serving: Vec<Serving>,
+}
+
+impl std::fmt::Debug for EndpointSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.bound()).finish()
+    }
+}
+
+impl EndpointSet {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Serves exactly `endpoints` from now on. Every new address is bound before anything
+    /// changes: when a required one fails, the error is returned and the set stays as it was;
+    /// an optional one that fails is logged and left out.
+    pub async fn apply(&mut self, endpoints: &[Endpoint]) -> Result<(), BindError> {
+        let same = |s: &Serving, e: &Endpoint| s.what == e.what && s.asked == e.addr;
+        let mut fresh = Vec::new();
+        for e in endpoints {
+            if self.serving.iter().any(|s| same(s, e)) {
+                continue;
+            }
+            match TcpListener::bind(e.addr).await {
+                Ok(l) => fresh.push((e, l)),
+                Err(source) if e.required => {
+                    return Err(BindError {
+                        what: e.what,
+                        addr: e.addr,
+                        source,
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(addr = %e.addr, %error, "cannot serve the {} endpoint", e.what)
+                }
+            }
+        }
+        let (kept, dropped): (Vec<Serving>, Vec<Serving>) = std::mem::take(&mut self.serving)
+            .into_iter()
+            .partition(|s| endpoints.iter().any(|e| same(s, e)));
+        self.serving = kept;
+        for s in dropped {
+            // Closed (listener and connections dropped) before this returns.
+            s.task.abort();
+            let _ = s.task.await;
+        }
+        for s in &self.serving {
+            if let Some(e) = endpoints.iter().find(|e| same(s, e)) {
+                s.routes.store(Arc::new(e.routes.clone()));
+            }
+        }
+        for (e, listener) in fresh {
+            let bound = listener.local_addr().unwrap_or(e.addr);
+            let routes = Arc::new(ArcSwap::from_pointee(e.routes.clone()));
+            let task = tokio::spawn(serve_swappable(
+                listener,
+                routes.clone(),
+                std::future::pending(),
+            ));
+            self.serving.push(Serving {
+                what: e.what,
+                asked: e.addr,
+                bound,
+                routes,
+                task,
+            });
+        }
+        Ok(())
+    }
+
+    /// The endpoints served and their bound addresses (the real port when `:0` was asked).
+    pub fn bound(&self) -> Vec<(&'static str, SocketAddr)> {
+        self.serving.iter().map(|s| (s.what, s.bound)).collect()
+    }
+}
+
+impl Drop for EndpointSet {
+    fn drop(&mut self) {
+        for s in &self.serving {
+            s.task.abort();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -302,6 +441,90 @@ mod tests {
         let any = Routes::new().any(|p| Reply::bare(StatusCode::OK, p.to_string()));
         assert_eq!(any.answer(&Method::GET, "/whatever").body, "/whatever");
         assert_eq!(any.answer(&Method::GET, "/whatever").content_type, None);
+    }
+
+    async fn get(addr: SocketAddr, path: &str) -> Option<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.ok()?;
+        Some(out)
+    }
+
+    fn endpoint(
+        what: &'static str,
+        addr: SocketAddr,
+        body: &'static str,
+        required: bool,
+    ) -> Endpoint {
+        Endpoint {
+            what,
+            addr,
+            routes: Routes::new().route("/x", move |_| Reply::text(StatusCode::OK, body)),
+            required,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_set_keeps_rebinds_and_closes_as_declared() {
+        // A free port to move to, found by binding and releasing it.
+        let free = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut set = EndpointSet::new();
+        set.apply(&[endpoint("health", any, "one", true)])
+            .await
+            .unwrap();
+        let [(what, first)] = set.bound()[..] else {
+            panic!("{set:?}")
+        };
+        assert_eq!(what, "health");
+        assert_ne!(first.port(), 0);
+        assert!(get(first, "/x").await.unwrap().ends_with("one"));
+        // Same name and address: the socket stays, the routes change.
+        set.apply(&[endpoint("health", any, "two", true)])
+            .await
+            .unwrap();
+        assert_eq!(set.bound(), vec![("health", first)]);
+        assert!(get(first, "/x").await.unwrap().ends_with("two"));
+        // A new address: bound, and the old one closed.
+        set.apply(&[endpoint("health", free, "three", true)])
+            .await
+            .unwrap();
+        assert_eq!(set.bound(), vec![("health", free)]);
+        assert!(get(free, "/x").await.unwrap().ends_with("three"));
+        tokio::task::yield_now().await;
+        assert!(
+            get(first, "/x").await.is_none(),
+            "the old listener is closed"
+        );
+        // A required endpoint on a taken address: an error naming it, nothing changes.
+        let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let taken_addr = taken.local_addr().unwrap();
+        let err = set
+            .apply(&[endpoint("ready", taken_addr, "no", true)])
+            .await
+            .unwrap_err();
+        assert_eq!((err.what, err.addr), ("ready", taken_addr));
+        assert!(
+            err.to_string().starts_with("binding the ready endpoint on"),
+            "{err}"
+        );
+        assert_eq!(set.bound(), vec![("health", free)]);
+        // An optional one is left out and the rest applies.
+        set.apply(&[endpoint("healthz", taken_addr, "no", false)])
+            .await
+            .unwrap();
+        assert!(set.bound().is_empty());
+        drop(set);
     }
 
     #[tokio::test]

@@ -81,8 +81,9 @@ impl MemoryFiles {
         self
     }
 
+    #[cfg(test)]
     /// Adds or replaces a network interface and its addresses (for `bind IFACE`).
-    pub fn insert_interface(&mut self, name: &str, addrs: &[IpAddr]) -> &mut Self {
+    pub(crate) fn insert_interface(&mut self, name: &str, addrs: &[IpAddr]) -> &mut Self {
         self.interfaces.insert(name.to_string(), addrs.to_vec());
         self
     }

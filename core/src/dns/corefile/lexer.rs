@@ -51,7 +51,7 @@ impl Token {
 
 /// An error found while splitting text into tokens.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LexError {
+pub(crate) struct LexError {
     /// Where the problem starts.
     pub at: Position,
     /// What is wrong.
@@ -60,7 +60,7 @@ pub struct LexError {
 
 /// Splits `text` (the content of `file`) into tokens. `next_line` is the first logical line
 /// number to use and is advanced past the last one used; `env` resolves environment references.
-pub fn tokenize(
+pub(crate) fn tokenize(
     file: &Arc<str>,
     text: &str,
     next_line: &mut u64,
@@ -173,7 +173,7 @@ pub fn tokenize(
 }
 
 /// Replaces `{$VAR}`, `{env.VAR}` and `{%VAR%}` in `s`; unset variables become empty.
-pub fn substitute_env(s: &str, env: &dyn Fn(&str) -> Option<String>) -> String {
+pub(crate) fn substitute_env(s: &str, env: &dyn Fn(&str) -> Option<String>) -> String {
     if !s.contains('{') {
         return s.to_string();
     }

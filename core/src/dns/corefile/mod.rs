@@ -55,7 +55,7 @@ use lexer::Token;
 use syntax::{Directive, ServerBlockSyntax, SyntaxContext};
 
 /// The DNS port used when a key names none.
-pub const DEFAULT_PORT: u16 = 53;
+pub(crate) const DEFAULT_PORT: u16 = 53;
 
 /// The transport a server block key serves (its `scheme://`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -81,7 +81,7 @@ impl ServerTransport {
     }
 
     /// The port used when a key names none.
-    pub fn default_port(self) -> u16 {
+    pub(crate) fn default_port(self) -> u16 {
         match self {
             ServerTransport::Dns => DEFAULT_PORT,
             ServerTransport::Tls => 853,
@@ -91,10 +91,11 @@ impl ServerTransport {
 }
 
 /// Plugins that are accepted and have no effect here (each noted with a warning).
-pub const NOOP_PLUGINS: &[&str] = &["debug", "pprof", "cancel", "bufsize", "timeouts", "trace"];
+pub(crate) const NOOP_PLUGINS: &[&str] =
+    &["debug", "pprof", "cancel", "bufsize", "timeouts", "trace"];
 
 /// Plugins that may appear more than once in a server block (each use adds a rule).
-pub const REPEATABLE_PLUGINS: &[&str] = &["rewrite", "template", "acl", "bind"];
+pub(crate) const REPEATABLE_PLUGINS: &[&str] = &["rewrite", "template", "acl", "bind"];
 
 /// How to load a Corefile.
 #[derive(Debug, Clone, Default)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 /// Normalises a zone as CoreDNS does: lower case, fully qualified (trailing dot). A CIDR
 /// (`10.0.0.0/24`, `fd00::/64`) becomes its reverse zone(s) under `in-addr.arpa.`/`ip6.arpa.`;
 /// a prefix that is not on an octet (nibble) boundary expands to every covering zone.
-pub fn normalize_zone(text: &str) -> Result<Vec<String>, String> {
+pub(crate) fn normalize_zone(text: &str) -> Result<Vec<String>, String> {
     if let Some((ip, len)) = text.split_once('/') {
         let ip: IpAddr = ip
             .parse()
@@ -104,7 +104,7 @@ fn mask128(len: u8) -> u128 {
 }
 
 /// Whether `name` (lower case, fully qualified) is `zone` or below it.
-pub fn in_zone(name: &str, zone: &str) -> bool {
+pub(crate) fn in_zone(name: &str, zone: &str) -> bool {
     if zone == "." {
         return true;
     }
@@ -115,7 +115,10 @@ pub fn in_zone(name: &str, zone: &str) -> bool {
 }
 
 /// The longest of `zones` that contains `name`, if any.
-pub fn longest_zone<'z>(name: &str, zones: impl IntoIterator<Item = &'z str>) -> Option<&'z str> {
+pub(crate) fn longest_zone<'z>(
+    name: &str,
+    zones: impl IntoIterator<Item = &'z str>,
+) -> Option<&'z str> {
     zones
         .into_iter()
         .filter(|z| in_zone(name, z))
@@ -133,7 +136,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Parses a listen address as plugins write them: `:8080` (all addresses), `localhost:9153`,
 /// `127.0.0.1:8181`, `[::1]:53`.
-pub fn parse_listen_addr(text: &str) -> Result<SocketAddr, String> {
+pub(crate) fn parse_listen_addr(text: &str) -> Result<SocketAddr, String> {
     let bad = || format!("{text:?} is not an address such as :8080 or 127.0.0.1:8080");
     let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
     let port: u16 = port.parse().map_err(|_| bad())?;
@@ -146,7 +149,7 @@ pub fn parse_listen_addr(text: &str) -> Result<SocketAddr, String> {
 }
 
 /// Parses an upstream address: `IP`, `IP:PORT`, `[IPv6]:PORT`, optionally with `dns://`.
-pub fn parse_upstream(text: &str, default_port: u16) -> Option<SocketAddr> {
+pub(crate) fn parse_upstream(text: &str, default_port: u16) -> Option<SocketAddr> {
     let t = text.strip_prefix("dns://").unwrap_or(text);
     if let Ok(ip) = t.parse::<IpAddr>() {
         return Some(SocketAddr::new(ip, default_port));

@@ -14,7 +14,7 @@ use crate::dns::corefile::{AclAction, AclRule};
 use crate::dns::handler::{Next, Plugin, Reply, Request, Response};
 
 /// The acl plugin.
-pub struct Acl {
+pub(crate) struct Acl {
     rules: Vec<AclRule>,
     metrics: Option<PluginMetrics>,
 }

@@ -83,7 +83,7 @@ pub fn expansions(qname: &Name, lower_name: &str, search: &[String]) -> Option<V
 
 /// `resp` answered `answered` for a question `original`: when its answer is owned by another
 /// name, a CNAME from `original` to that name goes first (as CoreDNS's autopath does).
-pub fn cname_to_answer(mut resp: Response, original: &Name) -> Response {
+pub(crate) fn cname_to_answer(mut resp: Response, original: &Name) -> Response {
     let Some(other) = resp.answers.iter().find(|r| r.name != *original) else {
         return resp;
     };
@@ -187,7 +187,7 @@ where
 }
 
 /// The `autopath` plugin of one server block.
-pub struct AutoPath {
+pub(crate) struct AutoPath {
     /// Zones whose queries are expanded (lower case, trailing dot).
     zones: Vec<String>,
     source: Source,

@@ -29,7 +29,7 @@ use crate::dns::zone::{PodMode, ZoneOptions};
 
 /// Makes the `kubernetes` plugin for given zone options (the runtime keeps and reuses
 /// instances whose options did not change across reloads).
-pub type ClusterFactory = Arc<dyn Fn(&ZoneOptions) -> Arc<dyn Plugin> + Send + Sync>;
+pub(crate) type ClusterFactory = Arc<dyn Fn(&ZoneOptions) -> Arc<dyn Plugin> + Send + Sync>;
 
 /// What building chains needs from outside.
 #[derive(Clone)]
@@ -102,7 +102,7 @@ pub enum BuildError {
 }
 
 /// The cluster zone options of a `kubernetes` directive.
-pub fn zone_options(k: &KubernetesConfig) -> ZoneOptions {
+pub(crate) fn zone_options(k: &KubernetesConfig) -> ZoneOptions {
     ZoneOptions {
         zones: k
             .zones

@@ -390,8 +390,9 @@ impl File {
         Self { inner }
     }
 
+    #[cfg(test)]
     /// Re-reads the zone file now (what the reload timer does).
-    pub fn reload_now(&self) {
+    pub(crate) fn reload_now(&self) {
         self.inner.load(false);
     }
 }

@@ -241,8 +241,9 @@ impl Forward {
         &self.inner.upstreams
     }
 
+    #[cfg(test)]
     /// Queries currently waiting on upstreams.
-    pub fn inflight(&self) -> u32 {
+    pub(crate) fn inflight(&self) -> u32 {
         self.inner.inflight.load(Ordering::Relaxed)
     }
 

@@ -18,7 +18,7 @@ use crate::dns::zone::reverse_name;
 
 /// Names and addresses of a hosts table.
 #[derive(Debug, Default)]
-pub struct HostsTable {
+pub(crate) struct HostsTable {
     by_name: HashMap<String, Vec<IpAddr>>,
     by_addr: HashMap<String, Vec<String>>,
 }
@@ -46,15 +46,10 @@ impl HostsTable {
     pub fn len(&self) -> usize {
         self.by_name.len()
     }
-
-    /// Whether the table has no names.
-    pub fn is_empty(&self) -> bool {
-        self.by_name.is_empty()
-    }
 }
 
 /// Parses hosts-file text, skipping (and logging) malformed lines.
-pub fn parse_hosts_file(text: &str) -> Vec<HostEntry> {
+pub(crate) fn parse_hosts_file(text: &str) -> Vec<HostEntry> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         match parse_hosts_line(line) {
@@ -67,7 +62,7 @@ pub fn parse_hosts_file(text: &str) -> Vec<HostEntry> {
 }
 
 /// The hosts plugin.
-pub struct Hosts {
+pub(crate) struct Hosts {
     inner: Arc<Inner>,
 }
 

@@ -8,7 +8,7 @@ use crate::dns::handler::{Next, Plugin, Reply, Request, Response};
 use crate::dns::zone::ExternalOptions;
 
 /// The `k8s_external` plugin of one server block.
-pub struct K8sExternal {
+pub(crate) struct K8sExternal {
     /// Its zones, lower case with the trailing dot.
     zones: Vec<String>,
     /// The zone PTR targets are named in: the first forward zone.

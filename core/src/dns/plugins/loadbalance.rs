@@ -8,7 +8,7 @@ use crate::dns::handler::{Next, Plugin, Reply, Request, Response};
 
 /// The loadbalance plugin (policy `round_robin`).
 #[derive(Debug, Default)]
-pub struct LoadBalance {
+pub(crate) struct LoadBalance {
     turn: AtomicUsize,
 }
 

@@ -17,7 +17,7 @@ use super::upstream::{Proto, SentQuery, Upstream};
 use crate::dns::handler::{Next, Plugin, Reply, Request, Response};
 
 /// What the server does when a loop is found (stop with the message).
-pub type LoopHandler = Arc<dyn Fn(String) + Send + Sync>;
+pub(crate) type LoopHandler = Arc<dyn Fn(String) + Send + Sync>;
 
 /// How long probes are sent before giving up (CoreDNS: 30 s).
 const PROBE_PERIOD: Duration = Duration::from_secs(30);
@@ -53,8 +53,9 @@ impl Loop {
         })
     }
 
+    #[cfg(test)]
     /// The probe name (lower case, fully qualified).
-    pub fn probe_name(&self) -> &str {
+    pub(crate) fn probe_name(&self) -> &str {
         &self.probe
     }
 

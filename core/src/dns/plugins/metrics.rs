@@ -105,7 +105,7 @@ impl Default for PluginMetrics {
 
 impl PluginMetrics {
     /// New metrics, registered in `registry` (names as CoreDNS's).
-    pub fn register(registry: &mut Registry) -> Self {
+    pub(crate) fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
         registry.register(
             "coredns_forward_requests",
@@ -235,7 +235,7 @@ impl PluginMetrics {
     }
 
     /// Records an upstream answer.
-    pub fn observe_forward(&self, to: SocketAddr, rcode: ResponseCode, rtt: Duration) {
+    pub(crate) fn observe_forward(&self, to: SocketAddr, rcode: ResponseCode, rtt: Duration) {
         let to = to.to_string();
         self.forward_requests
             .get_or_create(&vec![("to", to.clone())])
@@ -252,7 +252,7 @@ impl PluginMetrics {
 
     /// Records an upstream message that did not answer its query (`reason`: id, question,
     /// malformed).
-    pub fn forward_mismatch(&self, to: SocketAddr, reason: &'static str) {
+    pub(crate) fn forward_mismatch(&self, to: SocketAddr, reason: &'static str) {
         self.forward_mismatches
             .get_or_create(&vec![
                 ("to", to.to_string()),
@@ -262,7 +262,7 @@ impl PluginMetrics {
     }
 
     /// Records a failed exchange with an upstream.
-    pub fn forward_errors(&self, to: SocketAddr) {
+    pub(crate) fn forward_errors(&self, to: SocketAddr) {
         let labels = vec![("to", to.to_string())];
         self.forward_requests.get_or_create(&labels).inc();
         self.forward_healthcheck_failures

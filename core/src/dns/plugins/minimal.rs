@@ -9,7 +9,7 @@ use crate::dns::handler::{Next, Plugin, Reply, Request, Response, empty_records}
 
 /// The minimal plugin.
 #[derive(Debug, Default)]
-pub struct Minimal;
+pub(crate) struct Minimal;
 
 /// `resp` reduced to its answer section when it is a positive answer.
 pub(crate) fn minimize(mut resp: Response) -> Response {

@@ -14,7 +14,7 @@ pub mod hosts;
 pub mod k8s_external;
 pub mod loadbalance;
 pub mod local;
-pub mod loop_detect;
+pub(crate) mod loop_detect;
 pub mod metrics;
 pub mod minimal;
 pub mod observe;

@@ -150,6 +150,11 @@ impl Plugin for Errors {
         "errors"
     }
 
+    /// Pass-through: it only logs SERVFAIL answers, which are never reused.
+    fn answers_purely(&self, req: &Request, next: &Next) -> bool {
+        next.answers_purely(req)
+    }
+
     fn handle(&self, req: &Request, next: Next) -> Reply {
         let name = req.lower_name().to_string();
         let qtype = req.record_type();
@@ -190,7 +195,7 @@ fn class_of(resp: &Response) -> u8 {
 }
 
 /// Fills CoreDNS log placeholders for one exchange.
-pub fn format_line(format: &str, req: &Request, resp: &Response, took_secs: f64) -> String {
+pub(crate) fn format_line(format: &str, req: &Request, resp: &Response, took_secs: f64) -> String {
     let mut out = String::with_capacity(format.len() + 64);
     let mut rest = format;
     while let Some(open) = rest.find('{') {

@@ -21,7 +21,7 @@ use crate::dns::corefile::{
 use crate::dns::handler::{Next, Plugin, Records, Reply, Request, Response};
 
 /// The `rewrite` plugin of one server block (all its `rewrite` directives).
-pub struct Rewrite {
+pub(crate) struct Rewrite {
     rules: Arc<[RewriteRule]>,
 }
 

@@ -32,7 +32,7 @@ impl ZoneRouter {
     }
 
     /// Names of the plugins of every chain.
-    pub fn plugin_names(&self) -> Vec<&'static str> {
+    pub(crate) fn plugin_names(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
         for (_, c) in &self.routes {
             for n in c.names() {
@@ -93,5 +93,12 @@ impl Plugin for ZoneRouter {
 
     fn ready(&self) -> bool {
         ZoneRouter::ready(self)
+    }
+
+    fn answers_purely(&self, req: &Request, _next: &Next) -> bool {
+        match self.route(req.lower_name()) {
+            Some(chain) => chain.answers_purely(req),
+            None => true,
+        }
     }
 }

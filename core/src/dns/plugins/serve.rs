@@ -1,4 +1,5 @@
-//! Serving a Corefile: listeners per address, the HTTP endpoints, and `reload`.
+//! Serving a Corefile: listeners per address, the HTTP endpoints it declares (bound and served
+//! by the composition root, which re-binds them when a reload moves them), and `reload`.
 //!
 //! Each listen address has one DNS listener whose chain is a [`SwapRouter`]: the current
 //! configuration's [`ZoneRouter`] behind an atomically swapped `Arc`. A reload builds the new
@@ -37,7 +38,7 @@ use crate::dns::server::{DnsServer, ServerConfig};
 use crate::dns::zone::{PodMode, ZoneOptions};
 use crate::model::Kind;
 use crate::runtime::http;
-use crate::runtime::signal::{Stopping, lameduck_now};
+use crate::runtime::signal::Stopping;
 use crate::runtime::watch::{FileWatch, fingerprint};
 use crate::tls::ServerTls;
 
@@ -154,6 +155,7 @@ impl SwapRouter {
     /// Installs `router` for the next queries.
     pub fn store(&self, router: ZoneRouter) {
         self.current.store(Arc::new(router));
+        crate::dns::prepared::bump();
     }
 }
 
@@ -168,6 +170,10 @@ impl Plugin for SwapRouter {
 
     fn ready(&self) -> bool {
         self.current.load().ready()
+    }
+
+    fn answers_purely(&self, req: &Request, next: &Next) -> bool {
+        self.current.load().answers_purely(req, next)
     }
 }
 
@@ -235,7 +241,7 @@ pub fn needed_kinds(cf: &Corefile) -> Vec<Kind> {
 }
 
 /// Loads the Corefile, logging its warnings.
-pub fn load_logged(options: &CorefileOptions) -> Result<Corefile, CorefileError> {
+pub(crate) fn load_logged(options: &CorefileOptions) -> Result<Corefile, CorefileError> {
     let cf = corefile::load(&options.path, &options.load)?;
     for w in &cf.warnings {
         tracing::warn!("{w}");
@@ -284,6 +290,8 @@ struct State {
     listeners: HashMap<SocketAddr, Running>,
     current: Corefile,
     fingerprint: u64,
+    /// Stop flag and lameduck, shared with the composition root.
+    control: CorefileControl,
 }
 
 impl State {
@@ -416,11 +424,12 @@ impl State {
         Ok(())
     }
 
-    /// Checks the Corefile and applies it when it changed and is valid.
-    async fn reload(&mut self) {
+    /// Checks the Corefile and applies it when it changed and is valid; `true` when a new
+    /// configuration is in force.
+    async fn reload(&mut self) -> bool {
         let fp = fingerprint(&self.current.files);
         if fp == self.fingerprint {
-            return;
+            return false;
         }
         let started = Instant::now();
         let result = async {
@@ -445,12 +454,8 @@ impl State {
         .await;
         match result {
             Ok(cf) => {
-                let old_http = http_addrs(&self.current);
-                if http_addrs(&cf) != old_http {
-                    tracing::warn!(
-                        "health/ready/prometheus addresses changed: they take effect at the next restart"
-                    );
-                }
+                // In force before the reload is reported: a SIGTERM right after sees it.
+                self.control.set_lameduck(lameduck(&cf));
                 self.fingerprint = fingerprint(&cf.files);
                 self.pool.retain(&used_zone_options(&cf));
                 self.current = cf;
@@ -458,6 +463,7 @@ impl State {
                 if let Some(tx) = &self.options.reload_outcome {
                     tx.send_replace(None);
                 }
+                true
             }
             Err(e) => {
                 // Do not retry the same broken content until it changes again.
@@ -470,6 +476,7 @@ impl State {
                 if let Some(tx) = &self.options.reload_outcome {
                     tx.send_replace(Some(e.to_string()));
                 }
+                false
             }
         }
     }
@@ -512,13 +519,94 @@ fn metrics_server_label(listen_override: Option<SocketAddr>, corefile_port: u16)
     }
 }
 
-/// Serves the Corefile of `options` from `reader` until `shutdown` completes (then lameduck),
-/// reloading it as its `reload` plugin says.
-pub async fn run_corefile(
+/// A Corefile being served: its DNS listeners run; the HTTP endpoints it configures are
+/// declared ([`CorefileServer::listeners`]) for the composition root to bind and serve, and
+/// [`CorefileServer::run`] follows the `reload` plugin until asked to stop.
+pub struct CorefileServer {
+    state: State,
+    dns_metrics: Arc<DnsMetrics>,
+    registry: Arc<Registry>,
+    control: CorefileControl,
+    http: tokio::sync::watch::Sender<Vec<http::Endpoint>>,
+    loops: mpsc::UnboundedReceiver<String>,
+}
+
+impl std::fmt::Debug for CorefileServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CorefileServer")
+            .field("path", &self.state.options.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The stop request and lameduck of a served Corefile, shared with its composition root.
+#[derive(Debug, Clone, Default)]
+pub struct CorefileControl {
+    stopping: Stopping,
+    lameduck: Arc<Mutex<Duration>>,
+}
+
+impl CorefileControl {
+    /// Marks the server as stopping: its `/ready` answers 503 from now on (it keeps answering
+    /// DNS until [`CorefileServer::run`]'s shutdown completes).
+    pub fn set_stopping(&self) {
+        self.stopping.set();
+    }
+
+    /// The `health` plugin's `lameduck` of the Corefile in force (zero without one).
+    pub fn lameduck(&self) -> Duration {
+        *self.lameduck.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_lameduck(&self, d: Duration) {
+        *self.lameduck.lock().unwrap_or_else(|e| e.into_inner()) = d;
+    }
+}
+
+/// The HTTP endpoints of `cf` (from the first block that configures each): CoreDNS's
+/// `health`, `ready` and `prometheus`. Binding them fails the start.
+fn http_endpoints(
+    cf: &Corefile,
+    dns_metrics: &Arc<DnsMetrics>,
+    registry: &Arc<Registry>,
+    stopping: &Stopping,
+    swaps: Arc<Vec<Arc<SwapRouter>>>,
+) -> Vec<http::Endpoint> {
+    let (health, ready, prometheus) = http_addrs(cf);
+    let endpoints = [
+        (health, "health", runner::health_routes(dns_metrics)),
+        (
+            ready,
+            "ready",
+            runner::ready_routes(stopping.clone(), move || {
+                (!swaps.iter().all(|s| s.ready())).then(|| "not ready".to_string())
+            }),
+        ),
+        (
+            prometheus,
+            "metrics",
+            runner::metrics_routes(dns_metrics, Some(registry.clone())),
+        ),
+    ];
+    endpoints
+        .into_iter()
+        .filter_map(|(addr, what, routes)| {
+            addr.map(|addr| http::Endpoint {
+                what,
+                addr,
+                routes,
+                required: true,
+            })
+        })
+        .collect()
+}
+
+/// Loads the Corefile of `options` and starts its DNS listeners on `reader`; an error means
+/// nothing serves. The HTTP endpoints are declared, not bound: see [`CorefileServer`].
+pub async fn start_corefile(
     reader: CacheReader,
     options: CorefileOptions,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), CorefileRunError> {
+) -> Result<CorefileServer, CorefileRunError> {
     crate::tls::install_crypto_provider();
     let cf = load_logged(&options)?;
     let first = cf
@@ -537,7 +625,7 @@ pub async fn run_corefile(
         metrics: dns_metrics.clone(),
         instances: Mutex::new(Vec::new()),
     });
-    let (loop_tx, mut loop_rx) = mpsc::unbounded_channel::<String>();
+    let (loop_tx, loops) = mpsc::unbounded_channel::<String>();
     let factory_pool = pool.clone();
     let cluster: ClusterFactory =
         Arc::new(move |o: &ZoneOptions| factory_pool.get(o) as Arc<dyn Plugin>);
@@ -560,99 +648,128 @@ pub async fn run_corefile(
         listeners: HashMap::new(),
         fingerprint: fingerprint(&cf.files),
         current: cf.clone(),
+        control: CorefileControl::default(),
     };
-    let listeners = state.build(&cf).await?;
-    state.apply(listeners)?;
+    let built = state.build(&cf).await;
+    if let Err(e) = built
+        .map_err(CorefileRunError::from)
+        .and_then(|listeners| state.apply(listeners).map_err(CorefileRunError::from))
+    {
+        for (_, r) in state.listeners.drain() {
+            r.task.abort();
+        }
+        state.pool.retain(&[]);
+        return Err(e);
+    }
+    let control = state.control.clone();
+    control.set_lameduck(lameduck(&cf));
     let swaps: Arc<Vec<Arc<SwapRouter>>> =
         Arc::new(state.listeners.values().map(|r| r.swap.clone()).collect());
-
-    // HTTP endpoints, from the first block that configures each.
-    let stopping = Stopping::new();
-    let mut http_tasks = tokio::task::JoinSet::new();
-    let (health, ready, prometheus) = http_addrs(&cf);
-    let ready_swaps = swaps.clone();
     if let Some(r) = &state.options.readiness {
-        let _ = r.0.set((stopping.clone(), swaps.clone()));
+        let _ = r.0.set((control.stopping.clone(), swaps.clone()));
     }
-    let endpoints = [
-        (health, "health", runner::health_routes(&dns_metrics)),
-        (
-            ready,
-            "ready",
-            runner::ready_routes(stopping.clone(), move || {
-                (!ready_swaps.iter().all(|s| s.ready())).then(|| "not ready".to_string())
-            }),
-        ),
-        (
-            prometheus,
-            "metrics",
-            runner::metrics_routes(&dns_metrics, Some(registry.clone())),
-        ),
-    ];
-    for (addr, what, routes) in endpoints {
-        if let Some(addr) = addr {
-            let listener = runner::bind_http(what, addr).await?;
-            http_tasks.spawn(http::serve(listener, routes, std::future::pending()));
-        }
+    let endpoints = http_endpoints(&cf, &dns_metrics, &registry, &control.stopping, swaps);
+    let (http, _) = tokio::sync::watch::channel(endpoints);
+    Ok(CorefileServer {
+        state,
+        dns_metrics,
+        registry,
+        control,
+        http,
+        loops,
+    })
+}
+
+impl CorefileServer {
+    /// The HTTP endpoints the Corefile in force configures; a reload that moves them sends
+    /// the new set (the composition root re-binds them).
+    pub fn listeners(&self) -> tokio::sync::watch::Receiver<Vec<http::Endpoint>> {
+        self.http.subscribe()
     }
 
-    // Reload: periodic checks with jitter, and file notifications.
-    let mut watcher = reload_config(&state.current).map(|_| watch(&state.current.files));
-    let next_check = |cf: &Corefile| {
-        reload_config(cf).map(|r| {
-            let jitter = r.jitter.as_secs_f64() * (fastrand::f64() * 2.0 - 1.0);
-            Duration::from_secs_f64((r.interval.as_secs_f64() + jitter).max(1.0))
-        })
-    };
-    let mut timer_for = next_check(&state.current);
-    tokio::pin!(shutdown);
-    let result = loop {
-        let sleep = async {
-            match timer_for {
-                Some(d) => tokio::time::sleep(d).await,
-                None => std::future::pending().await,
-            }
+    /// The stop request and lameduck, for the composition root.
+    pub fn control(&self) -> CorefileControl {
+        self.control.clone()
+    }
+
+    /// Follows the `reload` plugin until `shutdown` completes (or `loop` finds a forwarding
+    /// loop: an error), then closes the DNS listeners. The lameduck period is the caller's:
+    /// it calls [`CorefileControl::set_stopping`] and waits [`CorefileControl::lameduck`]
+    /// before completing `shutdown`.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), CorefileRunError> {
+        let CorefileServer {
+            mut state,
+            dns_metrics,
+            registry,
+            control,
+            http: http_tx,
+            loops: mut loop_rx,
+        } = self;
+        // Reload: periodic checks with jitter, and file notifications.
+        let mut watcher = reload_config(&state.current).map(|_| watch(&state.current.files));
+        let next_check = |cf: &Corefile| {
+            reload_config(cf).map(|r| {
+                let jitter = r.jitter.as_secs_f64() * (fastrand::f64() * 2.0 - 1.0);
+                Duration::from_secs_f64((r.interval.as_secs_f64() + jitter).max(1.0))
+            })
         };
-        tokio::select! {
-            _ = &mut shutdown => break Ok(()),
-            msg = loop_rx.recv() => {
-                if let Some(msg) = msg {
-                    break Err(CorefileRunError::LoopDetected(msg));
-                }
-            }
-            _ = sleep => {}
-            () = async {
-                match watcher.as_mut() {
-                    Some(w) => w.changed().await,
+        let mut timer_for = next_check(&state.current);
+        tokio::pin!(shutdown);
+        let result = loop {
+            let sleep = async {
+                match timer_for {
+                    Some(d) => tokio::time::sleep(d).await,
                     None => std::future::pending().await,
                 }
-            } => {}
+            };
+            tokio::select! {
+                _ = &mut shutdown => break Ok(()),
+                msg = loop_rx.recv() => {
+                    if let Some(msg) = msg {
+                        break Err(CorefileRunError::LoopDetected(msg));
+                    }
+                }
+                _ = sleep => {}
+                () = async {
+                    match watcher.as_mut() {
+                        Some(w) => w.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+            }
+            if reload_config(&state.current).is_none() {
+                timer_for = None;
+                watcher = None;
+                continue;
+            }
+            let files_before = state.current.files.clone();
+            let old_http = http_addrs(&state.current);
+            if state.reload().await {
+                if http_addrs(&state.current) != old_http {
+                    tracing::info!("health/ready/prometheus addresses changed: re-binding");
+                }
+                // Declared after every applied reload: `/ready` then covers the listeners in
+                // force, and a set that could not be bound last time is tried again.
+                let swaps: Arc<Vec<Arc<SwapRouter>>> =
+                    Arc::new(state.listeners.values().map(|r| r.swap.clone()).collect());
+                http_tx.send_replace(http_endpoints(
+                    &state.current,
+                    &dns_metrics,
+                    &registry,
+                    &control.stopping,
+                    swaps,
+                ));
+            }
+            if state.current.files != files_before || watcher.is_none() {
+                watcher = Some(watch(&state.current.files));
+            }
+            timer_for = next_check(&state.current);
+        };
+        drop(watcher);
+        for (_, r) in state.listeners.drain() {
+            r.task.abort();
         }
-        if reload_config(&state.current).is_none() {
-            timer_for = None;
-            watcher = None;
-            continue;
-        }
-        let files_before = state.current.files.clone();
-        state.reload().await;
-        if state.current.files != files_before || watcher.is_none() {
-            watcher = Some(watch(&state.current.files));
-        }
-        timer_for = next_check(&state.current);
-    };
-    drop(watcher);
-    if result.is_ok() {
-        lameduck_now(
-            &stopping,
-            lameduck(&state.current),
-            "shutting down: lameduck, still answering",
-        )
-        .await;
+        state.pool.retain(&[]);
+        result
     }
-    for (_, r) in state.listeners.drain() {
-        r.task.abort();
-    }
-    state.pool.retain(&[]);
-    http_tasks.abort_all();
-    result
 }

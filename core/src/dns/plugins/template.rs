@@ -29,7 +29,7 @@ struct Compiled {
 }
 
 /// The template plugin.
-pub struct Template {
+pub(crate) struct Template {
     templates: Vec<Compiled>,
     metrics: Option<PluginMetrics>,
 }

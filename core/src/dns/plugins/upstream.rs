@@ -287,7 +287,7 @@ impl std::fmt::Debug for Upstream {
 
 /// Settings of the health probe.
 #[derive(Debug, Clone)]
-pub struct ProbeSettings {
+pub(crate) struct ProbeSettings {
     /// First interval between probes (doubles while it keeps failing, up to 5 s).
     pub interval: Duration,
     /// The name probed (NS query).
@@ -312,7 +312,7 @@ impl Upstream {
 
     /// A new upstream, healthy, using UDP sockets as `source_port` says and counting
     /// mismatched answers in `metrics`.
-    pub fn with_options(
+    pub(crate) fn with_options(
         addr: SocketAddr,
         source_port: SourcePort,
         metrics: Option<PluginMetrics>,
@@ -359,13 +359,14 @@ impl Upstream {
     }
 
     /// Whether it is reached over TLS (`tls://`).
-    pub fn is_tls(&self) -> bool {
+    pub(crate) fn is_tls(&self) -> bool {
         self.tls.is_some()
     }
 
+    #[cfg(test)]
     /// TLS connections opened to it so far (each a full handshake); the rest of its queries
     /// reused them.
-    pub fn tls_handshakes(&self) -> u64 {
+    pub(crate) fn tls_handshakes(&self) -> u64 {
         self.tls_handshakes.load(Ordering::Relaxed)
     }
 
@@ -386,12 +387,12 @@ impl Upstream {
     }
 
     /// Down when it failed more than `max_fails` times (never with `max_fails` 0).
-    pub fn is_down(&self, max_fails: u32) -> bool {
+    pub(crate) fn is_down(&self, max_fails: u32) -> bool {
         max_fails != 0 && self.fails() > max_fails
     }
 
     /// Records a failed exchange and starts the health probe if it is not running.
-    pub fn record_failure(self: &Arc<Self>, probe: &ProbeSettings) {
+    pub(crate) fn record_failure(self: &Arc<Self>, probe: &ProbeSettings) {
         self.fails.fetch_add(1, Ordering::Relaxed);
         if !self.probing.swap(true, Ordering::AcqRel) {
             let weak = Arc::downgrade(self);

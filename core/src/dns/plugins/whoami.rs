@@ -14,7 +14,7 @@ use crate::dns::handler::{Next, Plugin, Reply, Request, Response, empty_records}
 
 /// The whoami plugin.
 #[derive(Debug, Default)]
-pub struct Whoami;
+pub(crate) struct Whoami;
 
 /// The whoami answer for `req`.
 pub(crate) fn answer(req: &Request) -> Response {

@@ -31,7 +31,11 @@ impl ClusterZone {
     }
 
     /// Builds the zone with an explicit SOA serial (the live server uses one that only grows).
-    pub fn build_with_serial(snapshot: &Snapshot, options: &ZoneOptions, serial: u32) -> Self {
+    pub(crate) fn build_with_serial(
+        snapshot: &Snapshot,
+        options: &ZoneOptions,
+        serial: u32,
+    ) -> Self {
         let mut zone = Self::empty(Arc::new(options.clone()), serial);
         zone.generation = snapshot.generation();
         let mut batch = ReverseBatch::default();
@@ -86,7 +90,7 @@ impl ClusterZone {
 
     /// Whether `change` can alter a zone built with `options` (node changes never do; pod
     /// changes only with pod records enabled).
-    pub fn is_affected_by(options: &ZoneOptions, change: &Change) -> bool {
+    pub(crate) fn is_affected_by(options: &ZoneOptions, change: &Change) -> bool {
         match change {
             Change::Service(_) => true,
             Change::Pod(_) => options.pods != PodMode::Disabled,

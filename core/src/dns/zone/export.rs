@@ -109,8 +109,9 @@ fn rdata_text(data: &RData) -> String {
     }
 }
 
+#[cfg(test)]
 /// Exports one origin (`cluster.local`, with or without trailing dot), if served.
-pub fn export_origin(zone: &ClusterZone, origin: &str) -> Option<ZoneFile> {
+pub(crate) fn export_origin(zone: &ClusterZone, origin: &str) -> Option<ZoneFile> {
     let want = format!("{}.", origin.trim_end_matches('.').to_ascii_lowercase());
     export(zone).into_iter().find(|f| f.origin == want)
 }

@@ -60,10 +60,6 @@ impl Answer {
             origin,
         }
     }
-    /// NOERROR without records.
-    pub fn is_nodata(&self) -> bool {
-        self.rcode == ResponseCode::NoError && self.answers.is_empty()
-    }
     pub(super) fn with_origin(mut self, origin: usize) -> Self {
         self.origin = origin;
         self

@@ -74,10 +74,10 @@ type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
 type PMap<K, V> = GenericHashMap<K, V, foldhash::fast::RandomState, DefaultSharedPtr>;
 
 /// The Kubernetes DNS schema version served at `dns-version.<zone>`.
-pub const SCHEMA_VERSION: &str = "1.1.0";
+pub(crate) const SCHEMA_VERSION: &str = "1.1.0";
 
 /// Default TTL of cluster records (CoreDNS `ttl` default).
-pub const DEFAULT_TTL: u32 = 5;
+pub(crate) const DEFAULT_TTL: u32 = 5;
 
 /// The cluster zone at one snapshot generation. Immutable; cheap to query from many threads,
 /// cheap to clone (the maps are persistent).

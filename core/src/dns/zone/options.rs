@@ -102,12 +102,12 @@ impl ZoneOptions {
     }
 
     /// Whether `namespace` is served (the `namespaces` option).
-    pub fn namespace_exposed(&self, namespace: &str) -> bool {
+    pub(crate) fn namespace_exposed(&self, namespace: &str) -> bool {
         self.namespaces.is_empty() || self.namespaces.contains(namespace)
     }
 
     /// Whether `svc` is served: its namespace is exposed and its labels match `labels`.
-    pub fn service_exposed(&self, svc: &Service) -> bool {
+    pub(crate) fn service_exposed(&self, svc: &Service) -> bool {
         self.namespace_exposed(&svc.key.namespace)
             && self.labels.as_ref().is_none_or(|l| l.matches(&svc.labels))
     }

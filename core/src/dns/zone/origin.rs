@@ -84,7 +84,7 @@ pub(super) fn build_origins(options: &ZoneOptions, serial: u32) -> (Vec<Origin>,
 
 impl ClusterZone {
     /// The origin (index) `lower_name` (lower case, trailing dot) falls in: the longest match.
-    pub fn origin_of(&self, lower_name: &str) -> Option<usize> {
+    pub(crate) fn origin_of(&self, lower_name: &str) -> Option<usize> {
         let mut best: Option<usize> = None;
         for (i, o) in self.origins.iter().enumerate() {
             let inside = lower_name == o.name

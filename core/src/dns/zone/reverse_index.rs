@@ -38,7 +38,7 @@ pub(super) struct PtrEntry {
 
 impl PtrEntry {
     /// Whether this target is a cluster IP (which hides endpoint names of the same address).
-    pub fn is_cluster_ip(&self) -> bool {
+    pub(crate) fn is_cluster_ip(&self) -> bool {
         self.slice == CLUSTER_IP
     }
 
@@ -80,7 +80,7 @@ impl<P: Ord + Clone + Copy + std::hash::Hash> ReverseIndex<P> {
     }
 
     /// Whether any address lies in `lo..=hi` (each given as prefix and last 8 bits).
-    pub fn any_in(&self, lo: (P, u8), hi: (P, u8)) -> bool {
+    pub(crate) fn any_in(&self, lo: (P, u8), hi: (P, u8)) -> bool {
         for (prefix, bucket) in self.buckets.range(lo.0..=hi.0) {
             let from = if *prefix == lo.0 { lo.1 } else { 0 };
             let to = if *prefix == hi.0 { hi.1 } else { u8::MAX };

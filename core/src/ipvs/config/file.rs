@@ -127,7 +127,7 @@ const KNOWN_IGNORED: &[&str] = &[
 ];
 
 /// Parses a Go duration (`30s`, `1m0s`, `1h30m`, `500ms`, `1.5s`, `0`).
-pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_go_duration(s: &str) -> Result<Duration, String> {
     use crate::duration::GoDurationError as E;
     let s = s.trim();
     if s.is_empty() {

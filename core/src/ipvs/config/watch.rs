@@ -15,7 +15,7 @@ use crate::runtime::watch::FileWatch;
 const POLL: Duration = Duration::from_secs(1);
 
 /// A running watcher; dropping it stops watching.
-pub struct ConfigWatcher {
+pub(crate) struct ConfigWatcher {
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -71,7 +71,7 @@ pub fn reload(path: &Path, tx: &watch::Sender<ProxyConfig>) -> Reload {
 /// Starts watching `path` (with the process's one [`FileWatch`]), publishing changes on `tx`
 /// and the outcome of every re-read on `outcome` (`None`: in force, or the rejection).
 /// Must run inside a tokio runtime.
-pub fn watch_config(
+pub(crate) fn watch_config(
     path: PathBuf,
     tx: watch::Sender<ProxyConfig>,
     outcome: Option<watch::Sender<Option<String>>>,

@@ -43,7 +43,7 @@ use crate::model::Protocol;
 
 /// IANA protocol number of a service protocol (`IPPROTO_TCP` 6, `IPPROTO_UDP` 17,
 /// `IPPROTO_SCTP` 132).
-pub fn protocol_number(p: Protocol) -> u8 {
+pub(crate) fn protocol_number(p: Protocol) -> u8 {
     match p {
         Protocol::Tcp => 6,
         Protocol::Udp => 17,
@@ -53,7 +53,7 @@ pub fn protocol_number(p: Protocol) -> u8 {
 
 /// Whether flows of this protocol can outlive their real server in conntrack (kube-proxy cleans
 /// UDP; SCTP associations behave the same way under IPVS and are cleaned too).
-pub fn needs_cleanup(p: Protocol) -> bool {
+pub(crate) fn needs_cleanup(p: Protocol) -> bool {
     matches!(p, Protocol::Udp | Protocol::Sctp)
 }
 
@@ -204,7 +204,7 @@ pub const CLEANUP_ENV: &str = "SVCNET_CONNTRACK_CLEANUP";
 /// The real host's conntrack cleanup: a ctnetlink socket opened at first use (a failure is
 /// logged once and retried at the next sync), or nothing when [`CLEANUP_ENV`] turns it off.
 #[derive(Debug)]
-pub struct KernelConntrack {
+pub(crate) struct KernelConntrack {
     enabled: bool,
     backend: Option<ctnetlink::NetlinkConntrack>,
     warned: bool,
@@ -212,7 +212,7 @@ pub struct KernelConntrack {
 
 impl KernelConntrack {
     /// Enabled unless [`CLEANUP_ENV`] says `off`, `0` or `false`.
-    pub fn from_env() -> Self {
+    pub(crate) fn from_env() -> Self {
         let off =
             std::env::var(CLEANUP_ENV).is_ok_and(|v| matches!(v.trim(), "off" | "0" | "false"));
         if off {

@@ -104,7 +104,7 @@ impl KernelHost {
     }
 
     /// A host setup running its ipset/iptables commands through `runner`.
-    pub fn with_runner(runner: Box<dyn CommandRunner>) -> Self {
+    pub(crate) fn with_runner(runner: Box<dyn CommandRunner>) -> Self {
         Self {
             runner,
             mode: None,

@@ -29,70 +29,70 @@ pub mod cmd {
     /// `IPVS_CMD_NEW_SERVICE`.
     pub const NEW_SERVICE: u8 = 1;
     /// `IPVS_CMD_SET_SERVICE`.
-    pub const SET_SERVICE: u8 = 2;
+    pub(crate) const SET_SERVICE: u8 = 2;
     /// `IPVS_CMD_DEL_SERVICE`.
-    pub const DEL_SERVICE: u8 = 3;
+    pub(crate) const DEL_SERVICE: u8 = 3;
     /// `IPVS_CMD_GET_SERVICE`.
-    pub const GET_SERVICE: u8 = 4;
+    pub(crate) const GET_SERVICE: u8 = 4;
     /// `IPVS_CMD_NEW_DEST`.
-    pub const NEW_DEST: u8 = 5;
+    pub(crate) const NEW_DEST: u8 = 5;
     /// `IPVS_CMD_SET_DEST`.
-    pub const SET_DEST: u8 = 6;
+    pub(crate) const SET_DEST: u8 = 6;
     /// `IPVS_CMD_DEL_DEST`.
-    pub const DEL_DEST: u8 = 7;
+    pub(crate) const DEL_DEST: u8 = 7;
     /// `IPVS_CMD_GET_DEST`.
-    pub const GET_DEST: u8 = 8;
+    pub(crate) const GET_DEST: u8 = 8;
     /// `IPVS_CMD_SET_CONFIG`.
-    pub const SET_CONFIG: u8 = 12;
+    pub(crate) const SET_CONFIG: u8 = 12;
 }
 
 /// Top-level attributes (`IPVS_CMD_ATTR_*`).
 mod top {
-    pub const SERVICE: u16 = 1;
-    pub const DEST: u16 = 2;
-    pub const TIMEOUT_TCP: u16 = 4;
-    pub const TIMEOUT_TCP_FIN: u16 = 5;
-    pub const TIMEOUT_UDP: u16 = 6;
+    pub(crate) const SERVICE: u16 = 1;
+    pub(crate) const DEST: u16 = 2;
+    pub(crate) const TIMEOUT_TCP: u16 = 4;
+    pub(crate) const TIMEOUT_TCP_FIN: u16 = 5;
+    pub(crate) const TIMEOUT_UDP: u16 = 6;
 }
 
 /// Service attributes (`IPVS_SVC_ATTR_*`).
 mod svc {
-    pub const AF: u16 = 1;
-    pub const PROTOCOL: u16 = 2;
+    pub(crate) const AF: u16 = 1;
+    pub(crate) const PROTOCOL: u16 = 2;
     pub const ADDR: u16 = 3;
     pub const PORT: u16 = 4;
-    pub const FWMARK: u16 = 5;
-    pub const SCHED_NAME: u16 = 6;
-    pub const FLAGS: u16 = 7;
-    pub const TIMEOUT: u16 = 8;
-    pub const NETMASK: u16 = 9;
-    pub const STATS: u16 = 10;
-    pub const STATS64: u16 = 12;
+    pub(crate) const FWMARK: u16 = 5;
+    pub(crate) const SCHED_NAME: u16 = 6;
+    pub(crate) const FLAGS: u16 = 7;
+    pub(crate) const TIMEOUT: u16 = 8;
+    pub(crate) const NETMASK: u16 = 9;
+    pub(crate) const STATS: u16 = 10;
+    pub(crate) const STATS64: u16 = 12;
 }
 
 /// Destination attributes (`IPVS_DEST_ATTR_*`).
 mod dst {
     pub const ADDR: u16 = 1;
     pub const PORT: u16 = 2;
-    pub const FWD_METHOD: u16 = 3;
+    pub(crate) const FWD_METHOD: u16 = 3;
     pub const WEIGHT: u16 = 4;
-    pub const U_THRESH: u16 = 5;
-    pub const L_THRESH: u16 = 6;
-    pub const ACTIVE_CONNS: u16 = 7;
-    pub const INACT_CONNS: u16 = 8;
-    pub const PERSIST_CONNS: u16 = 9;
-    pub const STATS: u16 = 10;
-    pub const ADDR_FAMILY: u16 = 11;
-    pub const STATS64: u16 = 12;
+    pub(crate) const U_THRESH: u16 = 5;
+    pub(crate) const L_THRESH: u16 = 6;
+    pub(crate) const ACTIVE_CONNS: u16 = 7;
+    pub(crate) const INACT_CONNS: u16 = 8;
+    pub(crate) const PERSIST_CONNS: u16 = 9;
+    pub(crate) const STATS: u16 = 10;
+    pub(crate) const ADDR_FAMILY: u16 = 11;
+    pub(crate) const STATS64: u16 = 12;
 }
 
 /// Statistics attributes (`IPVS_STATS_ATTR_*`).
 mod stat {
-    pub const CONNS: u16 = 1;
-    pub const INPKTS: u16 = 2;
-    pub const OUTPKTS: u16 = 3;
-    pub const INBYTES: u16 = 4;
-    pub const OUTBYTES: u16 = 5;
+    pub(crate) const CONNS: u16 = 1;
+    pub(crate) const INPKTS: u16 = 2;
+    pub(crate) const OUTPKTS: u16 = 3;
+    pub(crate) const INBYTES: u16 = 4;
+    pub(crate) const OUTBYTES: u16 = 5;
 }
 
 type Attr = Nlattr<u16, Buffer>;
@@ -128,7 +128,7 @@ fn inet_addr(addr: &IpAddr) -> [u8; 16] {
 }
 
 /// The IP protocol number.
-pub fn protocol_number(p: Protocol) -> u16 {
+pub(crate) fn protocol_number(p: Protocol) -> u16 {
     match p {
         Protocol::Tcp => 6,
         Protocol::Udp => 17,
@@ -137,7 +137,7 @@ pub fn protocol_number(p: Protocol) -> u16 {
 }
 
 /// Appends one generic netlink request to `out`.
-pub fn encode_message(
+pub(crate) fn encode_message(
     out: &mut Vec<u8>,
     family_id: u16,
     command: u8,
@@ -286,7 +286,7 @@ pub fn encode_op(
 
 /// Appends an `IPVS_CMD_GET_DEST` dump request for one virtual server (fast path of a full
 /// table read: one per virtual server).
-pub fn encode_get_dests(out: &mut Vec<u8>, family_id: u16, seq: u32, id: &ServiceId) {
+pub(crate) fn encode_get_dests(out: &mut Vec<u8>, family_id: u16, seq: u32, id: &ServiceId) {
     let start = out.len();
     let flags: u16 = 0x0001 | 0x0300; // NLM_F_REQUEST | NLM_F_DUMP
     out.extend_from_slice(&0u32.to_ne_bytes());
@@ -396,7 +396,7 @@ fn top_attr(body: &[u8], top: u16) -> Result<Option<&[u8]>, BackendError> {
 
 /// Decodes one `IPVS_CMD_NEW_SERVICE` dump reply; `None` for fwmark services and unknown
 /// protocols or schedulers (not ours to manage).
-pub fn decode_service(body: &[u8]) -> Result<Option<ServiceEntry>, BackendError> {
+pub(crate) fn decode_service(body: &[u8]) -> Result<Option<ServiceEntry>, BackendError> {
     let Some(raw) = top_attr(body, top::SERVICE)? else {
         return Err(malformed("IPVS service dump", "no service attribute"));
     };
@@ -442,7 +442,7 @@ pub fn decode_service(body: &[u8]) -> Result<Option<ServiceEntry>, BackendError>
 }
 
 /// Decodes one `IPVS_CMD_NEW_DEST` dump reply (`service_af` is the default family).
-pub fn decode_dest(body: &[u8], service_af: u16) -> Result<DestEntry, BackendError> {
+pub(crate) fn decode_dest(body: &[u8], service_af: u16) -> Result<DestEntry, BackendError> {
     let Some(raw) = top_attr(body, top::DEST)? else {
         return Err(malformed(
             "IPVS destination dump",
@@ -523,7 +523,7 @@ pub(crate) fn resolve_family(conn: &mut Conn, name: &str) -> Result<Option<u16>,
 }
 
 /// Requests per `sendmsg` (NOTES: 100 per write reaches the kernel's own cost).
-pub const DEFAULT_BATCH: usize = 100;
+pub(crate) const DEFAULT_BATCH: usize = 100;
 
 /// The kernel's IPVS table over generic netlink.
 #[derive(Debug)]
@@ -566,16 +566,6 @@ impl NetlinkIpvs {
     /// `bench/ipvs/RESULTS.md`). Without `/proc` the listing falls back to netlink.
     pub fn set_text_listing(&mut self, on: bool) {
         self.text_listing = on;
-    }
-
-    /// Sets how many requests share one `sendmsg` (at least 1).
-    pub fn set_batch_size(&mut self, n: usize) {
-        self.batch = n.max(1);
-    }
-
-    /// The resolved family id.
-    pub fn family_id(&self) -> u16 {
-        self.family
     }
 
     /// Socket call counters so far.

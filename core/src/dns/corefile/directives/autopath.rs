@@ -35,7 +35,7 @@ pub struct AutopathConfig {
 
 /// The search domains of a resolv.conf (the last `search` or `domain` line wins, as in the C
 /// library), lower case with the trailing dot.
-pub fn resolv_conf_search(text: &str) -> Vec<String> {
+pub(crate) fn resolv_conf_search(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     for line in text.lines() {
         let line = line.split(['#', ';']).next().unwrap_or("");

@@ -13,7 +13,7 @@ use crate::dns::corefile::syntax::Directive;
 const PLUGIN: &str = "forward";
 
 /// CoreDNS's limit on upstreams per forward.
-pub const MAX_UPSTREAMS: usize = 15;
+pub(crate) const MAX_UPSTREAMS: usize = 15;
 
 /// How an upstream is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -128,7 +128,7 @@ impl ForwardConfig {
 }
 
 /// The `nameserver` lines of a resolv.conf.
-pub fn resolv_conf_nameservers(text: &str) -> Vec<SocketAddr> {
+pub(crate) fn resolv_conf_nameservers(text: &str) -> Vec<SocketAddr> {
     text.lines()
         .filter_map(|l| {
             let mut words = l.split_whitespace();

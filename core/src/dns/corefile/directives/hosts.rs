@@ -42,7 +42,7 @@ pub struct HostsConfig {
 }
 
 /// Parses one hosts-file line (`IP NAME...`, `#` comments); `None` for blank/comment lines.
-pub fn parse_hosts_line(line: &str) -> Option<Result<HostEntry, String>> {
+pub(crate) fn parse_hosts_line(line: &str) -> Option<Result<HostEntry, String>> {
     let line = line.split('#').next().unwrap_or("");
     let mut words = line.split_whitespace();
     let ip = words.next()?;

@@ -47,7 +47,11 @@ impl SetupContext<'_> {
     }
 
     /// An unknown option inside `plugin`'s block: an error, or a warning with `--allow-unknown`.
-    pub fn unknown_option(&mut self, plugin: &str, opt: &Directive) -> Result<(), CorefileError> {
+    pub(crate) fn unknown_option(
+        &mut self,
+        plugin: &str,
+        opt: &Directive,
+    ) -> Result<(), CorefileError> {
         if self.allow_unknown {
             self.warn(
                 &opt.name.at,
@@ -68,7 +72,7 @@ impl SetupContext<'_> {
 
     /// Something this server does not support: an error, or (with `--allow-unknown`) a warning
     /// saying it is ignored.
-    pub fn unsupported(
+    pub(crate) fn unsupported(
         &mut self,
         plugin: &str,
         at: &Position,

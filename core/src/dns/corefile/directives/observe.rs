@@ -66,7 +66,7 @@ pub struct LogConfig {
 }
 
 /// CoreDNS's `{common}` log format.
-pub const COMMON_LOG_FORMAT: &str = "{remote}:{port} - {>id} \"{type} {class} {name} {proto} {size} {>do} {>bufsize}\" {rcode} {>rflags} {rsize} {duration}";
+pub(crate) const COMMON_LOG_FORMAT: &str = "{remote}:{port} - {>id} \"{type} {class} {name} {proto} {size} {>do} {>bufsize}\" {rcode} {>rflags} {rsize} {duration}";
 
 /// `health [ADDRESS] { lameduck DURATION }`.
 #[derive(Debug, Clone, PartialEq, Eq)]

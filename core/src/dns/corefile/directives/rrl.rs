@@ -18,7 +18,7 @@ use crate::dns::corefile::syntax::Directive;
 use crate::dns::rrl::LargeAnswerLimit;
 
 /// The default rate when `rrl` names none (large answers per second per network).
-pub const DEFAULT_RATE: u32 = 100;
+pub(crate) const DEFAULT_RATE: u32 = 100;
 
 /// Parses `rrl`.
 pub(crate) fn parse(

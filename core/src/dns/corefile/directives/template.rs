@@ -89,7 +89,7 @@ pub struct RrTemplate {
 
 impl RrTemplate {
     /// Whether the template has no actions (its record is the same for every query).
-    pub fn is_static(&self) -> bool {
+    pub(crate) fn is_static(&self) -> bool {
         self.segments.iter().all(|s| matches!(s, Segment::Text(_)))
     }
 }
