@@ -74,7 +74,8 @@ the kernel's IPVS rules in place so traffic keeps flowing across a restart.
 Examples:
   agentctl run --kubeconfig /etc/kubernetes/kubelet.conf --node-name \"$NODE_NAME\"
   agentctl run --manifests examples/cluster --dns-listen 127.0.0.1:5353 --proxy --dns --dry-run
-  agentctl run --manifests examples/cluster --dns --dns-listen 127.0.0.1:5353 --admin 127.0.0.1:9900")]
+  agentctl run --manifests examples/cluster --dns --dns-listen 127.0.0.1:5353 --admin 127.0.0.1:9900
+  agentctl run --kubeconfig /etc/kubernetes/kubelet.conf --node-local-dns   # also 169.254.20.10:53, no conntrack")]
     Run(RunArgs),
     /// Ask a running agent (its admin endpoint) how it is doing.
     #[command(after_help = "\
@@ -133,6 +134,17 @@ struct RunArgs {
     /// Cluster domain served by DNS.
     #[arg(long, value_name = "DOMAIN", default_value = "cluster.local")]
     cluster_domain: String,
+    /// Node-local DNS: also answer on these link-local addresses (port 53; default
+    /// 169.254.20.10; comma-separated, IPv6 too), bound on a dummy link the agent creates
+    /// (`--node-local-dns-link`), with DNS to and from them kept out of conntrack (raw-table
+    /// NOTRACK rules). Removed again on a clean stop. Off unless given.
+    #[arg(long, value_name = "ADDR[,ADDR]", num_args = 0..=1, require_equals = true,
+          default_missing_value = "169.254.20.10", value_delimiter = ',',
+          env = "SVCNET_NODE_LOCAL_DNS")]
+    node_local_dns: Option<Vec<IpAddr>>,
+    /// The dummy link node-local DNS creates and binds its addresses on.
+    #[arg(long, value_name = "NAME", default_value = agent::nodelocal::DEFAULT_LINK)]
+    node_local_dns_link: String,
     /// Proxy: program an in-memory IPVS table instead of the kernel (see /proxy/plan).
     #[arg(long)]
     dry_run: bool,
@@ -647,25 +659,42 @@ async fn run(args: RunArgs) -> Result<()> {
     };
     // Each subsystem declares the cache kinds it needs; the agent's source watches their union.
     let mut subsystems = Vec::new();
+    let node_local = args.node_local_dns.clone().unwrap_or_default();
+    if !node_local.is_empty() && !dns {
+        bail!("--node-local-dns needs the DNS subsystem (drop --proxy, or add --dns)");
+    }
     if dns {
-        match &args.corefile {
+        let launcher = match &args.corefile {
             Some(path) => {
                 let options = agent::dns::CorefileSubsystemOptions {
                     path: path.clone(),
                     listen_override: args.dns_listen,
                     startup_timeout: Duration::from_secs(5),
                     allow_unknown: false,
+                    node_local: node_local.clone(),
                 };
-                subsystems.push(agent::dns::corefile_launcher(options)?);
+                agent::dns::corefile_launcher(options)?
             }
-            None => subsystems.push(agent::dns::launcher(agent::dns::DnsSubsystemOptions {
+            None => agent::dns::launcher(agent::dns::DnsSubsystemOptions {
                 listen: args
                     .dns_listen
                     .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 53))),
                 zone: svcnet_core::dns::zone::ZoneOptions::for_domain(&args.cluster_domain),
+                node_local: node_local.clone(),
                 ..Default::default()
-            })),
-        }
+            }),
+        };
+        subsystems.push(if node_local.is_empty() {
+            launcher
+        } else {
+            agent::nodelocal::launcher(
+                launcher,
+                agent::nodelocal::NodeLocalOptions {
+                    addresses: node_local,
+                    link: args.node_local_dns_link.clone(),
+                },
+            )
+        });
     }
     if proxy {
         subsystems.push(agent::proxy::launcher(agent::proxy::ProxyOptions {

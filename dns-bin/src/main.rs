@@ -251,6 +251,7 @@ fn corefile_main(
         udp_workers: args.udp_workers,
         reload_outcome: None,
         readiness: None,
+        node_local: Vec::new(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

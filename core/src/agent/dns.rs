@@ -39,6 +39,9 @@ pub struct DnsSubsystemOptions {
     pub startup_timeout: Duration,
     /// UDP receive loops (0: one per core).
     pub udp_workers: usize,
+    /// Node-local DNS addresses also listened on, port 53, unless `listen` covers them
+    /// (`--node-local-dns`; the host side is [`super::nodelocal`]).
+    pub node_local: Vec<std::net::IpAddr>,
 }
 
 impl Default for DnsSubsystemOptions {
@@ -48,6 +51,7 @@ impl Default for DnsSubsystemOptions {
             zone: ZoneOptions::default(),
             startup_timeout: Duration::from_secs(5),
             udp_workers: 0,
+            node_local: Vec::new(),
         }
     }
 }
@@ -179,6 +183,20 @@ async fn start(
         reason: e.to_string(),
     })?;
     let listen = server.local_addr();
+    let mut node_local_servers = Vec::new();
+    for addr in super::nodelocal::extra_listen_addrs(&[listen], &options.node_local) {
+        node_local_servers.push(
+            DnsServer::bind(ServerConfig {
+                listen: addr,
+                udp_workers: options.udp_workers,
+                ..ServerConfig::default()
+            })
+            .map_err(|e| AgentError::Subsystem {
+                subsystem: "dns",
+                reason: format!("node-local DNS: {e}"),
+            })?,
+        );
+    }
     let plugin = ClusterPlugin::new(options.zone.clone());
     let metrics = DnsMetrics::new(&format!("dns://{}", options.listen), ".");
     plugin.set_metrics(metrics.clone());
@@ -211,11 +229,17 @@ async fn start(
         }
     });
     tracing::info!(listen = %listen, "cluster DNS listening");
+    let mut node_local_tasks = tokio::task::JoinSet::new();
+    for s in node_local_servers {
+        tracing::info!(listen = %s.local_addr(), "node-local DNS listening");
+        node_local_tasks.spawn(s.serve(chain.clone(), metrics.clone()));
+    }
     let task = tokio::spawn(async move {
         tokio::select! {
             _ = server.serve(chain, metrics) => {}
             _ = shutdown.wait_for(|s| *s) => {}
         }
+        node_local_tasks.abort_all();
         updater.abort();
         sampler.abort();
         tracing::info!("cluster DNS stopped");
@@ -234,6 +258,9 @@ pub struct CorefileSubsystemOptions {
     pub startup_timeout: Duration,
     /// Unknown plugins and options are warnings instead of errors.
     pub allow_unknown: bool,
+    /// Node-local DNS addresses every `dns://` block also listens on, port 53, unless its
+    /// addresses cover them (`--node-local-dns`).
+    pub node_local: Vec<std::net::IpAddr>,
 }
 
 /// The cache kinds a Corefile needs (`pods verified` adds Pods).
@@ -356,6 +383,9 @@ pub(crate) async fn start_corefile(
         Some(a) => vec![a],
         None => cf.servers.iter().flat_map(|s| s.listen_addrs()).collect(),
     };
+    let mut listen = listen;
+    let extra = super::nodelocal::extra_listen_addrs(&listen, &options.node_local);
+    listen.extend(extra);
     let has_ready_endpoint = cf.servers.iter().any(|s| s.plugins.ready.is_some());
     let readiness = CorefileReadiness::new();
     let (reload_tx, reload_error) = watch::channel(None);
@@ -421,6 +451,7 @@ pub fn corefile_launcher(
                         udp_workers: 0,
                         reload_outcome: None,
                         readiness: None,
+                        node_local: options.node_local.clone(),
                     };
                     match start_corefile(serve_options, reader, shutdown).await {
                         Ok((handle, task)) => Ok(RunningSubsystem {

@@ -18,12 +18,14 @@
 //! - [`programs`]: the stand-alone `svcnet-dns` and `svcnet-proxy` programs, composed here.
 //! - [`proxy`]: the IPVS proxy subsystem (kernel or dry run).
 //! - [`dns`]: the cluster DNS subsystem.
+//! - [`nodelocal`]: node-local DNS (`--node-local-dns`): the link-local address, its link and NOTRACK rules.
 
 pub mod admin;
 pub mod client;
 pub mod dig;
 pub mod dns;
 pub mod inspect;
+pub mod nodelocal;
 pub mod programs;
 pub mod proxy;
 pub mod status;

@@ -45,6 +45,9 @@ pub struct BuildContext {
     /// Listen on this address instead of the Corefile's (e.g. `--listen` for tests); applies
     /// to `dns://` blocks, `tls://` and `https://` blocks keep their own addresses.
     pub listen_override: Option<SocketAddr>,
+    /// Node-local DNS addresses each `dns://` block also listens on, port 53, unless its
+    /// addresses (after `listen_override`) cover them.
+    pub node_local: Vec<std::net::IpAddr>,
 }
 
 /// The chains of one listen address and the loop detectors to start on it.
@@ -222,6 +225,27 @@ type AddrPlan = (
     Option<TlsConfig>,
 );
 
+/// The port node-local DNS answers on (pods' `resolv.conf` names no port).
+pub const NODE_LOCAL_PORT: u16 = 53;
+
+/// The node-local listen addresses (port 53) that `listening` does not already cover: an
+/// address is covered by itself or by the unspecified address of its family, on port 53.
+pub fn node_local_listeners(
+    listening: &[SocketAddr],
+    addrs: &[std::net::IpAddr],
+) -> Vec<SocketAddr> {
+    addrs
+        .iter()
+        .filter(|a| {
+            !listening.iter().any(|l| {
+                l.port() == NODE_LOCAL_PORT
+                    && (l.ip() == **a || (l.ip().is_unspecified() && l.is_ipv4() == a.is_ipv4()))
+            })
+        })
+        .map(|a| SocketAddr::new(*a, NODE_LOCAL_PORT))
+        .collect()
+}
+
 /// Builds the listeners of `corefile`.
 pub fn build(corefile: &Corefile, ctx: &BuildContext) -> Result<Vec<Listener>, BuildError> {
     let mut by_addr: BTreeMap<SocketAddr, AddrPlan> = BTreeMap::new();
@@ -239,6 +263,18 @@ pub fn build(corefile: &Corefile, ctx: &BuildContext) -> Result<Vec<Listener>, B
             };
             if !addrs.contains(&(sa, t)) {
                 addrs.push((sa, t));
+            }
+        }
+        if !ctx.node_local.is_empty() {
+            let plain: Vec<SocketAddr> = addrs
+                .iter()
+                .filter(|(_, t)| *t == ServerTransport::Dns)
+                .map(|(a, _)| *a)
+                .collect();
+            if !plain.is_empty() {
+                for a in node_local_listeners(&plain, &ctx.node_local) {
+                    addrs.push((a, ServerTransport::Dns));
+                }
             }
         }
         if let (Some(e), Some((addr, _))) = (external_name, addrs.first()) {
@@ -336,6 +372,7 @@ mod tests {
             files: Arc::new(MemoryFiles::new()),
             on_loop: Arc::new(|_| {}),
             listen_override: listen,
+            node_local: Vec::new(),
         }
     }
 
@@ -431,5 +468,40 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.to_string().contains("served twice"), "{e}");
+    }
+
+    #[test]
+    fn node_local_addresses_join_blocks_that_do_not_cover_them() {
+        let mut c = ctx(None);
+        c.node_local = vec!["169.254.20.10".parse().unwrap()];
+        let addrs = |text: &str, c: &BuildContext| {
+            let mut v: Vec<String> = build(&corefile(text), c)
+                .unwrap()
+                .iter()
+                .map(|l| l.addr.to_string())
+                .collect();
+            v.sort();
+            v
+        };
+        // A block bound to the node address also answers on the node-local one, same chain.
+        let text = "cluster.local:53 {\n bind 10.0.0.1\n log\n}\n.:53 {\n bind 10.0.0.1\n log\n}\n";
+        assert_eq!(addrs(text, &c), vec!["10.0.0.1:53", "169.254.20.10:53"]);
+        let ls = build(&corefile(text), &c).unwrap();
+        let nl = ls
+            .iter()
+            .find(|l| {
+                l.addr.port() == 53
+                    && l.addr.ip() != "10.0.0.1".parse::<std::net::IpAddr>().unwrap()
+            })
+            .unwrap();
+        assert_eq!(nl.router.zones(), vec!["cluster.local.", "."]);
+        // The wildcard covers it: no second socket on the same port.
+        assert_eq!(addrs(".:53 {\n log\n}\n", &c), vec!["0.0.0.0:53"]);
+        // A test override on another port: the node-local address still answers on 53.
+        c.listen_override = Some("127.0.0.1:5300".parse().unwrap());
+        assert_eq!(
+            addrs(".:53 {\n log\n}\n", &c),
+            vec!["127.0.0.1:5300", "169.254.20.10:53"]
+        );
     }
 }

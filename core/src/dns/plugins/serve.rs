@@ -62,6 +62,9 @@ pub struct CorefileOptions {
     /// Filled once the listeners serve: what `/ready` answers, read in memory (the agent's
     /// `/status` uses it instead of polling the endpoint).
     pub readiness: Option<CorefileReadiness>,
+    /// Node-local DNS addresses every `dns://` block also listens on, port 53, unless the
+    /// block's own addresses cover them (`agentctl run --node-local-dns`).
+    pub node_local: Vec<std::net::IpAddr>,
 }
 
 /// The readiness of a served Corefile, in memory: what its `ready` endpoint answers.
@@ -104,6 +107,7 @@ impl CorefileOptions {
             udp_workers: 0,
             reload_outcome: None,
             readiness: None,
+            node_local: Vec::new(),
         }
     }
 }
@@ -633,6 +637,7 @@ pub async fn start_corefile(
             let _ = loop_tx.send(msg);
         }),
         listen_override: options.listen_override,
+        node_local: options.node_local.clone(),
     };
     let mut state = State {
         options,

@@ -200,6 +200,32 @@ impl NetlinkAddresses {
         }
     }
 
+    /// Deletes the link (with its addresses); a missing link is no error.
+    pub(crate) fn delete_link(&mut self) -> Result<(), BackendError> {
+        let Some(index) = self.link_index()? else {
+            return Ok(());
+        };
+        let seq = self.conn.next_seq();
+        let msg = IfinfomsgBuilder::default()
+            .ifi_family(RtAddrFamily::Unspecified)
+            .ifi_type(Arphrd::from(0))
+            .ifi_index(i32::try_from(index).unwrap_or(0))
+            .build()
+            .map_err(enc_err)?;
+        let mut buf = Vec::new();
+        push_message(&mut buf, Rtm::Dellink, NlmF::REQUEST | NlmF::ACK, seq, msg)?;
+        self.index = None;
+        match self.conn.request(&buf, seq, |_| Ok(())) {
+            Ok(()) => Ok(()),
+            Err(BackendError::Kernel { errno, .. }) if errno == ENODEV => Ok(()),
+            Err(BackendError::Kernel { errno, .. }) => Err(BackendError::Kernel {
+                what: format!("deleting link {}", self.link),
+                errno,
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Every address on every link, as (link index, address).
     pub(crate) fn all_addresses(&mut self) -> Result<Vec<(u32, IpAddr)>, BackendError> {
         let seq = self.conn.next_seq();
