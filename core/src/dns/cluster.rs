@@ -149,7 +149,6 @@ impl ClusterPlugin {
         };
         let services = zone.service_count();
         self.zone.store(Arc::new(zone));
-        super::prepared::bump();
         self.rebuilds.fetch_add(1, Ordering::Relaxed);
         if how == ZoneRefresh::Full {
             self.full_builds.fetch_add(1, Ordering::Relaxed);
@@ -167,7 +166,6 @@ impl ClusterPlugin {
         if snapshot.is_synced() {
             self.synced.store(true, Ordering::Release);
             self.serving.store(true, Ordering::Release);
-            super::prepared::bump();
         }
     }
 
@@ -183,7 +181,6 @@ impl ClusterPlugin {
     /// (names not found then still answer SERVFAIL, as CoreDNS does).
     pub(crate) fn start_serving(&self) {
         self.serving.store(true, Ordering::Release);
-        super::prepared::bump();
     }
 
     /// Spawns the task that keeps the zone current with the cache. The first zone is built
@@ -305,30 +302,6 @@ impl Plugin for ClusterPlugin {
 
     fn ready(&self) -> bool {
         self.is_synced()
-    }
-
-    /// The same decisions as [`handle`](Self::handle): an answer from the zone is pure (a new
-    /// zone bumps the epoch); SERVFAIL before serving is not; what is passed on is as pure as
-    /// the rest of the chain.
-    fn answers_purely(&self, req: &Request, next: &Next) -> bool {
-        if !is_internet_class(req.class()) {
-            return next.answers_purely(req);
-        }
-        let zone = self.zone.load();
-        let answer = match zone.lookup(req.name(), req.lower_name(), req.record_type()) {
-            Lookup::NotServed => return next.answers_purely(req),
-            Lookup::Answer(a) => a,
-        };
-        if !self.serving.load(Ordering::Acquire) {
-            return false;
-        }
-        if answer.rcode == ResponseCode::NXDomain {
-            if self.falls_through(req.lower_name()) && !next.is_end() {
-                return next.answers_purely(req);
-            }
-            return self.synced.load(Ordering::Acquire);
-        }
-        true
     }
 
     fn cluster_zone(&self) -> Option<Arc<ClusterZone>> {

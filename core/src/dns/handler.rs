@@ -359,15 +359,6 @@ pub trait Plugin: Send + Sync + 'static {
     fn cluster_zone(&self) -> Option<Arc<super::zone::ClusterZone>> {
         None
     }
-
-    /// Whether the answer this plugin, with `next` after it, gives to `req` depends only on
-    /// the question (name, type, class, EDNS size), the configuration and state whose changes
-    /// bump [`prepared::epoch`](super::prepared) — so the server may keep it in wire form and
-    /// reuse it for the same question ([`super::prepared`]). Pass-through plugins return
-    /// `next.answers_purely(req)`. Default: `false` (never reused).
-    fn answers_purely(&self, _req: &Request, _next: &Next) -> bool {
-        false
-    }
 }
 
 /// The rest of the chain after the current plugin. Cheap to clone; `'static`, so an async
@@ -396,21 +387,6 @@ impl Next {
                 pending => pending,
             },
             None => Reply::Ready(Response::unattributed_refused()),
-        }
-    }
-
-    /// Whether the rest of the chain answers `req` purely (see [`Plugin::answers_purely`]); the
-    /// end of the chain (REFUSED) does.
-    pub fn answers_purely(&self, req: &Request) -> bool {
-        match self.plugins.get(self.index) {
-            Some(plugin) => plugin.answers_purely(
-                req,
-                &Next {
-                    plugins: self.plugins.clone(),
-                    index: self.index + 1,
-                },
-            ),
-            None => true,
         }
     }
 
@@ -444,15 +420,6 @@ impl Chain {
         Self {
             plugins: plugins.into(),
         }
-    }
-
-    /// Whether the chain answers `req` purely (see [`Plugin::answers_purely`]).
-    pub fn answers_purely(&self, req: &Request) -> bool {
-        Next {
-            plugins: self.plugins.clone(),
-            index: 0,
-        }
-        .answers_purely(req)
     }
 
     /// Runs `req` through the chain.

@@ -18,7 +18,6 @@ pub mod error;
 pub mod handler;
 pub mod metrics;
 pub mod plugins;
-pub(crate) mod prepared;
 pub mod rrl;
 pub mod runner;
 pub mod server;

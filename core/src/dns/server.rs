@@ -3,8 +3,6 @@
 //! UDP runs one receive loop per worker, each on its own `SO_REUSEPORT` socket, so the kernel
 //! spreads clients over the cores. A loop takes what is queued with one `recvmmsg` (up to 32
 //! queries, [`super::udp_mmsg`]) and sends the answers that are ready with one `sendmmsg`.
-//! A repeated plain question whose answer is pure (the cluster zone) is answered from the
-//! worker's prepared wire answers ([`super::prepared`]) without parsing or lookup.
 //! A request whose answer is ready (the cluster zone) is answered from the loop itself; a pending one (forwarding) gets a task of its own, so a slow
 //! upstream never stalls the loop. UDP answers are capped at the advertised payload size, and
 //! large ones can be rate-limited per client network ([`super::rrl`]).
@@ -39,7 +37,6 @@ use tokio::task::JoinSet;
 use super::error::DnsError;
 use super::handler::{BoxFuture, Chain, Reply, Request, Response, Transport};
 use super::metrics::{DnsMetrics, Exchange, Recorder};
-use super::prepared::{self, PreparedAnswers, PreparedMeta};
 use super::rrl::{LARGE_ANSWER, LargeAnswerLimit, LargeAnswerLimiter};
 use super::udp_mmsg::{self, RecvBatch};
 use super::wire::{Encoder, Parsed, parse_request};
@@ -215,7 +212,6 @@ async fn udp_loop(
     let mut batch = RecvBatch::new();
     let mut encoder = Encoder::new();
     let mut recorder = metrics.recorder();
-    let mut prepared = PreparedAnswers::new();
     // Answers of one batch, sent together: the bytes (buffers reused across batches), where
     // they go, and what the metrics record once they are sent.
     let mut out_bufs: Vec<Vec<u8>> = (0..udp_mmsg::BATCH).map(|_| Vec::new()).collect();
@@ -243,32 +239,7 @@ async fn udp_loop(
             }
             let started = Instant::now();
             let len = got.len;
-            let datagram = batch.datagram(i);
-            let keyed = prepared.key(datagram);
-            if keyed {
-                let slot = outgoing.len();
-                if let Some(meta) = prepared.answer(datagram, &mut out_bufs[slot]) {
-                    outgoing.push(Outgoing {
-                        slot,
-                        to: got.peer,
-                        started,
-                        exchange: Exchange {
-                            transport: Transport::Udp,
-                            ipv6: got.peer.is_ipv6(),
-                            record_type: Some(meta.record_type),
-                            rcode: Some(meta.rcode),
-                            plugin: meta.plugin,
-                            duration: Duration::ZERO,
-                            request_size: len,
-                            response_size: out_bufs[slot].len(),
-                        },
-                    });
-                    continue;
-                }
-            }
-            // Read before the chain runs: a change during the run makes the answer stale.
-            let epoch = prepared::epoch();
-            match parse_request(datagram, got.peer, Transport::Udp) {
+            match parse_request(batch.datagram(i), got.peer, Transport::Udp) {
                 Parsed::Drop => {}
                 Parsed::Reject(rej) => {
                     let bytes = encoder.encode_rejection(&rej);
@@ -300,22 +271,6 @@ async fn udp_loop(
                             Some((bytes, exchange)) => {
                                 let slot = outgoing.len();
                                 copy_into(&mut out_bufs[slot], bytes);
-                                if keyed
-                                    && prepared::preparable_rcode(resp.rcode)
-                                    && bytes.len() <= LARGE_ANSWER
-                                    && bytes[2] & 0x02 == 0
-                                    && chain.answers_purely(&req)
-                                {
-                                    prepared.insert(
-                                        epoch,
-                                        bytes,
-                                        PreparedMeta {
-                                            record_type: req.record_type(),
-                                            rcode: resp.rcode,
-                                            plugin: exchange.plugin,
-                                        },
-                                    );
-                                }
                                 outgoing.push(Outgoing {
                                     slot,
                                     to: req.client,
@@ -1023,60 +978,6 @@ mod tests {
         }
         ids.sort_unstable();
         assert_eq!(ids, vec![1, 3, 4]);
-        task.abort();
-    }
-
-    /// A plain UDP query (no EDNS), as dnsperf sends them.
-    fn udp_query(id: u16, name: &str) -> Vec<u8> {
-        let mut q = tcp_query(id, name);
-        q.drain(..2);
-        q
-    }
-
-    #[tokio::test]
-    async fn repeated_questions_get_prepared_answers_that_follow_zone_changes() {
-        use crate::dns::cluster::ClusterPlugin;
-        use crate::dns::zone::ZoneOptions;
-        use crate::dns::zone::fixtures::{FIXTURE, snapshot};
-        let plugin = ClusterPlugin::new(ZoneOptions::default());
-        plugin.install(&snapshot(FIXTURE));
-        let server = DnsServer::bind(ServerConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            udp_workers: 1,
-            ..ServerConfig::default()
-        })
-        .unwrap();
-        let addr = server.local_addr();
-        let chain = Chain::new(vec![plugin.clone() as Arc<dyn crate::dns::handler::Plugin>]);
-        let task = tokio::spawn(server.serve(chain, DnsMetrics::new("dns://test", ".")));
-        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let ask = |id: u16, name: &'static str| {
-            let client = &client;
-            async move {
-                client.send_to(&udp_query(id, name), addr).await.unwrap();
-                let mut buf = [0u8; 1500];
-                let (n, _) = client.recv_from(&mut buf).await.unwrap();
-                crate::dns::wire::decode_message(&buf[..n]).unwrap()
-            }
-        };
-        let first = ask(1, "demoapp-svc.default.svc.cluster.local.").await;
-        // The same question again, in other letters: answered from the prepared bytes.
-        let again = ask(2, "DemoApp-Svc.default.svc.cluster.LOCAL.").await;
-        assert_eq!(again.metadata.id, 2);
-        assert_eq!(
-            again.queries[0].name().to_ascii(),
-            "DemoApp-Svc.default.svc.cluster.LOCAL."
-        );
-        assert_eq!(first.metadata.id, 1);
-        assert_eq!(again.answers.len(), 1);
-        assert_eq!(again.answers, first.answers);
-        assert!(again.metadata.authoritative);
-        // The service goes away: the prepared answer is not used any more.
-        plugin.install(&snapshot(
-            &FIXTURE.replace("name: demoapp-svc,", "name: renamed-svc,"),
-        ));
-        let after = ask(3, "demoapp-svc.default.svc.cluster.local.").await;
-        assert_eq!(after.metadata.response_code, ResponseCode::NXDomain);
         task.abort();
     }
 

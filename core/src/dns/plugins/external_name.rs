@@ -97,21 +97,6 @@ impl Plugin for ExternalNameUpstream {
         self.cluster.name()
     }
 
-    /// As pure as the cluster's answer, except an address answer that ends in an ExternalName
-    /// target asked elsewhere (through the chain, possibly forwarded).
-    fn answers_purely(&self, req: &Request, next: &Next) -> bool {
-        if !self.cluster.answers_purely(req, next) {
-            return false;
-        }
-        if !matches!(req.record_type(), RecordType::A | RecordType::AAAA) || req.hops >= MAX_HOPS {
-            return true;
-        }
-        match self.cluster.handle(req, next.clone()) {
-            Reply::Ready(resp) => self.dangling_target(req, &resp).is_none(),
-            Reply::Pending(_) => false,
-        }
-    }
-
     fn handle(&self, req: &Request, next: Next) -> Reply {
         let reply = self.cluster.handle(req, next);
         if !matches!(req.record_type(), RecordType::A | RecordType::AAAA) || req.hops >= MAX_HOPS {

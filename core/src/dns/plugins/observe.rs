@@ -150,11 +150,6 @@ impl Plugin for Errors {
         "errors"
     }
 
-    /// Pass-through: it only logs SERVFAIL answers, which are never reused.
-    fn answers_purely(&self, req: &Request, next: &Next) -> bool {
-        next.answers_purely(req)
-    }
-
     fn handle(&self, req: &Request, next: Next) -> Reply {
         let name = req.lower_name().to_string();
         let qtype = req.record_type();

@@ -94,11 +94,4 @@ impl Plugin for ZoneRouter {
     fn ready(&self) -> bool {
         ZoneRouter::ready(self)
     }
-
-    fn answers_purely(&self, req: &Request, _next: &Next) -> bool {
-        match self.route(req.lower_name()) {
-            Some(chain) => chain.answers_purely(req),
-            None => true,
-        }
-    }
 }

@@ -155,7 +155,6 @@ impl SwapRouter {
     /// Installs `router` for the next queries.
     pub fn store(&self, router: ZoneRouter) {
         self.current.store(Arc::new(router));
-        crate::dns::prepared::bump();
     }
 }
 
@@ -170,10 +169,6 @@ impl Plugin for SwapRouter {
 
     fn ready(&self) -> bool {
         self.current.load().ready()
-    }
-
-    fn answers_purely(&self, req: &Request, next: &Next) -> bool {
-        self.current.load().answers_purely(req, next)
     }
 }
 
