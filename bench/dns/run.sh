@@ -17,6 +17,8 @@
 #               pods insecure, prometheus, forward, cache 30, loop, reload, loadbalance)
 #   kubeadm-rt  the same plus a `rewrite name` regex rule and a `template` block for names the
 #               query mix never asks, so both are evaluated and skipped on every query
+#   baseline    `plain`'s flags served by the binary $BASELINE (e.g. a build of an earlier commit),
+#               for a same-run before/after comparison
 #   minimal     the Corefile equivalent of `plain`'s flags (ready + kubernetes only): the plugin
 #               chain's own cost next to the flag mode's direct zone handler
 #
@@ -137,8 +139,12 @@ for cfg in $CONFIGS; do
   echo "== starting svcnet-dns ($cfg) on 127.0.0.1:$port"
   START_NS=$(date +%s%N)
   case "$cfg" in
-    plain)
-      "$BIN/svcnet-dns" --listen "127.0.0.1:$port" --manifests "$WORK/cluster" \
+    plain | baseline)
+      bin="$BIN/svcnet-dns"
+      if [ "$cfg" = baseline ]; then
+        bin=${BASELINE:?"CONFIGS=baseline needs BASELINE=/path/to/svcnet-dns"}
+      fi
+      "$bin" --listen "127.0.0.1:$port" --manifests "$WORK/cluster" \
         --health off --metrics off --ready "127.0.0.1:$ready" --lameduck 0s \
         2>"$WORK/svcnet-$cfg.log" &
       ;;
@@ -147,7 +153,7 @@ for cfg in $CONFIGS; do
       "$BIN/svcnet-dns" --corefile "$WORK/Corefile.$cfg" --listen "127.0.0.1:$port" \
         --manifests "$WORK/cluster" 2>"$WORK/svcnet-$cfg.log" &
       ;;
-    *) echo "unknown configuration $cfg (plain, minimal, kubeadm, kubeadm-rt)" >&2; exit 1 ;;
+    *) echo "unknown configuration $cfg (plain, baseline, minimal, kubeadm, kubeadm-rt)" >&2; exit 1 ;;
   esac
   CFG_PID[$cfg]=$!
   CFG_PORT[$cfg]=$port
