@@ -66,6 +66,9 @@ pub enum BackendError {
     /// Something was added that already exists (in-memory backend).
     #[error("{0} already exists")]
     Exists(String),
+    /// An ipset operation over netlink failed.
+    #[error(transparent)]
+    Ipset(Box<crate::ipvs::netlink::ipset::IpsetError>),
     /// An external command failed.
     #[error("{command}: {reason}")]
     Command {
