@@ -283,9 +283,9 @@ impl KernelHost {
         let entry_by_entry = match (&self.maxelems, delta_ops, &previous) {
             (Some(sizes), _, _) if outgrown(sizes) => None,
             (Some(_), Some(ops), _) => Some(ops),
-            (Some(_), None, Some(prev)) => Some(
-                diff_ops(prev.sets(), sets).map_err(|e| backend_error(IpsetError::from(e)))?,
-            ),
+            (Some(_), None, Some(prev)) => {
+                Some(diff_ops(prev.sets(), sets).map_err(|e| backend_error(IpsetError::from(e)))?)
+            }
             _ => None,
         };
         let (ops, sizes) = match entry_by_entry {

@@ -137,7 +137,9 @@ pub(crate) fn describe(errno: i32, op: &IpsetOp) -> String {
         4097 => "kernel and program do not speak the same ipset protocol",
         4098 => "the set type is not supported by the kernel",
         4099 => "the kernel's maximum number of sets is reached",
-        4100 => "the set is in use by a kernel component (an iptables rule) and cannot be destroyed",
+        4100 => {
+            "the set is in use by a kernel component (an iptables rule) and cannot be destroyed"
+        }
         4101 => "the second set does not exist",
         4102 => "the two sets are of different types or families",
         4103 => match op {
@@ -156,8 +158,11 @@ pub(crate) fn describe(errno: i32, op: &IpsetOp) -> String {
         4109 => "an IPv4 address was expected",
         4110 => "an IPv6 address was expected",
         4352 => match op {
-            IpsetOp::Add { .. } => "the set is full (maxelem reached)",
-            _ => "type-specific error (hash full / port out of the bitmap's range)",
+            IpsetOp::Add { .. } => {
+                "the set is full (a hash set's maxelem reached) or the port is outside a bitmap \
+                 set's range"
+            }
+            _ => "type-specific error (hash set full / port outside a bitmap set's range)",
         },
         4353 => "zero-valued element or range size",
         4354 => "invalid protocol",
@@ -683,4 +688,3 @@ impl IpsetNetlink {
         self.buf = buf;
     }
 }
-
