@@ -688,3 +688,7 @@ impl IpsetNetlink {
         self.buf = buf;
     }
 }
+
+#[cfg(test)]
+#[path = "ipset_tests.rs"]
+mod tests;
