@@ -9,9 +9,9 @@ use std::net::IpAddr;
 use smallvec::SmallVec;
 
 use super::ipset::{IPVS_IPS, IpSet, SET_COUNT, SetIndex, ipsets_counted, server_entries};
-use super::ipset_ops::{EntryError, IpsetOp, SetName, entry_of};
 use crate::ipvs::desired::DesiredState;
 use crate::ipvs::extras::HostExtras;
+use crate::ipvs::ipset_ops::{EntryError, IpsetOp, SetName, entry_of};
 use crate::ipvs::table::{Family, ServiceId};
 
 /// The entries one virtual server holds: (set of its family, entry).
@@ -321,7 +321,7 @@ mod tests {
             let delta = desired.update(&w.snapshot(), &config, &node());
             extras = HostExtras::of_view(desired.view());
             assert!(!delta.full, "step {i}");
-            let script = crate::ipvs::host::ipset_ops::render_text(
+            let script = crate::ipvs::ipset_ops::render_text(
                 &model
                     .update(&desired, &delta.services, &delta.addresses, &extras)
                     .expect("families known")

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use super::ipset::IpSet;
-use super::ipset_ops::{EntryError, IpsetOp, SetName, entry_of, render_text, set_type};
 use super::ipset_size::restore_sizes;
+use crate::ipvs::ipset_ops::{EntryError, IpsetOp, SetName, entry_of, render_text, set_type};
 use crate::ipvs::table::Family;
 
 /// Temporary set used to swap new contents in atomically.

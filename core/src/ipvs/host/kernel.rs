@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use super::command::{CommandRunner, ProcessRunner};
 use super::ipset_model::IpsetModel;
-use super::ipset_ops::{IpsetOp, render_text};
 use super::ipset_restore::{diff_ops, restore_ops};
 use super::ipset_size::{maxelems_after_restore, parse_maxelems, restore_sizes};
 use super::iptables::{JUMPS, iptables_restore_with, saved_has_rule};
@@ -17,6 +16,7 @@ use crate::ipvs::backend::{BackendError, IpvsBackend};
 use crate::ipvs::config::ProxyConfig;
 use crate::ipvs::desired::{Delta, DesiredState, NodeInfo};
 use crate::ipvs::extras::HostExtras;
+use crate::ipvs::ipset_ops::{IpsetOp, render_text};
 use crate::ipvs::netlink::NetlinkIpvs;
 use crate::ipvs::netlink::ipset::{IpsetError, IpsetNetlink};
 use crate::ipvs::run::HostSetup;

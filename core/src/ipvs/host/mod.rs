@@ -7,8 +7,6 @@
 //! - `sysctl`: the sysctls IPVS mode needs ([`sysctls`]).
 //! - `ipset`: the sets as data and their contents from the desired state ([`IpSet`], [`ipsets_with`]).
 //! - `ipset_size`: `maxelem` — ipset's default, what a set needs, what the kernel has.
-//! - `ipset_ops`: ipset changes as typed operations ([`IpsetOp`], [`IpsetEntry`]) and their
-//!   `ipset restore` text; the netlink requests are in [`crate::ipvs::netlink::ipset`].
 //! - `ipset_restore`: the operations of a sync, whole swaps and entry-by-entry diffs.
 //! - `ipset_model`: the sets as applied, each entry counted by the virtual servers that hold it,
 //!   so an incremental sync's delta updates them without a rebuild.
@@ -24,7 +22,6 @@
 mod command;
 mod ipset;
 mod ipset_model;
-pub mod ipset_ops;
 mod ipset_restore;
 mod ipset_size;
 mod iptables;
@@ -33,9 +30,9 @@ mod sysctl;
 mod variant;
 
 pub use super::extras::{HostExtras, SourceRanges};
+pub use crate::ipvs::ipset_ops::{EntryError, IpsetEntry, IpsetOp, SetType, render_text};
 pub use command::{CommandRunner, ProcessRunner};
 pub use ipset::{IPSET_NAME_MAX, IpSet, ipsets, ipsets_with};
-pub use ipset_ops::{EntryError, IpsetEntry, IpsetOp, SetType, render_text};
 pub use ipset_restore::{diff_ops, ipset_diff, ipset_restore, ipset_restore_sized, restore_ops};
 pub use ipset_size::{DEFAULT_MAXELEM, maxelem_for, maxelems_after_restore, parse_maxelems};
 pub use iptables::{JUMPS, iptables_restore, iptables_restore_with, saved_has_rule};

@@ -4,7 +4,7 @@
 //! types and flags (little-endian on the machines this runs on).
 
 use super::*;
-use crate::ipvs::host::ipset_ops::{IpsetEntry, IpsetOp, SetType};
+use crate::ipvs::ipset_ops::{IpsetEntry, IpsetOp, SetType};
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()

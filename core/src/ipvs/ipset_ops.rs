@@ -1,6 +1,6 @@
 //! ipset changes as typed operations, the one source of both ways to apply them: the
 //! `ipset restore` text ([`render_text`]) and the netlink requests
-//! ([`crate::ipvs::netlink::ipset::IpsetNetlink::execute`]).
+//! ([`crate::ipvs::netlink::ipset::IpsetNetlink::execute`]); [`host`](super::host) builds them.
 //!
 //! The sets' entries are kept as text (`10.96.0.1,tcp:80`) while they are derived and counted;
 //! they are parsed once, here, into [`IpsetEntry`] when operations are built, and their
@@ -322,7 +322,7 @@ pub fn render_text(ops: &[IpsetOp]) -> String {
     out
 }
 
-/// The typed type of a set whose type is given by name (one of [`SETS`](super::ipset)).
+/// The typed type of a set whose type is given by name.
 pub(crate) fn set_type(set: &str, kind: &'static str) -> Result<SetType, EntryError> {
     SetType::from_name(kind).ok_or_else(|| EntryError {
         set: set.to_owned(),
