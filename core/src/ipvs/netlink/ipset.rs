@@ -45,7 +45,6 @@ const ATTR_REVISION: u16 = 4;
 const ATTR_FAMILY: u16 = 5;
 const ATTR_FLAGS: u16 = 6;
 const ATTR_DATA: u16 = 7;
-const ATTR_REVISION_MIN: u16 = 10;
 
 const ATTR_IP: u16 = 1;
 const ATTR_CIDR: u16 = 3;
@@ -412,9 +411,11 @@ pub struct IpsetNetlink {
     revisions: HashMap<(SetType, u8), u8>,
 }
 
+/// Whether the answer to the protocol request means "no ipset here": nfnetlink answers EINVAL
+/// for a subsystem it does not have (after trying to load its module); EPROTONOSUPPORT and
+/// EOPNOTSUPP come from kernels without netfilter netlink.
 fn unavailable(errno: i32) -> bool {
-    // nfnetlink answers EINVAL for a subsystem it does not have (after trying to load it).
-    matches!(errno, 22 | 93 | 95 | 2)
+    matches!(errno, 22 | 93 | 95)
 }
 
 impl IpsetNetlink {
@@ -501,7 +502,6 @@ impl IpsetNetlink {
             if let Some(v) = m.body.get(4..).and_then(|a| find(a, ATTR_REVISION)) {
                 rev = v.first().copied();
             }
-            let _ = m.body.get(4..).and_then(|a| find(a, ATTR_REVISION_MIN));
             Ok(())
         });
         self.buf = buf;
