@@ -233,6 +233,7 @@ impl KernelHost {
         self.model = Some(model);
         tracing::debug!("ipsets applied");
         if self.last_rules.as_deref() != Some(rules.as_str()) {
+            let started = Instant::now();
             let mode = self.detected_mode();
             for (f, text) in &per_family {
                 let restore = mode.command(*f, "-restore");
@@ -260,7 +261,8 @@ impl KernelHost {
                     }
                 }
             }
-            tracing::debug!("iptables jumps ensured");
+            let ms = started.elapsed().as_secs_f64() * 1e3;
+            tracing::info!(ms, "iptables rules restored and jumps ensured");
             self.last_rules = Some(rules);
         }
         Ok(())
@@ -302,20 +304,36 @@ impl KernelHost {
             }
         };
         if !ops.is_empty() {
+            let started = Instant::now();
             self.ipset_way()?;
+            let whole = sizes.is_some();
             match &mut self.ipset {
                 IpsetWay::Netlink(nl) => {
                     let report = nl.execute(&ops).map_err(backend_error)?;
-                    tracing::debug!(
-                        requests = report.requests,
-                        batches = report.batches,
-                        adopted = report.adopted,
-                        "ipsets written over netlink"
-                    );
+                    let ms = started.elapsed().as_secs_f64() * 1e3;
+                    if whole {
+                        tracing::info!(
+                            ms,
+                            requests = report.requests,
+                            batches = report.batches,
+                            adopted = report.adopted,
+                            "ipsets swapped in whole over netlink"
+                        );
+                    } else {
+                        tracing::debug!(
+                            ms,
+                            requests = report.requests,
+                            "ipsets updated over netlink"
+                        );
+                    }
                 }
                 _ => {
                     self.runner
                         .run("ipset", &["restore"], Some(&render_text(&ops)))?;
+                    if whole {
+                        let ms = started.elapsed().as_secs_f64() * 1e3;
+                        tracing::info!(ms, "ipsets swapped in whole with ipset restore");
+                    }
                 }
             }
         }
