@@ -66,6 +66,9 @@ pub enum BackendError {
     /// Something was added that already exists (in-memory backend).
     #[error("{0} already exists")]
     Exists(String),
+    /// An ipset operation over netlink failed.
+    #[error(transparent)]
+    Ipset(Box<IpsetError>),
     /// An external command failed.
     #[error("{command}: {reason}")]
     Command {
@@ -218,4 +221,56 @@ pub trait AddressBackend: Send {
     fn bind(&mut self, addrs: &[IpAddr]) -> Result<Vec<(IpAddr, BackendError)>, BackendError>;
     /// Removes addresses from the dummy link; returns failures per address.
     fn unbind(&mut self, addrs: &[IpAddr]) -> Result<Vec<(IpAddr, BackendError)>, BackendError>;
+}
+
+/// An ipset netlink operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IpsetError {
+    /// The kernel has no ipset netlink subsystem (module `ip_set` missing or not loadable).
+    #[error(
+        "ipset is not available over netlink in this kernel ({reason}): load the ip_set module"
+    )]
+    Unavailable {
+        /// What the kernel answered.
+        reason: String,
+    },
+    /// The kernel lacks a set type (its module is missing).
+    #[error("the kernel has no ipset type {kind} for family {family} (set {set}): load module ip_set_{}", kind.replace([':', ','], "_"))]
+    NoType {
+        /// The type.
+        kind: &'static str,
+        /// `inet`, `inet6` or `unspec`.
+        family: &'static str,
+        /// The set that needs it.
+        set: String,
+    },
+    /// A set exists with another type or family than the one it must have.
+    #[error(
+        "ipset {set} already exists as {found} and cannot be used as {wanted}: destroy it \
+         (ipset destroy {set}) after removing the rules that use it"
+    )]
+    WrongType {
+        /// The set.
+        set: String,
+        /// Its type and family in the kernel.
+        found: String,
+        /// The type and family it needs.
+        wanted: String,
+    },
+    /// The kernel refused one operation.
+    #[error("ipset netlink: `{op}` failed: {reason} (error {errno})")]
+    Kernel {
+        /// The operation, as its `ipset restore` line.
+        op: String,
+        /// The kernel's error number (ipset's own are 4096 and up).
+        errno: i32,
+        /// The error in words.
+        reason: String,
+    },
+    /// An entry does not parse as its set's type.
+    #[error(transparent)]
+    Entry(#[from] crate::ipvs::ipset_ops::EntryError),
+    /// The socket failed or a reply was malformed.
+    #[error(transparent)]
+    Socket(#[from] BackendError),
 }

@@ -14,6 +14,8 @@
 //! - [`memory`]: in-memory backends with the kernel's semantics.
 //! - [`reconcile`]: full and incremental syncs, adoption, graceful termination.
 //! - [`host`]: sysctls, IPVS timeouts, ipsets and iptables rules (restore files).
+//! - [`ipset_ops`]: ipset changes as typed operations, rendered as `ipset restore` text or sent
+//!   over netlink ([`netlink::ipset`]).
 //! - [`config`]: `KubeProxyConfiguration` files, validation, live watching.
 //! - [`conntrack`]: stale UDP/SCTP conntrack entries after endpoint changes, and the
 //!   `conntrack` section's kernel settings.
@@ -54,6 +56,7 @@ pub(crate) mod extras;
 pub mod fixtures;
 pub(crate) mod healthcheck;
 pub mod host;
+pub mod ipset_ops;
 pub mod memory;
 pub mod netlink;
 pub mod reconcile;

@@ -4,7 +4,6 @@
 //! entries are remembered so its old ones can be taken out when it changes or goes.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use smallvec::SmallVec;
@@ -12,6 +11,7 @@ use smallvec::SmallVec;
 use super::ipset::{IPVS_IPS, IpSet, SET_COUNT, SetIndex, ipsets_counted, server_entries};
 use crate::ipvs::desired::DesiredState;
 use crate::ipvs::extras::HostExtras;
+use crate::ipvs::ipset_ops::{EntryError, IpsetOp, SetName, entry_of};
 use crate::ipvs::table::{Family, ServiceId};
 
 /// The entries one virtual server holds: (set of its family, entry).
@@ -121,17 +121,18 @@ impl IpsetModel {
     }
 
     /// Brings the sets to `desired` after its virtual servers `services` and bound addresses
-    /// `addresses` changed, and returns the `ipset restore` lines for it (`del`/`add` with
-    /// `-exist`, per set deletions then additions, each sorted: what
-    /// [`ipset_diff`](super::ipset_diff) would write). `None`, with nothing changed, when a
-    /// change is of a family the model lacks.
+    /// `addresses` changed, and returns the operations for it (`del`/`add` with `-exist`, per
+    /// set deletions then additions, each sorted: what [`diff_ops`](super::ipset_restore::diff_ops)
+    /// gives). `None`, with nothing changed, when a change is of a family the model lacks; an
+    /// error for an entry that does not parse as its set's type (the model is then stale and
+    /// must be rebuilt).
     pub(crate) fn update(
         &mut self,
         desired: &DesiredState,
         services: &BTreeSet<ServiceId>,
         addresses: &BTreeSet<IpAddr>,
         extras: &HostExtras,
-    ) -> Option<String> {
+    ) -> Option<Result<Vec<IpsetOp>, EntryError>> {
         let widened = self.with_local_changes(desired, extras, services);
         let services = widened.as_ref().unwrap_or(services);
         if services.iter().any(|id| self.base(id.family()).is_none())
@@ -179,16 +180,14 @@ impl IpsetModel {
             }
             touched.insert((set, e));
         }
-        let mut dels = String::new();
-        let mut adds = String::new();
-        let mut out = String::new();
+        let mut dels: Vec<IpsetOp> = Vec::new();
+        let mut adds: Vec<IpsetOp> = Vec::new();
+        let mut out: Vec<IpsetOp> = Vec::new();
         let mut current: Option<usize> = None;
         for (set, e) in touched {
             if current != Some(set) {
-                out.push_str(&dels);
-                out.push_str(&adds);
-                dels.clear();
-                adds.clear();
+                out.append(&mut dels);
+                out.append(&mut adds);
                 current = Some(set);
             }
             let now = if set % SET_COUNT == usize::from(IPVS_IPS) {
@@ -196,17 +195,39 @@ impl IpsetModel {
             } else {
                 self.refs[set].contains_key(&e)
             };
-            let IpSet { name, entries, .. } = &mut self.sets[set];
-            if now && !entries.contains(&e) {
-                let _ = writeln!(adds, "add {name} {e} -exist");
-                entries.insert(e);
-            } else if !now && entries.remove(&e) {
-                let _ = writeln!(dels, "del {name} {e} -exist");
+            let IpSet {
+                name,
+                kind,
+                entries,
+                ..
+            } = &mut self.sets[set];
+            let add = now && !entries.contains(&e);
+            if add || (!now && entries.contains(&e)) {
+                let entry = match entry_of(name, kind, &e) {
+                    Ok(entry) => entry,
+                    Err(err) => return Some(Err(err)),
+                };
+                let set: SetName = name.as_str().into();
+                if add {
+                    adds.push(IpsetOp::Add {
+                        set,
+                        entry,
+                        exist: true,
+                    });
+                    entries.insert(e);
+                } else {
+                    entries.remove(&e);
+                    dels.push(IpsetOp::Del {
+                        set,
+                        entry,
+                        exist: true,
+                    });
+                }
             }
         }
-        out.push_str(&dels);
-        out.push_str(&adds);
-        Some(out)
+        out.append(&mut dels);
+        out.append(&mut adds);
+        Some(Ok(out))
     }
 }
 
@@ -300,12 +321,19 @@ mod tests {
             let delta = desired.update(&w.snapshot(), &config, &node());
             extras = HostExtras::of_view(desired.view());
             assert!(!delta.full, "step {i}");
-            let script = model
-                .update(&desired, &delta.services, &delta.addresses, &extras)
-                .expect("families known");
+            let script = crate::ipvs::ipset_ops::render_text(
+                &model
+                    .update(&desired, &delta.services, &delta.addresses, &extras)
+                    .expect("families known")
+                    .expect("entries parse"),
+            );
             let after = all_sets(&desired, &families, &extras);
             assert_eq!(model.sets(), after.as_slice(), "step {i}: sets");
-            assert_eq!(script, ipset_diff(&before, &after), "step {i}: script");
+            assert_eq!(
+                script,
+                ipset_diff(&before, &after).unwrap(),
+                "step {i}: script"
+            );
             let rebuilt = IpsetModel::build(&desired, &families, &extras, &node().local_addresses);
             assert_eq!(model.refs, rebuilt.refs, "step {i}: counts");
             hairpin |= after

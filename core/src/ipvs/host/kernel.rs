@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::command::{CommandRunner, ProcessRunner};
 use super::ipset_model::IpsetModel;
-use super::ipset_restore::{ipset_diff, ipset_restore_sized};
+use super::ipset_restore::{diff_ops, restore_ops};
 use super::ipset_size::{maxelems_after_restore, parse_maxelems, restore_sizes};
 use super::iptables::{JUMPS, iptables_restore_with, saved_has_rule};
 use super::sysctl::apply_sysctls;
@@ -16,7 +16,9 @@ use crate::ipvs::backend::{BackendError, IpvsBackend};
 use crate::ipvs::config::ProxyConfig;
 use crate::ipvs::desired::{Delta, DesiredState, NodeInfo};
 use crate::ipvs::extras::HostExtras;
+use crate::ipvs::ipset_ops::{IpsetOp, render_text};
 use crate::ipvs::netlink::NetlinkIpvs;
+use crate::ipvs::netlink::ipset::{IpsetError, IpsetNetlink};
 use crate::ipvs::run::HostSetup;
 use crate::ipvs::table::{Family, ServiceId};
 
@@ -38,6 +40,8 @@ pub const HOST_RETRY_MAX: Duration = Duration::from_secs(30);
 /// ([`retry_delay`]) through [`HostSetup::has_pending`], without waiting for the next sync.
 pub struct KernelHost {
     runner: Box<dyn CommandRunner>,
+    /// How the ipsets are written: over netlink, or with `ipset restore`.
+    ipset: IpsetWay,
     mode: Option<IptablesMode>,
     /// The ipsets as last applied, with who holds each entry; `None`: unknown (rebuilt and
     /// swapped in whole, or diffed against nothing, next time).
@@ -77,6 +81,25 @@ impl Default for KernelHost {
     }
 }
 
+/// How [`KernelHost`] writes the ipsets.
+#[derive(Debug)]
+enum IpsetWay {
+    /// Not decided yet: netlink is tried at the first update.
+    Unopened,
+    /// Over netlink (the default).
+    Netlink(IpsetNetlink),
+    /// `ipset restore` through the command runner (netlink unavailable, or tests).
+    Restore,
+}
+
+/// An [`IpsetError`] as a [`BackendError`] (socket errors stay what they are).
+fn backend_error(e: IpsetError) -> BackendError {
+    match e {
+        IpsetError::Socket(b) => b,
+        other => BackendError::Ipset(Box::new(other)),
+    }
+}
+
 /// The virtual servers and addresses changed since the ipsets were last applied.
 #[derive(Debug, Default)]
 struct Dirty {
@@ -98,15 +121,20 @@ impl Dirty {
 pub(super) const FILTER_MIN_GAP: Duration = Duration::from_millis(200);
 
 impl KernelHost {
-    /// A host setup running the real tools; it detects the iptables variant on first use.
+    /// A host setup writing ipsets over netlink (`ipset restore` if the kernel has no ipset
+    /// netlink subsystem) and running the iptables tools; it detects the iptables variant on
+    /// first use.
     pub fn new() -> Self {
-        Self::with_runner(Box::new(ProcessRunner))
+        let mut host = Self::with_runner(Box::new(ProcessRunner));
+        host.ipset = IpsetWay::Unopened;
+        host
     }
 
-    /// A host setup running its ipset/iptables commands through `runner`.
+    /// A host setup running its ipset (`ipset restore`) and iptables commands through `runner`.
     pub(crate) fn with_runner(runner: Box<dyn CommandRunner>) -> Self {
         Self {
             runner,
+            ipset: IpsetWay::Restore,
             mode: None,
             model: None,
             dirty: Dirty {
@@ -182,54 +210,30 @@ impl KernelHost {
             *rebuilds += 1;
             IpsetModel::build(desired, &families, extras, node_addresses)
         };
-        let (model, script, previous) = match self.model.take() {
+        let (model, delta_ops, previous) = match self.model.take() {
             Some(mut m) if follows && m.fits(&families, &self.extras, node_addresses) => {
                 match m.update(desired, &dirty.services, &dirty.addresses, &self.extras) {
-                    Some(script) => (m, Some(script), None),
+                    Some(Ok(ops)) => (m, Some(ops), None),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "ipset model stale; rebuilding the sets");
+                        (rebuild(&self.extras), None, None)
+                    }
                     None => (rebuild(&self.extras), None, Some(m)),
                 }
             }
             old => (rebuild(&self.extras), None, old),
         };
-        let sets = model.sets();
-        // Entry-by-entry updates, unless a set would outgrow its `maxelem`: then a full swap
-        // into a larger set.
-        let outgrown = |sizes: &BTreeMap<String, usize>| {
-            sets.iter()
-                .any(|s| s.family.is_some() && s.entries.len() > restore_sizes(s, sizes).0)
-        };
-        let entry_by_entry = match (&self.maxelems, script, &previous) {
-            (Some(sizes), _, _) if outgrown(sizes) => None,
-            (Some(_), Some(delta_script), _) => Some(delta_script),
-            (Some(_), None, Some(prev)) => Some(ipset_diff(prev.sets(), sets)),
-            _ => None,
-        };
-        let (script, sizes) = match entry_by_entry {
-            Some(script) => (script, None),
-            None => {
-                let existing = match self.maxelems.take() {
-                    Some(known) => known,
-                    None => self.existing_maxelems(),
-                };
-                let sizes = maxelems_after_restore(sets, &existing);
-                (ipset_restore_sized(sets, &existing), Some(sizes))
-            }
-        };
-        if !script.is_empty()
-            && let Err(e) = self.runner.run("ipset", &["restore"], Some(&script))
-        {
+        if let Err(e) = self.write_ipsets(&model, delta_ops, previous) {
             // Next time: read the sets' sizes again and swap in whole.
             self.model = None;
             self.maxelems = None;
             self.dirty.everything();
             return Err(e);
         }
-        if let Some(sizes) = sizes {
-            self.maxelems = Some(sizes);
-        }
         self.model = Some(model);
         tracing::debug!("ipsets applied");
         if self.last_rules.as_deref() != Some(rules.as_str()) {
+            let started = Instant::now();
             let mode = self.detected_mode();
             for (f, text) in &per_family {
                 let restore = mode.command(*f, "-restore");
@@ -257,22 +261,123 @@ impl KernelHost {
                     }
                 }
             }
-            tracing::debug!("iptables jumps ensured");
+            let ms = started.elapsed().as_secs_f64() * 1e3;
+            tracing::info!(ms, "iptables rules restored and jumps ensured");
             self.last_rules = Some(rules);
         }
         Ok(())
     }
 
-    /// The `maxelem` of the hash sets in the kernel (`ipset list -t`); empty if they cannot be
-    /// listed (the restore then assumes default sizes and reports its own error if wrong).
-    fn existing_maxelems(&mut self) -> BTreeMap<String, usize> {
-        match self.runner.run("ipset", &["list", "-t"], None) {
+    /// Writes the sets of `model`: entry by entry (`delta_ops` of an incremental update, or a
+    /// diff against `previous`) when their sizes are known and none outgrows its `maxelem`,
+    /// else a whole swap of each set, sized for its entries.
+    fn write_ipsets(
+        &mut self,
+        model: &IpsetModel,
+        delta_ops: Option<Vec<IpsetOp>>,
+        previous: Option<IpsetModel>,
+    ) -> Result<(), BackendError> {
+        let sets = model.sets();
+        let outgrown = |sizes: &BTreeMap<String, usize>| {
+            sets.iter()
+                .any(|s| s.family.is_some() && s.entries.len() > restore_sizes(s, sizes).0)
+        };
+        let entry_by_entry = match (&self.maxelems, delta_ops, &previous) {
+            (Some(sizes), _, _) if outgrown(sizes) => None,
+            (Some(_), Some(ops), _) => Some(ops),
+            (Some(_), None, Some(prev)) => {
+                Some(diff_ops(prev.sets(), sets).map_err(|e| backend_error(IpsetError::from(e)))?)
+            }
+            _ => None,
+        };
+        let (ops, sizes) = match entry_by_entry {
+            Some(ops) => (ops, None),
+            None => {
+                let existing = match self.maxelems.take() {
+                    Some(known) => known,
+                    None => self.existing_maxelems()?,
+                };
+                let sizes = maxelems_after_restore(sets, &existing);
+                let ops =
+                    restore_ops(sets, &existing).map_err(|e| backend_error(IpsetError::from(e)))?;
+                (ops, Some(sizes))
+            }
+        };
+        if !ops.is_empty() {
+            let started = Instant::now();
+            self.ipset_way()?;
+            let whole = sizes.is_some();
+            match &mut self.ipset {
+                IpsetWay::Netlink(nl) => {
+                    let report = nl.execute(&ops).map_err(backend_error)?;
+                    let ms = started.elapsed().as_secs_f64() * 1e3;
+                    if whole {
+                        tracing::info!(
+                            ms,
+                            requests = report.requests,
+                            batches = report.batches,
+                            adopted = report.adopted,
+                            "ipsets swapped in whole over netlink"
+                        );
+                    } else {
+                        tracing::debug!(
+                            ms,
+                            requests = report.requests,
+                            "ipsets updated over netlink"
+                        );
+                    }
+                }
+                _ => {
+                    self.runner
+                        .run("ipset", &["restore"], Some(&render_text(&ops)))?;
+                    if whole {
+                        let ms = started.elapsed().as_secs_f64() * 1e3;
+                        tracing::info!(ms, "ipsets swapped in whole with ipset restore");
+                    }
+                }
+            }
+        }
+        if let Some(sizes) = sizes {
+            self.maxelems = Some(sizes);
+        }
+        Ok(())
+    }
+
+    /// Opens the ipset netlink socket at first use; falls back to `ipset restore` (one log
+    /// line) when the kernel has no ipset netlink subsystem.
+    fn ipset_way(&mut self) -> Result<(), BackendError> {
+        if matches!(self.ipset, IpsetWay::Unopened) {
+            self.ipset = match IpsetNetlink::open() {
+                Ok(nl) => IpsetWay::Netlink(nl),
+                Err(e @ IpsetError::Unavailable { .. }) => {
+                    tracing::warn!(error = %e, "writing ipsets with `ipset restore` instead");
+                    IpsetWay::Restore
+                }
+                Err(e) => return Err(backend_error(e)),
+            };
+        }
+        Ok(())
+    }
+
+    /// The `maxelem` of the hash sets in the kernel (a netlink header dump, or `ipset list
+    /// -t`). With `ipset restore`, empty if they cannot be listed (the restore then assumes
+    /// default sizes and reports its own error if wrong).
+    fn existing_maxelems(&mut self) -> Result<BTreeMap<String, usize>, BackendError> {
+        self.ipset_way()?;
+        if let IpsetWay::Netlink(nl) = &mut self.ipset {
+            let sets = nl.list_headers().map_err(backend_error)?;
+            return Ok(sets
+                .into_iter()
+                .filter_map(|(name, h)| Some((name, usize::try_from(h.maxelem?).ok()?)))
+                .collect());
+        }
+        Ok(match self.runner.run("ipset", &["list", "-t"], None) {
             Ok(listing) => parse_maxelems(&listing),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list ipsets; assuming default sizes");
                 BTreeMap::new()
             }
-        }
+        })
     }
 
     /// [`HostSetup::after_sync`] at time `now`: applies the filters unless rate-limited or

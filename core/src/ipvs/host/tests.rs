@@ -63,7 +63,7 @@ fn desired() -> DesiredState {
 #[test]
 fn ipset_restore_golden() {
     let d = desired();
-    let v4 = ipset_restore(&ipsets(&d, Family::V4));
+    let v4 = ipset_restore(&ipsets(&d, Family::V4)).unwrap();
     let want_start = "\
 create KUBE-CLUSTER-IP hash:ip,port family inet hashsize 1024 maxelem 65536 -exist
 create KUBE-SVCNET-TMP hash:ip,port family inet hashsize 1024 maxelem 65536
@@ -108,7 +108,7 @@ swap KUBE-SVCNET-TMP KUBE-IPVS-IPS
 destroy KUBE-SVCNET-TMP
 "
     ));
-    let v6 = ipset_restore(&ipsets(&d, Family::V6));
+    let v6 = ipset_restore(&ipsets(&d, Family::V6)).unwrap();
     assert!(v6.starts_with(
         "create KUBE-6-CLUSTER-IP hash:ip,port family inet6 hashsize 1024 maxelem 65536 -exist
 create KUBE-SVCNET-TMP hash:ip,port family inet6 hashsize 1024 maxelem 65536
@@ -292,12 +292,12 @@ fn ipset_diff_adds_and_deletes_only_what_changed() {
     let mut new = old.clone();
     new[0].entries.remove("10.96.0.10,udp:53");
     new[0].entries.insert("10.96.0.30,tcp:443".to_string());
-    let script = ipset_diff(&old, &new);
+    let script = ipset_diff(&old, &new).unwrap();
     assert_eq!(
         script,
         "del KUBE-CLUSTER-IP 10.96.0.10,udp:53 -exist\nadd KUBE-CLUSTER-IP 10.96.0.30,tcp:443 -exist\n"
     );
-    assert_eq!(ipset_diff(&new, &new), "");
+    assert_eq!(ipset_diff(&new, &new).unwrap(), "");
 }
 
 #[test]
@@ -554,7 +554,7 @@ fn set_text(sets: &[IpSet], name: &str) -> String {
         .iter()
         .find(|s| s.name == name)
         .unwrap_or_else(|| panic!("no set {name}"));
-    ipset_restore(std::slice::from_ref(set))
+    ipset_restore(std::slice::from_ref(set)).unwrap()
 }
 
 #[test]
@@ -828,7 +828,7 @@ fn big_set(name: &str, entries: usize) -> IpSet {
 #[test]
 fn oversized_set_is_swapped_into_a_larger_set() {
     let set = big_set("KUBE-CLUSTER-IP", 70_000);
-    let script = ipset_restore_sized(std::slice::from_ref(&set), &BTreeMap::new());
+    let script = ipset_restore_sized(std::slice::from_ref(&set), &BTreeMap::new()).unwrap();
     let head: Vec<&str> = script.lines().take(2).collect();
     assert_eq!(
         head,
@@ -844,7 +844,7 @@ fn oversized_set_is_swapped_into_a_larger_set() {
     // Already enlarged (an earlier run): declared as it is, never shrunk.
     let existing = parse_maxelems(LISTING);
     let small = big_set("KUBE-CLUSTER-IP", 3);
-    let script = ipset_restore_sized(std::slice::from_ref(&small), &existing);
+    let script = ipset_restore_sized(std::slice::from_ref(&small), &existing).unwrap();
     assert!(
         script.starts_with(
             "create KUBE-CLUSTER-IP hash:ip,port family inet hashsize 1024 maxelem 131072 -exist\n\
@@ -1021,7 +1021,7 @@ fn incremental_syncs_update_the_sets_from_the_delta() {
         .unwrap();
     assert_eq!(host.rebuilds, 1, "no rebuild for an incremental sync");
     let script = last_ipset_script(&calls);
-    assert_eq!(script, ipset_diff(&before, &sets(&d)));
+    assert_eq!(script, ipset_diff(&before, &sets(&d)).unwrap());
     assert_eq!(
         script,
         "add KUBE-LOOP-BACK 10.244.1.11,tcp:8080,10.244.1.11 -exist\n"
@@ -1052,7 +1052,7 @@ fn incremental_syncs_update_the_sets_from_the_delta() {
         .unwrap();
     assert_eq!(host.rebuilds, 1);
     let script = last_ipset_script(&calls);
-    assert_eq!(script, ipset_diff(&before, &sets(&d)));
+    assert_eq!(script, ipset_diff(&before, &sets(&d)).unwrap());
     assert!(
         script.contains("del KUBE-LOOP-BACK 10.244.1.10,tcp:8080,10.244.1.10 -exist\n")
             && script.contains("add KUBE-CLUSTER-IP 10.96.0.30,tcp:443 -exist\n")

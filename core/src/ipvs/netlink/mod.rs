@@ -1,8 +1,10 @@
 //! The kernel backends over netlink, with neli: the generic netlink family `IPVS`
 //! ([`ipvs::NetlinkIpvs`]) and rtnetlink for the `kube-ipvs0` dummy link and its addresses
 //! ([`rtnl::NetlinkAddresses`]); ctnetlink for stale conntrack entries lives in
-//! [`crate::ipvs::conntrack::ctnetlink`] on top of this module's [`socket::Conn`]. All batch many requests per `sendmsg` ([`socket::Conn`]).
+//! [`crate::ipvs::conntrack::ctnetlink`] on top of this module's [`socket::Conn`], and ipsets
+//! over the netfilter subsystem `IPSET` in [`ipset::IpsetNetlink`]. All batch many requests per `sendmsg` ([`socket::Conn`]).
 
+pub mod ipset;
 pub mod ipvs;
 pub mod procfs;
 pub mod rtnl;
