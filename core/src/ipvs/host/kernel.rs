@@ -43,6 +43,10 @@ pub struct KernelHost {
     /// How the ipsets are written: over netlink, or with `ipset restore`.
     ipset: IpsetWay,
     mode: Option<IptablesMode>,
+    /// The variant detection started by [`KernelHost::new`] on a thread of its own, so that its
+    /// `*-save` and probe processes run while the cluster state loads and IPVS is written;
+    /// joined at the first iptables update.
+    detecting: Option<std::thread::JoinHandle<IptablesMode>>,
     /// The ipsets as last applied, with who holds each entry; `None`: unknown (rebuilt and
     /// swapped in whole, or diffed against nothing, next time).
     model: Option<IpsetModel>,
@@ -127,6 +131,11 @@ impl KernelHost {
     pub fn new() -> Self {
         let mut host = Self::with_runner(Box::new(ProcessRunner));
         host.ipset = IpsetWay::Unopened;
+        host.detecting = std::thread::Builder::new()
+            .name("iptables-variant".into())
+            .spawn(|| detect_mode(&mut ProcessRunner))
+            .map_err(|e| tracing::warn!(error = %e, "iptables variant detection runs at first use"))
+            .ok();
         host
     }
 
@@ -136,6 +145,7 @@ impl KernelHost {
             runner,
             ipset: IpsetWay::Restore,
             mode: None,
+            detecting: None,
             model: None,
             dirty: Dirty {
                 full: true,
@@ -173,7 +183,10 @@ impl KernelHost {
         if let Some(m) = self.mode {
             return m;
         }
-        let m = detect_mode(self.runner.as_mut());
+        let m = match self.detecting.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(m)) => m,
+            _ => detect_mode(self.runner.as_mut()),
+        };
         tracing::info!(mode = ?m, "iptables variant");
         self.mode = Some(m);
         m

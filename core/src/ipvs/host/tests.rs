@@ -398,8 +398,8 @@ fn detection_falls_back_to_legacy_when_nft_cannot_change_rules() {
         [
             "iptables-legacy-save",
             "iptables-nft-save",
-            "iptables-nft-restore --noflush",
-            "iptables-legacy-restore --noflush",
+            "iptables-nft-restore -w 5 --noflush",
+            "iptables-legacy-restore -w 5 --noflush",
         ]
     );
     let probe = calls.lock().unwrap()[3].2.clone().unwrap();

@@ -79,7 +79,9 @@ pub fn probe_mode(runner: &mut dyn CommandRunner, mode: IptablesMode) -> Result<
     runner
         .run(
             &mode.command(Family::V4, "-restore"),
-            &["--noflush"],
+            // Wait for the xtables lock: the probe may run while another part of the agent
+            // (node-local DNS setup) restores rules.
+            &["-w", "5", "--noflush"],
             Some(&script),
         )
         .map(drop)
