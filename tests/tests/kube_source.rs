@@ -653,7 +653,7 @@ async fn a_node_scoped_pod_watch_sees_only_that_node_s_pods() {
     fake.apply(on("here-1", "10.244.1.1", "node-a"));
     fake.apply(on("there-1", "10.244.2.1", "node-b"));
     let kinds = [Kind::Service, Kind::EndpointSlice, Kind::Pod];
-    let (writer, reader) = new_cache(kinds);
+    let (writer, mut reader) = new_cache(kinds);
     let task = tokio::spawn(svcnet_core::source::kube::run_scoped(
         fake.client(),
         kinds.to_vec(),
