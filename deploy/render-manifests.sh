@@ -12,6 +12,7 @@ variants=(
     "svcnet.yaml:kustomize/base"
     "dns-only.yaml:kustomize/overlays/dns-only"
     "svcnet-pods-verified.yaml:kustomize/overlays/pods-verified"
+    "svcnet-node-local.yaml:kustomize/overlays/node-local"
 )
 
 render() {

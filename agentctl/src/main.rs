@@ -137,7 +137,8 @@ struct RunArgs {
     /// Node-local DNS: also answer on these link-local addresses (port 53; default
     /// 169.254.20.10; comma-separated, IPv6 too), bound on a dummy link the agent creates
     /// (`--node-local-dns-link`), with DNS to and from them kept out of conntrack (raw-table
-    /// NOTRACK rules). Removed again on a clean stop. Off unless given.
+    /// NOTRACK rules). Removed again on a clean stop unless --node-local-dns-keep. Off unless
+    /// given.
     #[arg(long, value_name = "ADDR[,ADDR]", num_args = 0..=1, require_equals = true,
           default_missing_value = "169.254.20.10", value_delimiter = ',',
           env = "SVCNET_NODE_LOCAL_DNS")]
@@ -145,6 +146,11 @@ struct RunArgs {
     /// The dummy link node-local DNS creates and binds its addresses on.
     #[arg(long, value_name = "NAME", default_value = agent::nodelocal::DEFAULT_LINK)]
     node_local_dns_link: String,
+    /// Node-local DNS: leave the link, addresses and rules in place on a clean stop, for the
+    /// next start to adopt (restarts and upgrades: pods' queries meanwhile fail at once with
+    /// an ICMP error and go to their next nameserver instead of timing out).
+    #[arg(long, requires = "node_local_dns", env = "SVCNET_NODE_LOCAL_DNS_KEEP")]
+    node_local_dns_keep: bool,
     /// Proxy: program an in-memory IPVS table instead of the kernel (see /proxy/plan).
     #[arg(long)]
     dry_run: bool,
@@ -699,6 +705,7 @@ async fn run(args: RunArgs) -> Result<()> {
                 agent::nodelocal::NodeLocalOptions {
                     addresses: node_local,
                     link: args.node_local_dns_link.clone(),
+                    keep_on_exit: args.node_local_dns_keep,
                 },
             )
         });

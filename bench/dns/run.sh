@@ -17,6 +17,10 @@
 #               pods insecure, prometheus, forward, cache 30, loop, reload, loadbalance)
 #   kubeadm-rt  the same plus a `rewrite name` regex rule and a `template` block for names the
 #               query mix never asks, so both are evaluated and skipped on every query
+#   baseline    `plain`'s flags served by the binary $BASELINE (e.g. a build of an earlier commit),
+#               for a same-run before/after comparison
+#   minimal     the Corefile equivalent of `plain`'s flags (ready + kubernetes only): the plugin
+#               chain's own cost next to the flag mode's direct zone handler
 #
 # Usage: bench/dns/run.sh [seconds-per-run (default 10)]
 # Env: SERVICES (10000), ENDPOINTS (100000), INFLIGHT (dnsperf -q, 100), NO_BUILD=1,
@@ -84,6 +88,15 @@ LAST_SVC="svc-$((SERVICES-1)).ns-$(((SERVICES-1)%100)).svc.cluster.local"
 corefile() {
   local cfg=$1 ready=$2
   local extra=""
+  if [ "$cfg" = minimal ]; then
+    cat <<EOF
+cluster.local in-addr.arpa ip6.arpa:53 {
+    ready 127.0.0.1:$ready
+    kubernetes cluster.local in-addr.arpa ip6.arpa
+}
+EOF
+    return
+  fi
   if [ "$cfg" = kubeadm-rt ]; then
     extra='    rewrite stop {
         name regex (.*)\.db\.corp\.example\. {1}.default.svc.cluster.local.
@@ -126,17 +139,21 @@ for cfg in $CONFIGS; do
   echo "== starting svcnet-dns ($cfg) on 127.0.0.1:$port"
   START_NS=$(date +%s%N)
   case "$cfg" in
-    plain)
-      "$BIN/svcnet-dns" --listen "127.0.0.1:$port" --manifests "$WORK/cluster" \
+    plain | baseline)
+      bin="$BIN/svcnet-dns"
+      if [ "$cfg" = baseline ]; then
+        bin=${BASELINE:?"CONFIGS=baseline needs BASELINE=/path/to/svcnet-dns"}
+      fi
+      "$bin" --listen "127.0.0.1:$port" --manifests "$WORK/cluster" \
         --health off --metrics off --ready "127.0.0.1:$ready" --lameduck 0s \
         2>"$WORK/svcnet-$cfg.log" &
       ;;
-    kubeadm | kubeadm-rt)
+    kubeadm | kubeadm-rt | minimal)
       corefile "$cfg" "$ready" > "$WORK/Corefile.$cfg"
       "$BIN/svcnet-dns" --corefile "$WORK/Corefile.$cfg" --listen "127.0.0.1:$port" \
         --manifests "$WORK/cluster" 2>"$WORK/svcnet-$cfg.log" &
       ;;
-    *) echo "unknown configuration $cfg (plain, kubeadm, kubeadm-rt)" >&2; exit 1 ;;
+    *) echo "unknown configuration $cfg (plain, baseline, minimal, kubeadm, kubeadm-rt)" >&2; exit 1 ;;
   esac
   CFG_PID[$cfg]=$!
   CFG_PORT[$cfg]=$port

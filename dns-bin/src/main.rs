@@ -125,23 +125,15 @@ fn parse_optional_addr(s: &str) -> Result<OptionalAddr, String> {
         .map_err(|e| format!("`{s}`: {e} (expected ADDR:PORT or off)"))
 }
 
+/// A duration flag: Go syntax (`500ms`, `5s`, `1m`, the Corefile's parser) or a bare number
+/// of seconds.
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (number, scale) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (s, 1.0)
-    };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{s}`: expected a duration like 5s, 500ms or 1m"))?;
-    if !(0.0..=86400.0).contains(&(value * scale)) {
-        return Err(format!("`{s}`: out of range"));
+    if let Ok(secs) = s.parse::<f64>()
+        && (0.0..=86_400.0).contains(&secs)
+    {
+        return Ok(Duration::from_secs_f64(secs));
     }
-    Ok(Duration::from_secs_f64(value * scale))
+    svcnet_core::dns::corefile::names::parse_duration(s)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -249,6 +241,9 @@ fn corefile_main(
     use svcnet_core::dns::plugins::serve::CorefileOptions;
     let options = CorefileOptions {
         path: path.to_path_buf(),
+        text: None,
+        listener: Default::default(),
+        lameduck: None,
         load: LoadOptions {
             allow_unknown: args.allow_unknown,
             ..LoadOptions::default()

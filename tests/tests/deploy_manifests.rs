@@ -28,7 +28,7 @@ struct Variant {
     kustomization: &'static str,
 }
 
-const VARIANTS: [Variant; 3] = [
+const VARIANTS: [Variant; 4] = [
     Variant {
         file: "svcnet.yaml",
         kustomization: "kustomize/base",
@@ -40,6 +40,10 @@ const VARIANTS: [Variant; 3] = [
     Variant {
         file: "svcnet-pods-verified.yaml",
         kustomization: "kustomize/overlays/pods-verified",
+    },
+    Variant {
+        file: "svcnet-node-local.yaml",
+        kustomization: "kustomize/overlays/node-local",
     },
 ];
 
@@ -824,6 +828,9 @@ fn check_node_agent(at: &str, template: &PodTemplateSpec) -> Vec<String> {
 /// `tests/tests/vm_privileges.rs`, which reads them from the same manifest).
 const NODE_AGENT_CAPABILITIES: [&str; 2] = ["NET_ADMIN", "NET_RAW"];
 
+/// The one capability node-local DNS adds (`--node-local-dns`: a listener on port 53).
+const NODE_LOCAL_DNS_CAPABILITY: &str = "NET_BIND_SERVICE";
+
 /// Least privilege for the node agent, pinned: the agent container is not privileged, drops
 /// every capability and adds back exactly [`NODE_AGENT_CAPABILITIES`], cannot gain privileges,
 /// runs under the runtime's default seccomp filter; the one privileged step is the
@@ -874,10 +881,18 @@ fn node_agent_runs_with_least_privilege() {
             );
             let added: BTreeSet<String> =
                 caps.add.clone().unwrap_or_default().into_iter().collect();
-            let wanted: BTreeSet<String> = NODE_AGENT_CAPABILITIES
+            let mut wanted: BTreeSet<String> = NODE_AGENT_CAPABILITIES
                 .iter()
                 .map(|c| c.to_string())
                 .collect();
+            // Node-local DNS listens on port 53 (proven in a real kernel by vm_nodelocal.rs).
+            if c.args
+                .iter()
+                .flatten()
+                .any(|a| a.starts_with("--node-local-dns"))
+            {
+                wanted.insert(NODE_LOCAL_DNS_CAPABILITY.to_string());
+            }
             need(
                 added == wanted,
                 &format!("agent: capabilities add exactly {wanted:?}, not {added:?}"),
@@ -1325,26 +1340,7 @@ fn served_endpoints(
     };
     match r.program {
         Program::Dns => {
-            let cf = corefile_of(objects, r);
-            for server in &cf.servers {
-                let p = &server.plugins;
-                if let Some(h) = &p.health {
-                    http(h.addr.port(), &["/health"]);
-                }
-                if let Some(rd) = &p.ready {
-                    http(rd.addr.port(), &["/ready"]);
-                }
-                if let Some(m) = &p.prometheus {
-                    http(m.addr.port(), &["/metrics"]);
-                }
-            }
-            for server in &cf.servers {
-                for addr in server.listen_addrs() {
-                    for proto in ["UDP", "TCP"] {
-                        served.insert((i32::from(addr.port()), proto.to_string(), String::new()));
-                    }
-                }
-            }
+            corefile_served(objects, r, &mut served);
             (served, None)
         }
         Program::AgentRun => {
@@ -1372,7 +1368,40 @@ fn served_endpoints(
                     loaded.ignored
                 );
             }
+            // `agentctl run --dns --corefile` (node-local DNS) serves the Corefile as well.
+            if flag_value(&r.container, "corefile").is_some() {
+                corefile_served(objects, r, &mut served);
+            }
             (served, host)
+        }
+    }
+}
+
+/// What the Corefile of `r` serves: its HTTP endpoints and its DNS ports (UDP and TCP).
+fn corefile_served(objects: &[Object], r: &Running, served: &mut BTreeSet<(i32, String, String)>) {
+    let cf = corefile_of(objects, r);
+    let mut http = |port: u16, paths: &[&str]| {
+        for path in paths.iter().chain([&""]) {
+            served.insert((i32::from(port), "TCP".to_string(), path.to_string()));
+        }
+    };
+    for server in &cf.servers {
+        let p = &server.plugins;
+        if let Some(h) = &p.health {
+            http(h.addr.port(), &["/health"]);
+        }
+        if let Some(rd) = &p.ready {
+            http(rd.addr.port(), &["/ready"]);
+        }
+        if let Some(m) = &p.prometheus {
+            http(m.addr.port(), &["/metrics"]);
+        }
+    }
+    for server in &cf.servers {
+        for addr in server.listen_addrs() {
+            for proto in ["UDP", "TCP"] {
+                served.insert((i32::from(addr.port()), proto.to_string(), String::new()));
+            }
         }
     }
 }

@@ -544,23 +544,27 @@ fn corefile_mode_serves_the_cluster_zone_and_forwards_the_rest() -> anyhow::Resu
 
 /// Starts `agentctl run --dns` in node-local mode (built-in server on `127.0.0.1:5355`) and waits until it is ready.
 fn start_dns_agent(name: &str, admin: &str) -> anyhow::Result<Background> {
-    let mut agent = Background::spawn(
+    start_agent(
         name,
-        &bin()?,
-        &[
-            "run",
-            "--manifests",
-            MANIFESTS,
-            "--dns",
-            "--dns-listen",
-            "127.0.0.1:5355",
-            "--admin",
-            admin,
-            "--node-local-dns",
-            "--lameduck",
-            "1",
-        ],
-    )?;
+        admin,
+        &["--dns-listen", "127.0.0.1:5355", "--node-local-dns"],
+    )
+}
+
+/// Starts `agentctl run --dns` with `extra` arguments and waits until it is ready.
+fn start_agent(name: &str, admin: &str, extra: &[&str]) -> anyhow::Result<Background> {
+    let mut args = vec![
+        "run",
+        "--manifests",
+        MANIFESTS,
+        "--dns",
+        "--admin",
+        admin,
+        "--lameduck",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    let mut agent = Background::spawn(name, &bin()?, &args)?;
     guest::wait_http(admin.parse()?, "/ready", Duration::from_secs(30)).map_err(|e| {
         let alive = agent.is_running();
         e.context(format!("agent running: {alive}; log:\n{}", agent.log()))
@@ -633,6 +637,188 @@ fn restart_under_a_lookup_loop() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How one lookup of [`resolver_lookup`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answered {
+    /// By the node-local address.
+    Locally,
+    /// By the second nameserver, after an ICMP error or a timeout from the first.
+    ByFallback,
+    /// By neither.
+    Lost,
+}
+
+/// One lookup as glibc's stub resolver makes it with `nameserver 169.254.20.10` and `nameserver NODE_IP` (the
+/// central DNS, as kubelet's `clusterDNS: [169.254.20.10, <kube-dns>]` writes it) and its default `timeout:5`: a
+/// connected UDP socket to the first; on an ICMP error (ECONNREFUSED) at once, or after 5 s without an answer, the
+/// same question to the second.
+fn resolver_lookup(id: u16) -> (Answered, Duration) {
+    let start = Instant::now();
+    let ask = |server: Ipv4Addr| -> bool {
+        let Ok(sock) = UdpSocket::bind("0.0.0.0:0") else {
+            return false;
+        };
+        let mut buf = [0u8; 512];
+        sock.connect(SocketAddrV4::new(server, 53)).is_ok()
+            && sock.set_read_timeout(Some(Duration::from_secs(5))).is_ok()
+            && sock.send(&query(id)).is_ok()
+            && matches!(sock.recv(&mut buf), Ok(n) if answers(&buf[..n], id))
+    };
+    let how = if ask(NODE_LOCAL) {
+        Answered::Locally
+    } else if ask(NODE_IP) {
+        Answered::ByFallback
+    } else {
+        Answered::Lost
+    };
+    (how, start.elapsed())
+}
+
+/// Issue #14 item 4: an agent restart with `--node-local-dns-keep` under a steady lookup loop from the pod (one
+/// lookup every 20 ms, each as glibc's resolver makes it with the node-local address first and the central DNS
+/// second, [`resolver_lookup`]). The stop leaves the address and the NOTRACK rules; while no agent listens, queries
+/// to the address get an ICMP port unreachable (rate-limited by the kernel per client; beyond that they wait for the
+/// 5 s timeout) and go to the second nameserver. Checked: no lookup lost, the address and rules stay across the
+/// stop, the next agent adopts them and answers again, and a later agent without the flag removes them on stop.
+/// Printed: lookups answered locally / by the fallback, the longest lookup, and how long the address had no
+/// listener.
+fn restart_keeping_the_address_loses_no_lookup() -> anyhow::Result<()> {
+    let _guard = fixture()?;
+    // The central DNS (the kube-dns endpoints a pod's second nameserver leads to): an agent on the node address.
+    let node_dns = format!("{NODE_IP}:53");
+    let central = start_agent(
+        "agentctl-central-dns",
+        "127.0.0.1:9905",
+        &["--dns-listen", &node_dns],
+    )?;
+    let keep = [
+        "--dns-listen",
+        "127.0.0.1:5355",
+        "--node-local-dns",
+        "--node-local-dns-keep",
+    ];
+    let first = start_agent("agentctl-nodelocal-keep-a", "127.0.0.1:9906", &keep)?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    // Lookups answered locally in a row, so far.
+    let local_run = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let run = local_run.clone();
+    let path = format!("/run/netns/{POD}");
+    let looper = std::thread::spawn(
+        move || -> anyhow::Result<Vec<(Instant, Answered, Duration)>> {
+            let ns = std::fs::File::open(&path)?;
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            let mut results = Vec::new();
+            let mut id: u16 = 1;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                id = id.wrapping_add(1);
+                let at = Instant::now();
+                let (how, took) = resolver_lookup(id);
+                if how == Answered::Locally {
+                    run.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                } else {
+                    run.store(0, std::sync::atomic::Ordering::Relaxed);
+                }
+                results.push((at, how, took));
+                std::thread::sleep(Duration::from_millis(20).saturating_sub(at.elapsed()));
+            }
+            Ok(results)
+        },
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let stopping = Instant::now();
+    let log = first.stop(Duration::from_secs(15));
+    let stopped = stopping.elapsed();
+    let kept_address =
+        guest::run("ip", &["-o", "addr", "show", "dev", "nodelocaldns"]).unwrap_or_default();
+    let kept_rules = iptables_save()?;
+    let second = start_agent("agentctl-nodelocal-keep-b", "127.0.0.1:9907", &keep);
+    let ready = stopping.elapsed();
+    // Until 20 lookups in a row were answered locally again (one may be waiting out its 5 s timeout).
+    local_run.store(0, std::sync::atomic::Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while local_run.load(std::sync::atomic::Ordering::Relaxed) < 20 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let results = looper
+        .join()
+        .map_err(|_| anyhow::anyhow!("the lookup loop panicked"))??;
+    let second = second.map_err(|e| e.context(format!("first agent's log:\n{log}")))?;
+    let second_log = second.stop(Duration::from_secs(15));
+    // A later agent without the flag adopts what is left and removes it on its clean stop.
+    let cleaner = start_dns_agent("agentctl-nodelocal-cleanup", "127.0.0.1:9908")?;
+    let cleaner_log = cleaner.stop(Duration::from_secs(15));
+    drop(central.stop(Duration::from_secs(15)));
+    let count = |w: Answered| results.iter().filter(|(_, how, _)| *how == w).count();
+    let longest = results
+        .iter()
+        .map(|(_, _, took)| *took)
+        .max()
+        .unwrap_or_default();
+    // From the first lookup not answered locally to the next one answered locally after the last such.
+    let first_miss = results
+        .iter()
+        .position(|(_, how, _)| *how != Answered::Locally);
+    let last_miss = results
+        .iter()
+        .rposition(|(_, how, _)| *how != Answered::Locally);
+    let window = match (first_miss, last_miss) {
+        (Some(a), Some(b)) => results[b + 1..]
+            .first()
+            .map_or(Duration::ZERO, |(at, _, _)| at.duration_since(results[a].0)),
+        _ => Duration::ZERO,
+    };
+    println!(
+        "  restart keeping the address: {} lookups: {} answered locally, {} by the fallback nameserver, {} lost; \
+         longest lookup {} ms; not answered locally for {} ms; old agent stopped after {} ms (1 s lameduck), new \
+         agent ready {} ms after SIGTERM",
+        results.len(),
+        count(Answered::Locally),
+        count(Answered::ByFallback),
+        count(Answered::Lost),
+        longest.as_millis(),
+        window.as_millis(),
+        stopped.as_millis(),
+        ready.as_millis()
+    );
+    ensure!(
+        log.contains("node-local DNS kept"),
+        "no keep logged:\n{log}"
+    );
+    ensure!(
+        kept_address.contains(&NODE_LOCAL.to_string()),
+        "the address was not kept across the stop: {kept_address:?}"
+    );
+    ensure!(
+        kept_rules.contains("SVCNET-NODELOCAL-PRE"),
+        "the rules were not kept across the stop:\n{kept_rules}"
+    );
+    ensure!(
+        count(Answered::Lost) == 0,
+        "lookups lost during the restart"
+    );
+    let tail = &results[results.len().saturating_sub(10)..];
+    ensure!(
+        tail.len() == 10 && tail.iter().all(|(_, how, _)| *how == Answered::Locally),
+        "answers did not resume on the node-local address: {:?}",
+        tail.iter().map(|(_, how, _)| *how).collect::<Vec<_>>()
+    );
+    ensure!(
+        second_log.contains("node-local DNS kept"),
+        "second agent:\n{second_log}"
+    );
+    ensure!(
+        cleaner_log.contains("node-local DNS removed"),
+        "the agent without --node-local-dns-keep did not remove what was kept:\n{cleaner_log}"
+    );
+    ensure!(
+        guest::run("ip", &["link", "show", "nodelocaldns"]).is_err(),
+        "link nodelocaldns left after the last stop"
+    );
+    Ok(())
+}
+
 #[test]
 fn node_local_dns_kernel() {
     let mut machine = Vm::new().timeout(Duration::from_secs(240));
@@ -671,6 +857,10 @@ fn node_local_dns_kernel() {
                 corefile_mode_serves_the_cluster_zone_and_forwards_the_rest,
             ),
             Check::new("restart_under_a_lookup_loop", restart_under_a_lookup_loop),
+            Check::new(
+                "restart_keeping_the_address_loses_no_lookup",
+                restart_keeping_the_address_loses_no_lookup,
+            ),
         ],
     );
 }

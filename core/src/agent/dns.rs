@@ -327,7 +327,10 @@ fn load_corefile(
 /// declared to the agent, its lameduck read at stop time.
 pub(crate) struct CorefileDns {
     path: String,
+    /// The DNS listeners' addresses at start.
     listen: Vec<SocketAddr>,
+    /// The plugins at start, for the `DNS server listening` line.
+    plugins: Vec<&'static str>,
     /// What the Corefile's `ready` endpoint answers, in memory.
     readiness: CorefileReadiness,
     has_ready_endpoint: bool,
@@ -388,6 +391,27 @@ impl Subsystem for CorefileDns {
         self.http.clone()
     }
 
+    /// Logs `DNS server listening` with the DNS and the bound HTTP addresses (`off` for an
+    /// endpoint the Corefile does not configure).
+    fn listening(&self, bound: &[(&'static str, SocketAddr)]) {
+        let at = |what: &str| {
+            bound
+                .iter()
+                .find(|(w, _)| *w == what)
+                .map_or_else(|| "off".to_string(), |(_, a)| a.to_string())
+        };
+        let listen: Vec<String> = self.listen.iter().map(|a| a.to_string()).collect();
+        tracing::info!(
+            listen = %listen.join(" "),
+            health = %at("health"),
+            ready = %at("ready"),
+            metrics = %at("metrics"),
+            plugins = ?self.plugins,
+            corefile = %self.path,
+            "DNS server listening"
+        );
+    }
+
     fn lameduck(&self) -> Duration {
         self.control
             .as_ref()
@@ -411,13 +435,6 @@ pub(crate) async fn start_corefile(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(Arc<CorefileDns>, JoinHandle<Result<(), CorefileRunError>>), CorefileRunError> {
     let cf = load_logged(&options)?;
-    let listen: Vec<SocketAddr> = match options.listen_override {
-        Some(a) => vec![a],
-        None => cf.servers.iter().flat_map(|s| s.listen_addrs()).collect(),
-    };
-    let mut listen = listen;
-    let extra = super::nodelocal::extra_listen_addrs(&listen, &options.node_local);
-    listen.extend(extra);
     let has_ready_endpoint = cf.servers.iter().any(|s| s.plugins.ready.is_some());
     let readiness = CorefileReadiness::new();
     let (reload_tx, reload_error) = watch::channel(None);
@@ -427,7 +444,8 @@ pub(crate) async fn start_corefile(
     let server = crate::dns::plugins::serve::start_corefile(reader, options).await?;
     let handle = Arc::new(CorefileDns {
         path,
-        listen,
+        listen: server.dns_addrs(),
+        plugins: server.plugin_names(),
         readiness,
         has_ready_endpoint,
         reload_error,
@@ -477,6 +495,9 @@ pub fn corefile_launcher(
                 Box::pin(async move {
                     let serve_options = CorefileOptions {
                         path: options.path.clone(),
+                        text: None,
+                        listener: Default::default(),
+                        lameduck: None,
                         load: crate::dns::corefile::LoadOptions {
                             allow_unknown: options.allow_unknown,
                             autopath_node: options.autopath_node.clone(),
@@ -501,6 +522,7 @@ pub fn corefile_launcher(
                             let handle = Arc::new(CorefileDns {
                                 path: options.path.display().to_string(),
                                 listen: Vec::new(),
+                                plugins: Vec::new(),
                                 readiness: CorefileReadiness::new(),
                                 has_ready_endpoint: false,
                                 reload_error,

@@ -57,6 +57,11 @@ pub struct NodeLocalOptions {
     pub addresses: Vec<IpAddr>,
     /// The dummy link to create and bind them on.
     pub link: String,
+    /// Leave the link, its addresses and the rules in place on a clean stop (for restarts and
+    /// upgrades: while no agent listens, a pod's query to the address gets an ICMP port
+    /// unreachable at once and its resolver asks its next nameserver, instead of the query
+    /// leaving the node and timing out). The next start adopts them.
+    pub keep_on_exit: bool,
 }
 
 impl Default for NodeLocalOptions {
@@ -64,6 +69,7 @@ impl Default for NodeLocalOptions {
         Self {
             addresses: vec![DEFAULT_ADDRESS],
             link: DEFAULT_LINK.to_string(),
+            keep_on_exit: false,
         }
     }
 }
@@ -470,8 +476,9 @@ pub use crate::dns::plugins::build::node_local_listeners as extra_listen_addrs;
 
 /// Wraps the DNS subsystem's launcher: before it starts, node-local DNS is set up on the host
 /// (all or nothing; an error stops the agent's start with what and why); when the DNS
-/// subsystem has stopped (after its lameduck), the rules, addresses and link are removed.
-/// The DNS subsystem itself must listen on the addresses (its `node_local` option).
+/// subsystem has stopped (after its lameduck), the rules, addresses and link are removed
+/// unless [`NodeLocalOptions::keep_on_exit`] (a failed start always removes them). The DNS
+/// subsystem itself must listen on the addresses (its `node_local` option).
 pub fn launcher(mut inner: SubsystemLauncher, options: NodeLocalOptions) -> SubsystemLauncher {
     let name = inner.name;
     // Only the start function is wrapped; the launcher keeps everything else it declares.
@@ -480,6 +487,7 @@ pub fn launcher(mut inner: SubsystemLauncher, options: NodeLocalOptions) -> Subs
         move |reader: CacheReader, shutdown: watch::Receiver<bool>| {
             Box::pin(async move {
                 let opts = options.clone();
+                let keep = options.keep_on_exit;
                 let setup = tokio::task::spawn_blocking(move || NodeLocal::setup_host(&opts)).await;
                 let nodelocal = match setup {
                     Ok(Ok(n)) => n,
@@ -507,7 +515,13 @@ pub fn launcher(mut inner: SubsystemLauncher, options: NodeLocalOptions) -> Subs
                         let task = running.task;
                         running.task = tokio::spawn(async move {
                             let _ = task.await;
-                            teardown(nodelocal).await;
+                            if keep {
+                                tracing::info!(
+                                    "node-local DNS kept for the next start: link, addresses and rules stay"
+                                );
+                            } else {
+                                teardown(nodelocal).await;
+                            }
                         });
                         Ok(running)
                     }

@@ -7,8 +7,7 @@
 //! ends by itself (`--once`, a dry run's plan, an error) ends the program; its start error or
 //! result is the program's. `dns/` and `ipvs/` never start a source.
 //!
-//! Flag mode of `svcnet-dns` still runs its own server path ([`crate::dns::runner::start`]), not
-//! a synthesised Corefile.
+//! Flag mode of `svcnet-dns` serves the Corefile its flags mean, through the same path.
 
 use crate::dns::DnsOptions;
 use crate::dns::error::DnsError;
@@ -49,95 +48,12 @@ pub enum ProgramError {
     Ended(&'static str),
 }
 
-/// `svcnet-dns` (flag mode): the agent of [`super::run_with`] with one subsystem (the flag-mode
-/// DNS server, [`crate::dns::runner::start`]) and no admin endpoint. The agent starts the source
-/// for the zone's kinds, serves `--health`, `--ready` and `--metrics`, and on SIGTERM or SIGINT
-/// marks it not ready, waits `--lameduck` and stops it.
+/// `svcnet-dns` (flag mode): the Corefile the flags mean ([`DnsOptions::corefile`]) served as
+/// [`corefile`] serves one, with the flags' listener, lameduck and startup settings.
 pub async fn dns(config: &SourceConfig, options: DnsOptions) -> Result<(), ProgramError> {
-    // One rustls provider for the process (the API client's TLS uses it).
-    crate::tls::install_crypto_provider();
     options.validate()?;
-    let kinds = crate::dns::runner::needed_kinds(&options.zone);
-    run_one(config, kinds, None, "dns", move |reader, shutdown| {
-        Box::pin(async move {
-            let server = crate::dns::runner::start(reader, options).await?;
-            let (declare, endpoints) = tokio::sync::watch::channel(server.endpoints());
-            let handle = Arc::new(FlagDns {
-                // The listening line needs the bound HTTP addresses: `listening` logs it.
-                listening: Mutex::new(Some(server.clone_log())),
-                lameduck: server.lameduck(),
-                stopping: server.stopping(),
-                endpoints,
-                _declare: declare,
-            });
-            let mut shutdown = shutdown;
-            let task = tokio::spawn(async move {
-                server
-                    .run(async move {
-                        let _ = shutdown.wait_for(|s| *s).await;
-                    })
-                    .await;
-                Ok::<(), DnsError>(())
-            });
-            Ok::<_, DnsError>((handle as Arc<dyn Subsystem>, task))
-        })
-    })
-    .await
-}
-
-/// The flag-mode DNS server as the one subsystem of `svcnet-dns`.
-struct FlagDns {
-    /// Logs the `DNS server listening` line once the HTTP endpoints are bound.
-    listening: Mutex<Option<crate::dns::runner::ListeningLog>>,
-    lameduck: Duration,
-    stopping: crate::runtime::signal::Stopping,
-    endpoints: tokio::sync::watch::Receiver<Vec<Endpoint>>,
-    /// Keeps the declared set open (it never changes in flag mode).
-    _declare: tokio::sync::watch::Sender<Vec<Endpoint>>,
-}
-
-impl Subsystem for FlagDns {
-    fn name(&self) -> &'static str {
-        "dns"
-    }
-
-    fn status(&self) -> SubsystemStatus {
-        SubsystemStatus {
-            ready: !self.stopping.is_set(),
-            summary: "cluster DNS".into(),
-            applied_generation: None,
-            syncs: 0,
-            last_sync_seconds: None,
-            query_rate_per_second: None,
-            config_files: Vec::new(),
-            last_reload_error: None,
-            last_error: None,
-            details: Default::default(),
-        }
-    }
-
-    fn listeners(&self) -> Option<tokio::sync::watch::Receiver<Vec<Endpoint>>> {
-        Some(self.endpoints.clone())
-    }
-
-    fn listening(&self, bound: &[(&'static str, std::net::SocketAddr)]) {
-        if let Some(log) = self
-            .listening
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            log.log(bound);
-        }
-    }
-
-    fn lameduck(&self) -> Duration {
-        self.lameduck
-    }
-
-    fn stopping(&self) {
-        self.stopping.set();
-    }
+    tracing::debug!(corefile = %options.corefile(), "flags as a Corefile");
+    corefile(config, CorefileOptions::for_flags(&options)).await
 }
 
 /// `svcnet-dns --corefile`: the agent of [`super::run_with`] with one subsystem (the

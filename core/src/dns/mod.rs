@@ -8,8 +8,10 @@
 //! - [`server`]: UDP/TCP listeners; `encrypted`: DoT/DoH listeners (hickory-server); [`http`]: health, ready, metrics; [`metrics`]: CoreDNS
 //!   metric names.
 //! - [`zone::export`]: RFC 1035 export of the zone; [`rrl`]: rate limit of large UDP answers.
-//! - [`runner`]: the flag-mode server on a cache reader ([`runner::start`]); its HTTP endpoints,
-//!   lameduck and source are the composition root's ([`crate::agent::programs`]).
+//! - [`runner`]: the flag mode's options and the Corefile they mean
+//!   ([`runner::DnsOptions::corefile`], served by [`plugins::serve`] like any Corefile); the
+//!   health/ready/metrics route tables. HTTP endpoints, lameduck and source are the
+//!   composition root's ([`crate::agent::programs`]).
 
 pub mod cluster;
 pub mod corefile;

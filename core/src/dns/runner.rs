@@ -1,24 +1,21 @@
-//! The flag-mode DNS server (`svcnet-dns` without `--corefile`): its options, its listener and
-//! zone updater ([`start`]), and the CoreDNS-compatible health, ready and metrics routes that
-//! Corefile mode uses too. The composition root ([`crate::agent`]) binds and serves the HTTP
+//! The flag mode of `svcnet-dns` (no `--corefile`): its options ([`DnsOptions`]) and the
+//! Corefile they mean ([`DnsOptions::corefile`]), which is served through the one Corefile path
+//! ([`super::plugins::serve`]); and the CoreDNS-compatible health, ready and metrics routes
+//! that path serves. The composition root ([`crate::agent`]) binds and serves the HTTP
 //! endpoints and runs the lameduck period.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper::StatusCode;
 
-use super::cluster::ClusterPlugin;
 use super::error::DnsError;
-use super::handler::{Chain, Plugin};
 use super::metrics::DnsMetrics;
-use super::server::{DnsServer, ServerConfig};
+use super::server::ServerConfig;
 use super::zone::ZoneOptions;
-use crate::cache::CacheReader;
 use crate::model::Kind;
-use crate::runtime::http::{self, Reply, Routes};
+use crate::runtime::http::{Reply, Routes};
 use crate::runtime::signal::Stopping;
 
 /// Everything `svcnet-dns` (and the DNS part of `agentctl run`) can be told.
@@ -80,6 +77,65 @@ impl DnsOptions {
         }
         Ok(())
     }
+
+    /// The Corefile these options mean: one server block for the zones (on `server.listen`'s
+    /// port), with `health`, `ready` and `prometheus` on their addresses and a `kubernetes`
+    /// plugin with the zone options. `svcnet-dns` without `--corefile` serves this text through
+    /// the Corefile path, with the listener, lameduck and startup settings that have no
+    /// Corefile spelling passed beside it
+    /// ([`CorefileOptions::for_flags`](super::plugins::serve::CorefileOptions::for_flags)).
+    pub fn corefile(&self) -> String {
+        use std::fmt::Write as _;
+        let z = &self.zone;
+        let port = match self.server.listen.port() {
+            0 => 53,
+            p => p,
+        };
+        let keys: Vec<String> = z
+            .zones
+            .iter()
+            .map(|zone| format!("{zone}:{port}"))
+            .collect();
+        let mut out = format!("{} {{\n", keys.join(" "));
+        for (plugin, addr) in [
+            ("health", self.health),
+            ("ready", self.ready),
+            ("prometheus", self.metrics),
+        ] {
+            if let Some(addr) = addr {
+                let _ = writeln!(out, "    {plugin} {addr}");
+            }
+        }
+        let _ = writeln!(out, "    kubernetes {} {{", z.zones.join(" "));
+        let _ = writeln!(out, "        ttl {}", z.ttl);
+        match z.pods {
+            super::zone::PodMode::Disabled => {}
+            super::zone::PodMode::Insecure => out.push_str("        pods insecure\n"),
+            super::zone::PodMode::Verified => out.push_str("        pods verified\n"),
+        }
+        if z.endpoint_pod_names {
+            out.push_str("        endpoint_pod_names\n");
+        }
+        if z.noendpoints {
+            out.push_str("        noendpoints\n");
+        }
+        if z.ignore_empty_service {
+            out.push_str("        ignore empty_service\n");
+        }
+        if !z.namespaces.is_empty() {
+            let names: Vec<&str> = z.namespaces.iter().map(String::as_str).collect();
+            let _ = writeln!(out, "        namespaces {}", names.join(" "));
+        }
+        if let Some(labels) = &z.labels {
+            let _ = writeln!(out, "        labels \"{labels}\"");
+        }
+        if let Some(zones) = &z.fallthrough {
+            let line = format!("fallthrough {}", zones.join(" "));
+            let _ = writeln!(out, "        {}", line.trim_end());
+        }
+        out.push_str("    }\n}\n");
+        out
+    }
 }
 
 /// The cache kinds the DNS zone needs with these options.
@@ -89,139 +145,6 @@ pub fn needed_kinds(zone: &ZoneOptions) -> Vec<Kind> {
         kinds.push(Kind::Pod);
     }
     kinds
-}
-
-/// The flag-mode DNS server (`svcnet-dns` without `--corefile`) started by [`start`]: its
-/// UDP/TCP listener answers; its health/ready/metrics endpoints are declared
-/// ([`FlagServer::endpoints`]) for the composition root to bind and serve.
-#[derive(Debug)]
-pub struct FlagServer {
-    local: SocketAddr,
-    plugins: Vec<&'static str>,
-    endpoints: Vec<http::Endpoint>,
-    stopping: Stopping,
-    lameduck: Duration,
-    tasks: tokio::task::JoinSet<()>,
-}
-
-/// Serves the cluster zone of `reader` with the listener of `options` (the zone updater and
-/// the DNS server run from now on). An error means nothing serves.
-pub async fn start(reader: CacheReader, options: DnsOptions) -> Result<FlagServer, DnsError> {
-    options.validate()?;
-    let plugin = ClusterPlugin::new(options.zone.clone());
-    let chain = Chain::new(vec![plugin.clone() as Arc<dyn Plugin>]);
-    let server = DnsServer::bind(options.server.clone())?;
-    let local = server.local_addr();
-    let metrics = DnsMetrics::new(&format!("dns://{local}"), ".");
-    metrics.set_plugins(&chain.names());
-    plugin.set_metrics(metrics.clone());
-    let stopping = Stopping::new();
-    let ready_chain = chain.clone();
-    let endpoints = [
-        (options.health, "health", health_routes(&metrics)),
-        (
-            options.ready,
-            "ready",
-            ready_routes(stopping.clone(), move || {
-                let not_ready = ready_chain.not_ready();
-                (!not_ready.is_empty()).then(|| not_ready.join(", "))
-            }),
-        ),
-        (options.metrics, "metrics", metrics_routes(&metrics, None)),
-    ]
-    .into_iter()
-    .filter_map(|(addr, what, routes)| {
-        addr.map(|addr| http::Endpoint {
-            what,
-            addr,
-            routes,
-            required: true,
-        })
-    })
-    .collect();
-    let mut tasks = tokio::task::JoinSet::new();
-    let updater = plugin.spawn_updater(reader, options.startup_timeout);
-    tasks.spawn(async move {
-        let _ = updater.await;
-    });
-    let plugins = chain.names();
-    tasks.spawn(server.serve(chain, metrics));
-    Ok(FlagServer {
-        local,
-        plugins,
-        endpoints,
-        stopping,
-        lameduck: options.lameduck,
-        tasks,
-    })
-}
-
-/// The `DNS server listening` line of a [`FlagServer`], logged once its HTTP endpoints are
-/// bound.
-#[derive(Debug, Clone)]
-pub struct ListeningLog {
-    local: SocketAddr,
-    plugins: Vec<&'static str>,
-}
-
-impl ListeningLog {
-    /// Logs the line with the DNS address and the bound HTTP endpoints (`off` for those not
-    /// served).
-    pub fn log(&self, bound: &[(&'static str, SocketAddr)]) {
-        let at = |what: &str| {
-            bound
-                .iter()
-                .find(|(w, _)| *w == what)
-                .map_or_else(|| "off".to_string(), |(_, a)| a.to_string())
-        };
-        tracing::info!(
-            listen = %self.local,
-            health = %at("health"),
-            ready = %at("ready"),
-            metrics = %at("metrics"),
-            plugins = ?self.plugins,
-            "DNS server listening"
-        );
-    }
-}
-
-impl FlagServer {
-    /// The bound DNS address (the real port when `:0` was asked for).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local
-    }
-
-    /// The health, ready and metrics endpoints the options ask for (binding them fails the
-    /// start).
-    pub fn endpoints(&self) -> Vec<http::Endpoint> {
-        self.endpoints.clone()
-    }
-
-    /// What the `DNS server listening` line needs besides the bound HTTP endpoints.
-    pub fn clone_log(&self) -> ListeningLog {
-        ListeningLog {
-            local: self.local,
-            plugins: self.plugins.clone(),
-        }
-    }
-
-    /// The `--lameduck` period.
-    pub fn lameduck(&self) -> Duration {
-        self.lameduck
-    }
-
-    /// The stop flag `/ready` reads: once set, it answers 503 while DNS keeps answering.
-    pub fn stopping(&self) -> Stopping {
-        self.stopping.clone()
-    }
-
-    /// Serves until `shutdown` completes, then stops the listener and the zone updater (the
-    /// lameduck period is the caller's, before `shutdown` completes).
-    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
-        shutdown.await;
-        self.tasks.abort_all();
-        while self.tasks.join_next().await.is_some() {}
-    }
 }
 
 /// CoreDNS's `health` endpoint: `/health` answers `OK`, timed in the metrics.
@@ -269,4 +192,80 @@ pub(crate) fn metrics_routes(
         }
         Reply::openmetrics(text)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dns::corefile::{LoadOptions, parse_str};
+    use crate::dns::plugins::build::zone_options;
+    use crate::dns::zone::PodMode;
+
+    fn served(o: &DnsOptions) -> crate::dns::corefile::Corefile {
+        let text = o.corefile();
+        parse_str("(flags)", &text, &LoadOptions::default())
+            .unwrap_or_else(|e| panic!("{e}\n{text}"))
+    }
+
+    #[test]
+    fn the_flags_corefile_means_the_same_zone_with_every_option() {
+        let mut o = DnsOptions::default();
+        o.server.listen = "127.0.0.1:5353".parse().unwrap();
+        o.zone.zones = vec!["example.local".into(), "in-addr.arpa".into()];
+        o.zone.ttl = 30;
+        o.zone.pods = PodMode::Verified;
+        o.zone.endpoint_pod_names = true;
+        o.zone.noendpoints = true;
+        o.zone.ignore_empty_service = true;
+        o.zone.namespaces = ["a".to_string(), "b".to_string()].into();
+        o.zone.labels = Some("app=web,tier in (a,b),!canary".parse().unwrap());
+        o.zone.fallthrough = Some(vec!["in-addr.arpa".into()]);
+        o.health = None;
+        o.metrics = Some("[::1]:9153".parse().unwrap());
+        let cf = served(&o);
+        assert_eq!(cf.servers.len(), 1);
+        let block = &cf.servers[0];
+        let keys: Vec<(&str, u16)> = block
+            .keys
+            .iter()
+            .map(|k| (k.zone.as_str(), k.port))
+            .collect();
+        assert_eq!(keys, [("example.local.", 5353), ("in-addr.arpa.", 5353)]);
+        // The Corefile qualifies fallthrough zones (`in-addr.arpa.`); the plugin compares
+        // them qualified either way.
+        let mut parsed = zone_options(block.plugins.kubernetes.as_ref().unwrap());
+        assert_eq!(
+            parsed.fallthrough.take(),
+            Some(vec!["in-addr.arpa.".to_string()])
+        );
+        assert_eq!(
+            parsed,
+            ZoneOptions {
+                fallthrough: None,
+                ..o.zone.clone()
+            }
+        );
+        assert!(block.plugins.health.is_none());
+        assert!(block.plugins.ready.is_some());
+        assert!(block.plugins.prometheus.is_some());
+        assert!(cf.warnings.is_empty(), "{:?}", cf.warnings);
+    }
+
+    #[test]
+    fn the_default_flags_corefile_is_the_cluster_zone_alone() {
+        let mut o = DnsOptions::default();
+        o.server.listen = "127.0.0.1:0".parse().unwrap();
+        let cf = served(&o);
+        let block = &cf.servers[0];
+        assert_eq!(block.keys[0].port, 53, "port 0 is resolved by the listener");
+        assert_eq!(
+            zone_options(block.plugins.kubernetes.as_ref().unwrap()),
+            o.zone
+        );
+        assert!(block.plugins.forward.is_none() && block.plugins.cache.is_none());
+        assert!(block.plugins.reload.is_none(), "nothing to reload");
+        let served = crate::dns::plugins::serve::CorefileOptions::for_flags(&o);
+        assert_eq!(served.listen_override, Some(o.server.listen));
+        assert_eq!(served.lameduck, Some(o.lameduck));
+    }
 }

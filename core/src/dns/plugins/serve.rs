@@ -45,8 +45,11 @@ use crate::tls::ServerTls;
 /// How to serve a Corefile.
 #[derive(Debug, Clone)]
 pub struct CorefileOptions {
-    /// The Corefile.
+    /// The Corefile (with [`CorefileOptions::text`], only its name in messages).
     pub path: PathBuf,
+    /// The Corefile's text, when it is not read from `path` (the Corefile `svcnet-dns`
+    /// synthesises from its flags): nothing is read or watched, `reload` has nothing to follow.
+    pub text: Option<String>,
     /// Unknown plugins/options as warnings.
     pub load: LoadOptions,
     /// Listen here instead of the Corefile's addresses (all blocks share it).
@@ -55,6 +58,11 @@ pub struct CorefileOptions {
     pub startup_timeout: Duration,
     /// UDP receive loops per listener (0: one per core).
     pub udp_workers: usize,
+    /// The settings of every `dns://` listener besides its address and worker count: TCP
+    /// limits, and the large-answer limit of blocks without an `rrl` plugin.
+    pub listener: ServerConfig,
+    /// Replaces the Corefile's `health { lameduck }` (the flag `--lameduck`).
+    pub lameduck: Option<Duration>,
     /// Told the outcome of every reload that runs: `None` once a changed Corefile is in force,
     /// the error when it was rejected (the previous configuration keeps serving). The agent's
     /// `/status` shows it as `last_reload_error`.
@@ -97,14 +105,32 @@ impl CorefileReadiness {
 }
 
 impl CorefileOptions {
+    /// How to serve the Corefile the flags of `svcnet-dns` mean ([`runner::DnsOptions::corefile`]):
+    /// its text under the name `(flags)`, listening on `server.listen`, with the TCP and
+    /// large-answer limits, the lameduck and the startup timeout of the flags.
+    pub fn for_flags(flags: &runner::DnsOptions) -> Self {
+        Self {
+            text: Some(flags.corefile()),
+            listen_override: Some(flags.server.listen),
+            startup_timeout: flags.startup_timeout,
+            udp_workers: flags.server.udp_workers,
+            listener: flags.server.clone(),
+            lameduck: Some(flags.lameduck),
+            ..Self::new("(flags)")
+        }
+    }
+
     /// Options for `path` with defaults (5 s startup timeout).
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
+            text: None,
             load: LoadOptions::default(),
             listen_override: None,
             startup_timeout: Duration::from_secs(5),
             udp_workers: 0,
+            listener: ServerConfig::default(),
+            lameduck: None,
             reload_outcome: None,
             readiness: None,
             node_local: Vec::new(),
@@ -245,7 +271,10 @@ pub fn needs_node_pods_only(cf: &Corefile) -> bool {
 
 /// Loads the Corefile, logging its warnings.
 pub(crate) fn load_logged(options: &CorefileOptions) -> Result<Corefile, CorefileError> {
-    let cf = corefile::load(&options.path, &options.load)?;
+    let cf = match &options.text {
+        Some(text) => corefile::parse_str(&options.path.to_string_lossy(), text, &options.load)?,
+        None => corefile::load(&options.path, &options.load)?,
+    };
     for w in &cf.warnings {
         tracing::warn!("{w}");
     }
@@ -295,6 +324,11 @@ struct State {
     fingerprint: u64,
     /// Stop flag and lameduck, shared with the composition root.
     control: CorefileControl,
+    /// The `--listen` override's listener when it asked for port 0, bound before the metrics
+    /// were labelled with its real port; the first [`State::apply`] takes it.
+    prebound: HashMap<SocketAddr, DnsServer>,
+    /// The plugins of the configuration in force, in chain order.
+    plugin_names: Vec<&'static str>,
 }
 
 impl State {
@@ -338,12 +372,15 @@ impl State {
                     tls,
                 )
             } else {
-                Bound::Dns(DnsServer::bind(ServerConfig {
-                    listen: l.addr,
-                    udp_workers: self.options.udp_workers,
-                    large_answers: l.rrl,
-                    ..ServerConfig::default()
-                })?)
+                match self.prebound.remove(&l.addr) {
+                    Some(server) => Bound::Dns(server),
+                    None => Bound::Dns(DnsServer::bind(ServerConfig {
+                        listen: l.addr,
+                        udp_workers: self.options.udp_workers,
+                        large_answers: l.rrl.or(self.options.listener.large_answers),
+                        ..self.options.listener.clone()
+                    })?),
+                }
             };
             fresh.push((l.addr, bound));
         }
@@ -356,6 +393,7 @@ impl State {
             }
         }
         self.dns_metrics.set_plugins(&names);
+        self.plugin_names = names;
         let mut fresh: HashMap<SocketAddr, Bound> = fresh.into_iter().collect();
         let mut keep = Vec::new();
         for l in listeners {
@@ -465,7 +503,8 @@ impl State {
         match result {
             Ok(cf) => {
                 // In force before the reload is reported: a SIGTERM right after sees it.
-                self.control.set_lameduck(lameduck(&cf));
+                self.control
+                    .set_lameduck(self.options.lameduck.unwrap_or_else(|| lameduck(&cf)));
                 self.fingerprint = fingerprint(&cf.files);
                 self.pool.retain(&used_zone_options(&cf));
                 self.current = cf;
@@ -618,7 +657,20 @@ pub async fn start_corefile(
     options: CorefileOptions,
 ) -> Result<CorefileServer, CorefileRunError> {
     crate::tls::install_crypto_provider();
+    let mut options = options;
     let cf = load_logged(&options)?;
+    // `--listen ADDR:0`: bind now, so that the metrics and the listening line name the port.
+    let mut prebound = HashMap::new();
+    if let Some(addr) = options.listen_override.filter(|a| a.port() == 0) {
+        let server = DnsServer::bind(ServerConfig {
+            listen: addr,
+            udp_workers: options.udp_workers,
+            ..options.listener.clone()
+        })?;
+        let real = server.local_addr();
+        options.listen_override = Some(real);
+        prebound.insert(real, server);
+    }
     let first = cf
         .servers
         .first()
@@ -659,6 +711,8 @@ pub async fn start_corefile(
         fingerprint: fingerprint(&cf.files),
         current: cf.clone(),
         control: CorefileControl::default(),
+        prebound,
+        plugin_names: Vec::new(),
     };
     let built = state.build(&cf).await;
     if let Err(e) = built
@@ -672,7 +726,7 @@ pub async fn start_corefile(
         return Err(e);
     }
     let control = state.control.clone();
-    control.set_lameduck(lameduck(&cf));
+    control.set_lameduck(state.options.lameduck.unwrap_or_else(|| lameduck(&cf)));
     let swaps: Arc<Vec<Arc<SwapRouter>>> =
         Arc::new(state.listeners.values().map(|r| r.swap.clone()).collect());
     if let Some(r) = &state.options.readiness {
@@ -695,6 +749,18 @@ impl CorefileServer {
     /// the new set (the composition root re-binds them).
     pub fn listeners(&self) -> tokio::sync::watch::Receiver<Vec<http::Endpoint>> {
         self.http.subscribe()
+    }
+
+    /// The addresses of the DNS listeners serving now (the real port of a `:0` listen).
+    pub fn dns_addrs(&self) -> Vec<SocketAddr> {
+        let mut addrs: Vec<SocketAddr> = self.state.listeners.keys().copied().collect();
+        addrs.sort();
+        addrs
+    }
+
+    /// The names of the plugins of the Corefile in force, in chain order, without repeats.
+    pub fn plugin_names(&self) -> Vec<&'static str> {
+        self.state.plugin_names.clone()
     }
 
     /// The stop request and lameduck, for the composition root.
