@@ -259,14 +259,11 @@ pub fn needed_kinds(cf: &Corefile) -> Vec<Kind> {
 }
 
 /// Whether the Pods a Corefile's cluster zones need are only this node's (node-local
-/// autopath, and no block with `pods` records, which need every pod).
+/// autopath, and no block with `pods verified`, which needs every pod).
 pub fn needs_node_pods_only(cf: &Corefile) -> bool {
     let used = used_zone_options(cf);
     used.iter().any(|o| o.autopath_node.is_some())
-        && used.iter().all(|o| o.pods == PodMode::Disabled)
-        && used
-            .iter()
-            .all(|o| o.autopath_node.is_none() || o.needs_node_pods_only())
+        && used.iter().all(|o| o.pods != PodMode::Verified)
 }
 
 /// Loads the Corefile, logging its warnings.

@@ -221,7 +221,7 @@ impl ClusterZone {
         if !self.options.namespace_exposed(&pod.key.namespace) {
             return;
         }
-        let counted = self.options.pods != PodMode::Disabled;
+        let counted = self.options.counts_pods();
         let indexed = self.options.indexes_client(pod);
         if !counted && !indexed {
             return;
@@ -248,7 +248,7 @@ impl ClusterZone {
         let Some(pod) = self.pods.remove(key) else {
             return;
         };
-        if self.options.pods != PodMode::Disabled {
+        if self.options.counts_pods() {
             self.adjust_namespace(&key.namespace, 0, -1);
         }
         let ns: Arc<str> = Arc::from(key.namespace.to_ascii_lowercase());

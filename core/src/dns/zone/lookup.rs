@@ -723,6 +723,30 @@ status: {phase: Succeeded, podIP: 10.244.9.3, podIPs: [{ip: 10.244.9.3}]}
         // Off without a node.
         let off = ClusterZone::build(&snap, &ZoneOptions::default());
         assert_eq!(ns(&off, "10.244.9.1"), None);
+        // With `pods insecure` the node's pods do not make `<ns>.pod` exist (the answer would
+        // differ from node to node): names answer as from a zone without pods.
+        let insecure = |o: &ZoneOptions, yaml: &str| {
+            ClusterZone::build(
+                &snapshot(yaml),
+                &ZoneOptions {
+                    pods: PodMode::Insecure,
+                    ..o.clone()
+                },
+            )
+        };
+        let with_node = insecure(&opts, PODS);
+        let without_pods = insecure(&ZoneOptions::default(), "");
+        assert_eq!(ns(&with_node, "10.244.9.1").as_deref(), Some("demo"));
+        for q in [
+            "demo.pod.cluster.local.",
+            "10-244-9-1.demo.pod.cluster.local.",
+        ] {
+            assert_eq!(
+                ask(&with_node, q, RecordType::A),
+                ask(&without_pods, q, RecordType::A),
+                "{q}"
+            );
+        }
 
         // Incrementally: add, IP change, delete, a pod turning terminal.
         let kinds = [Kind::Service, Kind::EndpointSlice, Kind::Pod];

@@ -118,9 +118,21 @@ impl ZoneOptions {
         self.pods == PodMode::Verified || self.autopath_node.is_some()
     }
 
-    /// Whether this node's Pods are enough: node-local autopath without pod records.
+    /// Whether this node's Pods are enough: node-local autopath without `pods verified`
+    /// (`pods insecure` answers from the name alone).
     pub fn needs_node_pods_only(&self) -> bool {
-        self.autopath_node.is_some() && self.pods == PodMode::Disabled
+        self.autopath_node.is_some() && self.pods != PodMode::Verified
+    }
+
+    /// Whether pods count in their namespace (`<ns>.pod.<zone>` exists while one does): with
+    /// pod records, unless the cache may hold this node's pods only (node-local autopath
+    /// without `pods verified`), which would make the answer differ from node to node.
+    pub(crate) fn counts_pods(&self) -> bool {
+        match self.pods {
+            PodMode::Disabled => false,
+            PodMode::Insecure => self.autopath_node.is_none(),
+            PodMode::Verified => true,
+        }
     }
 
     /// Whether `client_namespace` can know clients (`pods verified` or node-local autopath).
