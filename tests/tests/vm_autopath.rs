@@ -304,6 +304,102 @@ fn queries_per_lookup_drop_with_autopath_for_node_pods_only() -> anyhow::Result<
     Ok(())
 }
 
+const BENCH_MANIFESTS: &str = "/tmp/svcnet-autopath-bench";
+const BENCH_SERVICES: usize = 10_000;
+const NODE_PODS: u32 = 110;
+
+fn rss_mb(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("VmRSS in /proc/PID/status")?;
+    Ok(kb / 1024.0)
+}
+
+/// The agent's resident set (MB) once ready on the 10,000-service manifest directory, 8 s after ready.
+fn agent_rss(node: bool) -> anyhow::Result<f64> {
+    let mut args = vec![
+        "run",
+        "--manifests",
+        BENCH_MANIFESTS,
+        "--dns",
+        "--corefile",
+        COREFILE,
+        "--admin",
+        ADMIN,
+        "--node-local-dns",
+        "--lameduck",
+        "0",
+    ];
+    if node {
+        args.extend(["--node-name", "node-a"]);
+    }
+    let mut agent = Background::spawn("agentctl-autopath-rss", &bin()?, &args)?;
+    guest::wait_http(ADMIN.parse()?, "/ready", Duration::from_secs(120)).map_err(|e| {
+        let alive = agent.is_running();
+        e.context(format!("agent running: {alive}; log:\n{}", agent.log()))
+    })?;
+    // Settled: sampled every 0.5 s for 8 s (the startup allocations are trimmed back meanwhile); the last sample.
+    let mut rss = 0.0;
+    for _ in 0..16 {
+        std::thread::sleep(Duration::from_millis(500));
+        rss = rss_mb(agent.pid())?;
+    }
+    let log = agent.stop(Duration::from_secs(15));
+    ensure!(!log.contains("panicked"), "agent panicked:\n{log}");
+    Ok(rss)
+}
+
+/// Issue #14: agent RSS with the node pod watch (110 pods on the node) on a 10,000-service cluster vs without,
+/// interleaved three times, medians compared; the target is +5 MB at most.
+fn rss_with_the_node_pod_watch() -> anyhow::Result<()> {
+    let dir = Path::new(BENCH_MANIFESTS);
+    std::fs::create_dir_all(dir)?;
+    let mut text = String::new();
+    for spec in cluster::bench_services(BENCH_SERVICES, 2) {
+        text.push_str(&spec.to_yaml());
+        text.push_str("\n---\n");
+    }
+    std::fs::write(dir.join("services.yaml"), text)?;
+    let mut pods = String::new();
+    for i in 0..NODE_PODS {
+        let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 245, 0, 10)) + i);
+        pods.push_str(
+            &pod_yaml(&format!("pod-{i}"), "node-a", ip)
+                .replace("namespace: default", &format!("namespace: ns-{}", i % 10)),
+        );
+        pods.push_str("---\n");
+    }
+    std::fs::write(dir.join("pods.yaml"), pods)?;
+    cluster::write_node(dir, "node-a", NODE_IP)?;
+    let mut off = Vec::new();
+    let mut on = Vec::new();
+    for _ in 0..3 {
+        off.push(agent_rss(false)?);
+        on.push(agent_rss(true)?);
+    }
+    let mean = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "  agent RSS, {BENCH_SERVICES} services, node-local DNS with autopath @kubernetes: without the node pod \
+         watch {off:.1?} MB (median {:.1}), with it ({NODE_PODS} pods on the node) {on:.1?} MB (median {:.1}): {:+.1} MB",
+        mean(&off),
+        mean(&on),
+        mean(&on) - mean(&off)
+    );
+    ensure!(
+        mean(&on) - mean(&off) <= 5.0,
+        "the node pod watch costs more than 5 MB: {off:?} vs {on:?}"
+    );
+    Ok(())
+}
+
 #[test]
 fn autopath_kernel() {
     let mut machine = Vm::new().timeout(Duration::from_secs(240));
@@ -321,6 +417,7 @@ fn autopath_kernel() {
                 "queries_per_lookup_drop_with_autopath_for_node_pods_only",
                 queries_per_lookup_drop_with_autopath_for_node_pods_only,
             ),
+            Check::new("rss_with_the_node_pod_watch", rss_with_the_node_pod_watch),
         ],
     );
 }
