@@ -157,21 +157,16 @@ fn setup() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts the node-local agent, with `--node-name node-a` when `node` (autopath on), and waits until ready.
+/// Starts the node-local agent (the Corefile), with `--node-name node-a` when `node` (autopath on), and waits
+/// until ready.
 fn start_agent(node: bool) -> anyhow::Result<Background> {
-    let mut args = vec![
-        "run",
-        "--manifests",
-        MANIFESTS,
-        "--dns",
-        "--corefile",
-        COREFILE,
-        "--admin",
-        ADMIN,
-        "--node-local-dns",
-        "--lameduck",
-        "0",
-    ];
+    start_agent_with(node, &["--corefile", COREFILE])
+}
+
+fn start_agent_with(node: bool, dns: &[&str]) -> anyhow::Result<Background> {
+    let mut args = vec!["run", "--manifests", MANIFESTS, "--dns"];
+    args.extend_from_slice(dns);
+    args.extend(["--admin", ADMIN, "--node-local-dns", "--lameduck", "0"]);
     if node {
         args.extend(["--node-name", "node-a"]);
     }
@@ -400,6 +395,27 @@ fn rss_with_the_node_pod_watch() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Without a Corefile (the agent's own DNS configuration), node-local mode with `--node-name` does autopath for
+/// the node's pods out of the box: `web.other` in one round trip (A+AAAA).
+fn built_in_configuration_does_autopath_out_of_the_box() -> anyhow::Result<()> {
+    let agent = start_agent_with(true, &["--dns-listen", "127.0.0.1:5356"])?;
+    let on = getent(POD, "web.other");
+    let stranger = getent(STRANGER, "web.other");
+    let log = agent.stop(Duration::from_secs(15));
+    let (on, stranger) = (on?, stranger?);
+    println!(
+        "  built-in configuration (no Corefile), --node-name node-a: web.other {} queries from the node pod, {} \
+         from another node's pod address",
+        on.queries, stranger.queries
+    );
+    ensure!(
+        on.addresses.iter().any(|a| a == &WEB_OTHER_IP.to_string()) && on.queries <= 2,
+        "{on:?}\n{log}"
+    );
+    ensure!(stranger.queries > on.queries, "{stranger:?}\n{log}");
+    Ok(())
+}
+
 #[test]
 fn autopath_kernel() {
     let mut machine = Vm::new().timeout(Duration::from_secs(240));
@@ -416,6 +432,10 @@ fn autopath_kernel() {
             Check::new(
                 "queries_per_lookup_drop_with_autopath_for_node_pods_only",
                 queries_per_lookup_drop_with_autopath_for_node_pods_only,
+            ),
+            Check::new(
+                "built_in_configuration_does_autopath_out_of_the_box",
+                built_in_configuration_does_autopath_out_of_the_box,
             ),
             Check::new("rss_with_the_node_pod_watch", rss_with_the_node_pod_watch),
         ],
