@@ -666,6 +666,7 @@ async fn run(args: RunArgs) -> Result<()> {
     // Each subsystem declares the cache kinds it needs; the agent's source watches their union.
     let mut subsystems = Vec::new();
     let node_local = args.node_local_dns.clone().unwrap_or_default();
+    let node_local_on = !node_local.is_empty();
     if !node_local.is_empty() && !dns {
         bail!("--node-local-dns needs the DNS subsystem (drop --proxy, or add --dns)");
     }
@@ -678,6 +679,7 @@ async fn run(args: RunArgs) -> Result<()> {
                     startup_timeout: Duration::from_secs(5),
                     allow_unknown: false,
                     node_local: node_local.clone(),
+                    autopath_node: args.node_name.clone().filter(|_| node_local_on),
                 };
                 agent::dns::corefile_launcher(options)?
             }
@@ -685,7 +687,12 @@ async fn run(args: RunArgs) -> Result<()> {
                 listen: args
                     .dns_listen
                     .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 53))),
-                zone: svcnet_core::dns::zone::ZoneOptions::for_domain(&args.cluster_domain),
+                zone: svcnet_core::dns::zone::ZoneOptions {
+                    // Node-local mode on a known node: autopath for this node's pods, from a
+                    // watch of only those pods.
+                    autopath_node: args.node_name.clone().filter(|_| node_local_on),
+                    ..svcnet_core::dns::zone::ZoneOptions::for_domain(&args.cluster_domain)
+                },
                 node_local: node_local.clone(),
                 ..Default::default()
             }),
@@ -715,7 +722,8 @@ async fn run(args: RunArgs) -> Result<()> {
     let options = AgentOptions {
         source: args.source.config(),
         kinds: Vec::new(),
-        node_name: args.node_name.clone().filter(|_| proxy),
+        // The proxy's Node watch and node-local autopath's Pod watch are scoped to this node.
+        node_name: args.node_name.clone().filter(|_| proxy || node_local_on),
         admin: Some(args.admin),
         subsystems,
         lameduck: Duration::from_secs(args.lameduck),

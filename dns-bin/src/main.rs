@@ -203,8 +203,14 @@ fn server_config(args: &Args) -> ServerConfig {
 /// `--corefile FILE --validate`: load the Corefile and report, serving nothing.
 fn validate_corefile(path: &std::path::Path, allow_unknown: bool) -> anyhow::Result<()> {
     use svcnet_core::dns::corefile::{self, LoadOptions};
-    let cf = corefile::load(path, &LoadOptions { allow_unknown })
-        .with_context(|| format!("{} does not load", path.display()))?;
+    let cf = corefile::load(
+        path,
+        &LoadOptions {
+            allow_unknown,
+            ..LoadOptions::default()
+        },
+    )
+    .with_context(|| format!("{} does not load", path.display()))?;
     for w in &cf.warnings {
         println!("warning: {}: {}", w.at, w.message);
     }
@@ -240,6 +246,7 @@ fn corefile_main(
         lameduck: None,
         load: LoadOptions {
             allow_unknown: args.allow_unknown,
+            ..LoadOptions::default()
         },
         listen_override: listen_given.then_some(args.listen),
         startup_timeout: args.startup_timeout,

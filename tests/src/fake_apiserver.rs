@@ -21,8 +21,8 @@
 //! - [`FakeApiServer::cut_connections`] drops every open TCP connection (watches break
 //!   mid-stream), [`FakeApiServer::stop`] / [`FakeApiServer::restart`] take the port away and
 //!   back;
-//! - `fieldSelector=metadata.name=NAME` (the only field selector svcnet uses) narrows lists
-//!   and watches to that object;
+//! - `fieldSelector=metadata.name=NAME` and `fieldSelector=spec.nodeName=NODE` (the field
+//!   selectors svcnet uses) narrow lists and watches;
 //! - `GET /readyz` answers `ok` like the real server's readiness endpoint;
 //!   [`FakeApiServer::set_starting`] makes the server act as one still starting: `/readyz` 500
 //!   and every list/watch 503 `ServiceUnavailable`;
@@ -548,16 +548,27 @@ fn list_item(object: &Value) -> Value {
     item
 }
 
-/// The name a `fieldSelector=metadata.name=NAME` asks for; `None`: no selector.
+/// The `fieldSelector` of a request (`metadata.name=NAME` or `spec.nodeName=NODE`); `None`:
+/// no selector.
 fn selected_name(req: &RecordedRequest) -> Option<String> {
-    req.param("fieldSelector")
-        .and_then(|f| f.strip_prefix("metadata.name="))
-        .map(str::to_owned)
+    req.param("fieldSelector").map(str::to_owned)
 }
 
-/// Whether `object` passes the name selector `name`.
-fn selected(object: &Value, name: Option<&str>) -> bool {
-    name.is_none_or(|n| object["metadata"]["name"].as_str() == Some(n))
+/// Whether `object` passes the field selector `selector` (`metadata.name=NAME` or
+/// `spec.nodeName=NODE`; any other selector panics: the fake does not know it).
+fn selected(object: &Value, selector: Option<&str>) -> bool {
+    let Some(selector) = selector else {
+        return true;
+    };
+    let (field, value) = selector
+        .split_once('=')
+        .unwrap_or_else(|| panic!("field selector `{selector}` has no `=`"));
+    let actual = match field {
+        "metadata.name" => object["metadata"]["name"].as_str(),
+        "spec.nodeName" => object["spec"]["nodeName"].as_str(),
+        other => panic!("the fake API server knows no field selector on `{other}`"),
+    };
+    actual == Some(value)
 }
 
 fn list(inner: &Inner, resource: &'static ResourceType, req: &RecordedRequest) -> Response<Body> {
@@ -671,7 +682,7 @@ struct WatchStream {
     backlog: VecDeque<Bytes>,
     live: Option<broadcast::Receiver<Broadcast>>,
     bookmarks: bool,
-    /// `fieldSelector=metadata.name=NAME`.
+    /// `fieldSelector` (`metadata.name=NAME` or `spec.nodeName=NODE`).
     name: Option<String>,
     deadline: tokio::time::Instant,
     _guard: WatchGuard,

@@ -1047,6 +1047,23 @@ fn needed_kinds(objects: &[Object], r: &Running) -> Vec<Kind> {
                     }
                 }
             }
+            // `agentctl run --dns --corefile` (node-local DNS) needs what its Corefile needs.
+            if flag("--dns") && flag_value(&r.container, "corefile").is_some() {
+                let cf = corefile_of(objects, r);
+                let dns_kinds = svcnet_core::dns::plugins::serve::needed_kinds(&cf);
+                // The agent on every node must not watch every pod: only its node's.
+                assert!(
+                    !dns_kinds.contains(&Kind::Pod)
+                        || svcnet_core::dns::plugins::serve::needs_node_pods_only(&cf),
+                    "{}: the node agent's Corefile needs the cluster's pods",
+                    r.at
+                );
+                for k in dns_kinds {
+                    if !kinds.contains(&k) {
+                        kinds.push(k);
+                    }
+                }
+            }
             kinds
         }
         Program::Dns => svcnet_core::dns::plugins::serve::needed_kinds(&corefile_of(objects, r)),
@@ -1303,6 +1320,23 @@ fn kubectl_apply_client_dry_run_accepts_every_variant() {
 // The ConfigMaps load with svcnet's own parsers, and the probes and ports point at what that
 // configuration serves.
 
+/// The node `agentctl run` gives node-local autopath (`--node-local-dns` with `--node-name`,
+/// as agentctl/src/main.rs passes it on); `None` for other programs.
+fn node_local_autopath(r: &Running) -> Option<String> {
+    if !matches!(r.program, Program::AgentRun) {
+        return None;
+    }
+    let args = r.container.args.clone().unwrap_or_default();
+    let node_local = args
+        .iter()
+        .any(|a| a == "--node-local-dns" || a.starts_with("--node-local-dns="));
+    let node = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--node-name="))
+        .map(str::to_owned);
+    node.filter(|_| node_local)
+}
+
 fn corefile_of(objects: &[Object], r: &Running) -> svcnet_core::dns::corefile::Corefile {
     use svcnet_core::dns::corefile::{self, LoadOptions, MemoryFiles};
     let path =
@@ -1314,7 +1348,10 @@ fn corefile_of(objects: &[Object], r: &Running) -> svcnet_core::dns::corefile::C
         // The pod's /etc/resolv.conf is the node's (dnsPolicy: Default); only parsed here.
         MemoryFiles::new().insert("/etc/resolv.conf", "nameserver 192.0.2.53\n"),
         &|_| None,
-        &LoadOptions::default(),
+        &LoadOptions {
+            autopath_node: node_local_autopath(r),
+            ..LoadOptions::default()
+        },
     )
     .unwrap_or_else(|e| panic!("{}: the Corefile does not load: {e}", r.at));
     assert!(

@@ -638,6 +638,69 @@ async fn with_a_node_name_only_that_node_is_watched_and_its_zone_label_follows_l
     task.abort();
 }
 
+/// Issue 14 item 3: with the Pod watch scoped to the node (node-local autopath), only that
+/// node's pods are listed and watched (`spec.nodeName=<node>`), live; other kinds are not
+/// narrowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_scoped_pod_watch_sees_only_that_node_s_pods() {
+    init_tracing();
+    let fake = fake_with_demo_objects().await;
+    let on = |name: &str, ip: &str, node: &str| {
+        let mut p = pod(name, ip);
+        p["spec"]["nodeName"] = json!(node);
+        p
+    };
+    fake.apply(on("here-1", "10.244.1.1", "node-a"));
+    fake.apply(on("there-1", "10.244.2.1", "node-b"));
+    let kinds = [Kind::Service, Kind::EndpointSlice, Kind::Pod];
+    let (writer, mut reader) = new_cache(kinds);
+    let task = tokio::spawn(svcnet_core::source::kube::run_scoped(
+        fake.client(),
+        kinds.to_vec(),
+        writer,
+        StatusHandle::default(),
+        svcnet_core::source::kube::WatchScope {
+            node: Some("node-a".into()),
+            pods_on_node: true,
+        },
+    ));
+    assert!(reader.wait_synced(WAIT).await, "{:#?}", fake.requests());
+    let has = |name: &str| reader.snapshot().pod(&key(name)).is_some();
+    assert!(has("here-1"));
+    assert!(!has("there-1"), "another node's pod is not watched");
+    let pod_requests: Vec<RecordedRequest> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/api/v1/pods")
+        .collect();
+    assert!(!pod_requests.is_empty());
+    for r in &pod_requests {
+        assert_eq!(
+            r.param("fieldSelector"),
+            Some("spec.nodeName=node-a"),
+            "{r:?}"
+        );
+    }
+    assert!(
+        fake.requests()
+            .iter()
+            .filter(|r| r.path != "/api/v1/pods")
+            .all(|r| r.param("fieldSelector").is_none()),
+        "only the Pod watch is narrowed"
+    );
+    assert!(eventually(|| fake.open_watches() == kinds.len()).await);
+    fake.apply(on("here-2", "10.244.1.2", "node-a"));
+    fake.apply(on("there-2", "10.244.2.2", "node-b"));
+    assert!(
+        eventually(|| has("here-2")).await,
+        "a new pod on the node arrives live"
+    );
+    assert!(!has("there-2"));
+    fake.delete("Pod", "default", "here-1");
+    assert!(eventually(|| !has("here-1")).await, "a deleted pod leaves");
+    task.abort();
+}
+
 /// The watch error of `services` in `status`, and the retry delay it announces
 /// (`… (retrying in 6.4 s; …)`).
 fn services_watch_retry(status: &SourceStatus) -> Option<(String, f64)> {

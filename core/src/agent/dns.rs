@@ -146,10 +146,13 @@ impl Subsystem for DnsSubsystem {
 }
 
 /// A launcher of the DNS subsystem for [`AgentOptions::subsystems`](super::AgentOptions).
-/// It needs Services and EndpointSlices, and Pods for `pods verified`.
+/// It needs Services and EndpointSlices, and Pods for `pods verified` (all of them) or
+/// node-local autopath (`zone.autopath_node`: only this node's, declared with
+/// [`SubsystemLauncher::with_node_pods`]).
 pub fn launcher(options: DnsSubsystemOptions) -> SubsystemLauncher {
     let kinds = crate::dns::runner::needed_kinds(&options.zone);
-    SubsystemLauncher::new(
+    let node_pods = options.zone.needs_node_pods_only();
+    let l = SubsystemLauncher::new(
         "dns",
         kinds,
         Box::new(
@@ -157,7 +160,30 @@ pub fn launcher(options: DnsSubsystemOptions) -> SubsystemLauncher {
                 Box::pin(async move { start(options, reader, shutdown).await })
             },
         ),
-    )
+    );
+    if node_pods { l.with_node_pods() } else { l }
+}
+
+/// The `autopath @kubernetes` plugin of the agent's own configuration (node-local autopath):
+/// every zone, the cluster search path only (no host search domains), as CoreDNS's
+/// `autopath @kubernetes` in a `.` block.
+fn node_autopath(cluster: Arc<dyn Plugin>) -> Arc<dyn Plugin> {
+    let config = crate::dns::corefile::AutopathConfig {
+        zones: vec![".".into()],
+        source: crate::dns::corefile::SearchSource::Kubernetes {
+            host_search: Vec::new(),
+        },
+        at: crate::dns::corefile::Position {
+            file: Arc::from("<agentctl run --node-local-dns>"),
+            line: 0,
+            column: 0,
+        },
+    };
+    Arc::new(crate::dns::plugins::autopath::AutoPath::new(
+        &config,
+        Some(cluster),
+        None,
+    ))
 }
 
 async fn start(
@@ -201,10 +227,12 @@ async fn start(
     let metrics = DnsMetrics::new(&format!("dns://{}", options.listen), ".");
     plugin.set_metrics(metrics.clone());
     let counter = Arc::new(QueryCounter::default());
-    let chain = Chain::new(vec![
-        counter.clone() as Arc<dyn Plugin>,
-        plugin.clone() as Arc<dyn Plugin>,
-    ]);
+    let mut plugins = vec![counter.clone() as Arc<dyn Plugin>];
+    if options.zone.autopath_node.is_some() {
+        plugins.push(node_autopath(plugin.clone()));
+    }
+    plugins.push(plugin.clone() as Arc<dyn Plugin>);
+    let chain = Chain::new(plugins);
     metrics.set_plugins(&chain.names());
     let updater = plugin.spawn_updater(reader, options.startup_timeout);
     let handle = Arc::new(DnsSubsystem {
@@ -261,9 +289,12 @@ pub struct CorefileSubsystemOptions {
     /// Node-local DNS addresses every `dns://` block also listens on, port 53, unless its
     /// addresses cover them (`--node-local-dns`).
     pub node_local: Vec<std::net::IpAddr>,
+    /// Node-local autopath for the pods of this node (`--node-local-dns` with `--node-name`):
+    /// see [`LoadOptions::autopath_node`](crate::dns::corefile::LoadOptions).
+    pub autopath_node: Option<String>,
 }
 
-/// The cache kinds a Corefile needs (`pods verified` adds Pods).
+/// The cache kinds a Corefile needs (`pods verified` and node-local autopath add Pods).
 pub fn corefile_kinds(
     options: &CorefileSubsystemOptions,
 ) -> Result<Vec<crate::model::Kind>, AgentError> {
@@ -278,6 +309,7 @@ fn parse_corefile(
         &options.path,
         &crate::dns::corefile::LoadOptions {
             allow_unknown: options.allow_unknown,
+            autopath_node: options.autopath_node.clone(),
         },
     )
 }
@@ -452,8 +484,10 @@ pub(crate) async fn start_corefile(
 pub fn corefile_launcher(
     options: CorefileSubsystemOptions,
 ) -> Result<SubsystemLauncher, AgentError> {
-    let kinds = corefile_kinds(&options)?;
-    Ok(SubsystemLauncher::new(
+    let cf = load_corefile(&options)?;
+    let kinds = crate::dns::plugins::serve::needed_kinds(&cf);
+    let node_pods = crate::dns::plugins::serve::needs_node_pods_only(&cf);
+    let launcher = SubsystemLauncher::new(
         "dns",
         kinds,
         Box::new(
@@ -466,6 +500,7 @@ pub fn corefile_launcher(
                         lameduck: None,
                         load: crate::dns::corefile::LoadOptions {
                             allow_unknown: options.allow_unknown,
+                            autopath_node: options.autopath_node.clone(),
                         },
                         listen_override: options.listen_override,
                         startup_timeout: options.startup_timeout,
@@ -504,5 +539,10 @@ pub fn corefile_launcher(
                 })
             },
         ),
-    ))
+    );
+    Ok(if node_pods {
+        launcher.with_node_pods()
+    } else {
+        launcher
+    })
 }

@@ -97,6 +97,8 @@ pub type LaunchFn = Box<
 pub struct SubsystemLauncher {
     name: &'static str,
     kinds: Vec<Kind>,
+    /// Its Pods need only be this node's (node-local autopath).
+    node_pods: bool,
     launch: LaunchFn,
 }
 
@@ -106,8 +108,20 @@ impl SubsystemLauncher {
         Self {
             name,
             kinds,
+            node_pods: false,
             launch,
         }
+    }
+
+    /// The same launcher, declaring that the Pods it needs are only those on this node.
+    pub fn with_node_pods(mut self) -> Self {
+        self.node_pods = true;
+        self
+    }
+
+    /// Whether the Pods it needs are only those on this node.
+    pub fn node_pods(&self) -> bool {
+        self.node_pods
     }
 
     /// The subsystem's name.
@@ -119,6 +133,13 @@ impl SubsystemLauncher {
     pub fn kinds(&self) -> &[Kind] {
         &self.kinds
     }
+}
+
+/// Whether Pods can be watched on this node only: some launcher needs Pods, and every one
+/// that does declares [`SubsystemLauncher::with_node_pods`] (`extra` needing Pods: all).
+fn pods_on_node_only(extra: &[Kind], launchers: &[SubsystemLauncher]) -> bool {
+    let mut needing = launchers.iter().filter(|l| l.kinds.contains(&Kind::Pod));
+    !extra.contains(&Kind::Pod) && needing.clone().next().is_some() && needing.all(|l| l.node_pods)
 }
 
 /// The union of `extra` and every launcher's kinds, in first-seen order.
@@ -202,7 +223,11 @@ pub async fn run_with(
     // One rustls provider for the process (kube's client and the DoT/DoH code share it).
     crate::tls::install_crypto_provider();
     let kinds = union_of_kinds(&options.kinds, &options.subsystems);
-    let src = source::start_for_node(&options.source, &kinds, options.node_name.as_deref()).await?;
+    let scope = source::kube::WatchScope {
+        node: options.node_name.clone(),
+        pods_on_node: pods_on_node_only(&options.kinds, &options.subsystems),
+    };
+    let src = source::start_for_node(&options.source, &kinds, scope).await?;
     let reader = src.reader();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
@@ -362,6 +387,25 @@ mod tests {
             union_of_kinds(&[Kind::Service], &launchers),
             vec![Kind::Service, Kind::EndpointSlice, Kind::Pod, Kind::Node]
         );
+    }
+
+    #[test]
+    fn pods_are_watched_on_this_node_only_when_every_user_says_so() {
+        let launcher = |kinds: Vec<Kind>| {
+            SubsystemLauncher::new(
+                "dns",
+                kinds,
+                Box::new(|_, _| Box::pin(async { unreachable!("not started") })),
+            )
+        };
+        let node = || launcher(vec![Kind::Service, Kind::Pod]).with_node_pods();
+        let all = || launcher(vec![Kind::Service, Kind::Pod]);
+        let none = || launcher(vec![Kind::Service, Kind::Node]);
+        assert!(node().node_pods());
+        assert!(pods_on_node_only(&[], &[node(), none()]));
+        assert!(!pods_on_node_only(&[], &[node(), all()]));
+        assert!(!pods_on_node_only(&[Kind::Pod], &[node()]));
+        assert!(!pods_on_node_only(&[], &[none()]));
     }
 
     /// A subsystem with one declared `/ready` endpoint and a lameduck, recording when the

@@ -141,7 +141,7 @@ impl DnsOptions {
 /// The cache kinds the DNS zone needs with these options.
 pub fn needed_kinds(zone: &ZoneOptions) -> Vec<Kind> {
     let mut kinds = vec![Kind::Service, Kind::EndpointSlice];
-    if zone.pods == super::zone::PodMode::Verified {
+    if zone.needs_pod_kind() {
         kinds.push(Kind::Pod);
     }
     kinds

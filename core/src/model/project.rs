@@ -550,6 +550,14 @@ pub fn pod(pod: &core_v1::Pod) -> Result<Pod, ProjectionError> {
             }
         }
     }
+    // A pod in a terminal phase has released its addresses (they may already belong to a new
+    // pod), whatever its status still says.
+    if status
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|p| p == "Succeeded" || p == "Failed")
+    {
+        ips.clear();
+    }
     let ready = status
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));

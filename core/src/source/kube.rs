@@ -590,15 +590,53 @@ pub(crate) fn node_field_selector(node: &str) -> String {
     format!("metadata.name={node}")
 }
 
+/// The field selector that narrows the Pod watch to the pods scheduled on the node `node`.
+pub(crate) fn node_pods_field_selector(node: &str) -> String {
+    format!("spec.nodeName={node}")
+}
+
+/// What part of the cluster the node-scoped kinds are watched for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchScope {
+    /// This node's name: Nodes are watched with `metadata.name=<node>`.
+    pub node: Option<String>,
+    /// With `node` set, Pods are watched with `spec.nodeName=<node>` (only this node's pods,
+    /// for node-local autopath) instead of cluster-wide.
+    pub pods_on_node: bool,
+}
+
 /// Like [`run`]; with `node` set, Nodes are watched with the field selector
 /// `metadata.name=<node>` (only this node's object: its zone label for topology hints).
 pub async fn run_for_node(
     client: ::kube::Client,
     kinds: Vec<Kind>,
-    mut writer: CacheWriter,
+    writer: CacheWriter,
     status: StatusHandle,
     node: Option<String>,
 ) {
+    run_scoped(
+        client,
+        kinds,
+        writer,
+        status,
+        WatchScope {
+            node,
+            pods_on_node: false,
+        },
+    )
+    .await
+}
+
+/// Like [`run_for_node`], with the Pod watch narrowed to this node's pods when `scope` says so.
+pub async fn run_scoped(
+    client: ::kube::Client,
+    kinds: Vec<Kind>,
+    mut writer: CacheWriter,
+    status: StatusHandle,
+    scope: WatchScope,
+) {
+    let node = scope.node;
+    let pods_on_node = scope.pods_on_node;
     let recovery = Recovery::new();
     let mut seen = BTreeSet::new();
     let all = watcher::Config::default;
@@ -610,7 +648,14 @@ pub async fn run_for_node(
             match kind {
                 Kind::Service => kind_events::<core_v1::Service>(c, all(), r),
                 Kind::EndpointSlice => kind_events::<discovery_v1::EndpointSlice>(c, all(), r),
-                Kind::Pod => kind_events::<core_v1::Pod>(c, all(), r),
+                Kind::Pod => kind_events::<core_v1::Pod>(
+                    c,
+                    match &node {
+                        Some(name) if pods_on_node => all().fields(&node_pods_field_selector(name)),
+                        _ => all(),
+                    },
+                    r,
+                ),
                 Kind::Node => kind_events::<core_v1::Node>(
                     c,
                     match &node {
@@ -636,6 +681,7 @@ pub async fn run_for_node(
     tracing::info!(
         ?kinds,
         node = node.as_deref(),
+        pods_on_node,
         "watching the Kubernetes API"
     );
     let mut events = futures::stream::select_all(streams);

@@ -154,15 +154,17 @@ impl Drop for Source {
 /// Starts `config` feeding a new cache that waits for the initial lists of `kinds`.
 /// Must be called inside a tokio runtime.
 pub async fn start(config: &SourceConfig, kinds: &[Kind]) -> Result<Source, SourceError> {
-    start_for_node(config, kinds, None).await
+    start_for_node(config, kinds, kube::WatchScope::default()).await
 }
 
-/// Like [`start`]; with `node` set, the Kubernetes API source watches only that Node
-/// (field selector `metadata.name`). A manifest directory keeps every Node it holds.
+/// Like [`start`]; with `scope.node` set, the Kubernetes API source watches only that Node
+/// (field selector `metadata.name`), and with `scope.pods_on_node` only its Pods (field
+/// selector `spec.nodeName`). A manifest directory keeps every Node and Pod it holds (the
+/// DNS zone picks this node's pods by `spec.nodeName` itself).
 pub(crate) async fn start_for_node(
     config: &SourceConfig,
     kinds: &[Kind],
-    node: Option<&str>,
+    scope: kube::WatchScope,
 ) -> Result<Source, SourceError> {
     let (writer, reader) = new_cache(kinds.iter().copied());
     let status = StatusHandle::default();
@@ -173,12 +175,12 @@ pub(crate) async fn start_for_node(
         }
         SourceConfig::Kubernetes { kubeconfig } => {
             let client = kube::client(kubeconfig.as_deref()).await?;
-            tokio::spawn(kube::run_for_node(
+            tokio::spawn(kube::run_scoped(
                 client,
                 kinds.to_vec(),
                 writer,
                 status.clone(),
-                node.map(str::to_owned),
+                scope,
             ))
         }
     };

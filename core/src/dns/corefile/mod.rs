@@ -102,6 +102,11 @@ pub(crate) const REPEATABLE_PLUGINS: &[&str] = &["rewrite", "template", "acl", "
 pub struct LoadOptions {
     /// Unknown plugins and options are warnings instead of errors.
     pub allow_unknown: bool,
+    /// Node-local autopath (`agentctl run --node-local-dns --node-name NODE`): in blocks with
+    /// `autopath @kubernetes`, the `kubernetes` plugin knows the pods of this node by address
+    /// (its [`KubernetesConfig::autopath_node`]) even without `pods verified`, which keeps its
+    /// cluster-wide meaning.
+    pub autopath_node: Option<String>,
 }
 
 /// A loaded Corefile.
@@ -454,7 +459,12 @@ fn server_block(
         }
         _ => {}
     }
-    check_cluster_users(&p, &mut ctx)?;
+    check_cluster_users(&p, options.autopath_node.is_some(), &mut ctx)?;
+    if let (Some(node), Some(k), Some(a)) = (&options.autopath_node, &mut p.kubernetes, &p.autopath)
+        && matches!(a.source, SearchSource::Kubernetes { .. })
+    {
+        k.autopath_node = Some(node.clone());
+    }
     Ok(ServerBlock {
         keys,
         plugins: p,
@@ -538,12 +548,18 @@ fn apply_directive(
 
 /// `k8s_external` and `autopath @kubernetes` answer from the `kubernetes` plugin of their own
 /// server block: without one they are an error at their position.
-/// `autopath @kubernetes` without `pods verified` has no effect (a warning).
-fn check_cluster_users(p: &PluginSet, ctx: &mut SetupContext<'_>) -> Result<(), CorefileError> {
+/// `autopath @kubernetes` without `pods verified` has no effect (a warning), unless the agent
+/// runs node-local autopath (`node_autopath`).
+fn check_cluster_users(
+    p: &PluginSet,
+    node_autopath: bool,
+    ctx: &mut SetupContext<'_>,
+) -> Result<(), CorefileError> {
     if let Some(k) = &p.kubernetes {
         if let Some(a) = &p.autopath
             && matches!(a.source, SearchSource::Kubernetes { .. })
             && k.pods != PodsMode::Verified
+            && !node_autopath
         {
             ctx.warn(
                 &a.at,

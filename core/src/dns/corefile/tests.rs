@@ -217,6 +217,7 @@ fn unknown_plugin_and_option_name_their_position() {
 fn allow_unknown_downgrades_to_warnings() {
     let opts = LoadOptions {
         allow_unknown: true,
+        ..LoadOptions::default()
     };
     let cf = load_text(
         ".:53 {\n  whoami2\n  cache 30 {\n    succes 100\n  }\n  forward . 127.0.0.1 { tls_servername x }\n  loadbalance weighted\n}\n",
@@ -743,6 +744,38 @@ fn autopath_and_k8s_external_parse_with_coredns_defaults() {
         "{}",
         cf.warnings[0]
     );
+}
+
+#[test]
+fn node_local_autopath_marks_only_autopath_blocks() {
+    let opts = LoadOptions {
+        autopath_node: Some("node-a".into()),
+        ..LoadOptions::default()
+    };
+    let cf = load_text(
+        ".:53 {\n autopath @kubernetes\n kubernetes\n}\nexample.org:53 {\n kubernetes example.org\n}\n",
+        &opts,
+    )
+    .unwrap();
+    // It has an effect now: no warning.
+    assert!(cf.warnings.is_empty(), "{:?}", cf.warnings);
+    let k = |i: usize| cf.servers[i].plugins.kubernetes.clone().unwrap();
+    assert_eq!(k(0).autopath_node.as_deref(), Some("node-a"));
+    assert_eq!(k(0).pods, PodsMode::Disabled);
+    assert_eq!(k(1).autopath_node, None);
+    let kinds = crate::dns::plugins::serve::needed_kinds(&cf);
+    assert!(kinds.contains(&crate::model::Kind::Pod));
+    assert!(crate::dns::plugins::serve::needs_node_pods_only(&cf));
+    // `pods verified` keeps its cluster-wide watch.
+    let cf = load_text(
+        ".:53 {\n autopath @kubernetes\n kubernetes {\n  pods verified\n }\n}\n",
+        &opts,
+    )
+    .unwrap();
+    assert!(!crate::dns::plugins::serve::needs_node_pods_only(&cf));
+    // Without the node: no Pods.
+    let cf = load(".:53 {\n autopath @kubernetes\n kubernetes\n}\n").unwrap();
+    assert!(!crate::dns::plugins::serve::needed_kinds(&cf).contains(&crate::model::Kind::Pod));
 }
 
 #[test]

@@ -121,6 +121,7 @@ pub(crate) fn zone_options(k: &KubernetesConfig) -> ZoneOptions {
             crate::dns::corefile::PodsMode::Verified => PodMode::Verified,
         },
         fallthrough: k.fallthrough.as_ref().map(|f| f.zones.clone()),
+        autopath_node: k.autopath_node.clone(),
         ..ZoneOptions::default()
     }
 }

@@ -252,13 +252,18 @@ fn used_zone_options(cf: &Corefile) -> Vec<ZoneOptions> {
 /// The cache kinds a Corefile's cluster zones need.
 pub fn needed_kinds(cf: &Corefile) -> Vec<Kind> {
     let mut kinds = vec![Kind::Service, Kind::EndpointSlice];
-    if used_zone_options(cf)
-        .iter()
-        .any(|o| o.pods == PodMode::Verified)
-    {
+    if used_zone_options(cf).iter().any(|o| o.needs_pod_kind()) {
         kinds.push(Kind::Pod);
     }
     kinds
+}
+
+/// Whether the Pods a Corefile's cluster zones need are only this node's (node-local
+/// autopath, and no block with `pods verified`, which needs every pod).
+pub fn needs_node_pods_only(cf: &Corefile) -> bool {
+    let used = used_zone_options(cf);
+    used.iter().any(|o| o.autopath_node.is_some())
+        && used.iter().all(|o| o.pods != PodMode::Verified)
 }
 
 /// Loads the Corefile, logging its warnings.
@@ -474,6 +479,13 @@ impl State {
                 .into_iter()
                 .filter(|k| !watched.contains(k) && !current.contains(k))
                 .map(|k| format!("{k:?}"))
+                .chain(
+                    // Pods watched on this node only cannot serve `pods` records.
+                    (needs_node_pods_only(&self.current)
+                        && needed_kinds(&cf).contains(&Kind::Pod)
+                        && !needs_node_pods_only(&cf))
+                    .then(|| "Pod (cluster-wide; only this node's are watched)".to_string()),
+                )
                 .collect();
             if !missing.is_empty() {
                 return Err(CorefileRunError::KindsNotWatched {

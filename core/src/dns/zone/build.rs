@@ -42,7 +42,7 @@ impl ClusterZone {
         for svc in snapshot.services() {
             zone.add_service(snapshot, svc, &mut batch);
         }
-        if zone.options.pods != PodMode::Disabled {
+        if zone.options.uses_pods() {
             for pod in snapshot.pods() {
                 zone.add_pod(pod);
             }
@@ -65,7 +65,7 @@ impl ClusterZone {
             zone.primary = primary;
         }
         zone.generation = snapshot.generation();
-        let pods = zone.options.pods != PodMode::Disabled;
+        let pods = zone.options.uses_pods();
         let mut batch = ReverseBatch::default();
         for change in changes {
             match change {
@@ -93,7 +93,7 @@ impl ClusterZone {
     pub(crate) fn is_affected_by(options: &ZoneOptions, change: &Change) -> bool {
         match change {
             Change::Service(_) => true,
-            Change::Pod(_) => options.pods != PodMode::Disabled,
+            Change::Pod(_) => options.uses_pods(),
             Change::Node(_) => false,
         }
     }
@@ -215,17 +215,29 @@ impl ClusterZone {
         }
     }
 
-    /// Counts `pod` (absent from the zone) in its namespace and, in verified mode, its IPs.
+    /// Counts `pod` (absent from the zone) in its namespace (pod records on) and, in verified
+    /// mode, its IPs; indexes its IPs for autopath when [`ZoneOptions::indexes_client`].
     pub(super) fn add_pod(&mut self, pod: &Arc<Pod>) {
         if !self.options.namespace_exposed(&pod.key.namespace) {
             return;
         }
+        let counted = self.options.counts_pods();
+        let indexed = self.options.indexes_client(pod);
+        if !counted && !indexed {
+            return;
+        }
         self.pods.insert(pod.key.clone(), pod.clone());
-        self.adjust_namespace(&pod.key.namespace, 0, 1);
+        if counted {
+            self.adjust_namespace(&pod.key.namespace, 0, 1);
+        }
+        let ns: Arc<str> = Arc::from(pod.key.namespace.to_ascii_lowercase());
         if self.options.pods == PodMode::Verified {
-            let ns: Arc<str> = Arc::from(pod.key.namespace.to_ascii_lowercase());
             for ip in &pod.ips {
                 *self.pod_ips.entry((ns.clone(), *ip)).or_insert(0) += 1;
+            }
+        }
+        if indexed {
+            for ip in &pod.ips {
                 self.count_pod_at(*ip, &ns, 1);
             }
         }
@@ -236,11 +248,17 @@ impl ClusterZone {
         let Some(pod) = self.pods.remove(key) else {
             return;
         };
-        self.adjust_namespace(&key.namespace, 0, -1);
-        if self.options.pods == PodMode::Verified {
-            let ns: Arc<str> = Arc::from(key.namespace.to_ascii_lowercase());
+        if self.options.counts_pods() {
+            self.adjust_namespace(&key.namespace, 0, -1);
+        }
+        let ns: Arc<str> = Arc::from(key.namespace.to_ascii_lowercase());
+        if self.options.indexes_client(&pod) {
             for ip in &pod.ips {
                 self.count_pod_at(*ip, &ns, -1);
+            }
+        }
+        if self.options.pods == PodMode::Verified {
+            for ip in &pod.ips {
                 let k = (ns.clone(), *ip);
                 match self.pod_ips.get(&k).copied() {
                     Some(n) if n > 1 => {

@@ -270,14 +270,15 @@ impl ClusterZone {
     /// picks it: the namespace of the pod with that address when there is one; when several
     /// pods have it (host-network pods share their node's address), the one the query names
     /// as `<...>.<ns>.svc.<origin>`; `None` for an unknown address, when nothing matches, or
-    /// without `pods verified`.
+    /// without `pods verified` or node-local autopath (`autopath_node`, which knows only the
+    /// non-host-network pods of this node).
     pub fn client_namespace(
         &self,
         client: IpAddr,
         lower_name: &str,
         origin: usize,
     ) -> Option<&str> {
-        if self.options.pods != PodMode::Verified {
+        if !self.options.knows_clients() {
             return None;
         }
         let pods = self.pods_by_ip.get(&client)?;
@@ -668,5 +669,136 @@ status: {podIP: 192.168.1.1, podIPs: [{ip: 192.168.1.1}]}
         assert_eq!(ns(&z1, host, q).as_deref(), Some("ns-a"));
         assert_eq!(ns(&z1, "10.244.9.1", q), None);
         assert_eq!(ns(&z0, "10.244.9.1", q).as_deref(), Some("demo"));
+    }
+
+    #[test]
+    fn node_autopath_indexes_only_this_node_s_pods() {
+        const PODS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: demo}
+spec: {nodeName: node-a, containers: [{name: c, image: x}]}
+status: {phase: Running, podIP: 10.244.9.1, podIPs: [{ip: 10.244.9.1}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: elsewhere, namespace: other}
+spec: {nodeName: node-b, containers: [{name: c, image: x}]}
+status: {phase: Running, podIP: 10.244.9.2, podIPs: [{ip: 10.244.9.2}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: agent, namespace: kube-system}
+spec: {nodeName: node-a, hostNetwork: true, containers: [{name: c, image: x}]}
+status: {phase: Running, podIP: 192.168.1.1, podIPs: [{ip: 192.168.1.1}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: done, namespace: jobs}
+spec: {nodeName: node-a, containers: [{name: c, image: x}]}
+status: {phase: Succeeded, podIP: 10.244.9.3, podIPs: [{ip: 10.244.9.3}]}
+"#;
+        let snap = snapshot(PODS);
+        let opts = ZoneOptions {
+            autopath_node: Some("node-a".into()),
+            ..Default::default()
+        };
+        let ns = |z: &ClusterZone, ip: &str| {
+            let q = "web.default.demo.svc.cluster.local.";
+            z.client_namespace(ip.parse().unwrap(), q, z.origin_of(q).unwrap())
+                .map(str::to_string)
+        };
+        let z = ClusterZone::build(&snap, &opts);
+        assert_eq!(ns(&z, "10.244.9.1").as_deref(), Some("demo"));
+        // Another node's pod, a host-network pod (the node's address), a terminal pod: plain.
+        assert_eq!(ns(&z, "10.244.9.2"), None);
+        assert_eq!(ns(&z, "192.168.1.1"), None);
+        assert_eq!(ns(&z, "10.244.9.3"), None);
+        // No pod records come with it: `pods` keeps its meaning.
+        assert_eq!(
+            ask(&z, "10-244-9-1.demo.pod.cluster.local.", RecordType::A).0,
+            NX
+        );
+        assert_eq!(ask(&z, "demo.pod.cluster.local.", RecordType::A).0, NX);
+        // Off without a node.
+        let off = ClusterZone::build(&snap, &ZoneOptions::default());
+        assert_eq!(ns(&off, "10.244.9.1"), None);
+        // With `pods insecure` the node's pods do not make `<ns>.pod` exist (the answer would
+        // differ from node to node): names answer as from a zone without pods.
+        let insecure = |o: &ZoneOptions, yaml: &str| {
+            ClusterZone::build(
+                &snapshot(yaml),
+                &ZoneOptions {
+                    pods: PodMode::Insecure,
+                    ..o.clone()
+                },
+            )
+        };
+        let with_node = insecure(&opts, PODS);
+        let without_pods = insecure(&ZoneOptions::default(), "");
+        assert_eq!(ns(&with_node, "10.244.9.1").as_deref(), Some("demo"));
+        for q in [
+            "demo.pod.cluster.local.",
+            "10-244-9-1.demo.pod.cluster.local.",
+        ] {
+            assert_eq!(
+                ask(&with_node, q, RecordType::A),
+                ask(&without_pods, q, RecordType::A),
+                "{q}"
+            );
+        }
+
+        // Incrementally: add, IP change, delete, a pod turning terminal.
+        let kinds = [Kind::Service, Kind::EndpointSlice, Kind::Pod];
+        let (mut writer, reader) = new_cache(kinds);
+        for kind in [Kind::Service, Kind::EndpointSlice] {
+            writer.replace_kind(kind, Vec::new());
+        }
+        writer.replace_kind(
+            Kind::Pod,
+            snap.pods().map(|p| ClusterObject::Pod(p.clone())).collect(),
+        );
+        let first = reader.snapshot();
+        let z0 = ClusterZone::build(&first, &opts);
+        let client = first
+            .pods()
+            .find(|p| &*p.key.name == "client")
+            .map(|p| (**p).clone())
+            .unwrap();
+        let step = |z: &ClusterZone, at: u64| {
+            let next = reader.snapshot();
+            let changes = next.changes_since(at).unwrap();
+            (z.update(&next, &changes, 9), next.generation())
+        };
+        // A new pod on this node.
+        let mut added = client.clone();
+        added.key = ObjectKey::new("team", "new");
+        added.ips = vec!["10.244.9.4".parse().unwrap()];
+        writer.apply(ClusterObject::Pod(Arc::new(added.clone())));
+        let (z1, g1) = step(&z0, first.generation());
+        assert_eq!(ns(&z1, "10.244.9.4").as_deref(), Some("team"));
+        // Its IP changes: the old address is forgotten.
+        let mut moved = added.clone();
+        moved.ips = vec!["10.244.9.5".parse().unwrap()];
+        writer.apply(ClusterObject::Pod(Arc::new(moved.clone())));
+        let (z2, g2) = step(&z1, g1);
+        assert_eq!(ns(&z2, "10.244.9.4"), None);
+        assert_eq!(ns(&z2, "10.244.9.5").as_deref(), Some("team"));
+        // It finishes (a terminal pod has no addresses once projected).
+        let mut finished = moved.clone();
+        finished.ips = Vec::new();
+        writer.apply(ClusterObject::Pod(Arc::new(finished)));
+        let (z3, g3) = step(&z2, g2);
+        assert_eq!(ns(&z3, "10.244.9.5"), None);
+        // Deleted.
+        writer.delete(Kind::Pod, &ObjectKey::new("demo", "client"));
+        let (z4, _) = step(&z3, g3);
+        assert_eq!(ns(&z4, "10.244.9.1"), None);
+        assert_eq!(ns(&z3, "10.244.9.1").as_deref(), Some("demo"));
+        // The incremental zone agrees with a full build.
+        let full = ClusterZone::build(&reader.snapshot(), &opts);
+        for ip in ["10.244.9.1", "10.244.9.4", "10.244.9.5", "10.244.9.2"] {
+            assert_eq!(ns(&z4, ip), ns(&full, ip), "{ip}");
+        }
     }
 }

@@ -64,6 +64,11 @@ pub struct ZoneOptions {
     pub dns_service: ObjectKey,
     /// Addresses of `ns.dns.<zone>` when `dns_service` does not exist.
     pub ns_fallback: Vec<IpAddr>,
+    /// Node-local autopath: index the addresses of the pods whose `spec.nodeName` is this
+    /// node (host-network pods left out: they share the node's address) so that `autopath`
+    /// knows their namespaces without `pods verified` and without a cluster-wide pod watch.
+    /// `None`: off. With `pods verified` every pod is indexed anyway.
+    pub autopath_node: Option<String>,
 }
 
 impl Default for ZoneOptions {
@@ -84,6 +89,7 @@ impl Default for ZoneOptions {
             fallthrough: None,
             dns_service: ObjectKey::new("kube-system", "kube-dns"),
             ns_fallback: Vec::new(),
+            autopath_node: None,
         }
     }
 }
@@ -98,6 +104,51 @@ impl ZoneOptions {
                 "ip6.arpa".into(),
             ],
             ..Self::default()
+        }
+    }
+
+    /// Whether the zone needs the cache's pods: for pod records or node-local autopath.
+    pub(crate) fn uses_pods(&self) -> bool {
+        self.pods != PodMode::Disabled || self.autopath_node.is_some()
+    }
+
+    /// Whether the zone needs Pods in the cache: `pods verified` or node-local autopath
+    /// (`pods insecure` answers from the name alone).
+    pub fn needs_pod_kind(&self) -> bool {
+        self.pods == PodMode::Verified || self.autopath_node.is_some()
+    }
+
+    /// Whether this node's Pods are enough: node-local autopath without `pods verified`
+    /// (`pods insecure` answers from the name alone).
+    pub fn needs_node_pods_only(&self) -> bool {
+        self.autopath_node.is_some() && self.pods != PodMode::Verified
+    }
+
+    /// Whether pods count in their namespace (`<ns>.pod.<zone>` exists while one does): with
+    /// pod records, unless the cache may hold this node's pods only (node-local autopath
+    /// without `pods verified`), which would make the answer differ from node to node.
+    pub(crate) fn counts_pods(&self) -> bool {
+        match self.pods {
+            PodMode::Disabled => false,
+            PodMode::Insecure => self.autopath_node.is_none(),
+            PodMode::Verified => true,
+        }
+    }
+
+    /// Whether `client_namespace` can know clients (`pods verified` or node-local autopath).
+    pub(crate) fn knows_clients(&self) -> bool {
+        self.pods == PodMode::Verified || self.autopath_node.is_some()
+    }
+
+    /// Whether `pod` is indexed by address for autopath: every pod with `pods verified`, else
+    /// only the non-host-network pods of `autopath_node`.
+    pub(crate) fn indexes_client(&self, pod: &crate::model::Pod) -> bool {
+        if self.pods == PodMode::Verified {
+            return true;
+        }
+        match &self.autopath_node {
+            Some(node) => !pod.host_network && pod.node_name.as_deref() == Some(node.as_str()),
+            None => false,
         }
     }
 

@@ -48,6 +48,9 @@ pub struct KubernetesConfig {
     pub kubeconfig: Option<(PathBuf, Option<String>)>,
     /// `endpoint URL...` as written (ignored, see `kubeconfig`).
     pub endpoint: Vec<String>,
+    /// Not written in the Corefile: set by the loader for node-local autopath
+    /// ([`LoadOptions::autopath_node`](crate::dns::corefile::LoadOptions)).
+    pub autopath_node: Option<String>,
 }
 
 impl KubernetesConfig {
@@ -65,6 +68,7 @@ impl KubernetesConfig {
             fallthrough: None,
             kubeconfig: None,
             endpoint: Vec::new(),
+            autopath_node: None,
         }
     }
 }
