@@ -26,6 +26,7 @@ use super::{
     protocol_number,
 };
 use crate::ipvs::backend::BackendError;
+use crate::ipvs::netlink::nfnl::{Writer, attrs, be16, be32};
 use crate::ipvs::netlink::socket::{Conn, SocketStats};
 use crate::ipvs::table::Family;
 
@@ -35,8 +36,6 @@ const SUBSYS_CTNETLINK: u16 = 1;
 const MSG_CT_GET: u16 = 1;
 /// `IPCTNL_MSG_CT_DELETE`.
 const MSG_CT_DELETE: u16 = 2;
-/// `NFNETLINK_V0`.
-const NFNETLINK_V0: u8 = 0;
 
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
@@ -69,36 +68,11 @@ const ENOENT: i32 = 2;
 /// Deletes per `sendmsg`.
 pub(crate) const BATCH: usize = 100;
 
-fn attrs(payload: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    let mut off = 0;
-    std::iter::from_fn(move || {
-        if off + 4 > payload.len() {
-            return None;
-        }
-        let len = u16::from_ne_bytes([payload[off], payload[off + 1]]) as usize;
-        let ty = u16::from_ne_bytes([payload[off + 2], payload[off + 3]]) & 0x3fff;
-        if len < 4 || off + len > payload.len() {
-            return None;
-        }
-        let value = &payload[off + 4..off + len];
-        off += (len + 3) & !3;
-        Some((ty, value))
-    })
-}
-
 fn find(payload: &[u8], ty: u16) -> Option<&[u8]> {
     attrs(payload)
         .filter(|(t, _)| *t == ty)
         .map(|(_, v)| v)
         .last()
-}
-
-fn be16(v: Option<&[u8]>) -> Option<u16> {
-    Some(u16::from_be_bytes(v?.get(..2)?.try_into().ok()?))
-}
-
-fn be32(v: Option<&[u8]>) -> Option<u32> {
-    Some(u32::from_be_bytes(v?.get(..4)?.try_into().ok()?))
 }
 
 fn addr(v: Option<&[u8]>) -> Option<IpAddr> {
@@ -146,49 +120,6 @@ pub(crate) fn decode_entry(body: &[u8]) -> Option<ConntrackEntry> {
     })
 }
 
-/// A minimal attribute writer.
-struct Writer<'a>(&'a mut Vec<u8>);
-
-impl Writer<'_> {
-    fn pad(&mut self) {
-        while !self.0.len().is_multiple_of(4) {
-            self.0.push(0);
-        }
-    }
-    fn attr(&mut self, ty: u16, payload: &[u8]) {
-        self.0
-            .extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
-        self.0.extend_from_slice(&ty.to_ne_bytes());
-        self.0.extend_from_slice(payload);
-        self.pad();
-    }
-    fn begin(&mut self, ty: u16) -> usize {
-        let at = self.0.len();
-        self.0.extend_from_slice(&[0, 0]);
-        self.0.extend_from_slice(&(ty | 0x8000).to_ne_bytes());
-        at
-    }
-    fn end(&mut self, at: usize) {
-        let len = (self.0.len() - at) as u16;
-        self.0[at..at + 2].copy_from_slice(&len.to_ne_bytes());
-    }
-    fn header(&mut self, msg: u16, flags: u16, seq: u32, family: u8) -> usize {
-        let start = self.0.len();
-        self.0.extend_from_slice(&0u32.to_ne_bytes());
-        self.0
-            .extend_from_slice(&((SUBSYS_CTNETLINK << 8) | msg).to_ne_bytes());
-        self.0.extend_from_slice(&flags.to_ne_bytes());
-        self.0.extend_from_slice(&seq.to_ne_bytes());
-        self.0.extend_from_slice(&0u32.to_ne_bytes());
-        self.0.extend_from_slice(&[family, NFNETLINK_V0, 0, 0]);
-        start
-    }
-    fn finish(&mut self, start: usize) {
-        let len = (self.0.len() - start) as u32;
-        self.0[start..start + 4].copy_from_slice(&len.to_ne_bytes());
-    }
-}
-
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_DUMP: u16 = 0x300;
@@ -198,7 +129,13 @@ const NLM_F_DUMP: u16 = 0x300;
 #[cfg(test)]
 fn encode_dump(out: &mut Vec<u8>, seq: u32) {
     let mut w = Writer(out);
-    let start = w.header(MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, seq, 0);
+    let start = w.header(
+        SUBSYS_CTNETLINK,
+        MSG_CT_GET,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        seq,
+        0,
+    );
     w.finish(start);
 }
 
@@ -259,7 +196,13 @@ pub(crate) fn encode_filtered_dump(out: &mut Vec<u8>, seq: u32, filter: &DumpFil
         Family::V6 => AF_INET6,
     };
     let mut w = Writer(out);
-    let start = w.header(MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, seq, family);
+    let start = w.header(
+        SUBSYS_CTNETLINK,
+        MSG_CT_GET,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        seq,
+        family,
+    );
     let mut orig_flags = FILTER_PROTO_NUM;
     let tuple = w.begin(CTA_TUPLE_ORIG);
     if let Some(IpAddr::V4(dst)) = filter.orig_dst {
@@ -300,7 +243,7 @@ pub(crate) fn encode_delete(out: &mut Vec<u8>, seq: u32, entry: &ConntrackEntry,
     };
     let flags = NLM_F_REQUEST | if ack { NLM_F_ACK } else { 0 };
     let mut w = Writer(out);
-    let start = w.header(MSG_CT_DELETE, flags, seq, family);
+    let start = w.header(SUBSYS_CTNETLINK, MSG_CT_DELETE, flags, seq, family);
     let tuple = w.begin(CTA_TUPLE_ORIG);
     let ip = w.begin(CTA_TUPLE_IP);
     match (entry.orig.src, entry.orig.dst) {

@@ -19,6 +19,7 @@ use neli::consts::socket::NlFamily;
 
 use crate::ipvs::backend::BackendError;
 use crate::ipvs::ipset_ops::{IpsetEntry, IpsetOp, SetType};
+use crate::ipvs::netlink::nfnl::{NLA_F_NET_BYTEORDER, Writer, attrs, be32};
 use crate::ipvs::netlink::socket::{Conn, Message, SocketStats};
 use crate::ipvs::table::Family;
 
@@ -62,9 +63,6 @@ const ATTR_IPADDR_IPV6: u16 = 2;
 
 /// `IPSET_FLAG_LIST_HEADER`: list the sets' headers, not their entries.
 const FLAG_LIST_HEADER: u32 = 1 << 2;
-
-const NLA_F_NESTED: u16 = 0x8000;
-const NLA_F_NET_BYTEORDER: u16 = 0x4000;
 
 const NFPROTO_UNSPEC: u8 = 0;
 const NFPROTO_IPV4: u8 = 2;
@@ -125,22 +123,8 @@ pub(crate) fn describe(errno: i32, op: &IpsetOp) -> String {
     s.to_owned()
 }
 
-/// A minimal attribute writer.
-struct Writer<'a>(&'a mut Vec<u8>);
-
+/// ipset's attribute kinds and header, on the shared nfnetlink writer.
 impl Writer<'_> {
-    fn pad(&mut self) {
-        while !self.0.len().is_multiple_of(4) {
-            self.0.push(0);
-        }
-    }
-    fn attr(&mut self, ty: u16, payload: &[u8]) {
-        self.0
-            .extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
-        self.0.extend_from_slice(&ty.to_ne_bytes());
-        self.0.extend_from_slice(payload);
-        self.pad();
-    }
     fn u8(&mut self, ty: u16, v: u8) {
         self.attr(ty, &[v]);
     }
@@ -156,16 +140,6 @@ impl Writer<'_> {
         b.push(0);
         self.attr(ty, &b);
     }
-    fn begin(&mut self, ty: u16) -> usize {
-        let at = self.0.len();
-        self.0.extend_from_slice(&[0, 0]);
-        self.0.extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
-        at
-    }
-    fn end(&mut self, at: usize) {
-        let len = (self.0.len() - at) as u16;
-        self.0[at..at + 2].copy_from_slice(&len.to_ne_bytes());
-    }
     fn ip(&mut self, ty: u16, ip: IpAddr) {
         let at = self.begin(ty);
         match ip {
@@ -175,21 +149,10 @@ impl Writer<'_> {
         self.end(at);
     }
     /// The netlink and nfgenmsg headers and `IPSET_ATTR_PROTOCOL`; returns the message start.
-    fn header(&mut self, cmd: u16, flags: u16, seq: u32) -> usize {
-        let start = self.0.len();
-        self.0.extend_from_slice(&0u32.to_ne_bytes());
-        self.0
-            .extend_from_slice(&((SUBSYS_IPSET << 8) | cmd).to_ne_bytes());
-        self.0.extend_from_slice(&flags.to_ne_bytes());
-        self.0.extend_from_slice(&seq.to_ne_bytes());
-        self.0.extend_from_slice(&0u32.to_ne_bytes());
-        self.0.extend_from_slice(&[NFPROTO_IPV4, 0, 0, 0]);
+    fn ipset_header(&mut self, cmd: u16, flags: u16, seq: u32) -> usize {
+        let start = self.header(SUBSYS_IPSET, cmd, flags, seq, NFPROTO_IPV4);
         self.u8(ATTR_PROTOCOL, PROTOCOL);
         start
-    }
-    fn finish(&mut self, start: usize) {
-        let len = (self.0.len() - start) as u32;
-        self.0[start..start + 4].copy_from_slice(&len.to_ne_bytes());
     }
 }
 
@@ -255,7 +218,7 @@ pub(crate) fn encode_op(out: &mut Vec<u8>, op: &IpsetOp, seq: u32, ack: bool, re
             maxelem,
             exist,
         } => {
-            let start = w.header(CMD_CREATE, NLM_F_REQUEST | ack | excl(*exist), seq);
+            let start = w.ipset_header(CMD_CREATE, NLM_F_REQUEST | ack | excl(*exist), seq);
             w.string(ATTR_SETNAME, name);
             w.string(ATTR_TYPENAME, kind.name());
             w.u8(ATTR_REVISION, revision);
@@ -278,13 +241,13 @@ pub(crate) fn encode_op(out: &mut Vec<u8>, op: &IpsetOp, seq: u32, ack: bool, re
             } else {
                 CMD_DEL
             };
-            let start = w.header(cmd, NLM_F_REQUEST | ack | excl(*exist), seq);
+            let start = w.ipset_header(cmd, NLM_F_REQUEST | ack | excl(*exist), seq);
             w.string(ATTR_SETNAME, set);
             entry_data(&mut w, entry);
             start
         }
         IpsetOp::Swap { from, to } => {
-            let start = w.header(CMD_SWAP, NLM_F_REQUEST | ack, seq);
+            let start = w.ipset_header(CMD_SWAP, NLM_F_REQUEST | ack, seq);
             w.string(ATTR_SETNAME, from);
             w.string(ATTR_SETNAME2, to);
             start
@@ -295,7 +258,7 @@ pub(crate) fn encode_op(out: &mut Vec<u8>, op: &IpsetOp, seq: u32, ack: bool, re
             } else {
                 CMD_FLUSH
             };
-            let start = w.header(cmd, NLM_F_REQUEST | ack, seq);
+            let start = w.ipset_header(cmd, NLM_F_REQUEST | ack, seq);
             w.string(ATTR_SETNAME, set);
             start
         }
@@ -306,7 +269,7 @@ pub(crate) fn encode_op(out: &mut Vec<u8>, op: &IpsetOp, seq: u32, ack: bool, re
 /// Appends a `IPSET_CMD_TYPE` request: which revisions of `kind` for `family` the kernel has.
 pub(crate) fn encode_type_query(out: &mut Vec<u8>, seq: u32, kind: SetType, family: u8) {
     let mut w = Writer(out);
-    let start = w.header(CMD_TYPE, NLM_F_REQUEST | NLM_F_ACK, seq);
+    let start = w.ipset_header(CMD_TYPE, NLM_F_REQUEST | NLM_F_ACK, seq);
     w.string(ATTR_TYPENAME, kind.name());
     w.u8(ATTR_FAMILY, family);
     w.finish(start);
@@ -315,7 +278,7 @@ pub(crate) fn encode_type_query(out: &mut Vec<u8>, seq: u32, kind: SetType, fami
 /// Appends a header-only dump of every set (what `ipset list -t` asks).
 pub(crate) fn encode_list_headers(out: &mut Vec<u8>, seq: u32) {
     let mut w = Writer(out);
-    let start = w.header(CMD_LIST, NLM_F_REQUEST | NLM_F_DUMP, seq);
+    let start = w.ipset_header(CMD_LIST, NLM_F_REQUEST | NLM_F_DUMP, seq);
     w.be32(ATTR_FLAGS, FLAG_LIST_HEADER);
     w.finish(start);
 }
@@ -323,25 +286,8 @@ pub(crate) fn encode_list_headers(out: &mut Vec<u8>, seq: u32) {
 /// Appends a `IPSET_CMD_PROTOCOL` request (is the subsystem there, which versions).
 pub(crate) fn encode_protocol(out: &mut Vec<u8>, seq: u32) {
     let mut w = Writer(out);
-    let start = w.header(CMD_PROTOCOL, NLM_F_REQUEST | NLM_F_ACK, seq);
+    let start = w.ipset_header(CMD_PROTOCOL, NLM_F_REQUEST | NLM_F_ACK, seq);
     w.finish(start);
-}
-
-fn attrs(payload: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    let mut off = 0;
-    std::iter::from_fn(move || {
-        if off + 4 > payload.len() {
-            return None;
-        }
-        let len = u16::from_ne_bytes([payload[off], payload[off + 1]]) as usize;
-        let ty = u16::from_ne_bytes([payload[off + 2], payload[off + 3]]) & 0x3fff;
-        if len < 4 || off + len > payload.len() {
-            return None;
-        }
-        let value = &payload[off + 4..off + len];
-        off += (len + 3) & !3;
-        Some((ty, value))
-    })
 }
 
 fn find(payload: &[u8], ty: u16) -> Option<&[u8]> {
@@ -351,10 +297,6 @@ fn find(payload: &[u8], ty: u16) -> Option<&[u8]> {
 fn cstr(v: &[u8]) -> String {
     let end = v.iter().position(|b| *b == 0).unwrap_or(v.len());
     String::from_utf8_lossy(&v[..end]).into_owned()
-}
-
-fn be32(v: Option<&[u8]>) -> Option<u32> {
-    Some(u32::from_be_bytes(v?.get(..4)?.try_into().ok()?))
 }
 
 /// A set as the kernel lists it (header only).

@@ -6,6 +6,7 @@
 
 pub mod ipset;
 pub mod ipvs;
+pub(crate) mod nfnl;
 pub mod procfs;
 pub mod rtnl;
 pub mod socket;
