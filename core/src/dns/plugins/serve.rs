@@ -120,6 +120,21 @@ impl CorefileOptions {
         }
     }
 
+    /// The settings of a `dns://` listener on `addr`; `rrl`: its block's large-answer limit,
+    /// which replaces the flags' one.
+    fn listener_at(
+        &self,
+        addr: SocketAddr,
+        rrl: Option<crate::dns::rrl::LargeAnswerLimit>,
+    ) -> ServerConfig {
+        ServerConfig {
+            listen: addr,
+            udp_workers: self.udp_workers,
+            large_answers: rrl.or(self.listener.large_answers),
+            ..self.listener.clone()
+        }
+    }
+
     /// Options for `path` with defaults (5 s startup timeout).
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
@@ -371,12 +386,7 @@ impl State {
             } else {
                 match self.prebound.remove(&l.addr) {
                     Some(server) => Bound::Dns(server),
-                    None => Bound::Dns(DnsServer::bind(ServerConfig {
-                        listen: l.addr,
-                        udp_workers: self.options.udp_workers,
-                        large_answers: l.rrl.or(self.options.listener.large_answers),
-                        ..self.options.listener.clone()
-                    })?),
+                    None => Bound::Dns(DnsServer::bind(self.options.listener_at(l.addr, l.rrl))?),
                 }
             };
             fresh.push((l.addr, bound));
@@ -659,11 +669,7 @@ pub async fn start_corefile(
     // `--listen ADDR:0`: bind now, so that the metrics and the listening line name the port.
     let mut prebound = HashMap::new();
     if let Some(addr) = options.listen_override.filter(|a| a.port() == 0) {
-        let server = DnsServer::bind(ServerConfig {
-            listen: addr,
-            udp_workers: options.udp_workers,
-            ..options.listener.clone()
-        })?;
+        let server = DnsServer::bind(options.listener_at(addr, None))?;
         let real = server.local_addr();
         options.listen_override = Some(real);
         prebound.insert(real, server);
