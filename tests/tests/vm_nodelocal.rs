@@ -258,23 +258,9 @@ fn link_address_and_rules_are_in_place() -> anyhow::Result<()> {
 fn pod_gets_answers_on_the_link_local_address() -> anyhow::Result<()> {
     let _guard = fixture()?;
     for transport in ["+notcp", "+tcp"] {
-        let out = guest::run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                POD,
-                "dig",
-                "+short",
-                "+time=2",
-                "+tries=1",
-                transport,
-                "@169.254.20.10",
-                "web.default.svc.cluster.local",
-            ],
-        )?;
+        let out = dig_from_pod("web.default.svc.cluster.local", transport)?;
         ensure!(
-            out.trim() == WEB_IP.to_string(),
+            out == WEB_IP.to_string(),
             "dig {transport} @169.254.20.10 from the pod: {out:?}"
         );
     }
@@ -468,8 +454,8 @@ impl Drop for Upstream {
     }
 }
 
-/// `dig +short` from the pod to 169.254.20.10.
-fn dig_from_pod(name: &str) -> anyhow::Result<String> {
+/// `dig +short` from the pod to 169.254.20.10 over `transport` (`+notcp`, `+tcp`), trimmed.
+fn dig_from_pod(name: &str, transport: &str) -> anyhow::Result<String> {
     Ok(guest::run(
         "ip",
         &[
@@ -480,6 +466,7 @@ fn dig_from_pod(name: &str) -> anyhow::Result<String> {
             "+short",
             "+time=2",
             "+tries=1",
+            transport,
             "@169.254.20.10",
             name,
         ],
@@ -524,8 +511,8 @@ fn corefile_mode_serves_the_cluster_zone_and_forwards_the_rest() -> anyhow::Resu
             e.context(format!("agent running: {alive}; log:\n{}", agent.log()))
         },
     )?;
-    let cluster = dig_from_pod("web.default.svc.cluster.local")?;
-    let external = dig_from_pod("example.com")?;
+    let cluster = dig_from_pod("web.default.svc.cluster.local", "+notcp")?;
+    let external = dig_from_pod("example.com", "+notcp")?;
     let log = agent.stop(Duration::from_secs(15));
     ensure!(
         cluster == WEB_IP.to_string(),
