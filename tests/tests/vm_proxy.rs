@@ -557,6 +557,13 @@ fn restart_under_traffic() -> anyhow::Result<()> {
             .any(|l| l == "TCP 10.96.10.10:80 rr -> 10.244.1.12:8080 Masq 1"),
         "after restart: {table:#?}"
     );
+    // The restart found every jump into our chains in place and inserted none twice.
+    let rules = run("iptables-legacy-save", &[])?;
+    for (table, chain, rule) in svcnet_core::ipvs::host::JUMPS {
+        let line = format!("-A {chain} {rule}");
+        let n = rules.lines().filter(|l| *l == line).count();
+        ensure!(n == 1, "{table} {chain}: {n} × `{line}` after the restart:\n{rules}");
+    }
     Ok(())
 }
 

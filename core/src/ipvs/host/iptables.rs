@@ -424,7 +424,8 @@ pub fn iptables_restore_with(
 ) -> String {
     render(&rules(config, family, extras, node_addresses))
 }
-/// Jumps from built-in chains into ours: (table, chain, rule args). Ensured with `-C`/`-I`.
+/// Jumps from built-in chains into ours: (table, chain, rule args). Inserted (`-I`) in the
+/// restore transaction of our chains when missing ([`plan_jumps`]).
 pub const JUMPS: &[(&str, &str, &str)] = &[
     (
         "nat",
@@ -488,4 +489,112 @@ pub fn saved_has_rule(saved: &str, table: &str, chain: &str, rule: &str) -> bool
         }
     }
     false
+}
+
+/// One of the [`JUMPS`]: (table, chain, rule args).
+pub type Jump = (&'static str, &'static str, &'static str);
+
+/// How the [`JUMPS`] missing from a host are put in place, decided from one `iptables-save`
+/// taken before the restore of our chains.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct JumpPlan {
+    /// Missing jumps whose chain has no rule jumping to their target: inserted by the restore
+    /// transaction itself ([`with_jumps`]), so a start runs one process per family.
+    pub insert: Vec<Jump>,
+    /// Missing as we write them, but their chain already jumps to their target in another
+    /// spelling (or the save failed): checked with `iptables -C` after the restore and inserted
+    /// with `-I` only if that finds none, so no jump is ever doubled.
+    pub check: Vec<Jump>,
+}
+
+impl JumpPlan {
+    /// Every jump checked one by one (nothing is known about the host's rules).
+    pub fn check_all() -> Self {
+        JumpPlan {
+            insert: Vec::new(),
+            check: JUMPS.to_vec(),
+        }
+    }
+}
+
+/// Sorts the [`JUMPS`] missing from `saved` (an `iptables-save` output) into those the restore
+/// inserts and those checked one by one.
+pub fn plan_jumps(saved: &str) -> JumpPlan {
+    let mut plan = JumpPlan::default();
+    for jump @ (table, chain, rule) in JUMPS.iter().copied() {
+        if saved_has_rule(saved, table, chain, rule) {
+            continue;
+        }
+        let target = rule.rsplit("-j ").next().unwrap_or(rule);
+        if saved_jumps_to(saved, table, chain, target) {
+            plan.check.push(jump);
+        } else {
+            plan.insert.push(jump);
+        }
+    }
+    plan
+}
+
+/// Whether `saved` has any rule in `table`'s `chain` jumping to `target`.
+fn saved_jumps_to(saved: &str, table: &str, chain: &str, target: &str) -> bool {
+    let mut in_table = false;
+    saved.lines().any(|line| {
+        if let Some(t) = line.strip_prefix('*') {
+            in_table = t == table;
+            return false;
+        }
+        in_table
+            && line
+                .strip_prefix("-A ")
+                .and_then(|r| r.strip_prefix(chain))
+                .and_then(|r| r.strip_prefix(' '))
+                .is_some_and(|r| {
+                    r.split(" -j ")
+                        .skip(1)
+                        .chain(r.strip_prefix("-j "))
+                        .any(|t| t.split(' ').next() == Some(target))
+                })
+    })
+}
+
+/// `restore` (an `iptables-restore --noflush` script of our chains) with `-I` lines for
+/// `jumps` at the end of their tables' sections, in [`JUMPS`] order (each inserted first in its
+/// chain, so the last one ends up first, as with one `iptables -I` after another). A table the
+/// script does not have gets a section of its own.
+pub fn with_jumps(restore: &str, jumps: &[Jump]) -> String {
+    if jumps.is_empty() {
+        return restore.to_owned();
+    }
+    let inserts = |table: &str, out: &mut String| {
+        for (_, chain, rule) in jumps.iter().filter(|(t, _, _)| *t == table) {
+            out.push_str(&format!("-I {chain} {rule}\n"));
+        }
+    };
+    let mut out = String::with_capacity(restore.len() + jumps.len() * 80);
+    let mut table: Option<&str> = None;
+    let mut seen: Vec<&str> = Vec::new();
+    for line in restore.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = Some(t);
+            seen.push(t);
+        } else if line == "COMMIT"
+            && let Some(t) = table.take()
+        {
+            inserts(t, &mut out);
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    let mut missing: Vec<&str> = jumps
+        .iter()
+        .map(|(t, _, _)| *t)
+        .filter(|t| !seen.contains(t))
+        .collect();
+    missing.dedup();
+    for t in missing {
+        out.push_str(&format!("*{t}\n"));
+        inserts(t, &mut out);
+        out.push_str("COMMIT\n");
+    }
+    out
 }

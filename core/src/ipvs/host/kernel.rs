@@ -9,9 +9,9 @@ use super::command::{CommandRunner, ProcessRunner};
 use super::ipset_model::IpsetModel;
 use super::ipset_restore::{diff_ops, restore_ops};
 use super::ipset_size::{maxelems_after_restore, parse_maxelems, restore_sizes};
-use super::iptables::{JUMPS, iptables_restore_with, saved_has_rule};
+use super::iptables::{JumpPlan, iptables_restore_with, plan_jumps, with_jumps};
 use super::sysctl::apply_sysctls;
-use super::variant::{IptablesMode, detect_mode};
+use super::variant::{Detected, IptablesMode, detect};
 use crate::ipvs::backend::{BackendError, IpvsBackend};
 use crate::ipvs::config::ProxyConfig;
 use crate::ipvs::desired::{Delta, DesiredState, NodeInfo};
@@ -46,7 +46,10 @@ pub struct KernelHost {
     /// The variant detection started by [`KernelHost::new`] on a thread of its own, so that its
     /// `*-save` and probe processes run while the cluster state loads and IPVS is written;
     /// joined at the first iptables update.
-    detecting: Option<std::thread::JoinHandle<IptablesMode>>,
+    detecting: Option<std::thread::JoinHandle<Detected>>,
+    /// The IPv4 `*-save` output read by the variant detection, used (once) by the first update
+    /// instead of a save of its own.
+    detection_save: Option<String>,
     /// The ipsets as last applied, with who holds each entry; `None`: unknown (rebuilt and
     /// swapped in whole, or diffed against nothing, next time).
     model: Option<IpsetModel>,
@@ -133,7 +136,7 @@ impl KernelHost {
         host.ipset = IpsetWay::Unopened;
         host.detecting = std::thread::Builder::new()
             .name("iptables-variant".into())
-            .spawn(|| detect_mode(&mut ProcessRunner))
+            .spawn(|| detect(&mut ProcessRunner))
             .map_err(|e| tracing::warn!(error = %e, "iptables variant detection runs at first use"))
             .ok();
         host
@@ -146,6 +149,7 @@ impl KernelHost {
             ipset: IpsetWay::Restore,
             mode: None,
             detecting: None,
+            detection_save: None,
             model: None,
             dirty: Dirty {
                 full: true,
@@ -183,12 +187,14 @@ impl KernelHost {
         if let Some(m) = self.mode {
             return m;
         }
-        let m = match self.detecting.take().map(std::thread::JoinHandle::join) {
-            Some(Ok(m)) => m,
-            _ => detect_mode(self.runner.as_mut()),
+        let detected = match self.detecting.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(d)) => d,
+            _ => detect(self.runner.as_mut()),
         };
+        let m = detected.mode;
         tracing::info!(mode = ?m, "iptables variant");
         self.mode = Some(m);
+        self.detection_save = detected.saved;
         m
     }
 
@@ -249,21 +255,34 @@ impl KernelHost {
             let started = Instant::now();
             let mode = self.detected_mode();
             for (f, text) in &per_family {
-                let restore = mode.command(*f, "-restore");
-                self.runner.run(&restore, &["--noflush"], Some(text))?;
-                tracing::debug!(family = ?f, "iptables chains restored");
-                let bin = mode.command(*f, "");
-                // One save lists the jumps already in place (a restart finds them all); the
-                // others are checked one by one, so a rule saved in another spelling is never
-                // inserted twice.
-                let saved = self
-                    .runner
-                    .run(&mode.command(*f, "-save"), &[], None)
-                    .unwrap_or_default();
-                for (table, chain, rule) in JUMPS {
-                    if saved_has_rule(&saved, table, chain, rule) {
-                        continue;
+                // One save, taken before the restore (the detection's on the first update),
+                // tells which jumps are missing; the restore inserts them with our chains in
+                // one transaction. Only a jump whose chain already reaches its target in
+                // another spelling is checked with `-C` afterwards, so none is ever doubled.
+                let detection_save = match f {
+                    Family::V4 => self.detection_save.take(),
+                    Family::V6 => None,
+                };
+                let saved = match detection_save {
+                    Some(saved) => Ok(saved),
+                    None => self.runner.run(&mode.command(*f, "-save"), &[], None),
+                };
+                let plan = match saved {
+                    Ok(saved) => plan_jumps(&saved),
+                    Err(e) => {
+                        tracing::warn!(family = ?f, error = %e, "cannot list iptables rules; checking each jump");
+                        JumpPlan::check_all()
                     }
+                };
+                let restore = mode.command(*f, "-restore");
+                self.runner.run(
+                    &restore,
+                    &["--noflush"],
+                    Some(&with_jumps(text, &plan.insert)),
+                )?;
+                tracing::debug!(family = ?f, inserted = plan.insert.len(), "iptables chains restored");
+                let bin = mode.command(*f, "");
+                for (table, chain, rule) in plan.check {
                     let args: Vec<&str> = rule.split(' ').collect();
                     let mut check = vec!["-w", "-t", table, "-C", chain];
                     check.extend(&args);

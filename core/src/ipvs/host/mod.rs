@@ -38,10 +38,15 @@ pub use command::{CommandRunner, ProcessRunner};
 pub use ipset::{IPSET_NAME_MAX, IpSet, ipsets, ipsets_with};
 pub use ipset_restore::{diff_ops, ipset_diff, ipset_restore, ipset_restore_sized, restore_ops};
 pub use ipset_size::{DEFAULT_MAXELEM, maxelem_for, maxelems_after_restore, parse_maxelems};
-pub use iptables::{JUMPS, iptables_restore, iptables_restore_with, saved_has_rule};
+pub use iptables::{
+    JUMPS, Jump, JumpPlan, iptables_restore, iptables_restore_with, plan_jumps, saved_has_rule,
+    with_jumps,
+};
 pub use kernel::{HOST_RETRY_FIRST, HOST_RETRY_MAX, KernelHost, addresses_of, retry_delay};
 pub use sysctl::{apply_sysctls, sysctls};
-pub use variant::{IptablesMode, PROBE_CHAIN, choose_mode, detect_mode, probe_mode};
+pub use variant::{
+    Detected, IptablesMode, PROBE_CHAIN, choose_mode, detect, detect_mode, probe_mode,
+};
 
 #[cfg(test)]
 mod tests;

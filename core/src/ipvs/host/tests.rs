@@ -496,9 +496,29 @@ fn failed_filter_update_is_retried_with_backoff() {
     );
     assert_eq!(ran[4], "ipset list -t");
     assert_eq!(ran[6], "iptables-legacy-save");
-    assert!(ran.contains(&"iptables-nft-restore --noflush".to_owned()));
-    let inserted: Vec<&String> = ran.iter().filter(|c| c.contains(" -I ")).collect();
-    assert_eq!(inserted.len(), JUMPS.len() * 2, "v4 and v6 jumps: {ran:#?}");
+    // The detection's save serves IPv4; IPv6 is saved once; each family is one restore that
+    // inserts the missing jumps with our chains (no -C/-I processes on a host without them).
+    assert_eq!(
+        ran[7..],
+        [
+            "iptables-nft-save",
+            "iptables-nft-restore -w 5 --noflush",
+            "iptables-nft-restore --noflush",
+            "ip6tables-nft-save",
+            "ip6tables-nft-restore --noflush",
+        ],
+        "{ran:#?}"
+    );
+    for script in calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(p, a, _)| p.ends_with("tables-nft-restore") && a == &["--noflush"])
+        .map(|(_, _, stdin)| stdin.clone().unwrap())
+    {
+        let inserted = script.lines().filter(|l| l.starts_with("-I ")).count();
+        assert_eq!(inserted, JUMPS.len(), "{script}");
+    }
     assert_eq!(host.mode(), Some(IptablesMode::Nft));
 
     // Recovered: the next update is the usual rate-limited incremental one, no backoff.
@@ -506,6 +526,73 @@ fn failed_filter_update_is_retried_with_backoff() {
     host.after_sync_at(t2 + FILTER_MIN_GAP, &d, &config, &node())
         .unwrap();
     assert_eq!(programs(&calls).len(), n, "nothing changed, nothing to run");
+}
+
+/// The jumps missing from a save are inserted by the restore, at the end of their table's
+/// section; one already there is left alone; one whose chain reaches its target in another
+/// spelling is checked with `-C`; a failed save checks them all.
+#[test]
+fn jumps_missing_from_the_save_are_inserted_by_the_restore() {
+    let config = ProxyConfig::default();
+    let restore = iptables_restore(&config, Family::V4);
+    let empty = plan_jumps("");
+    assert_eq!(empty.insert, JUMPS.to_vec());
+    assert!(empty.check.is_empty());
+    let script = with_jumps(&restore, &empty.insert);
+    assert!(script.starts_with(&restore[..restore.find("COMMIT").unwrap()]));
+    let nat = &script[..script.find("*filter").unwrap()];
+    assert!(
+        nat.ends_with(
+            "-I PREROUTING -m comment --comment kubernetes-service-portals -j KUBE-SERVICES
+-I OUTPUT -m comment --comment kubernetes-service-portals -j KUBE-SERVICES
+-I POSTROUTING -m comment --comment kubernetes-postrouting-rules -j KUBE-POSTROUTING
+COMMIT
+"
+        ),
+        "{nat}"
+    );
+    assert!(script.ends_with(
+        "-I INPUT -m comment --comment kubernetes-ipvs-access-filter -j KUBE-IPVS-FILTER\nCOMMIT\n"
+    ), "{script}");
+    assert_eq!(
+        script.lines().filter(|l| l.starts_with("-I ")).count(),
+        JUMPS.len()
+    );
+
+    // A restart: the save lists every jump as iptables-save prints it.
+    let mut saved = String::from("*nat\n:PREROUTING ACCEPT [0:0]\n");
+    for (table, chain, rule) in JUMPS {
+        if *table == "nat" {
+            saved.push_str(&format!("-A {chain} {rule}\n"));
+        }
+    }
+    saved.push_str("COMMIT\n*filter\n");
+    for (table, chain, rule) in JUMPS {
+        if *table == "filter" {
+            saved.push_str(&format!("-A {chain} {rule}\n"));
+        }
+    }
+    saved.push_str("COMMIT\n");
+    assert_eq!(plan_jumps(&saved), JumpPlan::default());
+    assert_eq!(with_jumps(&restore, &[]), restore);
+
+    // Someone else's spelling of a jump to KUBE-SERVICES; the filter table without ours.
+    let other = "*nat\n-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+                 -A OUTPUT -j DOCKER\nCOMMIT\n";
+    let plan = plan_jumps(other);
+    assert_eq!(plan.check, [JUMPS[0]]);
+    assert_eq!(plan.insert.len(), JUMPS.len() - 1);
+    // Only filter jumps to insert, into a script with no filter section: one is added.
+    let filter_only: Vec<Jump> = JUMPS.iter().copied().filter(|j| j.0 == "filter").collect();
+    let nat_script = "*nat\n:KUBE-SERVICES - [0:0]\nCOMMIT\n";
+    let script = with_jumps(nat_script, &filter_only);
+    assert!(script.starts_with(nat_script), "{script}");
+    assert!(
+        script[nat_script.len()..].starts_with("*filter\n-I FORWARD "),
+        "{script}"
+    );
+    assert!(script.ends_with("COMMIT\n"));
+    assert_eq!(JumpPlan::check_all().check, JUMPS.to_vec());
 }
 
 #[test]

@@ -87,19 +87,41 @@ pub fn probe_mode(runner: &mut dyn CommandRunner, mode: IptablesMode) -> Result<
         .map(drop)
 }
 
+/// The outcome of [`detect`]: the variant to use, and what its `iptables-save` (IPv4) printed
+/// while deciding, so that the first update needs no save of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Detected {
+    /// The variant to use.
+    pub mode: IptablesMode,
+    /// The IPv4 `*-save` output of `mode`, read before the probe (`None`: that save failed).
+    pub saved: Option<String>,
+}
+
 /// Detects the iptables variant to use: the preference of [`choose_mode`] if [`probe_mode`] shows
 /// it works, else the other variant if that one works (e.g. iptables-nft preferred on a tie, but
 /// the kernel has no nf_tables), else the preference (whose errors then show up when rules are
 /// applied).
 pub fn detect_mode(runner: &mut dyn CommandRunner) -> IptablesMode {
+    detect(runner).mode
+}
+
+/// [`detect_mode`], keeping the chosen variant's `*-save` output.
+pub fn detect(runner: &mut dyn CommandRunner) -> Detected {
     let legacy = runner.run("iptables-legacy-save", &[], None).ok();
     let nft = runner.run("iptables-nft-save", &[], None).ok();
     let preferred = choose_mode(legacy.as_deref(), nft.as_deref());
+    let saved_of = |mode| match mode {
+        IptablesMode::Legacy => legacy.clone(),
+        IptablesMode::Nft => nft.clone(),
+    };
     let Err(preferred_error) = probe_mode(runner, preferred) else {
-        return preferred;
+        return Detected {
+            mode: preferred,
+            saved: saved_of(preferred),
+        };
     };
     let other = preferred.other();
-    match probe_mode(runner, other) {
+    let mode = match probe_mode(runner, other) {
         Ok(()) => {
             tracing::info!(
                 preferred = ?preferred,
@@ -117,5 +139,9 @@ pub fn detect_mode(runner: &mut dyn CommandRunner) -> IptablesMode {
             );
             preferred
         }
+    };
+    Detected {
+        mode,
+        saved: saved_of(mode),
     }
 }
