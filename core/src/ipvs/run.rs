@@ -38,7 +38,9 @@ pub enum ProxyError {
 pub trait HostSetup: Send {
     /// Called with a new configuration before the full sync that applies it.
     fn apply_config(&mut self, config: &ProxyConfig) -> Result<(), BackendError>;
-    /// Called after every sync with the state just programmed.
+    /// Called with the desired state of every sync: before the IPVS writes of a full sync (so
+    /// the filters are in force before the addresses and virtual servers they guard), after
+    /// those of an incremental one (rate-limited, batching several).
     fn after_sync(
         &mut self,
         desired: &DesiredState,
@@ -244,14 +246,20 @@ impl Worker {
             h.observe_update(&self.desired, &everything);
         }
         let built = started.elapsed();
+        // Host rules first: the kube-ipvs0 filter and the source-range firewall must be in
+        // force before the addresses they guard are bound and the virtual servers they restrict
+        // exist (ARCHITECTURE.md, "Write order of a full sync").
+        self.host_setup();
+        let hosted = started.elapsed();
         let report = self.rec.full_sync(&self.desired, &self.config)?;
         self.find_stale_conntrack(None);
-        let synced = started.elapsed();
-        self.after_sync();
+        if !self.host.as_ref().is_some_and(|h| h.has_pending()) {
+            self.clean_conntrack();
+        }
         tracing::debug!(
             desired_ms = built.as_secs_f64() * 1000.0,
-            kernel_ms = (synced - built).as_secs_f64() * 1000.0,
-            host_ms = (started.elapsed() - synced).as_secs_f64() * 1000.0,
+            host_ms = (hosted - built).as_secs_f64() * 1000.0,
+            kernel_ms = (started.elapsed() - hosted).as_secs_f64() * 1000.0,
             "full sync phases"
         );
         Ok(report)
@@ -333,14 +341,20 @@ impl Worker {
         }
     }
 
-    /// The host setup after a sync, then the conntrack cleanup once the host setup is not
-    /// deferred (a deferred update comes back as [`Job::Host`], which calls this again).
-    fn after_sync(&mut self) {
+    /// The host setup (ipsets, iptables rules) for the current desired state; a failure is
+    /// logged and retried by the host setup itself, and never stops the IPVS sync.
+    fn host_setup(&mut self) {
         if let Some(h) = self.host.as_mut()
             && let Err(e) = h.after_sync(&self.desired, &self.config, &self.node)
         {
             tracing::warn!(error = %e, "host setup after sync failed");
         }
+    }
+
+    /// The host setup after a sync, then the conntrack cleanup once the host setup is not
+    /// deferred (a deferred update comes back as [`Job::Host`], which calls this again).
+    fn after_sync(&mut self) {
+        self.host_setup();
         if !self.host.as_ref().is_some_and(|h| h.has_pending()) {
             self.clean_conntrack();
         }
