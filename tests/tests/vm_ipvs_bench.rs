@@ -56,7 +56,7 @@ fn table_size() -> (usize, usize) {
 }
 
 /// `SVCNET_BENCH_ONLY=reconcile,proxy` runs only the named parts (raw, reconcile, addresses,
-/// ipvsadm, strace, proxy); default all. For profiling one part without the minutes of the rest.
+/// ipvsadm, strace, proxy, api); default all. For profiling one part without the minutes of the rest.
 fn wanted(part: &str) -> bool {
     match std::env::var("SVCNET_BENCH_ONLY") {
         Ok(list) if !list.trim().is_empty() => list.split(',').any(|p| p.trim() == part),
@@ -202,6 +202,23 @@ fn rss_kb(pid: &str) -> (u64, u64) {
             .unwrap_or(0)
     };
     (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// CPU time (user + system) process `pid` has used so far, from `/proc/PID/stat` (clock ticks
+/// of 10 ms).
+fn cpu_ms(pid: &str) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) * 10
 }
 
 /// Phase `reconcile`: the reconciler's first full sync from a cache snapshot, then single endpoint changes, then
@@ -700,8 +717,7 @@ fn logged_ms(line: &str) -> f64 {
 /// One start of svcnet-proxy on `dir` in namespace `ns`: time until the cluster state is loaded,
 /// until the first full sync is logged, that sync's own duration, and the RSS 2 s later.
 fn proxy_start(name: &str, proxy: &str, dir: &str, ns: &str) -> anyhow::Result<Value> {
-    let started = Instant::now();
-    let mut proc = guest::Background::spawn(
+    proxy_run(
         name,
         "ip",
         &[
@@ -717,7 +733,13 @@ fn proxy_start(name: &str, proxy: &str, dir: &str, ns: &str) -> anyhow::Result<V
             "--node-name",
             "node-a",
         ],
-    )?;
+    )
+}
+
+/// [`proxy_start`] of any command line starting svcnet-proxy.
+fn proxy_run(name: &str, program: &str, args: &[&str]) -> anyhow::Result<Value> {
+    let started = Instant::now();
+    let mut proc = guest::Background::spawn(name, program, args)?;
     let pid = proc.pid().to_string();
     let within = Duration::from_secs(180);
     let (loaded, _) = wait_for_log(&mut proc, &["cluster state received"], started, within)?;
@@ -725,6 +747,7 @@ fn proxy_start(name: &str, proxy: &str, dir: &str, ns: &str) -> anyhow::Result<V
     let (_, phases) = wait_for_log(&mut proc, &["full sync phases"], started, within)?;
     std::thread::sleep(Duration::from_secs(2));
     let (rss, hwm) = rss_kb(&pid);
+    let cpu = cpu_ms(&pid);
     let log = proc.stop(Duration::from_secs(10));
     println!("  {name} log:\n{log}");
     Ok(json!({
@@ -736,6 +759,7 @@ fn proxy_start(name: &str, proxy: &str, dir: &str, ns: &str) -> anyhow::Result<V
         "host_ms": logged(&phases, "host_ms"),
         "rss_kb": rss,
         "hwm_kb": hwm,
+        "cpu_ms": cpu,
     }))
 }
 
@@ -767,6 +791,61 @@ fn proxy_rss(specs: &[ServiceSpec]) -> anyhow::Result<Option<(Value, Value)>> {
     let restart = proxy_start("bench-proxy-restart", &proxy, &dir_s, ns)?;
     let _ = run("ip", &["netns", "del", ns]);
     Ok(Some((first, restart)))
+}
+
+/// A cold start from the Kubernetes API, in the guest: the fake API server of the test support
+/// code (a test double speaking real HTTP list/watch; paged lists with the client's
+/// `limit=500`) serves the benchmark cluster from this process, and svcnet-proxy programs the
+/// kernel in the guest's own namespace (the server listens on its loopback). Run last: the
+/// table stays behind. The server shares the guest's one CPU with the proxy, which a real API
+/// server on another machine would not.
+fn proxy_api(specs: &[ServiceSpec]) -> anyhow::Result<Option<Value>> {
+    let Ok(proxy) = std::env::var(PROXY_BIN) else {
+        return Ok(None);
+    };
+    // The manifest directory of the part before is not needed any more (tmpfs: memory).
+    let _ = std::fs::remove_dir_all("/tmp/bench-cluster");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let fake = runtime.block_on(svcnet_tests::fake_apiserver::FakeApiServer::start())?;
+    fake.apply(json!({
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
+        "status": {"addresses": [{"type": "InternalIP", "address": "192.168.1.10"}]}
+    }));
+    for spec in specs {
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&spec.to_yaml())?;
+        for doc in docs {
+            fake.apply(doc);
+        }
+    }
+    let kubeconfig = "/tmp/bench-kubeconfig";
+    std::fs::write(kubeconfig, fake.kubeconfig_yaml())?;
+    run("ip", &["link", "set", "lo", "up"])?;
+    let result = proxy_run(
+        "bench-proxy-api",
+        "env",
+        &[
+            "NO_COLOR=1",
+            "RUST_LOG=info,svcnet_core::ipvs::run=debug",
+            &proxy,
+            "--kubeconfig",
+            kubeconfig,
+            "--node-name",
+            "node-a",
+        ],
+    )?;
+    let lists = fake
+        .requests()
+        .iter()
+        .filter(|r| !r.is_watch() && r.param("limit").is_some())
+        .count();
+    let mut result = result;
+    result["list_requests"] = json!(lists);
+    drop(fake);
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(Some(result))
 }
 
 fn benchmark() -> anyhow::Result<()> {
@@ -856,6 +935,14 @@ fn benchmark() -> anyhow::Result<()> {
     let proxy = if wanted("proxy") {
         proxy_rss(&specs).unwrap_or_else(|e| {
             println!("  svcnet-proxy measurement failed: {e:#}");
+            None
+        })
+    } else {
+        None
+    };
+    let api = if wanted("api") {
+        proxy_api(&specs).unwrap_or_else(|e| {
+            println!("  svcnet-proxy start from the API failed: {e:#}");
             None
         })
     } else {
@@ -989,6 +1076,22 @@ fn benchmark() -> anyhow::Result<()> {
             );
         }
     }
+    if let Some(p) = &api {
+        let _ = writeln!(
+            t,
+            "| `svcnet-proxy --kubeconfig` (fake API server in the guest, {services} Services, {} paged list requests): start to table programmed (cluster state received {:.0} ms, full sync {:.0} ms: desired state {:.0}, iptables/ipset {:.0}, kernel {:.0}; the proxy's own CPU time {:.0} ms, the rest is the fake server's on the guest's one CPU); RSS (peak) | {:.0} ms | | | {:.1} MB ({:.1} MB) |",
+            p["list_requests"],
+            f(p, "loaded_ms"),
+            f(p, "sync_ms"),
+            f(p, "desired_ms"),
+            f(p, "host_ms"),
+            f(p, "kernel_ms"),
+            f(p, "cpu_ms"),
+            f(p, "first_sync_ms"),
+            f(p, "rss_kb") / 1024.0,
+            f(p, "hwm_kb") / 1024.0
+        );
+    }
     println!("BENCHMARK-TABLE-BEGIN\n{t}BENCHMARK-TABLE-END");
     Ok(())
 }
@@ -1011,7 +1114,9 @@ fn ipvs_benchmark() {
         std::fs::write(file, result.to_string()).expect("writing the phase result");
         return;
     }
-    let mut machine = Vm::new().mem("1G").timeout(Duration::from_secs(1200));
+    // 2 GB: the API part holds the whole cluster in the fake API server (objects, list pages
+    // and watch history) beside the proxy.
+    let mut machine = Vm::new().mem("2G").timeout(Duration::from_secs(1200));
     for var in [
         "SVCNET_BENCH_SERVICES",
         "SVCNET_BENCH_ENDPOINTS",

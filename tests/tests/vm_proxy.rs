@@ -562,7 +562,10 @@ fn restart_under_traffic() -> anyhow::Result<()> {
     for (table, chain, rule) in svcnet_core::ipvs::host::JUMPS {
         let line = format!("-A {chain} {rule}");
         let n = rules.lines().filter(|l| *l == line).count();
-        ensure!(n == 1, "{table} {chain}: {n} × `{line}` after the restart:\n{rules}");
+        ensure!(
+            n == 1,
+            "{table} {chain}: {n} × `{line}` after the restart:\n{rules}"
+        );
     }
     Ok(())
 }
