@@ -823,7 +823,7 @@ fn proxy_api(specs: &[ServiceSpec]) -> anyhow::Result<Option<Value>> {
     let kubeconfig = "/tmp/bench-kubeconfig";
     std::fs::write(kubeconfig, fake.kubeconfig_yaml())?;
     run("ip", &["link", "set", "lo", "up"])?;
-    let result = proxy_run(
+    let mut result = proxy_run(
         "bench-proxy-api",
         "env",
         &[
@@ -841,7 +841,6 @@ fn proxy_api(specs: &[ServiceSpec]) -> anyhow::Result<Option<Value>> {
         .iter()
         .filter(|r| !r.is_watch() && r.param("limit").is_some())
         .count();
-    let mut result = result;
     result["list_requests"] = json!(lists);
     drop(fake);
     runtime.shutdown_timeout(Duration::from_secs(1));

@@ -253,9 +253,7 @@ impl Worker {
         let hosted = started.elapsed();
         let report = self.rec.full_sync(&self.desired, &self.config)?;
         self.find_stale_conntrack(None);
-        if !self.host.as_ref().is_some_and(|h| h.has_pending()) {
-            self.clean_conntrack();
-        }
+        self.clean_conntrack_unless_host_pending();
         tracing::debug!(
             desired_ms = built.as_secs_f64() * 1000.0,
             host_ms = (hosted - built).as_secs_f64() * 1000.0,
@@ -355,6 +353,11 @@ impl Worker {
     /// deferred (a deferred update comes back as [`Job::Host`], which calls this again).
     fn after_sync(&mut self) {
         self.host_setup();
+        self.clean_conntrack_unless_host_pending();
+    }
+
+    /// The conntrack cleanup, unless the host update was deferred (it runs once that is done).
+    fn clean_conntrack_unless_host_pending(&mut self) {
         if !self.host.as_ref().is_some_and(|h| h.has_pending()) {
             self.clean_conntrack();
         }

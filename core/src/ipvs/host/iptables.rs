@@ -475,20 +475,30 @@ pub const JUMPS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// Whether `iptables-save` output `saved` has `-A chain rule` in `table`.
-pub fn saved_has_rule(saved: &str, table: &str, chain: &str, rule: &str) -> bool {
+/// The rules (what follows `-A chain `) of `table`'s `chain` in `iptables-save` output `saved`.
+fn chain_rules<'a>(
+    saved: &'a str,
+    table: &'a str,
+    chain: &'a str,
+) -> impl Iterator<Item = &'a str> + 'a {
     let mut in_table = false;
-    for line in saved.lines() {
+    saved.lines().filter_map(move |line| {
         if let Some(t) = line.strip_prefix('*') {
             in_table = t == table;
-        } else if in_table
-            && let Some(rest) = line.strip_prefix("-A ")
-            && rest.strip_prefix(chain).and_then(|r| r.strip_prefix(' ')) == Some(rule)
-        {
-            return true;
+            return None;
         }
-    }
-    false
+        if !in_table {
+            return None;
+        }
+        line.strip_prefix("-A ")?
+            .strip_prefix(chain)?
+            .strip_prefix(' ')
+    })
+}
+
+/// Whether `iptables-save` output `saved` has `-A chain rule` in `table`.
+pub fn saved_has_rule(saved: &str, table: &str, chain: &str, rule: &str) -> bool {
+    chain_rules(saved, table, chain).any(|r| r == rule)
 }
 
 /// One of the [`JUMPS`]: (table, chain, rule args).
@@ -537,23 +547,9 @@ pub fn plan_jumps(saved: &str) -> JumpPlan {
 
 /// Whether `saved` has any rule in `table`'s `chain` jumping to `target`.
 fn saved_jumps_to(saved: &str, table: &str, chain: &str, target: &str) -> bool {
-    let mut in_table = false;
-    saved.lines().any(|line| {
-        if let Some(t) = line.strip_prefix('*') {
-            in_table = t == table;
-            return false;
-        }
-        in_table
-            && line
-                .strip_prefix("-A ")
-                .and_then(|r| r.strip_prefix(chain))
-                .and_then(|r| r.strip_prefix(' '))
-                .is_some_and(|r| {
-                    r.split(" -j ")
-                        .skip(1)
-                        .chain(r.strip_prefix("-j "))
-                        .any(|t| t.split(' ').next() == Some(target))
-                })
+    chain_rules(saved, table, chain).any(|rule| {
+        let words: Vec<&str> = rule.split(' ').collect();
+        words.windows(2).any(|w| w == ["-j", target])
     })
 }
 

@@ -110,38 +110,34 @@ pub fn detect(runner: &mut dyn CommandRunner) -> Detected {
     let legacy = runner.run("iptables-legacy-save", &[], None).ok();
     let nft = runner.run("iptables-nft-save", &[], None).ok();
     let preferred = choose_mode(legacy.as_deref(), nft.as_deref());
-    let saved_of = |mode| match mode {
-        IptablesMode::Legacy => legacy.clone(),
-        IptablesMode::Nft => nft.clone(),
-    };
-    let Err(preferred_error) = probe_mode(runner, preferred) else {
-        return Detected {
-            mode: preferred,
-            saved: saved_of(preferred),
-        };
-    };
-    let other = preferred.other();
-    let mode = match probe_mode(runner, other) {
-        Ok(()) => {
-            tracing::info!(
-                preferred = ?preferred,
-                error = %preferred_error,
-                "preferred iptables variant cannot change rules; using the other one"
-            );
-            other
-        }
-        Err(other_error) => {
-            tracing::warn!(
-                preferred = ?preferred,
-                error = %preferred_error,
-                other_error = %other_error,
-                "neither iptables variant can change rules"
-            );
-            preferred
+    let mode = match probe_mode(runner, preferred) {
+        Ok(()) => preferred,
+        Err(preferred_error) => {
+            let other = preferred.other();
+            match probe_mode(runner, other) {
+                Ok(()) => {
+                    tracing::info!(
+                        preferred = ?preferred,
+                        error = %preferred_error,
+                        "preferred iptables variant cannot change rules; using the other one"
+                    );
+                    other
+                }
+                Err(other_error) => {
+                    tracing::warn!(
+                        preferred = ?preferred,
+                        error = %preferred_error,
+                        other_error = %other_error,
+                        "neither iptables variant can change rules"
+                    );
+                    preferred
+                }
+            }
         }
     };
-    Detected {
-        mode,
-        saved: saved_of(mode),
-    }
+    let saved = match mode {
+        IptablesMode::Legacy => legacy,
+        IptablesMode::Nft => nft,
+    };
+    Detected { mode, saved }
 }
