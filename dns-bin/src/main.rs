@@ -82,6 +82,11 @@ struct Args {
         conflicts_with = "corefile"
     )]
     large_answer_rate: u32,
+    /// MiB of encoded UDP answers each UDP loop keeps to send again to the same question,
+    /// while the served data is unchanged (answers of the `kubernetes` plugin, in chains whose
+    /// plugins all leave them as they are). 0 turns this off.
+    #[arg(long, default_value_t = 4, value_name = "MIB", value_parser = clap::value_parser!(u64).range(0..=4096))]
+    answer_cache_mib: u64,
     /// Concurrent TCP connections; near the limit the longest-idle ones are closed first.
     #[arg(long, conflicts_with = "corefile", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     max_tcp_connections: u64,
@@ -197,6 +202,7 @@ fn server_config(args: &Args) -> ServerConfig {
         max_tcp_in_flight: args.max_tcp_in_flight as usize,
         large_answers: (args.large_answer_rate > 0)
             .then(|| LargeAnswerLimit::new(args.large_answer_rate)),
+        answer_cache_bytes: (args.answer_cache_mib as usize) << 20,
     }
 }
 
@@ -242,7 +248,10 @@ fn corefile_main(
     let options = CorefileOptions {
         path: path.to_path_buf(),
         text: None,
-        listener: Default::default(),
+        listener: ServerConfig {
+            answer_cache_bytes: (args.answer_cache_mib as usize) << 20,
+            ..ServerConfig::default()
+        },
         lameduck: None,
         load: LoadOptions {
             allow_unknown: args.allow_unknown,

@@ -149,6 +149,7 @@ impl ClusterPlugin {
         };
         let services = zone.service_count();
         self.zone.store(Arc::new(zone));
+        super::answer_cache::invalidate_all();
         self.rebuilds.fetch_add(1, Ordering::Relaxed);
         if how == ZoneRefresh::Full {
             self.full_builds.fetch_add(1, Ordering::Relaxed);
@@ -164,8 +165,11 @@ impl ClusterPlugin {
 
     fn mark_synced(&self, snapshot: &Snapshot) {
         if snapshot.is_synced() {
-            self.synced.store(true, Ordering::Release);
-            self.serving.store(true, Ordering::Release);
+            let was_synced = self.synced.swap(true, Ordering::AcqRel);
+            let was_serving = self.serving.swap(true, Ordering::AcqRel);
+            if !(was_synced && was_serving) {
+                super::answer_cache::invalidate_all();
+            }
         }
     }
 
@@ -180,7 +184,9 @@ impl ClusterPlugin {
     /// Marks the startup timeout as passed: answer from the cache even if it has not synced
     /// (names not found then still answer SERVFAIL, as CoreDNS does).
     pub(crate) fn start_serving(&self) {
-        self.serving.store(true, Ordering::Release);
+        if !self.serving.swap(true, Ordering::AcqRel) {
+            super::answer_cache::invalidate_all();
+        }
     }
 
     /// Spawns the task that keeps the zone current with the cache. The first zone is built
@@ -265,6 +271,7 @@ impl ClusterPlugin {
             answer.additionals.into(),
         );
         resp.authoritative = true;
+        resp.reusable = true;
         resp
     }
 }
@@ -308,6 +315,11 @@ impl Plugin for ClusterPlugin {
         self.serving
             .load(Ordering::Acquire)
             .then(|| self.zone.load_full())
+    }
+
+    /// Its answers come from the zone and the question alone; it passes the rest on as is.
+    fn passes_answers_unchanged(&self) -> bool {
+        true
     }
 }
 

@@ -212,6 +212,10 @@ pub struct Response {
     pub plugin: Option<&'static str>,
     /// Send nothing back (`acl ... drop`): the server drops the query silently.
     pub no_reply: bool,
+    /// Made from served data only (the `kubernetes` plugin's zone answers), so the UDP
+    /// listener may send its bytes again to the same question until served data changes
+    /// ([`super::answer_cache`]). A plugin that adds anything else to it clears it.
+    pub reusable: bool,
 }
 
 impl Response {
@@ -226,6 +230,7 @@ impl Response {
             additionals: empty_records(),
             plugin: None,
             no_reply: false,
+            reusable: false,
         }
     }
 
@@ -359,6 +364,15 @@ pub trait Plugin: Send + Sync + 'static {
     fn cluster_zone(&self) -> Option<Arc<super::zone::ClusterZone>> {
         None
     }
+
+    /// Whether this plugin's answers, and its choice to pass a request on, depend on nothing
+    /// but the request's bytes and served data (no client address, clock, counter or
+    /// randomness), and it leaves the answers of later plugins as they made them. The UDP
+    /// listener reuses encoded answers ([`super::answer_cache`]) only when every plugin of its
+    /// chain says so. Default: `false`.
+    fn passes_answers_unchanged(&self) -> bool {
+        false
+    }
 }
 
 /// The rest of the chain after the current plugin. Cheap to clone; `'static`, so an async
@@ -434,6 +448,12 @@ impl Chain {
     /// A weak handle on this chain.
     pub(crate) fn downgrade(&self) -> WeakChain {
         WeakChain(Arc::downgrade(&self.plugins))
+    }
+
+    /// Whether every plugin passes answers unchanged
+    /// ([`Plugin::passes_answers_unchanged`]).
+    pub fn passes_answers_unchanged(&self) -> bool {
+        self.plugins.iter().all(|p| p.passes_answers_unchanged())
     }
 
     /// Whether every plugin reports ready.

@@ -13,6 +13,7 @@
 //!   health/ready/metrics route tables. HTTP endpoints, lameduck and source are the
 //!   composition root's ([`crate::agent::programs`]).
 
+pub(crate) mod answer_cache;
 pub mod cluster;
 pub mod corefile;
 pub(crate) mod encrypted;

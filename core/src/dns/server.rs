@@ -34,6 +34,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
+use super::answer_cache::{AnswerCache, AnswerReuse};
 use super::error::DnsError;
 use super::handler::{BoxFuture, Chain, Reply, Request, Response, Transport};
 use super::metrics::{DnsMetrics, Exchange, Recorder};
@@ -61,6 +62,9 @@ pub struct ServerConfig {
     /// Rate limit of UDP answers larger than [`super::rrl::LARGE_ANSWER`] bytes (`None`:
     /// unlimited; every UDP answer is capped at the advertised payload size regardless).
     pub large_answers: Option<LargeAnswerLimit>,
+    /// Bytes of encoded UDP answers each UDP worker keeps to send again to the same question
+    /// ([`super::answer_cache`]; 0: none).
+    pub answer_cache_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -73,6 +77,7 @@ impl Default for ServerConfig {
             max_tcp_per_source: 64,
             max_tcp_in_flight: 32,
             large_answers: None,
+            answer_cache_bytes: super::answer_cache::DEFAULT_LIMIT_BYTES,
         }
     }
 }
@@ -174,11 +179,13 @@ impl DnsServer {
     /// Serves until the returned future is dropped (or the task is aborted).
     pub async fn serve(self, chain: Chain, metrics: Arc<DnsMetrics>) {
         let mut tasks = JoinSet::new();
+        let answers = Arc::new(AnswerCache::new(self.config.answer_cache_bytes));
         for socket in self.udp {
             let chain = chain.clone();
             let metrics = metrics.clone();
             let limiter = self.limiter.clone();
-            tasks.spawn(udp_loop(Arc::new(socket), chain, metrics, limiter));
+            let reuse = AnswerReuse::new(answers.clone());
+            tasks.spawn(udp_loop(Arc::new(socket), chain, metrics, limiter, reuse));
         }
         tasks.spawn(tcp_accept_loop(self.tcp, chain, metrics, self.config));
         // The loops only end if their task panics; keep serving with the others.
@@ -207,6 +214,7 @@ async fn udp_loop(
     chain: Chain,
     metrics: Arc<DnsMetrics>,
     limiter: Arc<LargeAnswerLimiter>,
+    mut cache: AnswerReuse,
 ) {
     let fd = socket.as_raw_fd();
     let mut batch = RecvBatch::new();
@@ -231,6 +239,8 @@ async fn udp_loop(
             }
         };
         outgoing.clear();
+        // Answers the chain gives in this batch are stored under the epoch read now.
+        cache.sync();
         for i in 0..n {
             let got = batch.received()[i];
             if got.truncated {
@@ -239,6 +249,25 @@ async fn udp_loop(
             }
             let started = Instant::now();
             let len = got.len;
+            let slot = outgoing.len();
+            if let Some(hit) = cache.lookup(batch.datagram(i), &mut out_bufs[slot]) {
+                outgoing.push(Outgoing {
+                    slot,
+                    to: got.peer,
+                    started,
+                    exchange: Exchange {
+                        transport: Transport::Udp,
+                        ipv6: got.peer.is_ipv6(),
+                        record_type: Some(hit.record_type),
+                        rcode: Some(hit.rcode),
+                        plugin: hit.plugin,
+                        duration: Duration::ZERO,
+                        request_size: len,
+                        response_size: out_bufs[slot].len(),
+                    },
+                });
+                continue;
+            }
             match parse_request(batch.datagram(i), got.peer, Transport::Udp) {
                 Parsed::Drop => {}
                 Parsed::Reject(rej) => {
@@ -269,6 +298,9 @@ async fn udp_loop(
                         };
                         match out.encode(&mut encoder, &req, &resp, len) {
                             Some((bytes, exchange)) => {
+                                if resp.reusable && chain.passes_answers_unchanged() {
+                                    cache.insert(bytes, resp.rcode, exchange.plugin);
+                                }
                                 let slot = outgoing.len();
                                 copy_into(&mut out_bufs[slot], bytes);
                                 outgoing.push(Outgoing {
@@ -978,6 +1010,153 @@ mod tests {
         }
         ids.sort_unstable();
         assert_eq!(ids, vec![1, 3, 4]);
+        task.abort();
+    }
+
+    /// A raw UDP query for `name` (as spelled) of `record_type`, RD set, with an OPT record
+    /// when `edns`.
+    fn udp_query(id: u16, name: &str, record_type: u16, edns: bool) -> Vec<u8> {
+        let mut q = id.to_be_bytes().to_vec();
+        q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, u8::from(edns)]);
+        for label in name.trim_end_matches('.').split('.') {
+            q.push(label.len() as u8);
+            q.extend_from_slice(label.as_bytes());
+        }
+        q.push(0);
+        q.extend_from_slice(&record_type.to_be_bytes());
+        q.extend_from_slice(&[0, 1]);
+        if edns {
+            q.extend_from_slice(&[0, 0, 41, 4, 208, 0, 0, 0x80, 0, 0, 0]);
+        }
+        q
+    }
+
+    async fn ask(socket: &UdpSocket, to: SocketAddr, query: &[u8]) -> Vec<u8> {
+        socket.send_to(query, to).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    async fn serve_udp(chain: Chain, answer_cache_bytes: usize) -> (SocketAddr, JoinHandle) {
+        let server = DnsServer::bind(ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            udp_workers: 2,
+            answer_cache_bytes,
+            ..ServerConfig::default()
+        })
+        .unwrap();
+        let addr = server.local_addr();
+        let task = tokio::spawn(server.serve(chain, DnsMetrics::new("dns://test", ".")));
+        (addr, task)
+    }
+
+    type JoinHandle = tokio::task::JoinHandle<()>;
+
+    #[tokio::test]
+    async fn reused_answers_are_byte_for_byte_the_chains_and_follow_zone_changes() {
+        use crate::dns::cluster::ClusterPlugin;
+        use crate::dns::zone::ZoneOptions;
+        use crate::dns::zone::fixtures::{FIXTURE, snapshot};
+        let plugin = ClusterPlugin::new(ZoneOptions::default());
+        plugin.install(&snapshot(FIXTURE));
+        let counting = Arc::new(Counting(AtomicUsize::new(0), true));
+        let chain = Chain::new(vec![
+            counting.clone() as Arc<dyn super::super::handler::Plugin>,
+            plugin.clone(),
+        ]);
+        assert!(chain.passes_answers_unchanged());
+        let (cached, t1) = serve_udp(chain.clone(), 1 << 20).await;
+        let (plain, t2) = serve_udp(chain, 0).await;
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let names = [
+            ("demoapp-svc.default.svc.cluster.local.", 1),
+            ("DemoApp-SVC.default.svc.Cluster.Local.", 1),
+            ("_http._tcp.demoapp-svc.default.svc.cluster.local.", 33),
+            ("11.10.96.10.in-addr.arpa.", 12),
+            ("nope.default.svc.cluster.local.", 1),
+            ("NOPE.default.svc.cluster.local.", 28),
+        ];
+        let mut id = 0u16;
+        // Rounds until one is answered from reuse alone (the epoch is process-wide: zone
+        // changes of tests running beside this one empty the cache too).
+        let mut reused_round = None;
+        for round in 0..20 {
+            let before = counting.0.load(Ordering::Relaxed);
+            for (name, t) in names {
+                for edns in [false, true] {
+                    id = id.wrapping_add(4099);
+                    let q = udp_query(id, name, t, edns);
+                    let a = ask(&client, cached, &q).await;
+                    let b = ask(&client, plain, &q).await;
+                    assert_eq!(a, b, "round {round}: {name} type {t} edns {edns}");
+                    assert_eq!(&a[..2], &id.to_be_bytes());
+                    assert_eq!(&a[12..12 + name.len() + 1], &q[12..12 + name.len() + 1]);
+                }
+            }
+            // The chain ran for each of the 12 queries of the uncached listener; for the
+            // cached one only on a miss (the two spellings of a name share an entry).
+            if counting.0.load(Ordering::Relaxed) - before == names.len() * 2 {
+                reused_round = Some(round);
+                break;
+            }
+        }
+        assert!(reused_round.is_some(), "no round was answered from reuse");
+        // The service goes away: the next query sees it at once, from either listener.
+        let q = udp_query(1, "demoapp-svc.default.svc.cluster.local.", 1, false);
+        assert_eq!(
+            ask(&client, cached, &q).await[3] & 0x0f,
+            0,
+            "NOERROR before"
+        );
+        plugin.install(&snapshot(""));
+        let after = ask(&client, cached, &q).await;
+        assert_eq!(after[3] & 0x0f, 3, "NXDOMAIN after the change");
+        assert_eq!(after, ask(&client, plain, &q).await);
+        t1.abort();
+        t2.abort();
+    }
+
+    /// Counts the queries it sees and passes them on; vouches for the answers it passes on
+    /// (as a counter should not, to observe reuse) when `.1`.
+    struct Counting(AtomicUsize, bool);
+    impl super::super::handler::Plugin for Counting {
+        fn name(&self) -> &'static str {
+            "counting"
+        }
+        fn handle(&self, req: &Request, next: super::super::handler::Next) -> Reply {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            next.run(req)
+        }
+        fn passes_answers_unchanged(&self) -> bool {
+            self.1
+        }
+    }
+
+    #[tokio::test]
+    async fn a_chain_with_a_plugin_that_does_not_vouch_for_its_answers_runs_every_time() {
+        use crate::dns::cluster::ClusterPlugin;
+        use crate::dns::zone::ZoneOptions;
+        use crate::dns::zone::fixtures::{FIXTURE, snapshot};
+        let plugin = ClusterPlugin::new(ZoneOptions::default());
+        plugin.install(&snapshot(FIXTURE));
+        let counting = Arc::new(Counting(AtomicUsize::new(0), false));
+        let chain = Chain::new(vec![
+            counting.clone() as Arc<dyn super::super::handler::Plugin>,
+            plugin,
+        ]);
+        assert!(!chain.passes_answers_unchanged());
+        let (addr, task) = serve_udp(chain, 1 << 20).await;
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let q = udp_query(9, "demoapp-svc.default.svc.cluster.local.", 1, false);
+        for _ in 0..5 {
+            ask(&client, addr, &q).await;
+        }
+        assert_eq!(counting.0.load(Ordering::Relaxed), 5);
         task.abort();
     }
 

@@ -45,6 +45,8 @@ impl ExternalNameUpstream {
     /// Where targets outside the cluster zones are asked (the first call wins).
     pub(crate) fn set_upstream(&self, router: WeakRouter) {
         let _ = self.upstream.set(router);
+        // Answers given without an upstream (CNAME only) may now be completed.
+        crate::dns::answer_cache::invalidate_all();
     }
 
     /// The CNAME target to look up for `resp`, the cluster answer to `req`, if any.
@@ -117,6 +119,10 @@ impl Plugin for ExternalNameUpstream {
         else {
             return Reply::Ready(resp);
         };
+        // Whatever the upstream answers (now or, if cached there, differently later) is not
+        // served data of ours: this answer is not to be sent again from the wire cache.
+        let mut resp = resp;
+        resp.reusable = false;
         let mut query = req.query.clone();
         query.set_name(target);
         // A new question as CoreDNS's upstream asks it: RD set, no EDNS, from the same client.
@@ -142,6 +148,12 @@ impl Plugin for ExternalNameUpstream {
 
     fn cluster_zone(&self) -> Option<Arc<crate::dns::zone::ClusterZone>> {
         self.cluster.cluster_zone()
+    }
+
+    /// As the wrapped plugin; the answers it completes from the upstream are marked as not
+    /// reusable.
+    fn passes_answers_unchanged(&self) -> bool {
+        self.cluster.passes_answers_unchanged()
     }
 }
 

@@ -196,6 +196,7 @@ impl SwapRouter {
     /// Installs `router` for the next queries.
     pub fn store(&self, router: ZoneRouter) {
         self.current.store(Arc::new(router));
+        crate::dns::answer_cache::invalidate_all();
     }
 }
 
@@ -210,6 +211,10 @@ impl Plugin for SwapRouter {
 
     fn ready(&self) -> bool {
         self.current.load().ready()
+    }
+
+    fn passes_answers_unchanged(&self) -> bool {
+        self.current.load().passes_answers_unchanged()
     }
 }
 
