@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,7 +18,7 @@ use super::status::SubsystemStatus;
 use super::{AgentError, RunningSubsystem, Subsystem, SubsystemLauncher};
 use crate::cache::CacheReader;
 use crate::dns::cluster::ClusterPlugin;
-use crate::dns::handler::{Chain, Next, Plugin, Reply, Request};
+use crate::dns::handler::{Chain, Plugin};
 use crate::dns::metrics::DnsMetrics;
 use crate::dns::plugins::serve::{
     CorefileControl, CorefileOptions, CorefileReadiness, CorefileRunError, load_logged,
@@ -56,23 +55,6 @@ impl Default for DnsSubsystemOptions {
     }
 }
 
-/// Counts requests (first plugin of the chain); passes everything on.
-#[derive(Default)]
-struct QueryCounter {
-    total: AtomicU64,
-}
-
-impl Plugin for QueryCounter {
-    fn name(&self) -> &'static str {
-        "svcnet_query_counter"
-    }
-
-    fn handle(&self, req: &Request, next: Next) -> Reply {
-        self.total.fetch_add(1, Ordering::Relaxed);
-        next.run(req)
-    }
-}
-
 /// Queries per second over a sliding window of samples.
 struct RateWindow {
     samples: Mutex<Vec<(Instant, u64)>>,
@@ -106,7 +88,6 @@ impl RateWindow {
 
 struct DnsSubsystem {
     plugin: Arc<ClusterPlugin>,
-    counter: Arc<QueryCounter>,
     metrics: Arc<DnsMetrics>,
     listen: SocketAddr,
     zones: Vec<String>,
@@ -120,7 +101,7 @@ impl Subsystem for DnsSubsystem {
 
     fn status(&self) -> SubsystemStatus {
         let zone = self.plugin.zone();
-        let total = self.counter.total.load(Ordering::Relaxed);
+        let total = self.metrics.exchanges_total();
         let mut details = BTreeMap::new();
         details.insert("listen".into(), self.listen.to_string().into());
         details.insert("zones".into(), self.zones.join(" ").into());
@@ -226,8 +207,7 @@ async fn start(
     let plugin = ClusterPlugin::new(options.zone.clone());
     let metrics = DnsMetrics::new(&format!("dns://{}", options.listen), ".");
     plugin.set_metrics(metrics.clone());
-    let counter = Arc::new(QueryCounter::default());
-    let mut plugins = vec![counter.clone() as Arc<dyn Plugin>];
+    let mut plugins: Vec<Arc<dyn Plugin>> = Vec::new();
     if options.zone.autopath_node.is_some() {
         plugins.push(node_autopath(plugin.clone()));
     }
@@ -237,7 +217,6 @@ async fn start(
     let updater = plugin.spawn_updater(reader, options.startup_timeout);
     let handle = Arc::new(DnsSubsystem {
         plugin,
-        counter,
         metrics: metrics.clone(),
         listen,
         zones: options.zone.zones.clone(),
@@ -245,15 +224,12 @@ async fn start(
             samples: Mutex::new(Vec::new()),
         }),
     });
-    let (rates, counter_for_sampler) = (handle.rates.clone(), handle.counter.clone());
+    let (rates, sampled) = (handle.rates.clone(), metrics.clone());
     let sampler = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            rates.sample(
-                Instant::now(),
-                counter_for_sampler.total.load(Ordering::Relaxed),
-            );
+            rates.sample(Instant::now(), sampled.exchanges_total());
         }
     });
     tracing::info!(listen = %listen, "cluster DNS listening");

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hickory_proto::op::ResponseCode;
@@ -110,6 +111,8 @@ pub struct DnsMetrics {
     large_answers_limited: Counter,
     tcp_evicted: Counter,
     tcp_refused: Counter,
+    /// Exchanges recorded, all labels together (for the agent's status and query rate).
+    exchanges: AtomicU64,
 }
 
 impl std::fmt::Debug for DnsMetrics {
@@ -243,6 +246,7 @@ impl DnsMetrics {
             large_answers_limited,
             tcp_evicted,
             tcp_refused,
+            exchanges: AtomicU64::new(0),
         })
     }
 
@@ -301,14 +305,19 @@ impl DnsMetrics {
         self.tcp_refused.inc();
     }
 
+    /// How many exchanges were recorded (every request received, answered or not).
+    pub fn exchanges_total(&self) -> u64 {
+        self.exchanges.load(Ordering::Relaxed)
+    }
+
     /// A per-worker recorder.
     pub fn recorder(self: &Arc<Self>) -> Recorder {
         Recorder {
             metrics: self.clone(),
-            requests: HashMap::new(),
-            responses: HashMap::new(),
-            durations: HashMap::new(),
-            sizes: HashMap::new(),
+            requests: FastMap::default(),
+            responses: FastMap::default(),
+            durations: FastMap::default(),
+            sizes: FastMap::default(),
         }
     }
 
@@ -325,11 +334,14 @@ impl DnsMetrics {
 /// One worker's handle on the metrics (not shared between threads).
 pub struct Recorder {
     metrics: Arc<DnsMetrics>,
-    requests: HashMap<(Transport, bool, &'static str), Counter>,
-    responses: HashMap<(u16, &'static str), Counter>,
-    durations: HashMap<&'static str, Histogram>,
-    sizes: HashMap<Transport, (Histogram, Histogram)>,
+    requests: FastMap<(Transport, bool, &'static str), Counter>,
+    responses: FastMap<(u16, &'static str), Counter>,
+    durations: FastMap<&'static str, Histogram>,
+    sizes: FastMap<Transport, (Histogram, Histogram)>,
 }
+
+/// The recorder's maps: a few keys of our own making, looked up on every query.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 
 /// What the server observed about one exchange.
 #[derive(Debug, Clone, Copy)]
@@ -356,6 +368,7 @@ impl Recorder {
     /// Records one exchange.
     pub fn record(&mut self, ex: &Exchange) {
         let m = &self.metrics;
+        m.exchanges.fetch_add(1, Ordering::Relaxed);
         let qtype = ex.record_type.map_or("other", type_label);
         self.requests
             .entry((ex.transport, ex.ipv6, qtype))
