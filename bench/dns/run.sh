@@ -19,11 +19,14 @@
 #               query mix never asks, so both are evaluated and skipped on every query
 #   baseline    `plain`'s flags served by the binary $BASELINE (e.g. a build of an earlier commit),
 #               for a same-run before/after comparison
+#   noreuse     `plain` with the reuse of encoded UDP answers turned off (--answer-cache-mib 0)
 #   minimal     the Corefile equivalent of `plain`'s flags (ready + kubernetes only): the plugin
 #               chain's own cost next to the flag mode's direct zone handler
 #
 # Usage: bench/dns/run.sh [seconds-per-run (default 10)]
 # Env: SERVICES (10000), ENDPOINTS (100000), INFLIGHT (dnsperf -q, 100), NO_BUILD=1,
+#      LAT_PIN (1: latency runs with the server on CPU 0 and dnsperf on CPU 1; 0: unpinned),
+#      PROFILE=1 (perf profiles of each server during a mix run, into RESULTS.md),
 #      CONFIGS ("plain"; e.g. "plain kubeadm kubeadm-rt").
 set -euo pipefail
 
@@ -139,13 +142,15 @@ for cfg in $CONFIGS; do
   echo "== starting svcnet-dns ($cfg) on 127.0.0.1:$port"
   START_NS=$(date +%s%N)
   case "$cfg" in
-    plain | baseline)
+    plain | baseline | noreuse)
       bin="$BIN/svcnet-dns"
+      extra=()
       if [ "$cfg" = baseline ]; then
         bin=${BASELINE:?"CONFIGS=baseline needs BASELINE=/path/to/svcnet-dns"}
       fi
+      if [ "$cfg" = noreuse ]; then extra=(--answer-cache-mib 0); fi
       "$bin" --listen "127.0.0.1:$port" --manifests "$WORK/cluster" \
-        --health off --metrics off --ready "127.0.0.1:$ready" --lameduck 0s \
+        --health off --metrics off --ready "127.0.0.1:$ready" --lameduck 0s "${extra[@]}" \
         2>"$WORK/svcnet-$cfg.log" &
       ;;
     kubeadm | kubeadm-rt | minimal)
@@ -153,7 +158,7 @@ for cfg in $CONFIGS; do
       "$BIN/svcnet-dns" --corefile "$WORK/Corefile.$cfg" --listen "127.0.0.1:$port" \
         --manifests "$WORK/cluster" 2>"$WORK/svcnet-$cfg.log" &
       ;;
-    *) echo "unknown configuration $cfg (plain, baseline, minimal, kubeadm, kubeadm-rt)" >&2; exit 1 ;;
+    *) echo "unknown configuration $cfg (plain, baseline, noreuse, minimal, kubeadm, kubeadm-rt)" >&2; exit 1 ;;
   esac
   CFG_PID[$cfg]=$!
   CFG_PORT[$cfg]=$port
@@ -216,66 +221,95 @@ done
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 
-# run PORT FILE -> "qps avg_ms p50_ms p99_ms lost"
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# run PORT FILE PID -> "qps avg_ms p50_ms p99_ms lost cpu_us_per_query"
 run_dnsperf() {
-  local port=$1 file=$2 out qps avg lost lat
+  local port=$1 file=$2 pid=$3 out qps avg lost lat t0 t1 cpu
+  t0=$(cpu_ticks "$pid")
   out=$(dnsperf -s 127.0.0.1 -p "$port" -d "$file" -l "$DURATION" -q "$INFLIGHT" 2>&1)
+  t1=$(cpu_ticks "$pid")
   qps=$(awk '/Queries per second/ {print $4}' <<<"$out")
   avg=$(awk '/Average Latency/ {printf "%.3f", $4*1000}' <<<"$out")
   lost=$(awk '/Queries lost/ {print $3}' <<<"$out")
-  lat=$(dnsperf -s 127.0.0.1 -p "$port" -d "$file" -l "$LAT_DURATION" -q "$INFLIGHT" -v 2>/dev/null \
-    | awk '/^> / {print $NF}' | sort -g \
+  # The server's CPU time (user + system, clock ticks) over the queries it answered.
+  cpu=$(awk -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v q="$qps" -v d="$DURATION" \
+    'BEGIN {printf "%.2f", t / hz * 1e6 / (q * d)}')
+  # The per-query lines go to a file and are read after the run: parsed while it ran, awk and
+  # sort would compete for the two cores with the server and dnsperf (more so for the faster
+  # server, which writes more lines).
+  # Latency with the server on CPU 0 and dnsperf on CPU 1 (as with the client on another
+  # machine): unpinned, the scheduler places three busy threads (the server's and dnsperf's
+  # sender and receiver) on two cores differently from run to run, and p50 swings 3x with it.
+  local pin=()
+  if [ "$(nproc)" -ge 2 ] && [ "${LAT_PIN:-1}" = 1 ]; then
+    taskset -a -p -c 0 "$pid" >/dev/null
+    pin=(taskset -c 1)
+  fi
+  "${pin[@]}" dnsperf -s 127.0.0.1 -p "$port" -d "$file" -l "$LAT_DURATION" -q "$INFLIGHT" -v >"$WORK/latency.out" 2>/dev/null
+  [ ${#pin[@]} -gt 0 ] && taskset -a -p -c "0-$(($(nproc) - 1))" "$pid" >/dev/null
+  lat=$(awk '/^> / {print $NF}' "$WORK/latency.out" | sort -g \
     | awk '{v[NR]=$1} END {if (NR==0) {print "- -"; exit} printf "%.3f %.3f", v[int(NR*0.5)+1]*1000, v[int(NR*0.99)+1]*1000}')
-  echo "$qps $avg $lat $lost"
+  rm -f "$WORK/latency.out"
+  echo "$qps $avg $lat $lost $cpu"
 }
 
-qps_only() {
-  dnsperf -s 127.0.0.1 -p "$1" -d "$2" -l "$DURATION" -q "$INFLIGHT" 2>&1 \
-    | awk '/Queries per second/ {print $4}'
-}
 median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 
 declare -A LABEL=([mix]="mix 70/10/10/10" [a]="A (services)" [srv]="SRV" [ptr]="PTR" [nx]="NXDOMAIN")
 ROWS=""
+CPU_ROWS=""
+PROFILES=""
+# profile CONFIG PID PORT FILE: perf samples of the server during a 3 s dnsperf run of FILE;
+# appends its split by binary and its top symbols to PROFILES (PROFILE=1, needs linux-perf).
+profile() {
+  local cfg=$1 pid=$2 port=$3 file=$4 data="$WORK/perf-$1.data"
+  command -v perf >/dev/null || { echo "PROFILE=1 needs perf (apt-get install linux-perf)" >&2; return; }
+  dnsperf -s 127.0.0.1 -p "$port" -d "$file" -l 4 -q "$INFLIGHT" >/dev/null 2>&1 &
+  local dp=$!
+  sleep 0.5
+  perf record -q -g -p "$pid" -o "$data" -- sleep 3 >/dev/null 2>&1 || true
+  wait "$dp" || true
+  PROFILES+="### $cfg (mix, $(perf report -i "$data" --stdio 2>/dev/null | awk '/^# Samples:/ {print $3, "samples"}'))"$'\n\n'
+  PROFILES+='```'$'\n'
+  PROFILES+="$(perf report -i "$data" --no-children --stdio --sort dso 2>/dev/null | grep -E '^ +[0-9]' | awk 'NR <= 4')"$'\n'
+  PROFILES+="$(perf report -i "$data" --no-children --stdio --sort sym 2>/dev/null | grep -E '^ +[0-9]' | awk 'NR <= 15' | cut -c1-110)"$'\n'
+  PROFILES+='```'$'\n\n'
+}
 printf '\n%-18s %-11s %12s %9s %9s %12s %9s %9s %7s\n' "queries" "svcnet" "svcnet QPS" "p50 ms" "p99 ms" "Knot QPS" "p50 ms" "p99 ms" "ratio"
 for kind in mix a srv ptr nx; do
   file="$WORK/queries/$kind.txt"
-  declare -A S_ALL=() RATIOS=() S_FIRST=() S_NOW=()
-  k_all=""
+  # Per configuration ("knot" for Knot): QPS, p50 and p99 of each round, and queries lost.
+  declare -A QPS=() P50=() P99=() LOST=() RATIOS=() CPU=()
   for round in $(seq 1 "$ROUNDS"); do
-    for cfg in $CONFIGS; do
-      if [ "$round" = 1 ]; then
-        S_FIRST[$cfg]=$(run_dnsperf "${CFG_PORT[$cfg]}" "$file")
-        S_NOW[$cfg]=${S_FIRST[$cfg]%% *}
-      else
-        S_NOW[$cfg]=$(qps_only "${CFG_PORT[$cfg]}" "$file")
+    for cfg in $CONFIGS knot; do
+      port=$KNOT_PORT; pid=$KNOT_PID
+      [ "$cfg" != knot ] && { port=${CFG_PORT[$cfg]}; pid=${CFG_PID[$cfg]}; }
+      if [ -n "${PROFILE:-}" ] && [ "$kind" = mix ] && [ "$round" = 1 ]; then
+        profile "$cfg" "$pid" "$port" "$file"
       fi
+      read -r qps _ p50 p99 lost cpu <<<"$(run_dnsperf "$port" "$file" "$pid")"
+      QPS[$cfg]+=" $qps"; P50[$cfg]+=" $p50"; P99[$cfg]+=" $p99"; CPU[$cfg]+=" $cpu"
+      LOST[$cfg]=$(( ${LOST[$cfg]:-0} + ${lost:-0} ))
     done
-    if [ "$round" = 1 ]; then
-      read -r k_qps k_avg k_p50 k_p99 k_lost <<<"$(run_dnsperf "$KNOT_PORT" "$file")"
-      k=$k_qps
-    else
-      k=$(qps_only "$KNOT_PORT" "$file")
-    fi
-    k_all+=" $k"
+    k=${QPS[knot]##* }
     for cfg in $CONFIGS; do
-      S_ALL[$cfg]+=" ${S_NOW[$cfg]}"
-      RATIOS[$cfg]+=" $(awk -v a="${S_NOW[$cfg]}" -v b="$k" 'BEGIN {printf "%.2f", a/b}')"
+      RATIOS[$cfg]+=" $(awk -v a="${QPS[$cfg]##* }" -v b="$k" 'BEGIN {printf "%.2f", a/b}')"
     done
   done
-  k_qps=$(median <<<"$k_all")
+  k_qps=$(median <<<"${QPS[knot]}"); k_p50=$(median <<<"${P50[knot]}"); k_p99=$(median <<<"${P99[knot]}")
+  CPU_ROWS+="| ${LABEL[$kind]} | $(for cfg in $CONFIGS knot; do printf '%s: %s µs (%s) ' "$cfg" "$(median <<<"${CPU[$cfg]}")" "$(tr ' ' ',' <<<"${CPU[$cfg]# }")"; done) |"$'\n'
   for cfg in $CONFIGS; do
-    read -r _ s_avg s_p50 s_p99 s_lost <<<"${S_FIRST[$cfg]}"
-    s_qps=$(median <<<"${S_ALL[$cfg]}")
+    s_qps=$(median <<<"${QPS[$cfg]}"); s_p50=$(median <<<"${P50[$cfg]}"); s_p99=$(median <<<"${P99[$cfg]}")
     ratios=${RATIOS[$cfg]# }
     ratio=$(median <<<"$ratios")
-    echo "  $kind $cfg rounds: svcnet [${S_ALL[$cfg]# }] knot [${k_all# }] ratios [$ratios]"
+    echo "  $kind $cfg rounds: svcnet [${QPS[$cfg]# }] p50 [${P50[$cfg]# }] knot [${QPS[knot]# }] p50 [${P50[knot]# }] ratios [$ratios]"
     printf '%-18s %-11s %12.0f %9s %9s %12.0f %9s %9s %7s\n' "${LABEL[$kind]}" "$cfg" "$s_qps" "$s_p50" "$s_p99" "$k_qps" "$k_p50" "$k_p99" "$ratio"
     ROWS+=$(printf '| %s | %s | %.0f | %s / %s | %s | %.0f | %s / %s | %s | %s |' \
-      "${LABEL[$kind]}" "$cfg" "$s_qps" "$s_p50" "$s_p99" "$s_lost" "$k_qps" "$k_p50" "$k_p99" "$k_lost" "$ratio (${ratios// /, })")
+      "${LABEL[$kind]}" "$cfg" "$s_qps" "$s_p50" "$s_p99" "${LOST[$cfg]}" "$k_qps" "$k_p50" "$k_p99" "${LOST[knot]}" "$ratio (${ratios// /, })")
     ROWS+=$'\n'
   done
-  unset S_ALL RATIOS S_FIRST S_NOW
+  unset QPS P50 P99 LOST RATIOS CPU
 done
 
 S_RSS=$(rss_kb "$SVCNET_PID"); S_HWM=$(hwm_kb "$SVCNET_PID")
@@ -295,8 +329,10 @@ cat > "$RESULTS" <<EOF
 Measured $(date -u +%Y-%m-%d) on ${NCPU} vCPU (${CPU}), loopback, client and both servers on
 the same cores; dnsperf $(dnsperf -h 2>&1 | awk '/^Version/ {print $2}' | head -1 || true) \
 (\`-q ${INFLIGHT}\`, ${DURATION} s per run, ${ROUNDS} rounds per kind with svcnet and Knot alternating:
-QPS columns are medians, the ratio is the median of the paired per-round ratios, listed in
-brackets; p50/p99 and losses from the first round, latency from a separate ${LAT_DURATION} s \`-v\` run),
+QPS, p50 and p99 columns are medians of the rounds, the ratio is the median of the paired
+per-round ratios, listed in brackets; losses summed over the rounds; latency from a separate
+${LAT_DURATION} s \`-v\` run in each round with the server on CPU 0 and dnsperf on CPU 1, its lines
+parsed after the run),
 Knot DNS $(knotd --version | awk '{print $NF}') serving the zone exported by svcnet
 (${ZONE_RECORDS} records). Cluster: ${SERVICES} services (2 named ports each),
 ${ENDPOINTS} ready endpoints. svcnet configurations (\`CONFIGS\`, see the script): ${CONFIGS}.
@@ -311,6 +347,18 @@ $((K_HWM/1024)) MB).
 Full zone rebuild from a snapshot (${SERVICES} services): ${BUILD_MS} ms (mean of 5, release).
 svcnet-dns from start to serving the whole cluster (manifest parse, cache, zone): ${SVCNET_STARTUP_MS} ms.
 
+## Server CPU per answered query
+
+CPU time of each server process (user + system, from \`/proc/PID/stat\`) over the queries it
+answered in each QPS run: median (each round). The kernel's UDP send and receive, which run in
+the server's system calls, are included.
+
+| queries | µs per query |
+|---|---|
+${CPU_ROWS}
+${PROFILES:+## Profiles (\`PROFILE=1\`: \`perf record -g\` of each server during a 3 s mix run)
+
+${PROFILES}}
 ## Cache change to answer (\`svcnet-dns-bench zone-updates\`)
 
 The zone updater running as in svcnet-dns on the same cluster; each change is written to the
