@@ -1057,18 +1057,30 @@ mod tests {
 
     type JoinHandle = tokio::task::JoinHandle<()>;
 
-    #[tokio::test]
-    async fn reused_answers_are_byte_for_byte_the_chains_and_follow_zone_changes() {
-        use crate::dns::cluster::ClusterPlugin;
-        use crate::dns::zone::ZoneOptions;
+    /// The fixture's cluster zone behind a [`Counting`] plugin that vouches or not.
+    fn counted_cluster(
+        vouches: bool,
+    ) -> (
+        Arc<crate::dns::cluster::ClusterPlugin>,
+        Arc<Counting>,
+        Chain,
+    ) {
         use crate::dns::zone::fixtures::{FIXTURE, snapshot};
-        let plugin = ClusterPlugin::new(ZoneOptions::default());
+        let plugin =
+            crate::dns::cluster::ClusterPlugin::new(crate::dns::zone::ZoneOptions::default());
         plugin.install(&snapshot(FIXTURE));
-        let counting = Arc::new(Counting(AtomicUsize::new(0), true));
+        let counting = Arc::new(Counting(AtomicUsize::new(0), vouches));
         let chain = Chain::new(vec![
             counting.clone() as Arc<dyn super::super::handler::Plugin>,
             plugin.clone(),
         ]);
+        (plugin, counting, chain)
+    }
+
+    #[tokio::test]
+    async fn reused_answers_are_byte_for_byte_the_chains_and_follow_zone_changes() {
+        use crate::dns::zone::fixtures::snapshot;
+        let (plugin, counting, chain) = counted_cluster(true);
         assert!(chain.passes_answers_unchanged());
         let (cached, t1) = serve_udp(chain.clone(), 1 << 20).await;
         let (plain, t2) = serve_udp(chain, 0).await;
@@ -1139,16 +1151,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_chain_with_a_plugin_that_does_not_vouch_for_its_answers_runs_every_time() {
-        use crate::dns::cluster::ClusterPlugin;
-        use crate::dns::zone::ZoneOptions;
-        use crate::dns::zone::fixtures::{FIXTURE, snapshot};
-        let plugin = ClusterPlugin::new(ZoneOptions::default());
-        plugin.install(&snapshot(FIXTURE));
-        let counting = Arc::new(Counting(AtomicUsize::new(0), false));
-        let chain = Chain::new(vec![
-            counting.clone() as Arc<dyn super::super::handler::Plugin>,
-            plugin,
-        ]);
+        let (_plugin, counting, chain) = counted_cluster(false);
         assert!(!chain.passes_answers_unchanged());
         let (addr, task) = serve_udp(chain, 1 << 20).await;
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
