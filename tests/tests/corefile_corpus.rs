@@ -525,15 +525,20 @@ fn run_entry(name: &str) {
     }
 
     let ns = Netns::start(dir, &expect.also_run);
-    // Ready when the first check's server answers anything (a name no check uses, so no cache
-    // entry of a checked name is made early) and every `also-run` server listens.
+    // Ready when every upstream (a Knot started in the background) serves its first zone, the
+    // first check's server answers anything (a name no check uses, so no cache entry of a
+    // checked name is made early) and every `also-run` server listens. Without the upstreams'
+    // check, a loaded machine could run the first forwarded check before its Knot listened.
     let first = &expect.queries[0];
     let server0 = first
         .server
         .clone()
         .unwrap_or_else(|| expect.server.clone());
     let start = Instant::now();
-    while ns.dig(&server0, false, "probe.invalid.", "A").is_none()
+    while !upstreams().iter().all(|(addr, zones)| {
+        ns.dig(addr, false, &format!("{}.", zones[0].0), "SOA")
+            .is_some_and(|d| d.status == "NOERROR")
+    }) || ns.dig(&server0, false, "probe.invalid.", "A").is_none()
         || (0..expect.also_run.len()).any(|i| {
             !ns.log(&format!("also{i}.log"))
                 .contains("DNS server listening")
