@@ -117,6 +117,8 @@ type PrehashedState = std::hash::BuildHasherDefault<Prehashed>;
 pub(crate) struct AnswerCache {
     shards: Box<[Mutex<Shard>]>,
     hasher: foldhash::fast::FixedState,
+    /// A shard can hold an answer (the limit is not 0).
+    enabled: bool,
 }
 
 /// One shard: the bytes in one arena, entries in a vector, an index from the key's hash to
@@ -150,13 +152,8 @@ impl AnswerCache {
                 })
                 .collect(),
             hasher: foldhash::fast::FixedState::with_seed(0x5eed_d115),
+            enabled: shard_limit > 0,
         }
-    }
-
-    fn enabled(&self) -> bool {
-        self.shards
-            .first()
-            .is_some_and(|s| s.lock().is_ok_and(|s| s.limit_bytes > 0))
     }
 
     fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, Shard> {
@@ -290,7 +287,7 @@ impl AnswerReuse {
     /// A worker's handle on `cache`.
     pub(crate) fn new(cache: Arc<AnswerCache>) -> Self {
         Self {
-            enabled: cache.enabled(),
+            enabled: cache.enabled,
             cache,
             epoch: epoch(),
             key: Vec::with_capacity(512),

@@ -27,6 +27,7 @@ use bytes::BytesMut;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::os::fd::AsRawFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
@@ -239,8 +240,10 @@ async fn udp_loop(
             }
         };
         outgoing.clear();
-        // Answers the chain gives in this batch are stored under the epoch read now.
+        // Answers the chain gives in this batch are stored under the epoch read now, if the
+        // chain (as configured now: a reload moves the epoch too) leaves them as it finds them.
         cache.sync();
+        let chain_reusable = chain.passes_answers_unchanged();
         for i in 0..n {
             let got = batch.received()[i];
             if got.truncated {
@@ -255,16 +258,14 @@ async fn udp_loop(
                     slot,
                     to: got.peer,
                     started,
-                    exchange: Exchange {
-                        transport: Transport::Udp,
-                        ipv6: got.peer.is_ipv6(),
-                        record_type: Some(hit.record_type),
-                        rcode: Some(hit.rcode),
-                        plugin: hit.plugin,
-                        duration: Duration::ZERO,
-                        request_size: len,
-                        response_size: out_bufs[slot].len(),
-                    },
+                    exchange: udp_exchange(
+                        got.peer,
+                        Some(hit.record_type),
+                        Some(hit.rcode),
+                        hit.plugin,
+                        len,
+                        out_bufs[slot].len(),
+                    ),
                 });
                 continue;
             }
@@ -272,22 +273,19 @@ async fn udp_loop(
                 Parsed::Drop => {}
                 Parsed::Reject(rej) => {
                     let bytes = encoder.encode_rejection(&rej);
-                    let slot = outgoing.len();
                     copy_into(&mut out_bufs[slot], bytes);
                     outgoing.push(Outgoing {
                         slot,
                         to: got.peer,
                         started,
-                        exchange: Exchange {
-                            transport: Transport::Udp,
-                            ipv6: got.peer.is_ipv6(),
-                            record_type: rej.question.as_ref().map(|q| q.query_type()),
-                            rcode: Some(rej.rcode),
-                            plugin: "",
-                            duration: Duration::ZERO,
-                            request_size: len,
-                            response_size: bytes.len(),
-                        },
+                        exchange: udp_exchange(
+                            got.peer,
+                            rej.question.as_ref().map(|q| q.query_type()),
+                            Some(rej.rcode),
+                            "",
+                            len,
+                            bytes.len(),
+                        ),
                     });
                 }
                 Parsed::Query(req) => match run_chain(&chain, &req, &metrics) {
@@ -298,10 +296,9 @@ async fn udp_loop(
                         };
                         match out.encode(&mut encoder, &req, &resp, len) {
                             Some((bytes, exchange)) => {
-                                if resp.reusable && chain.passes_answers_unchanged() {
+                                if resp.reusable && chain_reusable {
                                     cache.insert(bytes, resp.rcode, exchange.plugin);
                                 }
-                                let slot = outgoing.len();
                                 copy_into(&mut out_bufs[slot], bytes);
                                 outgoing.push(Outgoing {
                                     slot,
@@ -440,31 +437,48 @@ impl UdpOut<'_> {
         } else {
             encoder.message()
         };
-        let exchange = Exchange {
-            transport: Transport::Udp,
-            ipv6: req.client.is_ipv6(),
-            record_type: Some(req.record_type()),
-            rcode: Some(resp.rcode),
-            plugin: resp.plugin.unwrap_or(""),
-            duration: Duration::ZERO,
+        let exchange = udp_exchange(
+            req.client,
+            Some(req.record_type()),
+            Some(resp.rcode),
+            resp.plugin.unwrap_or(""),
             request_size,
-            response_size: out.len(),
-        };
+            out.len(),
+        );
         Some((out, exchange))
     }
 
     /// What the metrics record of a request the chain chose not to answer.
     fn no_reply(&self, req: &Request, resp: &Response, request_size: usize) -> Exchange {
-        Exchange {
-            transport: Transport::Udp,
-            ipv6: req.client.is_ipv6(),
-            record_type: Some(req.record_type()),
-            rcode: None,
-            plugin: resp.plugin.unwrap_or(""),
-            duration: Duration::ZERO,
+        udp_exchange(
+            req.client,
+            Some(req.record_type()),
+            None,
+            resp.plugin.unwrap_or(""),
             request_size,
-            response_size: 0,
-        }
+            0,
+        )
+    }
+}
+
+/// What the metrics record of a UDP exchange with `client` (its duration set when it is sent).
+fn udp_exchange(
+    client: SocketAddr,
+    record_type: Option<RecordType>,
+    rcode: Option<ResponseCode>,
+    plugin: &'static str,
+    request_size: usize,
+    response_size: usize,
+) -> Exchange {
+    Exchange {
+        transport: Transport::Udp,
+        ipv6: client.is_ipv6(),
+        record_type,
+        rcode,
+        plugin,
+        duration: Duration::ZERO,
+        request_size,
+        response_size,
     }
 }
 

@@ -106,7 +106,7 @@ impl Plugin for ExternalNameUpstream {
         }
         // Only the cluster's own (synchronous) answers; a pending reply came from a later
         // plugin (fallthrough) and is not ours to complete.
-        let Reply::Ready(resp) = reply else {
+        let Reply::Ready(mut resp) = reply else {
             return reply;
         };
         let Some(target) = self.dangling_target(req, &resp) else {
@@ -121,7 +121,6 @@ impl Plugin for ExternalNameUpstream {
         };
         // Whatever the upstream answers (now or, if cached there, differently later) is not
         // served data of ours: this answer is not to be sent again from the wire cache.
-        let mut resp = resp;
         resp.reusable = false;
         let mut query = req.query.clone();
         query.set_name(target);
