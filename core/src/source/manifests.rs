@@ -25,6 +25,8 @@ use tokio::task::JoinHandle;
 
 use super::derive::derive_endpoint_slices;
 use super::{SourceError, SourceProblem, StatusHandle};
+
+mod read;
 use crate::cache::CacheWriter;
 use crate::model::{ClusterObject, Kind, ObjectKey, Pod, Service, project};
 
@@ -446,6 +448,40 @@ impl ManifestSet {
         }
     }
 
+    /// Takes the content `bytes` of `file`, read with `stamp` at about `now`; returns whether
+    /// anything changed.
+    ///
+    /// An empty file that had content is taken as a write in progress (an in-place save
+    /// truncates first), as kubelet's file source treats an empty manifest as an error: its
+    /// last good version is kept until the file has content again or is deleted.
+    fn take_content(
+        &mut self,
+        file: &Path,
+        stamp: FileStamp,
+        bytes: &[u8],
+        now: std::time::SystemTime,
+    ) -> bool {
+        let changed = if bytes.is_empty() && self.files.contains_key(file) {
+            tracing::warn!(
+                file = %file.display(),
+                "manifest file is empty; keeping its last good version (delete the file to remove its objects)"
+            );
+            false
+        } else {
+            self.update_file(file, &String::from_utf8_lossy(bytes))
+        };
+        // Like git's "racy clean" rule: a file modified in the last moments could be written
+        // again within the same timestamp tick, so it is read again next time.
+        let settled = stamp
+            .modified
+            .and_then(|m| now.duration_since(m).ok())
+            .is_some_and(|age| age > RACY_WINDOW);
+        if settled {
+            self.set_stamp(file, stamp);
+        }
+        changed
+    }
+
     /// Forgets a deleted file and its objects. Returns whether it was known.
     pub(crate) fn remove_file(&mut self, file: &Path) -> bool {
         self.files.remove(file).is_some()
@@ -526,109 +562,68 @@ impl ManifestSet {
     }
 }
 
-/// The whole content of `file`, which `stat` says is `len` bytes long: one `read` when it is
-/// (a read asking for one byte more that returns `len` has met the end), else on to the end.
-fn read_whole(file: &mut std::fs::File, len: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let len = usize::try_from(len).unwrap_or(usize::MAX - 1);
-    let mut buf = vec![0u8; len + 1];
-    let n = loop {
-        match file.read(&mut buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            other => break other?,
-        }
-    };
-    buf.truncate(n);
-    if n != len {
-        // A short read, or the file changed size since the stat: read on to the end.
-        file.read_to_end(&mut buf)?;
-    }
-    Ok(buf)
-}
-
 /// Reads the directory's manifest files into `set`; returns whether anything changed.
 fn rescan(dir: &Path, set: &mut ManifestSet) -> Result<bool, std::io::Error> {
     let mut present = Vec::new();
     let mut changed = false;
     // One clock read per rescan (in a user-mode-linux guest every system call counts).
     let now = std::time::SystemTime::now();
-    let settled = |stamp: &FileStamp| {
-        stamp
-            .modified
-            .and_then(|m| now.duration_since(m).ok())
-            .is_some_and(|age| age > RACY_WINDOW)
-    };
+    let max_len = set.limits.max_file_bytes;
+    // Files not read before are read together at the end (a cold start reads them all: in
+    // batches through io_uring where the kernel has it). A known one is stat'ed first and read
+    // only when it changed.
+    let mut new_files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         if !is_manifest(&path) {
             continue;
         }
-        // A file not read before is opened at once (its stamp from the open file): four system
-        // calls instead of seven. A known one is stat'ed first and read only when it changed.
-        let (stamp, opened) = if set.files.contains_key(&path) {
-            match std::fs::metadata(&path) {
-                Ok(meta) if meta.is_file() => (FileStamp::of(&meta), None),
-                _ => continue,
-            }
-        } else {
-            match std::fs::File::open(&path).and_then(|f| Ok((f.metadata()?, f))) {
-                Ok((meta, file)) if meta.is_file() => (FileStamp::of(&meta), Some(file)),
-                Ok(_) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => {
-                    tracing::warn!(file = %path.display(), error = %e, "cannot read manifest");
-                    present.push(path);
-                    continue;
-                }
-            }
+        if !set.files.contains_key(&path) {
+            new_files.push(path);
+            continue;
+        }
+        let stamp = match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => FileStamp::of(&meta),
+            _ => continue,
         };
         if set.is_current(&path, &stamp) {
             present.push(path);
             continue;
         }
-        if stamp.len > set.limits.max_file_bytes {
+        if stamp.len > max_len {
             changed |= set.refuse_oversized(&path, stamp.len);
             present.push(path);
             continue;
         }
-        let read = match opened {
-            Some(mut file) => read_whole(&mut file, stamp.len),
-            None => std::fs::read(&path),
-        };
-        match read {
-            // An empty file that had content is taken as a write in progress (an in-place save
-            // truncates first), as kubelet's file source treats an empty manifest as an error:
-            // its last good version is kept until the file has content again or is deleted.
-            Ok(bytes) if bytes.is_empty() && set.files.contains_key(&path) => {
-                tracing::warn!(
-                    file = %path.display(),
-                    "manifest file is empty; keeping its last good version (delete the file to remove its objects)"
-                );
-                if settled(&stamp) {
-                    set.set_stamp(&path, stamp);
-                }
-                present.push(path);
-            }
-            Ok(bytes) => {
-                let text = match String::from_utf8(bytes) {
-                    Ok(text) => text,
-                    Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
-                };
-                changed |= set.update_file(&path, &text);
-                // Like git's "racy clean" rule: a file modified in the last moments could be
-                // written again within the same timestamp tick, so it is read again next time.
-                if settled(&stamp) {
-                    set.set_stamp(&path, stamp);
-                }
-                present.push(path);
-            }
+        match std::fs::read(&path) {
+            Ok(bytes) => changed |= set.take_content(&path, stamp, &bytes, now),
             // Gone between listing and reading (an editor's rename): the next event rescans.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot read manifest"),
+        }
+        present.push(path);
+    }
+    let stats = read::read_files(&new_files, max_len, true, |path, outcome| {
+        match outcome {
+            read::Outcome::Read(stamp, bytes) => {
+                changed |= set.take_content(path, stamp, bytes, now);
+            }
+            read::Outcome::Oversized(stamp) => changed |= set.refuse_oversized(path, stamp.len),
+            read::Outcome::NotRegular => return,
+            read::Outcome::Failed(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            read::Outcome::Failed(e) => {
                 tracing::warn!(file = %path.display(), error = %e, "cannot read manifest");
-                present.push(path);
             }
         }
+        present.push(path.to_path_buf());
+    });
+    if !new_files.is_empty() {
+        tracing::debug!(
+            files = new_files.len(),
+            through_io_uring = stats.ring,
+            one_at_a_time = stats.direct,
+            "read new manifest files"
+        );
     }
     let present: HashSet<PathBuf> = present.into_iter().collect();
     let gone: Vec<PathBuf> = set
@@ -754,14 +749,14 @@ mod tests {
         ] {
             let mut file = std::fs::File::open(&path).unwrap();
             assert_eq!(
-                read_whole(&mut file, stat_len).unwrap(),
+                read::read_whole(&mut file, stat_len).unwrap(),
                 b"0123456789",
                 "{what}"
             );
         }
         std::fs::write(&path, "").unwrap();
         let mut file = std::fs::File::open(&path).unwrap();
-        assert!(read_whole(&mut file, 0).unwrap().is_empty());
+        assert!(read::read_whole(&mut file, 0).unwrap().is_empty());
     }
 
     #[test]
