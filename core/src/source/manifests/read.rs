@@ -1,6 +1,6 @@
 //! Reading the files of a manifest directory that the set has not seen yet, with few system
-//! calls: on Linux through one `io_uring` whose submissions open, `statx`, read and close a
-//! batch of [`BATCH`] files at a time (three `io_uring_enter` calls per batch instead of four
+//! calls: on Linux through one `io_uring` whose submissions `statx`, open, read and close a
+//! batch of [`BATCH`] files at a time (four `io_uring_enter` calls per batch instead of four
 //! system calls per file), else, or where the kernel refuses the ring (seccomp profiles of
 //! container runtimes often do), one file at a time with `open`, `fstat`, `read` and `close`.
 //!
@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use super::FileStamp;
 
-/// Files per batch of the ring: one open, one `statx` and one read each in flight.
+/// Files per batch of the ring (one operation each in flight per submission).
 const BATCH: usize = 128;
 /// Bytes read into a file's slot with the first read; a longer file is read on to its end.
 const SLOT: usize = 16 << 10;
@@ -170,15 +170,15 @@ mod ring {
     /// What the kernel answered for one file of a batch.
     #[derive(Clone, Copy)]
     struct FileOps {
-        fd: i32,
         statx: i32,
+        fd: i32,
         read: i32,
     }
 
     impl Ring {
         pub(super) fn new() -> std::io::Result<Self> {
-            // Two entries per file in flight (statx and read), completions twice that.
-            let ring = IoUring::new((2 * BATCH) as u32)?;
+            // One entry per file in flight, completions twice that.
+            let ring = IoUring::new(BATCH as u32)?;
             // SAFETY: `libc::statx` is plain old data; all zeroes is a valid value.
             let zeroed: libc::statx = unsafe { std::mem::zeroed() };
             Ok(Ring {
@@ -229,9 +229,17 @@ mod ring {
             Ok(())
         }
 
-        /// Reads one batch of files (at most [`BATCH`]) and visits each. A file the ring could
-        /// not open, stat or read for any reason but its absence is read again the direct way,
-        /// which also names the error the same way the direct path does.
+        /// Reads one batch of files (at most [`BATCH`]) and visits each, in four submissions:
+        /// `statx` every path (following symlinks, as ConfigMap volumes use them), open the
+        /// regular files within the size limit, read each into its slot, close them.
+        ///
+        /// Only what `statx` called a regular file is opened, so a FIFO named `*.yaml` cannot
+        /// block the open, and without `O_NONBLOCK`, which would make the ring answer a read
+        /// that misses the page cache with `EAGAIN` instead of waiting for the disk. The stamp
+        /// is taken before the open: a file replaced in between is newer than its stamp, so the
+        /// next rescan reads it again. A file the ring could not stat, open or read for any
+        /// reason but its absence is read again the direct way, which names the error as the
+        /// direct path does.
         pub(super) fn read_batch(
             &mut self,
             paths: &[PathBuf],
@@ -244,102 +252,114 @@ mod ring {
                 .iter()
                 .map(|p| CString::new(p.as_os_str().as_bytes()).ok())
                 .collect();
+            let unset = -libc::ECANCELED;
             let mut ops = vec![
                 FileOps {
-                    fd: -libc::EBADF,
-                    statx: -libc::EBADF,
-                    read: -libc::EBADF,
+                    statx: unset,
+                    fd: unset,
+                    read: unset,
                 };
                 paths.len()
             ];
 
-            // 1. Open every file.
-            let opens: Vec<squeue::Entry> = names
+            // 1. Stat every path.
+            let statx = self.statx.as_mut_ptr();
+            let stats_ops: Vec<squeue::Entry> = names
                 .iter()
                 .enumerate()
                 .filter_map(|(i, name)| {
                     let name = name.as_ref()?;
+                    // SAFETY (pointer arithmetic): i < BATCH, the length of the buffer.
+                    let stx = unsafe { statx.add(i) };
                     Some(
-                        opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), name.as_ptr())
-                            .flags(libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK)
+                        opcode::Statx::new(
+                            types::Fd(libc::AT_FDCWD),
+                            name.as_ptr(),
+                            stx.cast::<types::statx>(),
+                        )
+                        .mask(libc::STATX_BASIC_STATS)
+                        .build()
+                        .user_data(i as u64),
+                    )
+                })
+                .collect();
+            if let Err(e) = self.run(&stats_ops, |i, res| ops[i as usize].statx = res) {
+                std::mem::forget(names);
+                return Err(self.abandon(e));
+            }
+            let wanted = |stx: &libc::statx| {
+                u32::from(stx.stx_mode) & libc::S_IFMT == libc::S_IFREG && stx.stx_size <= max_len
+            };
+
+            // 2. Open the regular files within the limit.
+            let opens: Vec<squeue::Entry> = names
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| ops[*i].statx >= 0 && wanted(&self.statx[*i]))
+                .filter_map(|(i, name)| {
+                    Some(
+                        opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), name.as_ref()?.as_ptr())
+                            .flags(libc::O_RDONLY | libc::O_CLOEXEC)
                             .build()
                             .user_data(i as u64),
                     )
                 })
                 .collect();
-            let collected = self.run(&opens, |i, res| ops[i as usize].fd = res);
-            if let Err(e) = collected {
+            if let Err(e) = self.run(&opens, |i, res| ops[i as usize].fd = res) {
                 std::mem::forget(names);
                 return Err(self.abandon(e));
             }
 
-            // 2. Stat and read every opened file: the stat of the open file, so content and
-            // stamp are of the same file even if the name is replaced meanwhile.
-            let empty = c"";
+            // 3. Read each opened file into its slot.
             let slots = self.slots.as_mut_ptr();
-            let statx = self.statx.as_mut_ptr();
-            let mut reads = Vec::with_capacity(2 * paths.len());
-            for (i, op) in ops.iter().enumerate().filter(|(_, op)| op.fd >= 0) {
-                let fd = types::Fd(op.fd);
-                // SAFETY (pointer arithmetic): i < BATCH, the length of both buffers.
-                let (slot, stx) = unsafe { (slots.add(i * SLOT), statx.add(i)) };
-                reads.push(
-                    opcode::Statx::new(fd, empty.as_ptr(), stx.cast::<types::statx>())
-                        .flags(libc::AT_EMPTY_PATH)
-                        .mask(libc::STATX_BASIC_STATS)
-                        .build()
-                        .user_data((2 * i) as u64),
-                );
-                reads.push(
-                    opcode::Read::new(fd, slot, SLOT as u32)
+            let reads: Vec<squeue::Entry> = ops
+                .iter()
+                .enumerate()
+                .filter(|(_, op)| op.fd >= 0)
+                .map(|(i, op)| {
+                    // SAFETY (pointer arithmetic): i < BATCH, the number of slots.
+                    let slot = unsafe { slots.add(i * SLOT) };
+                    opcode::Read::new(types::Fd(op.fd), slot, SLOT as u32)
                         .offset(0)
                         .build()
-                        .user_data((2 * i + 1) as u64),
-                );
-            }
-            let collected = self.run(&reads, |data, res| {
-                let op = &mut ops[(data / 2) as usize];
-                if data % 2 == 0 {
-                    op.statx = res;
-                } else {
-                    op.read = res;
-                }
-            });
-            if let Err(e) = collected {
+                        .user_data(i as u64)
+                })
+                .collect();
+            if let Err(e) = self.run(&reads, |i, res| ops[i as usize].read = res) {
                 std::mem::forget(names);
                 return Err(self.abandon(e));
             }
 
-            // 3. Hand each file over (while it is still open, for the rare one longer than
+            // 4. Hand each file over (while it is still open, for the rare one longer than
             // its slot), then close them all in one submission.
             for (i, (path, op)) in paths.iter().zip(&ops).enumerate() {
-                if op.fd == -libc::ENOENT {
+                let gone = op.statx == -libc::ENOENT || op.fd == -libc::ENOENT;
+                if gone {
                     stats.ring += 1;
                     visit(path, Outcome::Failed(std::io::ErrorKind::NotFound.into()));
                     continue;
                 }
-                if op.fd < 0 || op.statx < 0 || op.read < 0 && !is_not_readable(op.read) {
+                if op.statx < 0 {
                     read_direct(path, max_len, stats, visit);
                     continue;
                 }
-                stats.ring += 1;
                 let stx = &self.statx[i];
                 if u32::from(stx.stx_mode) & libc::S_IFMT != libc::S_IFREG {
+                    stats.ring += 1;
                     visit(path, Outcome::NotRegular);
                     continue;
                 }
                 let stamp = stamp_of(stx);
                 if stamp.len > max_len {
+                    stats.ring += 1;
                     visit(path, Outcome::Oversized(stamp));
                     continue;
                 }
-                if op.read < 0 {
-                    // A regular file that refused a read (`is_not_readable`): the direct
-                    // path reports it.
-                    stats.ring -= 1;
+                if op.fd < 0 || op.read < 0 {
                     read_direct(path, max_len, stats, visit);
                     continue;
                 }
+                stats.ring += 1;
                 let n = op.read as usize;
                 let slot = &self.slots[i * SLOT..i * SLOT + n];
                 if n < SLOT && n as u64 == stamp.len {
@@ -375,12 +395,6 @@ mod ring {
             std::mem::forget(std::mem::take(&mut self.statx));
             e
         }
-    }
-
-    /// Errors of a read from a file the ring opened that say the file is not a readable
-    /// regular file (a directory, a FIFO with no writer): `statx` tells what it is.
-    fn is_not_readable(res: i32) -> bool {
-        matches!(-res, libc::EISDIR | libc::EAGAIN | libc::EINVAL)
     }
 
     /// `prefix` and the rest of the open file `fd` from offset `prefix.len()` on.
@@ -457,6 +471,10 @@ mod tests {
             std::fs::write(&p, content).unwrap();
             paths.push(p);
         }
+        // A ConfigMap volume's files are symlinks: followed, as `stat` does.
+        let link = dir.path().join("link.yaml");
+        std::os::unix::fs::symlink(&paths[2], &link).unwrap();
+        paths.push(link);
         let sub = dir.path().join("sub.yaml");
         std::fs::create_dir(&sub).unwrap();
         paths.push(sub);
@@ -473,11 +491,23 @@ mod tests {
         assert_eq!(direct_stats.ring, 0);
         assert_eq!(direct_stats.direct, paths.len());
         assert_eq!(ring_stats.ring + ring_stats.direct, paths.len());
+        #[cfg(target_os = "linux")]
+        if ring::Ring::new().is_ok() {
+            // Every kind of entry, missing and special files included, is handled by the ring.
+            assert_eq!(
+                ring_stats,
+                ReadStats {
+                    ring: paths.len(),
+                    direct: 0
+                }
+            );
+        }
         // Spot checks of what both saw.
         assert!(matches!(&ring[2], Seen::Read(s, b) if s.len == 100 && b.len() == 100));
         assert!(matches!(&ring[6], Seen::Oversized(s) if s.len == 3 * SLOT as u64 + 7));
         assert!(matches!(&ring[5], Seen::Read(_, b) if b.len() == SLOT + 1));
         let n = paths.len();
+        assert_eq!(ring[n - 4], ring[2], "the symlink reads as its target");
         assert_eq!(ring[n - 3], Seen::NotRegular);
         assert_eq!(ring[n - 2], Seen::NotRegular);
         assert_eq!(ring[n - 1], Seen::Failed(std::io::ErrorKind::NotFound));
