@@ -61,10 +61,11 @@ Notes:
 - Reconciler rows that do not mention kube-ipvs0 use in-memory address bookkeeping (IPVS cost only); the rows that do
   mention it bind the 10,000 cluster IPs over rtnetlink as the proxy does.
 - Restart rows include building the desired state from the cache snapshot; page faults are counted because each
-  costs tens of microseconds in this guest. "Reading the programmed table" compares the two ways svcnet can read
-  real servers (both checked to list the same table): netlink (one dump per virtual server, one `sendmsg` and one
-  `recvmmsg` each; the default) and the kernel's text listing `/proc/net/ip_vs` (few reads, but the kernel walks
-  its table from the start at every page).
+  costs tens of microseconds in this guest. "Reading the programmed table" compares the three ways svcnet can read
+  real servers (all checked to list the same table): the kernel's text listing `/proc/net/ip_vs` (few reads, but
+  the kernel walks its table from the start at every page), netlink dumps of 32 virtual servers at a time on 32
+  sockets through one io_uring (two `io_uring_enter` per batch; the default), and netlink dumps one virtual server
+  after the other (one `sendmsg` and one `recvmmsg` each; where io_uring is refused).
 - The svcnet-proxy rows are read from its log: "manifests loaded" is when it reports the cluster state received,
   "full sync" its own measurement of the first full sync, split into the desired state, the kernel (IPVS and
   kube-ipvs0 addresses) and the host setup (ipset and iptables-restore). The restart row starts the proxy again on

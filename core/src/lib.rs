@@ -20,6 +20,8 @@ pub mod runtime;
 pub mod source;
 pub mod telemetry;
 pub mod tls;
+#[cfg(target_os = "linux")]
+pub(crate) mod uring;
 
 pub use cache::{CacheReader, CacheWriter, Change, Snapshot, new_cache};
 pub use model::{ClusterObject, Kind, ObjectKey};

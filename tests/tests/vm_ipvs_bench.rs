@@ -272,9 +272,10 @@ fn phase_reconcile(specs: &[ServiceSpec]) -> anyhow::Result<Value> {
     change_ms.sort_by(f64::total_cmp);
 
     // Both ways of reading the kernel's table see the same thing (and how long each takes).
-    let listing = |text: bool| -> anyhow::Result<(Duration, Vec<String>)> {
+    let listing = |text: bool, batched: bool| -> anyhow::Result<(Duration, Vec<String>)> {
         let mut nl = NetlinkIpvs::open()?;
         nl.set_text_listing(text);
+        nl.set_batched_dumps(batched);
         let mut lines = Vec::new();
         let t = Instant::now();
         nl.for_each_service(&mut |svc, dests| {
@@ -287,13 +288,15 @@ fn phase_reconcile(specs: &[ServiceSpec]) -> anyhow::Result<Value> {
         lines.sort();
         Ok((elapsed, lines))
     };
-    let (netlink_read, netlink_lines) = listing(false)?;
-    let (text_read, text_lines) = listing(true)?;
+    let (netlink_read, netlink_lines) = listing(false, true)?;
+    let (one_each_read, one_each_lines) = listing(false, false)?;
+    let (text_read, text_lines) = listing(true, false)?;
     ensure!(
-        netlink_lines == text_lines,
-        "the text listing and the netlink dumps differ ({} vs {} lines)",
+        netlink_lines == text_lines && one_each_lines == text_lines,
+        "the text listing, batched and one-at-a-time netlink dumps differ ({} vs {} vs {} lines)",
         text_lines.len(),
-        netlink_lines.len()
+        netlink_lines.len(),
+        one_each_lines.len()
     );
 
     // Restart: a new reconciler reads the programmed table and finds nothing to do.
@@ -329,6 +332,7 @@ fn phase_reconcile(specs: &[ServiceSpec]) -> anyhow::Result<Value> {
         "restart_faults": restart_faults,
         "restart_ops": again.operations(),
         "read_netlink_ms": ms(netlink_read),
+        "read_one_each_ms": ms(one_each_read),
         "read_text_ms": ms(text_read),
         "listed_lines": text_lines.len(),
         "rss_kb": rss,
@@ -1037,10 +1041,11 @@ fn benchmark() -> anyhow::Result<()> {
     );
     let _ = writeln!(
         t,
-        "| reading the programmed table ({} lines): text listing + netlink service dump / netlink dumps only | {:.0} / {:.0} ms | | | |",
+        "| reading the programmed table ({} lines): text listing + netlink service dump / netlink dumps, 32 virtual servers per io_uring batch (the default) / netlink dumps one after the other | {:.0} / {:.0} / {:.0} ms | | | |",
         rec["listed_lines"],
         f(&rec, "read_text_ms"),
-        f(&rec, "read_netlink_ms")
+        f(&rec, "read_netlink_ms"),
+        f(&rec, "read_one_each_ms")
     );
     let _ = writeln!(
         t,

@@ -1,7 +1,9 @@
 //! The kernel's text listing of the IPVS table (`/proc/net/ip_vs`, which svcnet's full sync reads real servers
 //! from) must describe exactly what the netlink dumps do, on a real kernel (user-mode-linux guest): IPv4 and IPv6,
 //! TCP/UDP/SCTP, persistence, weights including 0, every forwarding method ipvsadm can set, a fwmark service
-//! (skipped by both), an empty virtual server, and a table changed between reads.
+//! (skipped by both), an empty virtual server, and a table changed between reads. The netlink dumps are read both
+//! ways, batched through io_uring (the default) and one virtual server after the other, including virtual servers
+//! whose real servers take two or many datagrams.
 
 use std::net::IpAddr;
 
@@ -19,10 +21,22 @@ fn ip(s: &str) -> IpAddr {
     s.parse().expect("test address")
 }
 
-/// Everything `for_each_service` reports, as sorted lines; `text` picks the source of real servers.
-fn listing(text: bool) -> anyhow::Result<Vec<String>> {
+/// Where `for_each_service` reads real servers from.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// The kernel's text listing.
+    Text,
+    /// Netlink dumps, 32 virtual servers at a time through io_uring (the default).
+    BatchedDumps,
+    /// Netlink dumps, one virtual server after the other.
+    OneDumpEach,
+}
+
+/// Everything `for_each_service` reports, as sorted lines, reading real servers from `source`.
+fn listing(source: Source) -> anyhow::Result<Vec<String>> {
     let mut nl = NetlinkIpvs::open().context("opening the IPVS netlink family")?;
-    nl.set_text_listing(text);
+    nl.set_text_listing(matches!(source, Source::Text));
+    nl.set_batched_dumps(matches!(source, Source::BatchedDumps));
     let mut lines = Vec::new();
     nl.for_each_service(&mut |svc, dests| {
         lines.push(format!("{} {:?}", svc.id, svc.params));
@@ -33,20 +47,28 @@ fn listing(text: bool) -> anyhow::Result<Vec<String>> {
             ));
         }
     })?;
+    ensure!(
+        nl.dumps_batched() == matches!(source, Source::BatchedDumps),
+        "{source:?}: batched dumps {} (the guest kernel has io_uring)",
+        if nl.dumps_batched() { "on" } else { "off" }
+    );
     lines.sort();
     Ok(lines)
 }
 
+/// The listing, after checking the three sources agree.
 fn same_listing() -> anyhow::Result<Vec<String>> {
-    let netlink = listing(false)?;
-    let text = listing(true)?;
-    ensure!(
-        netlink == text,
-        "text listing differs from netlink dumps\n--- netlink\n{}\n--- text\n{}",
-        netlink.join("\n"),
-        text.join("\n")
-    );
-    Ok(text)
+    let one_each = listing(Source::OneDumpEach)?;
+    for source in [Source::BatchedDumps, Source::Text] {
+        let other = listing(source)?;
+        ensure!(
+            one_each == other,
+            "{source:?} differs from one dump per virtual server\n--- one dump each\n{}\n--- {source:?}\n{}",
+            one_each.join("\n"),
+            other.join("\n")
+        );
+    }
+    Ok(one_each)
 }
 
 fn text_listing_matches_netlink() -> anyhow::Result<()> {
@@ -172,6 +194,32 @@ fn text_listing_matches_netlink() -> anyhow::Result<()> {
         lines.len() > 3300,
         "only {} lines listed for the big table",
         lines.len()
+    );
+
+    // Virtual servers whose real servers take two, then many datagrams of a dump (a batched
+    // dump reads those on after its two ring receives).
+    for (third, count) in [(1u8, 150u32), (2, 1500)] {
+        let id = ServiceId::new(Protocol::Tcp, IpAddr::from([10, 98, third, 1]), 80);
+        let ops: Vec<IpvsOp> = std::iter::once(IpvsOp::AddService(id, rr))
+            .chain((0..count).map(|e| {
+                IpvsOp::AddDest(
+                    id,
+                    DestId::new(IpAddr::from([10, 246, third, 0]), (10_000 + e) as u16),
+                    DestParams::masq(1),
+                )
+            }))
+            .collect();
+        let report = nl.apply(&ops)?;
+        ensure!(report.failures.is_empty(), "{:?}", report.failures);
+    }
+    let lines = same_listing()?;
+    let long = lines
+        .iter()
+        .filter(|l| l.contains("10.98.2.1:80 ->"))
+        .count();
+    ensure!(
+        long == 1500,
+        "{long} of 1500 real servers listed for the long virtual server"
     );
     Ok(())
 }

@@ -12,6 +12,7 @@ use neli::genl::{AttrTypeBuilder, Genlmsghdr, GenlmsghdrBuilder, Nlattr, NlattrB
 use neli::nl::{NlPayload, NlmsghdrBuilder};
 use neli::types::{Buffer, GenlBuffer};
 
+use super::dump_ring::{DestDumpRing, DumpStop};
 use super::procfs;
 use super::socket::{Conn, SocketStats};
 use crate::ipvs::backend::{ApplyReport, BackendError, IpvsBackend, IpvsOp};
@@ -533,6 +534,10 @@ pub struct NetlinkIpvs {
     batch: usize,
     buf: Vec<u8>,
     text_listing: bool,
+    /// Batched real-server dumps ([`DestDumpRing`]); `None` where the ring is refused or
+    /// after it failed once.
+    dump_ring: Option<DestDumpRing>,
+    batched_dumps: bool,
 }
 
 impl NetlinkIpvs {
@@ -555,6 +560,11 @@ impl NetlinkIpvs {
             batch: DEFAULT_BATCH,
             buf: Vec::with_capacity(64 * 1024),
             text_listing: false,
+            // Opened now, in the network namespace of the backend's own socket.
+            dump_ring: DestDumpRing::new()
+                .map_err(|e| tracing::debug!(error = %e, "no io_uring for IPVS dumps; dumping one virtual server at a time"))
+                .ok(),
+            batched_dumps: true,
         })
     }
 
@@ -566,6 +576,58 @@ impl NetlinkIpvs {
     /// `bench/ipvs/RESULTS.md`). Without `/proc` the listing falls back to netlink.
     pub fn set_text_listing(&mut self, on: bool) {
         self.text_listing = on;
+    }
+
+    /// Whether real servers are dumped for up to [`SOCKETS`](super::dump_ring::SOCKETS)
+    /// virtual servers at once through `io_uring` (the default where the kernel allows the
+    /// ring: two `io_uring_enter` per 32 virtual servers instead of two system calls each),
+    /// rather than one dump after the other. Both decode the same replies.
+    pub fn set_batched_dumps(&mut self, on: bool) {
+        self.batched_dumps = on;
+    }
+
+    /// Whether real servers are read through the batched dumps: on, and the ring was opened
+    /// and has not failed.
+    pub fn dumps_batched(&self) -> bool {
+        self.batched_dumps && self.dump_ring.is_some()
+    }
+
+    /// Calls `each` with every one of `services` and its real servers, in order; one deleted
+    /// since `services` was listed is skipped.
+    fn each_with_dests(
+        &mut self,
+        services: &[ServiceEntry],
+        each: &mut dyn FnMut(ServiceEntry, &[DestEntry]),
+    ) -> Result<(), BackendError> {
+        let mut rest = services;
+        if let Some(ring) = self
+            .dump_ring
+            .as_mut()
+            .filter(|_| self.batched_dumps && services.len() > 1)
+        {
+            match ring.dump_all(self.family, services, each) {
+                Ok(()) => return Ok(()),
+                Err(DumpStop::Backend(e)) => {
+                    // Its sockets may hold the rest of dumps: not used again.
+                    self.dump_ring = None;
+                    return Err(e);
+                }
+                Err(DumpStop::Ring { done, error }) => {
+                    tracing::warn!(error = %error, "batched IPVS dumps failed; dumping one virtual server at a time from now on");
+                    self.dump_ring = None;
+                    rest = &services[done..];
+                }
+            }
+        }
+        for s in rest {
+            match self.dump_dests(&s.id) {
+                Ok(d) => each(*s, &d),
+                // Deleted between the two dumps.
+                Err(BackendError::Kernel { errno, .. }) if errno == 3 || errno == 2 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Socket call counters so far.
@@ -593,14 +655,7 @@ impl IpvsBackend for NetlinkIpvs {
     fn dump(&mut self) -> Result<TableDump, BackendError> {
         let services = self.list_services()?;
         let mut out = Vec::with_capacity(services.len());
-        for s in services {
-            match self.dump_dests(&s.id) {
-                Ok(d) => out.push((s, d)),
-                // Deleted between the two dumps.
-                Err(BackendError::Kernel { errno, .. }) if errno == 3 || errno == 2 => {}
-                Err(e) => return Err(e),
-            }
-        }
+        self.each_with_dests(&services, &mut |s, d| out.push((s, d.to_vec())))?;
         Ok(out)
     }
 
@@ -634,15 +689,7 @@ impl IpvsBackend for NetlinkIpvs {
                 }
             }
         }
-        for s in services {
-            match self.dump_dests(&s.id) {
-                Ok(d) => each(s, &d),
-                // Deleted between the two dumps.
-                Err(BackendError::Kernel { errno, .. }) if errno == 3 || errno == 2 => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        self.each_with_dests(&services, each)
     }
 
     fn list_services(&mut self) -> Result<Vec<ServiceEntry>, BackendError> {

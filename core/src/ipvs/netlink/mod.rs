@@ -4,6 +4,7 @@
 //! [`crate::ipvs::conntrack::ctnetlink`] on top of this module's [`socket::Conn`], and ipsets
 //! over the netfilter subsystem `IPSET` in [`ipset::IpsetNetlink`]. All batch many requests per `sendmsg` ([`socket::Conn`]).
 
+mod dump_ring;
 pub mod ipset;
 pub mod ipvs;
 pub(crate) mod nfnl;

@@ -12,11 +12,11 @@ use neli::utils::Groups;
 use crate::ipvs::backend::BackendError;
 
 /// `NLMSG_ERROR`.
-const NLMSG_ERROR: u16 = 2;
+pub(crate) const NLMSG_ERROR: u16 = 2;
 /// `NLMSG_DONE`.
-const NLMSG_DONE: u16 = 3;
+pub(crate) const NLMSG_DONE: u16 = 3;
 /// `NLMSG_OVERRUN`.
-const NLMSG_OVERRUN: u16 = 4;
+pub(crate) const NLMSG_OVERRUN: u16 = 4;
 /// Size of `struct nlmsghdr`.
 pub(crate) const NLMSG_HDRLEN: usize = 16;
 /// Receive buffer: large enough for any single netlink datagram the kernel builds for IPVS and
@@ -67,7 +67,7 @@ pub(crate) fn messages(buf: &[u8]) -> Result<Vec<Message<'_>>, String> {
 }
 
 /// The errno of an `NLMSG_ERROR` body (0 for an ACK), as a positive number.
-fn error_code(body: &[u8]) -> i32 {
+pub(crate) fn error_code(body: &[u8]) -> i32 {
     body.get(0..4)
         .and_then(|b| b.try_into().ok())
         .map(i32::from_ne_bytes)

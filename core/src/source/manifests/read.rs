@@ -188,45 +188,18 @@ mod ring {
             })
         }
 
-        /// Pushes `entries` (at most the ring's size), submits them and collects every
-        /// completion into `on_complete(user_data, result)`. An error means the ring is
-        /// unusable; any operation still in flight then owns its buffers for good.
+        /// Submits `entries` and collects every completion ([`crate::uring::run_batch`]). An
+        /// error means the ring is unusable; any operation still in flight then owns its
+        /// buffers for good ([`Self::abandon`]).
         fn run(
             &mut self,
             entries: &[squeue::Entry],
-            mut on_complete: impl FnMut(u64, i32),
+            on_complete: impl FnMut(u64, i32),
         ) -> std::io::Result<()> {
-            if entries.is_empty() {
-                return Ok(());
-            }
-            {
-                let mut sq = self.ring.submission();
-                for entry in entries {
-                    // SAFETY: every pointer in the entries stays valid until its completion is
-                    // collected below (the caller keeps the path strings; the slots and statx
-                    // buffers belong to `self`, which is leaked if collecting fails).
-                    if unsafe { sq.push(entry) }.is_err() {
-                        return Err(std::io::Error::other("io_uring submission queue full"));
-                    }
-                }
-            }
-            let mut done = 0;
-            while done < entries.len() {
-                match self.ring.submit_and_wait(entries.len() - done) {
-                    Ok(_) => {}
-                    Err(e)
-                        if matches!(
-                            e.raw_os_error(),
-                            Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
-                        ) => {}
-                    Err(e) => return Err(e),
-                }
-                for cqe in self.ring.completion() {
-                    on_complete(cqe.user_data(), cqe.result());
-                    done += 1;
-                }
-            }
-            Ok(())
+            // SAFETY: every pointer in the entries stays valid until the completions are in:
+            // the path strings are kept by `read_batch` (forgotten if this fails), the slots
+            // and statx buffers belong to `self` and are leaked by `abandon` if this fails.
+            unsafe { crate::uring::run_batch(&mut self.ring, entries, on_complete) }
         }
 
         /// Reads one batch of files (at most [`BATCH`]) and visits each, in four submissions:
