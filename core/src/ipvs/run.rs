@@ -260,6 +260,10 @@ impl Worker {
             kernel_ms = (started.elapsed() - hosted).as_secs_f64() * 1000.0,
             "full sync phases"
         );
+        // The transient memory of the sync (the previous desired state, the host rules'
+        // renderings, the kernel's listing) goes back to the system now, not whenever the
+        // allocator next runs.
+        crate::memtrim::burst_ended();
         Ok(report)
     }
 
