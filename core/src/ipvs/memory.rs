@@ -27,6 +27,8 @@ struct IpvsState {
     log: Vec<IpvsOp>,
     batches: usize,
     timeouts: (u32, u32, u32),
+    /// Operations refused as a kernel would refuse them (tests).
+    refused: Vec<IpvsOp>,
 }
 
 /// An in-memory IPVS table.
@@ -85,6 +87,13 @@ impl MemoryIpvs {
         {
             d.1 = conns;
         }
+    }
+
+    #[cfg(test)]
+    /// Makes every later `apply` of exactly `op` fail (as the kernel refuses an operation, e.g.
+    /// for lack of memory), leaving the table unchanged.
+    pub(crate) fn refuse(&self, op: IpvsOp) {
+        self.lock().refused.push(op);
     }
 
     /// Applies operations directly, bypassing logging (a change "made by hand").
@@ -205,6 +214,14 @@ impl IpvsBackend for MemoryIpvs {
             ..ApplyReport::default()
         };
         for (i, op) in ops.iter().enumerate() {
+            if st.refused.contains(op) {
+                let refused = BackendError::Kernel {
+                    what: op.to_string(),
+                    errno: libc::ENOMEM,
+                };
+                report.failures.push((i, refused));
+                continue;
+            }
             match apply_one(&mut st.services, op) {
                 Ok(()) => st.log.push(*op),
                 Err(e) => report.failures.push((i, e)),

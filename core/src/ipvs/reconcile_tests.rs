@@ -407,3 +407,43 @@ fn a_failed_operation_forces_the_next_sync_to_reread_the_kernel() {
     assert!(r.full);
     assert_eq!(w.dests_of(&tcp("10.96.0.20", 80)).len(), 2);
 }
+
+#[test]
+fn a_new_virtual_server_shares_the_desired_real_servers_minus_those_the_kernel_refused() {
+    let id = tcp("10.96.0.20", 80);
+    // A clean start: the mirror holds the desired list itself, not a copy.
+    let mut w = World::new(MemoryIpvs::new(), MemoryAddresses::new(vec![]));
+    for o in web(&["10.244.1.10", "10.244.1.11", "10.244.1.12"]) {
+        w.apply(o);
+    }
+    let r = w.full();
+    assert_eq!((r.dests_added, r.failures), (3, 0));
+    let (dests, shared) = w.rec.mirrored_dests(&id, &w.desired).unwrap();
+    assert_eq!(dests.len(), 3);
+    assert!(shared, "the mirror copied the desired real servers");
+
+    // The kernel refuses one real server of a new virtual server: the mirror says what the
+    // kernel has, two of the three.
+    let ipvs = MemoryIpvs::new();
+    let mut w = World::new(ipvs.clone(), MemoryAddresses::new(vec![]));
+    for o in web(&["10.244.1.10", "10.244.1.11", "10.244.1.12"]) {
+        w.apply(o);
+    }
+    let desired = build(&w.writer.snapshot(), &w.config, &node());
+    let (d, p) = desired.server(&id).unwrap().dests.iter().nth(1).unwrap();
+    let refused = IpvsOp::AddDest(id, *d, *p);
+    ipvs.refuse(refused);
+    let r = w.full();
+    assert_eq!((r.services_added, r.dests_added, r.failures), (1, 2, 1));
+    let IpvsOp::AddDest(_, refused_dest, _) = refused else {
+        unreachable!()
+    };
+    let (dests, shared) = w.rec.mirrored_dests(&id, &w.desired).unwrap();
+    assert_eq!(
+        dests,
+        [dest("10.244.1.10", 8080), dest("10.244.1.12", 8080)],
+        "the mirror must not claim the refused {refused_dest}"
+    );
+    assert!(!shared);
+    assert_eq!(w.dests_of(&id).len(), 2);
+}

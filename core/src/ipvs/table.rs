@@ -424,9 +424,10 @@ impl Dests {
     }
 
     /// Adds or replaces a real server; returns the previous parameters. Copies the list first
-    /// when it is shared.
+    /// when it is shared, unless the entry is already there with these parameters.
     pub fn insert(&mut self, id: DestId, params: DestParams) -> Option<DestParams> {
         match self.find(&id) {
+            Ok(i) if self.0[i].1 == params => Some(params),
             Ok(i) => Some(std::mem::replace(
                 &mut Arc::make_mut(&mut self.0)[i].1,
                 params,
@@ -455,6 +456,12 @@ impl Dests {
         }
         self.0 = other.0.clone();
         true
+    }
+
+    #[cfg(test)]
+    /// Whether both lists are one and the same storage.
+    pub(crate) fn shares_storage_with(&self, other: &Dests) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 
     /// Real servers in order with their parameters.
