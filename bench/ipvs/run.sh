@@ -9,6 +9,7 @@
 #
 # The measurements themselves are in tests/tests/vm_ipvs_bench.rs (an #[ignore]d test, so `cargo test` skips it).
 # Needs Debian's user-mode-linux and strace packages; takes a few minutes (ipvsadm -R alone is about a minute).
+# As root it also makes a tap device (svcnet-bench, 10.231.0.1/30) so that the API start's fake server runs on the host.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
@@ -43,7 +44,8 @@ echo "$table"
 Produced by \`bench/ipvs/run.sh\` (measurements in \`tests/tests/vm_ipvs_bench.rs\`) on $(date -u +%Y-%m-%d), commit
 $(git rev-parse --short HEAD 2>/dev/null || echo unknown), host CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'),
 $(nproc) cores. Everything runs in one user-mode-linux guest (Debian's \`user-mode-linux\`, kernel $(/usr/bin/linux.uml --version 2>/dev/null | head -1 || echo 6.1), 1 vCPU,
-mem=2G), release build; each measurement in its own fresh network namespace (the API start, last, in the guest's own). A system call costs ~25 µs in this guest,
+mem=2G), release build; each measurement in its own fresh network namespace (the API start, last, in the guest's own,
+with eth0 on a host tap device). A system call costs ~25 µs in this guest,
 so call counts matter more than on bare metal; ratios are against \`ipvsadm -R\` measured in the same run.
 
 Targets (issue 5): full load < 1 s, startup dump-and-diff < 1.5 s, one endpoint change < 1 ms with a constant number of
@@ -70,8 +72,9 @@ Notes:
   "full sync" its own measurement of the first full sync, split into the desired state, the kernel (IPVS and
   kube-ipvs0 addresses) and the host setup (ipset and iptables-restore). The restart row starts the proxy again on
   the table it programmed. RSS is read 2 s after the full sync. The `--kubeconfig` row starts it against the fake
-  API server of the test support code (a test double) serving the same cluster from the benchmark process inside the
-  guest, which shares the guest's one CPU; the proxy's own CPU time is given beside it.
+  API server of the test support code (a test double) serving the same cluster from the benchmark process on the
+  host, reached over a tap device (`tests/vm/run.sh -n`; where the host cannot make one, the server runs inside the
+  guest and shares its one CPU, as the row then says); the proxy's own CPU time is given beside it.
 TAIL
 } >bench/ipvs/RESULTS.md
 echo "wrote bench/ipvs/RESULTS.md"

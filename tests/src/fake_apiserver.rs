@@ -186,7 +186,8 @@ impl Inner {
     }
 }
 
-/// A running fake API server on `127.0.0.1`; see the [module docs](self). Stops on drop.
+/// A running fake API server on `127.0.0.1` (or the address given to [`start_on`](Self::start_on));
+/// see the [module docs](self). Stops on drop.
 pub struct FakeApiServer {
     addr: SocketAddr,
     inner: Arc<Inner>,
@@ -198,7 +199,14 @@ type Body = UnsyncBoxBody<Bytes, Infallible>;
 impl FakeApiServer {
     /// Starts a fake on a free loopback port, with no objects.
     pub async fn start() -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST.into()).await
+    }
+
+    /// Starts a fake on a free port of `ip`, with no objects: another address than loopback
+    /// lets a user-mode-linux guest reach it over a host tap link (the IPVS benchmark's API
+    /// start, so that the server does not share the guest's one CPU with the proxy).
+    pub async fn start_on(ip: std::net::IpAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(SocketAddr::new(ip, 0)).await?;
         let addr = listener.local_addr()?;
         let (events, _) = broadcast::channel(4096);
         let inner = Arc::new(Inner {
@@ -216,7 +224,7 @@ impl FakeApiServer {
         })
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (the address it listens on).
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }

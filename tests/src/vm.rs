@@ -90,6 +90,7 @@ pub struct Vm {
     mem: String,
     timeout: Duration,
     env: Vec<(String, OsString)>,
+    network: Option<(String, String)>,
 }
 
 impl Default for Vm {
@@ -105,7 +106,15 @@ impl Vm {
             mem: "256M".to_owned(),
             timeout: Duration::from_secs(180),
             env: Vec::new(),
+            network: None,
         }
+    }
+
+    /// Connects the guest's `eth0` to the host's tap device `tap` (see [`HostTap`]), with
+    /// `guest_cidr` (e.g. `10.231.0.2/30`) as its address.
+    pub fn network(mut self, tap: &str, guest_cidr: &str) -> Self {
+        self.network = Some((tap.to_owned(), guest_cidr.to_owned()));
+        self
     }
 
     /// Guest memory in the kernel's syntax (`256M`, `1G`).
@@ -141,6 +150,9 @@ impl Vm {
             kv.push(value);
             cmd.arg("-e").arg(kv);
         }
+        if let Some((tap, cidr)) = &self.network {
+            cmd.arg("-n").arg(format!("{tap}={cidr}"));
+        }
         cmd.arg("--").arg(program).args(args);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -171,6 +183,55 @@ impl Vm {
             exit_code: status.code().unwrap_or(125),
             elapsed: started.elapsed(),
         })
+    }
+}
+
+/// A tap device on the host, up with an address, for a guest's `eth0` ([`Vm::network`]):
+/// the guest reaches host services bound to that address (e.g. a fake API server outside the
+/// guest's one CPU). Needs root (`CAP_NET_ADMIN`) and `/dev/net/tun`; removed on drop.
+#[derive(Debug)]
+pub struct HostTap {
+    name: String,
+}
+
+impl HostTap {
+    /// Creates tap device `name` with `host_cidr` (e.g. `10.231.0.1/30`) and sets it up. Fails
+    /// if the device exists already (another guest with a network is running).
+    pub fn create(name: &str, host_cidr: &str) -> anyhow::Result<Self> {
+        let ip = |args: &[&str]| -> anyhow::Result<()> {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .with_context(|| format!("running ip {}", args.join(" ")))?;
+            if !out.status.success() {
+                bail!(
+                    "ip {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            Ok(())
+        };
+        ip(&["tuntap", "add", "dev", name, "mode", "tap"])?;
+        let tap = Self {
+            name: name.to_owned(),
+        };
+        ip(&["addr", "add", host_cidr, "dev", name])?;
+        ip(&["link", "set", name, "up"])?;
+        Ok(tap)
+    }
+
+    /// The device name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for HostTap {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.name])
+            .output();
     }
 }
 

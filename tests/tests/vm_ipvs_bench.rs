@@ -41,6 +41,13 @@ const PHASE: &str = "SVCNET_BENCH_PHASE";
 const RESULT_FILE: &str = "SVCNET_BENCH_RESULT";
 /// The svcnet-proxy binary (built on the host).
 const PROXY_BIN: &str = "SVCNET_PROXY_BIN";
+/// A kubeconfig for the fake API server the host runs for the API start (reached over a tap
+/// link); unset: the API part runs its own fake server inside the guest.
+const HOST_API_KUBECONFIG: &str = "SVCNET_BENCH_HOST_API";
+/// The host's tap device for the API start, and the two ends' addresses.
+const BENCH_TAP: &str = "svcnet-bench";
+const BENCH_TAP_HOST: &str = "10.231.0.1/30";
+const BENCH_TAP_GUEST: &str = "10.231.0.2/30";
 
 fn table_size() -> (usize, usize) {
     let get = |name: &str, default: usize| {
@@ -820,21 +827,50 @@ fn proxy_rss(specs: &[ServiceSpec]) -> anyhow::Result<Option<(Value, Value)>> {
 
 /// A cold start from the Kubernetes API, in the guest: the fake API server of the test support
 /// code (a test double speaking real HTTP list/watch; paged lists with the client's
-/// `limit=500`) serves the benchmark cluster from this process, and svcnet-proxy programs the
-/// kernel in the guest's own namespace (the server listens on its loopback). Run last: the
-/// table stays behind. The server shares the guest's one CPU with the proxy, which a real API
-/// server on another machine would not.
+/// `limit=500`) serves the benchmark cluster, and svcnet-proxy programs the kernel in the
+/// guest's own namespace. Run last: the table stays behind. The server runs on the host
+/// ([`HostApi`], reached over a tap link) like a real API server on another machine; where the
+/// host could not make the link, it runs here on the guest's loopback and shares the guest's
+/// one CPU with the proxy.
 fn proxy_api(specs: &[ServiceSpec]) -> anyhow::Result<Option<Value>> {
     let Ok(proxy) = std::env::var(PROXY_BIN) else {
         return Ok(None);
     };
     // The manifest directory of the part before is not needed any more (tmpfs: memory).
     let _ = std::fs::remove_dir_all("/tmp/bench-cluster");
+    run("ip", &["link", "set", "lo", "up"])?;
+    if let Ok(kubeconfig) = std::env::var(HOST_API_KUBECONFIG) {
+        // The host serves the cluster: the guest's one CPU is the proxy's alone.
+        let mut result = proxy_api_run(&proxy, &kubeconfig)?;
+        result["server"] = json!("host");
+        return Ok(Some(result));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
     let fake = runtime.block_on(svcnet_tests::fake_apiserver::FakeApiServer::start())?;
+    fill_fake_api(&fake, specs)?;
+    let kubeconfig = "/tmp/bench-kubeconfig";
+    std::fs::write(kubeconfig, fake.kubeconfig_yaml())?;
+    let mut result = proxy_api_run(&proxy, kubeconfig)?;
+    result["server"] = json!("guest");
+    let lists = fake
+        .requests()
+        .iter()
+        .filter(|r| !r.is_watch() && r.param("limit").is_some())
+        .count();
+    result["list_requests"] = json!(lists);
+    drop(fake);
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(Some(result))
+}
+
+/// The benchmark cluster (and the proxy's Node) in a fake API server.
+fn fill_fake_api(
+    fake: &svcnet_tests::fake_apiserver::FakeApiServer,
+    specs: &[ServiceSpec],
+) -> anyhow::Result<()> {
     fake.apply(json!({
         "apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
         "status": {"addresses": [{"type": "InternalIP", "address": "192.168.1.10"}]}
@@ -845,31 +881,80 @@ fn proxy_api(specs: &[ServiceSpec]) -> anyhow::Result<Option<Value>> {
             fake.apply(doc);
         }
     }
-    let kubeconfig = "/tmp/bench-kubeconfig";
-    std::fs::write(kubeconfig, fake.kubeconfig_yaml())?;
-    run("ip", &["link", "set", "lo", "up"])?;
-    let mut result = proxy_run(
+    Ok(())
+}
+
+/// Starts svcnet-proxy on `kubeconfig` in the guest's own namespace and waits for its table.
+fn proxy_api_run(proxy: &str, kubeconfig: &str) -> anyhow::Result<Value> {
+    proxy_run(
         "bench-proxy-api",
         "env",
         &[
             "NO_COLOR=1",
             "RUST_LOG=info,svcnet_core::ipvs::run=debug",
-            &proxy,
+            proxy,
             "--kubeconfig",
             kubeconfig,
             "--node-name",
             "node-a",
         ],
-    )?;
-    let lists = fake
-        .requests()
-        .iter()
-        .filter(|r| !r.is_watch() && r.param("limit").is_some())
-        .count();
-    result["list_requests"] = json!(lists);
-    drop(fake);
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    Ok(Some(result))
+    )
+}
+
+/// On the host, for the API start: a tap link to the guest and a fake API server on its host
+/// end serving the benchmark cluster. `None` where the host cannot make a tap device (not
+/// root, no /dev/net/tun): the API part then runs its fake server inside the guest.
+struct HostApi {
+    fake: svcnet_tests::fake_apiserver::FakeApiServer,
+    kubeconfig: PathBuf,
+    _tap: vm::HostTap,
+    /// Runs the server; dropped after it.
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl HostApi {
+    fn start() -> anyhow::Result<Self> {
+        let tap = vm::HostTap::create(BENCH_TAP, BENCH_TAP_HOST)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let host_ip = BENCH_TAP_HOST
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .parse()?;
+        let fake = runtime.block_on(svcnet_tests::fake_apiserver::FakeApiServer::start_on(
+            host_ip,
+        ))?;
+        let (services, endpoints) = table_size();
+        fill_fake_api(&fake, &bench_services(services, endpoints))?;
+        // The guest sees the host's /tmp (read-only, under its own writes).
+        let kubeconfig =
+            std::env::temp_dir().join(format!("svcnet-bench-kubeconfig-{}", std::process::id()));
+        std::fs::write(&kubeconfig, fake.kubeconfig_yaml())?;
+        Ok(Self {
+            fake,
+            kubeconfig,
+            _tap: tap,
+            _runtime: runtime,
+        })
+    }
+
+    /// Paged list requests the server answered.
+    fn list_requests(&self) -> usize {
+        self.fake
+            .requests()
+            .iter()
+            .filter(|r| !r.is_watch() && r.param("limit").is_some())
+            .count()
+    }
+}
+
+impl Drop for HostApi {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.kubeconfig);
+    }
 }
 
 fn benchmark() -> anyhow::Result<()> {
@@ -1106,10 +1191,21 @@ fn benchmark() -> anyhow::Result<()> {
         }
     }
     if let Some(p) = &api {
+        let server = if p["server"] == "host" {
+            format!(
+                "fake API server on the host, reached over a tap link, {services} Services, paged \
+                 lists of 500"
+            )
+        } else {
+            format!(
+                "fake API server in the guest, {services} Services, {} paged list requests; the \
+                 rest of the time is the fake server's on the guest's one CPU",
+                p["list_requests"]
+            )
+        };
         let _ = writeln!(
             t,
-            "| `svcnet-proxy --kubeconfig` (fake API server in the guest, {services} Services, {} paged list requests): start to table programmed (cluster state received {:.0} ms, full sync {:.0} ms: desired state {:.0}, iptables/ipset {:.0}, kernel {:.0}; the proxy's own CPU time {:.0} ms, the rest is the fake server's on the guest's one CPU); RSS (peak) | {:.0} ms | | | {:.1} MB ({:.1} MB) |",
-            p["list_requests"],
+            "| `svcnet-proxy --kubeconfig` ({server}): start to table programmed (cluster state received {:.0} ms, full sync {:.0} ms: desired state {:.0}, iptables/ipset {:.0}, kernel {:.0}; the proxy's own CPU time {:.0} ms); RSS (peak) | {:.0} ms | | | {:.1} MB ({:.1} MB) |",
             f(p, "loaded_ms"),
             f(p, "sync_ms"),
             f(p, "desired_ms"),
@@ -1155,18 +1251,46 @@ fn ipvs_benchmark() {
             machine = machine.env(var, v);
         }
     }
+    let mut proxy_built = true;
     if let Ok(bin) = std::env::var(PROXY_BIN) {
         // A binary given by the caller (e.g. one already built), used as it is.
         machine = machine.env(PROXY_BIN, bin);
     } else if !vm::in_guest() && vm::uml_available() {
         match vm::cargo_binary("svcnet-proxy", "svcnet-proxy") {
             Ok(bin) => machine = machine.env(PROXY_BIN, bin),
-            Err(e) => eprintln!("svcnet-proxy not available ({e:#}); its RSS is not measured"),
+            Err(e) => {
+                proxy_built = false;
+                eprintln!("svcnet-proxy not available ({e:#}); its RSS is not measured");
+            }
         }
     }
+    // The API start's cluster is served from the host over a tap link where the host allows
+    // it, so that the fake server does not share the guest's one CPU with the proxy.
+    let host_api = if vm::in_guest() || !wanted("api") || !proxy_built {
+        None
+    } else {
+        match HostApi::start() {
+            Ok(api) => {
+                machine = machine
+                    .network(BENCH_TAP, BENCH_TAP_GUEST)
+                    .env(HOST_API_KUBECONFIG, &api.kubeconfig);
+                Some(api)
+            }
+            Err(e) => {
+                eprintln!("no tap link to the guest ({e:#}): the API start serves from the guest");
+                None
+            }
+        }
+    };
     vm::run_suite(
         "ipvs_benchmark",
         machine,
         &[Check::new("benchmark", benchmark)],
     );
+    if let Some(api) = host_api {
+        println!(
+            "host API server: {} paged list requests answered",
+            api.list_requests()
+        );
+    }
 }

@@ -70,6 +70,11 @@ fi
 echo "$modprobe_bin" >/proc/sys/kernel/modprobe
 
 ip link set lo up 2>/dev/null || $BUSYBOX ip link set lo up
+if [ -n "${SVCNET_NET:-}" ]; then
+	# run.sh -n: eth0 is connected to a host tap device.
+	ip addr add "$SVCNET_NET" dev eth0 || fail "address $SVCNET_NET on eth0"
+	ip link set eth0 up || fail "eth0 up"
+fi
 hostname svcnet-vm 2>/dev/null
 
 [ -n "${SVCNET_JOB:-}" ] || fail "no svcnet_job= on the kernel command line"

@@ -1,11 +1,13 @@
 #!/bin/bash
 # Run a command inside a throw-away user-mode-linux guest (Debian package `user-mode-linux`, /usr/bin/linux.uml).
 #
-#   tests/vm/run.sh [-m MEM] [-t TIMEOUT_SECS] [-k] [-e NAME=VALUE]... -- COMMAND [ARG]...
+#   tests/vm/run.sh [-m MEM] [-t TIMEOUT_SECS] [-k] [-e NAME=VALUE]... [-n TAP=ADDR/PREFIX] -- COMMAND [ARG]...
 #
 # The guest's root is the host's / read-only through hostfs with a tmpfs overlay on top (writes vanish at power off),
 # so COMMAND can be any host binary or script, e.g. a test binary straight from target/. The guest has only `lo`;
-# its kernel has IPVS, dummy, veth, ipset and iptables-legacy. COMMAND runs as root with cwd /, PATH set, and the
+# its kernel has IPVS, dummy, veth, ipset and iptables-legacy. With -n it also has eth0, up with address ADDR/PREFIX
+# and connected to the host's existing tap device TAP (ip tuntap add dev TAP mode tap; the caller gives it the host
+# side's address and removes it afterwards). COMMAND runs as root with cwd /, PATH set, and the
 # given -e variables (plus RUST_BACKTRACE/RUST_LOG if set here) in its environment.
 #
 # Output: the guest command's stdout and stderr are copied to this script's stdout and stderr once it ends, and this
@@ -21,8 +23,9 @@ mem=256M
 timeout_secs=120
 keep=0
 envs=()
+net=
 
-usage() { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 125; }
+usage() { sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 125; }
 
 while [ $# -gt 0 ]; do
 	case $1 in
@@ -30,6 +33,7 @@ while [ $# -gt 0 ]; do
 	-t) timeout_secs=$2; shift 2 ;;
 	-k) keep=1; shift ;;
 	-e) envs+=("$2"); shift 2 ;;
+	-n) net=$2; shift 2 ;;
 	--) shift; break ;;
 	-h | --help) usage ;;
 	*) echo "run.sh: unexpected argument '$1' (put the command after --)" >&2; usage ;;
@@ -44,6 +48,17 @@ case "$init$job" in
 *[[:space:]]*) echo "run.sh: paths with spaces cannot go on the UML command line: $init, $job" >&2; exit 125 ;;
 esac
 mkdir -p "$job/uml" "$job/out"
+
+net_args=()
+if [ -n "$net" ]; then
+	case $net in
+	?*=?*/?*) ;;
+	*) echo "run.sh: -n wants TAP=ADDR/PREFIX, got '$net'" >&2; exit 125 ;;
+	esac
+	[ -e "/sys/class/net/${net%%=*}" ] || { echo "run.sh: no tap device ${net%%=*} on the host" >&2; exit 125; }
+	# The kernel hands SVCNET_NET to init as environment; guest-init.sh sets eth0 up with it.
+	net_args=("eth0=tuntap,${net%%=*}" "SVCNET_NET=${net#*=}")
+fi
 
 uml_pid=
 cleanup() {
@@ -74,7 +89,7 @@ trap 'exit 130' INT TERM
 } >"$job/job.sh"
 
 # The UML process calls setsid itself; its console (con0) goes to fd 2 → a log file, shown only on failure.
-"$kernel" mem="$mem" root=/dev/root rootfstype=hostfs rootflags=/ ro init="$init" \
+"$kernel" mem="$mem" root=/dev/root rootfstype=hostfs rootflags=/ ro init="$init" "${net_args[@]+"${net_args[@]}"}" \
 	con=null con0=null,fd:2 ssl=null quiet pty.legacy_count=0 uml_dir="$job/uml" SVCNET_JOB="$job" \
 	</dev/null >"$job/console.log" 2>&1 &
 uml_pid=$!
