@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use notify::Watcher;
 use tokio::task::JoinHandle;
@@ -413,13 +413,24 @@ impl ManifestSet {
             return self.refuse_oversized(file, text.len() as u64);
         }
         let h = hash(text.as_bytes());
-        let max_objects = self.limits.max_objects;
-        let state = self.files.entry(file.to_path_buf()).or_default();
-        if state.content_hash == Some(h) {
+        if self.files.get(file).and_then(|f| f.content_hash) == Some(h) {
             return false;
         }
+        let parsed = parse_manifest_limited(file, text, self.limits.max_objects);
+        self.store(file, h, parsed)
+    }
+
+    /// Records a new content of `file` (hash `h`) parsed into `parsed`; returns true (it
+    /// changed).
+    fn store(
+        &mut self,
+        file: &Path,
+        h: u64,
+        parsed: Result<Vec<ClusterObject>, ManifestError>,
+    ) -> bool {
+        let state = self.files.entry(file.to_path_buf()).or_default();
         state.content_hash = Some(h);
-        match parse_manifest_limited(file, text, max_objects) {
+        match parsed {
             Ok(mut objects) => {
                 // Kept for as long as the file is known: no spare capacity.
                 objects.shrink_to_fit();
@@ -432,6 +443,24 @@ impl ManifestSet {
             }
         }
         true
+    }
+
+    /// Takes files the set has not seen yet, read with their stamps at about `now`, parsing
+    /// them on up to `workers` threads; each is then recorded in order, as
+    /// [`take_content`](Self::take_content) would have (same objects, errors and log lines).
+    /// Returns whether anything changed.
+    fn take_new_files(&mut self, files: Vec<ReadFile>, workers: usize, now: SystemTime) -> bool {
+        let limits = self.limits;
+        let prepared = parse_in_parallel(&files, workers, |f| Prepared::of(f, &limits));
+        let mut changed = false;
+        for (f, prepared) in files.into_iter().zip(prepared) {
+            changed |= match prepared {
+                Prepared::Oversized(len) => self.refuse_oversized(&f.path, len),
+                Prepared::Parsed(h, parsed) => self.store(&f.path, h, parsed),
+            };
+            self.settle(&f.path, f.stamp, now);
+        }
+        changed
     }
 
     /// Whether `file` was last read with this stamp (so reading it again is pointless).
@@ -459,7 +488,7 @@ impl ManifestSet {
         file: &Path,
         stamp: FileStamp,
         bytes: &[u8],
-        now: std::time::SystemTime,
+        now: SystemTime,
     ) -> bool {
         let changed = if bytes.is_empty() && self.files.contains_key(file) {
             tracing::warn!(
@@ -470,8 +499,14 @@ impl ManifestSet {
         } else {
             self.update_file(file, &String::from_utf8_lossy(bytes))
         };
-        // Like git's "racy clean" rule: a file modified in the last moments could be written
-        // again within the same timestamp tick, so it is read again next time.
+        self.settle(file, stamp, now);
+        changed
+    }
+
+    /// Records the `stamp` `file` was read with at about `now`, unless it was modified in the
+    /// last moments. Like git's "racy clean" rule: such a file could be written again within
+    /// the same timestamp tick, so it is read again next time.
+    fn settle(&mut self, file: &Path, stamp: FileStamp, now: SystemTime) {
         let settled = stamp
             .modified
             .and_then(|m| now.duration_since(m).ok())
@@ -479,7 +514,6 @@ impl ManifestSet {
         if settled {
             self.set_stamp(file, stamp);
         }
-        changed
     }
 
     /// Forgets a deleted file and its objects. Returns whether it was known.
@@ -562,12 +596,88 @@ impl ManifestSet {
     }
 }
 
+/// A new file as read, waiting to be parsed.
+struct ReadFile {
+    path: PathBuf,
+    stamp: FileStamp,
+    bytes: Vec<u8>,
+}
+
+/// A new file's content made ready for the set off its thread: hashed and parsed, or too big.
+enum Prepared {
+    Oversized(u64),
+    Parsed(u64, Result<Vec<ClusterObject>, ManifestError>),
+}
+
+impl Prepared {
+    fn of(file: &ReadFile, limits: &ManifestLimits) -> Self {
+        if file.bytes.len() as u64 > limits.max_file_bytes {
+            return Prepared::Oversized(file.bytes.len() as u64);
+        }
+        let text = String::from_utf8_lossy(&file.bytes);
+        Prepared::Parsed(
+            hash(text.as_bytes()),
+            parse_manifest_limited(&file.path, &text, limits.max_objects),
+        )
+    }
+}
+
+/// New files parsed together (a cold start's 10,000 in ten rounds): enough per round to keep
+/// the threads busy, few enough that the copies of their content stay small.
+const PARSE_ROUND: usize = 1024;
+/// At most this many parsing threads (YAML parsing is most of a cold start from manifests).
+const MAX_PARSE_THREADS: usize = 8;
+
+/// Threads to parse new files on: the CPUs this process may use (its cgroup's quota counts),
+/// at most [`MAX_PARSE_THREADS`]; 1 parses on the calling thread.
+fn parse_workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .min(MAX_PARSE_THREADS)
+}
+
+/// `f` of every item, in order, computed on up to `workers` scoped threads over contiguous
+/// chunks (on the calling thread where one worker, one item, or a thread cannot be started).
+fn parse_in_parallel<T: Sync, R: Send>(
+    items: &[T],
+    workers: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    if workers <= 1 || items.len() <= 1 {
+        return items.iter().map(&f).collect();
+    }
+    let chunk = items.len().div_ceil(workers);
+    let f = &f;
+    std::thread::scope(|scope| {
+        let running: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| {
+                let started = std::thread::Builder::new()
+                    .name("manifest-parse".into())
+                    .spawn_scoped(scope, move || part.iter().map(f).collect::<Vec<R>>());
+                (part, started)
+            })
+            .collect();
+        let mut out = Vec::with_capacity(items.len());
+        for (part, started) in running {
+            match started {
+                Ok(handle) => match handle.join() {
+                    Ok(results) => out.extend(results),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                },
+                Err(_) => out.extend(part.iter().map(f)),
+            }
+        }
+        out
+    })
+}
+
 /// Reads the directory's manifest files into `set`; returns whether anything changed.
 fn rescan(dir: &Path, set: &mut ManifestSet) -> Result<bool, std::io::Error> {
     let mut present = Vec::new();
     let mut changed = false;
     // One clock read per rescan (in a user-mode-linux guest every system call counts).
-    let now = std::time::SystemTime::now();
+    let now = SystemTime::now();
     let max_len = set.limits.max_file_bytes;
     // Files not read before are read together at the end (a cold start reads them all: in
     // batches through io_uring where the kernel has it). A known one is stat'ed first and read
@@ -603,8 +713,21 @@ fn rescan(dir: &Path, set: &mut ManifestSet) -> Result<bool, std::io::Error> {
         }
         present.push(path);
     }
+    // With more than one CPU, new files are parsed on several threads, a round at a time.
+    let workers = parse_workers();
+    let mut unparsed: Vec<ReadFile> = Vec::new();
     let stats = read::read_files(&new_files, max_len, true, |path, outcome| {
         match outcome {
+            read::Outcome::Read(stamp, bytes) if workers > 1 => {
+                unparsed.push(ReadFile {
+                    path: path.to_path_buf(),
+                    stamp,
+                    bytes: bytes.to_vec(),
+                });
+                if unparsed.len() >= PARSE_ROUND {
+                    changed |= set.take_new_files(std::mem::take(&mut unparsed), workers, now);
+                }
+            }
             read::Outcome::Read(stamp, bytes) => {
                 changed |= set.take_content(path, stamp, bytes, now);
             }
@@ -617,6 +740,7 @@ fn rescan(dir: &Path, set: &mut ManifestSet) -> Result<bool, std::io::Error> {
         }
         present.push(path.to_path_buf());
     });
+    changed |= set.take_new_files(unparsed, workers, now);
     if !new_files.is_empty() {
         tracing::debug!(
             files = new_files.len(),
@@ -1017,6 +1141,70 @@ mod tests {
         assert!(set.update_file(&path, &services(5)));
         assert_eq!(service_names(&set), ["s0"]);
         assert_eq!(set.problems().len(), 1);
+    }
+
+    #[test]
+    fn new_files_parsed_on_threads_are_taken_as_one_at_a_time() {
+        let limits = ManifestLimits {
+            max_file_bytes: 4096,
+            max_objects: 5,
+        };
+        let now = SystemTime::now();
+        let old = now - Duration::from_secs(60);
+        let mut files: Vec<ReadFile> = (0..40)
+            .map(|i| ReadFile {
+                path: PathBuf::from(format!("/m/f{i:02}.yaml")),
+                stamp: FileStamp {
+                    len: 0,
+                    // Every third one was modified just now: read again at the next rescan.
+                    modified: Some(if i % 3 == 0 { now } else { old }),
+                    inode: i,
+                    device: 1,
+                },
+                bytes: services(i as usize % 4 + 1)
+                    .replace("name: s", &format!("name: f{i}-s"))
+                    .into_bytes(),
+            })
+            .collect();
+        files[7].bytes = b"apiVersion: v1\nkind: Service\nmetadata: [unclosed\n".to_vec();
+        files[19].bytes = services(6).into_bytes(); // over the object limit
+        files[23].bytes = services(60).into_bytes(); // over the size limit
+        files[31].bytes = Vec::new(); // empty: no objects
+        let mut one_at_a_time = ManifestSet::with_limits(limits);
+        for f in &files {
+            one_at_a_time.take_content(&f.path, f.stamp, &f.bytes, now);
+        }
+        for workers in [1, 3, 8, 64] {
+            let copy = files
+                .iter()
+                .map(|f| ReadFile {
+                    path: f.path.clone(),
+                    stamp: f.stamp,
+                    bytes: f.bytes.clone(),
+                })
+                .collect();
+            let mut threaded = ManifestSet::with_limits(limits);
+            assert!(threaded.take_new_files(copy, workers, now));
+            assert_eq!(
+                threaded.objects(),
+                one_at_a_time.objects(),
+                "{workers} workers"
+            );
+            assert_eq!(threaded.problems(), one_at_a_time.problems());
+            assert_eq!(threaded.problems().len(), 3, "{:?}", threaded.problems());
+            for f in &files {
+                assert_eq!(
+                    threaded.is_current(&f.path, &f.stamp),
+                    one_at_a_time.is_current(&f.path, &f.stamp),
+                    "{}",
+                    f.path.display()
+                );
+            }
+        }
+        assert_eq!(
+            parse_in_parallel(&(0..10).collect::<Vec<u32>>(), 3, |i| i * 2),
+            (0..10).map(|i| i * 2).collect::<Vec<_>>()
+        );
     }
 
     #[test]
