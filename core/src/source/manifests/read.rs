@@ -160,11 +160,13 @@ mod ring {
     use super::{BATCH, FileStamp, Outcome, ReadStats, SLOT, read_direct};
 
     /// One ring and the per-file buffers its batches reuse (allocated once: fresh pages cost
-    /// a fault each, which is dear where system calls are).
+    /// a fault each, which is dear where system calls are), with the current batch's paths.
     pub(super) struct Ring {
         ring: IoUring,
         slots: Vec<u8>,
         statx: Vec<libc::statx>,
+        /// The paths of the batch in flight, as C strings (`None`: a path with a NUL byte).
+        names: Vec<Option<CString>>,
     }
 
     /// What the kernel answered for one file of a batch.
@@ -185,6 +187,7 @@ mod ring {
                 ring,
                 slots: vec![0u8; BATCH * SLOT],
                 statx: vec![zeroed; BATCH],
+                names: Vec::with_capacity(BATCH),
             })
         }
 
@@ -197,8 +200,8 @@ mod ring {
             on_complete: impl FnMut(u64, i32),
         ) -> std::io::Result<()> {
             // SAFETY: every pointer in the entries stays valid until the completions are in:
-            // the path strings are kept by `read_batch` (forgotten if this fails), the slots
-            // and statx buffers belong to `self` and are leaked by `abandon` if this fails.
+            // the path strings, slots and statx buffers belong to `self`, are not touched
+            // until the next batch, and are leaked by `abandon` if this fails.
             unsafe { crate::uring::run_batch(&mut self.ring, entries, on_complete) }
         }
 
@@ -221,10 +224,12 @@ mod ring {
             visit: &mut impl FnMut(&Path, Outcome<'_>),
         ) -> std::io::Result<()> {
             debug_assert!(paths.len() <= BATCH);
-            let names: Vec<Option<CString>> = paths
-                .iter()
-                .map(|p| CString::new(p.as_os_str().as_bytes()).ok())
-                .collect();
+            self.names.clear();
+            self.names.extend(
+                paths
+                    .iter()
+                    .map(|p| CString::new(p.as_os_str().as_bytes()).ok()),
+            );
             let unset = -libc::ECANCELED;
             let mut ops = vec![
                 FileOps {
@@ -237,7 +242,8 @@ mod ring {
 
             // 1. Stat every path.
             let statx = self.statx.as_mut_ptr();
-            let stats_ops: Vec<squeue::Entry> = names
+            let stats_ops: Vec<squeue::Entry> = self
+                .names
                 .iter()
                 .enumerate()
                 .filter_map(|(i, name)| {
@@ -257,7 +263,6 @@ mod ring {
                 })
                 .collect();
             if let Err(e) = self.run(&stats_ops, |i, res| ops[i as usize].statx = res) {
-                std::mem::forget(names);
                 return Err(self.abandon(e));
             }
             let wanted = |stx: &libc::statx| {
@@ -265,7 +270,8 @@ mod ring {
             };
 
             // 2. Open the regular files within the limit.
-            let opens: Vec<squeue::Entry> = names
+            let opens: Vec<squeue::Entry> = self
+                .names
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| ops[*i].statx >= 0 && wanted(&self.statx[*i]))
@@ -279,7 +285,6 @@ mod ring {
                 })
                 .collect();
             if let Err(e) = self.run(&opens, |i, res| ops[i as usize].fd = res) {
-                std::mem::forget(names);
                 return Err(self.abandon(e));
             }
 
@@ -299,7 +304,6 @@ mod ring {
                 })
                 .collect();
             if let Err(e) = self.run(&reads, |i, res| ops[i as usize].read = res) {
-                std::mem::forget(names);
                 return Err(self.abandon(e));
             }
 
@@ -356,16 +360,16 @@ mod ring {
                         .user_data(i as u64)
                 })
                 .collect();
-            let collected = self.run(&closes, |_, _| {});
-            drop(names);
-            collected.map_err(|e| self.abandon(e))
+            self.run(&closes, |_, _| {}).map_err(|e| self.abandon(e))
         }
 
-        /// The ring failed with operations possibly in flight: its buffers are left to the
-        /// kernel for the rest of the process (a few megabytes, once) and `e` is returned.
+        /// The ring failed with operations possibly in flight: its buffers and the batch's
+        /// path strings are left to the kernel for the rest of the process (a few megabytes,
+        /// once) and `e` is returned.
         fn abandon(&mut self, e: std::io::Error) -> std::io::Error {
             std::mem::forget(std::mem::take(&mut self.slots));
             std::mem::forget(std::mem::take(&mut self.statx));
+            std::mem::forget(std::mem::take(&mut self.names));
             e
         }
     }
