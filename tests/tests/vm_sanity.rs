@@ -183,3 +183,54 @@ fn kernel_harness() {
         ],
     );
 }
+
+/// `tests/vm/run.sh -n` (the IPVS benchmark's API start uses it): the guest's `eth0`, on a host
+/// tap device, has its address and reaches a server listening on the host end.
+#[test]
+fn guest_network_over_a_host_tap() {
+    if vm::in_guest() || !vm::uml_available() {
+        return;
+    }
+    let tap = match vm::HostTap::create("svcnet-sanity", "10.232.0.1/30") {
+        Ok(tap) => tap,
+        Err(e) => {
+            eprintln!("SKIPPED guest_network_over_a_host_tap: no tap device on this host ({e:#})");
+            return;
+        }
+    };
+    let listener = std::net::TcpListener::bind("10.232.0.1:0").expect("listening on the tap");
+    let port = listener.local_addr().expect("local address").port();
+    let server = std::thread::spawn(move || {
+        use std::io::Write;
+        let (mut conn, peer) = listener.accept().expect("a connection from the guest");
+        conn.write_all(format!("hello {}\n", peer.ip()).as_bytes())
+            .expect("answering");
+    });
+    let script =
+        format!("ip -br addr show dev eth0 && exec 3<>/dev/tcp/10.232.0.1/{port} && cat <&3");
+    let out = Vm::new()
+        .timeout(Duration::from_secs(60))
+        .network(tap.name(), "10.232.0.2/30")
+        .run(
+            std::path::Path::new("/bin/bash"),
+            &["-c".into(), script.into()],
+        )
+        .expect("booting the guest");
+    assert!(
+        out.success(),
+        "guest failed: {}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        out.stdout.contains("10.232.0.2/30"),
+        "eth0 without its address: {}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("hello 10.232.0.2"),
+        "no answer from the host end: {}",
+        out.stdout
+    );
+    server.join().expect("the host server");
+}
