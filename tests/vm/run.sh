@@ -88,8 +88,23 @@ trap 'exit 130' INT TERM
 	printf '\n'
 } >"$job/job.sh"
 
+# Debian's UML 6.1 cannot restore FP state on hosts with a large XSAVE area (AMX); xstate-shim.c completes its
+# ptrace writes. Built once per source version with the host's cc and preloaded into the kernel process only.
+preload=
+shim_src=$here/xstate-shim.c
+if command -v cc >/dev/null; then
+	shim=${TMPDIR:-/tmp}/svcnet-uml-xstate-shim-$(cksum <"$shim_src" | cut -d' ' -f1).so
+	if [ ! -e "$shim" ]; then
+		cc -shared -fPIC -O2 -o "$shim.$$" "$shim_src" -ldl && mv -f "$shim.$$" "$shim" ||
+			{ echo "run.sh: could not build $shim_src" >&2; exit 125; }
+	fi
+	preload=$shim
+else
+	echo "run.sh: no C compiler; starting the kernel without xstate-shim.c (fails on hosts with AMX)" >&2
+fi
+
 # The UML process calls setsid itself; its console (con0) goes to fd 2 → a log file, shown only on failure.
-"$kernel" mem="$mem" root=/dev/root rootfstype=hostfs rootflags=/ ro init="$init" "${net_args[@]+"${net_args[@]}"}" \
+LD_PRELOAD=$preload "$kernel" mem="$mem" root=/dev/root rootfstype=hostfs rootflags=/ ro init="$init" "${net_args[@]+"${net_args[@]}"}" \
 	con=null con0=null,fd:2 ssl=null quiet pty.legacy_count=0 uml_dir="$job/uml" SVCNET_JOB="$job" \
 	</dev/null >"$job/console.log" 2>&1 &
 uml_pid=$!
