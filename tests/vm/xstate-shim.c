@@ -11,14 +11,13 @@
  * This shim changes nothing else: a SETREGSET of a shorter XSAVE buffer is completed from the tracee's current state
  * (read with GETREGSET at full size), with UML's bytes on top and, in the XSAVE header, UML's feature bits for the
  * components inside its buffer and the current bits for those beyond it. Any other ptrace call goes straight to libc.
- * On a host whose XSAVE area fits UML's buffer the shim never does anything.
+ * On a host whose XSAVE area fits UML's buffer the shim passes every call through after one extra read.
  *
  * Built by tests/vm/run.sh with the host's cc; used only for the test kernel, never by svcnet itself.
  */
 #define _GNU_SOURCE
 #include <cpuid.h>
 #include <dlfcn.h>
-#include <errno.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <string.h>
@@ -73,11 +72,16 @@ long ptrace(enum __ptrace_request request, ...)
 	if (request != PTRACE_SETREGSET || (uintptr_t)addr != NT_X86_XSTATE || data == NULL)
 		return real(request, pid, addr, data);
 
+	/* The host's XSAVE size, learned from the first full read; until then 0. */
+	static size_t host_size;
 	struct iovec *given = data;
+	if (given->iov_len < XSAVE_HEADER_OFFSET + 8 || (host_size && given->iov_len >= host_size))
+		return real(request, pid, addr, data);
 	struct iovec full = { full_state, sizeof full_state };
 	if (real(PTRACE_GETREGSET, pid, (void *)(uintptr_t)NT_X86_XSTATE, &full) < 0)
 		return real(request, pid, addr, data);
-	if (given->iov_len >= full.iov_len || given->iov_len < XSAVE_HEADER_OFFSET + 8)
+	host_size = full.iov_len;
+	if (given->iov_len >= host_size)
 		return real(request, pid, addr, data);
 
 	uint64_t current_bv, given_bv;
