@@ -738,6 +738,18 @@ fn logged(line: &str, name: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// "proxy CPU N ms, M page faults so far" from the usage the proxy logged at `when`
+/// (`loaded`: the cluster state received; `synced`: the end of the first full sync).
+fn usage_so_far(p: &Value, when: &str) -> String {
+    let get = |k: &str| p.get(format!("{when}_{k}")).and_then(Value::as_f64);
+    match (get("cpu_ms"), get("faults")) {
+        (Some(cpu), Some(faults)) if cpu.is_finite() && faults.is_finite() => {
+            format!("proxy CPU {cpu:.0} ms and {faults:.0} page faults so far")
+        }
+        _ => "proxy CPU not logged".to_owned(),
+    }
+}
+
 /// The `ms=` field of a log line.
 fn logged_ms(line: &str) -> f64 {
     line.split_whitespace()
@@ -774,7 +786,8 @@ fn proxy_run(name: &str, program: &str, args: &[&str]) -> anyhow::Result<Value> 
     let mut proc = guest::Background::spawn(name, program, args)?;
     let pid = proc.pid().to_string();
     let within = Duration::from_secs(180);
-    let (loaded, _) = wait_for_log(&mut proc, &["cluster state received"], started, within)?;
+    let (loaded, loaded_line) =
+        wait_for_log(&mut proc, &["cluster state received"], started, within)?;
     let (synced, line) = wait_for_log(&mut proc, &["synced", "full=true"], started, within)?;
     let (_, phases) = wait_for_log(&mut proc, &["full sync phases"], started, within)?;
     std::thread::sleep(Duration::from_secs(2));
@@ -784,6 +797,10 @@ fn proxy_run(name: &str, program: &str, args: &[&str]) -> anyhow::Result<Value> 
     println!("  {name} log:\n{log}");
     Ok(json!({
         "loaded_ms": ms(loaded),
+        "loaded_cpu_ms": logged(&loaded_line, "cpu_ms"),
+        "loaded_faults": logged(&loaded_line, "page_faults"),
+        "synced_cpu_ms": logged(&phases, "cpu_ms"),
+        "synced_faults": logged(&phases, "page_faults"),
         "first_sync_ms": ms(synced),
         "sync_ms": logged_ms(&line),
         "desired_ms": logged(&phases, "desired_ms"),
@@ -1171,12 +1188,14 @@ fn benchmark() -> anyhow::Result<()> {
             ] {
                 let _ = writeln!(
                     t,
-                    "| `svcnet-proxy --manifests` ({services} files): {what} (manifests loaded {:.0} ms, full sync {:.0} ms: desired state {:.0}, kernel {:.0}, iptables/ipset {:.0}); RSS (peak) | {:.0} ms | | | {:.1} MB ({:.1} MB) |",
+                    "| `svcnet-proxy --manifests` ({services} files): {what} (manifests loaded {:.0} ms, {}; full sync {:.0} ms: desired state {:.0}, kernel {:.0}, iptables/ipset {:.0}; {}); RSS (peak) | {:.0} ms | | | {:.1} MB ({:.1} MB) |",
                     f(p, "loaded_ms"),
+                    usage_so_far(p, "loaded"),
                     f(p, "sync_ms"),
                     f(p, "desired_ms"),
                     f(p, "kernel_ms"),
                     f(p, "host_ms"),
+                    usage_so_far(p, "synced"),
                     f(p, "first_sync_ms"),
                     f(p, "rss_kb") / 1024.0,
                     f(p, "hwm_kb") / 1024.0
@@ -1205,12 +1224,14 @@ fn benchmark() -> anyhow::Result<()> {
         };
         let _ = writeln!(
             t,
-            "| `svcnet-proxy --kubeconfig` ({server}): start to table programmed (cluster state received {:.0} ms, full sync {:.0} ms: desired state {:.0}, iptables/ipset {:.0}, kernel {:.0}; the proxy's own CPU time {:.0} ms); RSS (peak) | {:.0} ms | | | {:.1} MB ({:.1} MB) |",
+            "| `svcnet-proxy --kubeconfig` ({server}): start to table programmed (cluster state received {:.0} ms, {}; full sync {:.0} ms: desired state {:.0}, iptables/ipset {:.0}, kernel {:.0}; {}; the proxy's own CPU time {:.0} ms); RSS (peak) | {:.0} ms | | | {:.1} MB ({:.1} MB) |",
             f(p, "loaded_ms"),
+            usage_so_far(p, "loaded"),
             f(p, "sync_ms"),
             f(p, "desired_ms"),
             f(p, "host_ms"),
             f(p, "kernel_ms"),
+            usage_so_far(p, "synced"),
             f(p, "cpu_ms"),
             f(p, "first_sync_ms"),
             f(p, "rss_kb") / 1024.0,
@@ -1289,8 +1310,9 @@ fn ipvs_benchmark() {
     );
     if let Some(api) = host_api {
         println!(
-            "host API server: {} paged list requests answered",
-            api.list_requests()
+            "host API server: {} paged list requests answered, {} of them gzip-compressed",
+            api.list_requests(),
+            api.fake.compressed_responses()
         );
     }
 }

@@ -254,7 +254,10 @@ impl Worker {
         let report = self.rec.full_sync(&self.desired, &self.config)?;
         self.find_stale_conntrack(None);
         self.clean_conntrack_unless_host_pending();
+        let usage = crate::telemetry::ProcessUsage::now();
         tracing::debug!(
+            cpu_ms = usage.cpu_ms,
+            page_faults = usage.minor_faults,
             desired_ms = built.as_secs_f64() * 1000.0,
             host_ms = (hosted - built).as_secs_f64() * 1000.0,
             kernel_ms = (started.elapsed() - hosted).as_secs_f64() * 1000.0,
@@ -427,9 +430,12 @@ pub async fn run(
     }
     {
         let snapshot = reader.snapshot();
+        let usage = crate::telemetry::ProcessUsage::now();
         tracing::info!(
             services = snapshot.service_count(),
             endpoint_slices = snapshot.endpoint_slice_count(),
+            cpu_ms = usage.cpu_ms,
+            page_faults = usage.minor_faults,
             "cluster state received"
         );
     }
