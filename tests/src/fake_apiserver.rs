@@ -26,6 +26,10 @@
 //! - `GET /readyz` answers `ok` like the real server's readiness endpoint;
 //!   [`FakeApiServer::set_starting`] makes the server act as one still starting: `/readyz` 500
 //!   and every list/watch 503 `ServiceUnavailable`;
+//! - list responses larger than 128 KiB are gzip-compressed (level 1, `Content-Encoding: gzip`)
+//!   when the request's `Accept-Encoding` allows gzip, as kube-apiserver does by default
+//!   (`APIResponseCompression`, on since 1.16, level 1 since 1.26); watch streams and small
+//!   responses are not;
 //! - every request is recorded ([`FakeApiServer::requests`]) so tests can see what the client
 //!   asked for.
 //!
@@ -106,6 +110,8 @@ pub struct RecordedRequest {
     pub path: String,
     /// Decoded query parameters.
     pub query: BTreeMap<String, String>,
+    /// Whether the request's `Accept-Encoding` allows gzip.
+    pub accepts_gzip: bool,
 }
 
 impl RecordedRequest {
@@ -178,6 +184,8 @@ struct Inner {
     connections: Mutex<HashMap<u64, AbortHandle>>,
     next_connection: AtomicU64,
     open_watches: Arc<AtomicUsize>,
+    /// List responses sent gzip-compressed.
+    compressed_responses: AtomicUsize,
 }
 
 impl Inner {
@@ -215,6 +223,7 @@ impl FakeApiServer {
             connections: Mutex::new(HashMap::new()),
             next_connection: AtomicU64::new(0),
             open_watches: Arc::new(AtomicUsize::new(0)),
+            compressed_responses: AtomicUsize::new(0),
         });
         let accept = tokio::spawn(accept_loop(listener, inner.clone()));
         Ok(Self {
@@ -412,6 +421,12 @@ impl FakeApiServer {
     pub fn open_watches(&self) -> usize {
         self.inner.open_watches.load(Ordering::SeqCst)
     }
+
+    /// List responses sent gzip-compressed so far (larger than 128 KiB, to a client that
+    /// accepts gzip).
+    pub fn compressed_responses(&self) -> usize {
+        self.inner.compressed_responses.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for FakeApiServer {
@@ -490,10 +505,21 @@ fn handle(inner: &Inner, req: Request<Incoming>) -> Response<Body> {
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
     let path = req.uri().path().to_string();
+    let accepts_gzip = req
+        .headers()
+        .get_all(hyper::header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';').map(str::trim);
+            parts.next() == Some("gzip") && !parts.any(|p| p.replace(' ', "") == "q=0")
+        });
     let recorded = RecordedRequest {
         method: req.method().to_string(),
         path: path.clone(),
         query,
+        accepts_gzip,
     };
     let starting = {
         let mut state = inner.state();
@@ -648,15 +674,46 @@ fn list(inner: &Inner, resource: &'static ResourceType, req: &RecordedRequest) -
     } else {
         state.pagers.remove(&pager_id);
     }
-    full(
-        StatusCode::OK,
-        json!({
-            "kind": format!("{}List", resource.kind),
-            "apiVersion": resource.api_version,
-            "metadata": metadata,
-            "items": page,
-        }),
-    )
+    drop(state);
+    let body = json!({
+        "kind": format!("{}List", resource.kind),
+        "apiVersion": resource.api_version,
+        "metadata": metadata,
+        "items": page,
+    })
+    .to_string();
+    if req.accepts_gzip && body.len() > GZIP_THRESHOLD_BYTES {
+        inner.compressed_responses.fetch_add(1, Ordering::Relaxed);
+        return gzipped(StatusCode::OK, body.as_bytes());
+    }
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)).boxed_unsync())
+        .expect("a valid response")
+}
+
+/// kube-apiserver compresses get and list responses larger than this (`defaultGzipThresholdBytes`
+/// in its response writers) when the client accepts gzip.
+const GZIP_THRESHOLD_BYTES: usize = 128 * 1024;
+
+/// A JSON response compressed as kube-apiserver does it: gzip at level 1, with
+/// `Content-Encoding: gzip` and `Vary: Accept-Encoding`.
+fn gzipped(status: StatusCode, json: &[u8]) -> Response<Body> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(json.len() / 4),
+        flate2::Compression::new(1),
+    );
+    encoder.write_all(json).expect("gzip into memory");
+    let compressed = encoder.finish().expect("gzip into memory");
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .header("vary", "Accept-Encoding")
+        .body(Full::new(Bytes::from(compressed)).boxed_unsync())
+        .expect("a valid response")
 }
 
 fn event_line(event_type: &str, object: &Value) -> Bytes {

@@ -102,10 +102,15 @@ impl Drop for RunningSource {
 
 impl RunningSource {
     async fn start(fake: &FakeApiServer, kinds: &[Kind]) -> Self {
+        Self::start_with(fake.client(), fake, kinds).await
+    }
+
+    /// Like [`start`](Self::start), with the source talking to `fake` through `client`.
+    async fn start_with(client: kube::Client, fake: &FakeApiServer, kinds: &[Kind]) -> Self {
         let (writer, mut reader) = new_cache(kinds.iter().copied());
         let status = StatusHandle::default();
         let task = tokio::spawn(svcnet_core::source::kube::run(
-            fake.client(),
+            client,
             kinds.to_vec(),
             writer,
             status.clone(),
@@ -452,6 +457,59 @@ async fn paginated_lists_are_followed_to_the_end() {
         src.cluster_ip("svc-0").as_deref() == Some("10.96.11.100")
     })
     .await;
+}
+
+/// Like client-go, the source asks for gzip; a list page over 128 KiB comes back compressed (as
+/// from kube-apiserver) and is decoded whole. A kubeconfig's `disable-compression: true` turns
+/// that off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_list_pages_arrive_gzip_compressed_unless_the_kubeconfig_disables_it() {
+    init_tracing();
+    let fake = FakeApiServer::start().await.expect("fake API server");
+    for i in 0..400 {
+        fake.apply(service(
+            &format!("svc-{i}"),
+            &format!("10.96.{}.{}", 20 + i / 200, i % 200),
+        ));
+    }
+    let src = RunningSource::start(&fake, &[Kind::Service, Kind::EndpointSlice]).await;
+    assert_eq!(src.reader.snapshot().service_count(), 400);
+    assert_eq!(src.cluster_ip("svc-399").as_deref(), Some("10.96.21.199"));
+    let requests = fake.requests();
+    let lists: Vec<_> = lists_of(&requests, "/api/v1/services").collect();
+    assert!(
+        !lists.is_empty() && lists.iter().all(|r| r.accepts_gzip),
+        "{lists:#?}"
+    );
+    // The services page (400 objects, ~250 KB of JSON) was compressed; the empty
+    // EndpointSlice list (under 128 KiB) was not.
+    assert_eq!(fake.compressed_responses(), 1);
+    drop(src);
+
+    let kubeconfig: kube::config::Kubeconfig = kubeconfig_without_compression(&fake);
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("kubeconfig");
+    assert!(config.disable_compression, "read from the kubeconfig");
+    config.disable_compression = true;
+    let client = kube::Client::try_from(config).expect("client");
+    let src = RunningSource::start_with(client, &fake, &[Kind::Service, Kind::EndpointSlice]).await;
+    assert_eq!(src.reader.snapshot().service_count(), 400);
+    let requests = fake.requests();
+    let last_list = lists_of(&requests, "/api/v1/services")
+        .last()
+        .expect("a second list");
+    assert!(!last_list.accepts_gzip, "{last_list:?}");
+    assert_eq!(fake.compressed_responses(), 1, "nothing more compressed");
+}
+
+/// `fake`'s kubeconfig with `disable-compression: true` on its cluster.
+fn kubeconfig_without_compression(fake: &FakeApiServer) -> kube::config::Kubeconfig {
+    let yaml = fake.kubeconfig_yaml().replace(
+        "    server: ",
+        "    disable-compression: true\n    server: ",
+    );
+    kube::config::Kubeconfig::from_yaml(&yaml).expect("a kubeconfig")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
