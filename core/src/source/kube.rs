@@ -1,18 +1,19 @@
 //! The Kubernetes API source: kube-runtime watchers projected into the cache.
 //!
-//! One [`watcher`](kube::runtime::watcher()) per watched kind (`Api::<K>::all`, default
-//! config: paginated list with `limit=500`, then a watch with bookmarks from the list's
-//! `resourceVersion`; list pages are asked for gzip-compressed, as client-go does, unless the
-//! kubeconfig says `disable-compression: true`), each retried after a failure with a jittered
-//! exponential backoff ([`RetryBackoff`]: 0.8 s doubling to a 10 s cap) that a readiness probe
-//! cuts short: while a watch waits to retry, `GET /readyz` is sent every 2 s (± 25 %), and when
-//! the API server, having failed the probe, answers again, every waiting watch retries at once.
-//! So the cache converges within about 2.5 s of the API server answering after an outage,
-//! instead of up to a full backoff period later. `managedFields` are dropped on arrival and
-//! every object is projected into the compact [`model`](crate::model) right away. The per-kind
-//! streams are merged and applied, one event at a time, to the single [`CacheWriter`] by an [`ApiEventApplier`], the same state machine as kube-rs's
-//! `Store::apply_watcher_event`: a relist (`Init`, `InitApply`…, `InitDone`) is buffered and
-//! replaces the whole kind at once, so objects deleted while the watch was down disappear.
+//! One [`watcher`](kube::runtime::watcher()) per watched kind (`Api::<K>::all`, default config:
+//! paginated list with `limit=500`, then a watch with bookmarks from the list's `resourceVersion`;
+//! list pages are asked for gzip-compressed, as client-go does, unless the kubeconfig says
+//! `disable-compression: true`), each retried after a failure with a jittered exponential backoff
+//! ([`RetryBackoff`]: 0.8 s doubling to a 10 s cap) that a readiness probe cuts short: while a
+//! watch waits to retry, `GET /readyz` is sent every 2 s (± 25 %), and when the API server, having
+//! failed the probe, answers again, every waiting watch retries at once. So the cache converges
+//! within about 2.5 s of the API server answering after an outage, instead of up to a full backoff
+//! period later. `managedFields` are dropped on arrival and every object is projected into the
+//! compact [`model`](crate::model) right away. The per-kind streams are merged and applied, one
+//! event at a time, to the single [`CacheWriter`] by an [`ApiEventApplier`], the same state machine
+//! as kube-rs's `Store::apply_watcher_event`: a relist (`Init`, `InitApply`…, `InitDone`) is
+//! buffered and replaces the whole kind at once, so objects deleted while the watch was down
+//! disappear.
 //!
 //! Errors never stop the source: a watch failure is logged, shown in the status, retried with
 //! backoff, and the cache keeps serving the last state; an object that cannot be projected is
