@@ -45,8 +45,9 @@ Produced by \`bench/ipvs/run.sh\` (measurements in \`tests/tests/vm_ipvs_bench.r
 $(git rev-parse --short HEAD 2>/dev/null || echo unknown), host CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'),
 $(nproc) cores. Everything runs in one user-mode-linux guest (Debian's \`user-mode-linux\`, kernel $(/usr/bin/linux.uml --version 2>/dev/null | head -1 || echo 6.1), 1 vCPU,
 mem=2G), release build; each measurement in its own fresh network namespace (the API start, last, in the guest's own,
-with eth0 on a host tap device). A system call costs ~25 µs in this guest,
-so call counts matter more than on bare metal; ratios are against \`ipvsadm -R\` measured in the same run.
+with eth0 on a host tap device). The guest runs on one host CPU (\`tests/vm/run.sh\` pins it); a system call
+costs ~7 µs and a first touch of a page ~24 µs there (~30 and ~100 µs unpinned on this VM host), so call and
+page-fault counts matter more than on bare metal; ratios are against \`ipvsadm -R\` measured in the same run.
 
 Targets (issue 5): full load < 1 s, startup dump-and-diff < 1.5 s, one endpoint change < 1 ms with a constant number of
 netlink round trips, proxy RSS < 64 MB.

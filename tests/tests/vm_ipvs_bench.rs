@@ -273,7 +273,8 @@ fn phase_reconcile(specs: &[ServiceSpec]) -> anyhow::Result<Value> {
         let took = ms(t.elapsed());
         change_ms.push(took);
         // Page faults inside the timed part (the read of the counter is outside it): each
-        // costs ~150 µs in this guest, so they explain most outliers.
+        // costs ~24 µs in this guest pinned to one host CPU (~100 µs unpinned), so they
+        // explain most outliers.
         change_faults.push((took, round, minor_faults() - faults));
         ensure!(
             !report.full && report.failures == 0,
