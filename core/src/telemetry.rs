@@ -204,8 +204,9 @@ mod usage_tests {
     #[test]
     fn process_usage_counts_the_pages_this_process_touches() {
         let before = ProcessUsage::now();
-        // 4 MiB of fresh memory, every page written: at least some new minor faults.
-        let mut block = vec![0u8; 4 << 20];
+        // 64 MiB, every page written: above glibc's largest mmap threshold (32 MiB), so fresh
+        // pages from the system whatever the other tests of this process freed before.
+        let mut block = vec![0u8; 64 << 20];
         for i in (0..block.len()).step_by(4096) {
             block[i] = 1;
         }
