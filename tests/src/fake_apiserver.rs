@@ -479,10 +479,15 @@ async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
 }
 
 fn full(status: StatusCode, body: Value) -> Response<Body> {
+    json_text(status, body.to_string())
+}
+
+/// A response carrying `json`, already serialised.
+fn json_text(status: StatusCode, json: String) -> Response<Body> {
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())).boxed_unsync())
+        .body(Full::new(Bytes::from(json)).boxed_unsync())
         .expect("a valid response")
 }
 
@@ -686,11 +691,7 @@ fn list(inner: &Inner, resource: &'static ResourceType, req: &RecordedRequest) -
         inner.compressed_responses.fetch_add(1, Ordering::Relaxed);
         return gzipped(StatusCode::OK, body.as_bytes());
     }
-    Response::builder()
-        .status(StatusCode::OK)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)).boxed_unsync())
-        .expect("a valid response")
+    json_text(StatusCode::OK, body)
 }
 
 /// kube-apiserver compresses get and list responses larger than this (`defaultGzipThresholdBytes`

@@ -486,12 +486,11 @@ async fn large_list_pages_arrive_gzip_compressed_unless_the_kubeconfig_disables_
     assert_eq!(fake.compressed_responses(), 1);
     drop(src);
 
-    let kubeconfig: kube::config::Kubeconfig = kubeconfig_without_compression(&fake);
-    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+    let kubeconfig = kubeconfig_without_compression(&fake);
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
         .expect("kubeconfig");
     assert!(config.disable_compression, "read from the kubeconfig");
-    config.disable_compression = true;
     let client = kube::Client::try_from(config).expect("client");
     let src = RunningSource::start_with(client, &fake, &[Kind::Service, Kind::EndpointSlice]).await;
     assert_eq!(src.reader.snapshot().service_count(), 400);
