@@ -418,7 +418,8 @@ fn built_in_configuration_does_autopath_out_of_the_box() -> anyhow::Result<()> {
 
 #[test]
 fn autopath_kernel() {
-    // Six debug-build agent starts on 10,000 services take most of it (~26 s each in the guest).
+    // Six debug-build agent starts on 10,000 services take most of it (~26 s each in a guest
+    // not pinned to one host CPU; see tests/vm/run.sh).
     let mut machine = Vm::new().timeout(Duration::from_secs(420));
     if !vm::in_guest() && vm::uml_available() {
         let bin: PathBuf = vm::cargo_binary("agentctl", "agentctl")

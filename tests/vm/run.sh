@@ -120,33 +120,34 @@ allowed_cpus() {
 }
 # The allowed CPU with the fewest running guests of this script (each job records "CPU PID" in its directory).
 least_used_cpu() {
-	local cpu best= best_count= count f c p
+	local busy=() f c p cpu count best= best_count=
+	for f in "${TMPDIR:-/tmp}"/svcnet-vm.*/cpu; do
+		[ -f "$f" ] && read -r c p <"$f" && kill -0 "$p" 2>/dev/null && busy+=("$c")
+	done
 	for cpu in $(allowed_cpus); do
 		count=0
-		for f in "${TMPDIR:-/tmp}"/svcnet-vm.*/cpu; do
-			[ -f "$f" ] || continue
-			read -r c p <"$f" || continue
-			[ "$c" = "$cpu" ] && kill -0 "$p" 2>/dev/null && count=$((count + 1))
-		done
+		for c in "${busy[@]+"${busy[@]}"}"; do [ "$c" = "$cpu" ] && count=$((count + 1)); done
 		if [ -z "$best" ] || [ "$count" -lt "$best_count" ]; then best=$cpu best_count=$count; fi
 	done
 	echo "$best"
 }
-pin=()
+cpu=
 exec 9>"${TMPDIR:-/tmp}/svcnet-vm-cpu.lock"
 flock 9
 case ${SVCNET_UML_CPU:-auto} in
 none) ;;
-auto) command -v taskset >/dev/null && pin=(taskset -c "$(least_used_cpu)") ;;
-*) pin=(taskset -c "$SVCNET_UML_CPU") ;;
+auto) command -v taskset >/dev/null && cpu=$(least_used_cpu) ;;
+*) cpu=$SVCNET_UML_CPU ;;
 esac
+pin=()
+[ -n "$cpu" ] && pin=(taskset -c "$cpu")
 
 # The UML process calls setsid itself; its console (con0) goes to fd 2 → a log file, shown only on failure.
 LD_PRELOAD=$preload "${pin[@]+"${pin[@]}"}" "$kernel" mem="$mem" root=/dev/root rootfstype=hostfs rootflags=/ ro init="$init" "${net_args[@]+"${net_args[@]}"}" \
 	con=null con0=null,fd:2 ssl=null quiet pty.legacy_count=0 uml_dir="$job/uml" SVCNET_JOB="$job" \
 	</dev/null >"$job/console.log" 2>&1 9>&- &
 uml_pid=$!
-[ ${#pin[@]} -gt 0 ] && echo "${pin[2]} $uml_pid" >"$job/cpu"
+[ -n "$cpu" ] && echo "$cpu $uml_pid" >"$job/cpu"
 exec 9>&-
 
 deadline=$((SECONDS + timeout_secs))
